@@ -1,0 +1,48 @@
+# Two commands matter:  `make run`  and  `make test`.  Both set up what they need.
+#
+#   make setup    the app's virtual environment (.venv) with the CPU build of torch
+#   make index    build/refresh the sample knowledge base (docs/) into indexes/default
+#   make run      setup + index + the Streamlit app
+#   make test     setup + the whole test suite
+#   make llm      only the LLM server, in the foreground (see mk/llm.mk)
+#   make lint     ruff + mypy
+
+SHELL := /bin/bash
+BOOT_PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+PYTHON := $(BIN)/python
+INDEX ?= indexes/default
+SAMPLE ?= docs
+PYTEST_ARGS ?=
+
+
+
+.PHONY: setup index run test lint clean
+
+# torch first and pinned: this machine's pip takes the CPU build from disk,
+# while an unpinned torch would pull the multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PYTHON) || $(BOOT_PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+index: setup
+	$(BIN)/ingest $(SAMPLE) --index $(INDEX) --sync
+
+run: setup index
+	RAG_INDEX=$(INDEX) $(BIN)/streamlit run streamlit_app.py --server.headless true
+
+test: setup
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check rag ingest serving tests bench streamlit_app.py
+	$(BIN)/ruff format --check rag ingest serving tests bench streamlit_app.py
+	$(BIN)/mypy rag ingest
+
+clean:
+	rm -rf $(VENV) .pytest_cache test-artifacts

@@ -1,0 +1,131 @@
+"""`ingest`: add, update, sync and delete documents in a knowledge base."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+from tqdm import tqdm
+
+from ingest.pipeline import IngestReport, Progress, ingest_paths
+from rag.errors import RagError
+from rag.settings import Settings
+
+EXIT_OK, EXIT_FAILED_FILES, EXIT_USAGE, EXIT_FATAL = 0, 1, 2, 3
+
+
+@click.command(
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="Exit codes: 0 all good; 1 some files failed (the rest were ingested); "
+    "2 usage error; 3 nothing done (index busy, incompatible or model missing).",
+)
+@click.argument("paths", nargs=-1, type=click.Path(path_type=str))
+@click.option(
+    "--index",
+    "index",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Index folder  [default: $RAG_INDEX or indexes/default]",
+)
+@click.option(
+    "--sync",
+    is_flag=True,
+    help="Also remove documents whose files are gone from the given folders.",
+)
+@click.option(
+    "--delete",
+    "delete",
+    multiple=True,
+    metavar="PATH",
+    help="Remove this file (or every file under this folder) from the index. Repeatable.",
+)
+@click.option(
+    "--rebuild",
+    is_flag=True,
+    help="Build the index afresh from PATHS (e.g. after changing the model); "
+    "the old one serves searches until the new one is complete.",
+)
+@click.option("--ocr", is_flag=True, help="OCR PDF pages without a text layer (needs tesseract).")
+@click.option(
+    "--wait",
+    type=float,
+    default=None,
+    metavar="SECONDS",
+    help="Wait this long for another ingest on the same index to finish.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+def main(
+    paths: tuple[str, ...],
+    index: Path | None,
+    sync: bool,
+    delete: tuple[str, ...],
+    rebuild: bool,
+    ocr: bool,
+    wait: float | None,
+    as_json: bool,
+) -> None:
+    """Ingest PDF, Markdown, text, HTML and DOCX files (or folders of them) into
+    a knowledge base. Unchanged files are skipped by content hash; broken files
+    are reported by name and the rest of the batch is ingested."""
+    if not paths and not delete:
+        raise click.UsageError("give at least one PATH to ingest, or --delete PATH")
+    if sync and not paths:
+        raise click.UsageError("--sync needs the folders to sync against")
+    overrides: dict[str, object] = {}
+    if index is not None:
+        overrides["index"] = index
+    if wait is not None:
+        overrides["lock_timeout"] = wait
+    settings = Settings(**overrides)  # type: ignore[arg-type]
+
+    with tqdm(total=0, unit="file", disable=None, file=sys.stderr, dynamic_ncols=True) as bar:
+
+        def progress(p: Progress) -> None:
+            if bar.total != p.total or bar.desc != p.stage:
+                bar.reset(total=p.total)
+                bar.set_description(p.stage)
+            bar.update(p.done - bar.n)
+            bar.set_postfix(chunks=p.chunks, refresh=False)
+
+        try:
+            report = ingest_paths(
+                list(paths), settings, sync=sync, delete=delete, rebuild=rebuild, ocr=ocr,
+                progress=progress,
+            )  # fmt: skip
+        except RagError as exc:
+            bar.close()
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_FATAL)
+
+    if as_json:
+        click.echo(json.dumps(report.to_dict()))
+    else:
+        _print_summary(report)
+    sys.exit(EXIT_FAILED_FILES if report.failed else EXIT_OK)
+
+
+def _print_summary(report: IngestReport) -> None:
+    where = report.index + (f" (generation {report.generation})" if report.generation else "")
+    lines = [
+        f"Index {where}",
+        f"  added      {report.added}",
+        f"  updated    {report.updated}",
+        f"  unchanged  {report.unchanged}",
+        f"  deleted    {report.deleted}",
+        f"  failed     {len(report.failed)}",
+    ]
+    lines += [f"    {f.path}: {f.error}" for f in report.failed]
+    if report.skipped:
+        lines.append(f"  skipped    {len(report.skipped)} (unsupported types)")
+        lines += [f"    {f.path}" for f in report.skipped[:10]]
+        if len(report.skipped) > 10:
+            lines.append(f"    ... and {len(report.skipped) - 10} more")
+    copied = (
+        f" (+{report.chunks_copied} copied from identical files)" if report.chunks_copied else ""
+    )
+    lines.append(
+        f"  {report.chunks_embedded} chunks embedded{copied}, {report.pages} PDF pages, "
+        f"{report.seconds:.1f} s"
+    )
+    click.echo("\n".join(lines))

@@ -1,0 +1,307 @@
+"""Loaders: a file's bytes -> a `Document` (text, title, page spans).
+
+Every failure a user can cause (corrupt, encrypted, empty, binary, scanned)
+becomes `BadDocument` with a reason written for them. These functions run in
+a worker process (see `ingest.workers`), so a parser that crashes or hangs on
+a hostile file takes only that file down.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from rag.errors import BadDocument
+from rag.types import Document, PageSpan
+
+KINDS = {
+    ".pdf": "pdf",
+    ".md": "markdown",
+    ".markdown": "markdown",
+    ".txt": "text",
+    ".text": "text",
+    ".rst": "text",
+    ".html": "html",
+    ".htm": "html",
+    ".xhtml": "html",
+    ".docx": "docx",
+}
+PAGE_SEPARATOR = "\n\n"
+# Control characters other than tab/newline are noise from extractors (and
+# NUL breaks some consumers); form feeds become newlines.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
+_OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # encrypted Office files are OLE containers
+
+
+def kind_of(path: str | Path) -> str | None:
+    return KINDS.get(Path(path).suffix.lower())
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# Table-of-contents leaders (". . . . . 12") carry no meaning and would fill
+# passages with dots; four or more become one ellipsis.
+_LEADERS = re.compile(r"(?:\s?\.){4,}")
+
+
+def clean(text: str) -> str:
+    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\f", "\n")
+    return _CONTROL.sub("", text)
+
+
+def load(path: str, kind: str, content_hash: str, ocr: bool = False) -> Document:
+    """Read and parse one file. Raises `BadDocument` with a user-facing reason."""
+    loader: Callable[[bytes], tuple[str, str, tuple[PageSpan, ...]]]
+    loader = (lambda data: _pdf(data, ocr)) if kind == "pdf" else _LOADERS[kind]
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise BadDocument(f"cannot read the file ({exc.strerror or exc})") from None
+    if not data:
+        raise BadDocument("empty file (0 bytes)")
+    text, title, pages = loader(data)
+    if not text.strip():
+        raise BadDocument("no text found in the file")
+    return Document(
+        path=path,
+        text=text,
+        content_hash=content_hash,
+        kind=kind,
+        title=title or Path(path).stem,
+        pages=pages,
+    )
+
+
+# -- plain text and Markdown ---------------------------------------------------
+
+
+def decode_text(data: bytes) -> str:
+    """UTF-8 (with or without BOM), UTF-16 with BOM, else refuse: guessing a
+    legacy encoding silently would index mojibake."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError:
+            pass
+    if b"\x00" in data[:8192]:
+        raise BadDocument("binary content, not text (NUL bytes found)")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise BadDocument(
+            f"not valid UTF-8 (bad byte at offset {exc.start}); convert it to UTF-8 first"
+        ) from None
+    sample = text[:8192]
+    controls = len(_CONTROL.findall(sample))
+    if sample and controls / len(sample) > 0.05:
+        raise BadDocument("binary content, not text (too many control characters)")
+    return clean(text)
+
+
+def _text(data: bytes) -> tuple[str, str, tuple[PageSpan, ...]]:
+    return decode_text(data), "", ()
+
+
+_MD_TITLE = re.compile(r"^#\s+(.+?)\s*#*\s*$", re.MULTILINE)
+
+
+def _markdown(data: bytes) -> tuple[str, str, tuple[PageSpan, ...]]:
+    text = decode_text(data)
+    match = _MD_TITLE.search(text)
+    return text, match.group(1) if match else "", ()
+
+
+# -- HTML ------------------------------------------------------------------------
+
+_INVISIBLE = ("script", "style", "noscript", "template", "head", "svg", "iframe", "object")
+_BLOCKS = {
+    "p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "pre",
+    "section", "article", "header", "footer", "table", "ul", "ol", "blockquote",
+    "dt", "dd", "figcaption", "main", "nav", "aside", "hr", "td", "th",
+}  # fmt: skip
+
+
+def _html(data: bytes) -> tuple[str, str, tuple[PageSpan, ...]]:
+    import lxml.etree
+    import lxml.html
+
+    try:
+        # huge_tree lifts libxml2's default nesting limit of 256 levels, past
+        # which it silently drops content.
+        root = lxml.html.document_fromstring(data, parser=lxml.html.HTMLParser(huge_tree=True))
+    except (lxml.etree.ParserError, ValueError) as exc:
+        raise BadDocument(f"unreadable HTML ({exc})") from None
+    title = " ".join((root.findtext(".//title") or "").split())
+    parts: list[str] = []
+    # iterwalk is iterative, so deeply nested markup cannot exhaust the stack.
+    skip_depth = 0
+    for event, element in lxml.etree.iterwalk(root, events=("start", "end")):
+        tag = element.tag if isinstance(element.tag, str) else ""
+        if event == "start":
+            if tag in _INVISIBLE:
+                skip_depth += 1
+            elif not skip_depth and element.text and tag:
+                parts.append(element.text)
+        else:
+            if tag in _INVISIBLE:
+                skip_depth -= 1
+            if tag in _BLOCKS:
+                parts.append("\n")
+            if not skip_depth and element.tail:
+                parts.append(element.tail)
+    text = re.sub(r"[ \t\u00a0]+", " ", clean("".join(parts)))
+    text = re.sub(r"\n\s*\n+", "\n\n", re.sub(r" *\n *", "\n", text)).strip()
+    if not text:
+        raise BadDocument("no visible text (only scripts/styles, or markup nested too deeply)")
+    return text, title, ()
+
+
+# -- DOCX ------------------------------------------------------------------------
+
+
+def _docx(data: bytes) -> tuple[str, str, tuple[PageSpan, ...]]:
+    import io
+    import zipfile
+
+    import docx
+    from docx.table import Table
+
+    if data.startswith(_OLE_MAGIC):
+        raise BadDocument(
+            "encrypted (password-protected) or legacy .doc file; save it as plain .docx"
+        )
+    try:
+        document = docx.Document(io.BytesIO(data))
+    except (zipfile.BadZipFile, KeyError, ValueError) as exc:
+        raise BadDocument(f"not a valid DOCX file ({exc.__class__.__name__}: {exc})") from None
+    except Exception as exc:  # python-docx raises its own and lxml's errors
+        raise BadDocument(f"not a valid DOCX file ({exc.__class__.__name__}: {exc})") from None
+    blocks: list[str] = []
+    title = document.core_properties.title or ""
+    for item in document.iter_inner_content():
+        if isinstance(item, Table):
+            for row in item.rows:
+                cells = [" ".join(c.text.split()) for c in row.cells]
+                blocks.append(" | ".join(dict.fromkeys(c for c in cells if c)))
+        else:
+            if (
+                not title
+                and item.style is not None
+                and (item.style.name or "").startswith(("Title", "Heading"))
+            ):
+                title = item.text.strip()
+            blocks.append(item.text)
+    text = clean("\n\n".join(b for b in blocks if b.strip()))
+    return text, title, ()
+
+
+# -- PDF -------------------------------------------------------------------------
+
+# pdfium drops the space between words whose gap is narrower than ~0.15 em
+# (tight justification, some generators); pdfminer keeps them down to ~0.1 em
+# but is 100-300x slower (bench/pdf_extractors.py). So pdfium reads every
+# page and pdfminer re-reads only pages that look glued together.
+_GLUED_MIN_CHARS = 200
+_GLUED_MAX_SPACE_RATIO = 0.06
+
+
+def looks_glued(text: str) -> bool:
+    letters = sum(c.isalpha() for c in text)
+    if letters < _GLUED_MIN_CHARS:
+        return False
+    spaces = sum(c.isspace() for c in text)
+    return spaces / letters < _GLUED_MAX_SPACE_RATIO
+
+
+def _pdf(data: bytes, ocr: bool = False) -> tuple[str, str, tuple[PageSpan, ...]]:
+    import pypdfium2 as pdfium
+
+    try:
+        pdf = pdfium.PdfDocument(data)
+    except pdfium.PdfiumError as exc:
+        message = str(exc)
+        if "password" in message.lower():
+            raise BadDocument("encrypted PDF (password required)") from None
+        raise BadDocument(f"not a valid PDF, corrupt or truncated ({message})") from None
+    try:
+        title = (pdf.get_metadata_dict().get("Title") or "").strip()
+        texts = []
+        for index in range(len(pdf)):
+            page = pdf[index]
+            textpage = page.get_textpage()
+            text = _LEADERS.sub(" … ", clean(textpage.get_text_range()))
+            textpage.close()
+            if looks_glued(text):
+                text = _pdfminer_page(data, index) or text
+            if not text.strip() and ocr:
+                text = _ocr_page(page)
+            page.close()
+            texts.append(text.strip())
+    finally:
+        pdf.close()
+    if not any(texts):
+        hint = "" if ocr else " (run ingest with --ocr)"
+        raise BadDocument(f"no text layer in {len(texts)} page(s): a scanned PDF needs OCR{hint}")
+    text, spans = _join_pages(texts)
+    return text, title, spans
+
+
+def _join_pages(texts: list[str]) -> tuple[str, tuple[PageSpan, ...]]:
+    """Concatenate pages with a separator, remembering where each one lies."""
+    spans: list[PageSpan] = []
+    parts: list[str] = []
+    offset = 0
+    for number, text in enumerate(texts, start=1):
+        if parts:
+            parts.append(PAGE_SEPARATOR)
+            offset += len(PAGE_SEPARATOR)
+        parts.append(text)
+        spans.append(PageSpan(number, offset, offset + len(text)))
+        offset += len(text)
+    return "".join(parts), tuple(spans)
+
+
+def _pdfminer_page(data: bytes, index: int) -> str:
+    import io
+
+    from pdfminer.high_level import extract_text
+
+    try:
+        return clean(extract_text(io.BytesIO(data), page_numbers=[index]))
+    except Exception:  # a fallback only: pdfium's text stands if this fails
+        return ""
+
+
+def _ocr_page(page: object) -> str:
+    import shutil
+    import subprocess
+    import tempfile
+
+    if shutil.which("tesseract") is None:
+        raise BadDocument(
+            "OCR asked for but tesseract is not installed (apt-get install tesseract-ocr)"
+        )
+    image = page.render(scale=300 / 72).to_pil()  # type: ignore[attr-defined]
+    with tempfile.TemporaryDirectory() as tmp:
+        png = Path(tmp) / "page.png"
+        image.save(png)
+        result = subprocess.run(
+            ["tesseract", str(png), "stdout"], capture_output=True, text=True, timeout=300
+        )
+    return clean(result.stdout)
+
+
+_LOADERS: dict[str, Callable[[bytes], tuple[str, str, tuple[PageSpan, ...]]]] = {
+    "text": _text,
+    "markdown": _markdown,
+    "html": _html,
+    "docx": _docx,
+}

@@ -1,0 +1,318 @@
+"""Incremental ingestion: files (or in-memory documents) -> chunks -> vectors
+-> the next index generation.
+
+Unchanged content (same path, same SHA-256) is never embedded again; content
+already stored under another path (a renamed or copied file) is copied with
+its vectors instead of being embedded again.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from ingest import workers
+from ingest.chunking import Chunker
+from ingest.discovery import FileTask, discover, is_under
+from ingest.loaders import sha256_file
+from rag import layout, lexical
+from rag.embedding import Embedder, canonical_model_id, load_embedder
+from rag.layout import IndexParams
+from rag.settings import Settings
+from rag.store import StoreWriter, open_writer
+from rag.types import Chunk, Document
+
+# Embed chunks of several small documents together: sentence-transformers
+# sorts a call's texts by length, so bigger calls waste less padding.
+EMBED_BUFFER = 256
+
+
+@dataclass
+class Failure:
+    path: str
+    error: str
+
+
+@dataclass
+class IngestReport:
+    index: str
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    failed: list[Failure] = field(default_factory=list)
+    skipped: list[Failure] = field(default_factory=list)
+    chunks_embedded: int = 0
+    chunks_copied: int = 0
+    pages: int = 0
+    seconds: float = 0.0
+    generation: int | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Progress:
+    stage: str  # "scan": hashing files; "ingest": parsing, chunking, embedding
+    done: int
+    total: int
+    path: str = ""
+    chunks: int = 0
+
+
+ProgressFn = Callable[[Progress], None]
+
+
+def _noop(_: Progress) -> None:
+    pass
+
+
+@dataclass
+class _Pending:
+    document: Document
+    chunks: list[Chunk]
+    size: int
+    mtime: float
+    existed: bool
+
+
+class Ingestor:
+    """Owns one index write: chunk, embed in buffered batches, store,
+    checkpoint. Used by `ingest_paths` and by `rag eval` for BEIR corpora."""
+
+    def __init__(
+        self,
+        writer: StoreWriter,
+        settings: Settings,
+        report: IngestReport,
+        embedder: Embedder | None = None,
+        on_chunks: Callable[[int], None] | None = None,
+    ) -> None:
+        self.writer = writer
+        self.settings = settings
+        self.report = report
+        self._embedder = embedder
+        self._chunker: Chunker | None = None
+        self._pending: list[_Pending] = []
+        self._in_flight: dict[str, str] = {}  # content hash -> path, until flushed
+        self._copies: list[tuple[str, str, int, float]] = []
+        self._on_chunks = on_chunks or (lambda n: None)
+        self._last_publish = time.monotonic()
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            self._embedder = load_embedder(self.settings.embedding_model)
+        return self._embedder
+
+    @property
+    def chunker(self) -> Chunker:
+        if self._chunker is None:
+            e = self.embedder
+            self._chunker = Chunker(
+                e.count_tokens,
+                self.settings.chunk_tokens,
+                self.settings.chunk_overlap,
+                e.max_tokens,
+            )
+        return self._chunker
+
+    def status(self, path: str, content_hash: str) -> str:
+        """'unchanged', 'copy' (same content stored elsewhere) or 'new'."""
+        record = self.writer.document(path)
+        if record is not None and record.content_hash == content_hash:
+            return "unchanged"
+        if content_hash in self._in_flight or self.writer.document_with_hash(content_hash):
+            return "copy"
+        return "new"
+
+    def copy(self, path: str, content_hash: str, size: int, mtime: float) -> None:
+        """Store `path` as a copy of already-ingested identical content."""
+        if content_hash in self._in_flight:
+            self._copies.append((path, content_hash, size, mtime))
+            return
+        source = self.writer.document_with_hash(content_hash)
+        assert source is not None
+        chunks = self.writer.document_chunks(source.path)
+        vectors = self.writer.stored_vectors(chunks)
+        existed = self.writer.document(path) is not None
+        self.writer.put(
+            path=path, content_hash=content_hash, kind=source.kind, title=source.title,
+            size=size, mtime=mtime, pages=source.pages,
+            chunks=[replace(c, source=path, id=None) for c in chunks], vectors=vectors,
+        )  # fmt: skip
+        self._count(existed)
+        self.report.chunks_copied += len(chunks)
+
+    def add(self, document: Document, size: int = 0, mtime: float = 0.0) -> None:
+        chunks = self.chunker.split(document)
+        existed = self.writer.document(document.path) is not None
+        self._pending.append(_Pending(document, chunks, size, mtime, existed))
+        self._in_flight[document.content_hash] = document.path
+        self.report.pages += len(document.pages)
+        if sum(len(p.chunks) for p in self._pending) >= EMBED_BUFFER:
+            self.flush()
+
+    def flush(self) -> None:
+        """Embed and store everything buffered, then maybe publish a checkpoint."""
+        texts = [dense_text(c) for p in self._pending for c in p.chunks]
+        vectors = self.embedder.embed_batch(texts) if texts else np.zeros((0, 0), np.float32)
+        row = 0
+        for p in self._pending:
+            doc = p.document
+            self.writer.put(
+                path=doc.path, content_hash=doc.content_hash, kind=doc.kind, title=doc.title,
+                size=p.size, mtime=p.mtime, pages=len(doc.pages) or None,
+                chunks=p.chunks, vectors=vectors[row : row + len(p.chunks)],
+            )  # fmt: skip
+            row += len(p.chunks)
+            self._count(p.existed)
+        self.report.chunks_embedded += len(texts)
+        self._on_chunks(len(texts))
+        self._pending.clear()
+        self._in_flight.clear()
+        copies, self._copies = self._copies, []
+        for path, digest, size, mtime in copies:
+            self.copy(path, digest, size, mtime)
+        if time.monotonic() - self._last_publish > self.settings.checkpoint_seconds:
+            self.report.generation = self.writer.checkpoint()
+            self._last_publish = time.monotonic()
+
+    def delete(self, path: str) -> bool:
+        deleted = self.writer.delete(path)
+        self.report.deleted += deleted
+        return deleted
+
+    def _count(self, existed: bool) -> None:
+        if existed:
+            self.report.updated += 1
+        else:
+            self.report.added += 1
+
+
+def dense_text(chunk: Chunk) -> str:
+    """What the embedding model sees for a chunk."""
+    return chunk.text
+
+
+def index_params(
+    settings: Settings, root: Path, rebuild: bool
+) -> tuple[IndexParams, Embedder | None]:
+    """The parameters of the index to write, checked against an existing
+    index before any model is loaded (an unchanged re-run never loads one)."""
+    wanted_model = canonical_model_id(settings.embedding_model)
+    current = None if rebuild else layout.current_generation(root)
+    if current is not None:
+        found = layout.read_manifest(root / current).params
+        wanted = replace(
+            found,
+            model_id=wanted_model,
+            chunk_tokens=settings.chunk_tokens,
+            chunk_overlap=settings.chunk_overlap,
+            analyzer=lexical.ANALYZER_ID,
+        )
+        if wanted != found:
+            # Let the writer phrase the difference.
+            return wanted, None
+        return found, None
+    embedder = load_embedder(settings.embedding_model)
+    params = IndexParams(
+        model_id=wanted_model,
+        dimension=embedder.dimension,
+        chunk_tokens=settings.chunk_tokens,
+        chunk_overlap=settings.chunk_overlap,
+        analyzer=lexical.ANALYZER_ID,
+    )
+    return params, embedder
+
+
+def ingest_paths(
+    paths: list[str],
+    settings: Settings,
+    *,
+    index: Path | None = None,
+    sync: bool = False,
+    delete: Iterable[str] = (),
+    rebuild: bool = False,
+    ocr: bool = False,
+    embedder: Embedder | None = None,
+    progress: ProgressFn = _noop,
+) -> IngestReport:
+    """Bring the index in line with the files under `paths`."""
+    started = time.monotonic()
+    root = Path(index or settings.index)
+    report = IngestReport(index=str(root))
+    found = discover(paths)
+    report.skipped = [Failure(p, e) for p, e in found.skipped]
+    report.failed = [Failure(p, e) for p, e in found.failed]
+    params, loaded = index_params(settings, root, rebuild)
+    limit = int(settings.max_file_mb * 1024 * 1024)
+
+    with open_writer(root, params, rebuild=rebuild, lock_timeout=settings.lock_timeout) as writer:
+        ingestor = Ingestor(writer, settings, report, embedder or loaded)
+        for target in delete:
+            absolute = os.path.abspath(target)
+            doomed = [p for p in writer.paths() if is_under(p, [absolute])]
+            if not doomed:
+                report.failed.append(Failure(absolute, "not in the index"))
+            for path in doomed:
+                ingestor.delete(path)
+
+        to_parse: list[tuple[FileTask, str]] = []
+        for done, task in enumerate(found.files, start=1):
+            progress(Progress("scan", done, len(found.files), task.path))
+            problem = _precheck(task, limit, settings.max_file_mb)
+            if problem:
+                report.failed.append(Failure(task.path, problem))
+                continue
+            digest = sha256_file(task.path)
+            state = ingestor.status(task.path, digest)
+            if state == "unchanged":
+                report.unchanged += 1
+            elif state == "copy":
+                ingestor.copy(task.path, digest, task.size, task.mtime)
+            else:
+                to_parse.append((task, digest))
+
+        total = len(to_parse)
+        for done, (task, result) in enumerate(
+            workers.parse_files(
+                to_parse,
+                ocr=ocr,
+                timeout=settings.parse_timeout,
+                memory_mb=settings.parse_memory_mb,
+            ),
+            start=1,
+        ):
+            if isinstance(result, str):
+                report.failed.append(Failure(task.path, result))
+            else:
+                ingestor.add(result, task.size, task.mtime)
+            progress(Progress("ingest", done, total, task.path, report.chunks_embedded))
+        ingestor.flush()
+
+        if sync:
+            seen = {f.path for f in found.files} | {f.path for f in report.failed}
+            for path in writer.paths():
+                if is_under(path, paths) and path not in seen and not os.path.exists(path):
+                    ingestor.delete(path)
+        publishing = writer.changed
+
+    if publishing:
+        report.generation = layout.generation_number(layout.current_generation(root) or "")
+    report.seconds = round(time.monotonic() - started, 3)
+    return report
+
+
+def _precheck(task: FileTask, limit: int, limit_mb: float) -> str:
+    if task.size == 0:
+        return "empty file (0 bytes)"
+    if task.size > limit:
+        return f"file is {task.size / 1e6:.1f} MB, over the {limit_mb:g} MB limit (RAG_MAX_FILE_MB)"
+    return ""

@@ -1,0 +1,80 @@
+"""Parsing files in worker processes, so that a parser that crashes, hangs or
+eats all memory on a hostile file fails that file only.
+
+pebble's pool kills a worker whose task times out and reports a worker that
+died as `ProcessExpired`, leaving the other tasks alone. Results come back in
+submission order, with a bounded number in flight so memory stays flat.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import resource
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import TimeoutError as FutureTimeout
+
+from pebble import ProcessExpired, ProcessPool
+
+from ingest import loaders
+from ingest.discovery import FileTask
+from rag.errors import BadDocument
+from rag.types import Document
+
+
+def _limit_memory(megabytes: int) -> None:
+    limit = megabytes * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def parse_files(
+    tasks: Iterable[tuple[FileTask, str]],
+    *,
+    workers: int = 1,
+    timeout: float = 300.0,
+    memory_mb: int = 4096,
+    ocr: bool = False,
+) -> Iterator[tuple[FileTask, Document | str]]:
+    """Yield (task, Document) or (task, reason it failed) for each (task,
+    content hash), in order."""
+    queue = iter(tasks)
+    pending: deque[tuple[FileTask, object]] = deque()
+    # forkserver: workers start from a small clean process, not a fork of one
+    # that has torch and its threads loaded.
+    pool = ProcessPool(
+        max_workers=workers,
+        context=multiprocessing.get_context("forkserver"),
+        initializer=_limit_memory,
+        initargs=(memory_mb,),
+    )
+
+    def fill() -> None:
+        for task, digest in queue:
+            future = pool.schedule(
+                loaders.load, args=(task.path, task.kind, digest, ocr), timeout=timeout
+            )
+            pending.append((task, future))
+            if len(pending) >= workers * 4:
+                break
+
+    try:
+        fill()
+        while pending:
+            task, future = pending.popleft()
+            try:
+                result: Document | str = future.result()  # type: ignore[attr-defined]
+            except BadDocument as exc:
+                result = str(exc)
+            except FutureTimeout:
+                result = f"parsing took longer than {timeout:.0f} s; the file was skipped"
+            except ProcessExpired as exc:
+                result = f"the parser crashed on this file (exit code {exc.exitcode})"
+            except MemoryError:
+                result = f"parsing needed more than {memory_mb} MB of memory"
+            except Exception as exc:  # a library bug on a strange file: report, go on
+                result = f"unexpected parser error ({exc.__class__.__name__}: {exc})"
+            yield task, result
+            fill()
+    finally:
+        pool.stop()
+        pool.join()

@@ -1,0 +1,133 @@
+"""`KnowledgeBase`: open an index and search it (hybrid, dense or BM25).
+
+A long-lived `KnowledgeBase` (the app keeps one per index) notices when an
+ingest publishes a new generation and switches to it between searches, so
+every search sees one consistent generation, old or new.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rag import fusion, layout
+from rag.embedding import Embedder, load_embedder
+from rag.store import DocumentRecord, Snapshot
+from rag.types import Hit
+
+if TYPE_CHECKING:
+    from langchain_core.retrievers import BaseRetriever
+
+MODES = ("hybrid", "dense", "bm25")
+# How deep each side is read before fusion: deeper than k, so a passage
+# ranked modestly by both sides can still win.
+CANDIDATES = 100
+
+
+class KnowledgeBase:
+    def __init__(self, root: Path, embedder: Embedder | None = None) -> None:
+        self.root = Path(root)
+        self._embedder = embedder
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, int] | None = None
+        self._snapshot = self._open_current()
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], embedder: Embedder | None = None) -> KnowledgeBase:
+        """Open the index folder at `path` (e.g. `indexes/default`)."""
+        return cls(Path(path), embedder)
+
+    # -- generations ---------------------------------------------------------
+
+    def _current_stamp(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.root / "CURRENT")
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns)
+
+    def _open_current(self) -> Snapshot:
+        # CURRENT may be swapped between reading it and opening the files,
+        # and the old generation swept: retry on the newer name.
+        for _attempt in range(5):
+            self._stamp = self._current_stamp()
+            name = layout.require_generation(self.root)
+            try:
+                return Snapshot(self.root, name)
+            except FileNotFoundError:
+                continue
+        return Snapshot(self.root, layout.require_generation(self.root))
+
+    def snapshot(self) -> Snapshot:
+        """The newest published generation (reopened if an ingest published)."""
+        with self._lock:
+            if self._current_stamp() != self._stamp:
+                old, self._snapshot = self._snapshot, self._open_current()
+                old.close()
+            return self._snapshot
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            self._embedder = load_embedder(self.snapshot().manifest.params.model_id)
+        return self._embedder
+
+    # -- search --------------------------------------------------------------
+
+    def search(self, query: str, k: int = 8, mode: str = "hybrid") -> list[Hit]:
+        """The `k` best passages for `query`, best first."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+        if not query.strip():
+            return []
+        snap = self.snapshot()
+        depth = max(k, CANDIDATES)
+        dense = (
+            snap.dense(self.embedder.embed_batch([query], kind="query")[0], depth)
+            if mode != "bm25"
+            else []
+        )
+        bm25 = snap.bm25(query, depth) if mode != "dense" else []
+        ranked = fusion.rrf([bm25, dense])[:k] if mode == "hybrid" else (dense or bm25)[:k]
+        dense_rank = {cid: r for r, (cid, _) in enumerate(dense, start=1)}
+        bm25_rank = {cid: r for r, (cid, _) in enumerate(bm25, start=1)}
+        chunks = snap.chunks(cid for cid, _ in ranked)
+        return [
+            Hit(chunks[cid], score, dense_rank.get(cid), bm25_rank.get(cid))
+            for cid, score in ranked
+            if cid in chunks
+        ]
+
+    # -- inspection ----------------------------------------------------------
+
+    def documents(self) -> list[DocumentRecord]:
+        return self.snapshot().documents()
+
+    def stats(self) -> dict[str, Any]:
+        snap = self.snapshot()
+        gen_dir = self.root / snap.generation
+        params = snap.manifest.params
+        return {
+            "index": str(self.root),
+            "generation": snap.manifest.generation,
+            "documents": snap.count("documents"),
+            "chunks": snap.count("chunks"),
+            "vectors": int(snap.vectors.ntotal),
+            "model": params.model_id,
+            "dimension": params.dimension,
+            "chunk_tokens": params.chunk_tokens,
+            "chunk_overlap": params.chunk_overlap,
+            "disk_bytes": sum(f.stat().st_size for f in gen_dir.iterdir() if f.is_file()),
+            "updated_at": snap.manifest.updated_at,
+        }
+
+    def as_retriever(self, k: int = 8, mode: str = "hybrid") -> BaseRetriever:
+        """A LangChain retriever over this knowledge base."""
+        from rag.langchain import KnowledgeBaseRetriever
+
+        return KnowledgeBaseRetriever(kb=self, k=k, mode=mode)
+
+    def close(self) -> None:
+        self._snapshot.close()

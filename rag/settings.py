@@ -1,0 +1,63 @@
+"""One typed settings object, built at the entry point and passed down.
+
+Every field can be set from the environment with the `RAG_` prefix
+(`RAG_LLM_URL`, `RAG_INDEX`, ...); CLI flags override the environment.
+Nothing here runs at import time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Effort = Literal["low", "medium", "high"]
+SearchMode = Literal["hybrid", "dense", "bm25"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RAG_", frozen=True, extra="ignore")
+
+    # Where indexes live; `index` is the one used when none is named.
+    indexes_root: Path = Path("indexes")
+    index: Path = Path("indexes/default")
+
+    # Ingestion.
+    embedding_model: str = "all-MiniLM-L6-v2"
+    chunk_tokens: int = Field(200, ge=16, description="chunk size in model tokens")
+    chunk_overlap: int = Field(32, ge=0)
+    max_file_mb: float = Field(200.0, gt=0, description="larger files are refused")
+    parse_timeout: float = Field(300.0, gt=0, description="seconds one file may take to parse")
+    parse_memory_mb: int = Field(4096, ge=256, description="memory cap of a parser process")
+    checkpoint_seconds: float = Field(
+        120.0, gt=0, description="publish work in progress this often during long ingests"
+    )
+    lock_timeout: float = Field(
+        0.0, ge=0, description="seconds to wait for another ingest's lock (0: fail at once)"
+    )
+
+    # Retrieval.
+    search_mode: SearchMode = "hybrid"
+    k: int = Field(8, ge=1, le=100)
+
+    # The LLM server (any OpenAI-compatible endpoint; vLLM in production).
+    llm_url: str = "http://127.0.0.1:8000/v1"
+    llm_model: str = "gpt-oss-20b"
+    llm_api_key: str = "EMPTY"
+    llm_timeout: float = Field(120.0, gt=0)
+    llm_connect_timeout: float = Field(5.0, gt=0)
+    llm_retries: int = Field(1, ge=0)
+    llm_context_tokens: int = Field(32768, ge=512, description="the server's --max-model-len")
+
+    # Answering.
+    screen: bool = True
+    screen_k: int = Field(12, ge=1, le=50, description="passages retrieved for the screen")
+    screen_effort: Effort = "low"
+    screen_max_tokens: int = Field(512, ge=16)
+    screen_group: int = Field(1, ge=1, description="passages judged per screen request")
+    keep_max: int = Field(6, ge=1, description="passages kept for the deep read")
+    read_effort: Effort = "high"
+    read_max_tokens: int = Field(4096, ge=64)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)

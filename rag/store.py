@@ -1,0 +1,394 @@
+"""The `Store`: chunks and documents in SQLite (with FTS5 for BM25), vectors
+in FAISS, one immutable generation at a time (see `rag.layout`).
+
+`Snapshot` reads a published generation; `StoreWriter` builds the next one.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import time
+import urllib.parse
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from rag import layout, lexical
+from rag.errors import IndexCorrupt, IndexIncompatible
+from rag.layout import IndexParams, Manifest
+from rag.types import Chunk
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS documents (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    path TEXT NOT NULL UNIQUE,
+    content_hash TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    title TEXT NOT NULL DEFAULT '',
+    size INTEGER NOT NULL DEFAULT 0,
+    mtime REAL NOT NULL DEFAULT 0,
+    pages INTEGER,
+    ingested_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS documents_hash ON documents(content_hash);
+CREATE TABLE IF NOT EXISTS chunks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    doc_id INTEGER NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+    ordinal INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    page INTEGER,
+    page_end INTEGER,
+    start INTEGER NOT NULL,
+    "end" INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS chunks_doc ON chunks(doc_id);
+CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(terms);
+"""
+
+_CHUNK_COLUMNS = (
+    'c.id, c.text, d.path, c.start, c."end", c.page, c.page_end, d.title, d.content_hash, c.ordinal'
+)
+
+
+@dataclass(frozen=True)
+class DocumentRecord:
+    id: int
+    path: str
+    content_hash: str
+    kind: str
+    title: str
+    size: int
+    mtime: float
+    pages: int | None
+    ingested_at: float
+    chunks: int = 0
+
+
+def _chunk_from_row(row: tuple[Any, ...]) -> Chunk:
+    cid, text, path, start, end, page, page_end, title, doc_hash, ordinal = row
+    return Chunk(
+        id=cid,
+        text=text,
+        source=path,
+        start=start,
+        end=end,
+        page=page,
+        page_end=page_end,
+        title=title,
+        doc_hash=doc_hash,
+        ordinal=ordinal,
+    )
+
+
+class _Tables:
+    """Queries shared by the reader and the writer."""
+
+    db: sqlite3.Connection
+
+    def chunks(self, ids: Iterable[int]) -> dict[int, Chunk]:
+        wanted = list(dict.fromkeys(int(i) for i in ids))
+        found: dict[int, Chunk] = {}
+        for start in range(0, len(wanted), 500):
+            part = wanted[start : start + 500]
+            marks = ",".join("?" * len(part))
+            rows = self.db.execute(
+                f"SELECT {_CHUNK_COLUMNS} FROM chunks c JOIN documents d ON d.id = c.doc_id "
+                f"WHERE c.id IN ({marks})",
+                part,
+            )
+            found.update((int(r[0]), _chunk_from_row(r)) for r in rows)
+        return found
+
+    def document_chunks(self, path: str) -> list[Chunk]:
+        rows = self.db.execute(
+            f"SELECT {_CHUNK_COLUMNS} FROM chunks c JOIN documents d ON d.id = c.doc_id "
+            "WHERE d.path = ? ORDER BY c.ordinal",
+            (path,),
+        )
+        return [_chunk_from_row(r) for r in rows]
+
+    def documents(self) -> list[DocumentRecord]:
+        rows = self.db.execute(
+            "SELECT d.id, d.path, d.content_hash, d.kind, d.title, d.size, d.mtime, d.pages, "
+            "d.ingested_at, (SELECT count(*) FROM chunks c WHERE c.doc_id = d.id) "
+            "FROM documents d ORDER BY d.path"
+        )
+        return [DocumentRecord(*r) for r in rows]
+
+    def document(self, path: str) -> DocumentRecord | None:
+        return next((d for d in self._documents_where("d.path = ?", path)), None)
+
+    def document_with_hash(self, content_hash: str) -> DocumentRecord | None:
+        return next((d for d in self._documents_where("d.content_hash = ?", content_hash)), None)
+
+    def _documents_where(self, clause: str, value: str) -> list[DocumentRecord]:
+        rows = self.db.execute(
+            "SELECT d.id, d.path, d.content_hash, d.kind, d.title, d.size, d.mtime, d.pages, "
+            "d.ingested_at, (SELECT count(*) FROM chunks c WHERE c.doc_id = d.id) "
+            f"FROM documents d WHERE {clause} LIMIT 1",
+            (value,),
+        )
+        return [DocumentRecord(*r) for r in rows]
+
+    def count(self, table: str) -> int:
+        return int(self.db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+    def bm25(self, query: str, k: int) -> list[tuple[int, float]]:
+        """Chunk ids and BM25 scores (higher is better) for a free-text query."""
+        expression = lexical.fts_query(query)
+        if not expression:
+            return []
+        rows = self.db.execute(
+            "SELECT rowid, rank FROM chunks_fts WHERE chunks_fts MATCH ? ORDER BY rank LIMIT ?",
+            (expression, k),
+        )
+        # FTS5's bm25() is negated so that ascending order is best-first.
+        return [(int(rowid), -float(rank)) for rowid, rank in rows]
+
+
+def _read_vectors(path: Path) -> faiss.Index:
+    try:
+        return faiss.read_index(str(path))
+    except RuntimeError as exc:
+        raise IndexCorrupt(f"{path} is unreadable: the index is damaged ({exc}).") from exc
+
+
+def _dense(vectors: faiss.Index, query: np.ndarray, k: int) -> list[tuple[int, float]]:
+    if vectors.ntotal == 0:
+        return []
+    scores, ids = vectors.search(query.reshape(1, -1).astype(np.float32), min(k, vectors.ntotal))
+    return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
+
+
+class Snapshot(_Tables):
+    """A published generation, opened read-only. Never changes under you."""
+
+    def __init__(self, root: Path, generation: str) -> None:
+        self.root = root
+        self.generation = generation
+        gen_dir = root / generation
+        self.manifest = layout.read_manifest(gen_dir)
+        db_path = gen_dir / layout.DB_FILE
+        # immutable=1: no locks, no journal files; the generation never changes.
+        uri = f"file:{urllib.parse.quote(str(db_path.resolve()))}?immutable=1"
+        try:
+            self.db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+            self.db.execute("SELECT count(*) FROM documents").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise IndexCorrupt(f"{db_path} is unreadable: the index is damaged ({exc}).") from exc
+        self.vectors = _read_vectors(gen_dir / layout.VECTORS_FILE)
+        if self.vectors.ntotal != self.manifest.chunks:
+            raise IndexCorrupt(
+                f"{gen_dir} holds {self.vectors.ntotal} vectors but {self.manifest.chunks} "
+                "chunks: the index is damaged."
+            )
+
+    def dense(self, query: np.ndarray, k: int) -> list[tuple[int, float]]:
+        return _dense(self.vectors, query, k)
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class StoreWriter(_Tables):
+    """Builds the next generation in a staging folder. Use through
+    `rag.writer.open_writer`, which holds the lock and publishes."""
+
+    def __init__(self, root: Path, params: IndexParams, rebuild: bool = False) -> None:
+        self.root = root
+        self.params = params
+        current = layout.current_generation(root)
+        self.base_number = layout.generation_number(current) if current else 0
+        assert self.base_number is not None
+        self.created_at = time.time()
+        self.vectors: faiss.Index
+        if current and not rebuild:
+            manifest = layout.read_manifest(root / current)
+            self._check_compatible(manifest.params)
+            self.created_at = manifest.created_at
+            self.vectors = _read_vectors(root / current / layout.VECTORS_FILE)
+        else:
+            self.vectors = faiss.IndexIDMap2(faiss.IndexFlatIP(params.dimension))
+        self.number = self.base_number
+        self.changed = rebuild
+        self._source_db = None if (rebuild or not current) else root / current / layout.DB_FILE
+        self._open_staging()
+
+    def _check_compatible(self, found: IndexParams) -> None:
+        if found == self.params:
+            return
+        diffs = [
+            f"{name}: index has {getattr(found, name)!r}, requested {getattr(self.params, name)!r}"
+            for name in found.__dataclass_fields__
+            if getattr(found, name) != getattr(self.params, name)
+        ]
+        raise IndexIncompatible(
+            f"The index at {self.root} was built with other settings ({'; '.join(diffs)}). "
+            f"Rebuild it with: ingest PATH... --index {self.root} --rebuild "
+            "(or keep its settings, or use another --index)."
+        )
+
+    def _open_staging(self) -> None:
+        self.number += 1
+        self.staging = self.root / f".staging-{layout.generation_name(self.number)}"
+        shutil.rmtree(self.staging, ignore_errors=True)
+        self.staging.mkdir(parents=True)
+        db_path = self.staging / layout.DB_FILE
+        if self._source_db is not None:
+            shutil.copyfile(self._source_db, db_path)
+        self.db = sqlite3.connect(db_path, isolation_level=None)
+        # The staging copy is thrown away on a crash, so it needs no journal;
+        # durability comes from fsync + rename at publish time.
+        self.db.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self.db.executescript(SCHEMA)
+        self.db.execute("BEGIN")
+
+    # -- changes ------------------------------------------------------------
+
+    def delete(self, path: str) -> bool:
+        """Remove a document and its chunks; False if there was none."""
+        ids = [
+            r[0]
+            for r in self.db.execute(
+                "SELECT c.id FROM chunks c JOIN documents d ON d.id = c.doc_id WHERE d.path = ?",
+                (path,),
+            )
+        ]
+        if ids:
+            self.vectors.remove_ids(np.asarray(ids, dtype=np.int64))  # type: ignore[arg-type]
+            self.db.executemany("DELETE FROM chunks_fts WHERE rowid = ?", [(i,) for i in ids])
+        removed = self.db.execute("DELETE FROM documents WHERE path = ?", (path,)).rowcount > 0
+        self.changed = self.changed or removed
+        return removed
+
+    def put(
+        self,
+        *,
+        path: str,
+        content_hash: str,
+        kind: str,
+        title: str,
+        size: int,
+        mtime: float,
+        pages: int | None,
+        chunks: Sequence[Chunk],
+        vectors: np.ndarray,
+    ) -> None:
+        """Add a document, replacing any earlier version stored at `path`."""
+        if len(chunks) != len(vectors):
+            raise ValueError("one vector per chunk")
+        self.changed = True
+        self.delete(path)
+        doc_id = self.db.execute(
+            "INSERT INTO documents (path, content_hash, kind, title, size, mtime, pages, "
+            "ingested_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (path, content_hash, kind, title, size, mtime, pages, time.time()),
+        ).lastrowid
+        ids = []
+        for ordinal, chunk in enumerate(chunks):
+            cid = self.db.execute(
+                'INSERT INTO chunks (doc_id, ordinal, text, page, page_end, start, "end") '
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (doc_id, ordinal, chunk.text, chunk.page, chunk.page_end, chunk.start, chunk.end),
+            ).lastrowid
+            ids.append(cid)
+        self.db.executemany(
+            "INSERT INTO chunks_fts (rowid, terms) VALUES (?, ?)",
+            [
+                (cid, " ".join(lexical.terms(_lexical_text(c))))
+                for cid, c in zip(ids, chunks, strict=True)
+            ],
+        )
+        if ids:
+            self.vectors.add_with_ids(
+                np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, dtype=np.int64)
+            )
+
+    def stored_vectors(self, chunks: Sequence[Chunk]) -> np.ndarray:
+        """The vectors of stored chunks (used to copy a document without
+        embedding it again, e.g. when a file was renamed)."""
+        out = np.zeros((len(chunks), self.params.dimension), dtype=np.float32)
+        for row, chunk in enumerate(chunks):
+            assert chunk.id is not None
+            out[row] = self.vectors.reconstruct(int(chunk.id))
+        return out
+
+    def paths(self) -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT path FROM documents ORDER BY path")]
+
+    # -- publishing ----------------------------------------------------------
+
+    def publish(self) -> int:
+        """Write the staging generation out and make it current."""
+        self.db.execute("COMMIT")
+        documents, chunks = self.count("documents"), self.count("chunks")
+        if chunks != self.vectors.ntotal:
+            raise IndexCorrupt(
+                f"refusing to publish {chunks} chunks with {self.vectors.ntotal} vectors"
+            )
+        self.db.close()
+        faiss.write_index(self.vectors, str(self.staging / layout.VECTORS_FILE))
+        sizes = {
+            name: (self.staging / name).stat().st_size
+            for name in (layout.DB_FILE, layout.VECTORS_FILE)
+        }
+        manifest = Manifest(
+            params=self.params,
+            generation=self.number,
+            created_at=self.created_at,
+            updated_at=time.time(),
+            documents=documents,
+            chunks=chunks,
+            file_sizes=sizes,
+        )
+        (self.staging / layout.MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
+        final = layout.publish(self.root, self.staging, self.number)
+        layout.sweep(self.root)
+        self._source_db = final / layout.DB_FILE
+        self.changed = False
+        return self.number
+
+    def checkpoint(self) -> int:
+        """Publish what is done so far and keep writing into a fresh staging."""
+        number = self.publish()
+        self._open_staging()
+        return number
+
+    def abort(self) -> None:
+        try:
+            self.db.close()
+        finally:
+            shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def _lexical_text(chunk: Chunk) -> str:
+    # The title is indexed with every passage of its document ("field
+    # handling"): a passage about "it" is still found by the document's name.
+    return f"{chunk.title}\n{chunk.text}" if chunk.title else chunk.text
+
+
+@contextmanager
+def open_writer(
+    root: Path, params: IndexParams, *, rebuild: bool = False, lock_timeout: float = 0.0
+) -> Iterator[StoreWriter]:
+    """Hold the index's write lock, build the next generation, publish it on
+    success (if anything changed) and discard it on any error."""
+    with layout.write_lock(root, lock_timeout):
+        layout.sweep(root)
+        writer = StoreWriter(root, params, rebuild=rebuild)
+        try:
+            yield writer
+        except BaseException:
+            writer.abort()
+            raise
+        if writer.changed:
+            writer.publish()
+        else:
+            writer.abort()

@@ -1,0 +1,160 @@
+"""The plain dataclasses that travel between pipeline stages.
+
+Document -> Chunk -> Hit -> Verdict -> Answer. Nothing else crosses a module
+boundary, so each stage can be read, tested and replaced on its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class PageSpan:
+    """Where one physical page lies in a document's text (1-based number)."""
+
+    number: int
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class Document:
+    """A loaded file: its full text, and for paged formats the page spans."""
+
+    path: str
+    text: str
+    content_hash: str
+    kind: str
+    title: str = ""
+    pages: tuple[PageSpan, ...] = ()
+
+    def page_at(self, offset: int) -> int | None:
+        """The page holding character `offset`, or None for unpaged formats."""
+        for span in self.pages:
+            if offset < span.end:
+                return span.number
+        return self.pages[-1].number if self.pages else None
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A passage of a document, sized to fit the embedding model's window.
+
+    `start`/`end` are character offsets into the document's text, so
+    `document.text[start:end] == text` always holds.
+    """
+
+    text: str
+    source: str
+    start: int
+    end: int
+    page: int | None = None
+    page_end: int | None = None
+    title: str = ""
+    doc_hash: str = ""
+    ordinal: int = 0
+    id: int | None = None
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A chunk returned by a search, with its fused score and per-side ranks."""
+
+    chunk: Chunk
+    score: float
+    dense_rank: int | None = None
+    bm25_rank: int | None = None
+
+    @property
+    def text(self) -> str:
+        return self.chunk.text
+
+    @property
+    def source(self) -> str:
+        return self.chunk.source
+
+    @property
+    def page(self) -> int | None:
+        return self.chunk.page
+
+    @property
+    def chunk_id(self) -> int:
+        assert self.chunk.id is not None, "hits always come from a stored chunk"
+        return self.chunk.id
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "text": self.text,
+            "source": self.source,
+            "page": self.page,
+            "score": self.score,
+            "chunk_id": self.chunk_id,
+        }
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Stage 1's judgement of one passage. `valid` is False when the model's
+    reply could not be parsed; such passages are kept (fail open)."""
+
+    hit: Hit
+    relevant: bool
+    reason: str
+    score: float = 0.0
+    valid: bool = True
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class Citation:
+    """A numbered reference in the answer, resolved to its passage."""
+
+    n: int
+    hit: Hit
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "n": self.n,
+            "source": self.hit.source,
+            "page": self.hit.page,
+            "text": self.hit.text,
+            "chunk_id": self.hit.chunk_id,
+        }
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+        )
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
+
+
+@dataclass
+class Answer:
+    """Everything one question produced, stage by stage."""
+
+    question: str
+    text: str
+    citations: list[Citation] = field(default_factory=list)
+    reasoning: str = ""
+    hits: list[Hit] = field(default_factory=list)
+    verdicts: list[Verdict] = field(default_factory=list)
+    kept: list[Hit] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    usage: dict[str, Usage] = field(default_factory=dict)
+    found: bool = True
+    dropped_citations: int = 0
+    notes: list[str] = field(default_factory=list)

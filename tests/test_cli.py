@@ -1,0 +1,107 @@
+"""The `ingest` and `rag` command lines: exit codes, messages, JSON."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from ingest.cli import main as ingest_main
+from rag.cli import main as rag_main
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+@pytest.fixture
+def mixed(tmp_path, corpus_dir):
+    folder = tmp_path / "mixed"
+    shutil.copytree(corpus_dir, folder)
+    (folder / "broken.pdf").write_bytes(b"%PDF-1.7\n" + b"\x00garbage" * 20)
+    (folder / "empty.md").write_bytes(b"")
+    (folder / "image.png").write_bytes(b"\x89PNG\r\n")
+    return folder
+
+
+def test_ingest_json_summary_and_exit_code_1_for_failed_files(runner, mixed, tmp_path):
+    index = tmp_path / "index"
+    result = runner.invoke(ingest_main, [str(mixed), "--index", str(index), "--json"])
+    assert result.exit_code == 1, result.output
+    summary = json.loads(result.stdout)
+    assert {"added", "updated", "unchanged", "failed", "chunks_embedded", "seconds"} <= set(summary)
+    assert summary["added"] == 5
+    failed = {f["path"].rsplit("/", 1)[1]: f["error"] for f in summary["failed"]}
+    assert set(failed) == {"broken.pdf", "empty.md"}
+    assert "PDF" in failed["broken.pdf"] and "empty" in failed["empty.md"]
+    assert [s["path"].rsplit("/", 1)[1] for s in summary["skipped"]] == ["image.png"]
+
+    again = json.loads(
+        runner.invoke(ingest_main, [str(mixed), "--index", str(index), "--json"]).stdout
+    )
+    assert (again["unchanged"], again["added"], again["chunks_embedded"]) == (5, 0, 0)
+
+
+def test_ingest_clean_folder_exits_0_with_readable_summary(runner, corpus_dir, tmp_path):
+    result = runner.invoke(ingest_main, [str(corpus_dir), "--index", str(tmp_path / "i")])
+    assert result.exit_code == 0, result.output
+    assert "added      5" in result.stdout and "failed     0" in result.stdout
+
+
+def test_ingest_usage_errors_exit_2(runner, tmp_path):
+    assert runner.invoke(ingest_main, []).exit_code == 2
+    assert runner.invoke(ingest_main, ["--sync", "--delete", "x"]).exit_code == 2
+    assert runner.invoke(ingest_main, ["--bogus"]).exit_code == 2
+
+
+def test_ingest_refuses_incompatible_index_with_exit_3(
+    runner, built_index, corpus_dir, monkeypatch
+):
+    monkeypatch.setenv("RAG_CHUNK_TOKENS", "99")
+    result = runner.invoke(ingest_main, [str(corpus_dir), "--index", str(built_index)])
+    assert result.exit_code == 3
+    assert "--rebuild" in result.stderr
+
+
+def test_rag_search_json(runner, built_index):
+    result = runner.invoke(
+        rag_main, ["search", "largest planet", "--index", str(built_index), "--json", "-k", "3"]
+    )
+    assert result.exit_code == 0, result.output
+    hits = json.loads(result.stdout)
+    assert len(hits) == 3
+    assert set(hits[0]) == {"text", "source", "page", "score", "chunk_id"}
+    assert hits[0]["source"].endswith("astronomy.pdf") and hits[0]["page"] == 2
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "dense", "bm25"])
+def test_rag_search_table_in_every_mode(runner, built_index, mode):
+    result = runner.invoke(
+        rag_main, ["search", "Pompeii ash", "--index", str(built_index), "--mode", mode]
+    )
+    assert result.exit_code == 0, result.output
+    assert "volcanoes.md" in result.stdout
+
+
+def test_rag_stats(runner, built_index):
+    result = runner.invoke(rag_main, ["stats", "--index", str(built_index), "--json"])
+    stats = json.loads(result.stdout)
+    assert stats["documents"] == 5
+    assert stats["chunks"] == stats["vectors"] > 0
+    assert stats["model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert stats["disk_bytes"] > 0
+    assert "chunks" in runner.invoke(rag_main, ["stats", "--index", str(built_index)]).stdout
+
+
+def test_rag_on_missing_index_is_one_clear_line(runner, tmp_path):
+    result = runner.invoke(rag_main, ["search", "x", "--index", str(tmp_path / "none")])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: No index at")
+    assert "Traceback" not in result.output
+
+
+def test_rag_bad_mode_is_a_usage_error(runner, built_index):
+    assert runner.invoke(rag_main, ["search", "x", "--mode", "magic"]).exit_code == 2

@@ -1,0 +1,29 @@
+"""Known-answer tests for rank fusion."""
+
+from __future__ import annotations
+
+import pytest
+
+from rag.fusion import rrf
+
+
+def test_rrf_known_answer():
+    bm25 = [(1, 9.0), (2, 5.0), (3, 1.0)]
+    dense = [(3, 0.9), (1, 0.8)]
+    fused = dict(rrf([bm25, dense], k=60))
+    assert fused[1] == pytest.approx(1 / 61 + 1 / 62)
+    assert fused[2] == pytest.approx(1 / 62)
+    assert fused[3] == pytest.approx(1 / 63 + 1 / 61)
+    assert [i for i, _ in rrf([bm25, dense], k=60)] == [1, 3, 2]
+
+
+def test_rrf_ignores_raw_scores_and_weights_sides():
+    a = [(1, 1000.0), (2, 0.001)]
+    b = [(2, 5.0), (1, 4.0)]
+    assert rrf([a, b], k=1)[0][1] == pytest.approx(rrf([b, a], k=1)[0][1])
+    assert rrf([a, b], k=1, weights=[2.0, 1.0])[0][0] == 1
+    assert rrf([a, b], k=1, weights=[1.0, 2.0])[0][0] == 2
+
+
+def test_rrf_of_nothing_is_empty():
+    assert rrf([[], []]) == []

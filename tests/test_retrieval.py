@@ -1,0 +1,73 @@
+"""Retrieval over a real index: the right passage, file and page."""
+
+from __future__ import annotations
+
+import pytest
+
+from rag.knowledge_base import KnowledgeBase
+
+
+@pytest.fixture(scope="module")
+def kb(built_index, embedder):
+    return KnowledgeBase.open(built_index, embedder)
+
+
+CASES = [
+    ("Which planet is the largest?", "astronomy.pdf", 2, "Jupiter"),
+    ("what are Saturn's rings made of", "astronomy.pdf", 3, "water ice"),
+    ("Roman town destroyed by an eruption", "volcanoes.md", None, "Pompeii"),
+    ("longest animal migration", "birds.html", None, "Arctic tern"),
+]
+
+
+@pytest.mark.parametrize(("query", "source", "page", "phrase"), CASES)
+@pytest.mark.parametrize("mode", ["hybrid", "dense", "bm25"])
+def test_finds_the_passage_with_file_and_page(kb, query, source, page, phrase, mode):
+    top = kb.search(query, k=3, mode=mode)[0]
+    assert top.source.endswith(source)
+    assert top.page == page
+    assert phrase in top.text
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "dense"])
+def test_meaning_without_shared_words(kb, mode):
+    # "breathe" never occurs in the corpus; only the dense side can bridge it.
+    top = kb.search("how do fish breathe", k=3, mode=mode)[0]
+    assert top.source.endswith("fish.docx") and "gills" in top.text
+
+
+def test_hits_carry_their_ranks_and_sorted_scores(kb):
+    hits = kb.search("tea leaves oxidised", k=5)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    assert hits[0].bm25_rank == 1 or hits[0].dense_rank == 1
+    assert len({h.chunk_id for h in hits}) == len(hits)
+
+
+def test_query_punctuation_is_not_fts_syntax(kb):
+    for query in [
+        '"unbalanced',
+        "AND OR NOT",
+        "C++ -x *",
+        "NEAR(a b)",
+        "col:tea",
+        "(((",
+        "'; DROP TABLE chunks;--",
+    ]:
+        kb.search(query, k=3, mode="bm25")  # must not raise
+
+
+def test_empty_query_returns_nothing(kb):
+    assert kb.search("   ", k=3) == []
+
+
+def test_unknown_mode_is_refused(kb):
+    with pytest.raises(ValueError, match="mode"):
+        kb.search("x", mode="magic")
+
+
+def test_langchain_retriever(kb):
+    docs = kb.as_retriever(k=2).invoke("Great Red Spot storm")
+    assert len(docs) == 2
+    assert "Jupiter" in docs[0].page_content
+    assert docs[0].metadata["source"].endswith("astronomy.pdf") and docs[0].metadata["page"] == 2
+    assert {"score", "chunk_id"} <= set(docs[0].metadata)

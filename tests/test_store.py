@@ -1,0 +1,144 @@
+"""The versioned index: round trips, atomic publication, clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from ingest.pipeline import ingest_paths
+from rag import layout
+from rag.errors import IndexBusy, IndexCorrupt, IndexIncompatible, IndexMissing
+from rag.knowledge_base import KnowledgeBase
+from rag.layout import IndexParams
+from rag.settings import Settings
+from rag.store import open_writer
+from rag.types import Chunk
+
+
+def params(dimension: int = 4) -> IndexParams:
+    return IndexParams(
+        model_id="m", dimension=dimension, chunk_tokens=100, chunk_overlap=10, analyzer="a"
+    )
+
+
+def put(writer, path: str, texts: list[str]) -> None:
+    chunks = [Chunk(text=t, source=path, start=0, end=len(t)) for t in texts]
+    vectors = np.eye(4, dtype=np.float32)[: len(texts)]
+    writer.put(path=path, content_hash=path + "#h", kind="text", title="", size=1, mtime=0,
+               pages=None, chunks=chunks, vectors=vectors)  # fmt: skip
+
+
+def test_round_trip_keeps_documents_chunks_and_vectors(tmp_path):
+    root = tmp_path / "idx"
+    with open_writer(root, params()) as w:
+        put(w, "/a.txt", ["alpha one", "alpha two"])
+        put(w, "/b.txt", ["beta"])
+    kb = KnowledgeBase.open(root)
+    snap = kb.snapshot()
+    assert snap.count("documents") == 2 and snap.count("chunks") == 3
+    assert snap.vectors.ntotal == 3
+    assert [c.text for c in snap.document_chunks("/a.txt")] == ["alpha one", "alpha two"]
+    [(best, _score)] = snap.dense(np.array([1, 0, 0, 0], dtype=np.float32), 1)
+    assert snap.chunks([best])[best].text == "alpha one"
+    assert snap.bm25("beta", 5)[0][0] in snap.chunks([c.id for c in snap.document_chunks("/b.txt")])
+    manifest = json.loads((root / snap.generation / "manifest.json").read_text())
+    assert manifest["format_version"] == layout.FORMAT_VERSION
+    assert manifest["params"]["dimension"] == 4
+    assert not any(f.suffix in {".pkl", ".pickle"} for f in root.rglob("*"))
+
+
+def test_an_error_mid_write_leaves_the_previous_generation(tmp_path):
+    root = tmp_path / "idx"
+    with open_writer(root, params()) as w:
+        put(w, "/a.txt", ["alpha"])
+    before = layout.current_generation(root)
+    with pytest.raises(RuntimeError), open_writer(root, params()) as w:
+        put(w, "/b.txt", ["beta"])
+        w.delete("/a.txt")
+        raise RuntimeError("crash")
+    assert layout.current_generation(root) == before
+    assert [d.path for d in KnowledgeBase.open(root).documents()] == ["/a.txt"]
+    assert not [p for p in os.listdir(root) if p.startswith(".staging")]
+
+
+def test_leftovers_of_a_killed_writer_are_swept(tmp_path):
+    root = tmp_path / "idx"
+    with open_writer(root, params()) as w:
+        put(w, "/a.txt", ["alpha"])
+    (root / ".staging-g00000002").mkdir()  # died while writing
+    shutil.copytree(root / "g00000001", root / "g00000009")  # died between rename and CURRENT
+    with open_writer(root, params()) as w:
+        put(w, "/b.txt", ["beta"])
+    assert layout.current_generation(root) == "g00000002"
+    assert sorted(p for p in os.listdir(root) if not p.startswith(".")) == [
+        "CURRENT",
+        "g00000001",
+        "g00000002",
+    ]
+
+
+def test_nothing_changed_publishes_nothing(tmp_path):
+    root = tmp_path / "idx"
+    with open_writer(root, params()) as w:
+        put(w, "/a.txt", ["alpha"])
+    with open_writer(root, params()) as w:
+        assert not w.delete("/missing.txt")
+    assert layout.current_generation(root) == "g00000001"
+
+
+def test_old_generations_are_pruned(tmp_path):
+    root = tmp_path / "idx"
+    for i in range(4):
+        with open_writer(root, params()) as w:
+            put(w, f"/{i}.txt", ["text"])
+    assert sorted(p.name for p in root.glob("g*")) == ["g00000003", "g00000004"]
+
+
+def test_second_writer_gets_a_clear_busy_error(tmp_path):
+    root = tmp_path / "idx"
+    with (
+        open_writer(root, params()),
+        pytest.raises(IndexBusy, match="Another ingest"),
+        open_writer(root, params(), lock_timeout=0.3),
+    ):
+        pass
+
+
+def test_missing_index_says_how_to_build_one(tmp_path):
+    with pytest.raises(IndexMissing, match="ingest"):
+        KnowledgeBase.open(tmp_path / "nothing")
+
+
+def test_other_model_is_refused_with_rebuild_hint(index_copy, corpus_dir):
+    settings = Settings(index=index_copy, chunk_tokens=120)
+    with pytest.raises(IndexIncompatible, match="--rebuild"):
+        ingest_paths([str(corpus_dir)], settings)
+
+
+def test_other_format_version_is_refused(index_copy):
+    gen = index_copy / layout.current_generation(index_copy)
+    manifest = json.loads((gen / "manifest.json").read_text())
+    manifest["format_version"] = 99
+    (gen / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexIncompatible, match="format version 99"):
+        KnowledgeBase.open(index_copy)
+
+
+@pytest.mark.parametrize("name", ["vectors.faiss", "chunks.sqlite"])
+def test_truncated_files_are_reported_as_damage(index_copy, name):
+    target = index_copy / layout.current_generation(index_copy) / name
+    target.write_bytes(target.read_bytes()[:100])
+    with pytest.raises(IndexCorrupt, match="damaged"):
+        KnowledgeBase.open(index_copy)
+
+
+@pytest.mark.parametrize("name", ["vectors.faiss", "chunks.sqlite"])
+def test_same_size_garbage_is_reported_as_damage(index_copy, name):
+    target = index_copy / layout.current_generation(index_copy) / name
+    target.write_bytes(os.urandom(target.stat().st_size))
+    with pytest.raises(IndexCorrupt, match="damaged"):
+        KnowledgeBase.open(index_copy)
