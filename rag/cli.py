@@ -60,16 +60,26 @@ def search(query: str, index: Path | None, k: int, mode: str, as_json: bool) -> 
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(show_lines=True)
+    table = Table(show_lines=True, caption="full paths: --json")
     for column in ("#", "score", "source", "page", "passage"):
         table.add_column(column, overflow="fold")
     for rank, hit in enumerate(hits, start=1):
         text = " ".join(hit.text.split())
         table.add_row(
-            str(rank), f"{hit.score:.4f}", hit.source, "" if hit.page is None else str(hit.page),
+            str(rank), f"{hit.score:.4f}", short_path(hit.source), "" if hit.page is None else str(hit.page),
             text[:300] + ("…" if len(text) > 300 else ""),
         )  # fmt: skip
     Console(markup=False, highlight=False).print(table)
+
+
+def short_path(path: str) -> str:
+    """Relative to the working directory when inside it, else the last two
+    parts: tables are for reading, --json has the full path."""
+    p = Path(path)
+    try:
+        return str(p.relative_to(Path.cwd()))
+    except ValueError:
+        return str(Path("…", *p.parts[-2:])) if len(p.parts) > 3 else path
 
 
 @main.command()
