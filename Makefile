@@ -3,7 +3,7 @@
 #   make setup    the app's virtual environment (.venv) with the CPU build of torch
 #   make index    build/refresh the sample knowledge base (docs/) into indexes/default
 #   make run      setup + index + the Streamlit app
-#   make test     setup + the whole test suite
+#   make test     setup (app + LLM server + models) + the whole test suite
 #   make llm      only the LLM server, in the foreground (see mk/llm.mk)
 #   make lint     ruff + mypy
 
@@ -15,6 +15,8 @@ PYTHON := $(BIN)/python
 INDEX ?= indexes/default
 SAMPLE ?= docs
 PYTEST_ARGS ?=
+
+include mk/llm.mk
 
 
 
@@ -36,7 +38,7 @@ index: setup
 run: setup index
 	RAG_INDEX=$(INDEX) $(BIN)/streamlit run streamlit_app.py --server.headless true
 
-test: setup
+test: setup llm-setup llm-setup-tiny
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: setup

@@ -316,3 +316,45 @@ def _precheck(task: FileTask, limit: int, limit_mb: float) -> str:
     if task.size > limit:
         return f"file is {task.size / 1e6:.1f} MB, over the {limit_mb:g} MB limit (RAG_MAX_FILE_MB)"
     return ""
+
+
+def ingest_documents(
+    documents: Iterable[Document],
+    settings: Settings,
+    *,
+    index: Path | None = None,
+    total: int = 0,
+    prune: bool = False,
+    embedder: Embedder | None = None,
+    progress: ProgressFn = _noop,
+) -> IngestReport:
+    """Ingest documents that are already in memory (e.g. a BEIR corpus), with
+    the same incremental rules as files. `prune` removes stored documents
+    that are not among `documents`."""
+    started = time.monotonic()
+    root = Path(index or settings.index)
+    report = IngestReport(index=str(root))
+    params, loaded = index_params(settings, root, rebuild=False)
+    with open_writer(root, params, lock_timeout=settings.lock_timeout) as writer:
+        ingestor = Ingestor(writer, settings, report, embedder or loaded)
+        seen = set()
+        for done, document in enumerate(documents, start=1):
+            seen.add(document.path)
+            state = ingestor.status(document.path, document.content_hash)
+            if state == "unchanged":
+                report.unchanged += 1
+            elif state == "copy":
+                ingestor.copy(document.path, document.content_hash, len(document.text), 0.0)
+            else:
+                ingestor.add(document)
+            progress(Progress("ingest", done, total, document.path, report.chunks_embedded))
+        ingestor.flush()
+        if prune:
+            for path in writer.paths():
+                if path not in seen:
+                    ingestor.delete(path)
+        publishing = writer.changed
+    if publishing:
+        report.generation = layout.generation_number(layout.current_generation(root) or "")
+    report.seconds = round(time.monotonic() - started, 3)
+    return report

@@ -65,10 +65,9 @@ def search(query: str, index: Path | None, k: int, mode: str, as_json: bool) -> 
         table.add_column(column, overflow="fold")
     for rank, hit in enumerate(hits, start=1):
         text = " ".join(hit.text.split())
-        table.add_row(
-            str(rank), f"{hit.score:.4f}", short_path(hit.source), "" if hit.page is None else str(hit.page),
-            text[:300] + ("…" if len(text) > 300 else ""),
-        )  # fmt: skip
+        page = "" if hit.page is None else str(hit.page)
+        passage = text[:300] + ("…" if len(text) > 300 else "")
+        table.add_row(str(rank), f"{hit.score:.4f}", short_path(hit.source), page, passage)
     Console(markup=False, highlight=False).print(table)
 
 
@@ -96,3 +95,142 @@ def stats(index: Path | None, as_json: bool) -> None:
     width = max(len(key) for key in info)
     for key, value in info.items():
         click.echo(f"{key:<{width}}  {value}")
+
+
+@main.command()
+@click.argument("question")
+@index_option
+@click.option(
+    "-k",
+    "k",
+    type=click.IntRange(1, 50),
+    default=None,
+    help="Passages retrieved for the screen  [default: $RAG_SCREEN_K or 12]",
+)
+@click.option(
+    "--keep",
+    type=click.IntRange(1, 50),
+    default=None,
+    help="Most passages kept for the deep read  [default: $RAG_KEEP_MAX or 6]",
+)
+@click.option("--screen/--no-screen", default=None, help="Run the fast screen (default on).")
+@click.option("--url", default=None, help="LLM server base URL  [default: $RAG_LLM_URL]")
+@click.option("--model", default=None, help="Served model name  [default: $RAG_LLM_MODEL]")
+@click.option(
+    "--reasoning", "show_reasoning", is_flag=True, help="Also print the model's reasoning."
+)
+@json_option
+def ask(
+    question: str,
+    index: Path | None,
+    k: int | None,
+    keep: int | None,
+    screen: bool | None,
+    url: str | None,
+    model: str | None,
+    show_reasoning: bool,
+    as_json: bool,
+) -> None:
+    """Answer QUESTION from the knowledge base, citing passages as [n].
+
+    Stage 1 screens the retrieved passages concurrently (reasoning effort low);
+    stage 2 answers from the kept ones (reasoning effort high)."""
+    from rag.answering import Finished, Retrieved, Screened, answer_to_dict, stream_answer
+    from rag.llm import Delta, OpenAIChat
+
+    settings = settings_with(
+        index=index, screen_k=k, keep_max=keep, screen=screen, llm_url=url, llm_model=model
+    )
+    kb = KnowledgeBase.open(settings.index)
+    chat = OpenAIChat(settings)
+    streaming = not as_json
+    for event in stream_answer(question, kb, chat, settings):
+        if isinstance(event, Retrieved) and streaming:
+            click.echo(f"[retrieved {len(event.hits)} passages in {event.seconds:.2f} s]", err=True)
+        elif isinstance(event, Screened) and streaming:
+            kept, judged = len(event.kept), len(event.verdicts)
+            click.echo(f"[screen kept {kept} of {judged} in {event.seconds:.2f} s]", err=True)
+        elif isinstance(event, Delta) and streaming and event.channel == "content":
+            click.echo(event.text, nl=False)
+        elif isinstance(event, Finished):
+            result = event.answer
+    if as_json:
+        click.echo(json.dumps(answer_to_dict(result), ensure_ascii=False))
+        return
+    if not result.found:
+        click.echo(result.text)
+    click.echo("\n")
+    for citation in result.citations:
+        page = f", page {citation.hit.page}" if citation.hit.page else ""
+        click.echo(f"[{citation.n}] {short_path(citation.hit.source)}{page}")
+    if show_reasoning and result.reasoning:
+        click.echo("\nReasoning:\n" + result.reasoning)
+    timing = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in result.timings.items())
+    tokens = sum(u.prompt_tokens + u.completion_tokens for u in result.usage.values())
+    click.echo(f"\n({timing}; {tokens} tokens)", err=True)
+
+
+@main.command(name="eval")
+@click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--index",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Index to build/reuse for the corpus  [default: indexes/eval-<dataset>]",
+)
+@click.option(
+    "--mode",
+    "modes",
+    type=click.Choice(MODES),
+    multiple=True,
+    help="Mode(s) to evaluate  [default: all three]",
+)
+@json_option
+def evaluate(dataset: Path, index: Path | None, modes: tuple[str, ...], as_json: bool) -> None:
+    """Evaluate retrieval on a BEIR-format DATASET folder (corpus.jsonl,
+    queries.jsonl, qrels/test.tsv): nDCG@10, Recall@100 and MRR@10 per mode,
+    beside the published figures the dataset's README lists.
+
+    The corpus is ingested through the normal pipeline into its own index;
+    an existing index of the same corpus is reused without re-embedding."""
+    from tqdm import tqdm
+
+    from ingest.pipeline import ingest_documents
+    from rag import evaluation
+
+    data = evaluation.load_dataset(dataset)
+    settings = Settings()
+    target = index or settings.indexes_root / f"eval-{data.name}"
+    with tqdm(
+        total=len(data.corpus), desc="ingest", unit="doc", disable=None, file=sys.stderr
+    ) as bar:
+        report = ingest_documents(
+            evaluation.documents(data), settings, index=target, total=len(data.corpus),
+            prune=True, progress=lambda p: bar.update(p.done - bar.n),
+        )  # fmt: skip
+    kb = KnowledgeBase.open(target)
+    results = {}
+    for mode in modes or MODES:
+        with tqdm(
+            total=len(data.queries), desc=mode, unit="query", disable=None, file=sys.stderr
+        ) as bar:
+            run = evaluation.run_queries(kb, data.queries, mode, on_query=lambda: bar.update())
+        results[mode] = evaluation.score(data.qrels, run)
+    if as_json:
+        payload = {
+            "dataset": str(dataset), "index": str(target), "queries": len(data.queries),
+            "chunks_embedded": report.chunks_embedded, "modes": results,
+            "published": dict(data.published),
+        }  # fmt: skip
+        click.echo(json.dumps(payload))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{data.name}: {len(data.queries)} queries, index {target}")
+    for column in ("system", *evaluation.METRICS):
+        table.add_column(column, justify="left" if column == "system" else "right")
+    for mode, metrics in results.items():
+        table.add_row(f"kbqa {mode}", *(f"{metrics[m]:.4f}" for m in evaluation.METRICS))
+    for system, ndcg in data.published:
+        table.add_row(f"published: {system}", f"{ndcg:.4f}", "", "")
+    Console(markup=False, highlight=False).print(table)

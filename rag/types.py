@@ -104,6 +104,8 @@ class Verdict:
     score: float = 0.0
     valid: bool = True
     error: str = ""
+    started: float = 0.0  # wall-clock span of the request that judged it
+    finished: float = 0.0
 
 
 @dataclass(frozen=True)

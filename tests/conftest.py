@@ -46,3 +46,51 @@ def index_copy(built_index: Path, tmp_path: Path) -> Path:
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return Settings(index=tmp_path / "index")
+
+
+@pytest.fixture(scope="session")
+def llm_server():
+    """The real vLLM CPU server with SmolLM2-135M, started once per session.
+
+    Skips (loudly) only when the LLM environment is absent; `make test`
+    creates it, so CI never skips.
+    """
+
+    yield from _serve("cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt_oss_server():
+    """A tiny random-weight gpt-oss on the real vLLM CPU server, whose output
+    each request scripts (serving/scripted_logits.py): the real harmony
+    parsing, reasoning/content split and structured-output checks run on it."""
+    yield from _serve("tiny-gpt-oss")
+
+
+def _serve(device: str):
+    from serving import launch
+
+    try:
+        config = launch.build_config(device=device, port=launch.free_port())
+        server = launch.start(config)
+    except launch.NotSetUpError as exc:  # a server that fails to start fails the run
+        pytest.skip(f"LLM ENVIRONMENT NOT SET UP — real-server tests skipped: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def llm_settings(llm_server) -> Settings:
+    """Settings sized for the small CPU model (2,048-token context)."""
+    return Settings(
+        llm_url=llm_server.base_url,
+        llm_model=llm_server.served_model_name,
+        llm_context_tokens=2048,
+        llm_timeout=120,
+        screen_k=4,
+        screen_max_tokens=120,
+        keep_max=3,
+        read_max_tokens=200,
+    )

@@ -1,0 +1,395 @@
+"""Two-stage answering: a fast, concurrent screen of the retrieved passages,
+then a deep read of the passages it kept, streamed with citations.
+
+    retrieve -> screen(...)  reasoning_effort=low,  one request per passage
+                             (or small group), all in flight at once
+             -> read(...)    reasoning_effort=high, kept passages only
+
+`stream_answer` yields events as each stage finishes; `answer` is the same
+path, consumed to the end.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from pydantic import BaseModel, Field, ValidationError
+
+from rag import prompts
+from rag.errors import LLMError, LLMUnreachable, PromptTooLong
+from rag.knowledge_base import KnowledgeBase
+from rag.llm import ChatModel, Completion, Delta, Request, complete, require_content
+from rag.settings import Effort, Settings
+from rag.types import Answer, Citation, Hit, Usage, Verdict
+
+# A verdict we could not parse keeps its passage (fail open) with a middling
+# score, so that valid strong verdicts still rank first.
+FAIL_OPEN_SCORE = 1.5
+# Characters per token when estimating prompt size before sending it; low on
+# purpose (over-estimating only drops a passage a little early).
+CHARS_PER_TOKEN = 3.0
+
+
+class _VerdictJSON(BaseModel):
+    id: int
+    score: int = Field(ge=0, le=3)
+    relevant: bool
+    reason: str = ""
+
+
+class _ScreenJSON(BaseModel):
+    verdicts: list[_VerdictJSON]
+
+
+# -- events ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Retrieved:
+    hits: list[Hit]
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Screened:
+    verdicts: list[Verdict]
+    kept: list[Hit]
+    seconds: float
+    usage: Usage
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something the user should know about the run (a retry, a cut)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    answer: Answer
+
+
+Event = Retrieved | Screened | Delta | Notice | Finished
+
+
+# -- stage 1: screen ----------------------------------------------------------------
+
+
+def screen(
+    question: str, hits: Sequence[Hit], model: ChatModel, settings: Settings
+) -> tuple[list[Verdict], Usage]:
+    """Judge every hit concurrently. Returns one verdict per hit, in order."""
+    size = settings.screen_group
+    groups = [list(hits[i : i + size]) for i in range(0, len(hits), size)]
+    if not groups:
+        return [], Usage()
+    with ThreadPoolExecutor(max_workers=len(groups)) as pool:
+        futures = [
+            pool.submit(_screen_group, question, group, start * size + 1, model, settings)
+            for start, group in enumerate(groups)
+        ]
+        results = [f.result() for f in futures]
+    verdicts = [v for group_verdicts, _ in results for v in group_verdicts]
+    usage = sum((u for _, u in results), Usage())
+    return verdicts, usage
+
+
+def _screen_group(
+    question: str, group: list[Hit], first_id: int, model: ChatModel, settings: Settings
+) -> tuple[list[Verdict], Usage]:
+    request = Request(
+        messages=prompts.screen_messages(question, group, first_id),
+        effort=settings.screen_effort,
+        max_tokens=settings.screen_max_tokens,
+        response_format={
+            "type": "json_schema",
+            "json_schema": {
+                "name": "verdicts",
+                "schema": prompts.screen_schema(range(first_id, first_id + len(group))),
+            },
+        },
+    )
+    try:
+        completion = complete(model, request)
+    except LLMUnreachable:
+        raise
+    except LLMError as exc:  # timeout, incomplete, rejected: keep the passages
+        return [_fail_open(hit, f"screen request failed: {exc}") for hit in group], Usage()
+    try:
+        parsed = _ScreenJSON.model_validate_json(require_content(completion, "screen verdict"))
+    except (ValidationError, LLMError, ValueError) as exc:
+        reason = f"unreadable verdict: {str(exc).splitlines()[0][:200]}"
+        return [_fail_open(hit, reason, completion) for hit in group], completion.usage
+    by_id = {v.id: v for v in parsed.verdicts}
+    verdicts = []
+    for offset, hit in enumerate(group):
+        found = by_id.get(first_id + offset)
+        if found is None:
+            verdicts.append(_fail_open(hit, "no verdict for this passage", completion))
+            continue
+        verdicts.append(
+            Verdict(
+                hit=hit,
+                relevant=found.relevant,
+                reason=found.reason.strip(),
+                score=float(found.score),
+                started=completion.started,
+                finished=completion.finished,
+            )
+        )
+    return verdicts, completion.usage
+
+
+def _fail_open(hit: Hit, error: str, completion: Completion | None = None) -> Verdict:
+    return Verdict(
+        hit=hit,
+        relevant=True,
+        reason="kept: the screen gave no usable verdict",
+        score=FAIL_OPEN_SCORE,
+        valid=False,
+        error=error,
+        started=completion.started if completion else 0.0,
+        finished=completion.finished if completion else 0.0,
+    )
+
+
+def keep(verdicts: Sequence[Verdict], limit: int) -> list[Hit]:
+    """The relevant passages, strongest first: verdict score, then retrieval order."""
+    ranked = sorted(
+        (v for v in verdicts if v.relevant),
+        key=lambda v: -v.score,  # sorted() is stable: retrieval order breaks ties
+    )
+    return [v.hit for v in ranked[:limit]]
+
+
+# -- stage 2: read ------------------------------------------------------------------
+
+
+def lost_in_the_middle(strongest_first: Sequence[Hit]) -> list[Hit]:
+    """Order passages so the strongest sit at the start and the end of the
+    context, where models read most reliably (Liu et al., 2023):
+    1 2 3 4 5 -> 1 3 5 4 2."""
+    front = list(strongest_first[0::2])
+    back = list(strongest_first[1::2])
+    return front + back[::-1]
+
+
+def fit_to_budget(question: str, strongest_first: Sequence[Hit], budget_tokens: int) -> list[Hit]:
+    """Drop the weakest passages until the prompt's estimated size fits."""
+    kept = list(strongest_first)
+    while kept:
+        messages = prompts.read_messages(question, lost_in_the_middle(kept))
+        if sum(len(m["content"]) for m in messages) / CHARS_PER_TOKEN <= budget_tokens:
+            break
+        kept.pop()
+    return kept
+
+
+_LOWER_EFFORT: dict[str, Effort] = {"high": "medium", "medium": "low"}
+
+
+def read(
+    question: str, strongest_first: Sequence[Hit], model: ChatModel, settings: Settings
+) -> Iterator[Delta | Notice | tuple[Completion, list[Hit]]]:
+    """Stream the deep read; finally yield the completion and the passages
+    (in prompt order) that its citation numbers refer to.
+
+    Handled on the way: a prompt the server finds too long loses its weakest
+    passage and is sent again; reasoning that uses up every token (content
+    null) is retried at the next lower effort.
+    """
+    budget = settings.llm_context_tokens - settings.read_max_tokens - 64
+    kept = fit_to_budget(question, strongest_first, budget)
+    effort: Effort = settings.read_effort
+    while kept:
+        ordered = lost_in_the_middle(kept)
+        request = Request(
+            messages=prompts.read_messages(question, ordered),
+            effort=effort,
+            max_tokens=settings.read_max_tokens,
+        )
+        completion: Completion | None = None
+        try:
+            for event in model.stream(request):
+                if isinstance(event, Completion):
+                    completion = event
+                else:
+                    yield event
+        except PromptTooLong:
+            if len(kept) == 1:
+                raise
+            kept.pop()
+            yield Notice("The prompt was too long for the model; dropped the weakest passage.")
+            continue
+        assert completion is not None
+        if completion.content is None and effort in _LOWER_EFFORT:
+            effort = _LOWER_EFFORT[effort]
+            yield Notice(
+                f"Reasoning used all {settings.read_max_tokens} tokens without an answer; "
+                f"trying again with reasoning effort {effort}."
+            )
+            continue
+        yield completion, ordered
+        return
+    raise PromptTooLong("Not even one passage fits the model's context window.")
+
+
+_CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
+
+
+def resolve_citations(text: str, ordered: Sequence[Hit]) -> tuple[str, list[Citation], int]:
+    """Map [n] markers to passages. Markers that match no passage are removed
+    from the text and counted, so a reader never follows a dead reference."""
+    cited: dict[int, Citation] = {}
+    dropped = 0
+
+    def fix(match: re.Match[str]) -> str:
+        nonlocal dropped
+        good = []
+        for part in match.group(1).split(","):
+            n = int(part)
+            if 1 <= n <= len(ordered):
+                good.append(n)
+                cited.setdefault(n, Citation(n, ordered[n - 1]))
+            else:
+                dropped += 1
+        return "".join(f"[{n}]" for n in good)
+
+    cleaned = _CITATION.sub(fix, text)
+    return cleaned, sorted(cited.values(), key=lambda c: c.n), dropped
+
+
+# -- the whole question -------------------------------------------------------------
+
+
+def stream_answer(
+    question: str,
+    kb: KnowledgeBase,
+    model: ChatModel,
+    settings: Settings,
+    search_query: str | None = None,
+) -> Iterator[Event]:
+    """Retrieve, screen, read; yield each stage's result as it is ready.
+    `search_query` (a standalone rewrite of a follow-up) replaces the
+    question for retrieval only."""
+    result = Answer(question=question, text="")
+    started = time.perf_counter()
+    hits = kb.search(search_query or question, k=settings.screen_k, mode=settings.search_mode)
+    result.hits = hits
+    result.timings["retrieve"] = time.perf_counter() - started
+    yield Retrieved(hits, result.timings["retrieve"])
+
+    started = time.perf_counter()
+    if settings.screen and hits:
+        verdicts, usage = screen(question, hits, model, settings)
+        result.usage["screen"] = usage
+    else:
+        verdicts = [Verdict(hit=h, relevant=True, reason="screen off", score=0.0) for h in hits]
+    result.verdicts = verdicts
+    result.kept = keep(verdicts, settings.keep_max)
+    result.timings["screen"] = time.perf_counter() - started
+    yield Screened(
+        verdicts, result.kept, result.timings["screen"], result.usage.get("screen", Usage())
+    )
+
+    started = time.perf_counter()
+    if not result.kept:
+        result.found = False
+        result.text = prompts.text("not_found.txt")
+        result.timings["read"] = 0.0
+        yield Finished(result)
+        return
+    completion: Completion | None = None
+    ordered: list[Hit] = []
+    for event in read(question, result.kept, model, settings):
+        if isinstance(event, tuple):
+            completion, ordered = event
+        else:
+            if isinstance(event, Notice):
+                result.notes.append(event.text)
+            yield event
+    assert completion is not None
+    result.timings["read"] = time.perf_counter() - started
+    if completion.first_token:
+        result.timings["read_first_token"] = completion.first_token - completion.started
+    result.usage["read"] = completion.usage
+    result.reasoning = completion.reasoning
+    text = require_content(completion, "answer")
+    if completion.finish_reason == "length":
+        result.notes.append(
+            f"The answer was cut off at the token limit ({settings.read_max_tokens}, "
+            "RAG_READ_MAX_TOKENS)."
+        )
+    result.text, result.citations, result.dropped_citations = resolve_citations(text, ordered)
+    result.kept = ordered
+    yield Finished(result)
+
+
+def answer(
+    question: str,
+    kb: KnowledgeBase,
+    model: ChatModel,
+    settings: Settings,
+    search_query: str | None = None,
+) -> Answer:
+    """`stream_answer`, run to the end."""
+    for event in stream_answer(question, kb, model, settings, search_query):
+        if isinstance(event, Finished):
+            return event.answer
+    raise LLMError("answering ended without a result")
+
+
+def condense(
+    history: Sequence[tuple[str, str]], question: str, model: ChatModel, settings: Settings
+) -> str:
+    """Turn a follow-up ("and its rings?") into a standalone search query."""
+    if not history:
+        return question
+    request = Request(
+        messages=prompts.condense_messages(history[-6:], question),
+        effort="low",
+        max_tokens=settings.screen_max_tokens,
+    )
+    rewritten = require_content(complete(model, request), "question rewrite").strip()
+    return rewritten.splitlines()[0].strip() if rewritten else question
+
+
+def answer_to_dict(result: Answer) -> dict[str, object]:
+    """The JSON shape of `rag ask --json`."""
+    usage = {stage: u.to_dict() for stage, u in result.usage.items()}
+    usage["total"] = sum(result.usage.values(), Usage()).to_dict()
+    return {
+        "question": result.question,
+        "answer": result.text,
+        "found": result.found,
+        "citations": [c.to_dict() for c in result.citations],
+        "dropped_citations": result.dropped_citations,
+        "verdicts": [
+            {
+                "chunk_id": v.hit.chunk_id,
+                "source": v.hit.source,
+                "page": v.hit.page,
+                "relevant": v.relevant,
+                "score": v.score,
+                "reason": v.reason,
+                "valid": v.valid,
+                "error": v.error,
+            }
+            for v in result.verdicts
+        ],
+        "timings": {k: round(v, 4) for k, v in result.timings.items()},
+        "notes": result.notes,
+        "usage": usage,
+        "reasoning": result.reasoning,
+    }
+
+
+__all__ = [
+    "Event", "Finished", "Notice", "Retrieved", "Screened", "answer", "answer_to_dict", "condense",
+    "keep", "lost_in_the_middle", "read", "resolve_citations", "screen", "stream_answer",
+]  # fmt: skip

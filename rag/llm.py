@@ -1,0 +1,219 @@
+"""The chat seam: `ChatModel.stream(messages, ...)` yields the reasoning and
+answer deltas of one completion, then the `Completion` itself.
+
+`OpenAIChat` talks to any OpenAI-compatible server (vLLM in production).
+It passes `reasoning_effort` as the request field (vLLM writes it into the
+gpt-oss harmony system message; a "Reasoning: low" line in our own prompt
+would not set it) and keeps the model's reasoning (`reasoning`, or
+`reasoning_content` on older vLLM) apart from its answer (`content`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from rag.errors import LLMError, LLMIncomplete, LLMTimeout, LLMUnreachable, PromptTooLong
+from rag.settings import Effort, Settings
+from rag.types import Usage
+
+Message = dict[str, str]
+
+
+@dataclass(frozen=True)
+class Delta:
+    channel: Literal["reasoning", "content"]
+    text: str
+
+
+@dataclass
+class Completion:
+    content: str | None
+    reasoning: str
+    finish_reason: str | None
+    usage: Usage
+    started: float  # time.time() when the request was sent
+    finished: float
+    first_token: float | None = None  # time.time() of the first content delta
+
+    @property
+    def seconds(self) -> float:
+        return self.finished - self.started
+
+
+@dataclass(frozen=True)
+class Request:
+    messages: Sequence[Message]
+    effort: Effort
+    max_tokens: int
+    response_format: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. vllm_xargs in tests
+
+
+class ChatModel(Protocol):
+    def stream(self, request: Request) -> Iterator[Delta | Completion]:
+        """Yield deltas as they arrive, then exactly one `Completion`."""
+        ...
+
+
+def complete(model: ChatModel, request: Request) -> Completion:
+    """Run a request to the end and return its `Completion`."""
+    for event in model.stream(request):
+        if isinstance(event, Completion):
+            return event
+    raise LLMError("the LLM stream ended without a completion")
+
+
+def require_content(completion: Completion, what: str) -> str:
+    """The answer text, or `LLMIncomplete` when the model produced none
+    (gpt-oss can spend `max_tokens` on reasoning and leave `content` null).
+    A non-empty answer cut off by the limit is returned; callers flag it."""
+    if completion.content is None:
+        raise LLMIncomplete(
+            f"The model stopped before finishing the {what} "
+            f"(finish_reason={completion.finish_reason!r}, "
+            f"{completion.usage.completion_tokens} tokens). Raise the token limit or lower "
+            "the reasoning effort."
+        )
+    return completion.content
+
+
+class OpenAIChat:
+    def __init__(self, settings: Settings) -> None:
+        import openai
+
+        self.url = settings.llm_url
+        self.model = settings.llm_model
+        self._retries = settings.llm_retries
+        self._client = openai.OpenAI(
+            base_url=settings.llm_url,
+            api_key=settings.llm_api_key,
+            timeout=openai.Timeout(settings.llm_timeout, connect=settings.llm_connect_timeout),
+            max_retries=0,  # retries are ours, so each one is visible and bounded
+        )
+
+    def stream(self, request: Request) -> Iterator[Delta | Completion]:
+        import openai
+
+        for attempt in range(self._retries + 1):
+            emitted = False
+            try:
+                for event in self._stream_once(request):
+                    emitted = True
+                    yield event
+                return
+            except openai.APITimeoutError:
+                if emitted or attempt == self._retries:
+                    raise LLMTimeout(
+                        f"The LLM server at {self.url} did not answer in time "
+                        f"(RAG_LLM_TIMEOUT); tried {attempt + 1} time(s)."
+                    ) from None
+            except openai.APIConnectionError:
+                if emitted or attempt == self._retries:
+                    raise LLMUnreachable(
+                        f"Cannot reach the LLM server at {self.url}. Start it with `make llm`, "
+                        "or point RAG_LLM_URL at a running OpenAI-compatible server."
+                    ) from None
+            except openai.BadRequestError as exc:
+                raise _bad_request(exc) from None
+            except openai.NotFoundError:
+                raise LLMError(
+                    f"The server at {self.url} does not serve a model named {self.model!r} "
+                    "(RAG_LLM_MODEL)."
+                ) from None
+            except openai.APIStatusError as exc:
+                if emitted or attempt == self._retries or exc.status_code < 500:
+                    raise LLMError(
+                        f"The LLM server at {self.url} failed: HTTP {exc.status_code} "
+                        f"{_message(exc)}"
+                    ) from None
+            except openai.APIError as exc:  # an error event in the middle of a stream
+                if emitted or attempt == self._retries:
+                    raise LLMError(
+                        f"The LLM server at {self.url} failed while answering: {_message(exc)}"
+                    ) from None
+            time.sleep(0.5 * (attempt + 1))
+
+    def _stream_once(self, request: Request) -> Iterator[Delta | Completion]:
+        started = time.time()
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "messages": list(request.messages),
+            "reasoning_effort": request.effort,
+            "max_completion_tokens": request.max_tokens,
+            "temperature": 0.0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if request.response_format is not None:
+            kwargs["response_format"] = request.response_format
+        if request.extra:
+            kwargs["extra_body"] = request.extra
+        content: list[str] = []
+        reasoning: list[str] = []
+        finish_reason = None
+        usage = Usage()
+        first_token = None
+        for chunk in self._client.chat.completions.create(**kwargs):
+            if chunk.usage is not None:
+                usage = Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
+            for choice in chunk.choices:
+                delta = choice.delta
+                thought = getattr(delta, "reasoning", None) or getattr(
+                    delta, "reasoning_content", None
+                )
+                if thought:
+                    reasoning.append(thought)
+                    yield Delta("reasoning", thought)
+                if delta.content:
+                    first_token = first_token or time.time()
+                    content.append(delta.content)
+                    yield Delta("content", delta.content)
+                if choice.finish_reason:
+                    finish_reason = choice.finish_reason
+        # Streams carry empty content deltas even when the model never got to
+        # its answer; no text at all is the streaming form of `content: null`.
+        yield Completion(
+            content="".join(content) or None,
+            reasoning="".join(reasoning),
+            finish_reason=finish_reason,
+            usage=usage,
+            started=started,
+            finished=time.time(),
+            first_token=first_token,
+        )
+
+    def context_window(self) -> int | None:
+        """The served model's context length (vLLM's `max_model_len`)."""
+        import openai
+
+        try:
+            for card in self._client.models.list().data:
+                if card.id == self.model:
+                    value = getattr(card, "max_model_len", None)
+                    return int(value) if value else None
+        except openai.OpenAIError:
+            return None
+        return None
+
+
+def _message(exc: Any) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        return str(body.get("message") or body.get("error") or body)
+    return str(exc)
+
+
+def _bad_request(exc: Any) -> LLMError:
+    text = _message(exc)
+    lowered = text.lower()
+    if (
+        "context length" in lowered
+        or "too long" in lowered
+        or "max_model_len" in lowered
+        or ("maximum" in lowered and "token" in lowered)
+    ):
+        return PromptTooLong(f"The prompt does not fit the model's context: {text}")
+    return LLMError(f"The LLM server rejected the request: {text}")

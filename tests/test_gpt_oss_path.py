@@ -1,0 +1,156 @@
+"""The gpt-oss path on the real vLLM server: a tiny random-weight gpt-oss
+whose output each request scripts (serving/scripted_logits.py), so vLLM's
+real harmony parsing decides what lands in `reasoning` and in `content`.
+
+`Scripted` wraps the real client and only adds the script to each request;
+everything else (HTTP, streaming, structured output, our parsing) is real.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+
+import pytest
+
+from rag.answering import Notice, answer, screen, stream_answer
+from rag.knowledge_base import KnowledgeBase
+from rag.llm import Completion, Delta, OpenAIChat, Request, complete
+from rag.settings import Settings
+
+pytestmark = pytest.mark.llm
+
+Script = Callable[[Request], dict[str, str]]
+
+
+class Scripted:
+    def __init__(self, inner: OpenAIChat, script: Script) -> None:
+        self.inner = inner
+        self.script = script
+        self.requests: list[Request] = []
+
+    def stream(self, request: Request) -> Iterator[Delta | Completion]:
+        self.requests.append(request)
+        scripted = replace(request, extra={"vllm_xargs": self.script(request)})
+        return self.inner.stream(scripted)
+
+
+def is_screen(request: Request) -> bool:
+    return request.response_format is not None
+
+
+def passage_ids(request: Request) -> list[int]:
+    schema = request.response_format["json_schema"]["schema"]  # type: ignore[index]
+    return schema["properties"]["verdicts"]["items"]["properties"]["id"]["enum"]
+
+
+def verdicts(request: Request, relevant: bool) -> dict[str, str]:
+    body = {"verdicts": [{"id": i, "score": 3 if relevant else 0, "relevant": relevant,
+                          "reason": "scripted"} for i in passage_ids(request)]}  # fmt: skip
+    return {"reasoning": "Check the passage.", "final": json.dumps(body), "constrain": "json"}
+
+
+@pytest.fixture(scope="module")
+def settings(tiny_gpt_oss_server) -> Settings:
+    return Settings(
+        llm_url=tiny_gpt_oss_server.base_url,
+        llm_model=tiny_gpt_oss_server.served_model_name,
+        llm_context_tokens=2048,
+        llm_retries=0,
+        screen_k=3,
+        keep_max=2,
+        read_max_tokens=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def chat(settings) -> OpenAIChat:
+    return OpenAIChat(settings)
+
+
+@pytest.fixture(scope="module")
+def kb(built_index, embedder):
+    return KnowledgeBase.open(built_index, embedder)
+
+
+def test_reasoning_and_content_come_back_apart(chat):
+    request = Request(
+        messages=[{"role": "user", "content": "hi"}], effort="high", max_tokens=200,
+        extra={"vllm_xargs": {"reasoning": "The user greets me.", "final": "Hello there."}},
+    )  # fmt: skip
+    completion = complete(chat, request)
+    assert completion.reasoning == "The user greets me."
+    assert completion.content == "Hello there."
+    events = list(chat.stream(request))
+    streamed = {
+        channel: "".join(e.text for e in events if isinstance(e, Delta) and e.channel == channel)
+        for channel in ("reasoning", "content")
+    }
+    assert streamed == {"reasoning": "The user greets me.", "content": "Hello there."}
+    assert isinstance(events[-1], Completion) and events[-1].usage.completion_tokens > 0
+
+
+def test_screen_reads_structured_verdicts_on_the_gpt_oss_path(kb, chat, settings):
+    model = Scripted(chat, lambda r: verdicts(r, relevant=True))
+    hits = kb.search("largest planet", k=3)
+    found, usage = screen("largest planet", hits, model, settings)
+    assert [(v.valid, v.relevant, v.score, v.reason) for v in found] == [
+        (True, True, 3.0, "scripted")
+    ] * 3
+    assert all(r.effort == "low" for r in model.requests)
+    assert usage.completion_tokens > 0
+
+
+def test_nothing_relevant_means_saying_so_without_a_deep_read(kb, chat, settings):
+    model = Scripted(chat, lambda r: verdicts(r, relevant=False))
+    result = answer("What is the boiling point of mercury?", kb, model, settings)
+    assert not result.found and "does not contain" in result.text
+    assert result.citations == [] and "read" not in result.usage
+    assert all(is_screen(r) for r in model.requests)  # stage 2 never ran
+
+
+def test_deep_read_streams_reasoning_apart_and_resolves_citations(kb, chat, settings):
+    def script(request: Request) -> dict[str, str]:
+        if is_screen(request):
+            return verdicts(request, relevant=True)
+        return {
+            "reasoning": "Passage 1 names Jupiter.",
+            "final": "Jupiter is the largest [1]. See also [7].",
+        }
+
+    model = Scripted(chat, script)
+    events = list(stream_answer("Which planet is the largest?", kb, model, settings))
+    result = events[-1].answer
+    reasoning = "".join(e.text for e in events if isinstance(e, Delta) and e.channel == "reasoning")
+    assert reasoning == result.reasoning == "Passage 1 names Jupiter."
+    assert "Passage 1" not in result.text
+    assert result.text == "Jupiter is the largest [1]. See also ."
+    assert [c.n for c in result.citations] == [1] and result.dropped_citations == 1
+    assert result.citations[0].hit == result.kept[0]
+    read = [r for r in model.requests if not is_screen(r)]
+    assert [r.effort for r in read] == ["high"]
+
+
+def test_reasoning_that_uses_every_token_is_retried_at_lower_effort(kb, chat, settings):
+    def script(request: Request) -> dict[str, str]:
+        if is_screen(request):
+            return verdicts(request, relevant=True)
+        if request.effort == "high":  # thinks past max_tokens: content stays null
+            return {"reasoning": "hmm " * 400, "final": "never reached"}
+        return {"reasoning": "short", "final": "Jupiter [1]."}
+
+    model = Scripted(chat, script)
+    events = list(stream_answer("Which planet is the largest?", kb, model, settings))
+    result = events[-1].answer
+    assert result.text == "Jupiter [1]."
+    assert [r.effort for r in model.requests if not is_screen(r)] == ["high", "medium"]
+    assert any(isinstance(e, Notice) and "effort medium" in e.text for e in events)
+
+
+def test_malformed_verdict_json_fails_open_and_is_recorded(kb, chat, settings):
+    model = Scripted(chat, lambda r: {"final": '{"verdicts": "not a list"}', "constrain": "json"})
+    hits = kb.search("largest planet", k=2)
+    found, _ = screen("largest planet", hits, model, settings)
+    assert [v.relevant for v in found] == [True, True]  # kept: fail open
+    assert all(not v.valid and v.error for v in found)
