@@ -2,7 +2,7 @@
 #
 #   make setup    the app's virtual environment (.venv) with the CPU build of torch
 #   make index    build/refresh the sample knowledge base (docs/) into indexes/default
-#   make run      setup + index + the Streamlit app
+#   make run      setup + index + LLM server + Streamlit app (Ctrl-C stops both)
 #   make test     setup (app + LLM server + models) + the whole test suite
 #   make llm      only the LLM server, in the foreground (see mk/llm.mk)
 #   make lint     ruff + mypy
@@ -20,7 +20,7 @@ include mk/llm.mk
 
 
 
-.PHONY: setup index run test lint clean
+.PHONY: setup index run test lint clean browser-setup
 
 # torch first and pinned: this machine's pip takes the CPU build from disk,
 # while an unpinned torch would pull the multi-GB CUDA build.
@@ -35,11 +35,18 @@ setup: $(VENV)/.installed
 index: setup
 	$(BIN)/ingest $(SAMPLE) --index $(INDEX) --sync
 
-run: setup index
-	RAG_INDEX=$(INDEX) $(BIN)/streamlit run streamlit_app.py --server.headless true
+run: setup llm-setup index
+	$(PYTHON) -m serving.run --index $(INDEX)
 
-test: setup llm-setup llm-setup-tiny
+test: setup llm-setup llm-setup-tiny browser-setup
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# Debian's Chromium for the end-to-end browser test (Playwright drives it;
+# Playwright's own browser download is not needed).
+browser-setup:
+	@command -v chromium >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -q chromium || { $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }; }
 
 lint: setup
 	$(BIN)/ruff check rag ingest serving tests bench streamlit_app.py

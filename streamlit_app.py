@@ -1,35 +1,232 @@
-"""Streamlit front end: a thin view over `rag`."""
+"""The web app: ask questions, watch the stages, check the sources, manage
+knowledge bases. A thin view over `rag` (drawing helpers in `ui/`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import streamlit as st
 
-from rag import KnowledgeBase, Settings
-from rag.errors import RagError
+from ingest.pipeline import IngestReport, Progress, ProgressFn
+from rag.answering import Finished, Notice, Retrieved, Screened, condense, stream_answer
+from rag.errors import LLMError, LLMUnreachable, RagError
+from rag.knowledge_base import KnowledgeBase
+from rag.llm import Delta, OpenAIChat, check_server
+from rag.settings import Settings
+from rag.types import Answer
+from ui import knowledge, render
 
 
-@st.cache_resource
+@st.cache_resource(show_spinner="Opening the knowledge base…")
 def open_kb(path: str) -> KnowledgeBase:
-    return KnowledgeBase.open(path)
+    kb = KnowledgeBase.open(path)
+    kb.embedder  # load the model now, not during the first question  # noqa: B018
+    return kb
+
+
+@st.cache_data(ttl=10, show_spinner=False)
+def llm_problem(url: str, model: str) -> str | None:
+    return check_server(Settings(llm_url=url, llm_model=model))
+
+
+def sidebar(base: Settings) -> tuple[Path, Settings]:
+    """Knowledge-base picker and per-question tuning."""
+    with st.sidebar:
+        st.header("Knowledge base")
+        names = knowledge.list_knowledge_bases(base.indexes_root)
+        default = base.index.name if base.index.name in names else None
+        choice = st.selectbox(
+            "Knowledge base", names or ["(none yet)"],
+            index=names.index(default) if default else 0, key="kb",
+        )  # fmt: skip
+        new = st.text_input("…or a new one", placeholder="name, e.g. contracts")
+        if new and not knowledge.valid_name(new):
+            st.error("Use letters, digits, '-', '_' or '.' (up to 64).")
+            new = ""
+        kb_dir = base.indexes_root / (new or choice)
+        st.header("Answering")
+        k = st.slider("Passages to screen (k)", 2, 30, base.screen_k)
+        screen_on = st.toggle("Fast screen", value=base.screen)
+        screen_effort = st.selectbox("Screen reasoning", ["low", "medium", "high"], index=0)
+        read_effort = st.selectbox("Deep-read reasoning", ["low", "medium", "high"], index=2)
+        keep_max = st.slider("Passages kept for the answer", 1, 12, base.keep_max)
+    tuned = base.model_copy(
+        update={
+            "index": kb_dir, "screen_k": k, "screen": screen_on, "keep_max": keep_max,
+            "screen_effort": screen_effort, "read_effort": read_effort,
+        }
+    )  # fmt: skip
+    return kb_dir, tuned
+
+
+def show_turn(kb: KnowledgeBase, result: Answer) -> None:
+    st.markdown(render.defuse(result.text))
+    render.notes(result)
+    render.citations(kb, result.citations)
+    render.reasoning(result.reasoning)
+    render.stages(result)
+
+
+def ask(kb: KnowledgeBase, settings: Settings, question: str, llm_down: str | None) -> None:
+    history = st.session_state.setdefault("history", [])
+    with st.chat_message("user"):
+        st.text(question)
+    with st.chat_message("assistant"):
+        if llm_down:
+            st.warning(f"{llm_down} Showing the best passages instead of an answer.")
+            render.hits_only(kb, kb.search(question, k=settings.screen_k))
+            return
+        chat = OpenAIChat(settings)
+        pairs = [(t["role"], t["text"]) for t in history]
+        try:
+            query = condense(pairs, question, chat, settings) if pairs else question
+            if query != question:
+                st.caption(f"Searching for: {query}")
+            result = stream_into_page(question, query, kb, chat, settings)
+        except LLMUnreachable as exc:
+            st.warning(f"{exc} Showing the best passages instead of an answer.")
+            render.hits_only(kb, kb.search(question, k=settings.screen_k))
+            return
+        except LLMError as exc:
+            st.error(str(exc))
+            return
+        render.notes(result)
+        render.citations(kb, result.citations)
+        render.reasoning(result.reasoning)
+        render.stages(result)
+    history.append({"role": "user", "text": question, "answer": None})
+    history.append({"role": "assistant", "text": result.text, "answer": result})
+
+
+def stream_into_page(
+    question: str, query: str, kb: KnowledgeBase, chat: OpenAIChat, settings: Settings
+) -> Answer:
+    status = st.status("Retrieving passages…", expanded=False)
+    thinking = st.empty()
+    body = st.empty()
+    text, thought = "", ""
+    for event in stream_answer(question, kb, chat, settings, search_query=query):
+        if isinstance(event, Retrieved):
+            status.update(label=f"Retrieved {len(event.hits)} passages; screening…")
+        elif isinstance(event, Screened):
+            status.update(
+                label=f"Screen kept {len(event.kept)} of {len(event.verdicts)} passages "
+                f"({event.seconds:.1f} s); reading…"
+            )
+            status.dataframe(render.verdict_rows(event.verdicts, event.kept), hide_index=True)
+        elif isinstance(event, Notice):
+            status.write(event.text)
+        elif isinstance(event, Delta) and event.channel == "reasoning":
+            thought += event.text
+            thinking.caption(f"Reasoning… ({len(thought.split())} words)")
+        elif isinstance(event, Delta):
+            text += event.text
+            body.markdown(render.defuse(text) + " ▌")
+        elif isinstance(event, Finished):
+            result = event.answer
+    thinking.empty()
+    body.markdown(render.defuse(result.text))
+    status.update(label=f"Answered — {render.stage_summary(result)}", state="complete")
+    return result
+
+
+def ask_tab(kb_dir: Path, settings: Settings) -> None:
+    try:
+        kb = open_kb(str(kb_dir))
+    except RagError as exc:
+        st.info(f"{exc}\n\nUpload documents in the **Manage** tab to create it.")
+        return
+    llm_down = llm_problem(settings.llm_url, settings.llm_model)
+    if llm_down:
+        st.warning(f"{llm_down} Answers are off; searches still work. Start it with `make llm`.")
+    for turn in st.session_state.get("history", []):
+        with st.chat_message(turn["role"]):
+            if turn["answer"] is None:
+                st.text(turn["text"])
+            else:
+                show_turn(kb, turn["answer"])
+    question = st.chat_input("Ask a question about your documents")
+    if question:
+        ask(kb, settings, question, llm_down)
+
+
+def manage_tab(kb_dir: Path, settings: Settings) -> None:
+    # Drawn last, after any action below, so they never show stale numbers.
+    summary = st.container()
+    st.subheader("Add documents")
+    files = st.file_uploader(
+        "PDF, Markdown, text, HTML or DOCX", accept_multiple_files=True,
+        type=[k.lstrip(".") for k in knowledge.KINDS], key="uploads",
+    )  # fmt: skip
+    if files and st.button("Ingest", type="primary"):
+        uploads = [knowledge.Upload(f.name, f.getvalue()) for f in files]
+        saved = knowledge.save_uploads(kb_dir, uploads, settings.max_file_mb)
+        for name, reason in saved.refused:
+            st.error(f"{name}: {reason}")
+        if saved.paths:
+            run_ingest(
+                lambda progress: knowledge.ingest_files(kb_dir, saved.paths, settings, progress)
+            )
+    if not knowledge.has_index(kb_dir):
+        return
+    kb = open_kb(str(kb_dir))
+    st.subheader("Documents")
+    doomed = st.multiselect("Delete documents", [d.path for d in kb.documents()])
+    if doomed and st.button("Delete selected"):
+        report = knowledge.delete_documents(kb_dir, doomed, settings)
+        st.success(f"Deleted {report.deleted} document(s).")
+    if st.button("Rebuild this knowledge base"):
+        run_ingest(lambda progress: knowledge.rebuild(kb_dir, settings, progress))
+    st.dataframe(
+        [
+            {"document": d.path, "kind": d.kind, "pages": d.pages, "chunks": d.chunks}
+            for d in kb.documents()
+        ],
+        hide_index=True,
+    )
+    stats = kb.stats()
+    with summary:
+        cols = st.columns(4)
+        cols[0].metric("Documents", stats["documents"])
+        cols[1].metric("Chunks", stats["chunks"])
+        cols[2].metric("Vectors", stats["vectors"])
+        cols[3].metric("On disk", f"{stats['disk_bytes'] / 1e6:.1f} MB")
+        st.caption(f"Model {stats['model']} · generation {stats['generation']} · {kb_dir}")
+
+
+def run_ingest(job: Callable[[ProgressFn], IngestReport]) -> None:
+    bar = st.progress(0.0, text="Starting…")
+
+    def progress(p: Progress) -> None:
+        fraction = p.done / p.total if p.total else 1.0
+        bar.progress(min(fraction, 1.0), text=f"{p.stage}: {p.done}/{p.total} {Path(p.path).name}")
+
+    try:
+        report = job(progress)
+    except RagError as exc:
+        bar.empty()
+        st.error(str(exc))
+        return
+    bar.progress(1.0, text="Done")
+    st.success(
+        f"Added {report.added}, updated {report.updated}, unchanged {report.unchanged}; "
+        f"{report.chunks_embedded} chunks embedded in {report.seconds:.1f} s."
+    )
+    for failure in report.failed:
+        st.error(f"{Path(failure.path).name}: {failure.error}")
 
 
 def main() -> None:
-    st.set_page_config(page_title="Knowledge base search", page_icon="🔎")
-    settings = Settings()
-    st.title("Knowledge base search")
-    try:
-        kb = open_kb(str(settings.index))
-    except RagError as exc:
-        st.error(str(exc))
-        return
-    query = st.text_input("Search", placeholder="Ask about your documents")
-    if not query:
-        return
-    for rank, hit in enumerate(kb.search(query, k=settings.k), start=1):
-        page = f", page {hit.page}" if hit.page else ""
-        with st.container(border=True):
-            st.markdown(f"**{rank}.** `{hit.source}`{page} · score {hit.score:.4f}")
-            st.text(hit.text)
+    st.set_page_config(page_title="kbqa", page_icon="📚", layout="wide")
+    base = Settings()
+    kb_dir, settings = sidebar(base)
+    st.title("Ask your documents")
+    ask_view, manage_view = st.tabs(["Ask", "Manage"])
+    with ask_view:
+        ask_tab(kb_dir, settings)
+    with manage_view:
+        manage_tab(kb_dir, settings)
 
 
 main()

@@ -217,3 +217,25 @@ def _bad_request(exc: Any) -> LLMError:
     ):
         return PromptTooLong(f"The prompt does not fit the model's context: {text}")
     return LLMError(f"The LLM server rejected the request: {text}")
+
+
+def check_server(settings: Settings) -> str | None:
+    """None if the server answers and serves the configured model, else a
+    sentence saying what is wrong (for a banner, not an exception)."""
+    import openai
+
+    client = openai.OpenAI(
+        base_url=settings.llm_url, api_key=settings.llm_api_key, timeout=3.0, max_retries=0
+    )
+    try:
+        served = [card.id for card in client.models.list().data]
+    except openai.APIConnectionError:
+        return f"The LLM server at {settings.llm_url} is not reachable."
+    except openai.OpenAIError as exc:
+        return f"The LLM server at {settings.llm_url} answered with an error: {exc}"
+    if settings.llm_model not in served:
+        return (
+            f"The LLM server at {settings.llm_url} serves {', '.join(served) or 'no model'}, "
+            f"not {settings.llm_model!r} (RAG_LLM_MODEL)."
+        )
+    return None

@@ -113,6 +113,19 @@ class _Tables:
         )
         return [_chunk_from_row(r) for r in rows]
 
+    def context(self, chunk: Chunk, neighbours: int = 1) -> tuple[str, str, str]:
+        """(text before, the chunk, text after) from the neighbouring chunks
+        of the same document (and page), rebuilt from their offsets."""
+        rows = self.db.execute(
+            'SELECT c.text, c.start, c."end", c.page FROM chunks c JOIN documents d '
+            "ON d.id = c.doc_id WHERE d.path = ? AND c.ordinal BETWEEN ? AND ? ORDER BY c.start",
+            (chunk.source, chunk.ordinal - neighbours, chunk.ordinal + neighbours),
+        ).fetchall()
+        pieces = [(start, text) for text, start, _end, page in rows if page == chunk.page]
+        before = _assemble(pieces, min((s for s, _ in pieces), default=chunk.start), chunk.start)
+        last = max((s + len(t) for s, t in pieces), default=chunk.end)
+        return before, chunk.text, _assemble(pieces, chunk.end, last)
+
     def documents(self) -> list[DocumentRecord]:
         rows = self.db.execute(
             "SELECT d.id, d.path, d.content_hash, d.kind, d.title, d.size, d.mtime, d.pages, "
@@ -150,6 +163,23 @@ class _Tables:
         )
         # FTS5's bm25() is negated so that ascending order is best-first.
         return [(int(rowid), -float(rank)) for rowid, rank in rows]
+
+
+def _assemble(pieces: list[tuple[int, str]], start: int, end: int) -> str:
+    """The document text in [start, end) from overlapping (offset, text)
+    pieces; a gap between pieces (stripped whitespace) becomes one space."""
+    out: list[str] = []
+    position = start
+    for offset, text in sorted(pieces):
+        piece_end = offset + len(text)
+        if piece_end <= position or offset >= end:
+            continue
+        if offset > position:
+            out.append(" ")
+            position = offset
+        out.append(text[position - offset : min(end, piece_end) - offset])
+        position = min(end, piece_end)
+    return "".join(out).strip()
 
 
 def _read_vectors(path: Path) -> faiss.Index:

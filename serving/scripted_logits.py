@@ -12,6 +12,12 @@ are left alone (and get the random model's gibberish):
     }})
     # or {"script": "<|channel|>final<|message|>Hi<|return|>"}: raw harmony
 
+With KBQA_SCRIPT_DEFAULT=1 in the server's environment, requests without
+these keys follow a default script instead, so an unmodified client (the
+app, in the browser test) gets deterministic gpt-oss output: a structured
+request for screen verdicts gets every passage judged relevant, any other
+request a short reasoning and an answer citing passage [1].
+
 The text is tokenized with harmony's own encoding and forced one token per
 step (every other logit -inf), so vLLM's real harmony parsing, streaming,
 `finish_reason`, `max_tokens` and structured-output checks all run on it.
@@ -21,6 +27,8 @@ Runs inside `.venv-llm` (vLLM's engine process), never in the app.
 
 from __future__ import annotations
 
+import json
+import os
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +62,33 @@ def harmony_script(xargs: dict[str, Any] | None) -> str | None:
         text += f"<|channel|>analysis<|message|>{xargs['reasoning']}<|end|><|start|>assistant"
     constrain = f" <|constrain|>{xargs['constrain']}" if "constrain" in xargs else ""
     return text + f"<|channel|>final{constrain}<|message|>{xargs.get('final', '')}{RETURN}"
+
+
+DEFAULT_REASONING = "The first passage answers the question."
+DEFAULT_ANSWER = "The knowledge base answers this in the first passage [1]."
+
+
+def default_script(params: SamplingParams) -> str | None:
+    """What a request without a script gets when KBQA_SCRIPT_DEFAULT is set."""
+    if not os.environ.get("KBQA_SCRIPT_DEFAULT"):
+        return None
+    structured = params.structured_outputs
+    if structured is not None and structured.json is not None:
+        schema = (
+            json.loads(structured.json) if isinstance(structured.json, str) else structured.json
+        )
+        try:
+            ids = schema["properties"]["verdicts"]["items"]["properties"]["id"]["enum"]
+        except (KeyError, TypeError):
+            return None
+        verdicts = [
+            {"id": i, "score": 3, "relevant": True, "reason": "default script"} for i in ids
+        ]
+        return harmony_script(
+            {"reasoning": "Judge each passage.", "final": json.dumps({"verdicts": verdicts}),
+             "constrain": "json"}
+        )  # fmt: skip
+    return harmony_script({"reasoning": DEFAULT_REASONING, "final": DEFAULT_ANSWER})
 
 
 class ForcedTokens:
@@ -93,7 +128,7 @@ class ScriptedHarmonyLogitsProcessor(AdapterLogitsProcessor):
         return False  # it changes which token wins, greedy or not
 
     def new_req_logits_processor(self, params: SamplingParams) -> ForcedTokens | None:
-        script = harmony_script(params.extra_args)
+        script = harmony_script(params.extra_args) or default_script(params)
         if script is None:
             return None
         ids = self._encoding.encode(script, allowed_special="all")

@@ -72,6 +72,9 @@ def _serve(device: str):
 
     try:
         config = launch.build_config(device=device, port=launch.free_port())
+        # Requests that script nothing (the app's own) get deterministic
+        # gpt-oss output: see serving/scripted_logits.py.
+        config.env["KBQA_SCRIPT_DEFAULT"] = "1"
         server = launch.start(config)
     except launch.NotSetUpError as exc:  # a server that fails to start fails the run
         pytest.skip(f"LLM ENVIRONMENT NOT SET UP — real-server tests skipped: {exc}")
@@ -94,3 +97,14 @@ def llm_settings(llm_server) -> Settings:
         keep_max=3,
         read_max_tokens=200,
     )
+
+
+@pytest.fixture(scope="session")
+def docs_index(tmp_path_factory: pytest.TempPathFactory, embedder: Embedder) -> Path:
+    """The sample knowledge base (docs/), as `make run` builds it, in an
+    indexes root of its own."""
+    root = tmp_path_factory.mktemp("indexes")
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    report = ingest_paths([str(docs)], Settings(index=root / "default"), embedder=embedder)
+    assert not report.failed, report.failed
+    return root / "default"

@@ -142,3 +142,22 @@ def test_same_size_garbage_is_reported_as_damage(index_copy, name):
     target.write_bytes(os.urandom(target.stat().st_size))
     with pytest.raises(IndexCorrupt, match="damaged"):
         KnowledgeBase.open(index_copy)
+
+
+def test_context_rebuilds_the_text_around_a_chunk(tmp_path):
+    text = "".join(f"Sentence {i:02d} is here. " for i in range(12))
+    spans = [(0, 100), (80, 180), (160, len(text))]  # overlapping, like real chunks
+    chunks = [
+        Chunk(text=text[a:b], source="/d.txt", start=a, end=b, ordinal=n)
+        for n, (a, b) in enumerate(spans)
+    ]
+    root = tmp_path / "idx"
+    with open_writer(root, params()) as w:
+        w.put(path="/d.txt", content_hash="h", kind="text", title="", size=1, mtime=0,
+              pages=None, chunks=chunks, vectors=np.eye(4, dtype=np.float32)[:3])  # fmt: skip
+    snap = KnowledgeBase.open(root).snapshot()
+    middle = snap.document_chunks("/d.txt")[1]
+    before, span, after = snap.context(middle)
+    assert (before, span, after) == (text[0:80].strip(), text[80:180], text[180:].strip())
+    first = snap.document_chunks("/d.txt")[0]
+    assert snap.context(first, neighbours=1)[0] == ""

@@ -1,0 +1,111 @@
+"""`make run`: the Streamlit app plus an LLM server, stopped together by Ctrl-C.
+
+    python -m serving.run [--index indexes/default] [--port 8501] [--llm-port 8000]
+
+The app starts first (searches work at once) and the LLM server after it:
+gpt-oss-20b on GPU machines, SmolLM2 on the vLLM CPU build otherwise. When
+RAG_LLM_URL is set, that server is used and none is started; so is a server
+already answering on --llm-port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+from serving import launch
+
+# The small CPU model has a 2,048-token context: fewer, shorter requests.
+CPU_PROFILE = {
+    "RAG_LLM_CONTEXT_TOKENS": str(launch.CPU_MAX_MODEL_LEN),
+    "RAG_SCREEN_K": "6",
+    "RAG_KEEP_MAX": "3",
+    "RAG_SCREEN_MAX_TOKENS": "128",
+    "RAG_READ_MAX_TOKENS": "384",
+}
+GPU_PROFILE = {"RAG_LLM_CONTEXT_TOKENS": str(launch.GPU_MAX_MODEL_LEN)}
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/models", timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m serving.run", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--index", default=os.environ.get("RAG_INDEX", "indexes/default"))
+    parser.add_argument("--port", type=int, default=8501, help="the app's port")
+    parser.add_argument("--llm-port", type=int, default=8000)
+    parser.add_argument("--no-llm", action="store_true", help="start only the app")
+    args = parser.parse_args(argv)
+
+    env = {**os.environ, "RAG_INDEX": args.index}
+    server: launch.Server | None = None
+    config: launch.ServeConfig | None = None
+    if args.no_llm:
+        pass
+    elif "RAG_LLM_URL" in os.environ:
+        print(f"Using the LLM server at {os.environ['RAG_LLM_URL']} (RAG_LLM_URL).")
+    else:
+        config = launch.build_config(port=args.llm_port)
+        profile = CPU_PROFILE if config.served_model_name != launch.GPU_SERVED_NAME else GPU_PROFILE
+        env = {
+            **profile,
+            **env,
+            "RAG_LLM_URL": config.base_url,
+            "RAG_LLM_MODEL": config.served_model_name,
+        }
+        if _answers(config.base_url):
+            print(f"An LLM server already answers at {config.base_url}; using it.")
+            config = None
+
+    script = Path(__file__).resolve().parent.parent / "streamlit_app.py"
+    app = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(args.port),
+         "--server.headless", "true", "--browser.gatherUsageStats", "false",
+         "--server.fileWatcherType", "none"],
+        env=env,
+    )  # fmt: skip
+    print(f"\n  The app: http://localhost:{args.port}\n")
+    try:
+        if config is not None:
+            print(f"Starting the LLM server (log under {launch.Paths.from_env().cache / 'logs'}):")
+            print(f"  {config.shell_command()}\n")
+            server = launch.start(config)
+            print(
+                f"LLM ready at {server.base_url} ({server.served_model_name}). Ctrl-C stops both."
+            )
+        return app.wait()
+    except KeyboardInterrupt:
+        return 130
+    except launch.LaunchError as exc:
+        print(f"The LLM server did not start: {exc}")
+        print("The app keeps running (search only); Ctrl-C stops it.")
+        try:
+            return app.wait()
+        except KeyboardInterrupt:
+            return 130
+    finally:
+        if app.poll() is None:
+            app.send_signal(signal.SIGTERM)
+            try:
+                app.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                app.kill()
+        if server is not None:
+            server.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

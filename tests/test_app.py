@@ -1,0 +1,135 @@
+"""The Streamlit app through AppTest, against real indexes and real vLLM
+servers (SmolLM2, and the scripted tiny gpt-oss for citations)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from builders import make_pdf
+from streamlit.testing.v1 import AppTest
+
+APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
+
+
+@pytest.fixture
+def kb_root(tmp_path, docs_index):
+    root = tmp_path / "indexes"
+    shutil.copytree(docs_index, root / "default")
+    return root
+
+
+@pytest.fixture
+def app_env(monkeypatch, kb_root):
+    monkeypatch.setenv("RAG_INDEXES_ROOT", str(kb_root))
+    monkeypatch.setenv("RAG_INDEX", str(kb_root / "default"))
+    monkeypatch.setenv("RAG_LLM_RETRIES", "0")
+    return monkeypatch
+
+
+def app() -> AppTest:
+    return AppTest.from_file(APP, default_timeout=240)
+
+
+def texts(at: AppTest) -> str:
+    parts = [m.value for m in at.markdown] + [c.value for c in at.caption]
+    parts += [e.label for e in at.expander] + [s.label for s in at.status]
+    return "\n".join(parts)
+
+
+def use_llm(env, server, **extra: str) -> None:
+    env.setenv("RAG_LLM_URL", server.base_url)
+    env.setenv("RAG_LLM_MODEL", server.served_model_name)
+    env.setenv("RAG_LLM_CONTEXT_TOKENS", "2048")
+    env.setenv("RAG_SCREEN_K", "4")
+    env.setenv("RAG_KEEP_MAX", "3")
+    env.setenv("RAG_SCREEN_MAX_TOKENS", "128")
+    env.setenv("RAG_READ_MAX_TOKENS", "200")
+    for key, value in extra.items():
+        env.setenv(key, value)
+
+
+def test_offline_llm_shows_a_banner_and_ranked_passages(app_env):
+    from serving.launch import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    app_env.setenv("RAG_LLM_URL", url)
+    at = app().run()
+    assert not at.exception
+    assert any(url in w.value and "not reachable" in w.value for w in at.warning)
+    at.chat_input[0].set_value("How do I serve gpt-oss-20b on two GPUs?").run()
+    assert not at.exception
+    labels = [e.label for e in at.expander]
+    assert labels and labels[0].startswith("1. ")
+    assert any("operations-handbook.pdf, page" in label for label in labels)
+    assert len(at.image) > 0, "the PDF page is shown as an image"
+
+
+@pytest.mark.llm
+def test_ask_streams_an_answer_with_stages(app_env, llm_server):
+    use_llm(app_env, llm_server)
+    at = app().run()
+    assert not at.warning
+    at.chat_input[0].set_value("How are broken files reported?").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    page = texts(at)
+    assert "Answered —" in page and "retrieve" in page and "screen" in page and "read" in page
+    assert "tokens" in page
+    verdicts = at.dataframe[0].value
+    assert len(verdicts) == 4 and set(verdicts.columns) >= {"kept", "reason", "source"}
+
+
+@pytest.mark.llm
+def test_citations_open_their_passage_and_pdf_page(app_env, tiny_gpt_oss_server):
+    use_llm(app_env, tiny_gpt_oss_server)
+    at = app().run()
+    at.chat_input[0].set_value("How do I serve gpt-oss-20b on two GPUs?").run()
+    assert not at.exception, [e.value for e in at.exception]
+    page = texts(at)
+    assert "The knowledge base answers this in the first passage [1]." in page
+    citation = next(e for e in at.expander if e.label.startswith("[1] "))
+    assert "Model reasoning" in [e.label for e in at.expander]
+    highlighted = [m.value for m in citation.markdown if ":orange-background[" in m.value]
+    assert highlighted, "the cited span is highlighted in its context"
+    if "page" in citation.label:
+        assert citation.get("image"), "a cited PDF page is rendered"
+
+
+def test_upload_ingests_good_files_and_reports_broken_ones(app_env, kb_root, tmp_path):
+    at = app().run()
+    pdf = make_pdf(tmp_path / "p.pdf", ["Quarterly revenue grew by twelve percent."]).read_bytes()
+    at.file_uploader[0].set_value(
+        [
+            (
+                "../../escape attempt.md",
+                b"# Escape\n\nThis note tries to leave the folder.",
+                "text/markdown",
+            ),
+            ("report.pdf", pdf, "application/pdf"),
+            ("broken.pdf", b"%PDF-1.4 this is not a pdf", "application/pdf"),
+        ]
+    ).run()
+    next(b for b in at.button if b.label == "Ingest").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("Added 2" in s.value for s in at.success)
+    assert any("broken.pdf" in e.value and "PDF" in e.value for e in at.error)
+    uploads = kb_root / "default" / "uploads"
+    assert sorted(p.name for p in uploads.iterdir()) == [
+        "broken.pdf",
+        "escape attempt.md",
+        "report.pdf",
+    ]
+    assert not (kb_root.parent / "escape attempt.md").exists()
+    documents = at.dataframe[0].value["document"].tolist()
+    assert str(uploads / "report.pdf") in documents
+
+
+def test_delete_a_document_from_the_manage_tab(app_env, kb_root):
+    at = app().run()
+    doomed = next(p for p in at.multiselect[0].options if p.endswith("searching.md"))
+    at.multiselect[0].set_value([doomed]).run()
+    next(b for b in at.button if b.label == "Delete selected").click().run()
+    assert any("Deleted 1" in s.value for s in at.success)
+    assert doomed not in at.dataframe[0].value["document"].tolist()

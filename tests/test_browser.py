@@ -1,0 +1,105 @@
+"""End to end in a real headless Chromium: start the app, ask, wait for the
+cited answer, open the source, save a screenshot.
+
+The app talks to the real vLLM server running the scripted tiny gpt-oss
+(deterministic output through vLLM's real harmony parsing), so the answer
+always cites [1] and the test can open it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.llm]
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts" / "browser"
+
+
+def chromium() -> str:
+    path = (
+        os.environ.get("KBQA_CHROMIUM")
+        or shutil.which("chromium")
+        or shutil.which("chromium-browser")
+    )
+    if not path:
+        pytest.skip("NO CHROMIUM — browser test skipped; `make test` installs Debian's chromium")
+    return path
+
+
+@pytest.fixture
+def app_url(tmp_path, docs_index, tiny_gpt_oss_server):
+    from serving.launch import free_port
+
+    root = tmp_path / "indexes"
+    shutil.copytree(docs_index, root / "default")
+    port = free_port()
+    env = {
+        **os.environ,
+        "RAG_INDEXES_ROOT": str(root), "RAG_INDEX": str(root / "default"),
+        "RAG_LLM_URL": tiny_gpt_oss_server.base_url,
+        "RAG_LLM_MODEL": tiny_gpt_oss_server.served_model_name,
+        "RAG_LLM_CONTEXT_TOKENS": "2048", "RAG_SCREEN_K": "4", "RAG_KEEP_MAX": "3",
+        "RAG_READ_MAX_TOKENS": "200",
+    }  # fmt: skip
+    log = open(tmp_path / "streamlit.log", "wb")  # noqa: SIM115 - closed below
+    app = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"),
+         "--server.port", str(port), "--server.headless", "true",
+         "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"{url}/_stcore/health", timeout=2)
+            break
+        except OSError:
+            time.sleep(0.5)
+    try:
+        yield url
+    finally:
+        app.terminate()
+        app.wait(timeout=20)
+        log.close()
+
+
+def test_ask_see_cited_answer_open_source(app_url, capsys):
+    from playwright.sync_api import expect, sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "cited-answer.png"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1600})
+        page.goto(app_url)
+        box = page.get_by_placeholder("Ask a question about your documents")
+        box.wait_for(timeout=60_000)
+        box.fill("How do I serve gpt-oss-20b on two GPUs?")
+        box.press("Enter")
+        expect(page.get_by_text("Answered —")).to_be_visible(timeout=240_000)
+        expect(
+            page.get_by_text("The knowledge base answers this in the first passage [1].")
+        ).to_be_visible()
+        summary = page.locator("summary", has_text="[1] ")
+        expander = page.locator("[data-testid='stExpander']", has=summary)
+        expander.locator("summary").click()
+        expect(expander.get_by_text("page", exact=False).first).to_be_visible()
+        image = expander.locator("img").first
+        expect(image).to_be_visible(timeout=30_000)
+        image.scroll_into_view_if_needed()
+        page.wait_for_timeout(1_000)  # let the expander finish opening
+        page.screenshot(path=str(shot), full_page=True)
+        browser.close()
+    assert shot.stat().st_size > 10_000
+    with capsys.disabled():
+        print(f"\n[browser] screenshot of the cited answer with its source open: {shot}")

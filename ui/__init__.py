@@ -1,0 +1,1 @@
+"""Streamlit drawing helpers and knowledge-base management for the app."""

@@ -1,0 +1,110 @@
+"""Knowledge-base management for the app: list, create, upload, delete,
+rebuild. Plain functions over `ingest` and `rag`; no Streamlit here."""
+
+from __future__ import annotations
+
+import os
+import re
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ingest.loaders import KINDS
+from ingest.pipeline import IngestReport, ProgressFn, ingest_paths
+from rag import layout
+from rag.knowledge_base import KnowledgeBase
+from rag.settings import Settings
+
+UPLOADS = "uploads"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_UNSAFE = re.compile(r"[^\w.\- ]+")
+
+
+def list_knowledge_bases(root: Path) -> list[str]:
+    """Folders under `root` that hold a published index."""
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / "CURRENT").is_file())
+
+
+def valid_name(name: str) -> bool:
+    return bool(_NAME.match(name)) and name not in {".", ".."}
+
+
+def safe_filename(name: str) -> str:
+    """A file name that cannot leave the uploads folder: path parts dropped,
+    Unicode normalised, anything unusual replaced, no leading dots."""
+    base = unicodedata.normalize("NFKC", name).replace("\\", "/").split("/")[-1]
+    stem, dot, suffix = base.rpartition(".")
+    stem = _UNSAFE.sub("_", stem if dot else base).strip(" ._")[:100] or "upload"
+    suffix = _UNSAFE.sub("", suffix).lower()[:10] if dot else ""
+    return f"{stem}.{suffix}" if suffix else stem
+
+
+@dataclass(frozen=True)
+class Upload:
+    name: str
+    data: bytes
+
+
+@dataclass
+class SavedUploads:
+    paths: list[str]
+    refused: list[tuple[str, str]]  # (name as uploaded, reason)
+
+
+def save_uploads(kb_dir: Path, uploads: Sequence[Upload], max_mb: float) -> SavedUploads:
+    """Write uploads under `<kb>/uploads/` with sanitized names, refusing
+    types we cannot read and files over the size limit."""
+    folder = (kb_dir / UPLOADS).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    saved = SavedUploads([], [])
+    for upload in uploads:
+        name = safe_filename(upload.name)
+        if Path(name).suffix.lower() not in KINDS:
+            saved.refused.append(
+                (upload.name, f"unsupported type; allowed: {', '.join(sorted(KINDS))}")
+            )
+            continue
+        if len(upload.data) > max_mb * 1024 * 1024:
+            saved.refused.append((upload.name, f"larger than the {max_mb:g} MB upload limit"))
+            continue
+        target = (folder / name).resolve()
+        if target.parent != folder:  # cannot happen after safe_filename; checked anyway
+            saved.refused.append((upload.name, "unsafe file name"))
+            continue
+        tmp = target.with_name(f".{target.name}.part")
+        tmp.write_bytes(upload.data)
+        os.replace(tmp, target)
+        saved.paths.append(str(target))
+    return saved
+
+
+def ingest_files(
+    kb_dir: Path, paths: list[str], settings: Settings, progress: ProgressFn
+) -> IngestReport:
+    return ingest_paths(paths, settings.model_copy(update={"index": kb_dir}), progress=progress)
+
+
+def delete_documents(kb_dir: Path, paths: list[str], settings: Settings) -> IngestReport:
+    """Remove documents; an uploaded file is deleted from disk as well."""
+    report = ingest_paths([], settings.model_copy(update={"index": kb_dir}), delete=paths)
+    uploads = (kb_dir / UPLOADS).resolve()
+    for path in paths:
+        if Path(path).resolve().parent == uploads:
+            Path(path).unlink(missing_ok=True)
+    return report
+
+
+def rebuild(kb_dir: Path, settings: Settings, progress: ProgressFn) -> IngestReport:
+    """Re-ingest every source file that still exists into a fresh generation
+    (the current one serves searches until the new one is published)."""
+    sources = [d.path for d in KnowledgeBase.open(kb_dir).documents() if os.path.exists(d.path)]
+    return ingest_paths(
+        sources, settings.model_copy(update={"index": kb_dir}), rebuild=True, progress=progress
+    )
+
+
+def has_index(kb_dir: Path) -> bool:
+    return layout.current_generation(kb_dir) is not None

@@ -1,0 +1,137 @@
+"""Drawing answers, stages and sources with Streamlit.
+
+Document and model text is never rendered as HTML. It goes through
+`st.markdown` only after `escape` (document text: every Markdown character
+escaped) or `defuse` (model text: formatting kept, but links and images
+neutralised, so a poisoned document cannot make the page fetch a URL).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import streamlit as st
+
+from rag.answering import answer_to_dict
+from rag.knowledge_base import KnowledgeBase
+from rag.types import Answer, Citation, Hit, Verdict
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~:$=^])")
+
+
+def escape(text: str) -> str:
+    """Document text as literal Markdown: nothing in it is formatting."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", text).replace("\n", "  \n")
+
+
+def defuse(text: str) -> str:
+    """Model text keeps its formatting; images, links and raw HTML do not
+    survive. Citation markers like [1] are untouched."""
+    text = text.replace("<", "&lt;")
+    text = re.sub(r"!\[", r"!\\[", text)
+    return re.sub(r"\]\(", r"]\\(", text)
+
+
+def location(hit: Hit) -> str:
+    page = f", page {hit.page}" if hit.page is not None else ""
+    return f"{Path(hit.source).name}{page}"
+
+
+def verdict_rows(verdicts: list[Verdict], kept: list[Hit]) -> list[dict[str, object]]:
+    kept_ids = {h.chunk_id for h in kept}
+    return [
+        {
+            "#": rank,
+            "kept": v.hit.chunk_id in kept_ids,
+            "score": v.score,
+            "source": location(v.hit),
+            "reason": v.reason if v.valid else f"{v.reason} ({v.error})",
+            "retrieval": round(v.hit.score, 4),
+        }
+        for rank, v in enumerate(verdicts, start=1)
+    ]
+
+
+def stage_summary(result: Answer) -> str:
+    timings = " · ".join(f"{k} {v:.2f} s" for k, v in result.timings.items())
+    usage = answer_to_dict(result)["usage"]
+    total = usage["total"]["total_tokens"] if isinstance(usage, dict) else 0
+    return f"{timings} · {total} tokens"
+
+
+def stages(result: Answer) -> None:
+    """Retrieval, screen verdicts, timings and tokens of one answer."""
+    with st.expander(f"Stages — {stage_summary(result)}", expanded=False):
+        st.caption(f"Retrieved {len(result.hits)} passages; the screen kept {len(result.kept)}.")
+        if result.verdicts:
+            st.dataframe(verdict_rows(result.verdicts, result.kept), hide_index=True)
+        usage = answer_to_dict(result)["usage"]
+        st.json({"timings_s": result.timings, "usage": usage}, expanded=False)
+
+
+def reasoning(text: str) -> None:
+    if text:
+        with st.expander("Model reasoning", expanded=False):
+            st.markdown(escape(text))
+
+
+def citations(kb: KnowledgeBase, items: list[Citation]) -> None:
+    for citation in items:
+        with st.expander(f"[{citation.n}] {location(citation.hit)}"):
+            passage(kb, citation.hit)
+
+
+def passage(kb: KnowledgeBase, hit: Hit) -> None:
+    """The passage in its surrounding text, the passage highlighted, and
+    for a PDF the page itself, to check the claim at its source."""
+    st.caption(hit.source)
+    before, span, after = kb.snapshot().context(hit.chunk, neighbours=1)
+    st.markdown(
+        (escape(before) + " " if before else "")
+        + f":orange-background[{escape(span)}]"
+        + (" " + escape(after) if after else "")
+    )
+    if hit.page is not None and hit.source.lower().endswith(".pdf"):
+        image = page_image(hit.source, hit.page)
+        if image is not None:
+            st.image(image, caption=f"{Path(hit.source).name}, page {hit.page}")
+        else:
+            st.caption("The PDF file is no longer at this path; its text is shown above.")
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _render(path: str, page: int, mtime: float) -> bytes:
+    import io
+
+    import pypdfium2 as pdfium
+
+    pdf = pdfium.PdfDocument(path)
+    try:
+        image = pdf[page - 1].render(scale=1.4).to_pil()
+    finally:
+        pdf.close()
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def page_image(path: str, page: int) -> bytes | None:
+    try:
+        return _render(path, page, Path(path).stat().st_mtime)
+    except (OSError, IndexError, ValueError):
+        return None
+    except Exception:  # pdfium's errors: a changed or broken file; text is shown anyway
+        return None
+
+
+def hits_only(kb: KnowledgeBase, hits: list[Hit]) -> None:
+    """Retrieval-only results, for when the LLM is unavailable."""
+    for rank, hit in enumerate(hits, start=1):
+        with st.expander(f"{rank}. {location(hit)} · score {hit.score:.4f}", expanded=rank <= 3):
+            passage(kb, hit)
+
+
+def notes(result: Answer) -> None:
+    for note in result.notes:
+        st.info(note)
