@@ -11,6 +11,8 @@ because the model would silently drop the excess.
 
 from __future__ import annotations
 
+import itertools
+import re
 from collections.abc import Callable
 from functools import lru_cache
 
@@ -19,6 +21,8 @@ from langchain_text_splitters import RecursiveCharacterTextSplitter
 from rag.types import Chunk, Document
 
 SEPARATORS = ["\n\n", "\n", ". ", "? ", "! ", "; ", ", ", " ", ""]
+# Longer titles are cut for the prefix: a title should not eat the window.
+MAX_TITLE_TOKENS = 64
 
 
 class Chunker:
@@ -51,24 +55,106 @@ class Chunker:
             keep_separator="end",
         )
 
-    def spans(self, text: str, size: int | None = None) -> list[tuple[int, int]]:
-        """(start, end) offsets of the chunks of `text`, in order."""
+    def spans(
+        self, text: str, size: int | None = None, limit: int | None = None
+    ) -> list[tuple[int, int]]:
+        """(start, end) offsets of the chunks of `text`, in order, none over
+        `limit` tokens."""
         size = size or self.chunk_tokens
+        limit = limit or self.max_tokens
         spans: list[tuple[int, int]] = []
-        cursor = 0
-        for piece in self._splitter(size).split_text(text):
-            start = text.find(piece, cursor)
-            if start < 0:  # cannot happen: pieces are stripped substrings, in order
-                raise AssertionError("splitter returned text that is not in the document")
-            end = start + len(piece)
-            if self.count_tokens(piece) > self.max_tokens and size > 8:
+        for start, end in self._offsets(text, size):
+            if self.count_tokens(text[start:end]) > limit and size > 8:
                 # Token counts of pieces do not always add up to the count of
                 # their concatenation; split the rare offender finer.
-                spans.extend((start + a, start + b) for a, b in self.spans(piece, size * 3 // 4))
+                inner = self.spans(text[start:end], size * 3 // 4, limit)
+                spans.extend((start + a, start + b) for a, b in inner)
             else:
                 spans.append((start, end))
-            cursor = start + 1
         return spans
+
+    def _offsets(self, text: str, size: int) -> list[tuple[int, int]]:
+        """Where the splitter's pieces lie in `text`: its own algorithm
+        replayed over offsets, checked against the pieces it returns
+        (`locate` only if a future LangChain splits otherwise)."""
+        pieces = self._splitter(size).split_text(text)
+        found = self._replay(text, size)
+        return found if [text[a:b] for a, b in found] == pieces else locate(text, pieces)
+
+    def _replay(self, text: str, size: int) -> list[tuple[int, int]]:
+        """LangChain's recursive split (keep_separator="end", whitespace
+        stripped) over offsets. Searching for each piece's text cannot place
+        pieces of repetitive text ("word word word ...", identical table
+        rows): they occur at many places, and a wrong guess either leaves the
+        end of the text unindexed or finds no place for a later piece."""
+        overlap = min(self.overlap, size // 4)
+        out: list[tuple[int, int]] = []
+
+        def length(span: tuple[int, int]) -> int:
+            return self.count_tokens(text[span[0] : span[1]])
+
+        def emit(start: int, end: int) -> None:
+            piece = text[start:end]
+            stripped = piece.strip()
+            if stripped:
+                start += len(piece) - len(piece.lstrip())
+                out.append((start, start + len(stripped)))
+
+        def merge(splits: list[tuple[int, int]]) -> None:  # TextSplitter._merge_splits
+            current: list[tuple[int, int]] = []
+            total = 0
+            for split in splits:
+                n = length(split)
+                if total + n > size and current:
+                    emit(current[0][0], current[-1][1])
+                    while total > overlap or (total + n > size and total > 0):
+                        total -= length(current.pop(0))
+                current.append(split)
+                total += n
+            if current:
+                emit(current[0][0], current[-1][1])
+
+        def split(start: int, end: int, separators: list[str]) -> None:
+            part = text[start:end]
+            separator, finer = separators[-1], []
+            for i, candidate in enumerate(separators):
+                if not candidate:
+                    separator = candidate
+                    break
+                if candidate in part:
+                    separator, finer = candidate, separators[i + 1 :]
+                    break
+            if separator:
+                cuts = [m.end() for m in re.finditer(re.escape(separator), part)]
+                bounds = [0, *cuts] + ([len(part)] if not cuts or cuts[-1] < len(part) else [])
+                pieces = list(itertools.pairwise(bounds))
+            else:
+                pieces = [(i, i + 1) for i in range(len(part))]
+            good: list[tuple[int, int]] = []
+            for a, b in pieces:
+                span = (start + a, start + b)
+                if length(span) < size:
+                    good.append(span)
+                    continue
+                if good:
+                    merge(good)
+                    good = []
+                if finer:
+                    split(*span, finer)
+                else:
+                    emit(*span)
+            if good:
+                merge(good)
+
+        split(0, len(text), SEPARATORS)
+        return out
+
+    def clip_title(self, title: str) -> str:
+        """The title as prefixed to every passage: at most MAX_TITLE_TOKENS."""
+        words = title.split()
+        while words and self.count_tokens(" ".join(words)) > MAX_TITLE_TOKENS:
+            words.pop()
+        return " ".join(words)
 
     def split(self, document: Document) -> list[Chunk]:
         """Chunks of a document. Paged documents are split page by page, so
@@ -77,9 +163,13 @@ class Chunker:
             regions = [(p.start, p.end) for p in document.pages]
         else:
             regions = [(0, len(document.text))]
+        # Every passage is embedded as "title\n" + passage: leave room for it.
+        title = self.clip_title(document.title)
+        limit = self.max_tokens - (self.count_tokens(title) + 1 if title else 0)
+        size = min(self.chunk_tokens, limit)
         chunks: list[Chunk] = []
         for region_start, region_end in regions:
-            for start, end in self.spans(document.text[region_start:region_end]):
+            for start, end in self.spans(document.text[region_start:region_end], size, limit):
                 start, end = start + region_start, end + region_start
                 page = document.page_at(start)
                 chunks.append(
@@ -90,9 +180,34 @@ class Chunker:
                         end=end,
                         page=page,
                         page_end=page,
-                        title=document.title,
+                        title=title,
                         doc_hash=document.content_hash,
                         ordinal=len(chunks),
                     )
                 )
         return chunks
+
+
+def locate(text: str, pieces: list[str]) -> list[tuple[int, int]]:
+    """Offsets of the splitter's pieces in `text`.
+
+    Each piece starts after the previous one's start and no later than its
+    end plus the whitespace the splitter stripped. Within that window the
+    latest match is taken: in repetitive text ("word word word", identical
+    table rows) the first match would lag behind the real cut and leave the
+    end of the text uncovered, and any match is the same text.
+    """
+    spans: list[tuple[int, int]] = []
+    for piece in pieces:
+        if not spans:
+            start = text.find(piece)
+        else:
+            prev_start, prev_end = spans[-1]
+            reach = prev_end + len(text[prev_end:]) - len(text[prev_end:].lstrip())
+            start = text.rfind(piece, prev_start + 1, reach + len(piece))
+            if start < 0:
+                start = text.find(piece, prev_start + 1)
+        if start < 0:  # cannot happen: pieces are stripped substrings, in order
+            raise AssertionError("splitter returned text that is not in the document")
+        spans.append((start, start + len(piece)))
+    return spans

@@ -108,7 +108,9 @@ class Ingestor:
     @property
     def embedder(self) -> Embedder:
         if self._embedder is None:
-            self._embedder = load_embedder(self.settings.embedding_model)
+            self._embedder = load_embedder(
+                self.settings.embedding_model, self.settings.embed_precision
+            )
         return self._embedder
 
     @property
@@ -161,13 +163,14 @@ class Ingestor:
 
     def flush(self) -> None:
         """Embed and store everything buffered, then maybe publish a checkpoint."""
-        texts = [dense_text(c) for p in self._pending for c in p.chunks]
+        texts = [c.indexed_text for p in self._pending for c in p.chunks]
         vectors = self.embedder.embed_batch(texts) if texts else np.zeros((0, 0), np.float32)
         row = 0
         for p in self._pending:
             doc = p.document
             self.writer.put(
-                path=doc.path, content_hash=doc.content_hash, kind=doc.kind, title=doc.title,
+                path=doc.path, content_hash=doc.content_hash, kind=doc.kind,
+                title=p.chunks[0].title if p.chunks else doc.title,  # as clipped for the prefix
                 size=p.size, mtime=p.mtime, pages=len(doc.pages) or None,
                 chunks=p.chunks, vectors=vectors[row : row + len(p.chunks)],
             )  # fmt: skip
@@ -196,11 +199,6 @@ class Ingestor:
             self.report.added += 1
 
 
-def dense_text(chunk: Chunk) -> str:
-    """What the embedding model sees for a chunk."""
-    return chunk.text
-
-
 def index_params(
     settings: Settings, root: Path, rebuild: bool
 ) -> tuple[IndexParams, Embedder | None]:
@@ -221,7 +219,7 @@ def index_params(
             # Let the writer phrase the difference.
             return wanted, None
         return found, None
-    embedder = load_embedder(settings.embedding_model)
+    embedder = load_embedder(settings.embedding_model, settings.embed_precision)
     params = IndexParams(
         model_id=wanted_model,
         dimension=embedder.dimension,

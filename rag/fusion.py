@@ -1,12 +1,17 @@
 """Rank fusion: combine the BM25 and dense rankings into one.
 
-Each ranking is a best-first list of (id, score). Functions return a
-best-first list of (id, fused score).
+Rankings are best-first lists of (id, score); functions return a best-first
+list of (id, fused score).
+
+The default is `convex`: on SciFact (bench notes in BENCHMARKS.md) it beat
+reciprocal-rank fusion by 0.02 nDCG@10, because it keeps how much better
+one passage scored than the next, which RRF throws away. `rrf` stays for
+comparison (`RAG_FUSION=rrf`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 Ranking = Sequence[tuple[int, float]]
 
@@ -22,3 +27,24 @@ def rrf(
         for rank, (item, _score) in enumerate(ranking, start=1):
             fused[item] = fused.get(item, 0.0) + weight / (k + rank)
     return sorted(fused.items(), key=lambda pair: -pair[1])
+
+
+def _minmax(values: Sequence[float]) -> list[float]:
+    low, high = min(values), max(values)
+    span = high - low
+    return [(v - low) / span if span > 0 else 0.0 for v in values]
+
+
+def convex(
+    dense: Mapping[int, float], lexical: Mapping[int, float], alpha: float = 0.6
+) -> list[tuple[int, float]]:
+    """alpha * dense + (1 - alpha) * BM25, each min-max normalised over the
+    candidates. Every candidate must have its exact dense score; a candidate
+    missing from `lexical` matched no query term and scores 0 there."""
+    ids = list(dense)
+    if not ids:
+        return []
+    d = _minmax([dense[i] for i in ids])
+    l = _minmax([lexical.get(i, 0.0) for i in ids])  # noqa: E741
+    fused = [(i, alpha * a + (1 - alpha) * b) for i, a, b in zip(ids, d, l, strict=True)]
+    return sorted(fused, key=lambda pair: -pair[1])

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from rag import fusion, layout
 from rag.embedding import Embedder, load_embedder
+from rag.settings import Settings
 from rag.store import DocumentRecord, Snapshot
 from rag.types import Hit
 
@@ -21,23 +22,34 @@ if TYPE_CHECKING:
     from langchain_core.retrievers import BaseRetriever
 
 MODES = ("hybrid", "dense", "bm25")
-# How deep each side is read before fusion: deeper than k, so a passage
-# ranked modestly by both sides can still win.
-CANDIDATES = 100
 
 
 class KnowledgeBase:
-    def __init__(self, root: Path, embedder: Embedder | None = None) -> None:
+    def __init__(
+        self, root: Path, embedder: Embedder | None = None, settings: Settings | None = None
+    ) -> None:
+        settings = settings or Settings()
         self.root = Path(root)
         self._embedder = embedder
+        # How deep each side is read before fusion: deeper than k, so a
+        # passage ranked modestly by both sides can still win.
+        self.depth = settings.fusion_depth
+        self.fusion = settings.fusion
+        self.alpha = settings.fusion_alpha
+        self.precision = settings.embed_precision
         self._lock = threading.Lock()
         self._stamp: tuple[int, int] | None = None
         self._snapshot = self._open_current()
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], embedder: Embedder | None = None) -> KnowledgeBase:
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        embedder: Embedder | None = None,
+        settings: Settings | None = None,
+    ) -> KnowledgeBase:
         """Open the index folder at `path` (e.g. `indexes/default`)."""
-        return cls(Path(path), embedder)
+        return cls(Path(path), embedder, settings)
 
     # -- generations ---------------------------------------------------------
 
@@ -64,14 +76,16 @@ class KnowledgeBase:
         """The newest published generation (reopened if an ingest published)."""
         with self._lock:
             if self._current_stamp() != self._stamp:
-                old, self._snapshot = self._snapshot, self._open_current()
-                old.close()
+                # The old one is not closed here: a search in another thread
+                # may still be reading it. It is freed when the last one lets go.
+                self._snapshot = self._open_current()
             return self._snapshot
 
     @property
     def embedder(self) -> Embedder:
         if self._embedder is None:
-            self._embedder = load_embedder(self.snapshot().manifest.params.model_id)
+            model_id = self.snapshot().manifest.params.model_id
+            self._embedder = load_embedder(model_id, self.precision)
         return self._embedder
 
     # -- search --------------------------------------------------------------
@@ -83,14 +97,23 @@ class KnowledgeBase:
         if not query.strip():
             return []
         snap = self.snapshot()
-        depth = max(k, CANDIDATES)
-        dense = (
-            snap.dense(self.embedder.embed_batch([query], kind="query")[0], depth)
-            if mode != "bm25"
-            else []
-        )
-        bm25 = snap.bm25(query, depth) if mode != "dense" else []
-        ranked = fusion.rrf([bm25, dense])[:k] if mode == "hybrid" else (dense or bm25)[:k]
+        depth = max(k, self.depth)
+        vector = self.embedder.embed_batch([query], kind="query")[0] if mode != "bm25" else None
+        dense = snap.dense(vector, depth) if vector is not None else []
+        bm25, bm25_scores = snap.bm25(query, depth) if mode != "dense" else ([], {})
+        if mode == "hybrid":
+            # Every candidate gets both exact scores, so a passage found by
+            # one side alone is still weighed by the other.
+            candidates = dict(dense)
+            assert vector is not None
+            lexical_only = [i for i, _ in bm25 if i not in candidates]
+            candidates.update(snap.dense_scores(vector, lexical_only))
+            if self.fusion == "rrf":
+                ranked = fusion.rrf([bm25, dense])[:k]
+            else:
+                ranked = fusion.convex(candidates, bm25_scores, self.alpha)[:k]
+        else:
+            ranked = (dense or bm25)[:k]
         dense_rank = {cid: r for r, (cid, _) in enumerate(dense, start=1)}
         bm25_rank = {cid: r for r, (cid, _) in enumerate(bm25, start=1)}
         chunks = snap.chunks(cid for cid, _ in ranked)

@@ -4,7 +4,8 @@
       CURRENT            the name of the published generation, e.g. "g00000007"
       g00000007/         an immutable generation:
         manifest.json      format version, embedding model, chunking, counts
-        chunks.sqlite      documents, chunks and the FTS5 (BM25) table
+        chunks.sqlite      documents, chunks and their analysed BM25 terms
+        bm25/              the BM25 index (numpy arrays + JSON), built at publish
         vectors.faiss      the vectors, keyed by chunk id
       .staging-*/        a generation being written (never read)
       .lock              held by the one process allowed to write
@@ -31,9 +32,10 @@ from pathlib import Path
 from rag.errors import IndexBusy, IndexCorrupt, IndexIncompatible, IndexMissing
 
 FORMAT = "kbqa-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 DB_FILE = "chunks.sqlite"
 VECTORS_FILE = "vectors.faiss"
+BM25_DIR = "bm25"
 MANIFEST_FILE = "manifest.json"
 _GEN = re.compile(r"^g(\d{8})$")
 
@@ -79,6 +81,8 @@ class Manifest:
                     f"ingest DOCS --index {where.parent} --rebuild"
                 )
             raw["params"] = IndexParams(**raw["params"])
+            if not isinstance(raw.get("file_sizes", {}), dict):
+                raise TypeError("file_sizes is not a mapping")
             return cls(**raw)
         except (ValueError, KeyError, TypeError) as exc:
             raise IndexCorrupt(f"The manifest at {where} is unreadable ({exc}).") from exc
@@ -118,6 +122,8 @@ def read_manifest(gen_dir: Path) -> Manifest:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise IndexCorrupt(f"{path} is missing: the index is damaged.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise IndexCorrupt(f"{path} is unreadable: the index is damaged ({exc}).") from None
     manifest = Manifest.from_json(text, gen_dir)
     for name, size in manifest.file_sizes.items():
         actual = (gen_dir / name).stat().st_size if (gen_dir / name).exists() else -1
@@ -140,7 +146,8 @@ def fsync_path(path: Path) -> None:
 
 def publish(root: Path, staging: Path, number: int) -> Path:
     """Make a fully written staging folder the current generation."""
-    for child in staging.iterdir():
+    # Deepest first: every file and folder is on disk before the rename.
+    for child in sorted(staging.rglob("*"), key=lambda p: -len(p.parts)):
         fsync_path(child)
     fsync_path(staging)
     final = root / generation_name(number)

@@ -1,11 +1,21 @@
-"""Text analysis for the BM25 side: the same function turns passages and
-queries into terms, so both sides always agree."""
+"""The BM25 side: text analysis, and the per-generation BM25 index.
+
+Passages and queries go through the same `terms()`. The index is built by
+bm25s (Lucene BM25, k1=1.2, b=0.75) when a generation is published, from
+the analysed terms stored with each chunk, and saved next to it as numpy
+arrays and JSON (no pickle). Readers memory-map it. Measured at 100k
+chunks: a query costs about 1 ms here against 55 ms for SQLite FTS5, which
+scores every row containing any query term (bench/query.py).
+"""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from functools import lru_cache
+from pathlib import Path
 
+import numpy as np
 import Stemmer
 from bm25s.stopwords import STOPWORDS_EN
 
@@ -13,8 +23,10 @@ from bm25s.stopwords import STOPWORDS_EN
 # letters carry almost no signal and bloat the postings.
 _WORD = re.compile(r"(?u)\b\w\w+\b")
 _STOP = frozenset(STOPWORDS_EN)
+K1, B = 1.2, 0.75
 
-ANALYZER_ID = "word2+lower+stop-en33+snowball-en"
+ANALYZER_ID = "word2+lower+stop-en33+snowball-en;bm25-lucene-k1.2-b0.75"
+IDS_FILE = "chunk_ids.npy"
 
 
 @lru_cache(maxsize=1)
@@ -28,11 +40,33 @@ def terms(text: str) -> list[str]:
     return _stemmer().stemWords(words)
 
 
-def fts_query(text: str) -> str:
-    """An FTS5 MATCH expression that ORs the query's terms.
+def build(folder: Path, chunk_ids: Sequence[int], chunk_terms: Sequence[list[str]]) -> None:
+    """Write the BM25 index of a generation into `folder`."""
+    import bm25s
 
-    Every term is double-quoted so user punctuation ("C++", "AND", "-x") is
-    never read as FTS5 syntax.
-    """
-    unique = dict.fromkeys(terms(text))
-    return " OR ".join(f'"{t}"' for t in unique)
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / IDS_FILE, np.asarray(chunk_ids, dtype=np.int64), allow_pickle=False)
+    if not chunk_ids:
+        return
+    index = bm25s.BM25(method="lucene", k1=K1, b=B)
+    index.index([list(t) for t in chunk_terms], show_progress=False)
+    index.save(str(folder), allow_pickle=False)
+
+
+class LexicalIndex:
+    """A generation's BM25 index, read-only."""
+
+    def __init__(self, folder: Path) -> None:
+        import bm25s
+
+        self.ids = np.load(folder / IDS_FILE, allow_pickle=False)
+        self._index = None
+        if len(self.ids):
+            self._index = bm25s.BM25.load(str(folder), mmap=True, allow_pickle=False)
+
+    def scores(self, query: str) -> np.ndarray:
+        """The BM25 score of every chunk (aligned with `self.ids`)."""
+        words = terms(query)
+        if self._index is None or not words:
+            return np.zeros(len(self.ids), dtype=np.float32)
+        return np.asarray(self._index.get_scores(words), dtype=np.float32)

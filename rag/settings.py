@@ -26,11 +26,16 @@ class Settings(BaseSettings):
 
     # Ingestion.
     embedding_model: str = "all-MiniLM-L6-v2"
+    embed_precision: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="auto: bfloat16 on CPUs with AMX, else float32"
+    )
     chunk_tokens: int = Field(200, ge=16, description="chunk size in model tokens")
     chunk_overlap: int = Field(32, ge=0)
     max_file_mb: float = Field(200.0, gt=0, description="larger files are refused")
     parse_timeout: float = Field(300.0, gt=0, description="seconds one file may take to parse")
-    parse_memory_mb: int = Field(4096, ge=256, description="memory cap of a parser process")
+    # An address-space cap: pdfium alone reserves over 512 MB, so lower caps
+    # would fail every PDF.
+    parse_memory_mb: int = Field(4096, ge=1024, description="memory cap of a parser process")
     checkpoint_seconds: float = Field(
         120.0, gt=0, description="publish work in progress this often during long ingests"
     )
@@ -40,6 +45,9 @@ class Settings(BaseSettings):
 
     # Retrieval.
     search_mode: SearchMode = "hybrid"
+    fusion: Literal["convex", "rrf"] = "convex"
+    fusion_alpha: float = Field(0.6, ge=0.0, le=1.0, description="weight of the dense side")
+    fusion_depth: int = Field(200, ge=10, description="candidates read from each side")
     k: int = Field(8, ge=1, le=100)
 
     # The LLM server (any OpenAI-compatible endpoint; vLLM in production).

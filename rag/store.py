@@ -45,10 +45,10 @@ CREATE TABLE IF NOT EXISTS chunks (
     page INTEGER,
     page_end INTEGER,
     start INTEGER NOT NULL,
-    "end" INTEGER NOT NULL
+    "end" INTEGER NOT NULL,
+    terms TEXT NOT NULL  -- analysed BM25 terms, space-separated (rag.lexical)
 );
 CREATE INDEX IF NOT EXISTS chunks_doc ON chunks(doc_id);
-CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(terms);
 """
 
 _CHUNK_COLUMNS = (
@@ -152,18 +152,6 @@ class _Tables:
     def count(self, table: str) -> int:
         return int(self.db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
 
-    def bm25(self, query: str, k: int) -> list[tuple[int, float]]:
-        """Chunk ids and BM25 scores (higher is better) for a free-text query."""
-        expression = lexical.fts_query(query)
-        if not expression:
-            return []
-        rows = self.db.execute(
-            "SELECT rowid, rank FROM chunks_fts WHERE chunks_fts MATCH ? ORDER BY rank LIMIT ?",
-            (expression, k),
-        )
-        # FTS5's bm25() is negated so that ascending order is best-first.
-        return [(int(rowid), -float(rank)) for rowid, rank in rows]
-
 
 def _assemble(pieces: list[tuple[int, str]], start: int, end: int) -> str:
     """The document text in [start, end) from overlapping (offset, text)
@@ -213,14 +201,44 @@ class Snapshot(_Tables):
         except sqlite3.DatabaseError as exc:
             raise IndexCorrupt(f"{db_path} is unreadable: the index is damaged ({exc}).") from exc
         self.vectors = _read_vectors(gen_dir / layout.VECTORS_FILE)
-        if self.vectors.ntotal != self.manifest.chunks:
+        try:
+            self.lexical = lexical.LexicalIndex(gen_dir / layout.BM25_DIR)
+        except Exception as exc:  # numpy and bm25s raise many kinds on a damaged file
             raise IndexCorrupt(
-                f"{gen_dir} holds {self.vectors.ntotal} vectors but {self.manifest.chunks} "
-                "chunks: the index is damaged."
+                f"{gen_dir / layout.BM25_DIR} is unreadable: the index is damaged ({exc})."
+            ) from exc
+        if not self.vectors.ntotal == len(self.lexical.ids) == self.manifest.chunks:
+            raise IndexCorrupt(
+                f"{gen_dir} holds {self.vectors.ntotal} vectors and {len(self.lexical.ids)} BM25 "
+                f"entries but {self.manifest.chunks} chunks: the index is damaged."
             )
 
     def dense(self, query: np.ndarray, k: int) -> list[tuple[int, float]]:
         return _dense(self.vectors, query, k)
+
+    def dense_scores(self, query: np.ndarray, ids: Sequence[int]) -> dict[int, float]:
+        """Exact inner products of `query` with the stored vectors of `ids`."""
+        if not ids:
+            return {}
+        vectors = np.vstack([self.vectors.reconstruct(int(i)) for i in ids])
+        return dict(zip(ids, (vectors @ query).tolist(), strict=True))
+
+    def bm25(self, query: str, k: int) -> tuple[list[tuple[int, float]], dict[int, float]]:
+        """The `k` best chunks by BM25 (score > 0), and a lookup of every
+        chunk's BM25 score for fusion (chunks not in it score 0)."""
+        try:
+            scores = self.lexical.scores(query)
+        except (IndexError, ValueError) as exc:  # same-size damage the manifest cannot see
+            raise IndexCorrupt(
+                f"{self.root / self.generation / layout.BM25_DIR} is damaged ({exc})."
+            ) from exc
+        matched = np.flatnonzero(scores > 0)
+        top = matched[np.argsort(-scores[matched], kind="stable")[:k]]
+        ranked = [(int(self.lexical.ids[i]), float(scores[i])) for i in top]
+        lookup = dict(
+            zip(self.lexical.ids[matched].tolist(), scores[matched].tolist(), strict=True)
+        )
+        return ranked, lookup
 
     def close(self) -> None:
         self.db.close()
@@ -293,7 +311,6 @@ class StoreWriter(_Tables):
         ]
         if ids:
             self.vectors.remove_ids(np.asarray(ids, dtype=np.int64))  # type: ignore[arg-type]
-            self.db.executemany("DELETE FROM chunks_fts WHERE rowid = ?", [(i,) for i in ids])
         removed = self.db.execute("DELETE FROM documents WHERE path = ?", (path,)).rowcount > 0
         self.changed = self.changed or removed
         return removed
@@ -323,19 +340,14 @@ class StoreWriter(_Tables):
         ).lastrowid
         ids = []
         for ordinal, chunk in enumerate(chunks):
+            terms = " ".join(lexical.terms(chunk.indexed_text))
             cid = self.db.execute(
-                'INSERT INTO chunks (doc_id, ordinal, text, page, page_end, start, "end") '
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (doc_id, ordinal, chunk.text, chunk.page, chunk.page_end, chunk.start, chunk.end),
-            ).lastrowid
+                'INSERT INTO chunks (doc_id, ordinal, text, page, page_end, start, "end", terms) '
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (doc_id, ordinal, chunk.text, chunk.page, chunk.page_end, chunk.start, chunk.end,
+                 terms),
+            ).lastrowid  # fmt: skip
             ids.append(cid)
-        self.db.executemany(
-            "INSERT INTO chunks_fts (rowid, terms) VALUES (?, ?)",
-            [
-                (cid, " ".join(lexical.terms(_lexical_text(c))))
-                for cid, c in zip(ids, chunks, strict=True)
-            ],
-        )
         if ids:
             self.vectors.add_with_ids(
                 np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, dtype=np.int64)
@@ -363,11 +375,16 @@ class StoreWriter(_Tables):
             raise IndexCorrupt(
                 f"refusing to publish {chunks} chunks with {self.vectors.ntotal} vectors"
             )
+        rows = self.db.execute("SELECT id, terms FROM chunks ORDER BY id").fetchall()
         self.db.close()
+        lexical.build(
+            self.staging / layout.BM25_DIR, [r[0] for r in rows], [r[1].split() for r in rows]
+        )
         faiss.write_index(self.vectors, str(self.staging / layout.VECTORS_FILE))
         sizes = {
-            name: (self.staging / name).stat().st_size
-            for name in (layout.DB_FILE, layout.VECTORS_FILE)
+            str(path.relative_to(self.staging)): path.stat().st_size
+            for path in sorted(self.staging.rglob("*"))
+            if path.is_file()
         }
         manifest = Manifest(
             params=self.params,
@@ -396,12 +413,6 @@ class StoreWriter(_Tables):
             self.db.close()
         finally:
             shutil.rmtree(self.staging, ignore_errors=True)
-
-
-def _lexical_text(chunk: Chunk) -> str:
-    # The title is indexed with every passage of its document ("field
-    # handling"): a passage about "it" is still found by the document's name.
-    return f"{chunk.title}\n{chunk.text}" if chunk.title else chunk.text
 
 
 @contextmanager

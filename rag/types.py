@@ -56,6 +56,14 @@ class Chunk:
     ordinal: int = 0
     id: int | None = None
 
+    @property
+    def indexed_text(self) -> str:
+        """What the embedding model and the BM25 index see: the document's
+        title on every passage ("field handling"), so a passage about "it"
+        is still found by what its document is about. The chunker leaves
+        room for the title in the model's window."""
+        return f"{self.title}\n{self.text}" if self.title else self.text
+
 
 @dataclass(frozen=True)
 class Hit:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rag.fusion import rrf
+from rag.fusion import convex, rrf
 
 
 def test_rrf_known_answer():
@@ -27,3 +27,22 @@ def test_rrf_ignores_raw_scores_and_weights_sides():
 
 def test_rrf_of_nothing_is_empty():
     assert rrf([[], []]) == []
+
+
+def test_convex_known_answer():
+    dense = {1: 0.9, 2: 0.5, 3: 0.7}  # min-max: 1.0, 0.0, 0.5
+    bm25 = {2: 10.0, 3: 4.0}  # 1 matched nothing: 0 -> min-max: 0.0, 1.0, 0.4
+    fused = dict(convex(dense, bm25, alpha=0.6))
+    assert fused[1] == pytest.approx(0.6)
+    assert fused[2] == pytest.approx(0.4)
+    assert fused[3] == pytest.approx(0.6 * 0.5 + 0.4 * 0.4)
+    assert [i for i, _ in convex(dense, bm25, alpha=0.6)] == [1, 3, 2]
+
+
+def test_convex_alpha_picks_a_side_and_handles_ties():
+    dense = {1: 0.9, 2: 0.1}
+    bm25 = {2: 3.0}
+    assert convex(dense, bm25, alpha=1.0)[0][0] == 1
+    assert convex(dense, bm25, alpha=0.0)[0][0] == 2
+    assert convex({5: 0.3, 6: 0.3}, {}, alpha=0.6) == [(5, 0.0), (6, 0.0)]
+    assert convex({}, {1: 2.0}) == []

@@ -44,7 +44,8 @@ def test_round_trip_keeps_documents_chunks_and_vectors(tmp_path):
     assert [c.text for c in snap.document_chunks("/a.txt")] == ["alpha one", "alpha two"]
     [(best, _score)] = snap.dense(np.array([1, 0, 0, 0], dtype=np.float32), 1)
     assert snap.chunks([best])[best].text == "alpha one"
-    assert snap.bm25("beta", 5)[0][0] in snap.chunks([c.id for c in snap.document_chunks("/b.txt")])
+    ranked, _lookup = snap.bm25("beta", 5)
+    assert [cid for cid, _ in ranked] == [c.id for c in snap.document_chunks("/b.txt")]
     manifest = json.loads((root / snap.generation / "manifest.json").read_text())
     assert manifest["format_version"] == layout.FORMAT_VERSION
     assert manifest["params"]["dimension"] == 4

