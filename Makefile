@@ -4,6 +4,7 @@
 #   make index    build/refresh the sample knowledge base (docs/) into indexes/default
 #   make run      setup + index + LLM server + Streamlit app (Ctrl-C stops both)
 #   make test     setup (app + LLM server + models) + the whole test suite
+#   make crash-test  the SIGKILL loop with 20 kills (make test runs 5)
 #   make llm      only the LLM server, in the foreground (see mk/llm.mk)
 #   make lint     ruff + mypy
 
@@ -20,7 +21,7 @@ include mk/llm.mk
 
 
 
-.PHONY: setup index run test lint clean browser-setup
+.PHONY: setup index run test crash-test lint clean browser-setup
 
 # torch first and pinned: this machine's pip takes the CPU build from disk,
 # while an unpinned torch would pull the multi-GB CUDA build.
@@ -40,6 +41,10 @@ run: setup llm-setup index
 
 test: setup llm-setup llm-setup-tiny browser-setup
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The full SIGKILL loop: 20 kills (`make test` runs the same test with 5).
+crash-test: setup
+	KBQA_KILL_RUNS=20 $(BIN)/pytest -m slow tests/test_crash.py -s $(PYTEST_ARGS)
 
 # Debian's Chromium for the end-to-end browser test (Playwright drives it;
 # Playwright's own browser download is not needed).

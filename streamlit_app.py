@@ -229,4 +229,8 @@ def main() -> None:
         manage_tab(kb_dir, settings)
 
 
-main()
+# Streamlit runs this file as __main__. The guard keeps the app from running
+# again inside every parser worker: those start with forkserver, which
+# re-imports the parent's __main__ (as __mp_main__) in each new process.
+if __name__ == "__main__":
+    main()

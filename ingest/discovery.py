@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,10 @@ def discover(paths: list[str]) -> Found:
         if path in seen_files:
             return
         seen_files.add(path)
+        if not _utf8(path):  # SQLite, JSON and the app all need text
+            shown = os.fsencode(path).decode("utf-8", "replace")
+            found.failed.append((shown, "the file name is not valid UTF-8; rename the file"))
+            return
         kind = kind_of(path)
         if kind is None:
             suffix = Path(path).suffix or "(no extension)"
@@ -53,8 +58,8 @@ def discover(paths: list[str]) -> Found:
 
     for given in paths:
         path = os.path.abspath(given)
-        if os.path.islink(path) and not os.path.exists(path):
-            found.failed.append((path, "broken symbolic link"))
+        if _dead_link(path):
+            found.failed.append((path, _dead_link(path)))
         elif os.path.isdir(path):
             for folder, dirs, files in os.walk(path, followlinks=True):
                 try:
@@ -72,8 +77,8 @@ def discover(paths: list[str]) -> Found:
                     if name.startswith("."):
                         continue
                     full = os.path.join(folder, name)
-                    if os.path.islink(full) and not os.path.exists(full):
-                        found.failed.append((full, "broken symbolic link"))
+                    if _dead_link(full):
+                        found.failed.append((full, _dead_link(full)))
                     elif os.path.isfile(full):
                         add(full, explicit=False)
         elif os.path.isfile(path):
@@ -84,6 +89,25 @@ def discover(paths: list[str]) -> Found:
             found.failed.append((path, "no such file or folder"))
     found.files.sort(key=lambda f: f.path)
     return found
+
+
+def _dead_link(path: str) -> str:
+    """Why a symbolic link cannot be followed; "" if it can, or is no link."""
+    if not os.path.islink(path):
+        return ""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return "symbolic link loop" if exc.errno == errno.ELOOP else "broken symbolic link"
+    return ""
+
+
+def _utf8(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes, kept as surrogates by Python
+        return False
+    return True
 
 
 def is_under(path: str, roots: list[str]) -> bool:

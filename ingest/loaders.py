@@ -8,6 +8,7 @@ a hostile file takes only that file down.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 from collections.abc import Callable
@@ -86,19 +87,19 @@ def load(path: str, kind: str, content_hash: str, ocr: bool = False) -> Document
 def decode_text(data: bytes) -> str:
     """UTF-8 (with or without BOM), UTF-16 with BOM, else refuse: guessing a
     legacy encoding silently would index mojibake."""
+    text = None
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        with contextlib.suppress(UnicodeDecodeError):
+            text = data.decode("utf-16")
+    if text is None:
+        if b"\x00" in data[:8192]:
+            raise BadDocument("binary content, not text (NUL bytes found)")
         try:
-            return data.decode("utf-16")
-        except UnicodeDecodeError:
-            pass
-    if b"\x00" in data[:8192]:
-        raise BadDocument("binary content, not text (NUL bytes found)")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise BadDocument(
-            f"not valid UTF-8 (bad byte at offset {exc.start}); convert it to UTF-8 first"
-        ) from None
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise BadDocument(
+                f"not valid UTF-8 (bad byte at offset {exc.start}); convert it to UTF-8 first"
+            ) from None
     sample = text[:8192]
     controls = len(_CONTROL.findall(sample))
     if sample and controls / len(sample) > 0.05:
@@ -133,12 +134,19 @@ def _html(data: bytes) -> tuple[str, str, tuple[PageSpan, ...]]:
     import lxml.etree
     import lxml.html
 
+    # huge_tree lifts libxml2's default nesting limit of 256 levels, past
+    # which it silently drops content.
+    parser = lxml.html.HTMLParser(huge_tree=True)
     try:
-        # huge_tree lifts libxml2's default nesting limit of 256 levels, past
-        # which it silently drops content.
-        root = lxml.html.document_fromstring(data, parser=lxml.html.HTMLParser(huge_tree=True))
+        root = lxml.html.document_fromstring(data, parser=parser)
     except (lxml.etree.ParserError, ValueError) as exc:
         raise BadDocument(f"unreadable HTML ({exc})") from None
+    # Even then it stops at 2048 levels, dropping everything deeper without
+    # an error: refuse the file rather than index part of it in silence.
+    if any(e.type_name == "ERR_RESOURCE_LIMIT" for e in parser.error_log):
+        raise BadDocument(
+            "HTML nested too deeply (over 2048 levels): the parser would drop the text inside"
+        )
     title = " ".join((root.findtext(".//title") or "").split())
     parts: list[str] = []
     # iterwalk is iterative, so deeply nested markup cannot exhaust the stack.
@@ -182,6 +190,8 @@ def _docx(data: bytes) -> tuple[str, str, tuple[PageSpan, ...]]:
         document = docx.Document(io.BytesIO(data))
     except (zipfile.BadZipFile, KeyError, ValueError) as exc:
         raise BadDocument(f"not a valid DOCX file ({exc.__class__.__name__}: {exc})") from None
+    except MemoryError:  # a zip bomb: the worker reports it (see ingest.workers)
+        raise
     except Exception as exc:  # python-docx raises its own and lxml's errors
         raise BadDocument(f"not a valid DOCX file ({exc.__class__.__name__}: {exc})") from None
     blocks: list[str] = []

@@ -9,6 +9,7 @@ submission order, with a bounded number in flight so memory stays flat.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import resource
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -21,10 +22,23 @@ from ingest.discovery import FileTask
 from rag.errors import BadDocument
 from rag.types import Document
 
+# Exit code of a worker that hit its memory cap.
+_OUT_OF_MEMORY = 86
+
 
 def _limit_memory(megabytes: int) -> None:
     limit = megabytes * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _load(path: str, kind: str, content_hash: str, ocr: bool) -> Document:
+    """`loaders.load` in a worker. A worker that ran out of memory exits:
+    the parser may have left its heap full, and every later file would fail
+    too. The pool starts a fresh one."""
+    try:
+        return loaders.load(path, kind, content_hash, ocr)
+    except MemoryError:
+        os._exit(_OUT_OF_MEMORY)
 
 
 def parse_files(
@@ -50,9 +64,7 @@ def parse_files(
 
     def fill() -> None:
         for task, digest in queue:
-            future = pool.schedule(
-                loaders.load, args=(task.path, task.kind, digest, ocr), timeout=timeout
-            )
+            future = pool.schedule(_load, args=(task.path, task.kind, digest, ocr), timeout=timeout)
             pending.append((task, future))
             if len(pending) >= workers * 4:
                 break
@@ -68,9 +80,10 @@ def parse_files(
             except FutureTimeout:
                 result = f"parsing took longer than {timeout:.0f} s; the file was skipped"
             except ProcessExpired as exc:
-                result = f"the parser crashed on this file (exit code {exc.exitcode})"
-            except MemoryError:
-                result = f"parsing needed more than {memory_mb} MB of memory"
+                if exc.exitcode == _OUT_OF_MEMORY:
+                    result = f"parsing needed more than {memory_mb} MB of memory"
+                else:
+                    result = f"the parser crashed on this file (exit code {exc.exitcode})"
             except Exception as exc:  # a library bug on a strange file: report, go on
                 result = f"unexpected parser error ({exc.__class__.__name__}: {exc})"
             yield task, result

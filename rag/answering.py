@@ -81,14 +81,19 @@ Event = Retrieved | Screened | Delta | Notice | Finished
 
 
 def screen(
-    question: str, hits: Sequence[Hit], model: ChatModel, settings: Settings
+    question: str,
+    hits: Sequence[Hit],
+    model: ChatModel,
+    settings: Settings,
+    concurrency: int | None = None,
 ) -> tuple[list[Verdict], Usage]:
-    """Judge every hit concurrently. Returns one verdict per hit, in order."""
+    """Judge every hit, all requests in flight at once (or `concurrency` at
+    a time). Returns one verdict per hit, in order."""
     size = settings.screen_group
     groups = [list(hits[i : i + size]) for i in range(0, len(hits), size)]
     if not groups:
         return [], Usage()
-    with ThreadPoolExecutor(max_workers=len(groups)) as pool:
+    with ThreadPoolExecutor(max_workers=concurrency or len(groups)) as pool:
         futures = [
             pool.submit(_screen_group, question, group, start * size + 1, model, settings)
             for start, group in enumerate(groups)
@@ -324,6 +329,10 @@ def stream_answer(
         result.notes.append(
             f"The answer was cut off at the token limit ({settings.read_max_tokens}, "
             "RAG_READ_MAX_TOKENS)."
+        )
+    elif completion.finish_reason is None:
+        result.notes.append(
+            "The LLM server ended the answer without saying it was finished; it may be incomplete."
         )
     result.text, result.citations, result.dropped_citations = resolve_citations(text, ordered)
     result.kept = ordered

@@ -111,7 +111,11 @@ class OpenAIChat:
                         f"(RAG_LLM_TIMEOUT); tried {attempt + 1} time(s)."
                     ) from None
             except openai.APIConnectionError:
-                if emitted or attempt == self._retries:
+                if emitted:  # it was reachable: the connection broke mid-answer
+                    raise LLMError(
+                        f"The LLM server at {self.url} dropped the connection while answering."
+                    ) from None
+                if attempt == self._retries:
                     raise LLMUnreachable(
                         f"Cannot reach the LLM server at {self.url}. Start it with `make llm`, "
                         "or point RAG_LLM_URL at a running OpenAI-compatible server."
@@ -134,6 +138,13 @@ class OpenAIChat:
                     raise LLMError(
                         f"The LLM server at {self.url} failed while answering: {_message(exc)}"
                     ) from None
+            except (ValueError, TypeError, AttributeError) as exc:
+                # Undecodable JSON, or JSON that is not a chat-completion chunk.
+                raise LLMError(
+                    f"The LLM server at {self.url} sent a malformed response "
+                    f"({exc.__class__.__name__}: {str(exc)[:200]}); is it an OpenAI-compatible "
+                    "server?"
+                ) from None
             time.sleep(0.5 * (attempt + 1))
 
     def _stream_once(self, request: Request) -> Iterator[Delta | Completion]:
@@ -156,7 +167,9 @@ class OpenAIChat:
         finish_reason = None
         usage = Usage()
         first_token = None
+        received = 0
         for chunk in self._client.chat.completions.create(**kwargs):
+            received += 1
             if chunk.usage is not None:
                 usage = Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
             for choice in chunk.choices:
@@ -173,6 +186,11 @@ class OpenAIChat:
                     yield Delta("content", delta.content)
                 if choice.finish_reason:
                     finish_reason = choice.finish_reason
+        if not received:  # e.g. a proxy's HTML page with status 200
+            raise LLMError(
+                f"The server at {self.url} answered without a single chat-completion event; "
+                "is RAG_LLM_URL an OpenAI-compatible server?"
+            )
         # Streams carry empty content deltas even when the model never got to
         # its answer; no text at all is the streaming form of `content: null`.
         yield Completion(

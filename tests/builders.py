@@ -121,3 +121,115 @@ def write_corpus(folder: Path) -> Path:
         ],
     )
     return folder
+
+
+# -- hostile files -------------------------------------------------------------------
+
+
+def _pdf_bytes(objects: list[bytes]) -> bytes:
+    """A PDF file around `objects` (object 1 is the catalog)."""
+    out = b"%PDF-1.4\n"
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
+        len(objects) + 1,
+        xref,
+    )
+    return out
+
+
+def decompression_bomb_pdf(path: Path, megabytes: int) -> Path:
+    """A one-page PDF whose ~1/1000-size content stream inflates to
+    `megabytes` MB: a small file that makes a parser allocate a lot."""
+    import zlib
+
+    raw = b"BT /F1 10 Tf 40 750 Td (bomb) Tj ET\n" + b" " * (megabytes * 1024 * 1024)
+    stream = zlib.compress(raw, 9)
+    path.write_bytes(
+        _pdf_bytes(
+            [
+                b"<< /Type /Catalog /Pages 2 0 R >>",
+                b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+                b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+                b"/Resources << /Font << /F1 5 0 R >> >> >>",
+                b"<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(stream)
+                + stream
+                + b"\nendstream",
+                b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+            ]
+        )
+    )
+    return path
+
+
+def slow_pdf(path: Path, pages: int) -> Path:
+    """Many pages sharing one content stream of kerned words with no space
+    characters: each page looks glued, so the loader re-reads every one
+    with pdfminer (~10 ms a page): a small file that parses for a long time."""
+    words = ("The quick brown fox jumps over the lazy dog while seven wizards box " * 6).split()
+    lines = []
+    for start in range(0, len(words), 12):
+        pieces = b"-120".join(b"(%s)" % w.encode() for w in words[start : start + 12])
+        lines.append(b"[" + pieces + b"] TJ 0 -14 Td")
+    content = b"BT /F1 10 Tf 40 750 Td " + b" ".join(lines) + b" ET"
+    kids = b" ".join(b"%d 0 R" % (5 + i) for i in range(pages))
+    page = (
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 3 0 R "
+        b"/Resources << /Font << /F1 4 0 R >> >> >>"
+    )
+    path.write_bytes(
+        _pdf_bytes(
+            [
+                b"<< /Type /Catalog /Pages 2 0 R >>",
+                b"<< /Type /Pages /Kids [" + kids + b"] /Count %d >>" % pages,
+                b"<< /Length %d >>\nstream\n" % len(content) + content + b"\nendstream",
+                b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+            ]
+            + [page] * pages
+        )
+    )
+    return path
+
+
+def image_only_pdf(path: Path, text: str) -> Path:
+    """A 'scanned' page: the text exists only as pixels (PIL), no text layer."""
+    from PIL import Image, ImageDraw, ImageFont
+    from reportlab.lib.pagesizes import A4
+    from reportlab.lib.utils import ImageReader
+    from reportlab.pdfgen import canvas
+
+    image = Image.new("L", (1700, 300), 255)
+    ImageDraw.Draw(image).text((40, 100), text, fill=0, font=ImageFont.load_default(size=56))
+    c = canvas.Canvas(str(path), pagesize=A4)
+    c.drawImage(ImageReader(image), 30, 600, width=540, height=95)
+    c.showPage()
+    c.save()
+    return path
+
+
+def zip_bomb_docx(path: Path, megabytes: int) -> Path:
+    """A real DOCX whose document.xml inflates to `megabytes` MB (blank
+    space inside <w:body>), from under 1/1000 of that on disk."""
+    import zipfile
+
+    source = make_docx(path.with_name(path.name + ".src"), "Bomb", ["x"])
+    with zipfile.ZipFile(source) as zin, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename != "word/document.xml":
+                zout.writestr(item, data)
+                continue
+            body = data.index(b"<w:body>") + len(b"<w:body>")
+            with zout.open(item.filename, "w", force_zip64=True) as fh:
+                fh.write(data[:body])
+                block = b" " * (1 << 20)
+                for _ in range(megabytes):
+                    fh.write(block)
+                fh.write(data[body:])
+    source.unlink()
+    return path
