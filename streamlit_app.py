@@ -21,7 +21,7 @@ from ui import knowledge, render
 @st.cache_resource(show_spinner="Opening the knowledge base…")
 def open_kb(path: str) -> KnowledgeBase:
     kb = KnowledgeBase.open(path)
-    kb.embedder  # load the model now, not during the first question  # noqa: B018
+    kb.warm_up()  # load the model now, not during the first question
     return kb
 
 

@@ -88,6 +88,11 @@ class KnowledgeBase:
             self._embedder = load_embedder(model_id, self.precision)
         return self._embedder
 
+    def warm_up(self) -> None:
+        """Load the embedding model and embed one query, so that the first
+        real search does not pay for it."""
+        self.embedder.embed_batch(["warm up"], kind="query")
+
     # -- search --------------------------------------------------------------
 
     def search(self, query: str, k: int = 8, mode: str = "hybrid") -> list[Hit]:

@@ -50,6 +50,23 @@ def use_llm(env, server, **extra: str) -> None:
         env.setenv(key, value)
 
 
+def test_no_bare_expression_is_rendered_by_streamlit_magic():
+    # Streamlit writes every bare expression of the app file to the page
+    # ("magic"): a `kb.embedder  # load it now` line once showed the
+    # embedder's API documentation above the chat.
+    import ast
+
+    tree = ast.parse(Path(APP).read_text(encoding="utf-8"))
+    shown = [
+        f"line {node.lineno}: {ast.unparse(node)}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Expr)
+        and not isinstance(node.value, ast.Call | ast.Yield | ast.YieldFrom | ast.Await)
+        and not (isinstance(node.value, ast.Constant) and isinstance(node.value.value, str))
+    ]
+    assert not shown
+
+
 def test_offline_llm_shows_a_banner_and_ranked_passages(app_env):
     from serving.launch import free_port
 
@@ -57,6 +74,7 @@ def test_offline_llm_shows_a_banner_and_ranked_passages(app_env):
     app_env.setenv("RAG_LLM_URL", url)
     at = app().run()
     assert not at.exception
+    assert not at.get("help"), "an expression was rendered by Streamlit magic"
     assert any(url in w.value and "not reachable" in w.value for w in at.warning)
     at.chat_input[0].set_value("How do I serve gpt-oss-20b on two GPUs?").run()
     assert not at.exception
