@@ -21,7 +21,7 @@ include mk/llm.mk
 
 
 
-.PHONY: setup index run test crash-test lint clean browser-setup
+.PHONY: setup index run test crash-test lint clean system-setup
 
 # torch first and pinned: this machine's pip takes the CPU build from disk,
 # while an unpinned torch would pull the multi-GB CUDA build.
@@ -39,19 +39,24 @@ index: setup
 run: setup llm-setup index
 	$(PYTHON) -m serving.run --index $(INDEX)
 
-test: setup llm-setup llm-setup-tiny browser-setup
+test: setup llm-setup llm-setup-tiny system-setup
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # The full SIGKILL loop: 20 kills (`make test` runs the same test with 5).
 crash-test: setup
 	KBQA_KILL_RUNS=20 $(BIN)/pytest -m slow tests/test_crash.py -s $(PYTEST_ARGS)
 
-# Debian's Chromium for the end-to-end browser test (Playwright drives it;
-# Playwright's own browser download is not needed).
-browser-setup:
-	@command -v chromium >/dev/null || { \
+# Debian packages the tests drive: Chromium for the end-to-end browser test
+# (Playwright drives it; Playwright's own browser download is not needed)
+# and tesseract for the --ocr path.
+SYSTEM_PACKAGES := chromium:chromium tesseract:tesseract-ocr
+system-setup:
+	@missing=$$(for pair in $(SYSTEM_PACKAGES); do \
+	  command -v $${pair%%:*} >/dev/null || echo $${pair#*:}; done); \
+	if [ -n "$$missing" ]; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get install -y -q chromium || { $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }; }
+	  $$SUDO apt-get install -y -q $$missing || \
+	  { $$SUDO apt-get update -q && $$SUDO apt-get install -y -q $$missing; }; fi
 
 lint: setup
 	$(BIN)/ruff check rag ingest serving tests bench streamlit_app.py

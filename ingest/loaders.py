@@ -306,6 +306,9 @@ def _ocr_page(page: object) -> str:
         result = subprocess.run(
             ["tesseract", str(png), "stdout"], capture_output=True, text=True, timeout=300
         )
+    if result.returncode != 0:
+        reason = " ".join(result.stderr.split())[:200] or f"exit code {result.returncode}"
+        raise BadDocument(f"OCR failed (tesseract: {reason})")
     return clean(result.stdout)
 
 

@@ -234,29 +234,36 @@ def test_parsers_that_hang_crash_or_blow_their_memory_cap_fail_only_their_file(t
 # -- OCR ---------------------------------------------------------------------------------
 
 
-def test_ocr_without_tesseract_says_what_to_install(tmp_path, embedder):
-    if shutil.which("tesseract"):
-        pytest.skip("tesseract is installed: test_ocr_reads_a_scanned_pdf covers --ocr")
+def ocr_ingest(scan: Path, index: Path, path: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [INGEST, str(scan), "--index", str(index), "--ocr", "--json"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "PATH": path},
+    )  # fmt: skip
+
+
+def test_ocr_without_tesseract_says_what_to_install(tmp_path):
+    # The same command with tesseract out of reach: PATH holds only the venv.
     scan = image_only_pdf(tmp_path / "scan.pdf", "The submarine cable reached Lisbon in 1870.")
-    report = ingest_paths(
-        [str(scan)], Settings(index=tmp_path / "index"), ocr=True, embedder=embedder
-    )
-    assert [f.error for f in report.failed] == [
-        "OCR asked for but tesseract is not installed (apt-get install tesseract-ocr)"
+    result = ocr_ingest(scan, tmp_path / "index", str(Path(INGEST).parent))
+    assert result.returncode == 1, result.stderr
+    assert json.loads(result.stdout)["failed"] == [
+        {
+            "path": str(scan),
+            "error": "OCR asked for but tesseract is not installed (apt-get install tesseract-ocr)",
+        }
     ]
 
 
 def test_ocr_reads_a_scanned_pdf(tmp_path, embedder):
-    if not shutil.which("tesseract"):
-        pytest.skip(
-            "NO TESSERACT — the --ocr path is untested here (apt-get install tesseract-ocr)"
-        )
+    # `make test` installs Debian's tesseract-ocr, so this runs in CI.
+    assert shutil.which("tesseract"), "tesseract is missing: run `make system-setup`"
     scan = image_only_pdf(tmp_path / "scan.pdf", "The submarine cable reached Lisbon in 1870.")
     index = tmp_path / "index"
-    result = subprocess.run(
-        [INGEST, str(scan), "--index", str(index), "--ocr", "--json"],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    without = subprocess.run(
+        [INGEST, str(scan), "--index", str(index), "--json"], capture_output=True, text=True
+    )
+    assert "needs OCR (run ingest with --ocr)" in without.stdout
+    result = ocr_ingest(scan, index, os.environ["PATH"])
     assert result.returncode == 0, result.stdout + result.stderr
     hits = KnowledgeBase.open(index, embedder).search("submarine cable Lisbon", k=1)
     assert "Lisbon" in hits[0].text and hits[0].page == 1
