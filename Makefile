@@ -7,6 +7,7 @@
 #   make crash-test  the SIGKILL loop with 20 kills (make test runs 5)
 #   make llm      only the LLM server, in the foreground (see mk/llm.mk)
 #   make lint     ruff + mypy
+#   make bench-setup  what bench/*.py compare against (see BENCHMARKS.md)
 
 SHELL := /bin/bash
 BOOT_PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -21,7 +22,7 @@ include mk/llm.mk
 
 
 
-.PHONY: setup index run test crash-test lint clean system-setup
+.PHONY: setup index run test crash-test lint clean system-setup bench-setup
 
 # torch first and pinned: this machine's pip takes the CPU build from disk,
 # while an unpinned torch would pull the multi-GB CUDA build.
@@ -57,6 +58,10 @@ system-setup:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get install -y -q $$missing || \
 	  { $$SUDO apt-get update -q && $$SUDO apt-get install -y -q $$missing; }; fi
+
+# The benchmarks' peers (bench/ingest.py runs the LangChain tutorial pipeline).
+bench-setup: setup
+	$(BIN)/pip install --quiet -e '.[test,bench]'
 
 lint: setup
 	$(BIN)/ruff check rag ingest serving tests bench streamlit_app.py

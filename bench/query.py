@@ -123,6 +123,40 @@ def faiss_choice(kb: KnowledgeBase, texts: list[str]) -> list[tuple[str, float, 
     return rows
 
 
+def bm25_choice(kb: KnowledgeBase, texts: list[str]) -> list[tuple[str, float]]:
+    """The BM25 side two ways, over the same analysed terms: bm25s (what the
+    index uses) and an SQLite FTS5 table built here from the stored terms
+    (the other candidate the foundation issue named). Top-`depth` query
+    time, median, ms."""
+    import sqlite3
+    import tempfile
+
+    from rag import lexical
+
+    snap = kb.snapshot()
+    rows = snap.db.execute("SELECT id, terms FROM chunks").fetchall()
+    times: dict[str, list[float]] = {"bm25s (memory-mapped arrays)": [], "SQLite FTS5": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        db = sqlite3.connect(Path(tmp) / "fts.sqlite")
+        db.execute("CREATE VIRTUAL TABLE fts USING fts5(terms)")
+        db.executemany("INSERT INTO fts (rowid, terms) VALUES (?, ?)", rows)
+        db.commit()
+        for text in texts:
+            t = time.perf_counter()
+            snap.bm25(text, kb.depth)
+            times["bm25s (memory-mapped arrays)"].append(1000 * (time.perf_counter() - t))
+            expression = " OR ".join(f'"{w}"' for w in dict.fromkeys(lexical.terms(text)))
+            t = time.perf_counter()
+            if expression:
+                db.execute(
+                    "SELECT rowid, rank FROM fts WHERE fts MATCH ? ORDER BY rank LIMIT ?",
+                    (expression, kb.depth),
+                ).fetchall()
+            times["SQLite FTS5"].append(1000 * (time.perf_counter() - t))
+        db.close()
+    return [(name, statistics.median(values)) for name, values in times.items()]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="small,large")
@@ -144,6 +178,7 @@ def main() -> int:
     print("| index | chunks | p50 (ms) | p95 (ms) | embed p50 | dense p50 | bm25 p50 |")
     print("|---|---|---|---|---|---|---|")
     choices = {}
+    lexical_choices = {}
     for size in args.sizes.split(","):
         path, folders = indexes[size]
         build(path, folders)
@@ -155,12 +190,19 @@ def main() -> int:
               f"{p50['embed']} | {p50['dense']} | {p50['bm25']} |")  # fmt: skip
         sys.stdout.flush()
         choices[size] = (chunks, faiss_choice(kb, texts))
+        lexical_choices[size] = (chunks, bm25_choice(kb, texts))
     print("\nFAISS index type (top-200 search time; recall@10 against exact search)\n")
     print("| index | chunks | FAISS index | search p50 (ms) | recall@10 |")
     print("|---|---|---|---|---|")
     for size, (chunks, rows) in choices.items():
         for name, ms, recall in rows:
             print(f"| {size} | {chunks} | {name} | {ms:.2f} | {recall:.4f} |")
+    print(f"\nBM25 side (top {Settings().fusion_depth} a query, the same analysed terms)\n")
+    print("| index | chunks | BM25 engine | query p50 (ms) |")
+    print("|---|---|---|---|")
+    for size, (chunks, rows) in lexical_choices.items():
+        for name, ms in rows:
+            print(f"| {size} | {chunks} | {name} | {ms:.2f} |")
     return 0
 
 

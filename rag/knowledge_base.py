@@ -147,7 +147,7 @@ class KnowledgeBase:
             "dimension": params.dimension,
             "chunk_tokens": params.chunk_tokens,
             "chunk_overlap": params.chunk_overlap,
-            "disk_bytes": sum(f.stat().st_size for f in gen_dir.iterdir() if f.is_file()),
+            "disk_bytes": sum(f.stat().st_size for f in gen_dir.rglob("*") if f.is_file()),
             "updated_at": snap.manifest.updated_at,
         }
 

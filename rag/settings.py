@@ -27,7 +27,7 @@ class Settings(BaseSettings):
     # Ingestion.
     embedding_model: str = "all-MiniLM-L6-v2"
     embed_precision: Literal["auto", "float32", "bfloat16"] = Field(
-        "auto", description="auto: bfloat16 on CPUs with AMX, else float32"
+        "auto", description="auto: bfloat16 on CPUs that compute it natively, else float32"
     )
     chunk_tokens: int = Field(200, ge=16, description="chunk size in model tokens")
     chunk_overlap: int = Field(32, ge=0)
@@ -46,8 +46,8 @@ class Settings(BaseSettings):
     # Retrieval.
     search_mode: SearchMode = "hybrid"
     fusion: Literal["convex", "rrf"] = "convex"
-    fusion_alpha: float = Field(0.6, ge=0.0, le=1.0, description="weight of the dense side")
-    fusion_depth: int = Field(200, ge=10, description="candidates read from each side")
+    fusion_alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the dense side")
+    fusion_depth: int = Field(400, ge=10, description="candidates read from each side")
     k: int = Field(8, ge=1, le=100)
 
     # The LLM server (any OpenAI-compatible endpoint; vLLM in production).

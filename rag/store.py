@@ -1,5 +1,6 @@
-"""The `Store`: chunks and documents in SQLite (with FTS5 for BM25), vectors
-in FAISS, one immutable generation at a time (see `rag.layout`).
+"""The `Store`: documents and chunks in SQLite, vectors in FAISS, the BM25
+index in bm25s's array files (`rag.lexical`), one immutable generation at a
+time (see `rag.layout`).
 
 `Snapshot` reads a published generation; `StoreWriter` builds the next one.
 """
