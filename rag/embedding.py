@@ -95,12 +95,25 @@ class SentenceTransformerEmbedder:
         self._tokenizer: Any = self._model.tokenizer
         specials = len(self._tokenizer("")["input_ids"])
         self.max_tokens = int(self._model.max_seq_length or 512) - specials
+        # The chunker counts tokens tens of thousands of times a document;
+        # the Rust tokenizer behind a "fast" one gives the same counts at a
+        # third of the cost of the Python wrapper (measured on the R manuals).
+        backend = getattr(self._tokenizer, "backend_tokenizer", None)
+        self._counter: Any = None
+        if backend is not None:
+            from tokenizers import Tokenizer
+
+            self._counter = Tokenizer.from_str(backend.to_str())
+            self._counter.no_truncation()
+            self._counter.no_padding()
 
     @property
     def tokenizer(self) -> Any:
         return self._tokenizer
 
     def count_tokens(self, text: str) -> int:
+        if self._counter is not None:
+            return len(self._counter.encode(text, add_special_tokens=False))
         return len(self._tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def embed_batch(self, texts: Sequence[str], kind: Kind = "document") -> np.ndarray:

@@ -74,6 +74,16 @@ def test_chunker_offsets_round_trip_on_any_text(chunker, text):
     check_chunks(Document(path="/t.txt", text=text, content_hash="h", kind="text"), chunker)
 
 
+@settings(max_examples=300, deadline=None)
+@given(text=st.one_of(TEXT, WORDY))
+@example(text="x" * 3000)
+def test_token_counts_equal_the_models_own_tokenizer(embedder, text):
+    # The embedder counts with the Rust tokenizer directly (for speed);
+    # the count must be the one the model's tokenizer gives.
+    wrapped = embedder.tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert embedder.count_tokens(text) == len(wrapped)
+
+
 @EXAMPLES
 @given(pages=st.lists(st.one_of(TEXT, WORDY), min_size=1, max_size=5))
 @example(pages=["", "only page two has text", ""])
