@@ -66,7 +66,7 @@ bench-setup: setup
 lint: setup
 	$(BIN)/ruff check rag ingest serving tests bench streamlit_app.py
 	$(BIN)/ruff format --check rag ingest serving tests bench streamlit_app.py
-	$(BIN)/mypy rag ingest
+	$(BIN)/mypy rag ingest serving
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-artifacts

@@ -19,17 +19,18 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
+from serving import config as serve_config
 from serving import launch
 
 # The small CPU model has a 2,048-token context: fewer, shorter requests.
 CPU_PROFILE = {
-    "RAG_LLM_CONTEXT_TOKENS": str(launch.CPU_MAX_MODEL_LEN),
+    "RAG_LLM_CONTEXT_TOKENS": str(serve_config.CPU_MAX_MODEL_LEN),
     "RAG_SCREEN_K": "6",
     "RAG_KEEP_MAX": "3",
     "RAG_SCREEN_MAX_TOKENS": "128",
     "RAG_READ_MAX_TOKENS": "384",
 }
-GPU_PROFILE = {"RAG_LLM_CONTEXT_TOKENS": str(launch.GPU_MAX_MODEL_LEN)}
+GPU_PROFILE = {"RAG_LLM_CONTEXT_TOKENS": str(serve_config.GPU_MAX_MODEL_LEN)}
 
 
 def _answers(url: str) -> bool:
@@ -59,7 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"Using the LLM server at {os.environ['RAG_LLM_URL']} (RAG_LLM_URL).")
     else:
         config = launch.build_config(port=args.llm_port)
-        profile = CPU_PROFILE if config.served_model_name != launch.GPU_SERVED_NAME else GPU_PROFILE
+        on_gpu = config.served_model_name == serve_config.GPU_SERVED_NAME
+        profile = GPU_PROFILE if on_gpu else CPU_PROFILE
         env = {
             **profile,
             **env,

@@ -18,18 +18,17 @@ from pathlib import Path
 
 import pytest
 
-from serving import launch
-from serving.launch import (
-    LaunchError,
-    Paths,
+from serving import config as serve_config
+from serving import launch, models
+from serving.config import (
     ServeConfig,
     build_config,
-    cache_key,
     cpu_config,
     gpu_config,
     gpu_count,
     parse_gpu_list,
 )
+from serving.models import LaunchError, Paths, cache_key
 
 VENV = Path("/opt/venv-llm")
 
@@ -220,12 +219,12 @@ def test_interrupted_conversion_is_never_taken_for_a_finished_one(tmp_path: Path
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        launch._atomic_build(target, crash)
+        models.atomic_build(target, crash)
     assert list(target.parent.iterdir()) == []
 
-    launch._atomic_build(target, lambda out: (out / "config.json").write_text("{}"))
+    models.atomic_build(target, lambda out: (out / "config.json").write_text("{}"))
     assert (target / "config.json").is_file()
-    launch._atomic_build(target, crash)  # already there: not rebuilt
+    models.atomic_build(target, crash)  # already there: not rebuilt
 
 
 def test_cpu_model_folder_is_served_under_its_name(paths: Paths, tmp_path: Path) -> None:
@@ -237,7 +236,7 @@ def test_cpu_model_folder_is_served_under_its_name(paths: Paths, tmp_path: Path)
 def test_auto_picks_gpu_when_nvidia_smi_lists_gpus(
     paths: Paths, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(launch, "gpu_count", lambda: 2)
+    monkeypatch.setattr(serve_config, "gpu_count", lambda: 2)
     config = build_config(model=str(tmp_path), paths=paths, environ={})
     assert config.argv[1:3] == ("serve", str(tmp_path))
     assert "--tensor-parallel-size" in config.argv
@@ -245,7 +244,7 @@ def test_auto_picks_gpu_when_nvidia_smi_lists_gpus(
 
 
 def test_auto_picks_cpu_without_gpus(paths: Paths, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(launch, "gpu_count", lambda: 0)
+    monkeypatch.setattr(serve_config, "gpu_count", lambda: 0)
     _put_gguf(paths)
     assert "--enforce-eager" in build_config(paths=paths, environ={}).argv
 
@@ -266,7 +265,7 @@ def test_gpu_model_missing_from_hf_cache_fails_at_start_not_at_print(
 
 
 def test_forcing_gpu_without_one_is_an_error(paths: Paths, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(launch, "gpu_count", lambda: 0)
+    monkeypatch.setattr(serve_config, "gpu_count", lambda: 0)
     with pytest.raises(LaunchError, match="no GPU"):
         build_config(device="gpu", paths=paths, environ={})
 
@@ -285,7 +284,7 @@ def test_tiny_gpt_oss_loads_the_scripted_logits_processor(paths: Paths) -> None:
 def test_cli_print_shows_the_command_and_exits(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(launch, "gpu_count", lambda: 0)
+    monkeypatch.setattr(serve_config, "gpu_count", lambda: 0)
     monkeypatch.setenv("KBQA_CACHE", str(tmp_path))
     argv = ["--print", "--port", "8123", "--model", str(tmp_path), "--", "--seed", "1"]
     assert launch.main(argv) == 0
