@@ -37,6 +37,7 @@ class KnowledgeBase:
         self.fusion = settings.fusion
         self.alpha = settings.fusion_alpha
         self.precision = settings.embed_precision
+        self.dense_precision = settings.dense_precision
         self._lock = threading.Lock()
         self._stamp: tuple[int, int] | None = None
         self._snapshot = self._open_current()
@@ -67,10 +68,10 @@ class KnowledgeBase:
             self._stamp = self._current_stamp()
             name = layout.require_generation(self.root)
             try:
-                return Snapshot(self.root, name)
+                return Snapshot(self.root, name, self.dense_precision)
             except FileNotFoundError:
                 continue
-        return Snapshot(self.root, layout.require_generation(self.root))
+        return Snapshot(self.root, layout.require_generation(self.root), self.dense_precision)
 
     def snapshot(self) -> Snapshot:
         """The newest published generation (reopened if an ingest published)."""
@@ -105,7 +106,8 @@ class KnowledgeBase:
         depth = max(k, self.depth)
         vector = self.embedder.embed_batch([query], kind="query")[0] if mode != "bm25" else None
         dense = snap.dense(vector, depth) if vector is not None else []
-        bm25, bm25_scores = snap.bm25(query, depth) if mode != "dense" else ([], {})
+        also = [cid for cid, _ in dense] if mode == "hybrid" else []
+        bm25, bm25_scores = snap.bm25(query, depth, also) if mode != "dense" else ([], {})
         if mode == "hybrid":
             # Every candidate gets both exact scores, so a passage found by
             # one side alone is still weighed by the other.

@@ -171,11 +171,36 @@ def _assemble(pieces: list[tuple[int, str]], start: int, end: int) -> str:
     return "".join(out).strip()
 
 
-def _read_vectors(path: Path) -> faiss.Index:
+def _read_vectors(path: Path) -> faiss.IndexIDMap2:
     try:
-        return faiss.read_index(str(path))
+        vectors = faiss.read_index(str(path))
     except RuntimeError as exc:
         raise IndexCorrupt(f"{path} is unreadable: the index is damaged ({exc}).") from exc
+    if not isinstance(vectors, faiss.IndexIDMap2):
+        raise IndexCorrupt(
+            f"{path} holds a {type(vectors).__name__}, not vectors keyed by chunk id: "
+            "the index is damaged."
+        )
+    return vectors
+
+
+def _half_precision_copy(vectors: faiss.IndexIDMap2) -> faiss.IndexIDMap2:
+    """The same vectors and ids, stored as float16 for searching.
+
+    A single query over a flat index is bound by memory bandwidth: half
+    the bytes, half the time (measured at 120k vectors on 2 cores: 12 ms
+    for float32, 6 ms for float16). float16 keeps about three significant
+    digits, well inside the noise of the embedding itself, and
+    bench/query.py measures its recall@10 against exact float32 search.
+    """
+    inner = faiss.downcast_index(vectors.index)
+    if not isinstance(inner, faiss.IndexFlat) or vectors.ntotal == 0:
+        return vectors
+    copy = faiss.IndexIDMap2(
+        faiss.IndexScalarQuantizer(vectors.d, faiss.ScalarQuantizer.QT_fp16, inner.metric_type)
+    )
+    copy.add_with_ids(inner.reconstruct_n(0, inner.ntotal), faiss.vector_to_array(vectors.id_map))
+    return copy
 
 
 def _dense(vectors: faiss.Index, query: np.ndarray, k: int) -> list[tuple[int, float]]:
@@ -188,7 +213,7 @@ def _dense(vectors: faiss.Index, query: np.ndarray, k: int) -> list[tuple[int, f
 class Snapshot(_Tables):
     """A published generation, opened read-only. Never changes under you."""
 
-    def __init__(self, root: Path, generation: str) -> None:
+    def __init__(self, root: Path, generation: str, dense_precision: str = "float16") -> None:
         self.root = root
         self.generation = generation
         gen_dir = root / generation
@@ -201,7 +226,7 @@ class Snapshot(_Tables):
             self.db.execute("SELECT count(*) FROM documents").fetchone()
         except sqlite3.DatabaseError as exc:
             raise IndexCorrupt(f"{db_path} is unreadable: the index is damaged ({exc}).") from exc
-        self.vectors = _read_vectors(gen_dir / layout.VECTORS_FILE)
+        self.vectors: faiss.Index = _read_vectors(gen_dir / layout.VECTORS_FILE)
         try:
             self.lexical = lexical.LexicalIndex(gen_dir / layout.BM25_DIR)
         except Exception as exc:  # numpy and bm25s raise many kinds on a damaged file
@@ -213,6 +238,8 @@ class Snapshot(_Tables):
                 f"{gen_dir} holds {self.vectors.ntotal} vectors and {len(self.lexical.ids)} BM25 "
                 f"entries but {self.manifest.chunks} chunks: the index is damaged."
             )
+        if dense_precision == "float16":
+            self.vectors = _half_precision_copy(self.vectors)
 
     def dense(self, query: np.ndarray, k: int) -> list[tuple[int, float]]:
         return _dense(self.vectors, query, k)
@@ -221,24 +248,38 @@ class Snapshot(_Tables):
         """Exact inner products of `query` with the stored vectors of `ids`."""
         if not ids:
             return {}
-        vectors = np.vstack([self.vectors.reconstruct(int(i)) for i in ids])
+        # One C++ loop over the id map, not one Python call per id.
+        vectors = self.vectors.reconstruct_batch(np.asarray(ids, dtype=np.int64))
         return dict(zip(ids, (vectors @ query).tolist(), strict=True))
 
-    def bm25(self, query: str, k: int) -> tuple[list[tuple[int, float]], dict[int, float]]:
-        """The `k` best chunks by BM25 (score > 0), and a lookup of every
-        chunk's BM25 score for fusion (chunks not in it score 0)."""
+    def bm25(
+        self, query: str, k: int, also: Sequence[int] = ()
+    ) -> tuple[list[tuple[int, float]], dict[int, float]]:
+        """The `k` best chunks by BM25 (score > 0), and the BM25 scores of
+        those and of the chunks in `also` (0 where no query term matched),
+        for fusion. Only those few are looked up: at 100k chunks a common
+        term matches tens of thousands."""
         try:
             scores = self.lexical.scores(query)
         except (IndexError, ValueError) as exc:  # same-size damage the manifest cannot see
             raise IndexCorrupt(
                 f"{self.root / self.generation / layout.BM25_DIR} is damaged ({exc})."
             ) from exc
+        ids = self.lexical.ids
         matched = np.flatnonzero(scores > 0)
-        top = matched[np.argsort(-scores[matched], kind="stable")[:k]]
-        ranked = [(int(self.lexical.ids[i]), float(scores[i])) for i in top]
-        lookup = dict(
-            zip(self.lexical.ids[matched].tolist(), scores[matched].tolist(), strict=True)
-        )
+        if len(matched) > k:
+            # Back in id order, so that ties rank as a full sort ranks them.
+            matched = np.sort(matched[np.argpartition(-scores[matched], k - 1)[:k]])
+        top = matched[np.argsort(-scores[matched], kind="stable")]
+        ranked = [(int(ids[i]), float(scores[i])) for i in top]
+        lookup = dict(ranked)
+        if len(also):
+            # The BM25 arrays are in chunk-id order (built ORDER BY id).
+            wanted = np.asarray(also, dtype=np.int64)
+            at = np.minimum(np.searchsorted(ids, wanted), max(len(ids) - 1, 0))
+            found = (ids[at] == wanted) if len(ids) else np.zeros(len(wanted), dtype=bool)
+            for cid, pos, ok in zip(wanted.tolist(), at.tolist(), found.tolist(), strict=True):
+                lookup.setdefault(cid, float(scores[pos]) if ok else 0.0)
         return ranked, lookup
 
     def close(self) -> None:
@@ -357,11 +398,10 @@ class StoreWriter(_Tables):
     def stored_vectors(self, chunks: Sequence[Chunk]) -> np.ndarray:
         """The vectors of stored chunks (used to copy a document without
         embedding it again, e.g. when a file was renamed)."""
-        out = np.zeros((len(chunks), self.params.dimension), dtype=np.float32)
-        for row, chunk in enumerate(chunks):
-            assert chunk.id is not None
-            out[row] = self.vectors.reconstruct(int(chunk.id))
-        return out
+        if not chunks:
+            return np.zeros((0, self.params.dimension), dtype=np.float32)
+        ids = np.asarray([chunk.id for chunk in chunks], dtype=np.int64)
+        return self.vectors.reconstruct_batch(ids)
 
     def paths(self) -> list[str]:
         return [r[0] for r in self.db.execute("SELECT path FROM documents ORDER BY path")]

@@ -234,10 +234,10 @@ def test_parsers_that_hang_crash_or_blow_their_memory_cap_fail_only_their_file(t
 # -- OCR ---------------------------------------------------------------------------------
 
 
-def ocr_ingest(scan: Path, index: Path, path: str) -> subprocess.CompletedProcess:
+def ocr_ingest(scan: Path, index: Path, path: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [INGEST, str(scan), "--index", str(index), "--ocr", "--json"],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "PATH": path},
+        capture_output=True, text=True, timeout=600, env={**os.environ, "PATH": path, **env},
     )  # fmt: skip
 
 
@@ -303,3 +303,22 @@ def test_uploads_land_inside_the_uploads_folder_under_sanitized_names(tmp_path):
     # Nothing was written anywhere but the uploads folder.
     written = {p for p in tmp_path.rglob("*") if p.is_file()} - {tmp_path / "d.docx"}
     assert {p.parent for p in written} == {folder}
+
+
+def test_a_failing_tesseract_fails_only_its_file(tmp_path):
+    # The real tesseract, without its language data: it exits non-zero.
+    assert shutil.which("tesseract"), "tesseract is missing: run `make system-setup`"
+    scan = image_only_pdf(tmp_path / "scan.pdf", "The submarine cable reached Lisbon in 1870.")
+    good = tmp_path / "good.md"
+    good.write_text("# Cables\n\nThe first transatlantic cable failed after three weeks.\n")
+    index = tmp_path / "index"
+    result = subprocess.run(
+        [INGEST, str(scan), str(good), "--index", str(index), "--ocr", "--json"],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "TESSDATA_PREFIX": str(tmp_path / "no-language-data")},
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    summary = json.loads(result.stdout)
+    assert [f["path"] for f in summary["failed"]] == [str(scan)]
+    assert summary["failed"][0]["error"].startswith("OCR failed (tesseract: ")
+    assert summary["added"] == 1

@@ -71,3 +71,18 @@ def test_langchain_retriever(kb):
     assert "Jupiter" in docs[0].page_content
     assert docs[0].metadata["source"].endswith("astronomy.pdf") and docs[0].metadata["page"] == 2
     assert {"score", "chunk_id"} <= set(docs[0].metadata)
+
+
+def test_the_float16_search_copy_agrees_with_the_exact_vectors(built_index, embedder):
+    # Searches use a float16 copy of the stored float32 vectors (half the
+    # memory traffic); it must rank and score like the exact ones.
+    from rag.settings import Settings
+
+    exact = KnowledgeBase.open(built_index, embedder, Settings(dense_precision="float32"))
+    half = KnowledgeBase.open(built_index, embedder, Settings(dense_precision="float16"))
+    assert half.stats()["vectors"] == exact.stats()["vectors"] > 0
+    for query, *_ in CASES:
+        for mode in ("dense", "hybrid"):
+            a, b = exact.search(query, k=5, mode=mode), half.search(query, k=5, mode=mode)
+            assert [h.chunk_id for h in a] == [h.chunk_id for h in b]
+            assert [h.score for h in b] == pytest.approx([h.score for h in a], abs=2e-3)

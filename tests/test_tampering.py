@@ -166,6 +166,23 @@ def test_an_edited_manifest_is_refused_clearly(index_copy, change, error, messag
         KnowledgeBase.open(index_copy)
 
 
+def test_a_valid_faiss_file_of_another_kind_is_refused(index_copy):
+    # Well-formed FAISS, right size in the manifest, but not vectors keyed by
+    # chunk id: readers would otherwise fail on the missing id map.
+    import faiss
+    import numpy as np
+
+    gen = generation(index_copy)
+    stored = faiss.read_index(str(gen / layout.VECTORS_FILE))
+    plain = faiss.IndexFlatIP(stored.d)
+    plain.add(np.zeros((stored.ntotal, stored.d), dtype=np.float32))
+    faiss.write_index(plain, str(gen / layout.VECTORS_FILE))
+    size = (gen / layout.VECTORS_FILE).stat().st_size
+    edit_manifest(index_copy, lambda m: m["file_sizes"].update({layout.VECTORS_FILE: size}))
+    with pytest.raises(IndexCorrupt, match="not vectors keyed by chunk id"):
+        KnowledgeBase.open(index_copy)
+
+
 @pytest.mark.parametrize(
     "content",
     [b"g00000099\n", b"../../../etc\n", b"\xff\xfe\x00garbage", b"", b"g" + b"0" * 5000],
