@@ -7,7 +7,12 @@ The large index is real text, ingested with our own pipeline (cached under
 documentation of Python 3.11, PostgreSQL 15 and Linux 6.1 from Debian
 packages (apt-get download + dpkg -x). Queries: the 300 SciFact queries.
 
-    .venv/bin/python bench/query.py              # builds the indexes once (~30 min)
+    .venv/bin/python bench/query.py              # brings the indexes up to date, then measures
+    .venv/bin/python bench/query.py --no-build   # measures the indexes as they stand
+
+Building the large index takes about an hour on 2 cores; ingest publishes a
+checkpoint every 2 minutes, so an interrupted build is measurable (and
+resumes where it stopped).
 """
 
 from __future__ import annotations

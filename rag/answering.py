@@ -208,7 +208,8 @@ def read(
     passage and is sent again; reasoning that uses up every token (content
     null) is retried at the next lower effort.
     """
-    budget = settings.llm_context_tokens - settings.read_max_tokens - 64
+    answer_tokens = read_token_limit(settings)
+    budget = settings.llm_context_tokens - answer_tokens - 64
     kept = fit_to_budget(question, strongest_first, budget)
     effort: Effort = settings.read_effort
     while kept:
@@ -216,7 +217,7 @@ def read(
         request = Request(
             messages=prompts.read_messages(question, ordered),
             effort=effort,
-            max_tokens=settings.read_max_tokens,
+            max_tokens=answer_tokens,
         )
         completion: Completion | None = None
         try:
@@ -235,13 +236,23 @@ def read(
         if completion.content is None and effort in _LOWER_EFFORT:
             effort = _LOWER_EFFORT[effort]
             yield Notice(
-                f"Reasoning used all {settings.read_max_tokens} tokens without an answer; "
+                f"Reasoning used all {answer_tokens} tokens without an answer; "
                 f"trying again with reasoning effort {effort}."
             )
             continue
         yield completion, ordered
         return
-    raise PromptTooLong("Not even one passage fits the model's context window.")
+    raise PromptTooLong(
+        f"Not even one passage fits the model's context window ({settings.llm_context_tokens} "
+        f"tokens, RAG_LLM_CONTEXT_TOKENS, of which {answer_tokens} are kept for the answer)."
+    )
+
+
+def read_token_limit(settings: Settings) -> int:
+    """Tokens the deep read may generate: RAG_READ_MAX_TOKENS, but never
+    more than half the context window, so that a small model (2,048 tokens
+    on CPU) still gets passages to read instead of an error."""
+    return max(64, min(settings.read_max_tokens, settings.llm_context_tokens // 2))
 
 
 _CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
@@ -327,7 +338,7 @@ def stream_answer(
     text = require_content(completion, "answer")
     if completion.finish_reason == "length":
         result.notes.append(
-            f"The answer was cut off at the token limit ({settings.read_max_tokens}, "
+            f"The answer was cut off at the token limit ({read_token_limit(settings)}, "
             "RAG_READ_MAX_TOKENS)."
         )
     elif completion.finish_reason is None:

@@ -12,6 +12,8 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import faiss
+
 from rag import fusion, layout
 from rag.embedding import Embedder, load_embedder
 from rag.settings import Settings
@@ -38,6 +40,11 @@ class KnowledgeBase:
         self.alpha = settings.fusion_alpha
         self.precision = settings.embed_precision
         self.dense_precision = settings.dense_precision
+        # One query at a time gains nothing from FAISS's OpenMP threads, and
+        # after each search they spin, taking the cores from the next query's
+        # embedding (measured on 2 cores: embedding 23 ms with them, 14 ms
+        # without; the search itself 5.8 ms against 3.9 ms). Process-wide.
+        faiss.omp_set_num_threads(1)
         self._lock = threading.Lock()
         self._stamp: tuple[int, int] | None = None
         self._snapshot = self._open_current()

@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     fusion_alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the dense side")
     fusion_depth: int = Field(400, ge=10, description="candidates read from each side")
     dense_precision: Literal["float16", "float32"] = Field(
-        "float16", description="vectors searched as float16 (half the memory, 2x faster) or exact"
+        "float16", description="vectors searched as a float16 copy (half the memory) or exact"
     )
     k: int = Field(8, ge=1, le=100)
 

@@ -88,6 +88,18 @@ def test_screen_off_skips_stage_one(kb, chat, llm_settings):
     assert result.text.strip()
 
 
+def test_the_default_answer_length_still_leaves_room_for_passages(kb, chat, llm_settings):
+    # RAG_READ_MAX_TOKENS defaults to 4,096, twice this server's whole
+    # context: the answer gets half the window and the passages the rest.
+    settings = llm_settings.model_copy(
+        update={"screen": False, "read_max_tokens": Settings().read_max_tokens}
+    )
+    assert settings.read_max_tokens >= settings.llm_context_tokens
+    result = answer(QUESTION, kb, chat, settings)
+    assert result.kept and result.text.strip()
+    assert result.usage["read"].completion_tokens <= settings.llm_context_tokens // 2
+
+
 def test_prompt_over_the_context_drops_passages_and_still_answers(
     tmp_path, embedder, chat, llm_settings
 ):
