@@ -24,8 +24,8 @@ from rag import layout, lexical
 from rag.embedding import Embedder, canonical_model_id, load_embedder
 from rag.layout import IndexParams
 from rag.settings import Settings
-from rag.store import StoreWriter, open_writer
 from rag.types import Chunk, Document
+from rag.writer import StoreWriter, open_writer
 
 # Embed chunks of several small documents together: sentence-transformers
 # sorts a call's texts by length, so bigger calls waste less padding.

@@ -15,8 +15,8 @@ from rag.errors import IndexBusy, IndexCorrupt, IndexIncompatible, IndexMissing
 from rag.knowledge_base import KnowledgeBase
 from rag.layout import IndexParams
 from rag.settings import Settings
-from rag.store import open_writer
 from rag.types import Chunk
+from rag.writer import open_writer
 
 
 def params(dimension: int = 4) -> IndexParams:

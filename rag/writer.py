@@ -1,0 +1,212 @@
+"""Writing an index: `StoreWriter` builds the next generation of the
+`Store` in a staging folder and publishes it (see `rag.layout` for why
+that is atomic); `open_writer` holds the one-writer lock around it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from rag import layout, lexical
+from rag.errors import IndexCorrupt, IndexIncompatible
+from rag.layout import IndexParams, Manifest
+from rag.store import SCHEMA, _read_vectors, _Tables
+from rag.types import Chunk
+
+
+class StoreWriter(_Tables):
+    """Builds the next generation in a staging folder. Use through
+    `open_writer`, which holds the lock and publishes."""
+
+    def __init__(self, root: Path, params: IndexParams, rebuild: bool = False) -> None:
+        self.root = root
+        self.params = params
+        current = layout.current_generation(root)
+        self.base_number = layout.generation_number(current) if current else 0
+        assert self.base_number is not None
+        self.created_at = time.time()
+        self.vectors: faiss.Index
+        if current and not rebuild:
+            manifest = layout.read_manifest(root / current)
+            self._check_compatible(manifest.params)
+            self.created_at = manifest.created_at
+            self.vectors = _read_vectors(root / current / layout.VECTORS_FILE)
+        else:
+            self.vectors = faiss.IndexIDMap2(faiss.IndexFlatIP(params.dimension))
+        self.number = self.base_number
+        self.changed = rebuild
+        self._source_db = None if (rebuild or not current) else root / current / layout.DB_FILE
+        self._open_staging()
+
+    def _check_compatible(self, found: IndexParams) -> None:
+        if found == self.params:
+            return
+        diffs = [
+            f"{name}: index has {getattr(found, name)!r}, requested {getattr(self.params, name)!r}"
+            for name in found.__dataclass_fields__
+            if getattr(found, name) != getattr(self.params, name)
+        ]
+        raise IndexIncompatible(
+            f"The index at {self.root} was built with other settings ({'; '.join(diffs)}). "
+            f"Rebuild it with: ingest PATH... --index {self.root} --rebuild "
+            "(or keep its settings, or use another --index)."
+        )
+
+    def _open_staging(self) -> None:
+        self.number += 1
+        self.staging = self.root / f".staging-{layout.generation_name(self.number)}"
+        shutil.rmtree(self.staging, ignore_errors=True)
+        self.staging.mkdir(parents=True)
+        db_path = self.staging / layout.DB_FILE
+        if self._source_db is not None:
+            shutil.copyfile(self._source_db, db_path)
+        self.db = sqlite3.connect(db_path, isolation_level=None)
+        # The staging copy is thrown away on a crash, so it needs no journal;
+        # durability comes from fsync + rename at publish time.
+        self.db.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self.db.executescript(SCHEMA)
+        self.db.execute("BEGIN")
+
+    # -- changes ------------------------------------------------------------
+
+    def delete(self, path: str) -> bool:
+        """Remove a document and its chunks; False if there was none."""
+        ids = [
+            r[0]
+            for r in self.db.execute(
+                "SELECT c.id FROM chunks c JOIN documents d ON d.id = c.doc_id WHERE d.path = ?",
+                (path,),
+            )
+        ]
+        if ids:
+            self.vectors.remove_ids(np.asarray(ids, dtype=np.int64))  # type: ignore[arg-type]
+        removed = self.db.execute("DELETE FROM documents WHERE path = ?", (path,)).rowcount > 0
+        self.changed = self.changed or removed
+        return removed
+
+    def put(
+        self,
+        *,
+        path: str,
+        content_hash: str,
+        kind: str,
+        title: str,
+        size: int,
+        mtime: float,
+        pages: int | None,
+        chunks: Sequence[Chunk],
+        vectors: np.ndarray,
+    ) -> None:
+        """Add a document, replacing any earlier version stored at `path`."""
+        if len(chunks) != len(vectors):
+            raise ValueError("one vector per chunk")
+        self.changed = True
+        self.delete(path)
+        doc_id = self.db.execute(
+            "INSERT INTO documents (path, content_hash, kind, title, size, mtime, pages, "
+            "ingested_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (path, content_hash, kind, title, size, mtime, pages, time.time()),
+        ).lastrowid
+        ids = []
+        for ordinal, chunk in enumerate(chunks):
+            terms = " ".join(lexical.terms(chunk.indexed_text))
+            cid = self.db.execute(
+                'INSERT INTO chunks (doc_id, ordinal, text, page, page_end, start, "end", terms) '
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (doc_id, ordinal, chunk.text, chunk.page, chunk.page_end, chunk.start, chunk.end,
+                 terms),
+            ).lastrowid  # fmt: skip
+            ids.append(cid)
+        if ids:
+            self.vectors.add_with_ids(
+                np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, dtype=np.int64)
+            )
+
+    def stored_vectors(self, chunks: Sequence[Chunk]) -> np.ndarray:
+        """The vectors of stored chunks (used to copy a document without
+        embedding it again, e.g. when a file was renamed)."""
+        if not chunks:
+            return np.zeros((0, self.params.dimension), dtype=np.float32)
+        ids = np.asarray([chunk.id for chunk in chunks], dtype=np.int64)
+        return self.vectors.reconstruct_batch(ids)
+
+    def paths(self) -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT path FROM documents ORDER BY path")]
+
+    # -- publishing ----------------------------------------------------------
+
+    def publish(self) -> int:
+        """Write the staging generation out and make it current."""
+        self.db.execute("COMMIT")
+        documents, chunks = self.count("documents"), self.count("chunks")
+        if chunks != self.vectors.ntotal:
+            raise IndexCorrupt(
+                f"refusing to publish {chunks} chunks with {self.vectors.ntotal} vectors"
+            )
+        rows = self.db.execute("SELECT id, terms FROM chunks ORDER BY id").fetchall()
+        self.db.close()
+        lexical.build(
+            self.staging / layout.BM25_DIR, [r[0] for r in rows], [r[1].split() for r in rows]
+        )
+        faiss.write_index(self.vectors, str(self.staging / layout.VECTORS_FILE))
+        sizes = {
+            str(path.relative_to(self.staging)): path.stat().st_size
+            for path in sorted(self.staging.rglob("*"))
+            if path.is_file()
+        }
+        manifest = Manifest(
+            params=self.params,
+            generation=self.number,
+            created_at=self.created_at,
+            updated_at=time.time(),
+            documents=documents,
+            chunks=chunks,
+            file_sizes=sizes,
+        )
+        (self.staging / layout.MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
+        final = layout.publish(self.root, self.staging, self.number)
+        layout.sweep(self.root)
+        self._source_db = final / layout.DB_FILE
+        self.changed = False
+        return self.number
+
+    def checkpoint(self) -> int:
+        """Publish what is done so far and keep writing into a fresh staging."""
+        number = self.publish()
+        self._open_staging()
+        return number
+
+    def abort(self) -> None:
+        try:
+            self.db.close()
+        finally:
+            shutil.rmtree(self.staging, ignore_errors=True)
+
+
+@contextmanager
+def open_writer(
+    root: Path, params: IndexParams, *, rebuild: bool = False, lock_timeout: float = 0.0
+) -> Iterator[StoreWriter]:
+    """Hold the index's write lock, build the next generation, publish it on
+    success (if anything changed) and discard it on any error."""
+    with layout.write_lock(root, lock_timeout):
+        layout.sweep(root)
+        writer = StoreWriter(root, params, rebuild=rebuild)
+        try:
+            yield writer
+        except BaseException:
+            writer.abort()
+            raise
+        if writer.changed:
+            writer.publish()
+        else:
+            writer.abort()
