@@ -63,7 +63,7 @@ def sidebar(base: Settings) -> tuple[Path, Settings]:
 def show_turn(kb: KnowledgeBase, result: Answer) -> None:
     st.markdown(render.defuse(result.text))
     render.notes(result)
-    render.citations(kb, result.citations)
+    render.citations(kb, result.citations, result.text)
     render.reasoning(result.reasoning)
     render.stages(result)
 
@@ -92,7 +92,7 @@ def ask(kb: KnowledgeBase, settings: Settings, question: str, llm_down: str | No
             st.error(str(exc))
             return
         render.notes(result)
-        render.citations(kb, result.citations)
+        render.citations(kb, result.citations, result.text)
         render.reasoning(result.reasoning)
         render.stages(result)
     history.append({"role": "user", "text": question, "answer": None})

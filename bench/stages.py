@@ -22,9 +22,10 @@ import sys
 import time
 from datetime import date
 
-from rag.answering import read, screen
+from rag.answering import read
 from rag.knowledge_base import KnowledgeBase
 from rag.llm import Completion, OpenAIChat, check_server
+from rag.screening import screen
 from rag.settings import Settings
 
 QUESTIONS = [

@@ -3,7 +3,10 @@ then a deep read of the passages it kept, streamed with citations.
 
     retrieve -> screen(...)  reasoning_effort=low,  one request per passage
                              (or small group), all in flight at once
-             -> read(...)    reasoning_effort=high, kept passages only
+                             (rag/screening.py)
+             -> read(...)    reasoning_effort=high, kept passages only; in the
+                             extractive style it may only quote them
+                             (rag/extractive.py)
 
 `stream_answer` yields events as each stage finishes; `answer` is the same
 path, consumed to the end.
@@ -14,35 +17,20 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from pydantic import BaseModel, Field, ValidationError
-
-from rag import prompts
-from rag.errors import LLMError, LLMUnreachable, PromptTooLong
+from rag import extractive, prompts
+from rag.embedding import Embedder
+from rag.errors import LLMError, PromptTooLong
 from rag.knowledge_base import KnowledgeBase
 from rag.llm import ChatModel, Completion, Delta, Request, complete, require_content
+from rag.screening import keep, screen
 from rag.settings import Effort, Settings
 from rag.types import Answer, Citation, Hit, Usage, Verdict
 
-# A verdict we could not parse keeps its passage (fail open) with a middling
-# score, so that valid strong verdicts still rank first.
-FAIL_OPEN_SCORE = 1.5
 # Characters per token when estimating prompt size before sending it; low on
 # purpose (over-estimating only drops a passage a little early).
 CHARS_PER_TOKEN = 3.0
-
-
-class _VerdictJSON(BaseModel):
-    id: int
-    score: int = Field(ge=0, le=3)
-    relevant: bool
-    reason: str = ""
-
-
-class _ScreenJSON(BaseModel):
-    verdicts: list[_VerdictJSON]
 
 
 # -- events ------------------------------------------------------------------------
@@ -77,101 +65,6 @@ class Finished:
 Event = Retrieved | Screened | Delta | Notice | Finished
 
 
-# -- stage 1: screen ----------------------------------------------------------------
-
-
-def screen(
-    question: str,
-    hits: Sequence[Hit],
-    model: ChatModel,
-    settings: Settings,
-    concurrency: int | None = None,
-) -> tuple[list[Verdict], Usage]:
-    """Judge every hit, all requests in flight at once (or `concurrency` at
-    a time). Returns one verdict per hit, in order."""
-    size = settings.screen_group
-    groups = [list(hits[i : i + size]) for i in range(0, len(hits), size)]
-    if not groups:
-        return [], Usage()
-    with ThreadPoolExecutor(max_workers=concurrency or len(groups)) as pool:
-        futures = [
-            pool.submit(_screen_group, question, group, start * size + 1, model, settings)
-            for start, group in enumerate(groups)
-        ]
-        results = [f.result() for f in futures]
-    verdicts = [v for group_verdicts, _ in results for v in group_verdicts]
-    usage = sum((u for _, u in results), Usage())
-    return verdicts, usage
-
-
-def _screen_group(
-    question: str, group: list[Hit], first_id: int, model: ChatModel, settings: Settings
-) -> tuple[list[Verdict], Usage]:
-    request = Request(
-        messages=prompts.screen_messages(question, group, first_id),
-        effort=settings.screen_effort,
-        max_tokens=settings.screen_max_tokens,
-        response_format={
-            "type": "json_schema",
-            "json_schema": {
-                "name": "verdicts",
-                "schema": prompts.screen_schema(range(first_id, first_id + len(group))),
-            },
-        },
-    )
-    try:
-        completion = complete(model, request)
-    except LLMUnreachable:
-        raise
-    except LLMError as exc:  # timeout, incomplete, rejected: keep the passages
-        return [_fail_open(hit, f"screen request failed: {exc}") for hit in group], Usage()
-    try:
-        parsed = _ScreenJSON.model_validate_json(require_content(completion, "screen verdict"))
-    except (ValidationError, LLMError, ValueError) as exc:
-        reason = f"unreadable verdict: {str(exc).splitlines()[0][:200]}"
-        return [_fail_open(hit, reason, completion) for hit in group], completion.usage
-    by_id = {v.id: v for v in parsed.verdicts}
-    verdicts = []
-    for offset, hit in enumerate(group):
-        found = by_id.get(first_id + offset)
-        if found is None:
-            verdicts.append(_fail_open(hit, "no verdict for this passage", completion))
-            continue
-        verdicts.append(
-            Verdict(
-                hit=hit,
-                relevant=found.relevant,
-                reason=found.reason.strip(),
-                score=float(found.score),
-                started=completion.started,
-                finished=completion.finished,
-            )
-        )
-    return verdicts, completion.usage
-
-
-def _fail_open(hit: Hit, error: str, completion: Completion | None = None) -> Verdict:
-    return Verdict(
-        hit=hit,
-        relevant=True,
-        reason="kept: the screen gave no usable verdict",
-        score=FAIL_OPEN_SCORE,
-        valid=False,
-        error=error,
-        started=completion.started if completion else 0.0,
-        finished=completion.finished if completion else 0.0,
-    )
-
-
-def keep(verdicts: Sequence[Verdict], limit: int) -> list[Hit]:
-    """The relevant passages, strongest first: verdict score, then retrieval order."""
-    ranked = sorted(
-        (v for v in verdicts if v.relevant),
-        key=lambda v: -v.score,  # sorted() is stable: retrieval order breaks ties
-    )
-    return [v.hit for v in ranked[:limit]]
-
-
 # -- stage 2: read ------------------------------------------------------------------
 
 
@@ -199,10 +92,16 @@ _LOWER_EFFORT: dict[str, Effort] = {"high": "medium", "medium": "low"}
 
 
 def read(
-    question: str, strongest_first: Sequence[Hit], model: ChatModel, settings: Settings
-) -> Iterator[Delta | Notice | tuple[Completion, list[Hit]]]:
+    question: str,
+    strongest_first: Sequence[Hit],
+    model: ChatModel,
+    settings: Settings,
+    embedder: Embedder | None = None,
+) -> Iterator[Delta | Notice | tuple[Completion | None, list[Hit]]]:
     """Stream the deep read; finally yield the completion and the passages
-    (in prompt order) that its citation numbers refer to.
+    (in prompt order) that its citation numbers refer to. In the extractive
+    style (which needs the `embedder`) the completion is None when no
+    sentence is close enough to the question to quote.
 
     Handled on the way: a prompt the server finds too long loses its weakest
     passage and is sent again; reasoning that uses up every token (content
@@ -214,10 +113,26 @@ def read(
     effort: Effort = settings.read_effort
     while kept:
         ordered = lost_in_the_middle(kept)
+        extra = {}
+        if settings.answer_style == "extractive":
+            if embedder is None:
+                raise ValueError("an extractive answer needs the embedder")
+            chosen = extractive.candidates(
+                question,
+                ordered,
+                embedder,
+                settings.extract_sentences,
+                settings.extract_min_similarity,
+            )
+            if not chosen:
+                yield None, ordered
+                return
+            extra = extractive.request_extra(chosen)
         request = Request(
             messages=prompts.read_messages(question, ordered),
             effort=effort,
             max_tokens=answer_tokens,
+            extra=extra,
         )
         completion: Completion | None = None
         try:
@@ -322,15 +237,24 @@ def stream_answer(
         return
     completion: Completion | None = None
     ordered: list[Hit] = []
-    for event in read(question, result.kept, model, settings):
+    embedder = kb.embedder if settings.answer_style == "extractive" else None
+    for event in read(question, result.kept, model, settings, embedder):
         if isinstance(event, tuple):
             completion, ordered = event
         else:
             if isinstance(event, Notice):
                 result.notes.append(event.text)
             yield event
-    assert completion is not None
     result.timings["read"] = time.perf_counter() - started
+    if completion is None:  # extractive, and nothing close enough to quote
+        result.found = False
+        result.text = prompts.text("not_found.txt")
+        result.notes.append(
+            "No sentence of the kept passages is close enough to the question to quote "
+            f"(RAG_EXTRACT_MIN_SIMILARITY {settings.extract_min_similarity})."
+        )
+        yield Finished(result)
+        return
     if completion.first_token:
         result.timings["read_first_token"] = completion.first_token - completion.started
     result.usage["read"] = completion.usage

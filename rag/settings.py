@@ -71,4 +71,15 @@ class Settings(BaseSettings):
     keep_max: int = Field(6, ge=1, description="passages kept for the deep read")
     read_effort: Effort = "high"
     read_max_tokens: int = Field(4096, ge=64)
+    answer_style: Literal["generative", "extractive"] = Field(
+        "generative",
+        description="extractive: the answer only quotes sentences of the kept passages, "
+        "each cited (for small models that do not cite; see rag/extractive.py)",
+    )
+    extract_sentences: int = Field(
+        4, ge=1, le=20, description="sentences an extractive answer may quote"
+    )
+    extract_min_similarity: float = Field(
+        0.25, ge=-1.0, le=1.0, description="closeness to the question a quoted sentence needs"
+    )
     temperature: float = Field(0.0, ge=0.0, le=2.0)

@@ -23,7 +23,11 @@ from serving import config as serve_config
 from serving import launch
 
 # The small CPU model has a 2,048-token context: fewer, shorter requests.
+# It also ignores the instruction to cite and mixes passages into wrong
+# claims, so its answers quote sentences of the passages instead
+# (rag/extractive.py).
 CPU_PROFILE = {
+    "RAG_ANSWER_STYLE": "extractive",
     "RAG_LLM_CONTEXT_TOKENS": str(serve_config.CPU_MAX_MODEL_LEN),
     "RAG_SCREEN_K": "6",
     "RAG_KEEP_MAX": "3",

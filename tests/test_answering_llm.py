@@ -7,16 +7,19 @@ streaming, concurrency and error handling, not the wisdom of its answers.
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from click.testing import CliRunner
 
 from ingest.pipeline import ingest_paths
-from rag.answering import Finished, Retrieved, Screened, answer, screen, stream_answer
+from rag import prompts
+from rag.answering import Finished, Retrieved, Screened, answer, stream_answer
 from rag.cli import main as rag_main
 from rag.errors import LLMUnreachable
 from rag.knowledge_base import KnowledgeBase
 from rag.llm import Delta, OpenAIChat
+from rag.screening import screen
 from rag.settings import Settings
 
 pytestmark = pytest.mark.llm
@@ -98,6 +101,35 @@ def test_the_default_answer_length_still_leaves_room_for_passages(kb, chat, llm_
     result = answer(QUESTION, kb, chat, settings)
     assert result.kept and result.text.strip()
     assert result.usage["read"].completion_tokens <= settings.llm_context_tokens // 2
+
+
+def test_extractive_answer_quotes_its_passages_and_cites_each_quote(
+    docs_index, embedder, chat, llm_settings
+):
+    # The style `make run` gives the CPU model: the grammar sent to vLLM lets
+    # it quote candidate sentences only, each followed by its passage number.
+    settings = llm_settings.model_copy(update={"answer_style": "extractive", "screen": False})
+    kb = KnowledgeBase.open(docs_index, embedder)
+    result = answer("How are broken files reported during ingestion?", kb, chat, settings)
+    assert result.found and result.citations and not result.dropped_citations
+    quotes = re.findall(r"(\S.*?) \[(\d+)\](?= |$)", result.text)
+    assert quotes and " ".join(f"{q} [{n}]" for q, n in quotes) == result.text
+    assert len(quotes) <= settings.extract_sentences
+    for quote, n in quotes:
+        passage = " ".join(result.kept[int(n) - 1].text.split())
+        assert quote.strip() in passage, f"[{n}] does not contain {quote!r}"
+
+
+def test_extractive_answer_to_an_off_topic_question_is_not_found(
+    docs_index, embedder, chat, llm_settings
+):
+    settings = llm_settings.model_copy(update={"answer_style": "extractive", "screen": False})
+    kb = KnowledgeBase.open(docs_index, embedder)
+    result = answer("What is the capital of France?", kb, chat, settings)
+    assert not result.found and not result.citations
+    assert result.text == prompts.text("not_found.txt")
+    assert "read" not in result.usage, "nothing to quote: the model is not asked"
+    assert any("RAG_EXTRACT_MIN_SIMILARITY" in note for note in result.notes)
 
 
 def test_prompt_over_the_context_drops_passages_and_still_answers(

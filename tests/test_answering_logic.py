@@ -4,7 +4,8 @@ citations, budgets and the prompts actually sent."""
 from __future__ import annotations
 
 from rag import prompts
-from rag.answering import fit_to_budget, keep, lost_in_the_middle, resolve_citations
+from rag.answering import fit_to_budget, lost_in_the_middle, resolve_citations
+from rag.screening import keep
 from rag.types import Chunk, Hit, Verdict
 
 

@@ -3,6 +3,7 @@ servers (SmolLM2, and the scripted tiny gpt-oss for citations)."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -85,18 +86,40 @@ def test_offline_llm_shows_a_banner_and_ranked_passages(app_env):
 
 
 @pytest.mark.llm
-def test_ask_streams_an_answer_with_stages(app_env, llm_server):
-    use_llm(app_env, llm_server)
+def test_ask_streams_a_cited_answer_with_stages(app_env, llm_server):
+    # As `make run` serves it on a machine without a GPU: SmolLM2 with the
+    # CPU profile, whose answers quote the passages (extractive).
+    from serving.run import CPU_PROFILE
+
+    use_llm(app_env, llm_server, **CPU_PROFILE)
     at = app().run()
     assert not at.warning
-    at.chat_input[0].set_value("How are broken files reported?").run()
+    at.chat_input[0].set_value("How are broken files reported during ingestion?").run()
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
     page = texts(at)
     assert "Answered —" in page and "retrieve" in page and "screen" in page and "read" in page
     assert "tokens" in page
     verdicts = at.dataframe[0].value
-    assert len(verdicts) == 4 and set(verdicts.columns) >= {"kept", "reason", "source"}
+    assert len(verdicts) == int(CPU_PROFILE["RAG_SCREEN_K"])
+    assert set(verdicts.columns) >= {"kept", "reason", "source"}
+    cited = [e for e in at.expander if re.match(r"\[\d+\] ", e.label)]
+    assert cited, "the answer cites a passage, which opens below it"
+    shown = [m.value for m in cited[0].markdown if ":orange-background[" in m.value]
+    assert shown and "**" in shown[0], "the quoted sentence is in bold inside its passage"
+
+
+def test_quoted_sentences_are_found_and_set_in_bold_across_line_breaks():
+    from ui.render import _embolden, quoted
+
+    answer = "Files are checked first. [2] Broken files are reported by name. [1][2]"
+    assert quoted(answer, 1) == ["Broken files are reported by name."]
+    assert quoted(answer, 2) == ["Files are checked first.", "Broken files are reported by name."]
+    span = "Intro *here*.\nBroken files are\nreported by name. Tail."
+    assert _embolden(span, quoted(answer, 1)) == (
+        "Intro \\*here\\*\\.  \n**Broken files are reported by name\\.** Tail\\."
+    )
+    assert _embolden(span, ["Not in the passage at all."]) == _embolden(span, [])
 
 
 @pytest.mark.llm

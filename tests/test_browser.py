@@ -1,14 +1,17 @@
 """End to end in a real headless Chromium: start the app, ask, wait for the
 cited answer, open the source, save a screenshot.
 
-The app talks to the real vLLM server running the scripted tiny gpt-oss
-(deterministic output through vLLM's real harmony parsing), so the answer
-always cites [1] and the test can open it.
+Twice: with the real vLLM server running the scripted tiny gpt-oss
+(deterministic output through vLLM's real harmony parsing: the gpt-oss
+path, reasoning kept apart), and as `make run` serves it without a GPU
+(SmolLM2-135M, whose answers quote the passages they cite).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -35,8 +38,10 @@ def chromium() -> str:
     return path
 
 
-@pytest.fixture
-def app_url(tmp_path, docs_index, tiny_gpt_oss_server):
+@contextlib.contextmanager
+def streamlit_app(tmp_path: Path, docs_index: Path, server, **settings: str):
+    """The app in its own process on a free port, over a copy of the sample
+    knowledge base, answering with `server`; yields its URL."""
     from serving.launch import free_port
 
     root = tmp_path / "indexes"
@@ -45,10 +50,8 @@ def app_url(tmp_path, docs_index, tiny_gpt_oss_server):
     env = {
         **os.environ,
         "RAG_INDEXES_ROOT": str(root), "RAG_INDEX": str(root / "default"),
-        "RAG_LLM_URL": tiny_gpt_oss_server.base_url,
-        "RAG_LLM_MODEL": tiny_gpt_oss_server.served_model_name,
-        "RAG_LLM_CONTEXT_TOKENS": "2048", "RAG_SCREEN_K": "4", "RAG_KEEP_MAX": "3",
-        "RAG_READ_MAX_TOKENS": "200",
+        "RAG_LLM_URL": server.base_url, "RAG_LLM_MODEL": server.served_model_name,
+        **settings,
     }  # fmt: skip
     log = open(tmp_path / "streamlit.log", "wb")  # noqa: SIM115 - closed below
     app = subprocess.Popen(
@@ -73,6 +76,33 @@ def app_url(tmp_path, docs_index, tiny_gpt_oss_server):
         log.close()
 
 
+@pytest.fixture
+def app_url(tmp_path, docs_index, tiny_gpt_oss_server):
+    with streamlit_app(
+        tmp_path, docs_index, tiny_gpt_oss_server,
+        RAG_LLM_CONTEXT_TOKENS="2048", RAG_SCREEN_K="4", RAG_KEEP_MAX="3",
+        RAG_READ_MAX_TOKENS="200",
+    ) as url:  # fmt: skip
+        yield url
+
+
+@pytest.fixture
+def make_run_url(tmp_path, docs_index, llm_server):
+    """The app as `make run` starts it on a machine without a GPU: SmolLM2
+    on the vLLM CPU build, with serving.run's CPU profile."""
+    from serving.run import CPU_PROFILE
+
+    with streamlit_app(tmp_path, docs_index, llm_server, **CPU_PROFILE) as url:
+        yield url
+
+
+def ask(page, question: str) -> None:
+    box = page.get_by_placeholder("Ask a question about your documents")
+    box.wait_for(timeout=60_000)
+    box.fill(question)
+    box.press("Enter")
+
+
 def test_ask_see_cited_answer_open_source(app_url, capsys):
     from playwright.sync_api import expect, sync_playwright
 
@@ -82,10 +112,7 @@ def test_ask_see_cited_answer_open_source(app_url, capsys):
         browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1400, "height": 1600})
         page.goto(app_url)
-        box = page.get_by_placeholder("Ask a question about your documents")
-        box.wait_for(timeout=60_000)
-        box.fill("How do I serve gpt-oss-20b on two GPUs?")
-        box.press("Enter")
+        ask(page, "How do I serve gpt-oss-20b on two GPUs?")
         expect(page.get_by_text("Answered —")).to_be_visible(timeout=240_000)
         expect(
             page.get_by_text("The knowledge base answers this in the first passage [1].")
@@ -103,3 +130,31 @@ def test_ask_see_cited_answer_open_source(app_url, capsys):
     assert shot.stat().st_size > 10_000
     with capsys.disabled():
         print(f"\n[browser] screenshot of the cited answer with its source open: {shot}")
+
+
+def test_make_run_profile_gives_a_cited_answer_in_the_browser(make_run_url, capsys):
+    from playwright.sync_api import expect, sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "make-run-cited-answer.png"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1600})
+        page.goto(make_run_url)
+        ask(page, "How are broken files reported during ingestion?")
+        expect(page.get_by_text("Answered —")).to_be_visible(timeout=300_000)
+        expect(page.get_by_text("Stages")).to_be_visible()
+        summary = page.locator("summary", has_text=re.compile(r"\[\d+\] ")).first
+        expect(summary).to_be_visible()
+        expander = page.locator("[data-testid='stExpander']", has=summary)
+        summary.click()
+        # the quoted sentence is highlighted inside its passage
+        expect(
+            expander.locator("mark, span[class*='orange'], span[style*='background']").first
+        ).to_be_visible(timeout=30_000)
+        page.wait_for_timeout(1_000)
+        page.screenshot(path=str(shot), full_page=True)
+        browser.close()
+    assert shot.stat().st_size > 10_000
+    with capsys.disabled():
+        print(f"\n[browser] screenshot of make run's cited answer (CPU profile): {shot}")

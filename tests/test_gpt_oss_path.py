@@ -14,9 +14,10 @@ from dataclasses import replace
 
 import pytest
 
-from rag.answering import Notice, answer, screen, stream_answer
+from rag.answering import Notice, answer, stream_answer
 from rag.knowledge_base import KnowledgeBase
 from rag.llm import Completion, Delta, OpenAIChat, Request, complete
+from rag.screening import screen
 from rag.settings import Settings
 
 pytestmark = pytest.mark.llm

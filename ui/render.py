@@ -76,20 +76,26 @@ def reasoning(text: str) -> None:
             st.markdown(escape(text))
 
 
-def citations(kb: KnowledgeBase, items: list[Citation]) -> None:
+def citations(kb: KnowledgeBase, items: list[Citation], answer: str = "") -> None:
     for citation in items:
         with st.expander(f"[{citation.n}] {location(citation.hit)}"):
-            passage(kb, citation.hit)
+            passage(kb, citation.hit, quoted(answer, citation.n))
 
 
-def passage(kb: KnowledgeBase, hit: Hit) -> None:
-    """The passage in its surrounding text, the passage highlighted, and
-    for a PDF the page itself, to check the claim at its source."""
+def quoted(answer: str, n: int) -> list[str]:
+    """The sentences of `answer` that carry the marker [n]."""
+    return [m.strip() for m in re.findall(rf"([^\[\]]+?)\s*(?:\[\d+\])*\[{n}\]", answer)]
+
+
+def passage(kb: KnowledgeBase, hit: Hit, quotes: list[str] | None = None) -> None:
+    """The passage in its surrounding text, the passage highlighted (and in
+    bold the sentences the answer quotes from it, as an extractive answer
+    does), and for a PDF the page itself, to check the claim at its source."""
     st.caption(hit.source)
     before, span, after = kb.snapshot().context(hit.chunk, neighbours=1)
     st.markdown(
         (escape(before) + " " if before else "")
-        + f":orange-background[{escape(span)}]"
+        + f":orange-background[{_embolden(span, quotes or [])}]"
         + (" " + escape(after) if after else "")
     )
     if hit.page is not None and hit.source.lower().endswith(".pdf"):
@@ -98,6 +104,24 @@ def passage(kb: KnowledgeBase, hit: Hit) -> None:
             st.image(image, caption=f"{Path(hit.source).name}, page {hit.page}")
         else:
             st.caption("The PDF file is no longer at this path; its text is shown above.")
+
+
+def _embolden(span: str, quotes: list[str]) -> str:
+    """`span` escaped, with each verbatim quote (line breaks in the source
+    do not matter) in bold."""
+    marks = []
+    for quote in quotes:
+        words = quote.split()
+        if len(words) >= 3:
+            found = re.search(r"\s+".join(map(re.escape, words)), span)
+            if found:
+                marks.append(found.span())
+    out, at = [], 0
+    for start, end in sorted(marks):
+        if start >= at:
+            out += [escape(span[at:start]), "**", escape(" ".join(span[start:end].split())), "**"]
+            at = end
+    return "".join(out) + escape(span[at:])
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

@@ -1,0 +1,82 @@
+"""Extractive answers, the parts that need no LLM: which sentences a
+passage has, which of them are offered (real embedding model), and the
+grammar that holds the model to them."""
+
+from __future__ import annotations
+
+import re
+
+from rag.extractive import Candidate, candidates, grammar, sentences
+from rag.types import Chunk, Hit
+
+
+def hit(n: int, text: str) -> Hit:
+    return Hit(
+        chunk=Chunk(text=text, source="/docs/a.md", start=0, end=1, page=None, id=n), score=1.0
+    )
+
+
+MARKDOWN = """## Files that cannot be ingested
+
+A corrupt, truncated or encrypted PDF is reported by name with the reason.
+The rest of the batch is ingested, e.g. the good files. Too short.
+
+- a list item without a full stop
+- Files larger than the size limit are refused before they are read.
+"""
+
+# Text as pdfium gives it: a heading line, then wrapped paragraph lines.
+PDF_PAGE = """Troubleshooting
+The app shows a banner saying the LLM server is not reachable: the server is not
+running. An answer ends with a note that it was cut off: raise RAG_READ_MAX_TOKENS.
+gpt-oss spends tokens on reasoning before it answers, so it needs a generous limit.
+"""
+
+
+def test_sentences_are_whole_sentences_without_headings_or_fragments():
+    assert sentences(MARKDOWN) == [
+        "A corrupt, truncated or encrypted PDF is reported by name with the reason.",
+        "The rest of the batch is ingested, e.g. the good files.",
+        "Files larger than the size limit are refused before they are read.",
+    ]
+
+
+def test_a_pdf_heading_does_not_run_into_the_next_sentence():
+    assert sentences(PDF_PAGE) == [
+        "The app shows a banner saying the LLM server is not reachable: the server is not running.",
+        "An answer ends with a note that it was cut off: raise RAG_READ_MAX_TOKENS.",
+        # a sentence may start in lower case (a command or model name)
+        "gpt-oss spends tokens on reasoning before it answers, so it needs a generous limit.",
+    ]
+
+
+def test_candidates_are_the_closest_sentences_closest_first(embedder):
+    ordered = [hit(1, MARKDOWN), hit(2, PDF_PAGE), hit(3, MARKDOWN)]  # 3 repeats 1
+    chosen = candidates(
+        "What happens to an encrypted PDF?", ordered, embedder, limit=3, min_similarity=0.0
+    )
+    assert chosen[0] == Candidate(1, sentences(MARKDOWN)[0], chosen[0].similarity)
+    assert [c.similarity for c in chosen] == sorted((c.similarity for c in chosen), reverse=True)
+    assert len({c.sentence for c in chosen}) == len(chosen) == 3, "repeated sentences offered once"
+    assert all(c.n in (1, 2) for c in chosen)
+
+
+def test_an_off_topic_question_gets_no_candidates(embedder):
+    ordered = [hit(1, MARKDOWN), hit(2, PDF_PAGE)]
+    assert candidates("What is the capital of France?", ordered, embedder, 4, 0.25) == []
+    assert candidates("How is an encrypted PDF reported?", ordered, embedder, 4, 0.25)
+
+
+def test_the_grammar_quotes_each_candidate_with_its_citation_in_order():
+    chosen = [
+        Candidate(2, 'He said "stop" and left.', 0.9),
+        Candidate(1, r"A path C:\temp is long enough.", 0.8),
+        Candidate(3, "The last sentence is here.", 0.7),
+    ]
+    rules = dict(line.split(" ::= ", 1) for line in grammar(chosen).splitlines())
+    # the closest always opens the answer; any of the others may follow
+    assert rules["root"] == r'"He said \"stop\" and left." " [2]" (" " from1)?'
+    assert rules["from1"] == r'"A path C:\\temp is long enough." " [1]" (" " from2)? | from2'
+    assert rules["from2"] == '"The last sentence is here." " [3]"'
+    assert not re.search(r"not contain", grammar(chosen)), "no way out but quoting"
+    assert grammar(chosen[:1]) == r'root ::= "He said \"stop\" and left." " [2]"'
