@@ -37,6 +37,10 @@ CPU_PROFILE = {
 GPU_PROFILE = {"RAG_LLM_CONTEXT_TOKENS": str(serve_config.GPU_MAX_MODEL_LEN)}
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(url.rstrip("/") + "/models", timeout=2) as response:
@@ -54,6 +58,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--llm-port", type=int, default=8000)
     parser.add_argument("--no-llm", action="store_true", help="start only the app")
     args = parser.parse_args(argv)
+
+    # Ctrl-C stops both even where the shell started us with SIGINT ignored
+    # (a background job), and so does `kill` (SIGTERM), which would
+    # otherwise end this process alone and leave the app running.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
 
     env = {**os.environ, "RAG_INDEX": args.index}
     server: launch.Server | None = None

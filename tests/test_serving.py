@@ -6,6 +6,7 @@ with a stand-in server (a few lines of http.server) instead.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -383,3 +384,45 @@ def test_stop_kills_a_group_that_ignores_sigterm(tmp_path: Path) -> None:
     server.stop(grace=0.5)
     assert process.returncode == -signal.SIGKILL
     assert _group_gone(process.pid)
+
+
+@pytest.mark.parametrize("how", ["sigterm", "sigint-while-ignored"])
+def test_make_run_stops_the_app_with_it(how: str, docs_index: Path, tmp_path: Path) -> None:
+    # `kill` once ended serving.run alone and left Streamlit running; and a
+    # `make run` started as a background job ignored Ctrl-C.
+    port = launch.free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAG_")}
+    ignore_sigint = how == "sigint-while-ignored"
+
+    def ignore() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "serving.run", "--no-llm", "--port", str(port),
+         "--index", str(docs_index)],
+        env=env, cwd=Path(__file__).resolve().parent.parent,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        preexec_fn=ignore if ignore_sigint else None,
+    )  # fmt: skip
+    health = f"http://127.0.0.1:{port}/_stcore/health"
+    try:
+        deadline = time.monotonic() + 60
+        while not _answers(health):
+            assert time.monotonic() < deadline, "the app did not start"
+            time.sleep(0.5)
+        runner.send_signal(signal.SIGINT if ignore_sigint else signal.SIGTERM)
+        assert runner.wait(timeout=30) == 130
+        assert not _answers(health), "the app outlived make run"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(runner.pid, signal.SIGKILL)  # the app too, if it was left
+
+
+def _answers(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except OSError:
+        return False
