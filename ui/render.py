@@ -18,6 +18,7 @@ from rag.knowledge_base import KnowledgeBase
 from rag.types import Answer, Citation, Hit, Verdict
 
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~:$=^])")
+_BLANK_LINES = re.compile(r"\n[ \t]*\n\s*")
 
 
 def escape(text: str) -> str:
@@ -95,7 +96,7 @@ def passage(kb: KnowledgeBase, hit: Hit, quotes: list[str] | None = None) -> Non
     before, span, after = kb.snapshot().context(hit.chunk, neighbours=1)
     st.markdown(
         (escape(before) + " " if before else "")
-        + f":orange-background[{_embolden(span, quotes or [])}]"
+        + highlighted(span, quotes or [])
         + (" " + escape(after) if after else "")
     )
     if hit.page is not None and hit.source.lower().endswith(".pdf"):
@@ -104,6 +105,15 @@ def passage(kb: KnowledgeBase, hit: Hit, quotes: list[str] | None = None) -> Non
             st.image(image, caption=f"{Path(hit.source).name}, page {hit.page}")
         else:
             st.caption("The PDF file is no longer at this path; its text is shown above.")
+
+
+def highlighted(span: str, quotes: list[str]) -> str:
+    """`span` as Markdown on an orange background, quotes in bold. The
+    background is one directive, which a blank line would end half-way (its
+    closing bracket then shows as text), so blank lines inside the span
+    become plain line breaks."""
+    one_paragraph = _BLANK_LINES.sub("\n", span)
+    return f":orange-background[{_embolden(one_paragraph, quotes)}]"
 
 
 def _embolden(span: str, quotes: list[str]) -> str:
