@@ -7,9 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
 
 from ingest.pipeline import IngestReport, Progress, ProgressFn
-from rag.answering import Finished, Notice, Retrieved, Screened, condense, stream_answer
+from rag.answering import Finished, Notice, Retrieved, Rewritten, Screened, stream_answer
 from rag.errors import LLMError, LLMUnreachable, RagError
 from rag.knowledge_base import KnowledgeBase
 from rag.llm import Delta, OpenAIChat, check_server
@@ -30,8 +31,12 @@ def llm_problem(url: str, model: str) -> str | None:
     return check_server(Settings(llm_url=url, llm_model=model))
 
 
-def sidebar(base: Settings) -> tuple[Path, Settings]:
-    """Knowledge-base picker and per-question tuning."""
+EFFORTS = ["low", "medium", "high"]
+
+
+def sidebar(base: Settings) -> tuple[Path, Settings, DeltaGenerator]:
+    """Knowledge-base picker and per-question tuning; also returns the slot
+    under the picker where `kb_summary` goes once this run's actions are done."""
     with st.sidebar:
         st.header("Knowledge base")
         names = knowledge.list_knowledge_bases(base.indexes_root)
@@ -45,23 +50,48 @@ def sidebar(base: Settings) -> tuple[Path, Settings]:
             st.error("Use letters, digits, '-', '_' or '.' (up to 64).")
             new = ""
         kb_dir = base.indexes_root / (new or choice)
+        summary = st.container()
         st.header("Answering")
         k = st.slider("Passages to screen (k)", 2, 30, base.screen_k)
         screen_on = st.toggle("Fast screen", value=base.screen)
-        screen_effort = st.selectbox("Screen reasoning", ["low", "medium", "high"], index=0)
-        read_effort = st.selectbox("Deep-read reasoning", ["low", "medium", "high"], index=2)
+        screen_effort = st.selectbox(
+            "Screen reasoning", EFFORTS, index=EFFORTS.index(base.screen_effort)
+        )
+        read_effort = st.selectbox(
+            "Deep-read reasoning", EFFORTS, index=EFFORTS.index(base.read_effort)
+        )
         keep_max = st.slider("Passages kept for the answer", 1, 12, base.keep_max)
+        if st.session_state.get("history") and st.button("New conversation"):
+            st.session_state["history"] = []
     tuned = base.model_copy(
         update={
             "index": kb_dir, "screen_k": k, "screen": screen_on, "keep_max": keep_max,
             "screen_effort": screen_effort, "read_effort": read_effort,
         }
     )  # fmt: skip
-    return kb_dir, tuned
+    return kb_dir, tuned, summary
+
+
+def kb_summary(kb_dir: Path) -> None:
+    if not knowledge.has_index(kb_dir):
+        st.caption("Not built yet: add documents in the **Manage** tab.")
+        return
+    stats = open_kb(str(kb_dir)).stats()
+    st.caption(
+        f"{stats['documents']} documents · {stats['chunks']} passages · "
+        f"generation {stats['generation']}"
+    )
 
 
 def show_turn(kb: KnowledgeBase, result: Answer) -> None:
+    if result.search_query:
+        st.caption(f"Searched for: {result.search_query}")
     st.markdown(render.defuse(result.text))
+    details(kb, result)
+
+
+def details(kb: KnowledgeBase, result: Answer) -> None:
+    """What follows an answer: notes, the cited passages, the reasoning, the stages."""
     render.notes(result)
     render.citations(kb, result.citations, result.text)
     render.reasoning(result.reasoning)
@@ -74,40 +104,46 @@ def ask(kb: KnowledgeBase, settings: Settings, question: str, llm_down: str | No
         st.text(question)
     with st.chat_message("assistant"):
         if llm_down:
-            st.warning(f"{llm_down} Showing the best passages instead of an answer.")
-            render.hits_only(kb, kb.search(question, k=settings.screen_k))
+            retrieval_only(kb, settings, question, f"{llm_down} Showing the best passages.")
             return
         chat = OpenAIChat(settings)
         pairs = [(t["role"], t["text"]) for t in history]
         try:
-            query = condense(pairs, question, chat, settings) if pairs else question
-            if query != question:
-                st.caption(f"Searching for: {query}")
-            result = stream_into_page(question, query, kb, chat, settings)
+            result = stream_into_page(question, pairs, kb, chat, settings)
         except LLMUnreachable as exc:
-            st.warning(f"{exc} Showing the best passages instead of an answer.")
-            render.hits_only(kb, kb.search(question, k=settings.screen_k))
+            retrieval_only(kb, settings, question, f"{exc} Showing the best passages.")
             return
         except LLMError as exc:
             st.error(str(exc))
+            retrieval_only(kb, settings, question, "The best passages for the question:")
             return
-        render.notes(result)
-        render.citations(kb, result.citations, result.text)
-        render.reasoning(result.reasoning)
-        render.stages(result)
+        details(kb, result)
     history.append({"role": "user", "text": question, "answer": None})
     history.append({"role": "assistant", "text": result.text, "answer": result})
 
 
+def retrieval_only(kb: KnowledgeBase, settings: Settings, question: str, why: str) -> None:
+    st.warning(why)
+    render.hits_only(kb, kb.search(question, k=settings.screen_k))
+
+
 def stream_into_page(
-    question: str, query: str, kb: KnowledgeBase, chat: OpenAIChat, settings: Settings
+    question: str,
+    history: list[tuple[str, str]],
+    kb: KnowledgeBase,
+    chat: OpenAIChat,
+    settings: Settings,
 ) -> Answer:
-    status = st.status("Retrieving passages…", expanded=False)
+    first = "Rewriting the follow-up as a search…" if history else "Retrieving passages…"
+    status = st.status(first, expanded=False)
     thinking = st.empty()
     body = st.empty()
     text, thought = "", ""
-    for event in stream_answer(question, kb, chat, settings, search_query=query):
-        if isinstance(event, Retrieved):
+    for event in stream_answer(question, kb, chat, settings, history):
+        if isinstance(event, Rewritten):
+            status.update(label="Retrieving passages…")
+            status.caption(f"Searched for: {event.query}")
+        elif isinstance(event, Retrieved):
             status.update(label=f"Retrieved {len(event.hits)} passages; screening…")
         elif isinstance(event, Screened):
             status.update(
@@ -140,15 +176,19 @@ def ask_tab(kb_dir: Path, settings: Settings) -> None:
     llm_down = llm_problem(settings.llm_url, settings.llm_model)
     if llm_down:
         st.warning(f"{llm_down} Answers are off; searches still work. Start it with `make llm`.")
-    for turn in st.session_state.get("history", []):
-        with st.chat_message(turn["role"]):
-            if turn["answer"] is None:
-                st.text(turn["text"])
-            else:
-                show_turn(kb, turn["answer"])
+    # The conversation sits above the box, in the order it was asked, the
+    # new turn included (the box is drawn first only to read its value).
+    conversation = st.container()
     question = st.chat_input("Ask a question about your documents")
-    if question:
-        ask(kb, settings, question, llm_down)
+    with conversation:
+        for turn in st.session_state.get("history", []):
+            with st.chat_message(turn["role"]):
+                if turn["answer"] is None:
+                    st.text(turn["text"])
+                else:
+                    show_turn(kb, turn["answer"])
+        if question:
+            ask(kb, settings, question, llm_down)
 
 
 def manage_tab(kb_dir: Path, settings: Settings) -> None:
@@ -220,13 +260,15 @@ def run_ingest(job: Callable[[ProgressFn], IngestReport]) -> None:
 def main() -> None:
     st.set_page_config(page_title="kbqa", page_icon="📚", layout="wide")
     base = Settings()
-    kb_dir, settings = sidebar(base)
+    kb_dir, settings, summary = sidebar(base)
     st.title("Ask your documents")
     ask_view, manage_view = st.tabs(["Ask", "Manage"])
     with ask_view:
         ask_tab(kb_dir, settings)
     with manage_view:
         manage_tab(kb_dir, settings)
+    with summary:  # after the Manage tab's actions, so never stale
+        kb_summary(kb_dir)
 
 
 # Streamlit runs this file as __main__. The guard keeps the app from running

@@ -1,6 +1,7 @@
 """Two-stage answering: a fast, concurrent screen of the retrieved passages,
 then a deep read of the passages it kept, streamed with citations.
 
+    (rewrite)   a follow-up becomes a standalone query: condense(...)
     retrieve -> screen(...)  reasoning_effort=low,  one request per passage
                              (or small group), all in flight at once
                              (rag/screening.py)
@@ -37,6 +38,14 @@ CHARS_PER_TOKEN = 3.0
 
 
 @dataclass(frozen=True)
+class Rewritten:
+    """A follow-up turned into the standalone query that was searched."""
+
+    query: str
+    seconds: float
+
+
+@dataclass(frozen=True)
 class Retrieved:
     hits: list[Hit]
     seconds: float
@@ -62,7 +71,7 @@ class Finished:
     answer: Answer
 
 
-Event = Retrieved | Screened | Delta | Notice | Finished
+Event = Rewritten | Retrieved | Screened | Delta | Notice | Finished
 
 
 # -- stage 2: read ------------------------------------------------------------------
@@ -203,14 +212,22 @@ def stream_answer(
     kb: KnowledgeBase,
     model: ChatModel,
     settings: Settings,
-    search_query: str | None = None,
+    history: Sequence[tuple[str, str]] = (),
 ) -> Iterator[Event]:
-    """Retrieve, screen, read; yield each stage's result as it is ready.
-    `search_query` (a standalone rewrite of a follow-up) replaces the
-    question for retrieval only."""
+    """Rewrite (follow-ups only), retrieve, screen, read; yield each stage's
+    result as it is ready. `history` holds the conversation's earlier
+    (role, text) turns: with it, the question is first turned into a
+    standalone query, which replaces it for retrieval only."""
     result = Answer(question=question, text="")
+    query = question
+    if history:
+        started = time.perf_counter()
+        query, result.usage["rewrite"] = condense(history, question, model, settings)
+        result.timings["rewrite"] = time.perf_counter() - started
+        result.search_query = query
+        yield Rewritten(query, result.timings["rewrite"])
     started = time.perf_counter()
-    hits = kb.search(search_query or question, k=settings.screen_k, mode=settings.search_mode)
+    hits = kb.search(query, k=settings.screen_k, mode=settings.search_mode)
     result.hits = hits
     result.timings["retrieve"] = time.perf_counter() - started
     yield Retrieved(hits, result.timings["retrieve"])
@@ -279,10 +296,10 @@ def answer(
     kb: KnowledgeBase,
     model: ChatModel,
     settings: Settings,
-    search_query: str | None = None,
+    history: Sequence[tuple[str, str]] = (),
 ) -> Answer:
     """`stream_answer`, run to the end."""
-    for event in stream_answer(question, kb, model, settings, search_query):
+    for event in stream_answer(question, kb, model, settings, history):
         if isinstance(event, Finished):
             return event.answer
     raise LLMError("answering ended without a result")
@@ -290,17 +307,17 @@ def answer(
 
 def condense(
     history: Sequence[tuple[str, str]], question: str, model: ChatModel, settings: Settings
-) -> str:
-    """Turn a follow-up ("and its rings?") into a standalone search query."""
-    if not history:
-        return question
+) -> tuple[str, Usage]:
+    """Turn a follow-up ("and its rings?") into a standalone search query;
+    returns it with the tokens the rewrite cost."""
     request = Request(
         messages=prompts.condense_messages(history[-6:], question),
         effort="low",
         max_tokens=settings.screen_max_tokens,
     )
-    rewritten = require_content(complete(model, request), "question rewrite").strip()
-    return rewritten.splitlines()[0].strip() if rewritten else question
+    completion = complete(model, request)
+    rewritten = require_content(completion, "question rewrite").strip()
+    return (rewritten.splitlines()[0].strip() if rewritten else question), completion.usage
 
 
 def answer_to_dict(result: Answer) -> dict[str, object]:
@@ -309,6 +326,7 @@ def answer_to_dict(result: Answer) -> dict[str, object]:
     usage["total"] = sum(result.usage.values(), Usage()).to_dict()
     return {
         "question": result.question,
+        "search_query": result.search_query or result.question,
         "answer": result.text,
         "found": result.found,
         "citations": [c.to_dict() for c in result.citations],
@@ -334,6 +352,7 @@ def answer_to_dict(result: Answer) -> dict[str, object]:
 
 
 __all__ = [
-    "Event", "Finished", "Notice", "Retrieved", "Screened", "answer", "answer_to_dict", "condense",
-    "keep", "lost_in_the_middle", "read", "resolve_citations", "screen", "stream_answer",
+    "Event", "Finished", "Notice", "Retrieved", "Rewritten", "Screened", "answer",
+    "answer_to_dict", "condense", "keep", "lost_in_the_middle", "read", "resolve_citations",
+    "screen", "stream_answer",
 ]  # fmt: skip

@@ -158,6 +158,7 @@ class Answer:
 
     question: str
     text: str
+    search_query: str = ""  # the standalone rewrite a follow-up was searched as
     citations: list[Citation] = field(default_factory=list)
     reasoning: str = ""
     hits: list[Hit] = field(default_factory=list)

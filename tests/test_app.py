@@ -85,6 +85,23 @@ def test_offline_llm_shows_a_banner_and_ranked_passages(app_env):
     assert len(at.image) > 0, "the PDF page is shown as an image"
 
 
+def test_a_failing_answer_shows_the_error_and_still_the_passages(app_env):
+    # A server that answers the screen but fails the deep read with HTTP 500
+    # (tests/misbehaving_server.py: a real HTTP server, wrong on purpose).
+    from misbehaving_server import MODEL, misbehaving_server
+
+    with misbehaving_server() as server:
+        app_env.setenv("RAG_LLM_URL", server.url("http-500", only="read"))
+        app_env.setenv("RAG_LLM_MODEL", MODEL)
+        at = app().run()
+        at.chat_input[0].set_value("How do I serve gpt-oss-20b on two GPUs?").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("HTTP 500" in e.value for e in at.error), [e.value for e in at.error]
+    labels = [e.label for e in at.expander]
+    assert any(label.startswith("1. ") for label in labels), labels
+    assert not at.session_state["history"], "a failed turn is not part of the conversation"
+
+
 @pytest.mark.llm
 def test_ask_streams_a_cited_answer_with_stages(app_env, llm_server):
     # As `make run` serves it on a machine without a GPU: SmolLM2 with the
@@ -120,10 +137,17 @@ def test_a_follow_up_is_searched_as_a_standalone_question(app_env, llm_server):
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
     # The model rewrote the follow-up with the conversation (SmolLM2's
-    # rewrite is poor; that one was asked and used is what is checked).
-    searching = [c.value for c in at.caption if c.value.startswith("Searching for: ")]
-    assert len(searching) == 1 and searching[0] != "Searching for: And what about scanned PDFs?"
+    # rewrite is poor; that one was asked and used is what is checked),
+    # and the rewrite is a stage with its own time.
+    searched = [c.value for c in at.caption if c.value.startswith("Searched for: ")]
+    assert len(searched) == 1 and searched[0] != "Searched for: And what about scanned PDFs?"
     assert [m.name for m in at.chat_message] == ["user", "assistant", "user", "assistant"]
+    labels = [s.label for s in at.status]
+    assert len(labels) == 1 and labels[0].startswith("Answered — rewrite "), labels
+    # the conversation reads in the order it was asked
+    assert at.chat_message[2].children[0].value == "And what about scanned PDFs?"
+    next(b for b in at.sidebar.button if b.label == "New conversation").click().run()
+    assert not at.chat_message and not at.session_state["history"]
 
 
 def test_quoted_sentences_are_found_and_set_in_bold_across_line_breaks():
@@ -137,6 +161,19 @@ def test_quoted_sentences_are_found_and_set_in_bold_across_line_breaks():
         "Intro \\*here\\*\\.  \n**Broken files are reported by name\\.** Tail\\."
     )
     assert _embolden(span, ["Not in the passage at all."]) == _embolden(span, [])
+
+
+def test_a_highlighted_passage_is_one_paragraph_whatever_its_blank_lines():
+    # A blank line inside `:orange-background[...]` ends the directive, and
+    # its brackets showed as text around a Markdown passage's headings.
+    from ui.render import highlighted
+
+    span = "# How ingestion works\n\n## Loading\n  \n\nEach file type has a loader."
+    shown = highlighted(span, ["Each file type has a loader."])
+    assert shown == (
+        ":orange-background[\\# How ingestion works  \n\\#\\# Loading  \n"
+        "**Each file type has a loader\\.**]"
+    )
 
 
 @pytest.mark.llm
@@ -182,6 +219,9 @@ def test_upload_ingests_good_files_and_reports_broken_ones(app_env, kb_root, tmp
     assert not (kb_root.parent / "escape attempt.md").exists()
     documents = at.dataframe[0].value["document"].tolist()
     assert str(uploads / "report.pdf") in documents
+    # the sidebar's summary is drawn after the ingest: it counts the new files
+    summary = next(c.value for c in at.sidebar.caption if "documents" in c.value)
+    assert summary.startswith(f"{len(documents)} documents · "), summary
 
 
 def test_delete_a_document_from_the_manage_tab(app_env, kb_root):
