@@ -310,6 +310,8 @@ def condense(
 ) -> tuple[str, Usage]:
     """Turn a follow-up ("and its rings?") into a standalone search query;
     returns it with the tokens the rewrite cost."""
+    if not history:
+        return question, Usage()
     request = Request(
         messages=prompts.condense_messages(history[-6:], question),
         effort="low",
