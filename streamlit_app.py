@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
@@ -72,11 +73,10 @@ def sidebar(base: Settings) -> tuple[Path, Settings, DeltaGenerator]:
     return kb_dir, tuned, summary
 
 
-def kb_summary(kb_dir: Path) -> None:
-    if not knowledge.has_index(kb_dir):
+def kb_summary(stats: dict[str, Any] | None) -> None:
+    if stats is None:
         st.caption("Not built yet: add documents in the **Manage** tab.")
         return
-    stats = open_kb(str(kb_dir)).stats()
     st.caption(
         f"{stats['documents']} documents · {stats['chunks']} passages · "
         f"generation {stats['generation']}"
@@ -191,7 +191,9 @@ def ask_tab(kb_dir: Path, settings: Settings) -> None:
             ask(kb, settings, question, llm_down)
 
 
-def manage_tab(kb_dir: Path, settings: Settings) -> None:
+def manage_tab(kb_dir: Path, settings: Settings) -> dict[str, Any] | None:
+    """Uploads, deletions, rebuilds; returns the index's stats once they are
+    done (None while it has no index yet)."""
     # Drawn last, after any action below, so they never show stale numbers.
     summary = st.container()
     st.subheader("Add documents")
@@ -209,7 +211,7 @@ def manage_tab(kb_dir: Path, settings: Settings) -> None:
                 lambda progress: knowledge.ingest_files(kb_dir, saved.paths, settings, progress)
             )
     if not knowledge.has_index(kb_dir):
-        return
+        return None
     kb = open_kb(str(kb_dir))
     st.subheader("Documents")
     doomed = st.multiselect("Delete documents", [d.path for d in kb.documents()])
@@ -233,6 +235,7 @@ def manage_tab(kb_dir: Path, settings: Settings) -> None:
         cols[2].metric("Vectors", stats["vectors"])
         cols[3].metric("On disk", f"{stats['disk_bytes'] / 1e6:.1f} MB")
         st.caption(f"Model {stats['model']} · generation {stats['generation']} · {kb_dir}")
+    return stats
 
 
 def run_ingest(job: Callable[[ProgressFn], IngestReport]) -> None:
@@ -266,9 +269,9 @@ def main() -> None:
     with ask_view:
         ask_tab(kb_dir, settings)
     with manage_view:
-        manage_tab(kb_dir, settings)
+        stats = manage_tab(kb_dir, settings)
     with summary:  # after the Manage tab's actions, so never stale
-        kb_summary(kb_dir)
+        kb_summary(stats)
 
 
 # Streamlit runs this file as __main__. The guard keeps the app from running
