@@ -17,6 +17,8 @@ PYTHON := $(BIN)/python
 INDEX ?= indexes/default
 SAMPLE ?= docs
 PYTEST_ARGS ?=
+# The app listens on loopback only unless told (it has no login yet).
+APP_HOST ?= 127.0.0.1
 
 include mk/llm.mk
 
@@ -38,7 +40,7 @@ index: setup
 	$(BIN)/ingest $(SAMPLE) --index $(INDEX) --sync
 
 run: setup llm-setup index
-	$(PYTHON) -m serving.run --index $(INDEX)
+	$(PYTHON) -m serving.run --index $(INDEX) --host $(APP_HOST)
 
 test: setup llm-setup llm-setup-tiny system-setup
 	$(BIN)/pytest $(PYTEST_ARGS)

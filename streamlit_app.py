@@ -43,14 +43,16 @@ def sidebar(base: Settings) -> tuple[Path, Settings, DeltaGenerator]:
         names = knowledge.list_knowledge_bases(base.indexes_root)
         default = base.index.name if base.index.name in names else None
         choice = st.selectbox(
-            "Knowledge base", names or ["(none yet)"],
-            index=names.index(default) if default else 0, key="kb",
+            "Knowledge base", names,
+            index=names.index(default) if default else (0 if names else None),
+            placeholder="none yet: add documents in Manage", key="kb",
         )  # fmt: skip
         new = st.text_input("…or a new one", placeholder="name, e.g. contracts")
         if new and not knowledge.valid_name(new):
             st.error("Use letters, digits, '-', '_' or '.' (up to 64).")
             new = ""
-        kb_dir = base.indexes_root / (new or choice)
+        # With no knowledge base yet, the first upload creates the default one.
+        kb_dir = base.indexes_root / (new or choice or knowledge.default_name(base))
         summary = st.container()
         st.header("Answering")
         k = st.slider("Passages to screen (k)", 2, 30, base.screen_k)
@@ -215,9 +217,15 @@ def manage_tab(kb_dir: Path, settings: Settings) -> dict[str, Any] | None:
     kb = open_kb(str(kb_dir))
     st.subheader("Documents")
     doomed = st.multiselect("Delete documents", [d.path for d in kb.documents()])
-    if doomed and st.button("Delete selected"):
-        report = knowledge.delete_documents(kb_dir, doomed, settings)
-        st.success(f"Deleted {report.deleted} document(s).")
+    if doomed:
+        sure = st.checkbox(f"Yes, delete {len(doomed)} document(s): this cannot be undone")
+        if st.button("Delete selected", disabled=not sure) and sure:
+            try:
+                report = knowledge.delete_documents(kb_dir, doomed, settings)
+            except RagError as exc:
+                st.error(str(exc))
+            else:
+                st.success(f"Deleted {report.deleted} document(s).")
     if st.button("Rebuild this knowledge base"):
         run_ingest(lambda progress: knowledge.rebuild(kb_dir, settings, progress))
     st.dataframe(
@@ -234,7 +242,7 @@ def manage_tab(kb_dir: Path, settings: Settings) -> dict[str, Any] | None:
         cols[1].metric("Chunks", stats["chunks"])
         cols[2].metric("Vectors", stats["vectors"])
         cols[3].metric("On disk", f"{stats['disk_bytes'] / 1e6:.1f} MB")
-        st.caption(f"Model {stats['model']} · generation {stats['generation']} · {kb_dir}")
+        st.caption(f"Model {stats['model']} · generation {stats['generation']} · {kb_dir.name}")
     return stats
 
 

@@ -11,6 +11,7 @@ would not set it) and keeps the model's reasoning (`reasoning`, or
 from __future__ import annotations
 
 import time
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -84,12 +85,12 @@ class OpenAIChat:
     def __init__(self, settings: Settings) -> None:
         import openai
 
-        self.url = settings.llm_url
+        self.url = display_url(settings.llm_url)  # for messages: no credentials
         self.model = settings.llm_model
         self._retries = settings.llm_retries
         self._client = openai.OpenAI(
             base_url=settings.llm_url,
-            api_key=settings.llm_api_key,
+            api_key=settings.llm_api_key.get_secret_value(),
             timeout=openai.Timeout(settings.llm_timeout, connect=settings.llm_connect_timeout),
             max_retries=0,  # retries are ours, so each one is visible and bounded
         )
@@ -237,23 +238,38 @@ def _bad_request(exc: Any) -> LLMError:
     return LLMError(f"The LLM server rejected the request: {text}")
 
 
+def display_url(url: str) -> str:
+    """`url` as it may be shown to people: without user, password or query
+    (where tokens hide), e.g. for `https://u:p@host/v1?key=k`, `https://host/v1`."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
 def check_server(settings: Settings) -> str | None:
     """None if the server answers and serves the configured model, else a
     sentence saying what is wrong (for a banner, not an exception)."""
     import openai
 
     client = openai.OpenAI(
-        base_url=settings.llm_url, api_key=settings.llm_api_key, timeout=3.0, max_retries=0
+        base_url=settings.llm_url,
+        api_key=settings.llm_api_key.get_secret_value(),
+        timeout=3.0,
+        max_retries=0,
     )
+    url = display_url(settings.llm_url)
     try:
         served = [card.id for card in client.models.list().data]
     except openai.APIConnectionError:
-        return f"The LLM server at {settings.llm_url} is not reachable."
+        return f"The LLM server at {url} is not reachable."
     except openai.OpenAIError as exc:
-        return f"The LLM server at {settings.llm_url} answered with an error: {exc}"
+        return f"The LLM server at {url} answered with an error: {exc}"
     if settings.llm_model not in served:
         return (
-            f"The LLM server at {settings.llm_url} serves {', '.join(served) or 'no model'}, "
+            f"The LLM server at {url} serves {', '.join(served) or 'no model'}, "
             f"not {settings.llm_model!r} (RAG_LLM_MODEL)."
         )
     return None

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Effort = Literal["low", "medium", "high"]
@@ -56,7 +56,8 @@ class Settings(BaseSettings):
     # The LLM server (any OpenAI-compatible endpoint; vLLM in production).
     llm_url: str = "http://127.0.0.1:8000/v1"
     llm_model: str = "gpt-oss-20b"
-    llm_api_key: str = "EMPTY"
+    # A secret: never printed with the settings, read with .get_secret_value().
+    llm_api_key: SecretStr = SecretStr("EMPTY")
     llm_timeout: float = Field(120.0, gt=0)
     llm_connect_timeout: float = Field(5.0, gt=0)
     llm_retries: int = Field(1, ge=0)

@@ -1,16 +1,22 @@
 """`make run`: the Streamlit app plus an LLM server, stopped together by Ctrl-C.
 
-    python -m serving.run [--index indexes/default] [--port 8501] [--llm-port 8000]
+    python -m serving.run [--index indexes/default] [--host 127.0.0.1] [--port 8501]
+                          [--llm-port 8000]
 
 The app starts first (searches work at once) and the LLM server after it:
 gpt-oss-20b on GPU machines, SmolLM2 on the vLLM CPU build otherwise. When
 RAG_LLM_URL is set, that server is used and none is started; so is a server
 already answering on --llm-port.
+
+The app listens on the loopback address unless --host says otherwise: it has
+no login yet, so anyone who reaches its port can read and delete every
+knowledge base.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import signal
 import subprocess
@@ -49,11 +55,33 @@ def _answers(url: str) -> bool:
         return False
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+NO_LOGIN_WARNING = (
+    "WARNING: the app listens on {host}, and there is no login: anyone who can reach "
+    "port {port} can read, upload and delete every knowledge base. Put it behind an "
+    "authenticating proxy or firewall, or leave --host at 127.0.0.1."
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m serving.run", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--index", default=os.environ.get("RAG_INDEX", "indexes/default"))
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="the address the app listens on (default: loopback only; 0.0.0.0 for every "
+        "interface, which prints a warning: the app has no login)",
+    )
     parser.add_argument("--port", type=int, default=8501, help="the app's port")
     parser.add_argument("--llm-port", type=int, default=8000)
     parser.add_argument("--no-llm", action="store_true", help="start only the app")
@@ -89,11 +117,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     script = Path(__file__).resolve().parent.parent / "streamlit_app.py"
     app = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(args.port),
-         "--server.headless", "true", "--browser.gatherUsageStats", "false",
+         "--server.address", args.host, "--server.headless", "true",
+         "--browser.gatherUsageStats", "false",
          "--server.fileWatcherType", "none"],
         env=env,
     )  # fmt: skip
-    print(f"\n  The app: http://localhost:{args.port}\n")
+    print(f"\n  The app: http://{args.host}:{args.port}\n")
+    if not is_loopback(args.host):
+        print(NO_LOGIN_WARNING.format(host=args.host, port=args.port) + "\n", flush=True)
     try:
         if config is not None:
             print(f"Starting the LLM server (log under {launch.Paths.from_env().cache / 'logs'}):")

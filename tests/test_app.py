@@ -228,6 +228,7 @@ def test_delete_a_document_from_the_manage_tab(app_env, kb_root):
     at = app().run()
     doomed = next(p for p in at.multiselect[0].options if p.endswith("searching.md"))
     at.multiselect[0].set_value([doomed]).run()
+    next(c for c in at.checkbox if c.label.startswith("Yes, delete 1")).check().run()
     next(b for b in at.button if b.label == "Delete selected").click().run()
     assert any("Deleted 1" in s.value for s in at.success)
     assert doomed not in at.dataframe[0].value["document"].tolist()

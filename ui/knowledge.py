@@ -17,7 +17,7 @@ from rag.knowledge_base import KnowledgeBase
 from rag.settings import Settings
 
 UPLOADS = "uploads"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _UNSAFE = re.compile(r"[^\w.\- ]+")
 
 
@@ -29,7 +29,14 @@ def list_knowledge_bases(root: Path) -> list[str]:
 
 
 def valid_name(name: str) -> bool:
-    return bool(_NAME.match(name)) and name not in {".", ".."}
+    # fullmatch: `$` in match() would accept a name ending in a newline.
+    return bool(_NAME.fullmatch(name)) and name not in {".", ".."}
+
+
+def default_name(settings: Settings) -> str:
+    """The knowledge base the first upload creates when there is none."""
+    name = settings.index.name
+    return name if valid_name(name) else "default"
 
 
 def safe_filename(name: str) -> str:
