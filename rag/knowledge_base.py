@@ -16,14 +16,14 @@ import faiss
 
 from rag import fusion, layout
 from rag.embedding import Embedder, load_embedder
-from rag.settings import Settings
+from rag.settings import SEARCH_MODES, Settings
 from rag.store import DocumentRecord, Snapshot
 from rag.types import Hit
 
 if TYPE_CHECKING:
     from langchain_core.retrievers import BaseRetriever
 
-MODES = ("hybrid", "dense", "bm25")
+MODES = SEARCH_MODES  # the `SearchMode` literal's values, for callers that list them
 
 
 class KnowledgeBase:
@@ -160,11 +160,13 @@ class KnowledgeBase:
             "updated_at": snap.manifest.updated_at,
         }
 
-    def as_retriever(self, k: int = 8, mode: str = "hybrid") -> BaseRetriever:
-        """A LangChain retriever over this knowledge base."""
+    def as_retriever(self, **kwargs: Any) -> BaseRetriever:
+        """A LangChain retriever over this knowledge base. Takes what
+        `KnowledgeBaseRetriever` takes: `k`, `mode`, `search_kwargs`, `tags`,
+        `metadata`; anything else is an error."""
         from rag.langchain import KnowledgeBaseRetriever
 
-        return KnowledgeBaseRetriever(kb=self, k=k, mode=mode)
+        return KnowledgeBaseRetriever(kb=self, **kwargs)
 
     def close(self) -> None:
         self._snapshot.close()

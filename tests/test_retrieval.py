@@ -65,14 +65,6 @@ def test_unknown_mode_is_refused(kb):
         kb.search("x", mode="magic")
 
 
-def test_langchain_retriever(kb):
-    docs = kb.as_retriever(k=2).invoke("Great Red Spot storm")
-    assert len(docs) == 2
-    assert "Jupiter" in docs[0].page_content
-    assert docs[0].metadata["source"].endswith("astronomy.pdf") and docs[0].metadata["page"] == 2
-    assert {"score", "chunk_id"} <= set(docs[0].metadata)
-
-
 def test_the_float16_search_copy_agrees_with_the_exact_vectors(built_index, embedder):
     # Searches use a float16 copy of the stored float32 vectors (half the
     # memory traffic); it must rank and score like the exact ones.
