@@ -19,6 +19,7 @@ lock: a published generation never changes.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -60,6 +61,9 @@ class Manifest:
     documents: int = 0
     chunks: int = 0
     file_sizes: dict[str, int] = field(default_factory=dict)
+    # SHA-256 of every file: damage that keeps a file's size (a few bytes
+    # overwritten in place) would otherwise give other results silently.
+    file_sha256: dict[str, str] = field(default_factory=dict)
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 
@@ -81,8 +85,9 @@ class Manifest:
                     f"ingest DOCS --index {where.parent} --rebuild"
                 )
             raw["params"] = IndexParams(**raw["params"])
-            if not isinstance(raw.get("file_sizes", {}), dict):
-                raise TypeError("file_sizes is not a mapping")
+            for name in ("file_sizes", "file_sha256"):
+                if not isinstance(raw.get(name, {}), dict):
+                    raise TypeError(f"{name} is not a mapping")
             return cls(**raw)
         except (ValueError, KeyError, TypeError) as exc:
             raise IndexCorrupt(f"The manifest at {where} is unreadable ({exc}).") from exc
@@ -125,15 +130,26 @@ def read_manifest(gen_dir: Path) -> Manifest:
     except (OSError, UnicodeDecodeError) as exc:
         raise IndexCorrupt(f"{path} is unreadable: the index is damaged ({exc}).") from None
     manifest = Manifest.from_json(text, gen_dir)
+    rebuild = f"Rebuild it with ingest PATH... --index {gen_dir.parent} --rebuild"
     for name, size in manifest.file_sizes.items():
         actual = (gen_dir / name).stat().st_size if (gen_dir / name).exists() else -1
         if actual != size:
             raise IndexCorrupt(
                 f"{gen_dir / name} is {'missing' if actual < 0 else f'{actual} bytes'}, "
-                f"the manifest says {size}: the index is damaged. Rebuild it with "
-                f"ingest PATH... --index {gen_dir.parent} --rebuild"
+                f"the manifest says {size}: the index is damaged. {rebuild}"
+            )
+    for name, digest in manifest.file_sha256.items():
+        if file_digest(gen_dir / name) != digest:
+            raise IndexCorrupt(
+                f"{gen_dir / name} does not match its checksum in the manifest: "
+                f"the index is damaged. {rebuild}"
             )
     return manifest
+
+
+def file_digest(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def fsync_path(path: Path) -> None:

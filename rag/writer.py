@@ -158,11 +158,9 @@ class StoreWriter(_Tables):
             self.staging / layout.BM25_DIR, [r[0] for r in rows], [r[1].split() for r in rows]
         )
         faiss.write_index(self.vectors, str(self.staging / layout.VECTORS_FILE))
-        sizes = {
-            str(path.relative_to(self.staging)): path.stat().st_size
-            for path in sorted(self.staging.rglob("*"))
-            if path.is_file()
-        }
+        files = [path for path in sorted(self.staging.rglob("*")) if path.is_file()]
+        sizes = {str(path.relative_to(self.staging)): path.stat().st_size for path in files}
+        digests = {str(path.relative_to(self.staging)): layout.file_digest(path) for path in files}
         manifest = Manifest(
             params=self.params,
             generation=self.number,
@@ -171,6 +169,7 @@ class StoreWriter(_Tables):
             documents=documents,
             chunks=chunks,
             file_sizes=sizes,
+            file_sha256=digests,
         )
         (self.staging / layout.MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
         final = layout.publish(self.root, self.staging, self.number)
