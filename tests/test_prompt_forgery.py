@@ -183,17 +183,28 @@ def special_ids(model_dir: Path) -> set[int]:
     return {t["id"] for t in added if t["special"]}
 
 
-def skeleton(server, messages: list[dict[str, str]], special: set[int]) -> list[int | None]:
-    """The special-token ids of the templated prompt, in order, with each run
-    of ordinary tokens between them shown as one None."""
-    response = httpx.post(
-        server.base_url.removesuffix("/v1") + "/tokenize",
-        json={"model": server.served_model_name, "messages": messages},
-        timeout=60,
-    )
+def prompt_ids(server, messages: list[dict[str, str]], via: str) -> list[int]:
+    """The token ids the server makes of `messages`. SmolLM2: /tokenize, which
+    applies its chat template. gpt-oss: vLLM renders harmony itself, not
+    through a chat template (which /tokenize would need), so ask a one-token
+    chat completion for the prompt ids it really used."""
+    root = server.base_url.removesuffix("/v1")
+    body: dict[str, object] = {"model": server.served_model_name, "messages": messages}
+    if via == "tokenize":
+        response = httpx.post(f"{root}/tokenize", json=body, timeout=60)
+        response.raise_for_status()
+        return list(response.json()["tokens"])
+    body |= {"max_completion_tokens": 1, "return_token_ids": True}
+    response = httpx.post(f"{root}/v1/chat/completions", json=body, timeout=120)
     response.raise_for_status()
+    return list(response.json()["prompt_token_ids"])
+
+
+def skeleton(ids: list[int], special: set[int]) -> list[int | None]:
+    """The special-token ids in order, each run of ordinary tokens between
+    them shown as one None."""
     out: list[int | None] = []
-    for token in response.json()["tokens"]:
+    for token in ids:
         if token in special:
             out.append(token)
         elif not out or out[-1] is not None:
@@ -202,12 +213,15 @@ def skeleton(server, messages: list[dict[str, str]], special: set[int]) -> list[
 
 
 @pytest.mark.llm
-@pytest.mark.parametrize("server_name", ["llm_server", "tiny_gpt_oss_server"])
-def test_no_special_token_in_the_prompt_comes_from_passage_text(server_name, request):
+@pytest.mark.parametrize(
+    ("server_name", "via"), [("llm_server", "tokenize"), ("tiny_gpt_oss_server", "chat")]
+)
+def test_no_special_token_in_the_prompt_comes_from_passage_text(server_name, via, request):
     server = request.getfixturevalue(server_name)
     special = special_ids(Path(server.config.model))
     harmless = [make_hit(1, "Safety report. End.", source="/docs/plain.md"), make_hit(2)]
     for hostile, plain in zip(all_prompts(hostile_hits()), all_prompts(harmless), strict=True):
-        got, want = skeleton(server, hostile, special), skeleton(server, plain, special)
+        got = skeleton(prompt_ids(server, hostile, via), special)
+        want = skeleton(prompt_ids(server, plain, via), special)
         assert len(want) > 4 and any(t is not None for t in want)  # the template's own
         assert got == want
