@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from rag import extractive, prompts
+from rag import citations, extractive, prompts
 from rag.embedding import Embedder
 from rag.errors import LLMError, PromptTooLong
 from rag.knowledge_base import KnowledgeBase
@@ -184,7 +184,8 @@ _CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
 
 def resolve_citations(text: str, ordered: Sequence[Hit]) -> tuple[str, list[Citation], int]:
     """Map [n] markers to passages. Markers that match no passage are removed
-    from the text and counted, so a reader never follows a dead reference."""
+    from the text and counted, so a reader never follows a dead reference.
+    (Whether passage n could support its sentence: `citations.unsupported`.)"""
     cited: dict[int, Citation] = {}
     dropped = 0
 
@@ -287,6 +288,7 @@ def stream_answer(
             "The LLM server ended the answer without saying it was finished; it may be incomplete."
         )
     result.text, result.citations, result.dropped_citations = resolve_citations(text, ordered)
+    result.notes.extend(u.note() for u in citations.unsupported(result.text, ordered))
     result.kept = ordered
     yield Finished(result)
 

@@ -1,14 +1,19 @@
 """Prompts are data: text files in `rag/prompts/`, filled in here.
 
 Passages are wrapped in <passage> delimiters with their metadata as
-attributes; a document cannot close the delimiter early, so text inside a
-passage always stays data.
+attributes. Document text stays data:
+- a passage has no `<` of its own (written `&lt;`), so it cannot close or
+  open a delimiter in any case or spacing, nor form any other tag;
+- chat-template control tokens (`<|im_end|>`, harmony's `<|start|>`, ...)
+  are stripped from passages, file names, the question and the conversation,
+  so the server's tokenizer never turns text into a turn boundary.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import Sequence
 from functools import lru_cache
 from importlib import resources
@@ -40,12 +45,37 @@ def screen_schema(ids: Sequence[int]) -> dict[str, Any]:
     return base
 
 
+# A control token: a name between bars, ASCII or full-width (DeepSeek's
+# `<｜begin▁of▁sentence｜>`), spaces allowed. This covers the families we serve
+# (ChatML `<|im_start|>` `<|im_end|>` `<|endoftext|>`; harmony `<|start|>`
+# `<|channel|>` `<|message|>` `<|constrain|>` `<|end|>` `<|return|>` `<|call|>`)
+# and Llama 3's `<|begin_of_text|>` `<|eot_id|>` `<|start_header_id|>`. The
+# name is bounded and excludes `<`, `>` and bars, so one pass is linear time.
+_CONTROL_TOKEN = re.compile(r"<[|\uff5c][^<>|\uff5c\n]{0,64}[|\uff5c]>")
+
+
+def strip_control_tokens(value: str) -> str:
+    """`value` without chat-template control tokens. Each becomes a space,
+    so removing an inner one cannot join its neighbours into a new token
+    (`<|im_<|x|>end|>` becomes `<|im_ end|>`, which no tokenizer matches)."""
+    return _CONTROL_TOKEN.sub(" ", value)
+
+
 def _attribute(value: object) -> str:
-    return str(value).replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;")
+    cleaned = strip_control_tokens(str(value))
+    escaped = cleaned.replace("&", "&amp;").replace('"', "&quot;")
+    return escaped.replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _body(value: str) -> str:
+    # Every `<`, not only those of `</passage`: then no spelling of the
+    # delimiter (`</PASSAGE>`, `< / passage >`, ...) nor any other tag or
+    # `<...>` token can be formed. Models read `&lt;` as `<`.
+    return strip_control_tokens(value).replace("<", "&lt;")
 
 
 def passage(n: int, hit: Hit) -> str:
-    body = hit.text.replace("</passage", "</ passage").replace("<passage", "< passage")
+    body = _body(hit.text)
     return text("passage.txt").format(
         n=n,
         source=_attribute(Path(hit.source).name),
@@ -64,7 +94,9 @@ def screen_messages(question: str, hits: Sequence[Hit], first_id: int = 1) -> li
         {"role": "system", "content": text("screen_system.txt")},
         {
             "role": "user",
-            "content": text("screen_user.txt").format(question=question, passages=body),
+            "content": text("screen_user.txt").format(
+                question=strip_control_tokens(question), passages=body
+            ),
         },
     ]
 
@@ -76,17 +108,22 @@ def read_messages(question: str, hits: Sequence[Hit]) -> list[dict[str, str]]:
         {"role": "system", "content": text("read_system.txt")},
         {
             "role": "user",
-            "content": text("read_user.txt").format(question=question, passages=passages(hits)),
+            "content": text("read_user.txt").format(
+                question=strip_control_tokens(question), passages=passages(hits)
+            ),
         },
     ]
 
 
 def condense_messages(history: Sequence[tuple[str, str]], question: str) -> list[dict[str, str]]:
+    # Earlier answers are model text, which may echo a document.
     lines = "\n".join(f"{role}: {content}" for role, content in history)
     return [
         {"role": "system", "content": text("condense_system.txt")},
         {
             "role": "user",
-            "content": text("condense_user.txt").format(history=lines, question=question),
+            "content": text("condense_user.txt").format(
+                history=strip_control_tokens(lines), question=strip_control_tokens(question)
+            ),
         },
     ]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rag.types import Chunk, Hit
+
 
 def make_pdf(path: Path, pages: list[str]) -> Path:
     """A real PDF with one text page per entry (reportlab, wrapped lines)."""
@@ -82,6 +84,16 @@ def make_docx(
                 grid.rows[r].cells[c].text = value
     document.save(str(path))
     return path
+
+
+def make_hit(
+    n: int, text: str = "", source: str = "/docs/a.pdf", page: int | None = 1, title: str = ""
+) -> Hit:
+    """A retrieved passage with chunk id `n` (score 1/n), built in memory."""
+    chunk = Chunk(
+        text=text or f"passage {n}", source=source, start=0, end=1, page=page, title=title, id=n
+    )
+    return Hit(chunk=chunk, score=1.0 / n)
 
 
 def write_corpus(folder: Path) -> Path:

@@ -3,15 +3,12 @@ citations, budgets and the prompts actually sent."""
 
 from __future__ import annotations
 
+from builders import make_hit as hit
+
 from rag import prompts
 from rag.answering import fit_to_budget, lost_in_the_middle, resolve_citations
 from rag.screening import keep
-from rag.types import Chunk, Hit, Verdict
-
-
-def hit(n: int, text: str = "", source: str = "/docs/a.pdf", page: int | None = 1) -> Hit:
-    chunk = Chunk(text=text or f"passage {n}", source=source, start=0, end=1, page=page, id=n)
-    return Hit(chunk=chunk, score=1.0 / n)
+from rag.types import Verdict
 
 
 def test_lost_in_the_middle_puts_the_strongest_at_both_ends():

@@ -133,6 +133,20 @@ def test_deep_read_streams_reasoning_apart_and_resolves_citations(kb, chat, sett
     assert [r.effort for r in read] == ["high"]
 
 
+def test_a_claim_pinned_on_a_passage_that_does_not_say_it_gets_a_note(kb, chat, settings):
+    def script(request: Request) -> dict[str, str]:
+        if is_screen(request):
+            return verdicts(request, relevant=True)
+        return {"final": "Jupiter is the largest planet [1]. Black tea is fully oxidised [1]."}
+
+    result = answer("Which planet is the largest?", kb, Scripted(chat, script), settings)
+    assert "Jupiter" in result.kept[0].text and "tea" not in result.kept[0].text
+    assert [c.n for c in result.citations] == [1]
+    assert result.notes == [
+        "[1] is cited for sentence 2 of the answer, which shares no words with passage 1."
+    ]
+
+
 def test_reasoning_that_uses_every_token_is_retried_at_lower_effort(kb, chat, settings):
     def script(request: Request) -> dict[str, str]:
         if is_screen(request):

@@ -1,0 +1,75 @@
+"""A cheap check that each citation could support its sentence.
+
+`resolve_citations` (rag/answering.py) only knows that a marker's number is
+in range; an answer can still pin a claim on the wrong passage, by mistake
+or because a passage told the model to. Here each sentence with [n] markers
+is compared with passage n through the BM25 analyser (lower-cased, stop
+words out, Snowball stems): a citation whose passage shares no term with
+its sentence is reported. Sharing a word proves nothing; sharing none is a
+strong sign of a wrong citation, and costs a set intersection.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from rag.lexical import terms
+from rag.types import Hit
+
+_SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|\n+")
+_LEADING_MARKERS = re.compile(r"^(?:\s*\[\d+\])+")
+_MARKER = re.compile(r"\[(\d+)\]")
+
+
+@dataclass(frozen=True)
+class Unsupported:
+    """Citation [n] on the answer's `sentence`-th sentence (1-based), whose
+    passage shares no word with it."""
+
+    n: int
+    sentence: int
+
+    def note(self) -> str:
+        # No quote of the sentence: notes are shown as Markdown, and the
+        # sentence is model text.
+        return (
+            f"[{self.n}] is cited for sentence {self.sentence} of the answer, "
+            f"which shares no words with passage {self.n}."
+        )
+
+
+def sentences(text: str) -> list[str]:
+    """The answer's sentences; markers that open a sentence belong to the one
+    before it (models write "a claim. [1] Another claim.")."""
+    out: list[str] = []
+    for piece in _SENTENCE_BREAK.split(text):
+        leading = _LEADING_MARKERS.match(piece)
+        if leading and out:
+            out[-1] += leading.group(0)
+            piece = piece[leading.end() :]
+        if piece.strip():
+            out.append(piece.strip())
+    return out
+
+
+def unsupported(text: str, ordered: Sequence[Hit]) -> list[Unsupported]:
+    """Citations of `text` whose passage (`ordered[n - 1]`, with its document
+    title) shares no content word with the sentence citing it. Sentences
+    of stop words only ("That is it [2].") cannot be checked and are
+    skipped, as are numbers out of range (`resolve_citations` drops those)."""
+    passage_terms: dict[int, set[str]] = {}
+    found = []
+    for number, sentence in enumerate(sentences(text), start=1):
+        words = set(terms(_MARKER.sub(" ", sentence)))
+        if not words:
+            continue
+        for n in dict.fromkeys(int(m) for m in _MARKER.findall(sentence)):
+            if not 1 <= n <= len(ordered):
+                continue
+            if n not in passage_terms:
+                passage_terms[n] = set(terms(ordered[n - 1].chunk.indexed_text))
+            if not words & passage_terms[n]:
+                found.append(Unsupported(n, number))
+    return found
