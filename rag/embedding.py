@@ -3,7 +3,6 @@ finds a model on disk without ever touching the network."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -59,10 +58,9 @@ class SentenceTransformerEmbedder:
     Hugging Face cache only."""
 
     def __init__(self, name: str, precision: Precision = "auto", device: str = "cpu") -> None:
-        # Offline by construction: a missing model must fail here with a clear
-        # message, not start a download that hangs behind a firewall.
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        # Offline by construction (local_files_only below): a missing model
+        # must fail here with a clear message, not start a download that
+        # hangs behind a firewall. The process environment is left alone.
         import transformers
         from sentence_transformers import SentenceTransformer
 

@@ -87,6 +87,7 @@ class OpenAIChat:
 
         self.url = display_url(settings.llm_url)  # for messages: no credentials
         self.model = settings.llm_model
+        self.temperature = settings.temperature
         self._retries = settings.llm_retries
         self._client = openai.OpenAI(
             base_url=settings.llm_url,
@@ -155,7 +156,7 @@ class OpenAIChat:
             "messages": list(request.messages),
             "reasoning_effort": request.effort,
             "max_completion_tokens": request.max_tokens,
-            "temperature": 0.0,
+            "temperature": self.temperature,
             "stream": True,
             "stream_options": {"include_usage": True},
         }

@@ -186,3 +186,24 @@ def test_rag_ask_with_server_down_exits_nonzero_naming_the_url(built_index, monk
     result = CliRunner().invoke(rag_main, ["ask", "x?", "--index", str(built_index), "--url", url])
     assert result.exit_code == 1
     assert url in result.stderr and "Traceback" not in result.output
+
+
+def test_the_temperature_setting_reaches_the_server(llm_settings):
+    # RAG_TEMPERATURE was once never sent (0.0 was hard-coded): greedy
+    # decoding repeats itself exactly, a hot one does not.
+    from rag.llm import Request, complete
+
+    request = Request(
+        messages=[{"role": "user", "content": "Write a short poem about the sea."}],
+        effort="low",
+        max_tokens=40,
+    )
+
+    def text(temperature: float) -> str:
+        chat = OpenAIChat(llm_settings.model_copy(update={"temperature": temperature}))
+        return complete(chat, request).content or ""
+
+    greedy = text(0.0)
+    assert greedy and text(0.0) == greedy
+    hot = {text(2.0) for _ in range(2)}
+    assert hot != {greedy} and len(hot) == 2
