@@ -9,6 +9,7 @@ from typing import Any
 
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
+from streamlit.runtime.uploaded_file_manager import UploadedFile
 
 from ingest.pipeline import IngestReport, Progress, ProgressFn
 from rag.answering import Finished, Notice, Retrieved, Rewritten, Screened, stream_answer
@@ -202,14 +203,7 @@ def manage_tab(kb_dir: Path, settings: Settings) -> dict[str, Any] | None:
         type=[k.lstrip(".") for k in knowledge.KINDS], key="uploads",
     )  # fmt: skip
     if files and st.button("Ingest", type="primary"):
-        uploads = [knowledge.Upload(f.name, f.getvalue()) for f in files]
-        saved = knowledge.save_uploads(kb_dir, uploads, settings.max_file_mb)
-        for name, reason in saved.refused:
-            st.error(f"{name}: {reason}")
-        if saved.paths:
-            run_ingest(
-                lambda progress: knowledge.ingest_files(kb_dir, saved.paths, settings, progress)
-            )
+        save_and_ingest(kb_dir, files, settings)
     if not knowledge.has_index(kb_dir):
         return None
     kb = open_kb(str(kb_dir))
@@ -236,6 +230,19 @@ def manage_tab(kb_dir: Path, settings: Settings) -> dict[str, Any] | None:
         cols[3].metric("On disk", f"{stats['disk_bytes'] / 1e6:.1f} MB")
         st.caption(f"Model {stats['model']} · generation {stats['generation']} · {kb_dir}")
     return stats
+
+
+def save_and_ingest(kb_dir: Path, files: list[UploadedFile], settings: Settings) -> None:
+    uploads = [knowledge.Upload(f.name, f.getvalue()) for f in files]
+    saved = knowledge.save_uploads(kb_dir, uploads, settings.max_file_mb)
+    for name, reason in saved.refused:
+        st.error(f"{name}: {reason}")
+    for name, new_name in saved.renamed:
+        st.info(f"{name}: a different file has this name; saved as {new_name}.")
+    for name, old_name in saved.unchanged:
+        st.info(f"{name}: already uploaded as {old_name}, unchanged.")
+    if saved.paths:
+        run_ingest(lambda progress: knowledge.ingest_files(kb_dir, saved.paths, settings, progress))
 
 
 def run_ingest(job: Callable[[ProgressFn], IngestReport]) -> None:
