@@ -20,8 +20,12 @@ from rag.settings import Settings
 from rag.types import Answer
 from ui import knowledge, render
 
+# Each open knowledge base holds its index and embedding model in memory; the
+# least recently used one beyond this many is let go.
+OPEN_KBS = 4
 
-@st.cache_resource(show_spinner="Opening the knowledge base…")
+
+@st.cache_resource(show_spinner="Opening the knowledge base…", max_entries=OPEN_KBS)
 def open_kb(path: str) -> KnowledgeBase:
     kb = KnowledgeBase.open(path)
     kb.warm_up()  # load the model now, not during the first question
@@ -180,7 +184,9 @@ def ask_tab(kb_dir: Path, settings: Settings) -> None:
     # The conversation sits above the box, in the order it was asked, the
     # new turn included (the box is drawn first only to read its value).
     conversation = st.container()
-    question = st.chat_input("Ask a question about your documents")
+    question = st.chat_input(
+        "Ask a question about your documents", max_chars=settings.max_question_chars
+    )
     with conversation:
         for turn in st.session_state.get("history", []):
             with st.chat_message(turn["role"]):
@@ -233,6 +239,12 @@ def manage_tab(kb_dir: Path, settings: Settings) -> dict[str, Any] | None:
 
 
 def save_and_ingest(kb_dir: Path, files: list[UploadedFile], settings: Settings) -> None:
+    if len(files) > settings.max_upload_files:
+        st.error(
+            f"{len(files)} files chosen; at most {settings.max_upload_files} can be added "
+            "at once (RAG_MAX_UPLOAD_FILES)."
+        )
+        return
     uploads = [knowledge.Upload(f.name, f.getvalue()) for f in files]
     saved = knowledge.save_uploads(kb_dir, uploads, settings.max_file_mb)
     for name, reason in saved.refused:
