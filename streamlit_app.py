@@ -9,6 +9,7 @@ from typing import Any
 
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
+from streamlit.runtime.uploaded_file_manager import UploadedFile
 
 from ingest.pipeline import IngestReport, Progress, ProgressFn
 from rag.answering import Finished, Notice, Retrieved, Rewritten, Screened, stream_answer
@@ -19,8 +20,12 @@ from rag.settings import Settings
 from rag.types import Answer
 from ui import knowledge, render
 
+# Each open knowledge base holds its index and embedding model in memory; the
+# least recently used one beyond this many is let go.
+OPEN_KBS = 4
 
-@st.cache_resource(show_spinner="Opening the knowledge base…")
+
+@st.cache_resource(show_spinner="Opening the knowledge base…", max_entries=OPEN_KBS)
 def open_kb(path: str) -> KnowledgeBase:
     kb = KnowledgeBase.open(path)
     kb.warm_up()  # load the model now, not during the first question
@@ -181,7 +186,9 @@ def ask_tab(kb_dir: Path, settings: Settings) -> None:
     # The conversation sits above the box, in the order it was asked, the
     # new turn included (the box is drawn first only to read its value).
     conversation = st.container()
-    question = st.chat_input("Ask a question about your documents")
+    question = st.chat_input(
+        "Ask a question about your documents", max_chars=settings.max_question_chars
+    )
     with conversation:
         for turn in st.session_state.get("history", []):
             with st.chat_message(turn["role"]):
@@ -204,14 +211,7 @@ def manage_tab(kb_dir: Path, settings: Settings) -> dict[str, Any] | None:
         type=[k.lstrip(".") for k in knowledge.KINDS], key="uploads",
     )  # fmt: skip
     if files and st.button("Ingest", type="primary"):
-        uploads = [knowledge.Upload(f.name, f.getvalue()) for f in files]
-        saved = knowledge.save_uploads(kb_dir, uploads, settings.max_file_mb)
-        for name, reason in saved.refused:
-            st.error(f"{name}: {reason}")
-        if saved.paths:
-            run_ingest(
-                lambda progress: knowledge.ingest_files(kb_dir, saved.paths, settings, progress)
-            )
+        save_and_ingest(kb_dir, files, settings)
     if not knowledge.has_index(kb_dir):
         return None
     kb = open_kb(str(kb_dir))
@@ -244,6 +244,25 @@ def manage_tab(kb_dir: Path, settings: Settings) -> dict[str, Any] | None:
         cols[3].metric("On disk", f"{stats['disk_bytes'] / 1e6:.1f} MB")
         st.caption(f"Model {stats['model']} · generation {stats['generation']} · {kb_dir.name}")
     return stats
+
+
+def save_and_ingest(kb_dir: Path, files: list[UploadedFile], settings: Settings) -> None:
+    if len(files) > settings.max_upload_files:
+        st.error(
+            f"{len(files)} files chosen; at most {settings.max_upload_files} can be added "
+            "at once (RAG_MAX_UPLOAD_FILES)."
+        )
+        return
+    uploads = [knowledge.Upload(f.name, f.getvalue()) for f in files]
+    saved = knowledge.save_uploads(kb_dir, uploads, settings.max_file_mb)
+    for name, reason in saved.refused:
+        st.error(f"{name}: {reason}")
+    for name, new_name in saved.renamed:
+        st.info(f"{name}: a different file has this name; saved as {new_name}.")
+    for name, old_name in saved.unchanged:
+        st.info(f"{name}: already uploaded as {old_name}, unchanged.")
+    if saved.paths:
+        run_ingest(lambda progress: knowledge.ingest_files(kb_dir, saved.paths, settings, progress))
 
 
 def run_ingest(job: Callable[[ProgressFn], IngestReport]) -> None:

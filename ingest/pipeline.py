@@ -285,6 +285,7 @@ def ingest_paths(
                 ocr=ocr,
                 timeout=settings.parse_timeout,
                 memory_mb=settings.parse_memory_mb,
+                max_text_chars=settings.max_text_chars,
             ),
             start=1,
         ):

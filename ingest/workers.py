@@ -31,12 +31,12 @@ def _limit_memory(megabytes: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-def _load(path: str, kind: str, content_hash: str, ocr: bool) -> Document:
+def _load(path: str, kind: str, content_hash: str, ocr: bool, max_chars: int | None) -> Document:
     """`loaders.load` in a worker. A worker that ran out of memory exits:
     the parser may have left its heap full, and every later file would fail
     too. The pool starts a fresh one."""
     try:
-        return loaders.load(path, kind, content_hash, ocr)
+        return loaders.load(path, kind, content_hash, ocr, max_chars)
     except MemoryError:
         os._exit(_OUT_OF_MEMORY)
 
@@ -48,9 +48,11 @@ def parse_files(
     timeout: float = 300.0,
     memory_mb: int = 4096,
     ocr: bool = False,
+    max_text_chars: int | None = None,
 ) -> Iterator[tuple[FileTask, Document | str]]:
     """Yield (task, Document) or (task, reason it failed) for each (task,
-    content hash), in order."""
+    content hash), in order. A text over `max_text_chars` is refused in the
+    worker, so it is never sent back to this process."""
     queue = iter(tasks)
     pending: deque[tuple[FileTask, object]] = deque()
     # forkserver: workers start from a small clean process, not a fork of one
@@ -64,7 +66,9 @@ def parse_files(
 
     def fill() -> None:
         for task, digest in queue:
-            future = pool.schedule(_load, args=(task.path, task.kind, digest, ocr), timeout=timeout)
+            future = pool.schedule(
+                _load, args=(task.path, task.kind, digest, ocr, max_text_chars), timeout=timeout
+            )
             pending.append((task, future))
             if len(pending) >= workers * 4:
                 break

@@ -32,7 +32,16 @@ class Settings(BaseSettings):
     )
     chunk_tokens: int = Field(200, ge=16, description="chunk size in model tokens")
     chunk_overlap: int = Field(32, ge=0)
-    max_file_mb: float = Field(200.0, gt=0, description="larger files are refused")
+    max_file_mb: float = Field(
+        200.0,
+        gt=0,
+        description="larger files are refused (uploads too: see .streamlit/config.toml)",
+    )
+    # Checked in the parser process, so a small file that expands to a huge
+    # text (a zip bomb) never reaches the app's or the CLI's process.
+    max_text_chars: int = Field(
+        50_000_000, ge=1000, description="a file whose extracted text is longer is refused"
+    )
     parse_timeout: float = Field(300.0, gt=0, description="seconds one file may take to parse")
     # An address-space cap: pdfium alone reserves over 512 MB, so lower caps
     # would fail every PDF.
@@ -43,6 +52,11 @@ class Settings(BaseSettings):
     lock_timeout: float = Field(
         0.0, ge=0, description="seconds to wait for another ingest's lock (0: fail at once)"
     )
+
+    # The app.
+    max_upload_files: int = Field(20, ge=1, description="files the app takes in one upload")
+    # About 500 tokens: room left for the passages in the smallest context.
+    max_question_chars: int = Field(2000, ge=100, description="longest question the app takes")
 
     # Retrieval.
     search_mode: SearchMode = "hybrid"

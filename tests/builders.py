@@ -245,3 +245,61 @@ def zip_bomb_docx(path: Path, megabytes: int) -> Path:
                 fh.write(data[body:])
     source.unlink()
     return path
+
+
+def text_bomb_docx(path: Path, megabytes: int) -> Path:
+    """A real DOCX of one sentence repeated: `megabytes` MB of paragraphs
+    (about as much extracted text) from under 1/100 of that on disk."""
+    import zipfile
+
+    source = make_docx(path.with_name(path.name + ".src"), "Bomb", ["x"])
+    sentence = b"All work and no play makes Jack a dull boy. " * 22
+    paragraph = b"<w:p><w:r><w:t>" + sentence + b"</w:t></w:r></w:p>"
+    block = paragraph * ((1 << 20) // len(paragraph))
+    with zipfile.ZipFile(source) as zin, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename != "word/document.xml":
+                zout.writestr(item, data)
+                continue
+            body = data.index(b"<w:body>") + len(b"<w:body>")
+            with zout.open(item.filename, "w", force_zip64=True) as fh:
+                fh.write(data[:body])
+                for _ in range(megabytes):
+                    fh.write(block)
+                fh.write(data[body:])
+    source.unlink()
+    return path
+
+
+def _one_page_pdf(width: float, height: float, content: bytes, compress: bool = False) -> bytes:
+    import zlib
+
+    stream = zlib.compress(content, 9) if compress else content
+    flate = b" /Filter /FlateDecode" if compress else b""
+    return _pdf_bytes(
+        [
+            b"<< /Type /Catalog /Pages 2 0 R >>",
+            b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 %g %g] /Contents 4 0 R "
+            b"/Resources << /Font << /F1 5 0 R >> >> >>" % (width, height),
+            b"<< /Length %d%s >>\nstream\n" % (len(stream), flate) + stream + b"\nendstream",
+            b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+        ]
+    )
+
+
+def huge_page_pdf(path: Path, text: str, points: float = 14_400) -> Path:
+    """One page `points` square (14,400 pt, PDF's largest): at the app's
+    usual scale its bitmap would be about 1.5 GiB."""
+    content = b"BT /F1 240 Tf 200 %g Td (%s) Tj ET" % (points - 600, text.encode("latin-1"))
+    path.write_bytes(_one_page_pdf(points, points, content))
+    return path
+
+
+def slow_render_pdf(path: Path, strokes: int = 200_000) -> Path:
+    """A 30 KB page of `strokes` overlapping lines: pdfium draws it for
+    about half a minute (its text layer is empty)."""
+    lines = b"".join(b"%d 0 m %d 792 l S\n" % (i % 612, 612 - i % 612) for i in range(strokes))
+    path.write_bytes(_one_page_pdf(612, 792, b"1 w " + lines, compress=True))
+    return path

@@ -108,3 +108,20 @@ def docs_index(tmp_path_factory: pytest.TempPathFactory, embedder: Embedder) -> 
     report = ingest_paths([str(docs)], Settings(index=root / "default"), embedder=embedder)
     assert not report.failed, report.failed
     return root / "default"
+
+
+@pytest.fixture
+def kb_root(tmp_path: Path, docs_index: Path) -> Path:
+    """An indexes root holding a private copy of the sample knowledge base."""
+    root = tmp_path / "indexes"
+    shutil.copytree(docs_index, root / "default")
+    return root
+
+
+@pytest.fixture
+def app_env(monkeypatch: pytest.MonkeyPatch, kb_root: Path) -> pytest.MonkeyPatch:
+    """The app's environment: `kb_root` as its indexes, no LLM retries."""
+    monkeypatch.setenv("RAG_INDEXES_ROOT", str(kb_root))
+    monkeypatch.setenv("RAG_INDEX", str(kb_root / "default"))
+    monkeypatch.setenv("RAG_LLM_RETRIES", "0")
+    return monkeypatch

@@ -4,7 +4,6 @@ servers (SmolLM2, and the scripted tiny gpt-oss for citations)."""
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -12,21 +11,6 @@ from builders import make_pdf
 from streamlit.testing.v1 import AppTest
 
 APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
-
-
-@pytest.fixture
-def kb_root(tmp_path, docs_index):
-    root = tmp_path / "indexes"
-    shutil.copytree(docs_index, root / "default")
-    return root
-
-
-@pytest.fixture
-def app_env(monkeypatch, kb_root):
-    monkeypatch.setenv("RAG_INDEXES_ROOT", str(kb_root))
-    monkeypatch.setenv("RAG_INDEX", str(kb_root / "default"))
-    monkeypatch.setenv("RAG_LLM_RETRIES", "0")
-    return monkeypatch
 
 
 def app() -> AppTest:

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ingest.loaders import KINDS
@@ -57,13 +58,19 @@ class Upload:
 
 @dataclass
 class SavedUploads:
-    paths: list[str]
+    paths: list[str]  # every file to ingest, the unchanged ones included
     refused: list[tuple[str, str]]  # (name as uploaded, reason)
+    # (name as uploaded, name saved under) where a different file had the name
+    renamed: list[tuple[str, str]] = field(default_factory=list)
+    # (name as uploaded, name of the file that already holds these bytes)
+    unchanged: list[tuple[str, str]] = field(default_factory=list)
 
 
 def save_uploads(kb_dir: Path, uploads: Sequence[Upload], max_mb: float) -> SavedUploads:
     """Write uploads under `<kb>/uploads/` with sanitized names, refusing
-    types we cannot read and files over the size limit."""
+    types we cannot read and files over the size limit. A file never
+    replaces a different one: the same bytes again are left as they are,
+    different bytes under a taken name get a numbered name, `report (2).pdf`."""
     folder = (kb_dir / UPLOADS).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     saved = SavedUploads([], [])
@@ -81,11 +88,49 @@ def save_uploads(kb_dir: Path, uploads: Sequence[Upload], max_mb: float) -> Save
         if target.parent != folder:  # cannot happen after safe_filename; checked anyway
             saved.refused.append((upload.name, "unsafe file name"))
             continue
-        tmp = target.with_name(f".{target.name}.part")
-        tmp.write_bytes(upload.data)
-        os.replace(tmp, target)
-        saved.paths.append(str(target))
+        path, fresh = _store(target, upload.data)
+        if path is None:
+            saved.refused.append((upload.name, f"too many files named like {name}"))
+            continue
+        if not fresh:
+            saved.unchanged.append((upload.name, path.name))
+        elif path.name != name:
+            saved.renamed.append((upload.name, path.name))
+        saved.paths.append(str(path))
     return saved
+
+
+_MAX_VARIANTS = 1000
+
+
+def _store(target: Path, data: bytes) -> tuple[Path | None, bool]:
+    """Put `data` at `target` or the first free `stem (n).suffix`, unless one
+    of those already holds the same bytes. Returns (where it is, whether it
+    was written now). The name is claimed with a hard link, which fails
+    rather than replace a file that another upload wrote meanwhile."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.part")
+    tmp.write_bytes(data)
+    try:
+        for n in range(1, _MAX_VARIANTS + 1):
+            candidate = (
+                target if n == 1 else target.with_name(f"{target.stem} ({n}){target.suffix}")
+            )
+            try:
+                os.link(tmp, candidate)
+                return candidate, True
+            except FileExistsError:
+                if _same_bytes(candidate, data):
+                    return candidate, False
+        return None, False
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _same_bytes(path: Path, data: bytes) -> bool:
+    try:
+        return path.stat().st_size == len(data) and path.read_bytes() == data
+    except OSError:
+        return False
 
 
 def ingest_files(

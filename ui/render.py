@@ -16,6 +16,7 @@ import streamlit as st
 from rag.answering import answer_to_dict
 from rag.knowledge_base import KnowledgeBase
 from rag.types import Answer, Citation, Hit, Verdict
+from ui import pages
 
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~:$=^])")
 _BLANK_LINES = re.compile(r"\n[ \t]*\n\s*")
@@ -100,11 +101,11 @@ def passage(kb: KnowledgeBase, hit: Hit, quotes: list[str] | None = None) -> Non
         + (" " + escape(after) if after else "")
     )
     if hit.page is not None and hit.source.lower().endswith(".pdf"):
-        image = page_image(hit.source, hit.page)
-        if image is not None:
-            st.image(image, caption=f"{Path(hit.source).name}, page {hit.page}")
+        shown = page_image(hit.source, hit.page)
+        if shown.png is not None:
+            st.image(shown.png, caption=f"{Path(hit.source).name}, page {hit.page}")
         else:
-            st.caption("The PDF file is no longer at this path; its text is shown above.")
+            st.caption(shown.problem)
 
 
 def highlighted(span: str, quotes: list[str]) -> str:
@@ -134,29 +135,20 @@ def _embolden(span: str, quotes: list[str]) -> str:
     return "".join(out) + escape(span[at:])
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
-def _render(path: str, page: int, mtime: float) -> bytes:
-    import io
+# cache_resource: the same immutable result for every session, never pickled.
+@st.cache_resource(show_spinner="Rendering the page…", max_entries=64)
+def _render(path: str, page: int, mtime: float) -> pages.PageImage:
+    return pages.render_page(path, page)
 
-    import pypdfium2 as pdfium
 
-    pdf = pdfium.PdfDocument(path)
+def page_image(path: str, page: int) -> pages.PageImage:
+    """The page drawn in a capped worker (see `ui.pages`), or why not; a
+    file changed since is drawn again."""
     try:
-        image = pdf[page - 1].render(scale=1.4).to_pil()
-    finally:
-        pdf.close()
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def page_image(path: str, page: int) -> bytes | None:
-    try:
-        return _render(path, page, Path(path).stat().st_mtime)
-    except (OSError, IndexError, ValueError):
-        return None
-    except Exception:  # pdfium's errors: a changed or broken file; text is shown anyway
-        return None
+        mtime = Path(path).stat().st_mtime
+    except OSError:
+        return pages.PageImage(None, pages.MISSING)
+    return _render(path, page, mtime)
 
 
 def hits_only(kb: KnowledgeBase, hits: list[Hit]) -> None:
