@@ -121,17 +121,6 @@ def test_the_browser_gets_no_error_details() -> None:
 APP = str(ROOT / "streamlit_app.py")
 
 
-@pytest.fixture
-def app_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, docs_index: Path):
-    import shutil
-
-    root = tmp_path / "indexes"
-    shutil.copytree(docs_index, root / "default")
-    monkeypatch.setenv("RAG_INDEXES_ROOT", str(root))
-    monkeypatch.setenv("RAG_INDEX", str(root / "default"))
-    return root
-
-
 def _app():
     from streamlit.testing.v1 import AppTest
 
@@ -142,7 +131,7 @@ def _delete_button(at):
     return next(b for b in at.button if b.label == "Delete selected")
 
 
-def test_delete_asks_for_confirmation_first(app_env: Path) -> None:
+def test_delete_asks_for_confirmation_first(app_env: pytest.MonkeyPatch) -> None:
     at = _app().run()
     doomed = next(p for p in at.multiselect[0].options if p.endswith("searching.md"))
     at.multiselect[0].set_value([doomed]).run()
@@ -152,14 +141,16 @@ def test_delete_asks_for_confirmation_first(app_env: Path) -> None:
     assert any("Deleted 1" in s.value for s in at.success)
 
 
-def test_deleting_while_an_ingest_writes_is_a_message_not_a_traceback(app_env: Path) -> None:
+def test_deleting_while_an_ingest_writes_is_a_message_not_a_traceback(
+    app_env: pytest.MonkeyPatch, kb_root: Path
+) -> None:
     from rag import layout
 
     at = _app().run()
     doomed = next(p for p in at.multiselect[0].options if p.endswith("searching.md"))
     at.multiselect[0].set_value([doomed]).run()
     next(c for c in at.checkbox if c.label.startswith("Yes, delete")).check().run()
-    with layout.write_lock(app_env / "default"):  # as a running ingest holds it
+    with layout.write_lock(kb_root / "default"):  # as a running ingest holds it
         _delete_button(at).click().run()
     assert not at.exception, [e.value for e in at.exception]
     assert any("Another ingest is writing" in e.value for e in at.error)
@@ -191,7 +182,7 @@ def test_with_no_knowledge_base_yet_the_first_upload_creates_the_default_one(
     assert sorted(p.name for p in root.iterdir()) == ["default"]
 
 
-def test_the_manage_tab_shows_no_server_path(app_env: Path) -> None:
+def test_the_manage_tab_shows_no_server_path(app_env: pytest.MonkeyPatch, kb_root: Path) -> None:
     at = _app().run()
     shown = [c.value for c in at.caption] + [m.value for m in at.markdown]
-    assert not [line for line in shown if str(app_env) in line]
+    assert not [line for line in shown if str(kb_root) in line]
