@@ -26,7 +26,7 @@ def list_knowledge_bases(root: Path) -> list[str]:
     """Folders under `root` that hold a published index."""
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if (p / "CURRENT").is_file())
+    return sorted(p.name for p in root.iterdir() if (p / layout.CURRENT_FILE).is_file())
 
 
 def valid_name(name: str) -> bool:
