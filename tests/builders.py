@@ -261,10 +261,10 @@ HOSTILE_MARKDOWN = [
     "Table:\n\n| a | b |\n|---|---|\n| `x | [t](https://evil.example/table) ` | y |",
     "Fence in a list:\n\n- item\n\n  ```\n  [f](https://evil.example/fence)\n"
     "out [g](https://evil.example/after)\n  ```",
-    "Unclosed fence:\n```\n[u](https://evil.example/unclosed)",
     "Directive: :blue[coloured](https://evil.example/directive) :material/link:",
     "Math: $\\href{https://evil.example/katex}{x}$ and $$\\url{https://evil.example/k2}$$",
     "Footnote: text[^n]\n\n[^n]: https://evil.example/footnote",
     "Entities: &#91;e&#93;&#40;https://evil.example/entity&#41; &lt;b&gt;",
     "Nested: [[[[1]]]](https://evil.example/nested) ![![x](https://evil.example/a.png)](y)",
+    "Unclosed fence (last: it runs to the end):\n```\n[u](https://evil.example/unclosed)",
 ]

@@ -54,21 +54,23 @@ def test_hostile_markdown_links_loads_and_embeds_nothing(tmp_path, hostile_index
         app = streamlit_app(tmp_path, hostile_index, llm, RAG_SCREEN_K="4", RAG_KEEP_MAX="3")
         with app as url, browser_page(url, shot, "hostile Markdown", capsys) as page:
             ask(page, "Inline link, reference image, autolinks and raw HTML?")
-            cited = page.locator("summary", has_text="[1] ")
-            expect(cited).to_have_count(1, timeout=120_000)
+            expect(page.get_by_text("Answered —")).to_be_visible(timeout=180_000)
             ask(page, "And the bare URLs?")  # a follow-up: the rewrite is shown too
-            expect(cited).to_have_count(2, timeout=120_000)
-            expect(page.get_by_text("Answered —")).to_be_visible()
-            for summary in page.locator("[data-testid='stMain'] summary").all():
-                summary.click()  # open every passage and the stages
-            page.wait_for_timeout(2_000)
+            expect(page.get_by_text("And the bare URLs?")).to_be_visible()
+            expect(page.get_by_text("Answered —")).to_be_visible(timeout=180_000)
+            page.wait_for_timeout(3_000)  # the run's stale elements go
             main = page.locator("[data-testid='stMain']")
+            # open every passage, the stages and the rewrite's status
+            main.evaluate("root => root.querySelectorAll('summary').forEach(s => s.click())")
+            page.wait_for_timeout(2_000)
             pointers = main.evaluate(_POINTERS)
-            frames = main.locator("iframe, script, object, embed, video, audio").count()
+            frames = main.locator("iframe, frame, script, object, embed").evaluate_all(
+                "els => els.map(e => e.outerHTML.slice(0, 300))"
+            )
             visible = main.inner_text().replace("\u2060", "")
     leaks = [p for p in pointers if not p.split(" ", 1)[1].startswith(("/media/", "#"))]
     assert not leaks
-    assert frames == 0
+    assert not frames
     assert ONE_LINE.split(" ", 2)[2][:20] in visible, "the answer is on the page"
     assert "Searched for: " in visible, "the rewritten query is on the page"
     assert "www.evil.example ![i]" in visible, "the hostile file name is on the page"

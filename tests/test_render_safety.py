@@ -177,3 +177,18 @@ def test_quotes_are_found_between_markers_in_one_pass():
     assert quoted(answer, 1) == ["first claim.", "Second claim", "Third"]
     assert quoted(answer, 2) == ["Second claim"]
     assert quoted(answer, 4) == []
+
+
+def _sentences(text: str, queue: multiprocessing.Queue) -> None:
+    from rag.extractive import sentences
+
+    started = time.perf_counter()
+    sentences(text)
+    queue.put(time.perf_counter() - started)
+
+
+def test_passage_sentences_are_split_in_linear_time():
+    # each abbreviation-like piece ("a.") joins the one before it: checking
+    # the whole grown sentence again each time was quadratic
+    seconds = seconds_in_child(_sentences, "a. " * 20_000)
+    assert seconds < BOUND_S, f"{seconds:.2f} s"

@@ -28,7 +28,8 @@ __all__ = ["MAX_MODEL_CHARS", "_embolden", "defuse", "escape", "highlighted", "p
 class SourceNames:
     """How visitors see document paths: relative to the knowledge base's
     folder (uploads), or else to the folder that the documents ingested from
-    elsewhere share (e.g. docs/); a path under neither shows its file name."""
+    elsewhere share (e.g. docs/); a path under neither shows its folder's
+    name and its file name, never where that folder is."""
 
     kb_root: str
     shared: str | None
@@ -37,13 +38,16 @@ class SourceNames:
     def of(cls, kb: KnowledgeBase) -> SourceNames:
         root = os.path.realpath(kb.root)
         outside = [os.path.dirname(d.path) for d in kb.documents() if not _under(d.path, root)]
-        return cls(root, os.path.commonpath(outside) if outside else None)
+        shared = os.path.commonpath(outside) if outside else None
+        # Folders with nothing in common but '/' share nothing worth hiding behind.
+        return cls(root, shared if shared and os.path.dirname(shared) != shared else None)
 
     def show(self, source: str) -> str:
         for base in (self.kb_root, self.shared):
             if base and _under(source, base):
                 return os.path.relpath(source, base)
-        return Path(source).name
+        path = Path(source)
+        return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
 
     def redact(self, message: str) -> str:
         """A message with the server's folders taken out of any path in it."""

@@ -29,9 +29,12 @@ _LIST_START = re.compile(r"^(\d{0,9})([-.])")
 # In model text, what could start a link, an image, HTML, math, an entity or
 # a directive; emphasis, lists, headings, tables and quotes stay formatting.
 _MODEL_SPECIAL = re.compile(r"(\[\d{1,6}\])|([\\`\[\]<(!&:@$])")
-# Where Streamlit's autolinking would start: 'http(s)' before ':', 'www'
-# before '.', any '@'. Zero-width and of bounded reach.
-_AUTOLINK = re.compile(r"(?<=https)(?=:)|(?<=http)(?=:)|(?<=www)(?=\.)|(?<=@)", re.IGNORECASE)
+# Where Streamlit's autolinking would start ('http(s)' before ':', 'www'
+# before '.', any '@'), and its icon shortcode (':material/...:').
+# Zero-width and of bounded reach.
+_AUTOLINK = re.compile(
+    r"(?<=https)(?=:)|(?<=http)(?=:)|(?<=www)(?=\.)|(?<=@)|(?<=:)(?=material/)", re.IGNORECASE
+)
 _BLANK_LINES = re.compile(r"\n[ \t]*\n\s*")
 _FENCE = re.compile(r"( {0,3})(`{3,}|~{3,})(.*)")
 _INFO = re.compile(r"[\w.+#-]{0,40}")
