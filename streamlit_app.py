@@ -3,6 +3,7 @@ knowledge bases. A thin view over `rag` (drawing helpers in `ui/`)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -90,48 +91,57 @@ def kb_summary(stats: dict[str, Any] | None) -> None:
     )
 
 
-def show_turn(kb: KnowledgeBase, result: Answer) -> None:
+def show_turn(kb: KnowledgeBase, names: render.SourceNames, result: Answer) -> None:
     if result.search_query:
-        st.caption(f"Searched for: {result.search_query}")
+        st.caption(f"Searched for: {render.defuse(result.search_query)}")
     st.markdown(render.defuse(result.text))
-    details(kb, result)
+    details(kb, names, result)
 
 
-def details(kb: KnowledgeBase, result: Answer) -> None:
+def details(kb: KnowledgeBase, names: render.SourceNames, result: Answer) -> None:
     """What follows an answer: notes, the cited passages, the reasoning, the stages."""
     render.notes(result)
-    render.citations(kb, result.citations, result.text)
+    render.citations(kb, names, result.citations, result.text)
     render.reasoning(result.reasoning)
     render.stages(result)
 
 
-def ask(kb: KnowledgeBase, settings: Settings, question: str, llm_down: str | None) -> None:
+def ask(
+    kb: KnowledgeBase,
+    names: render.SourceNames,
+    settings: Settings,
+    question: str,
+    llm_down: str | None,
+) -> None:
     history = st.session_state.setdefault("history", [])
     with st.chat_message("user"):
         st.text(question)
     with st.chat_message("assistant"):
         if llm_down:
-            retrieval_only(kb, settings, question, f"{llm_down} Showing the best passages.")
+            why = f"{llm_down} Showing the best passages."
+            retrieval_only(kb, names, settings, question, why)
             return
         chat = OpenAIChat(settings)
         pairs = [(t["role"], t["text"]) for t in history]
         try:
             result = stream_into_page(question, pairs, kb, chat, settings)
         except LLMUnreachable as exc:
-            retrieval_only(kb, settings, question, f"{exc} Showing the best passages.")
+            retrieval_only(kb, names, settings, question, f"{exc} Showing the best passages.")
             return
         except LLMError as exc:
-            st.error(str(exc))
-            retrieval_only(kb, settings, question, "The best passages for the question:")
+            st.error(render.escape(str(exc)))
+            retrieval_only(kb, names, settings, question, "The best passages for the question:")
             return
-        details(kb, result)
+        details(kb, names, result)
     history.append({"role": "user", "text": question, "answer": None})
     history.append({"role": "assistant", "text": result.text, "answer": result})
 
 
-def retrieval_only(kb: KnowledgeBase, settings: Settings, question: str, why: str) -> None:
+def retrieval_only(
+    kb: KnowledgeBase, names: render.SourceNames, settings: Settings, question: str, why: str
+) -> None:
     st.warning(why)
-    render.hits_only(kb, kb.search(question, k=settings.screen_k))
+    render.hits_only(kb, names, kb.search(question, k=settings.screen_k))
 
 
 def stream_into_page(
@@ -149,7 +159,7 @@ def stream_into_page(
     for event in stream_answer(question, kb, chat, settings, history):
         if isinstance(event, Rewritten):
             status.update(label="Retrieving passages…")
-            status.caption(f"Searched for: {event.query}")
+            status.caption(f"Searched for: {render.defuse(event.query)}")
         elif isinstance(event, Retrieved):
             status.update(label=f"Retrieved {len(event.hits)} passages; screening…")
         elif isinstance(event, Screened):
@@ -178,7 +188,8 @@ def ask_tab(kb_dir: Path, settings: Settings) -> None:
     try:
         kb = open_kb(str(kb_dir))
     except RagError as exc:
-        st.info(f"{exc}\n\nUpload documents in the **Manage** tab to create it.")
+        shown = render.escape(str(exc).replace(str(kb_dir), kb_dir.name))
+        st.info(f"{shown}\n\nUpload documents in the **Manage** tab to create it.")
         return
     llm_down = llm_problem(settings.llm_url, settings.llm_model)
     if llm_down:
@@ -189,15 +200,16 @@ def ask_tab(kb_dir: Path, settings: Settings) -> None:
     question = st.chat_input(
         "Ask a question about your documents", max_chars=settings.max_question_chars
     )
+    names = render.SourceNames.of(kb)
     with conversation:
         for turn in st.session_state.get("history", []):
             with st.chat_message(turn["role"]):
                 if turn["answer"] is None:
                     st.text(turn["text"])
                 else:
-                    show_turn(kb, turn["answer"])
+                    show_turn(kb, names, turn["answer"])
         if question:
-            ask(kb, settings, question, llm_down)
+            ask(kb, names, settings, question, llm_down)
 
 
 def manage_tab(kb_dir: Path, settings: Settings) -> dict[str, Any] | None:
@@ -216,21 +228,24 @@ def manage_tab(kb_dir: Path, settings: Settings) -> dict[str, Any] | None:
         return None
     kb = open_kb(str(kb_dir))
     st.subheader("Documents")
-    doomed = st.multiselect("Delete documents", [d.path for d in kb.documents()])
+    names = render.SourceNames.of(kb)
+    paths = {names.show(d.path): d.path for d in kb.documents()}  # shown -> real
+    doomed = st.multiselect("Delete documents", list(paths))
     if doomed:
         sure = st.checkbox(f"Yes, delete {len(doomed)} document(s): this cannot be undone")
         if st.button("Delete selected", disabled=not sure) and sure:
             try:
-                report = knowledge.delete_documents(kb_dir, doomed, settings)
+                report = knowledge.delete_documents(kb_dir, [paths[p] for p in doomed], settings)
             except RagError as exc:
-                st.error(str(exc))
+                st.error(render.escape(names.redact(str(exc))))
             else:
                 st.success(f"Deleted {report.deleted} document(s).")
     if st.button("Rebuild this knowledge base"):
-        run_ingest(lambda progress: knowledge.rebuild(kb_dir, settings, progress))
+        run_ingest(kb_dir, lambda progress: knowledge.rebuild(kb_dir, settings, progress))
+    names = render.SourceNames.of(kb)  # after a deletion or a rebuild
     st.dataframe(
         [
-            {"document": d.path, "kind": d.kind, "pages": d.pages, "chunks": d.chunks}
+            {"document": names.show(d.path), "kind": d.kind, "pages": d.pages, "chunks": d.chunks}
             for d in kb.documents()
         ],
         hide_index=True,
@@ -242,7 +257,10 @@ def manage_tab(kb_dir: Path, settings: Settings) -> dict[str, Any] | None:
         cols[1].metric("Chunks", stats["chunks"])
         cols[2].metric("Vectors", stats["vectors"])
         cols[3].metric("On disk", f"{stats['disk_bytes'] / 1e6:.1f} MB")
-        st.caption(f"Model {stats['model']} · generation {stats['generation']} · {kb_dir.name}")
+        st.caption(
+            f"Model {render.plain(stats['model'])} · generation {stats['generation']} · "
+            f"{render.plain(kb_dir.name)}"
+        )
     return stats
 
 
@@ -256,35 +274,46 @@ def save_and_ingest(kb_dir: Path, files: list[UploadedFile], settings: Settings)
     uploads = [knowledge.Upload(f.name, f.getvalue()) for f in files]
     saved = knowledge.save_uploads(kb_dir, uploads, settings.max_file_mb)
     for name, reason in saved.refused:
-        st.error(f"{name}: {reason}")
+        st.error(f"{render.plain(name)}: {reason}")
     for name, new_name in saved.renamed:
-        st.info(f"{name}: a different file has this name; saved as {new_name}.")
+        st.info(
+            f"{render.plain(name)}: a different file has this name; "
+            f"saved as {render.plain(new_name)}."
+        )
     for name, old_name in saved.unchanged:
-        st.info(f"{name}: already uploaded as {old_name}, unchanged.")
+        st.info(f"{render.plain(name)}: already uploaded as {render.plain(old_name)}, unchanged.")
     if saved.paths:
-        run_ingest(lambda progress: knowledge.ingest_files(kb_dir, saved.paths, settings, progress))
+        run_ingest(
+            kb_dir,
+            lambda progress: knowledge.ingest_files(kb_dir, saved.paths, settings, progress),
+        )
 
 
-def run_ingest(job: Callable[[ProgressFn], IngestReport]) -> None:
+def run_ingest(kb_dir: Path, job: Callable[[ProgressFn], IngestReport]) -> None:
     bar = st.progress(0.0, text="Starting…")
 
     def progress(p: Progress) -> None:
         fraction = p.done / p.total if p.total else 1.0
-        bar.progress(min(fraction, 1.0), text=f"{p.stage}: {p.done}/{p.total} {Path(p.path).name}")
+        name = render.plain(Path(p.path).name)
+        bar.progress(min(fraction, 1.0), text=f"{p.stage}: {p.done}/{p.total} {name}")
 
     try:
         report = job(progress)
     except RagError as exc:
         bar.empty()
-        st.error(str(exc))
+        st.error(render.escape(str(exc).replace(str(kb_dir), kb_dir.name)))
         return
     bar.progress(1.0, text="Done")
     st.success(
         f"Added {report.added}, updated {report.updated}, unchanged {report.unchanged}; "
         f"{report.chunks_embedded} chunks embedded in {report.seconds:.1f} s."
     )
+    # In the knowledge base's own terms: no server folder in a message.
+    names = render.SourceNames(os.path.realpath(kb_dir), None)
     for failure in report.failed:
-        st.error(f"{Path(failure.path).name}: {failure.error}")
+        shown = names.show(failure.path)
+        message = names.redact(failure.error.replace(failure.path, shown))
+        st.error(f"{render.plain(shown)}: {render.escape(message)}")
 
 
 def main() -> None:

@@ -204,10 +204,49 @@ def test_upload_ingests_good_files_and_reports_broken_ones(app_env, kb_root, tmp
     ]
     assert not (kb_root.parent / "escape attempt.md").exists()
     documents = at.dataframe[0].value["document"].tolist()
-    assert str(uploads / "report.pdf") in documents
+    assert "uploads/report.pdf" in documents  # relative to the knowledge base
     # the sidebar's summary is drawn after the ingest: it counts the new files
     summary = next(c.value for c in at.sidebar.caption if "documents" in c.value)
     assert summary.startswith(f"{len(documents)} documents · "), summary
+
+
+def test_visitors_never_see_an_absolute_server_path(app_env, kb_root, tmp_path):
+    # The sample documents were ingested from docs/ (outside the knowledge
+    # base, as `make run` does) and one more is uploaded into it: passages,
+    # their captions and labels, the documents table, the delete picker and
+    # an upload's failure message all show paths relative to the knowledge
+    # base, or to the folder its outside documents share.
+    from serving.launch import free_port
+
+    app_env.setenv("RAG_LLM_URL", f"http://127.0.0.1:{free_port()}/v1")  # passages only
+    at = app().run()
+    at.file_uploader[0].set_value(
+        [
+            ("notes.md", b"# Notes\n\nThe ingestion report lists broken files.", "text/markdown"),
+            ("broken.pdf", b"%PDF-1.4 this is not a pdf", "application/pdf"),
+        ]
+    ).run()
+    next(b for b in at.button if b.label == "Ingest").click().run()
+    assert any("uploads/broken.pdf" in e.value for e in at.error), "the failure is reported"
+    shown = page_text(at)
+    at.chat_input[0].set_value("How are broken files reported during ingestion?").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert len(at.expander) >= 3, "the passages are shown"
+    shown += page_text(at)
+    for server_path in (str(kb_root), str(Path(APP).parent), str(tmp_path)):
+        assert server_path not in shown
+    assert "uploads/notes.md" in shown and "how-ingestion-works.md" in shown
+
+
+def page_text(at: AppTest) -> str:
+    """Everything the page shows as text: Markdown, captions, labels, alerts,
+    the options of pickers and the cells of tables."""
+    shown = [texts(at)] + [
+        m.value for kind in ("error", "success", "info", "warning") for m in at.get(kind)
+    ]
+    shown += [str(o) for box in at.multiselect for o in box.options]
+    shown += [frame.value.to_csv() for frame in at.dataframe]
+    return "\n".join(shown)
 
 
 def test_delete_a_document_from_the_manage_tab(app_env, kb_root):
