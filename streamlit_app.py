@@ -12,7 +12,7 @@ from streamlit.delta_generator import DeltaGenerator
 
 from ingest.pipeline import IngestReport, Progress, ProgressFn
 from rag.answering import Finished, Notice, Retrieved, Rewritten, Screened, stream_answer
-from rag.errors import LLMError, LLMUnreachable, RagError
+from rag.errors import LLMError, LLMUnreachable, RagError, RebuildRefused
 from rag.knowledge_base import KnowledgeBase
 from rag.llm import Delta, OpenAIChat, check_server
 from rag.settings import Settings
@@ -218,8 +218,7 @@ def manage_tab(kb_dir: Path, settings: Settings) -> dict[str, Any] | None:
     if doomed and st.button("Delete selected"):
         report = knowledge.delete_documents(kb_dir, doomed, settings)
         st.success(f"Deleted {report.deleted} document(s).")
-    if st.button("Rebuild this knowledge base"):
-        run_ingest(lambda progress: knowledge.rebuild(kb_dir, settings, progress))
+    rebuild_controls(kb_dir, settings)
     st.dataframe(
         [
             {"document": d.path, "kind": d.kind, "pages": d.pages, "chunks": d.chunks}
@@ -238,7 +237,35 @@ def manage_tab(kb_dir: Path, settings: Settings) -> dict[str, Any] | None:
     return stats
 
 
-def run_ingest(job: Callable[[ProgressFn], IngestReport]) -> None:
+def rebuild_controls(kb_dir: Path, settings: Settings) -> None:
+    """The Rebuild button. A rebuild that would drop documents (files gone
+    or unreadable) changes nothing; it names them and asks before dropping."""
+    # The pending question outlives the rerun that the answer's click starts.
+    asking = f"rebuild-would-drop:{kb_dir}"
+    if st.button("Rebuild this knowledge base"):
+        refused = run_ingest(lambda progress: knowledge.rebuild(kb_dir, settings, progress))
+        st.session_state[asking] = refused.dropped if isinstance(refused, RebuildRefused) else []
+    dropped = st.session_state.get(asking)
+    if not dropped:
+        return
+    question = st.empty()
+    with question.container():
+        st.warning(
+            f"A rebuild would drop {len(dropped)} document(s) whose files are gone or "
+            "unreadable (listed below). Nothing changes until you confirm."
+        )
+        more = f"\n… and {len(dropped) - 20} more" if len(dropped) > 20 else ""
+        st.text("\n".join(dropped[:20]) + more)  # plain text: file names are not markdown
+        confirmed = st.button(f"Rebuild without these {len(dropped)} document(s)", type="primary")
+    if confirmed:
+        question.empty()
+        st.session_state[asking] = []
+        run_ingest(lambda progress: knowledge.rebuild(kb_dir, settings, progress, allow_drop=True))
+
+
+def run_ingest(job: Callable[[ProgressFn], IngestReport]) -> RagError | None:
+    """Run an ingest with a progress bar; show its summary, or the error it
+    raised (also returned)."""
     bar = st.progress(0.0, text="Starting…")
 
     def progress(p: Progress) -> None:
@@ -250,7 +277,7 @@ def run_ingest(job: Callable[[ProgressFn], IngestReport]) -> None:
     except RagError as exc:
         bar.empty()
         st.error(str(exc))
-        return
+        return exc
     bar.progress(1.0, text="Done")
     st.success(
         f"Added {report.added}, updated {report.updated}, unchanged {report.unchanged}; "
@@ -258,6 +285,7 @@ def run_ingest(job: Callable[[ProgressFn], IngestReport]) -> None:
     )
     for failure in report.failed:
         st.error(f"{Path(failure.path).name}: {failure.error}")
+    return None
 
 
 def main() -> None:
