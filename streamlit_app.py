@@ -14,7 +14,7 @@ from streamlit.runtime.uploaded_file_manager import UploadedFile
 
 from ingest.pipeline import IngestReport, Progress, ProgressFn
 from rag.answering import Finished, Notice, Retrieved, Rewritten, Screened, stream_answer
-from rag.errors import LLMError, LLMUnreachable, RagError
+from rag.errors import LLMError, LLMUnreachable, RagError, RebuildRefused
 from rag.knowledge_base import KnowledgeBase
 from rag.llm import Delta, OpenAIChat, check_server
 from rag.settings import Settings
@@ -240,8 +240,7 @@ def manage_tab(kb_dir: Path, settings: Settings) -> dict[str, Any] | None:
                 st.error(render.escape(names.redact(str(exc))))
             else:
                 st.success(f"Deleted {report.deleted} document(s).")
-    if st.button("Rebuild this knowledge base"):
-        run_ingest(kb_dir, lambda progress: knowledge.rebuild(kb_dir, settings, progress))
+    rebuild_controls(kb_dir, names, settings)
     names = render.SourceNames.of(kb)  # after a deletion or a rebuild
     st.dataframe(
         [
@@ -289,7 +288,40 @@ def save_and_ingest(kb_dir: Path, files: list[UploadedFile], settings: Settings)
         )
 
 
-def run_ingest(kb_dir: Path, job: Callable[[ProgressFn], IngestReport]) -> None:
+def rebuild_controls(kb_dir: Path, names: render.SourceNames, settings: Settings) -> None:
+    """The Rebuild button. A rebuild that would drop documents (files gone
+    or unreadable) changes nothing; it names them and asks before dropping."""
+    # The pending question outlives the rerun that the answer's click starts.
+    asking = f"rebuild-would-drop:{kb_dir}"
+    if st.button("Rebuild this knowledge base"):
+        refused = run_ingest(kb_dir, lambda progress: knowledge.rebuild(kb_dir, settings, progress))
+        st.session_state[asking] = refused.dropped if isinstance(refused, RebuildRefused) else []
+    dropped = st.session_state.get(asking)
+    if not dropped:
+        return
+    question = st.empty()
+    with question.container():
+        st.warning(
+            f"A rebuild would drop {len(dropped)} document(s) whose files are gone or "
+            "unreadable (listed below). Nothing changes until you confirm."
+        )
+        more = f"\n… and {len(dropped) - 20} more" if len(dropped) > 20 else ""
+        st.text(
+            "\n".join(names.show(p) for p in dropped[:20]) + more
+        )  # plain text: file names are not markdown
+        confirmed = st.button(f"Rebuild without these {len(dropped)} document(s)", type="primary")
+    if confirmed:
+        question.empty()
+        st.session_state[asking] = []
+        run_ingest(
+            kb_dir,
+            lambda progress: knowledge.rebuild(kb_dir, settings, progress, allow_drop=True),
+        )
+
+
+def run_ingest(kb_dir: Path, job: Callable[[ProgressFn], IngestReport]) -> RagError | None:
+    """Run an ingest with a progress bar; show its summary, or the error it
+    raised (also returned)."""
     bar = st.progress(0.0, text="Starting…")
 
     def progress(p: Progress) -> None:
@@ -302,7 +334,7 @@ def run_ingest(kb_dir: Path, job: Callable[[ProgressFn], IngestReport]) -> None:
     except RagError as exc:
         bar.empty()
         st.error(render.escape(str(exc).replace(str(kb_dir), kb_dir.name)))
-        return
+        return exc
     bar.progress(1.0, text="Done")
     st.success(
         f"Added {report.added}, updated {report.updated}, unchanged {report.unchanged}; "
@@ -314,6 +346,7 @@ def run_ingest(kb_dir: Path, job: Callable[[ProgressFn], IngestReport]) -> None:
         shown = names.show(failure.path)
         message = names.redact(failure.error.replace(failure.path, shown))
         st.error(f"{render.plain(shown)}: {render.escape(message)}")
+    return None
 
 
 def main() -> None:

@@ -135,6 +135,38 @@ def write_corpus(folder: Path) -> Path:
     return folder
 
 
+NOTE_WORDS = [
+    "river", "mountain", "lantern", "copper", "violet", "harbour", "meadow", "glacier", "orchard",
+    "falcon", "timber", "compass", "saffron", "beacon", "quarry", "thistle", "marble", "canyon",
+    "willow", "ember", "prairie", "lagoon", "cobalt", "tundra", "juniper", "basalt", "raven",
+]  # fmt: skip
+
+
+def code_word(i: int) -> str:
+    """The one word only note `i` contains (a BM25 search finds exactly it)."""
+    return f"zq{i:02d}xv"
+
+
+def write_notes(folder: Path, count: int, sentences: int = 60) -> Path:
+    """`count` plain-text notes (alternately .txt and .md) of `sentences`
+    near-identical sentences each, note i holding `code_word(i)` halfway."""
+    import random
+
+    folder.mkdir(parents=True)
+    for i in range(count):
+        rng = random.Random(i)
+        lines = [
+            f"Note {i} sentence {j}: the {rng.choice(NOTE_WORDS)} near the "
+            f"{rng.choice(NOTE_WORDS)} keeps the {rng.choice(NOTE_WORDS)} of "
+            f"{rng.choice(NOTE_WORDS)}."
+            for j in range(sentences)
+        ]
+        lines.insert(sentences // 2, f"The code word of note {i} is {code_word(i)}.")
+        suffix = ".md" if i % 2 else ".txt"
+        (folder / f"note-{i:02d}{suffix}").write_text(" ".join(lines), encoding="utf-8")
+    return folder
+
+
 # -- hostile files -------------------------------------------------------------------
 
 

@@ -272,3 +272,40 @@ def test_rebuild_from_the_manage_tab_embeds_every_document_again(app_env, kb_roo
     done = [s.value for s in at.success]
     assert done and re.search(r"\b[1-9]\d* chunks embedded", done[0]), done
     assert generation() == before + 1
+
+
+def test_a_rebuild_that_would_drop_documents_asks_first(app_env, kb_root, tmp_path, embedder):
+    from ingest.pipeline import ingest_paths
+    from rag.settings import Settings
+
+    note = tmp_path / "gone.md"
+    note.write_text("# Gone\n\nThis note's file is deleted before the rebuild.\n")
+    ingest_paths([str(note)], Settings(index=kb_root / "default"), embedder=embedder)
+    note.unlink()
+    at = app().run()
+
+    def state() -> tuple[int, list[str]]:
+        line = next(c.value for c in at.caption if "generation" in c.value)
+        generation = int(re.search(r"generation (\d+)", line).group(1))
+        return generation, at.dataframe[0].value["document"].tolist()
+
+    shown = f"{tmp_path.name}/gone.md"  # as visitors see it: no server folders
+    before = state()
+    assert shown in before[1]
+    next(b for b in at.button if b.label == "Rebuild this knowledge base").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("would drop 1 document" in w.value for w in at.warning), at.warning
+    assert any(t.value == shown for t in at.text), "names the document it would drop"
+    assert state() == before, "nothing changes before the user confirms"
+
+    at.run()  # any other rerun: the question is still there
+    confirm = next(b for b in at.button if b.label == "Rebuild without these 1 document(s)")
+    confirm.click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any(s.value.startswith("Added ") for s in at.success), [e.value for e in at.error]
+    assert not any("would drop" in w.value for w in at.warning), "the question is answered"
+    assert not any(b.label.startswith("Rebuild without") for b in at.button)
+    generation, documents = state()
+    # (names are relative to the folder the remaining documents share)
+    assert generation == before[0] + 1
+    assert [Path(p).name for p in documents] == [Path(p).name for p in before[1] if p != shown]
