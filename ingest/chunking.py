@@ -179,9 +179,7 @@ class Chunker:
                         start=start,
                         end=end,
                         page=page,
-                        page_end=page,
                         title=title,
-                        doc_hash=document.content_hash,
                         ordinal=len(chunks),
                     )
                 )

@@ -42,7 +42,7 @@ CREATE TABLE IF NOT EXISTS chunks (
     ordinal INTEGER NOT NULL,
     text TEXT NOT NULL,
     page INTEGER,
-    page_end INTEGER,
+    page_end INTEGER,  -- unused (a chunk never spans pages); kept for older readers
     start INTEGER NOT NULL,
     "end" INTEGER NOT NULL,
     terms TEXT NOT NULL  -- analysed BM25 terms, space-separated (rag.lexical)
@@ -56,7 +56,7 @@ CREATE INDEX IF NOT EXISTS chunks_doc ON chunks(doc_id);
 ADDED_COLUMNS = {"ocr": "INTEGER NOT NULL DEFAULT 0"}
 
 _CHUNK_COLUMNS = (
-    'c.id, c.text, d.path, c.start, c."end", c.page, c.page_end, d.title, d.content_hash, c.ordinal'
+    'c.id, c.text, d.path, c.start, c."end", c.page, d.title, c.ordinal'
 )
 
 
@@ -83,7 +83,7 @@ def _record(row: tuple[Any, ...]) -> DocumentRecord:
 
 
 def _chunk_from_row(row: tuple[Any, ...]) -> Chunk:
-    cid, text, path, start, end, page, page_end, title, doc_hash, ordinal = row
+    cid, text, path, start, end, page, title, ordinal = row
     return Chunk(
         id=cid,
         text=text,
@@ -91,9 +91,7 @@ def _chunk_from_row(row: tuple[Any, ...]) -> Chunk:
         start=start,
         end=end,
         page=page,
-        page_end=page_end,
         title=title,
-        doc_hash=doc_hash,
         ordinal=ordinal,
     )
 

@@ -144,7 +144,7 @@ class StoreWriter(_Tables):
             cid = self.db.execute(
                 'INSERT INTO chunks (doc_id, ordinal, text, page, page_end, start, "end", terms) '
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (doc_id, ordinal, chunk.text, chunk.page, chunk.page_end, chunk.start, chunk.end,
+                (doc_id, ordinal, chunk.text, chunk.page, chunk.page, chunk.start, chunk.end,
                  terms),
             ).lastrowid  # fmt: skip
             ids.append(cid)
