@@ -55,9 +55,7 @@ CREATE INDEX IF NOT EXISTS chunks_doc ON chunks(doc_id);
 # code ignores them, and this code adds them to the next generation it writes.
 ADDED_COLUMNS = {"ocr": "INTEGER NOT NULL DEFAULT 0"}
 
-_CHUNK_COLUMNS = (
-    'c.id, c.text, d.path, c.start, c."end", c.page, d.title, c.ordinal'
-)
+_CHUNK_COLUMNS = 'c.id, c.text, d.path, c.start, c."end", c.page, d.title, c.ordinal'
 
 
 @dataclass(frozen=True)
