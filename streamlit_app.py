@@ -13,8 +13,9 @@ from streamlit.delta_generator import DeltaGenerator
 from streamlit.runtime.uploaded_file_manager import UploadedFile
 
 from ingest.pipeline import IngestReport, Progress, ProgressFn
-from rag.answering import Finished, Notice, Retrieved, Rewritten, Screened, stream_answer
+from rag.answering import stream_answer
 from rag.errors import LLMError, LLMUnreachable, RagError, RebuildRefused
+from rag.events import Finished, Notice, Retrieved, Rewritten, Screened
 from rag.knowledge_base import KnowledgeBase
 from rag.llm import Delta, OpenAIChat, check_server
 from rag.settings import Settings

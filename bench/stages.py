@@ -22,10 +22,11 @@ import sys
 import time
 from datetime import date
 
-from rag.answering import read
+from rag.events import Read
 from rag.knowledge_base import KnowledgeBase
-from rag.llm import Completion, OpenAIChat, check_server
+from rag.llm import OpenAIChat, check_server
 from rag.profiles import small_model
+from rag.reading import read
 from rag.screening import screen
 
 QUESTIONS = [
@@ -51,8 +52,8 @@ def timed_read(kb, chat, settings, k):  # type: ignore[no-untyped-def]
         hits = kb.search(question, k=k)[: settings.keep_max]
         started = time.perf_counter()
         for event in read(question, hits, chat, settings):
-            if isinstance(event, tuple) and isinstance(event[0], Completion):
-                completion = event[0]
+            if isinstance(event, Read) and event.completion is not None:
+                completion = event.completion
                 if completion.first_token:
                     firsts.append(completion.first_token - completion.started)
         totals.append(time.perf_counter() - started)

@@ -1,6 +1,8 @@
-"""A cheap check that each citation could support its sentence.
+"""Stage 3, citations: the answer's [n] markers resolved to their passages
+(`resolve_citations`), and a cheap check that each could support its
+sentence (`unsupported`).
 
-`resolve_citations` (rag/answering.py) only knows that a marker's number is
+`resolve_citations` only knows that a marker's number is
 in range; an answer can still pin a claim on the wrong passage, by mistake
 or because a passage told the model to. Here each sentence with [n] markers
 is compared with passage n through the BM25 analyser (lower-cased, stop
@@ -16,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rag.lexical import terms
-from rag.types import Hit
+from rag.types import Citation, Hit
 
 _SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|\n+")
 _LEADING_MARKERS = re.compile(r"^(?:\s*\[\d+\])+")
@@ -73,3 +75,29 @@ def unsupported(text: str, ordered: Sequence[Hit]) -> list[Unsupported]:
             if not words & passage_terms[n]:
                 found.append(Unsupported(n, number))
     return found
+
+
+_CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
+
+
+def resolve_citations(text: str, ordered: Sequence[Hit]) -> tuple[str, list[Citation], int]:
+    """Map [n] markers to passages. Markers that match no passage are removed
+    from the text and counted, so a reader never follows a dead reference.
+    (Whether passage n could support its sentence: `citations.unsupported`.)"""
+    cited: dict[int, Citation] = {}
+    dropped = 0
+
+    def fix(match: re.Match[str]) -> str:
+        nonlocal dropped
+        good = []
+        for part in match.group(1).split(","):
+            n = int(part)
+            if 1 <= n <= len(ordered):
+                good.append(n)
+                cited.setdefault(n, Citation(n, ordered[n - 1]))
+            else:
+                dropped += 1
+        return "".join(f"[{n}]" for n in good)
+
+    cleaned = _CITATION.sub(fix, text)
+    return cleaned, sorted(cited.values(), key=lambda c: c.n), dropped

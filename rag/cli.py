@@ -144,7 +144,8 @@ def ask(
     The model and its context length come from the server's /v1/models unless
     set ($RAG_LLM_MODEL, --model, $RAG_LLM_CONTEXT_TOKENS); the small CPU
     model gets its profile (rag/profiles.py), as in `make run`."""
-    from rag.answering import Finished, Retrieved, Screened, answer_to_dict, stream_answer
+    from rag.answering import stream_answer
+    from rag.events import Finished, Retrieved, Screened
     from rag.llm import Delta, OpenAIChat
     from rag.profiles import discover
 
@@ -167,7 +168,7 @@ def ask(
         elif isinstance(event, Finished):
             result = event.answer
     if as_json:
-        click.echo(json.dumps(answer_to_dict(result), ensure_ascii=False))
+        click.echo(json.dumps(result.to_dict(), ensure_ascii=False))
         return
     if not result.found:
         click.echo(result.text)

@@ -31,6 +31,7 @@ SMALL_MODEL_PROFILE: dict[str, Any] = {
     "screen_k": 6,
     "keep_max": 3,
     "screen_max_tokens": 128,
+    "rewrite_max_tokens": 128,
     "read_max_tokens": 384,
 }
 

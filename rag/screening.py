@@ -125,23 +125,40 @@ def keep(verdicts: Sequence[Verdict], settings: Settings) -> list[Hit]:
     as a fraction) and its retrieval score (as a fraction of the best one
     retrieved) are blended with RAG_SCREEN_WEIGHT, and passages reaching
     RAG_KEEP_MIN are kept, at most RAG_KEEP_MAX. A passage without a usable
-    verdict is judged by retrieval alone. With the default weight (0.5) and
-    bar (0.5), nothing the screen says drops the passage retrieval ranked
-    first, and an unsure verdict (1 of 3) drops none within 2/3 of its score:
-    a small model's screen cannot make the answer worse than retrieval's.
-    With the screen off, retrieval's first RAG_KEEP_MAX are kept.
+    verdict is judged by retrieval alone. A sure "not relevant" (score 0)
+    drops a passage unless it is retrieval's first and FAR_AHEAD of the
+    second: so when the screen finds nothing relevant among close candidates
+    the answer is "not in the knowledge base", while a small model's wrong
+    verdict cannot drop the passage retrieval clearly preferred. With the
+    default weight (0.5) and bar (0.5), an unsure verdict (1 of 3) drops none
+    within 2/3 of the best score. With the screen off, retrieval's first
+    RAG_KEEP_MAX are kept.
     """
     if not settings.screen:
         return [v.hit for v in verdicts[: settings.keep_max]]
-    retrieval = _relative_scores([v.hit.score for v in verdicts])
+    scores = [v.hit.score for v in verdicts]
+    retrieval = _relative_scores(scores)
     weight = settings.screen_weight
     blended = []
-    for verdict, share in zip(verdicts, retrieval, strict=True):
+    for rank, (verdict, share) in enumerate(zip(verdicts, retrieval, strict=True)):
+        if verdict.valid and verdict.score == 0 and not (rank == 0 and _far_ahead(scores)):
+            continue
         judged = verdict.score / 3 if verdict.valid else share
         blended.append((weight * judged + (1 - weight) * share, verdict.hit))
     # sorted() is stable: retrieval order breaks ties
     ranked = sorted((pair for pair in blended if pair[0] >= settings.keep_min), key=lambda p: -p[0])
     return [hit for _, hit in ranked[: settings.keep_max]]
+
+
+# Retrieval's first passage is "far ahead" when its score is at least this
+# many times the second's (the Larch Creek case: 1.00 against 0.26).
+FAR_AHEAD = 2.0
+
+
+def _far_ahead(scores: Sequence[float]) -> bool:
+    if len(scores) < 2:
+        return bool(scores) and scores[0] > 0
+    return scores[0] > 0 and scores[0] >= FAR_AHEAD * max(scores[1], 0.0)
 
 
 def _relative_scores(scores: Sequence[float]) -> list[float]:

@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     screen_k: int = Field(12, ge=1, le=50, description="passages retrieved for the screen")
     screen_effort: Effort = "low"
     screen_max_tokens: int = Field(512, ge=16)
+    rewrite_max_tokens: int = Field(
+        256, ge=16, description="the follow-up rewrite (one line, plus reasoning on gpt-oss)"
+    )
     screen_group: int = Field(1, ge=1, description="passages judged per screen request")
     keep_max: int = Field(6, ge=1, description="passages kept for the deep read")
     screen_weight: float = Field(

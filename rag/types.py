@@ -114,6 +114,18 @@ class Verdict:
     started: float = 0.0  # wall-clock span of the request that judged it
     finished: float = 0.0
 
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "chunk_id": self.hit.chunk_id,
+            "source": self.hit.source,
+            "page": self.hit.page,
+            "relevant": self.relevant,
+            "score": self.score,
+            "reason": self.reason,
+            "valid": self.valid,
+            "error": self.error,
+        }
+
 
 @dataclass(frozen=True)
 class Citation:
@@ -168,3 +180,25 @@ class Answer:
     found: bool = True
     dropped_citations: int = 0
     notes: list[str] = field(default_factory=list)
+
+    def total_usage(self) -> Usage:
+        """Tokens over every stage."""
+        return sum(self.usage.values(), Usage())
+
+    def to_dict(self) -> dict[str, object]:
+        """The JSON shape of `rag ask --json`."""
+        usage = {stage: u.to_dict() for stage, u in self.usage.items()}
+        usage["total"] = self.total_usage().to_dict()
+        return {
+            "question": self.question,
+            "search_query": self.search_query or self.question,
+            "answer": self.text,
+            "found": self.found,
+            "citations": [c.to_dict() for c in self.citations],
+            "dropped_citations": self.dropped_citations,
+            "verdicts": [v.to_dict() for v in self.verdicts],
+            "timings": {k: round(v, 4) for k, v in self.timings.items()},
+            "notes": self.notes,
+            "usage": usage,
+            "reasoning": self.reasoning,
+        }

@@ -14,9 +14,10 @@ from click.testing import CliRunner
 
 from ingest.pipeline import ingest_paths
 from rag import prompts
-from rag.answering import Finished, Retrieved, Screened, answer, stream_answer
+from rag.answering import answer, stream_answer
 from rag.cli import main as rag_main
 from rag.errors import LLMUnreachable
+from rag.events import Finished, Retrieved, Screened
 from rag.knowledge_base import KnowledgeBase
 from rag.llm import Delta, OpenAIChat
 from rag.screening import screen

@@ -6,7 +6,8 @@ from __future__ import annotations
 from builders import make_hit as hit
 
 from rag import prompts
-from rag.answering import fit_to_budget, lost_in_the_middle, resolve_citations
+from rag.citations import resolve_citations
+from rag.reading import fit_to_budget, lost_in_the_middle
 from rag.screening import keep
 from rag.settings import Settings
 from rag.types import Chunk, Hit, Verdict
@@ -54,8 +55,19 @@ def test_an_unsure_or_unusable_verdict_never_drops_what_retrieval_ranked_far_ahe
 
 def test_the_screen_still_decides_between_passages_retrieval_ranks_close():
     hits = [scored(1, 1.0), scored(2, 0.9), scored(3, 0.85)]
-    verdicts = [verdict(hits[0], 0), verdict(hits[1], 3), verdict(hits[2], 0)]
-    assert [h.chunk_id for h in keep(verdicts, Settings(keep_max=3))] == [2, 1]
+    verdicts = [verdict(hits[0], 0), verdict(hits[1], 3), verdict(hits[2], 1)]
+    assert [h.chunk_id for h in keep(verdicts, Settings(keep_max=3))] == [2, 3]
+
+
+def test_a_sure_no_on_every_close_candidate_keeps_nothing():
+    # "Not in the knowledge base": the screen is sure nothing answers, and
+    # retrieval has no clear favourite to overrule it with.
+    hits = [scored(n, s) for n, s in enumerate([1.0, 0.9, 0.85, 0.6], start=1)]
+    assert keep([verdict(h, 0) for h in hits], Settings(keep_max=3)) == []
+    # ...while a clear favourite is still read, and the read may say so.
+    far = [scored(1, 1.0), *hits[1:]]
+    far[1] = scored(2, 0.4)
+    assert [h.chunk_id for h in keep([verdict(h, 0) for h in far], Settings())] == [1]
 
 
 def test_with_the_screen_off_retrieval_order_is_kept():

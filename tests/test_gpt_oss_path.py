@@ -14,7 +14,8 @@ from dataclasses import replace
 
 import pytest
 
-from rag.answering import Notice, answer, stream_answer
+from rag.answering import answer, stream_answer
+from rag.events import Notice
 from rag.knowledge_base import KnowledgeBase
 from rag.llm import Completion, Delta, OpenAIChat, Request, complete
 from rag.profiles import SMALL_MODEL_CONTEXT

@@ -66,7 +66,7 @@ def test_an_adversarial_answer_renders_in_linear_time(answer):
 
 
 def _resolve(answer: str, queue: multiprocessing.Queue) -> None:
-    from rag.answering import resolve_citations
+    from rag.citations import resolve_citations
 
     started = time.perf_counter()
     resolve_citations(answer, [])

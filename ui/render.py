@@ -16,7 +16,6 @@ from pathlib import Path
 
 import streamlit as st
 
-from rag.answering import answer_to_dict
 from rag.knowledge_base import KnowledgeBase
 from rag.types import Answer, Citation, Hit, Verdict
 from ui import pages
@@ -84,9 +83,7 @@ def verdict_rows(verdicts: list[Verdict], kept: list[Hit]) -> list[dict[str, obj
 
 def stage_summary(result: Answer) -> str:
     timings = " · ".join(f"{k} {v:.2f} s" for k, v in result.timings.items())
-    usage = answer_to_dict(result)["usage"]
-    total = usage["total"]["total_tokens"] if isinstance(usage, dict) else 0
-    return f"{timings} · {total} tokens"
+    return f"{timings} · {result.total_usage().to_dict()['total_tokens']} tokens"
 
 
 def stages(result: Answer) -> None:
@@ -95,8 +92,7 @@ def stages(result: Answer) -> None:
         st.caption(f"Retrieved {len(result.hits)} passages; the screen kept {len(result.kept)}.")
         if result.verdicts:
             st.dataframe(verdict_rows(result.verdicts, result.kept), hide_index=True)
-        usage = answer_to_dict(result)["usage"]
-        st.json({"timings_s": result.timings, "usage": usage}, expanded=False)
+        st.json({"timings_s": result.timings, "usage": result.to_dict()["usage"]}, expanded=False)
 
 
 def reasoning(text: str) -> None:
