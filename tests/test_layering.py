@@ -1,0 +1,33 @@
+"""The direction of dependencies: `ingest` builds what `rag` reads, so
+`ingest` imports `rag` and the `rag` library never imports `ingest`. Only
+the edges (the `rag` command, the app and its `ui/` helpers) use both."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+EDGES = {"rag/cli.py"}
+
+
+def imported(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_the_rag_library_never_imports_ingest():
+    library = [p for p in ROOT.glob("rag/**/*.py") if str(p.relative_to(ROOT)) not in EDGES]
+    assert len(library) > 15
+    offenders = [str(p.relative_to(ROOT)) for p in library if {"ingest", "ui"} & imported(p)]
+    assert not offenders
+
+
+def test_nothing_below_the_app_imports_it():
+    below = [*ROOT.glob("rag/**/*.py"), *ROOT.glob("ingest/**/*.py"), *ROOT.glob("serving/*.py")]
+    assert not [str(p) for p in below if {"streamlit_app", "ui"} & imported(p)]
