@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -263,20 +264,9 @@ def ingest_paths(
     report.failed = [Failure(p, e) for p, e in found.failed]
     if rebuild:
         _refuse_lossy_rebuild(root, found, allow_drop)  # before the model loads
-    params, loaded = index_params(settings, root, rebuild)
-
-    with open_writer(
-        root, params, rebuild=rebuild, allow_drop=allow_drop, lock_timeout=settings.lock_timeout
-    ) as writer:
-        ingestor = Ingestor(writer, settings, report, embedder or loaded)
+    with _writing(root, settings, report, embedder, started, rebuild, allow_drop) as ingestor:
         for target in delete:
-            absolute = os.path.abspath(target)
-            doomed = [p for p in writer.paths() if is_under(p, [absolute])]
-            if not doomed:
-                report.failed.append(Failure(absolute, "not in the index"))
-            for path in doomed:
-                ingestor.delete(path)
-
+            _delete_under(ingestor, os.path.abspath(target))
         to_parse = _scan(found.files, ingestor, settings, ocr, progress)
         total = len(to_parse)
         for done, (task, result, with_ocr) in enumerate(_parse(to_parse, settings), start=1):
@@ -286,18 +276,45 @@ def ingest_paths(
                 ingestor.add(result, task.size, task.mtime, ocr=with_ocr)
             progress(Progress("ingest", done, total, task.path, report.chunks_embedded))
         ingestor.flush()
-
         if sync:
             seen = {f.path for f in found.files} | {f.path for f in report.failed}
-            for path in writer.paths():
+            for path in ingestor.writer.paths():
                 if is_under(path, paths) and path not in seen and not os.path.exists(path):
                     ingestor.delete(path)
-        publishing = writer.changed
+    return report
 
+
+@contextmanager
+def _writing(
+    root: Path,
+    settings: Settings,
+    report: IngestReport,
+    embedder: Embedder | None,
+    started: float,
+    rebuild: bool = False,
+    allow_drop: bool = False,
+) -> Iterator[Ingestor]:
+    """What every ingest shares: the index's parameters checked, the write
+    lock held around one `Ingestor`, and once the writer has published (or
+    found nothing to publish), the generation and the time in the report."""
+    params, loaded = index_params(settings, root, rebuild)
+    with open_writer(
+        root, params, rebuild=rebuild, allow_drop=allow_drop, lock_timeout=settings.lock_timeout
+    ) as writer:
+        yield Ingestor(writer, settings, report, embedder or loaded)
+        publishing = writer.changed
     if publishing:
         report.generation = layout.generation_number(layout.current_generation(root) or "")
     report.seconds = round(time.monotonic() - started, 3)
-    return report
+
+
+def _delete_under(ingestor: Ingestor, target: str) -> None:
+    """Remove the document at `target`, or every one under that folder."""
+    doomed = [p for p in ingestor.writer.paths() if is_under(p, [target])]
+    if not doomed:
+        ingestor.report.failed.append(Failure(target, "not in the index"))
+    for path in doomed:
+        ingestor.delete(path)
 
 
 def _refuse_lossy_rebuild(root: Path, found: Found, allow_drop: bool) -> None:
@@ -385,9 +402,7 @@ def ingest_documents(
     started = time.monotonic()
     root = Path(index or settings.index)
     report = IngestReport(index=str(root))
-    params, loaded = index_params(settings, root, rebuild=False)
-    with open_writer(root, params, lock_timeout=settings.lock_timeout) as writer:
-        ingestor = Ingestor(writer, settings, report, embedder or loaded)
+    with _writing(root, settings, report, embedder, started) as ingestor:
         seen = set()
         for done, document in enumerate(documents, start=1):
             seen.add(document.path)
@@ -401,11 +416,7 @@ def ingest_documents(
             progress(Progress("ingest", done, total, document.path, report.chunks_embedded))
         ingestor.flush()
         if prune:
-            for path in writer.paths():
+            for path in ingestor.writer.paths():
                 if path not in seen:
                     ingestor.delete(path)
-        publishing = writer.changed
-    if publishing:
-        report.generation = layout.generation_number(layout.current_generation(root) or "")
-    report.seconds = round(time.monotonic() - started, 3)
     return report
