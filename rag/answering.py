@@ -15,14 +15,15 @@ path, consumed to the end.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from rag import citations, extractive, prompts
+from rag import citations, extractive, followup, prompts
 from rag.embedding import Embedder
-from rag.errors import LLMError, PromptTooLong
+from rag.errors import LLMError, PromptTooLong, QuestionTooLong
 from rag.knowledge_base import KnowledgeBase
 from rag.llm import ChatModel, Completion, Delta, Request, complete, require_content
 from rag.screening import keep, screen
@@ -39,10 +40,13 @@ CHARS_PER_TOKEN = 3.0
 
 @dataclass(frozen=True)
 class Rewritten:
-    """A follow-up turned into the standalone query that was searched."""
+    """A follow-up turned into the standalone query that was searched
+    (`kept` False: the rewrite lost the question's meaning, so the question
+    was searched as asked)."""
 
     query: str
     seconds: float
+    kept: bool = True
 
 
 @dataclass(frozen=True)
@@ -172,6 +176,24 @@ def read(
     )
 
 
+def question_limit(settings: Settings) -> int:
+    """Estimated tokens a question may take: the deep read's prompt budget
+    less its fixed text and room for one passage of the chunk size."""
+    budget = settings.llm_context_tokens - read_token_limit(settings) - 64
+    fixed = sum(len(m["content"]) for m in prompts.read_messages("", [])) / CHARS_PER_TOKEN
+    return max(0, int(budget - fixed - settings.chunk_tokens))
+
+
+def check_question(question: str, settings: Settings) -> None:
+    """Raise QuestionTooLong before any work when `question` cannot fit."""
+    tokens, limit = math.ceil(len(question) / CHARS_PER_TOKEN), question_limit(settings)
+    if tokens > limit:
+        raise QuestionTooLong(
+            f"Your question is too long for this model ({tokens} tokens, at most {limit}); "
+            "please shorten it."
+        )
+
+
 def read_token_limit(settings: Settings) -> int:
     """Tokens the deep read may generate: RAG_READ_MAX_TOKENS, but never
     more than half the context window, so that a small model (2,048 tokens
@@ -183,10 +205,12 @@ _CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
 
 
 def resolve_citations(text: str, ordered: Sequence[Hit]) -> tuple[str, list[Citation], int]:
-    """Map [n] markers to passages. Markers that match no passage are removed
-    from the text and counted, so a reader never follows a dead reference.
-    (Whether passage n could support its sentence: `citations.unsupported`.)"""
-    cited: dict[int, Citation] = {}
+    """Map [n] markers to passages, renumbered 1, 2, 3... in order of first
+    use in the answer (a reader never sees [1] and [3] without [2]).
+    Markers that match no passage are removed from the text and counted, so
+    a reader never follows a dead reference. (Whether passage n could
+    support its sentence: `citations.unsupported`.)"""
+    cited: dict[int, Citation] = {}  # prompt number -> citation with its new number
     dropped = 0
 
     def fix(match: re.Match[str]) -> str:
@@ -195,14 +219,14 @@ def resolve_citations(text: str, ordered: Sequence[Hit]) -> tuple[str, list[Cita
         for part in match.group(1).split(","):
             n = int(part)
             if 1 <= n <= len(ordered):
-                good.append(n)
-                cited.setdefault(n, Citation(n, ordered[n - 1]))
+                cited.setdefault(n, Citation(len(cited) + 1, ordered[n - 1]))
+                good.append(cited[n].n)
             else:
                 dropped += 1
         return "".join(f"[{n}]" for n in good)
 
     cleaned = _CITATION.sub(fix, text)
-    return cleaned, sorted(cited.values(), key=lambda c: c.n), dropped
+    return cleaned, list(cited.values()), dropped
 
 
 # -- the whole question -------------------------------------------------------------
@@ -217,16 +241,24 @@ def stream_answer(
 ) -> Iterator[Event]:
     """Rewrite (follow-ups only), retrieve, screen, read; yield each stage's
     result as it is ready. `history` holds the conversation's earlier
-    (role, text) turns: with it, the question is first turned into a
-    standalone query, which replaces it for retrieval only."""
+    (role, text) turns: with it, a question that refers to them is first
+    turned into a standalone query (`rag.followup`), which replaces it for
+    retrieval only. A question too long to fit raises QuestionTooLong first."""
+    check_question(question, settings)
     result = Answer(question=question, text="")
     query = question
-    if history:
+    if history and followup.needs_context(question):
         started = time.perf_counter()
         query, result.usage["rewrite"] = condense(history, question, model, settings)
+        kept = followup.plausible_rewrite(question, query, history)
+        query = query if kept else question
         result.timings["rewrite"] = time.perf_counter() - started
         result.search_query = query
-        yield Rewritten(query, result.timings["rewrite"])
+        yield Rewritten(query, result.timings["rewrite"], kept)
+        if not kept:
+            note = "The rewrite of the follow-up lost its meaning; searched for it as asked."
+            result.notes.append(note)
+            yield Notice(note)
     started = time.perf_counter()
     hits = kb.search(query, k=settings.screen_k, mode=settings.search_mode)
     result.hits = hits
@@ -288,7 +320,8 @@ def stream_answer(
             "The LLM server ended the answer without saying it was finished; it may be incomplete."
         )
     result.text, result.citations, result.dropped_citations = resolve_citations(text, ordered)
-    result.notes.extend(u.note() for u in citations.unsupported(result.text, ordered))
+    cited_hits = [c.hit for c in result.citations]  # [n] is now cited_hits[n - 1]
+    result.notes.extend(u.note() for u in citations.unsupported(result.text, cited_hits))
     result.kept = ordered
     yield Finished(result)
 
@@ -357,6 +390,6 @@ def answer_to_dict(result: Answer) -> dict[str, object]:
 
 __all__ = [
     "Event", "Finished", "Notice", "Retrieved", "Rewritten", "Screened", "answer",
-    "answer_to_dict", "condense", "keep", "lost_in_the_middle", "read", "resolve_citations",
+    "answer_to_dict", "check_question", "condense", "keep", "lost_in_the_middle", "read", "resolve_citations",
     "screen", "stream_answer",
 ]  # fmt: skip

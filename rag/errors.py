@@ -49,3 +49,7 @@ class PromptTooLong(LLMError):
 class LLMIncomplete(LLMError):
     """The model stopped before writing an answer (e.g. reasoning used up
     every token)."""
+
+
+class QuestionTooLong(RagError):
+    """The question alone leaves no room for a passage in the model's context."""
