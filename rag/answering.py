@@ -390,6 +390,6 @@ def answer_to_dict(result: Answer) -> dict[str, object]:
 
 __all__ = [
     "Event", "Finished", "Notice", "Retrieved", "Rewritten", "Screened", "answer",
-    "answer_to_dict", "check_question", "condense", "keep", "lost_in_the_middle", "read", "resolve_citations",
-    "screen", "stream_answer",
+    "answer_to_dict", "check_question", "condense", "keep", "lost_in_the_middle", "read",
+    "resolve_citations", "screen", "stream_answer",
 ]  # fmt: skip

@@ -18,13 +18,13 @@ from rag.lexical import terms
 # Words that point back into the conversation ("it", "the other one") or
 # open a continuation ("and", "what about ...").
 _REFERRING = frozenset(
-    "it its it's itself they them their theirs this that these those he him his she her "
+    "it its it's itself they them their theirs this that these those he him his she her "  # noqa: SIM905
     "there then one ones former latter same above previous earlier other another else "
     "more also too again".split()
 )
 _OPENERS = ("and ", "but ", "or ", "so ", "what about", "how about", "why not", "and?")
 _QUESTION_WORDS = frozenset(
-    "what how when where why who whom whose which is are was were do does did can could "
+    "what how when where why who whom whose which is are was were do does did can could "  # noqa: SIM905
     "should would will shall may might has have had list name explain describe show give "
     "tell find".split()
 )

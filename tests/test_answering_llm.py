@@ -209,9 +209,7 @@ def test_the_temperature_setting_reaches_the_server(llm_settings):
     assert hot != {greedy} and len(hot) == 2
 
 
-def test_only_a_follow_up_is_rewritten_and_a_lost_rewrite_is_not_searched(
-    kb, chat, llm_settings
-):
+def test_only_a_follow_up_is_rewritten_and_a_lost_rewrite_is_not_searched(kb, chat, llm_settings):
     from rag.answering import Rewritten
     from rag.followup import plausible_rewrite
 
