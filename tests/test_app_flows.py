@@ -220,3 +220,18 @@ def test_after_a_delete_nothing_is_selected(app_env, kb_root):
     assert at.multiselect[0].value == []
     assert doomed not in at.multiselect[0].options
     assert not [b for b in at.button if b.label == "Delete selected"]
+
+
+# -- 9 and 13. no server internals, numbers that fit a phone ------------------------
+
+
+def test_the_manage_tab_is_compact_and_counts_in_words(app_env, kb_root):
+    shutil.rmtree(kb_root / "default")
+    at = app().run()
+    upload(at, [("larch.md", LARCH)])
+    assert not at.metric, "four big numbers filled a phone's screen"
+    lines = [c.value for c in at.caption]
+    assert any(line.startswith("1 document · 1 passage · 1 vector · ") for line in lines), lines
+    assert "None" not in at.dataframe[0].value["pages"].tolist()
+    main_area = [c.value for c in at.main.caption if "Knowledge base" in c.value]
+    assert main_area == ["Knowledge base **default** · 1 document · 1 passage"]

@@ -157,3 +157,40 @@ def test_make_run_profile_gives_a_cited_answer_in_the_browser(make_run_url, caps
         summary.click()
         # the quoted sentence, in bold inside its passage
         expect(expander.locator("strong").first).to_be_visible(timeout=30_000)
+
+
+def test_create_upload_ask_reload_at_1400_and_400_px(app_url, tmp_path, capsys):
+    # Issue 17: a new base is created in one action, usable right after its
+    # first upload, and its conversation survives a reload; at 400 px the
+    # active base shows in the main area.
+    from playwright.sync_api import expect
+
+    note = tmp_path / "larch.md"
+    note.write_text("# Larch Creek pump station\n\nThe Larch Creek pump was installed in 1987.")
+    shot = ARTIFACTS / "new-base-1400.png"
+    with browser_page(app_url, shot, "a new base, uploaded, asked, reloaded (1400 px)",
+                      capsys) as page:  # fmt: skip
+        page.get_by_text("New knowledge base").click()
+        page.get_by_label("Name").fill("larch")
+        page.get_by_role("button", name="Create").click()
+        expect(page.get_by_text("Knowledge base larch")).to_be_visible(timeout=30_000)
+        page.get_by_role("tab", name="Manage").click()
+        page.locator("input[type=file]").set_input_files(str(note))
+        page.get_by_role("button", name="Ingest").click()
+        expect(page.get_by_text("Added 1")).to_be_visible(timeout=120_000)
+        page.get_by_role("tab", name="Ask").click()
+        ask(page, "When was the Larch Creek pump installed?")
+        expect(page.get_by_text("Answered", exact=True)).to_be_visible(timeout=240_000)
+        page.reload()
+        expect(page.get_by_text("Knowledge base larch")).to_be_visible(timeout=60_000)
+        expect(page.get_by_text("When was the Larch Creek pump installed?")).to_be_visible()
+        page.set_viewport_size({"width": 400, "height": 1000})
+        page.wait_for_timeout(1_000)
+        narrow = ARTIFACTS / "new-base-400.png"
+        page.screenshot(path=str(narrow), full_page=True)
+        expect(page.get_by_text("Knowledge base larch")).to_be_in_viewport()
+        page.get_by_role("tab", name="Manage").click()
+        page.wait_for_timeout(1_000)
+        page.screenshot(path=str(ARTIFACTS / "new-base-manage-400.png"), full_page=True)
+        page.set_viewport_size({"width": 1400, "height": 1600})
+        page.get_by_role("tab", name="Ask").click()
