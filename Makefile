@@ -61,7 +61,7 @@ system-setup:
 	  $$SUDO apt-get install -y -q $$missing || \
 	  { $$SUDO apt-get update -q && $$SUDO apt-get install -y -q $$missing; }; fi
 
-# The benchmarks' peers (bench/ingest.py runs the LangChain tutorial pipeline).
+# The benchmarks' peers (bench/ingestion.py runs the LangChain tutorial pipeline).
 bench-setup: setup
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 

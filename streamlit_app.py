@@ -40,7 +40,7 @@ def llm_problem(url: str, model: str) -> str | None:
     return check_server(Settings(llm_url=url, llm_model=model))
 
 
-def show_turn(kb: KnowledgeBase, turn: Turn) -> None:
+def show_turn(kb: KnowledgeBase, names: render.SourceNames, turn: Turn) -> None:
     """A stored turn, drawn again as it was answered."""
     with st.chat_message("user"):
         st.text(turn.question)
@@ -52,29 +52,36 @@ def show_turn(kb: KnowledgeBase, turn: Turn) -> None:
         result = turn.answer
         if result is not None and result.text:
             if result.search_query:
-                st.caption(f"Searched for: {result.search_query}")
+                st.caption(f"Searched for: {render.defuse(result.search_query)}")
             st.markdown(render.defuse(result.text))
-            details(kb, result)
+            details(kb, names, result)
         elif result is not None:
-            render.hits_only(kb, result.hits)
+            render.hits_only(kb, names, result.hits)
 
 
-def details(kb: KnowledgeBase, result: Answer) -> None:
+def details(kb: KnowledgeBase, names: render.SourceNames, result: Answer) -> None:
     """What follows an answer: notes, the cited passages, the reasoning, the stages."""
     render.notes(replace(result, notes=[for_user(n) for n in result.notes]))
-    render.citations(kb, result.citations, result.text)
+    render.citations(kb, names, result.citations, result.text)
     render.reasoning(result.reasoning)
     render.stages(result)
 
 
-def ask(kb: KnowledgeBase, settings: Settings, question: str, conversation: Conversation,
-        llm_down: str | None) -> Turn:  # fmt: skip
+def ask(
+    kb: KnowledgeBase,
+    names: render.SourceNames,
+    settings: Settings,
+    question: str,
+    conversation: Conversation,
+    llm_down: str | None,
+) -> Turn:
     """Answer `question` on the page; every outcome is a turn to keep."""
     with st.chat_message("user"):
         st.text(question)
     with st.chat_message("assistant"):
         if llm_down:
-            return retrieval_only(kb, settings, question, f"{llm_down} Showing the best passages.")
+            why = f"{llm_down} Showing the best passages."
+            return retrieval_only(kb, names, settings, question, why)
         chat = OpenAIChat(settings)
         try:
             result = stream_into_page(question, conversation.history(), kb, chat, settings)
@@ -83,23 +90,26 @@ def ask(kb: KnowledgeBase, settings: Settings, question: str, conversation: Conv
             return Turn(question, error=str(exc))
         except LLMUnreachable as exc:
             return retrieval_only(
-                kb, settings, question, f"{for_user(str(exc))} Showing the best passages."
+                kb, names, settings, question, f"{for_user(str(exc))} Showing the best passages."
             )
         except RagError as exc:
             log.warning("answer failed: %s", exc)
             error = for_user(str(exc))
             st.error(error)
-            turn = retrieval_only(kb, settings, question, "The best passages for the question:")
+            why = "The best passages for the question:"
+            turn = retrieval_only(kb, names, settings, question, why)
             turn.error = error
             return turn
-        details(kb, result)
+        details(kb, names, result)
     return Turn(question, answer=result)
 
 
-def retrieval_only(kb: KnowledgeBase, settings: Settings, question: str, why: str) -> Turn:
+def retrieval_only(
+    kb: KnowledgeBase, names: render.SourceNames, settings: Settings, question: str, why: str
+) -> Turn:
     st.warning(why)
     hits = kb.search(question, k=settings.screen_k)
-    render.hits_only(kb, hits)
+    render.hits_only(kb, names, hits)
     return Turn(question, answer=Answer(question=question, text="", hits=hits), warning=why)
 
 
@@ -121,7 +131,7 @@ def _stream(question, history, kb, chat, settings, status) -> Answer:  # type: i
     for event in stream_answer(question, kb, chat, settings, history):
         if isinstance(event, Rewritten):
             status.update(label="Retrieving passages…")
-            status.caption(f"Searched for: {event.query}")
+            status.caption(f"Searched for: {render.defuse(event.query)}")
         elif isinstance(event, Retrieved):
             status.update(label=f"Retrieved {plural(len(event.hits), 'passage')}; screening…")
         elif isinstance(event, Screened):
@@ -148,13 +158,15 @@ def _stream(question, history, kb, chat, settings, status) -> Answer:  # type: i
 
 def ask_tab(kb_dir: Path, settings: Settings, store: ConversationStore) -> Conversation | None:
     if not knowledge.has_index(kb_dir):
-        st.info(f"**{kb_dir.name}** has no documents yet: add some in the **Manage** tab.")
+        st.info(
+            f"**{render.plain(kb_dir.name)}** has no documents yet: add some in the **Manage** tab."
+        )
         return None
     try:
         kb = open_kb(str(kb_dir))
     except RagError as exc:
         log.warning("cannot open %s: %s", kb_dir, exc)
-        st.error(for_user(str(exc)))
+        st.error(render.escape(for_user(str(exc)).replace(str(kb_dir), kb_dir.name)))
         return None
     llm_down = llm_problem(settings.llm_url, settings.llm_model)
     if llm_down:
@@ -164,12 +176,13 @@ def ask_tab(kb_dir: Path, settings: Settings, store: ConversationStore) -> Conve
     # The conversation sits above the box, in the order it was asked, the
     # new turn included (the box is drawn first only to read its value).
     shown = st.container()
+    names = render.SourceNames.of(kb)
     limit = settings.max_question_chars
     question = st.chat_input("Ask a question about your documents", max_chars=limit)
     st.caption(f"Questions up to {limit:,} characters.")
     with shown:
         for turn in conversation.turns:
-            show_turn(kb, turn)
+            show_turn(kb, names, turn)
         if question is not None and not question.strip():
             st.warning("Type a question: the box was empty.")
         elif question and len(question) > limit:
@@ -177,7 +190,8 @@ def ask_tab(kb_dir: Path, settings: Settings, store: ConversationStore) -> Conve
                 f"Questions are limited to {limit:,} characters; this one has {len(question):,}."
             )
         elif question:
-            store.add(conversation, ask(kb, settings, question, conversation, llm_down))
+            turn = ask(kb, names, settings, question, conversation, llm_down)
+            store.add(conversation, turn)
     return conversation
 
 
@@ -194,7 +208,7 @@ def main() -> None:
         stats = manage_tab(side.kb_dir, side.settings, open_kb)
     with ask_view:
         conversation = ask_tab(side.kb_dir, side.settings, store)
-    active.caption(f"Knowledge base **{side.kb_dir.name}** · {summary_line(stats)}")
+    active.caption(f"Knowledge base **{render.plain(side.kb_dir.name)}** · {summary_line(stats)}")
     with side.summary:
         kb_summary(stats)
     has_turns = conversation is not None and bool(conversation.turns)

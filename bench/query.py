@@ -18,7 +18,6 @@ resumes where it stopped).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -28,23 +27,13 @@ import time
 from datetime import date
 from pathlib import Path
 
+import corpora  # bench/corpora.py: bench/ is first on sys.path when a script here runs
 import faiss
 import numpy as np
 
-# bench/ingest.py would shadow the `ingest` package while bench/ is on
-# sys.path (it is first when a script here runs), so bench/ leaves sys.path
-# and its shared module is loaded by file name.
-HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-_spec = importlib.util.spec_from_file_location("corpora", HERE / "corpora.py")
-assert _spec is not None and _spec.loader is not None
-corpora = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(corpora)
-
-
-from ingest.pipeline import ingest_paths  # noqa: E402
-from rag.knowledge_base import KnowledgeBase  # noqa: E402
-from rag.settings import Settings  # noqa: E402
+from ingest.pipeline import ingest_paths
+from rag.knowledge_base import KnowledgeBase
+from rag.settings import Settings
 
 
 def build(index: Path, folders: list[Path]) -> None:

@@ -87,67 +87,9 @@ class Chunker:
         pieces of repetitive text ("word word word ...", identical table
         rows): they occur at many places, and a wrong guess either leaves the
         end of the text unindexed or finds no place for a later piece."""
-        overlap = min(self.overlap, size // 4)
-        out: list[tuple[int, int]] = []
-
-        def length(span: tuple[int, int]) -> int:
-            return self.count_tokens(text[span[0] : span[1]])
-
-        def emit(start: int, end: int) -> None:
-            piece = text[start:end]
-            stripped = piece.strip()
-            if stripped:
-                start += len(piece) - len(piece.lstrip())
-                out.append((start, start + len(stripped)))
-
-        def merge(splits: list[tuple[int, int]]) -> None:  # TextSplitter._merge_splits
-            current: list[tuple[int, int]] = []
-            total = 0
-            for split in splits:
-                n = length(split)
-                if total + n > size and current:
-                    emit(current[0][0], current[-1][1])
-                    while total > overlap or (total + n > size and total > 0):
-                        total -= length(current.pop(0))
-                current.append(split)
-                total += n
-            if current:
-                emit(current[0][0], current[-1][1])
-
-        def split(start: int, end: int, separators: list[str]) -> None:
-            part = text[start:end]
-            separator, finer = separators[-1], []
-            for i, candidate in enumerate(separators):
-                if not candidate:
-                    separator = candidate
-                    break
-                if candidate in part:
-                    separator, finer = candidate, separators[i + 1 :]
-                    break
-            if separator:
-                cuts = [m.end() for m in re.finditer(re.escape(separator), part)]
-                bounds = [0, *cuts] + ([len(part)] if not cuts or cuts[-1] < len(part) else [])
-                pieces = list(itertools.pairwise(bounds))
-            else:
-                pieces = [(i, i + 1) for i in range(len(part))]
-            good: list[tuple[int, int]] = []
-            for a, b in pieces:
-                span = (start + a, start + b)
-                if length(span) < size:
-                    good.append(span)
-                    continue
-                if good:
-                    merge(good)
-                    good = []
-                if finer:
-                    split(*span, finer)
-                else:
-                    emit(*span)
-            if good:
-                merge(good)
-
-        split(0, len(text), SEPARATORS)
-        return out
+        replay = _Replay(text, size, min(self.overlap, size // 4), self.count_tokens)
+        replay.split(0, len(text), SEPARATORS)
+        return replay.out
 
     def clip_title(self, title: str) -> str:
         """The title as prefixed to every passage: at most MAX_TITLE_TOKENS."""
@@ -179,9 +121,7 @@ class Chunker:
                         start=start,
                         end=end,
                         page=page,
-                        page_end=page,
                         title=title,
-                        doc_hash=document.content_hash,
                         ordinal=len(chunks),
                     )
                 )
@@ -211,3 +151,78 @@ def locate(text: str, pieces: list[str]) -> list[tuple[int, int]]:
             raise AssertionError("splitter returned text that is not in the document")
         spans.append((start, start + len(piece)))
     return spans
+
+
+class _Replay:
+    """One run of `Chunker._replay`: LangChain's `_split_text` and
+    `_merge_splits`, over (start, end) offsets into `text`."""
+
+    def __init__(
+        self, text: str, size: int, overlap: int, count_tokens: Callable[[str], int]
+    ) -> None:
+        self.text, self.size, self.overlap = text, size, overlap
+        self.count_tokens = count_tokens
+        self.out: list[tuple[int, int]] = []
+
+    def length(self, span: tuple[int, int]) -> int:
+        return self.count_tokens(self.text[span[0] : span[1]])
+
+    def emit(self, start: int, end: int) -> None:
+        piece = self.text[start:end]
+        stripped = piece.strip()
+        if stripped:
+            start += len(piece) - len(piece.lstrip())
+            self.out.append((start, start + len(stripped)))
+
+    def merge(self, splits: list[tuple[int, int]]) -> None:  # TextSplitter._merge_splits
+        current: list[tuple[int, int]] = []
+        total = 0
+        for split in splits:
+            n = self.length(split)
+            if total + n > self.size and current:
+                self.emit(current[0][0], current[-1][1])
+                while total > self.overlap or (total + n > self.size and total > 0):
+                    total -= self.length(current.pop(0))
+            current.append(split)
+            total += n
+        if current:
+            self.emit(current[0][0], current[-1][1])
+
+    def split(self, start: int, end: int, separators: list[str]) -> None:
+        good: list[tuple[int, int]] = []
+        finer = self._finer(self.text[start:end], separators)
+        for a, b in self._pieces(self.text[start:end], separators):
+            span = (start + a, start + b)
+            if self.length(span) < self.size:
+                good.append(span)
+                continue
+            if good:
+                self.merge(good)
+                good = []
+            if finer:
+                self.split(*span, finer)
+            else:
+                self.emit(*span)
+        if good:
+            self.merge(good)
+
+    @staticmethod
+    def _separator(part: str, separators: list[str]) -> tuple[str, list[str]]:
+        """The first separator found in `part` and the finer ones after it."""
+        for i, candidate in enumerate(separators):
+            if not candidate:
+                return candidate, []
+            if candidate in part:
+                return candidate, separators[i + 1 :]
+        return separators[-1], []
+
+    def _finer(self, part: str, separators: list[str]) -> list[str]:
+        return self._separator(part, separators)[1]
+
+    def _pieces(self, part: str, separators: list[str]) -> list[tuple[int, int]]:
+        separator = self._separator(part, separators)[0]
+        if not separator:
+            return [(i, i + 1) for i in range(len(part))]
+        cuts = [m.end() for m in re.finditer(re.escape(separator), part)]
+        bounds = [0, *cuts] + ([len(part)] if not cuts or cuts[-1] < len(part) else [])
+        return list(itertools.pairwise(bounds))

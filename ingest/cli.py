@@ -10,7 +10,7 @@ import click
 from tqdm import tqdm
 
 from ingest.pipeline import IngestReport, Progress, ingest_paths
-from rag.errors import RagError
+from rag.errors import RagError, RebuildRefused
 from rag.settings import Settings
 
 EXIT_OK, EXIT_FAILED_FILES, EXIT_USAGE, EXIT_FATAL = 0, 1, 2, 3
@@ -19,7 +19,8 @@ EXIT_OK, EXIT_FAILED_FILES, EXIT_USAGE, EXIT_FATAL = 0, 1, 2, 3
 @click.command(
     context_settings={"help_option_names": ["-h", "--help"]},
     epilog="Exit codes: 0 all good; 1 some files failed (the rest were ingested); "
-    "2 usage error; 3 nothing done (index busy, incompatible or model missing).",
+    "2 usage error; 3 nothing done (index busy, incompatible or model missing, "
+    "rebuild refused).",
 )
 @click.argument("paths", nargs=-1, type=click.Path(path_type=str))
 @click.option(
@@ -43,8 +44,16 @@ EXIT_OK, EXIT_FAILED_FILES, EXIT_USAGE, EXIT_FATAL = 0, 1, 2, 3
 @click.option(
     "--rebuild",
     is_flag=True,
-    help="Build the index afresh from PATHS (e.g. after changing the model); "
-    "the old one serves searches until the new one is complete.",
+    help="Build the index afresh from PATHS (e.g. after changing the model), each "
+    "document with the options it was ingested with; the old one serves searches until "
+    "the new one is complete, and stays if the rebuild stops. Refused if it would be empty, "
+    "or would drop documents PATHS do not yield again (see --allow-drop).",
+)
+@click.option(
+    "--allow-drop",
+    is_flag=True,
+    help="With --rebuild: drop the documents PATHS do not yield again (files gone, "
+    "unreadable or elsewhere) instead of refusing.",
 )
 @click.option("--ocr", is_flag=True, help="OCR PDF pages without a text layer (needs tesseract).")
 @click.option(
@@ -61,6 +70,7 @@ def main(
     sync: bool,
     delete: tuple[str, ...],
     rebuild: bool,
+    allow_drop: bool,
     ocr: bool,
     wait: float | None,
     as_json: bool,
@@ -72,6 +82,10 @@ def main(
         raise click.UsageError("give at least one PATH to ingest, or --delete PATH")
     if sync and not paths:
         raise click.UsageError("--sync needs the folders to sync against")
+    if allow_drop and not rebuild:
+        raise click.UsageError("--allow-drop only applies to --rebuild")
+    if rebuild and delete:
+        raise click.UsageError("--rebuild takes no --delete: rebuild from the paths to keep")
     overrides: dict[str, object] = {}
     if index is not None:
         overrides["index"] = index
@@ -90,12 +104,15 @@ def main(
 
         try:
             report = ingest_paths(
-                list(paths), settings, sync=sync, delete=delete, rebuild=rebuild, ocr=ocr,
-                progress=progress,
+                list(paths), settings, sync=sync, delete=delete, rebuild=rebuild,
+                allow_drop=allow_drop, ocr=ocr, progress=progress,
             )  # fmt: skip
         except RagError as exc:
             bar.close()
-            click.echo(f"error: {exc}", err=True)
+            hint = ""
+            if isinstance(exc, RebuildRefused) and exc.dropped:
+                hint = " To rebuild without them, add --allow-drop."
+            click.echo(f"error: {exc}{hint}", err=True)
             sys.exit(EXIT_FATAL)
 
     if as_json:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -18,14 +18,15 @@ import numpy as np
 
 from ingest import workers
 from ingest.chunking import Chunker
-from ingest.discovery import FileTask, discover, is_under
+from ingest.discovery import FileTask, Found, discover, is_under
 from ingest.loaders import sha256_file
 from rag import layout, lexical
 from rag.embedding import Embedder, canonical_model_id, load_embedder
+from rag.errors import RebuildRefused
 from rag.layout import IndexParams
 from rag.settings import Settings
 from rag.types import Chunk, Document
-from rag.writer import StoreWriter, open_writer
+from rag.writer import StoreWriter, open_writer, replaced_documents
 
 # Embed chunks of several small documents together: sentence-transformers
 # sorts a call's texts by length, so bigger calls waste less padding.
@@ -80,11 +81,13 @@ class _Pending:
     size: int
     mtime: float
     existed: bool
+    ocr: bool
 
 
 class Ingestor:
     """Owns one index write: chunk, embed in buffered batches, store,
-    checkpoint. Used by `ingest_paths` and by `rag eval` for BEIR corpora."""
+    checkpoint (except in a rebuild). Used by `ingest_paths` and by
+    `rag eval` for BEIR corpora."""
 
     def __init__(
         self,
@@ -146,16 +149,17 @@ class Ingestor:
         existed = self.writer.document(path) is not None
         self.writer.put(
             path=path, content_hash=content_hash, kind=source.kind, title=source.title,
-            size=size, mtime=mtime, pages=source.pages,
+            size=size, mtime=mtime, pages=source.pages, ocr=source.ocr,
             chunks=[replace(c, source=path, id=None) for c in chunks], vectors=vectors,
         )  # fmt: skip
         self._count(existed)
         self.report.chunks_copied += len(chunks)
 
-    def add(self, document: Document, size: int = 0, mtime: float = 0.0) -> None:
+    def add(self, document: Document, size: int = 0, mtime: float = 0.0, ocr: bool = False) -> None:
+        """Buffer a loaded document (`ocr`: it was loaded with OCR) for embedding."""
         chunks = self.chunker.split(document)
         existed = self.writer.document(document.path) is not None
-        self._pending.append(_Pending(document, chunks, size, mtime, existed))
+        self._pending.append(_Pending(document, chunks, size, mtime, existed, ocr))
         self._in_flight[document.content_hash] = document.path
         self.report.pages += len(document.pages)
         if sum(len(p.chunks) for p in self._pending) >= EMBED_BUFFER:
@@ -171,7 +175,7 @@ class Ingestor:
             self.writer.put(
                 path=doc.path, content_hash=doc.content_hash, kind=doc.kind,
                 title=p.chunks[0].title if p.chunks else doc.title,  # as clipped for the prefix
-                size=p.size, mtime=p.mtime, pages=len(doc.pages) or None,
+                size=p.size, mtime=p.mtime, pages=len(doc.pages) or None, ocr=p.ocr,
                 chunks=p.chunks, vectors=vectors[row : row + len(p.chunks)],
             )  # fmt: skip
             row += len(p.chunks)
@@ -184,7 +188,9 @@ class Ingestor:
         for path, digest, size, mtime in copies:
             self.copy(path, digest, size, mtime)
         if time.monotonic() - self._last_publish > self.settings.checkpoint_seconds:
-            self.report.generation = self.writer.checkpoint()
+            number = self.writer.checkpoint()  # None in a rebuild: it publishes once, at the end
+            if number is not None:
+                self.report.generation = number
             self._last_publish = time.monotonic()
 
     def delete(self, path: str) -> bool:
@@ -238,21 +244,30 @@ def ingest_paths(
     sync: bool = False,
     delete: Iterable[str] = (),
     rebuild: bool = False,
+    allow_drop: bool = False,
     ocr: bool = False,
     embedder: Embedder | None = None,
     progress: ProgressFn = _noop,
 ) -> IngestReport:
-    """Bring the index in line with the files under `paths`."""
+    """Bring the index in line with the files under `paths`.
+
+    A document stored with OCR is parsed with OCR again, asked or not. A
+    `rebuild` writes a fresh generation from `paths` and publishes it only
+    when complete; it raises `RebuildRefused` (publishing nothing) when it
+    would be empty, or would drop stored documents and not `allow_drop`."""
     started = time.monotonic()
     root = Path(index or settings.index)
     report = IngestReport(index=str(root))
     found = discover(paths)
     report.skipped = [Failure(p, e) for p, e in found.skipped]
     report.failed = [Failure(p, e) for p, e in found.failed]
+    if rebuild:
+        _refuse_lossy_rebuild(root, found, allow_drop)  # before the model loads
     params, loaded = index_params(settings, root, rebuild)
-    limit = int(settings.max_file_mb * 1024 * 1024)
 
-    with open_writer(root, params, rebuild=rebuild, lock_timeout=settings.lock_timeout) as writer:
+    with open_writer(
+        root, params, rebuild=rebuild, allow_drop=allow_drop, lock_timeout=settings.lock_timeout
+    ) as writer:
         ingestor = Ingestor(writer, settings, report, embedder or loaded)
         for target in delete:
             absolute = os.path.abspath(target)
@@ -262,37 +277,13 @@ def ingest_paths(
             for path in doomed:
                 ingestor.delete(path)
 
-        to_parse: list[tuple[FileTask, str]] = []
-        for done, task in enumerate(found.files, start=1):
-            progress(Progress("scan", done, len(found.files), task.path))
-            problem = _precheck(task, limit, settings.max_file_mb)
-            if problem:
-                report.failed.append(Failure(task.path, problem))
-                continue
-            digest = sha256_file(task.path)
-            state = ingestor.status(task.path, digest)
-            if state == "unchanged":
-                report.unchanged += 1
-            elif state == "copy":
-                ingestor.copy(task.path, digest, task.size, task.mtime)
-            else:
-                to_parse.append((task, digest))
-
+        to_parse = _scan(found.files, ingestor, settings, ocr, progress)
         total = len(to_parse)
-        for done, (task, result) in enumerate(
-            workers.parse_files(
-                to_parse,
-                ocr=ocr,
-                timeout=settings.parse_timeout,
-                memory_mb=settings.parse_memory_mb,
-                max_text_chars=settings.max_text_chars,
-            ),
-            start=1,
-        ):
+        for done, (task, result, with_ocr) in enumerate(_parse(to_parse, settings), start=1):
             if isinstance(result, str):
                 report.failed.append(Failure(task.path, result))
             else:
-                ingestor.add(result, task.size, task.mtime)
+                ingestor.add(result, task.size, task.mtime, ocr=with_ocr)
             progress(Progress("ingest", done, total, task.path, report.chunks_embedded))
         ingestor.flush()
 
@@ -307,6 +298,67 @@ def ingest_paths(
         report.generation = layout.generation_number(layout.current_generation(root) or "")
     report.seconds = round(time.monotonic() - started, 3)
     return report
+
+
+def _refuse_lossy_rebuild(root: Path, found: Found, allow_drop: bool) -> None:
+    """Fail fast on what the files found already show. The writer checks
+    again before it publishes, when files that failed to parse are known."""
+    if not found.files:
+        raise RebuildRefused(
+            f"Found no file to ingest, and a rebuild never publishes an empty index. "
+            f"The index at {root} is unchanged."
+        )
+    if allow_drop:
+        return
+    coming = {task.path for task in found.files}
+    dropped = sorted(path for path in replaced_documents(root) if path not in coming)
+    if dropped:
+        raise RebuildRefused.dropping(dropped)
+
+
+def _scan(
+    files: list[FileTask], ingestor: Ingestor, settings: Settings, ocr: bool, progress: ProgressFn
+) -> list[tuple[FileTask, str, bool]]:
+    """Hash each file; count the unchanged, copy the known content, and
+    return (task, hash, with OCR) for the files to parse."""
+    limit = int(settings.max_file_mb * 1024 * 1024)
+    to_parse: list[tuple[FileTask, str, bool]] = []
+    for done, task in enumerate(files, start=1):
+        progress(Progress("scan", done, len(files), task.path))
+        problem = _precheck(task, limit, settings.max_file_mb)
+        if problem:
+            ingestor.report.failed.append(Failure(task.path, problem))
+            continue
+        digest = sha256_file(task.path)
+        state = ingestor.status(task.path, digest)
+        if state == "unchanged":
+            ingestor.report.unchanged += 1
+        elif state == "copy":
+            ingestor.copy(task.path, digest, task.size, task.mtime)
+        else:
+            earlier = ingestor.writer.earlier(task.path)
+            to_parse.append((task, digest, ocr or bool(earlier and earlier.ocr)))
+    return to_parse
+
+
+def _parse(
+    to_parse: list[tuple[FileTask, str, bool]], settings: Settings
+) -> Iterator[tuple[FileTask, Document | str, bool]]:
+    """(task, Document or why it failed, with OCR) for each file, parsed in
+    worker processes: those without OCR first, then those with."""
+    for with_ocr in (False, True):
+        batch = [(task, digest) for task, digest, o in to_parse if o == with_ocr]
+        if not batch:
+            continue
+        parsed = workers.parse_files(
+            batch,
+            ocr=with_ocr,
+            timeout=settings.parse_timeout,
+            memory_mb=settings.parse_memory_mb,
+            max_text_chars=settings.max_text_chars,
+        )
+        for task, result in parsed:
+            yield task, result, with_ocr
 
 
 def _precheck(task: FileTask, limit: int, limit_mb: float) -> str:

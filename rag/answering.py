@@ -90,11 +90,16 @@ def lost_in_the_middle(strongest_first: Sequence[Hit]) -> list[Hit]:
     return front + back[::-1]
 
 
-def fit_to_budget(question: str, strongest_first: Sequence[Hit], budget_tokens: int) -> list[Hit]:
+def fit_to_budget(
+    question: str,
+    strongest_first: Sequence[Hit],
+    budget_tokens: int,
+    conversation: Sequence[tuple[str, str]] = (),
+) -> list[Hit]:
     """Drop the weakest passages until the prompt's estimated size fits."""
     kept = list(strongest_first)
     while kept:
-        messages = prompts.read_messages(question, lost_in_the_middle(kept))
+        messages = prompts.read_messages(question, lost_in_the_middle(kept), conversation)
         if sum(len(m["content"]) for m in messages) / CHARS_PER_TOKEN <= budget_tokens:
             break
         kept.pop()
@@ -110,6 +115,7 @@ def read(
     model: ChatModel,
     settings: Settings,
     embedder: Embedder | None = None,
+    conversation: Sequence[tuple[str, str]] = (),
 ) -> Iterator[Delta | Notice | tuple[Completion | None, list[Hit]]]:
     """Stream the deep read; finally yield the completion and the passages
     (in prompt order) that its citation numbers refer to. In the extractive
@@ -122,7 +128,7 @@ def read(
     """
     answer_tokens = read_token_limit(settings)
     budget = settings.llm_context_tokens - answer_tokens - 64
-    kept = fit_to_budget(question, strongest_first, budget)
+    kept = fit_to_budget(question, strongest_first, budget, conversation)
     effort: Effort = settings.read_effort
     while kept:
         ordered = lost_in_the_middle(kept)
@@ -142,7 +148,7 @@ def read(
                 return
             extra = extractive.request_extra(chosen)
         request = Request(
-            messages=prompts.read_messages(question, ordered),
+            messages=prompts.read_messages(question, ordered, conversation),
             effort=effort,
             max_tokens=answer_tokens,
             extra=extra,
@@ -242,8 +248,9 @@ def stream_answer(
     """Rewrite (follow-ups only), retrieve, screen, read; yield each stage's
     result as it is ready. `history` holds the conversation's earlier
     (role, text) turns: with it, a question that refers to them is first
-    turned into a standalone query (`rag.followup`), which replaces it for
-    retrieval only. A question too long to fit raises QuestionTooLong first."""
+    turned into a standalone query (`rag.followup`), which is searched,
+    screened against and answered; the deep read also sees the end of the
+    conversation. A question too long to fit raises QuestionTooLong first."""
     check_question(question, settings)
     result = Answer(question=question, text="")
     query = question
@@ -267,7 +274,9 @@ def stream_answer(
 
     started = time.perf_counter()
     if settings.screen and hits:
-        verdicts, usage = screen(question, hits, model, settings)
+        # The screen judges against the standalone query: "and its rings?"
+        # alone says nothing about which passage matters.
+        verdicts, usage = screen(query, hits, model, settings)
         result.usage["screen"] = usage
     else:
         verdicts = [Verdict(hit=h, relevant=True, reason="screen off", score=0.0) for h in hits]
@@ -288,7 +297,7 @@ def stream_answer(
     completion: Completion | None = None
     ordered: list[Hit] = []
     embedder = kb.embedder if settings.answer_style == "extractive" else None
-    for event in read(question, result.kept, model, settings, embedder):
+    for event in read(query, result.kept, model, settings, embedder, history):
         if isinstance(event, tuple):
             completion, ordered = event
         else:

@@ -1,6 +1,10 @@
 """The few errors a user must tell apart. Edges (CLI, app) turn them into
 messages; everything else lets them travel."""
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+
 
 class RagError(Exception):
     """Base class: the message is written for the user, not the developer."""
@@ -53,3 +57,26 @@ class LLMIncomplete(LLMError):
 
 class QuestionTooLong(RagError):
     """The question alone leaves no room for a passage in the model's context."""
+
+
+class RebuildRefused(RagError):
+    """A rebuild that would publish an empty index, or drop documents nobody
+    agreed to drop. Nothing was published: the current index stays."""
+
+    def __init__(self, message: str, dropped: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.dropped = list(dropped)
+
+    @classmethod
+    def dropping(cls, paths: Sequence[str], shown: int = 5) -> RebuildRefused:
+        """The refusal naming the first `shown` of `paths` and how many more."""
+        names = ", ".join(paths[:shown])
+        if len(paths) > shown:
+            names += f" and {len(paths) - shown} more"
+        plural = "s" if len(paths) != 1 else ""
+        return cls(
+            f"The rebuild would drop {len(paths)} document{plural} it cannot ingest again "
+            f"(file gone or unreadable, or not under the paths given): {names}. "
+            "The index is unchanged.",
+            paths,
+        )

@@ -65,7 +65,9 @@ def sentences(text: str) -> list[str]:
 def _join_abbreviations(pieces: list[str]) -> list[str]:
     joined: list[str] = []
     for piece in pieces:
-        if joined and _ABBREVIATION.search(joined[-1]):
+        # The last 8 characters hold the longest abbreviation and the one
+        # before it (for \b): searching the whole grown sentence was quadratic.
+        if joined and _ABBREVIATION.search(joined[-1][-8:]):
             joined[-1] += " " + piece
         else:
             joined.append(piece)

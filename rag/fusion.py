@@ -37,11 +37,12 @@ def _minmax(values: Sequence[float]) -> list[float]:
 
 
 def convex(
-    dense: Mapping[int, float], lexical: Mapping[int, float], alpha: float = 0.6
+    dense: Mapping[int, float], lexical: Mapping[int, float], *, alpha: float
 ) -> list[tuple[int, float]]:
     """alpha * dense + (1 - alpha) * BM25, each min-max normalised over the
     candidates. Every candidate must have its exact dense score; a candidate
-    missing from `lexical` matched no query term and scores 0 there."""
+    missing from `lexical` matched no query term and scores 0 there.
+    `alpha` has no default here: its one home is `Settings.fusion_alpha`."""
     ids = list(dense)
     if not ids:
         return []

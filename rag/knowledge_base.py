@@ -63,7 +63,7 @@ class KnowledgeBase:
 
     def _current_stamp(self) -> tuple[int, int] | None:
         try:
-            st = os.stat(self.root / "CURRENT")
+            st = os.stat(self.root / layout.CURRENT_FILE)
         except FileNotFoundError:
             return None
         return (st.st_ino, st.st_mtime_ns)
@@ -125,7 +125,7 @@ class KnowledgeBase:
             if self.fusion == "rrf":
                 ranked = fusion.rrf([bm25, dense])[:k]
             else:
-                ranked = fusion.convex(candidates, bm25_scores, self.alpha)[:k]
+                ranked = fusion.convex(candidates, bm25_scores, alpha=self.alpha)[:k]
         else:
             ranked = (dense or bm25)[:k]
         dense_rank = {cid: r for r, (cid, _) in enumerate(dense, start=1)}

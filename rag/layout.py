@@ -38,6 +38,7 @@ DB_FILE = "chunks.sqlite"
 VECTORS_FILE = "vectors.faiss"
 BM25_DIR = "bm25"
 MANIFEST_FILE = "manifest.json"
+CURRENT_FILE = "CURRENT"
 _GEN = re.compile(r"^g(\d{8})$")
 
 
@@ -104,13 +105,13 @@ def generation_number(name: str) -> int | None:
 
 def current_generation(root: Path) -> str | None:
     try:
-        name = (root / "CURRENT").read_text(encoding="ascii").strip()
+        name = (root / CURRENT_FILE).read_text(encoding="ascii").strip()
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError) as exc:
-        raise IndexCorrupt(f"{root / 'CURRENT'} is unreadable ({exc}).") from exc
+        raise IndexCorrupt(f"{root / CURRENT_FILE} is unreadable ({exc}).") from exc
     if generation_number(name) is None:
-        raise IndexCorrupt(f"{root / 'CURRENT'} names no generation ({name[:40]!r}).")
+        raise IndexCorrupt(f"{root / CURRENT_FILE} names no generation ({name[:40]!r}).")
     return name
 
 
@@ -173,7 +174,7 @@ def publish(root: Path, staging: Path, number: int) -> Path:
         fh.write(generation_name(number) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
-    os.replace(tmp, root / "CURRENT")
+    os.replace(tmp, root / CURRENT_FILE)
     fsync_path(root)
     return final
 

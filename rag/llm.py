@@ -39,10 +39,6 @@ class Completion:
     finished: float
     first_token: float | None = None  # time.time() of the first content delta
 
-    @property
-    def seconds(self) -> float:
-        return self.finished - self.started
-
 
 @dataclass(frozen=True)
 class Request:

@@ -101,18 +101,43 @@ def screen_messages(question: str, hits: Sequence[Hit], first_id: int = 1) -> li
     ]
 
 
-def read_messages(question: str, hits: Sequence[Hit]) -> list[dict[str, str]]:
+# The deep read sees the end of the conversation, clipped: enough to answer
+# "and its rings?" in context, little enough to leave room for passages.
+READ_HISTORY_TURNS = 4
+READ_HISTORY_CHARS = 600
+
+
+def read_messages(
+    question: str, hits: Sequence[Hit], conversation: Sequence[tuple[str, str]] = ()
+) -> list[dict[str, str]]:
+    """The deep read's prompt. `question` is standalone (a follow-up is
+    rewritten first); `conversation` holds the earlier (role, text) turns."""
     # Instructions first, passages after: the shared prefix stays identical
     # across questions, so the server's prefix cache reuses it.
+    earlier = ""
+    if conversation:
+        lines = "\n".join(
+            f"{role}: {_clip(content, READ_HISTORY_CHARS)}"
+            for role, content in conversation[-READ_HISTORY_TURNS:]
+        )
+        history = text("read_conversation.txt").format(history=strip_control_tokens(lines))
+        earlier = f"\n{history}\n"
     return [
         {"role": "system", "content": text("read_system.txt")},
         {
             "role": "user",
             "content": text("read_user.txt").format(
-                question=strip_control_tokens(question), passages=passages(hits)
+                question=strip_control_tokens(question),
+                passages=passages(hits),
+                conversation=earlier,
             ),
         },
     ]
+
+
+def _clip(value: str, limit: int) -> str:
+    value = " ".join(value.split())
+    return value if len(value) <= limit else value[: limit - 1] + "…"
 
 
 def condense_messages(history: Sequence[tuple[str, str]], question: str) -> list[dict[str, str]]:

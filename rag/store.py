@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS documents (
     size INTEGER NOT NULL DEFAULT 0,
     mtime REAL NOT NULL DEFAULT 0,
     pages INTEGER,
-    ingested_at REAL NOT NULL
+    ingested_at REAL NOT NULL,
+    ocr INTEGER NOT NULL DEFAULT 0  -- ingested with --ocr (a rebuild does it again)
 );
 CREATE INDEX IF NOT EXISTS documents_hash ON documents(content_hash);
 CREATE TABLE IF NOT EXISTS chunks (
@@ -41,7 +42,7 @@ CREATE TABLE IF NOT EXISTS chunks (
     ordinal INTEGER NOT NULL,
     text TEXT NOT NULL,
     page INTEGER,
-    page_end INTEGER,
+    page_end INTEGER,  -- unused (a chunk never spans pages); kept for older readers
     start INTEGER NOT NULL,
     "end" INTEGER NOT NULL,
     terms TEXT NOT NULL  -- analysed BM25 terms, space-separated (rag.lexical)
@@ -49,9 +50,12 @@ CREATE TABLE IF NOT EXISTS chunks (
 CREATE INDEX IF NOT EXISTS chunks_doc ON chunks(doc_id);
 """
 
-_CHUNK_COLUMNS = (
-    'c.id, c.text, d.path, c.start, c."end", c.page, c.page_end, d.title, d.content_hash, c.ordinal'
-)
+# Columns added to `documents` since format version 2, with the value an
+# index written before them reads as. Additive, so no format change: older
+# code ignores them, and this code adds them to the next generation it writes.
+ADDED_COLUMNS = {"ocr": "INTEGER NOT NULL DEFAULT 0"}
+
+_CHUNK_COLUMNS = 'c.id, c.text, d.path, c.start, c."end", c.page, d.title, c.ordinal'
 
 
 @dataclass(frozen=True)
@@ -66,10 +70,18 @@ class DocumentRecord:
     pages: int | None
     ingested_at: float
     chunks: int = 0
+    ocr: bool = False  # ingested with OCR of pages without a text layer
+
+
+def _record(row: tuple[Any, ...]) -> DocumentRecord:
+    id_, path, content_hash, kind, title, size, mtime, pages, ingested_at, chunks, ocr = row
+    return DocumentRecord(
+        id_, path, content_hash, kind, title, size, mtime, pages, ingested_at, chunks, bool(ocr)
+    )
 
 
 def _chunk_from_row(row: tuple[Any, ...]) -> Chunk:
-    cid, text, path, start, end, page, page_end, title, doc_hash, ordinal = row
+    cid, text, path, start, end, page, title, ordinal = row
     return Chunk(
         id=cid,
         text=text,
@@ -77,9 +89,7 @@ def _chunk_from_row(row: tuple[Any, ...]) -> Chunk:
         start=start,
         end=end,
         page=page,
-        page_end=page_end,
         title=title,
-        doc_hash=doc_hash,
         ordinal=ordinal,
     )
 
@@ -125,12 +135,7 @@ class _Tables:
         return before, chunk.text, _assemble(pieces, chunk.end, last)
 
     def documents(self) -> list[DocumentRecord]:
-        rows = self.db.execute(
-            "SELECT d.id, d.path, d.content_hash, d.kind, d.title, d.size, d.mtime, d.pages, "
-            "d.ingested_at, (SELECT count(*) FROM chunks c WHERE c.doc_id = d.id) "
-            "FROM documents d ORDER BY d.path"
-        )
-        return [DocumentRecord(*r) for r in rows]
+        return self._documents_where("1", None)
 
     def document(self, path: str) -> DocumentRecord | None:
         return next((d for d in self._documents_where("d.path = ?", path)), None)
@@ -138,17 +143,59 @@ class _Tables:
     def document_with_hash(self, content_hash: str) -> DocumentRecord | None:
         return next((d for d in self._documents_where("d.content_hash = ?", content_hash)), None)
 
-    def _documents_where(self, clause: str, value: str) -> list[DocumentRecord]:
+    def _documents_where(self, clause: str, value: str | None) -> list[DocumentRecord]:
+        """Documents matching `clause` (one `?` for `value`); all when `value` is None."""
+        # A generation written before the `ocr` column reads it as its default.
+        ocr = "d.ocr" if "ocr" in _columns(self.db, "documents") else "0"
         rows = self.db.execute(
             "SELECT d.id, d.path, d.content_hash, d.kind, d.title, d.size, d.mtime, d.pages, "
-            "d.ingested_at, (SELECT count(*) FROM chunks c WHERE c.doc_id = d.id) "
-            f"FROM documents d WHERE {clause} LIMIT 1",
-            (value,),
+            f"d.ingested_at, (SELECT count(*) FROM chunks c WHERE c.doc_id = d.id), {ocr} "
+            f"FROM documents d WHERE {clause} "
+            + ("ORDER BY d.path" if value is None else "LIMIT 1"),
+            () if value is None else (value,),
         )
-        return [DocumentRecord(*r) for r in rows]
+        return [_record(r) for r in rows]
 
     def count(self, table: str) -> int:
         return int(self.db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+
+def _columns(db: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+
+
+def create_schema(db: sqlite3.Connection) -> None:
+    """Create the tables, or bring a copied older generation's up to date."""
+    db.executescript(SCHEMA)
+    have = _columns(db, "documents")
+    for name, definition in ADDED_COLUMNS.items():
+        if name not in have:
+            db.execute(f"ALTER TABLE documents ADD COLUMN {name} {definition}")
+
+
+def _connect_immutable(db_path: Path) -> sqlite3.Connection:
+    # immutable=1: no locks, no journal files; a published generation never changes.
+    uri = f"file:{urllib.parse.quote(str(db_path.resolve()))}?immutable=1"
+    try:
+        db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        db.execute("SELECT count(*) FROM documents").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise IndexCorrupt(f"{db_path} is unreadable: the index is damaged ({exc}).") from exc
+    return db
+
+
+def published_documents(root: Path) -> dict[str, DocumentRecord]:
+    """The documents of the current generation by path (none when there is
+    no index yet), read without loading its vectors."""
+    name = layout.current_generation(root)
+    if name is None:
+        return {}
+    tables = _Tables()
+    tables.db = _connect_immutable(root / name / layout.DB_FILE)
+    try:
+        return {d.path: d for d in tables.documents()}
+    finally:
+        tables.db.close()
 
 
 def _assemble(pieces: list[tuple[int, str]], start: int, end: int) -> str:
@@ -215,14 +262,7 @@ class Snapshot(_Tables):
         self.generation = generation
         gen_dir = root / generation
         self.manifest = layout.read_manifest(gen_dir)
-        db_path = gen_dir / layout.DB_FILE
-        # immutable=1: no locks, no journal files; the generation never changes.
-        uri = f"file:{urllib.parse.quote(str(db_path.resolve()))}?immutable=1"
-        try:
-            self.db = sqlite3.connect(uri, uri=True, check_same_thread=False)
-            self.db.execute("SELECT count(*) FROM documents").fetchone()
-        except sqlite3.DatabaseError as exc:
-            raise IndexCorrupt(f"{db_path} is unreadable: the index is damaged ({exc}).") from exc
+        self.db = _connect_immutable(gen_dir / layout.DB_FILE)
         self.vectors: faiss.Index = _read_vectors(gen_dir / layout.VECTORS_FILE)
         try:
             self.lexical = lexical.LexicalIndex(gen_dir / layout.BM25_DIR)

@@ -50,9 +50,7 @@ class Chunk:
     start: int
     end: int
     page: int | None = None
-    page_end: int | None = None
     title: str = ""
-    doc_hash: str = ""
     ordinal: int = 0
     id: int | None = None
 

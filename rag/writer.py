@@ -16,19 +16,39 @@ import faiss
 import numpy as np
 
 from rag import layout, lexical
-from rag.errors import IndexCorrupt, IndexIncompatible
+from rag.errors import IndexCorrupt, IndexIncompatible, RebuildRefused
 from rag.layout import IndexParams, Manifest
-from rag.store import SCHEMA, _read_vectors, _Tables
+from rag.store import DocumentRecord, _read_vectors, _Tables, create_schema, published_documents
 from rag.types import Chunk
+
+
+def replaced_documents(root: Path) -> dict[str, DocumentRecord]:
+    """The documents a rebuild of `root` replaces, by path. A generation
+    whose database is unreadable has none to lose: a rebuild is how such an
+    index is repaired."""
+    try:
+        return published_documents(root)
+    except (IndexCorrupt, sqlite3.DatabaseError):
+        return {}
 
 
 class StoreWriter(_Tables):
     """Builds the next generation in a staging folder. Use through
-    `open_writer`, which holds the lock and publishes."""
+    `open_writer`, which holds the lock and publishes.
 
-    def __init__(self, root: Path, params: IndexParams, rebuild: bool = False) -> None:
+    A rebuild starts from nothing and publishes once, when complete: never
+    an empty index, and never one without documents of the generation it
+    replaces unless `allow_drop`."""
+
+    def __init__(
+        self, root: Path, params: IndexParams, rebuild: bool = False, allow_drop: bool = False
+    ) -> None:
         self.root = root
         self.params = params
+        self.rebuild = rebuild
+        self.allow_drop = allow_drop
+        # What a rebuild replaces, read under the lock: nothing can change it.
+        self.previous = replaced_documents(root) if rebuild else {}
         current = layout.current_generation(root)
         self.base_number = layout.generation_number(current) if current else 0
         assert self.base_number is not None
@@ -73,7 +93,7 @@ class StoreWriter(_Tables):
         # durability comes from fsync + rename at publish time.
         self.db.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;")
         self.db.execute("PRAGMA foreign_keys=ON")
-        self.db.executescript(SCHEMA)
+        create_schema(self.db)
         self.db.execute("BEGIN")
 
     # -- changes ------------------------------------------------------------
@@ -105,16 +125,18 @@ class StoreWriter(_Tables):
         pages: int | None,
         chunks: Sequence[Chunk],
         vectors: np.ndarray,
+        ocr: bool = False,
     ) -> None:
-        """Add a document, replacing any earlier version stored at `path`."""
+        """Add a document, replacing any earlier version stored at `path`.
+        `ocr`: it was parsed with OCR (so a rebuild parses it so again)."""
         if len(chunks) != len(vectors):
             raise ValueError("one vector per chunk")
         self.changed = True
         self.delete(path)
         doc_id = self.db.execute(
             "INSERT INTO documents (path, content_hash, kind, title, size, mtime, pages, "
-            "ingested_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (path, content_hash, kind, title, size, mtime, pages, time.time()),
+            "ingested_at, ocr) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (path, content_hash, kind, title, size, mtime, pages, time.time(), int(ocr)),
         ).lastrowid
         ids = []
         for ordinal, chunk in enumerate(chunks):
@@ -122,7 +144,7 @@ class StoreWriter(_Tables):
             cid = self.db.execute(
                 'INSERT INTO chunks (doc_id, ordinal, text, page, page_end, start, "end", terms) '
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (doc_id, ordinal, chunk.text, chunk.page, chunk.page_end, chunk.start, chunk.end,
+                (doc_id, ordinal, chunk.text, chunk.page, chunk.page, chunk.start, chunk.end,
                  terms),
             ).lastrowid  # fmt: skip
             ids.append(cid)
@@ -142,10 +164,17 @@ class StoreWriter(_Tables):
     def paths(self) -> list[str]:
         return [r[0] for r in self.db.execute("SELECT path FROM documents ORDER BY path")]
 
+    def earlier(self, path: str) -> DocumentRecord | None:
+        """The record this write replaces at `path`: in the generation a
+        rebuild replaces, else in the one being extended."""
+        return self.previous.get(path) if self.rebuild else self.document(path)
+
     # -- publishing ----------------------------------------------------------
 
     def publish(self) -> int:
         """Write the staging generation out and make it current."""
+        if self.rebuild:
+            self._check_rebuild()
         self.db.execute("COMMIT")
         documents, chunks = self.count("documents"), self.count("chunks")
         if chunks != self.vectors.ntotal:
@@ -178,8 +207,24 @@ class StoreWriter(_Tables):
         self.changed = False
         return self.number
 
-    def checkpoint(self) -> int:
-        """Publish what is done so far and keep writing into a fresh staging."""
+    def _check_rebuild(self) -> None:
+        if self.count("documents") == 0:
+            raise RebuildRefused(
+                f"The rebuild of {self.root} ingested no document, and an empty index is "
+                "never published. The index is unchanged."
+            )
+        kept = set(self.paths())
+        dropped = [path for path in sorted(self.previous) if path not in kept]
+        if dropped and not self.allow_drop:
+            raise RebuildRefused.dropping(dropped)
+
+    def checkpoint(self) -> int | None:
+        """Publish what is done so far and keep writing into a fresh staging.
+        A rebuild never does (None): until it is complete, the generation it
+        replaces must stay current, and whole (the sweep after a second
+        checkpoint would delete it)."""
+        if self.rebuild:
+            return None
         number = self.publish()
         self._open_staging()
         return number
@@ -193,19 +238,25 @@ class StoreWriter(_Tables):
 
 @contextmanager
 def open_writer(
-    root: Path, params: IndexParams, *, rebuild: bool = False, lock_timeout: float = 0.0
+    root: Path,
+    params: IndexParams,
+    *,
+    rebuild: bool = False,
+    allow_drop: bool = False,
+    lock_timeout: float = 0.0,
 ) -> Iterator[StoreWriter]:
     """Hold the index's write lock, build the next generation, publish it on
-    success (if anything changed) and discard it on any error."""
+    success (if anything changed) and discard it on any error, or when the
+    publication is refused."""
     with layout.write_lock(root, lock_timeout):
         layout.sweep(root)
-        writer = StoreWriter(root, params, rebuild=rebuild)
+        writer = StoreWriter(root, params, rebuild=rebuild, allow_drop=allow_drop)
         try:
             yield writer
+            if writer.changed:
+                writer.publish()
+                return
         except BaseException:
             writer.abort()
             raise
-        if writer.changed:
-            writer.publish()
-        else:
-            writer.abort()
+        writer.abort()

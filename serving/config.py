@@ -226,33 +226,58 @@ def build_config(
         gpus = gpu_count()
     if device is None:
         device = "gpu" if gpus else "cpu"
-
     if device == "gpu":
-        if not gpus or gpus < 1:
-            raise LaunchError("nvidia-smi found no GPU; use --cpu, or --gpus N to force")
-        model = model or GPU_MODEL
-        config = gpu_config(
-            venv=paths.venv,
-            gpus=gpus,
-            model=model,
-            parallel=parallel,
-            host=host,
-            port=port,
-            served_model_name=served_model_name or GPU_SERVED_NAME,
-            max_model_len=max_model_len or GPU_MAX_MODEL_LEN,
-            extra_args=extra_args,
-            environ=env,
-        )
-        if hub_model_present(model, env):
-            return config
-        missing = (
-            f"model {model} is neither a folder nor in the Hugging Face cache; "
-            f"{SETUP_HINT} on this machine to download it (never at run time)."
-        )
-        return dataclasses.replace(
-            config, pending=partial(_fail, missing), pending_note=f"not ready: {missing}"
-        )
+        return _gpu_build(
+            paths, env, gpus, model or GPU_MODEL, parallel, host, port,
+            served_model_name or GPU_SERVED_NAME, max_model_len or GPU_MAX_MODEL_LEN, extra_args,
+        )  # fmt: skip
+    return _cpu_build(
+        paths, env, device, model, host, port, served_model_name,
+        max_model_len or CPU_MAX_MODEL_LEN, extra_args,
+    )  # fmt: skip
 
+
+def _gpu_build(
+    paths: Paths,
+    env: Mapping[str, str],
+    gpus: int | None,
+    model: str,
+    parallel: Parallel,
+    host: str,
+    port: int,
+    served_model_name: str,
+    max_model_len: int,
+    extra_args: Sequence[str],
+) -> ServeConfig:
+    if not gpus or gpus < 1:
+        raise LaunchError("nvidia-smi found no GPU; use --cpu, or --gpus N to force")
+    config = gpu_config(
+        venv=paths.venv, gpus=gpus, model=model, parallel=parallel, host=host, port=port,
+        served_model_name=served_model_name, max_model_len=max_model_len,
+        extra_args=extra_args, environ=env,
+    )  # fmt: skip
+    if hub_model_present(model, env):
+        return config
+    missing = (
+        f"model {model} is neither a folder nor in the Hugging Face cache; "
+        f"{SETUP_HINT} on this machine to download it (never at run time)."
+    )
+    return dataclasses.replace(
+        config, pending=partial(_fail, missing), pending_note=f"not ready: {missing}"
+    )
+
+
+def _cpu_build(
+    paths: Paths,
+    env: Mapping[str, str],
+    device: Device,
+    model: str | None,
+    host: str,
+    port: int,
+    served_model_name: str | None,
+    max_model_len: int,
+    extra_args: Sequence[str],
+) -> ServeConfig:
     pending: Callable[[], object] | None = None
     note = ""
     if model is not None:
@@ -270,15 +295,10 @@ def build_config(
         # The scripted logits processor is how a request picks this model's output.
         extra_args = ["--logits-processors", TINY_LOGITS_PROCESSOR, *extra_args]
     config = cpu_config(
-        venv=paths.venv,
-        model_dir=model_dir,
-        host=host,
-        port=port,
-        served_model_name=served_model_name or default_name,
-        max_model_len=max_model_len or CPU_MAX_MODEL_LEN,
-        extra_args=extra_args,
-        environ=env,
-    )
+        venv=paths.venv, model_dir=model_dir, host=host, port=port,
+        served_model_name=served_model_name or default_name, max_model_len=max_model_len,
+        extra_args=extra_args, environ=env,
+    )  # fmt: skip
     if device == "tiny-gpt-oss":
         # vLLM imports the logits processor by module path, from this repo.
         config.env["PYTHONPATH"] = os.pathsep.join(

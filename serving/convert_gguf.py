@@ -4,7 +4,7 @@ Run inside `.venv-llm` (it needs torch, transformers and gguf):
 
     .venv-llm/bin/python serving/convert_gguf.py MODEL.gguf OUTDIR
 
-`serving.launch` calls this once per GGUF and caches OUTDIR; it writes to a
+`serving.models.smollm2_dir` runs this once per GGUF and caches OUTDIR; it writes to a
 temporary folder and renames it, so this script just writes where it is told.
 """
 

@@ -12,8 +12,8 @@ its output token by token with `serving.scripted_logits`. The tokenizer
 must therefore match harmony's ids exactly; `build_tokenizer` checks that.
 
 The vocabulary comes from the `openai_harmony` package (a vLLM dependency
-that carries it inside), so nothing is downloaded. `serving.launch` calls
-this once and caches OUTDIR (written aside, then renamed).
+that carries it inside), so nothing is downloaded. `serving.models.tiny_gpt_oss_dir`
+runs this once and caches OUTDIR (written aside, then renamed).
 """
 
 from __future__ import annotations

@@ -135,6 +135,38 @@ def write_corpus(folder: Path) -> Path:
     return folder
 
 
+NOTE_WORDS = [
+    "river", "mountain", "lantern", "copper", "violet", "harbour", "meadow", "glacier", "orchard",
+    "falcon", "timber", "compass", "saffron", "beacon", "quarry", "thistle", "marble", "canyon",
+    "willow", "ember", "prairie", "lagoon", "cobalt", "tundra", "juniper", "basalt", "raven",
+]  # fmt: skip
+
+
+def code_word(i: int) -> str:
+    """The one word only note `i` contains (a BM25 search finds exactly it)."""
+    return f"zq{i:02d}xv"
+
+
+def write_notes(folder: Path, count: int, sentences: int = 60) -> Path:
+    """`count` plain-text notes (alternately .txt and .md) of `sentences`
+    near-identical sentences each, note i holding `code_word(i)` halfway."""
+    import random
+
+    folder.mkdir(parents=True)
+    for i in range(count):
+        rng = random.Random(i)
+        lines = [
+            f"Note {i} sentence {j}: the {rng.choice(NOTE_WORDS)} near the "
+            f"{rng.choice(NOTE_WORDS)} keeps the {rng.choice(NOTE_WORDS)} of "
+            f"{rng.choice(NOTE_WORDS)}."
+            for j in range(sentences)
+        ]
+        lines.insert(sentences // 2, f"The code word of note {i} is {code_word(i)}.")
+        suffix = ".md" if i % 2 else ".txt"
+        (folder / f"note-{i:02d}{suffix}").write_text(" ".join(lines), encoding="utf-8")
+    return folder
+
+
 # -- hostile files -------------------------------------------------------------------
 
 
@@ -303,3 +335,38 @@ def slow_render_pdf(path: Path, strokes: int = 200_000) -> Path:
     lines = b"".join(b"%d 0 m %d 792 l S\n" % (i % 612, 612 - i % 612) for i in range(strokes))
     path.write_bytes(_one_page_pdf(612, 792, b"1 w " + lines, compress=True))
     return path
+
+
+# -- hostile Markdown ----------------------------------------------------------------
+
+# Model or document text that tries to make the page link to, or fetch,
+# somewhere else. Every payload names evil.example (or a javascript:/data:
+# URL), so a test can tell a leaked link from the app's own.
+HOSTILE_MARKDOWN = [
+    "Inline link: [click here](https://evil.example/inline) [1]",
+    "Inline image: ![pixel](https://evil.example/pixel.png) [1]",
+    "Reference link: see [1] and [docs][x].\n\n[1]: https://evil.example/ref-1\n"
+    "[x]: https://evil.example/ref-x",
+    "Reference image: ![tracker][img]\n\n[img]: https://evil.example/ref.png",
+    "Marker as link: [1](https://evil.example/marker) and [1][1]\n\n"
+    "[1]: <https://evil.example/marker-def>",
+    "Autolinks: <https://evil.example/angle> <mailto:me@evil.example> me@evil.example",
+    "Bare URLs: https://evil.example/bare HTTP://EVIL.EXAMPLE/upper www.evil.example/www",
+    'Raw HTML: <a href="https://evil.example/html">x</a> <img src="https://evil.example/h.png">'
+    '<iframe src="https://evil.example/frame"></iframe><script src="https://evil.example/s.js">'
+    "</script>",
+    "Script URLs: [js](javascript:alert(1)) [data](data:text/html;base64,PHNjcmlwdD4=) "
+    "![d](data:image/png;base64,iVBORw0KGgo=)",
+    "Look-alike brackets: ［x］（https://evil.example/fullwidth） ⟦y⟧⦅https://evil.example/w⦆",
+    "Escaped: \\[a\\](https://evil.example/esc) [b\\](https://evil.example/esc2)",
+    "Code: `[c](https://evil.example/code)` and ``x `[d](https://evil.example/c2)` y``",
+    "Table:\n\n| a | b |\n|---|---|\n| `x | [t](https://evil.example/table) ` | y |",
+    "Fence in a list:\n\n- item\n\n  ```\n  [f](https://evil.example/fence)\n"
+    "out [g](https://evil.example/after)\n  ```",
+    "Directive: :blue[coloured](https://evil.example/directive) :material/link:",
+    "Math: $\\href{https://evil.example/katex}{x}$ and $$\\url{https://evil.example/k2}$$",
+    "Footnote: text[^n]\n\n[^n]: https://evil.example/footnote",
+    "Entities: &#91;e&#93;&#40;https://evil.example/entity&#41; &lt;b&gt;",
+    "Nested: [[[[1]]]](https://evil.example/nested) ![![x](https://evil.example/a.png)](y)",
+    "Unclosed fence (last: it runs to the end):\n```\n[u](https://evil.example/unclosed)",
+]

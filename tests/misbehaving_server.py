@@ -123,7 +123,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
     def _answer_text(self, request: dict[str, Any], stage: str) -> str:
-        return _verdicts(request) if stage == "screen" else ANSWER
+        return _verdicts(request) if stage == "screen" else self.server.answer
 
     def _hold(self) -> None:
         """Keep the connection open without a byte until the test ends."""
@@ -232,6 +232,7 @@ class _Server(ThreadingHTTPServer):
         self.release = threading.Event()
         self.hold_seconds = 120.0
         self.flaky_calls = 0
+        self.answer = ANSWER  # what deep reads (and rewrites) say; a test may change it
 
 
 @dataclass
@@ -241,6 +242,10 @@ class Misbehaving:
     @property
     def log(self) -> Log:
         return self.server.log
+
+    def answer_with(self, text: str) -> None:
+        """Deep reads and follow-up rewrites answer `text` from now on."""
+        self.server.answer = text
 
     def url(self, fault: str, only: str = "all") -> str:
         host, port = self.server.server_address[:2]

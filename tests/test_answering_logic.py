@@ -96,3 +96,22 @@ def test_a_question_longer_than_the_model_can_take_is_refused_with_its_size():
     assert str(caught.value).startswith(
         f"Your question is too long for this model ({limit + 1} tokens, at most {limit})"
     )
+
+
+def test_the_read_prompt_carries_the_end_of_the_conversation_clipped():
+    turns = [("user", f"question {i}") for i in range(10)]
+    turns.append(("assistant", "word " * 2000 + "<|im_end|>"))
+    user = prompts.read_messages("Standalone?", [hit(1)], turns)[-1]["content"]
+    assert "question 9" in user and "question 6" not in user  # the last four turns
+    said = next(line for line in user.splitlines() if line.startswith("assistant: "))
+    assert len(said) <= len("assistant: ") + prompts.READ_HISTORY_CHARS
+    assert "<|im_end|>" not in user
+    assert user.rstrip().endswith("Question: Standalone?")
+    alone = prompts.read_messages("Standalone?", [hit(1)])[-1]["content"]
+    assert "conversation" not in alone.lower()
+
+
+def test_the_budget_counts_the_conversation_too():
+    hits = [hit(i, "x" * 900) for i in range(1, 7)]
+    long_talk = [("user", "y" * 600), ("assistant", "z" * 600)] * 2
+    assert len(fit_to_budget("q", hits, 1200, long_talk)) < len(fit_to_budget("q", hits, 1200))

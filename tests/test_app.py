@@ -212,10 +212,49 @@ def test_upload_ingests_good_files_and_reports_broken_ones(app_env, kb_root, tmp
     ]
     assert not (kb_root.parent / "escape attempt.md").exists()
     documents = at.dataframe[0].value["document"].tolist()
-    assert str(uploads / "report.pdf") in documents
+    assert "uploads/report.pdf" in documents  # relative to the knowledge base
     # the sidebar's summary is drawn after the ingest: it counts the new files
     summary = next(c.value for c in at.sidebar.caption if "documents" in c.value)
     assert summary.startswith(f"{len(documents)} documents · "), summary
+
+
+def test_visitors_never_see_an_absolute_server_path(app_env, kb_root, tmp_path):
+    # The sample documents were ingested from docs/ (outside the knowledge
+    # base, as `make run` does) and one more is uploaded into it: passages,
+    # their captions and labels, the documents table, the delete picker and
+    # an upload's failure message all show paths relative to the knowledge
+    # base, or to the folder its outside documents share.
+    from serving.launch import free_port
+
+    app_env.setenv("RAG_LLM_URL", f"http://127.0.0.1:{free_port()}/v1")  # passages only
+    at = app().run()
+    at.file_uploader[0].set_value(
+        [
+            ("notes.md", b"# Notes\n\nThe ingestion report lists broken files.", "text/markdown"),
+            ("broken.pdf", b"%PDF-1.4 this is not a pdf", "application/pdf"),
+        ]
+    ).run()
+    next(b for b in at.button if b.label == "Ingest").click().run()
+    assert any("uploads/broken.pdf" in e.value for e in at.error), "the failure is reported"
+    shown = page_text(at)
+    at.chat_input[0].set_value("How are broken files reported during ingestion?").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert len(at.expander) >= 3, "the passages are shown"
+    shown += page_text(at)
+    for server_path in (str(kb_root), str(Path(APP).parent), str(tmp_path)):
+        assert server_path not in shown
+    assert "uploads/notes.md" in shown and "how-ingestion-works.md" in shown
+
+
+def page_text(at: AppTest) -> str:
+    """Everything the page shows as text: Markdown, captions, labels, alerts,
+    the options of pickers and the cells of tables."""
+    shown = [texts(at)] + [
+        m.value for kind in ("error", "success", "info", "warning") for m in at.get(kind)
+    ]
+    shown += [str(o) for box in at.multiselect for o in box.options]
+    shown += [frame.value.to_csv() for frame in at.dataframe]
+    return "\n".join(shown)
 
 
 def test_delete_a_document_from_the_manage_tab(app_env, kb_root):
@@ -241,3 +280,40 @@ def test_rebuild_from_the_manage_tab_embeds_every_document_again(app_env, kb_roo
     done = [s.value for s in at.success]
     assert done and re.search(r"\b[1-9]\d* chunks embedded", done[0]), done
     assert generation() == before + 1
+
+
+def test_a_rebuild_that_would_drop_documents_asks_first(app_env, kb_root, tmp_path, embedder):
+    from ingest.pipeline import ingest_paths
+    from rag.settings import Settings
+
+    note = tmp_path / "gone.md"
+    note.write_text("# Gone\n\nThis note's file is deleted before the rebuild.\n")
+    ingest_paths([str(note)], Settings(index=kb_root / "default"), embedder=embedder)
+    note.unlink()
+    at = app().run()
+
+    def state() -> tuple[int, list[str]]:
+        line = next(c.value for c in at.caption if "generation" in c.value)
+        generation = int(re.search(r"generation (\d+)", line).group(1))
+        return generation, at.dataframe[0].value["document"].tolist()
+
+    shown = f"{tmp_path.name}/gone.md"  # as visitors see it: no server folders
+    before = state()
+    assert shown in before[1]
+    next(b for b in at.button if b.label == "Rebuild this knowledge base").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("would drop 1 document" in w.value for w in at.warning), at.warning
+    assert any(t.value == shown for t in at.text), "names the document it would drop"
+    assert state() == before, "nothing changes before the user confirms"
+
+    at.run()  # any other rerun: the question is still there
+    confirm = next(b for b in at.button if b.label == "Rebuild without these 1 document(s)")
+    confirm.click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any(s.value.startswith("Added ") for s in at.success), [e.value for e in at.error]
+    assert not any("would drop" in w.value for w in at.warning), "the question is answered"
+    assert not any(b.label.startswith("Rebuild without") for b in at.button)
+    generation, documents = state()
+    # (names are relative to the folder the remaining documents share)
+    assert generation == before[0] + 1
+    assert [Path(p).name for p in documents] == [Path(p).name for p in before[1] if p != shown]

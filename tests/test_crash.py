@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from builders import code_word, write_notes
 from click.testing import CliRunner
 
 from ingest.pipeline import ingest_paths
@@ -50,30 +51,11 @@ ENV = {
     "RAG_CHUNK_OVERLAP": "4",
     "RAG_CHECKPOINT_SECONDS": "0.01",  # publish after every embedding batch
 }
-WORDS = [
-    "river", "mountain", "lantern", "copper", "violet", "harbour", "meadow", "glacier", "orchard",
-    "falcon", "timber", "compass", "saffron", "beacon", "quarry", "thistle", "marble", "canyon",
-    "willow", "ember", "prairie", "lagoon", "cobalt", "tundra", "juniper", "basalt", "raven",
-]  # fmt: skip
 SEED_FACT = "The seed note says the observatory dome was painted teal in 1931."
 
 
-def code_word(i: int) -> str:
-    return f"zq{i:02d}xv"
-
-
 def write_batch(folder: Path) -> None:
-    folder.mkdir(parents=True)
-    for i in range(FILES):
-        rng = random.Random(i)
-        sentences = [
-            f"Note {i} sentence {j}: the {rng.choice(WORDS)} near the {rng.choice(WORDS)} "
-            f"keeps the {rng.choice(WORDS)} of {rng.choice(WORDS)}."
-            for j in range(60)
-        ]
-        sentences.insert(30, f"The code word of note {i} is {code_word(i)}.")
-        suffix = ".md" if i % 2 else ".txt"
-        (folder / f"note-{i:02d}{suffix}").write_text(" ".join(sentences), encoding="utf-8")
+    write_notes(folder, FILES)
 
 
 def state(index: Path) -> dict[str, tuple]:

@@ -45,4 +45,4 @@ def test_convex_alpha_picks_a_side_and_handles_ties():
     assert convex(dense, bm25, alpha=1.0)[0][0] == 1
     assert convex(dense, bm25, alpha=0.0)[0][0] == 2
     assert convex({5: 0.3, 6: 0.3}, {}, alpha=0.6) == [(5, 0.0), (6, 0.0)]
-    assert convex({}, {1: 2.0}) == []
+    assert convex({}, {1: 2.0}, alpha=0.5) == []

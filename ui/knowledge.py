@@ -14,8 +14,9 @@ from pathlib import Path
 from ingest.loaders import KINDS
 from ingest.pipeline import IngestReport, ProgressFn, ingest_paths
 from rag import layout
-from rag.knowledge_base import KnowledgeBase
+from rag.errors import RebuildRefused
 from rag.settings import Settings
+from rag.store import published_documents
 
 UPLOADS = "uploads"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -30,7 +31,7 @@ def list_knowledge_bases(root: Path) -> list[str]:
     return sorted(
         p.name
         for p in root.iterdir()
-        if valid_name(p.name) and ((p / "CURRENT").is_file() or (p / UPLOADS).is_dir())
+        if valid_name(p.name) and ((p / layout.CURRENT_FILE).is_file() or (p / UPLOADS).is_dir())
     )
 
 
@@ -164,13 +165,24 @@ def delete_documents(kb_dir: Path, paths: list[str], settings: Settings) -> Inge
     return report
 
 
-def rebuild(kb_dir: Path, settings: Settings, progress: ProgressFn) -> IngestReport:
-    """Re-ingest every source file that still exists into a fresh generation
-    (the current one serves searches until the new one is published)."""
-    sources = [d.path for d in KnowledgeBase.open(kb_dir).documents() if os.path.exists(d.path)]
+def rebuild(
+    kb_dir: Path, settings: Settings, progress: ProgressFn, allow_drop: bool = False
+) -> IngestReport:
+    """Re-ingest every document from its file, each with the options it was
+    ingested with, into a fresh generation published only when complete:
+    the current one serves searches until then, and stays if the rebuild
+    stops. Raises `RebuildRefused` naming the documents it would drop
+    (files gone or unreadable) unless `allow_drop`, and when nothing is
+    left to ingest."""
+    stored = published_documents(kb_dir)
+    gone = [path for path in stored if not os.path.exists(path)]
+    if gone and not allow_drop:
+        raise RebuildRefused.dropping(gone)
+    sources = sorted(set(stored) - set(gone))
     return ingest_paths(
-        sources, settings.model_copy(update={"index": kb_dir}), rebuild=True, progress=progress
-    )
+        sources, settings.model_copy(update={"index": kb_dir}), rebuild=True,
+        allow_drop=allow_drop, progress=progress,
+    )  # fmt: skip
 
 
 def has_index(kb_dir: Path) -> bool:

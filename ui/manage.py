@@ -7,6 +7,7 @@ the picker, the uploader, the delete list) shows the new state."""
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,10 @@ import streamlit as st
 from streamlit.runtime.uploaded_file_manager import UploadedFile
 
 from ingest.pipeline import IngestReport, Progress, ProgressFn
-from rag.errors import RagError
+from rag.errors import RagError, RebuildRefused
 from rag.knowledge_base import KnowledgeBase
 from rag.settings import Settings
-from ui import knowledge
+from ui import knowledge, render
 from ui.messages import for_user, plural
 
 log = logging.getLogger(__name__)
@@ -62,48 +63,80 @@ def manage_tab(kb_dir: Path, settings: Settings, open_kb: OpenKb) -> dict[str, A
         return None
     kb = open_kb(str(kb_dir))
     st.subheader("Documents")
-    delete_documents(kb_dir, kb, settings)
-    if st.button("Rebuild this knowledge base"):
-        run_ingest(lambda progress: knowledge.rebuild(kb_dir, settings, progress))
-        st.rerun()
+    names = render.SourceNames.of(kb)
+    delete_documents(kb_dir, kb, names, settings)
+    rebuild_controls(kb_dir, names, settings)
+    names = render.SourceNames.of(kb)  # after a rebuild
     st.dataframe(
         [
             {
-                "document": d.path,
-                "kind": d.kind,
-                "pages": str(d.pages) if d.pages else "",
-                "chunks": d.chunks,
+                "document": names.show(d.path), "kind": d.kind,
+                "pages": str(d.pages) if d.pages else "", "chunks": d.chunks,
             }
             for d in kb.documents()
         ],
         hide_index=True,
-    )
+    )  # fmt: skip
     stats = kb.stats()
     # One line, not four big numbers: on a phone those filled the screen.
     summary.caption(
         f"{plural(stats['documents'], 'document')} · {plural(stats['chunks'], 'passage')} · "
         f"{plural(stats['vectors'], 'vector')} · {stats['disk_bytes'] / 1e6:.1f} MB on disk · "
-        f"model {stats['model']} · generation {stats['generation']}"
+        f"model {render.plain(stats['model'])} · generation {stats['generation']}"
     )
     return stats
 
 
-def delete_documents(kb_dir: Path, kb: KnowledgeBase, settings: Settings) -> None:
-    doomed = st.multiselect(
-        "Delete documents", [d.path for d in kb.documents()], key=_fresh("doomed", kb_dir)
-    )
+def delete_documents(
+    kb_dir: Path, kb: KnowledgeBase, names: render.SourceNames, settings: Settings
+) -> None:
+    paths = {names.show(d.path): d.path for d in kb.documents()}  # shown -> real
+    doomed = st.multiselect("Delete documents", list(paths), key=_fresh("doomed", kb_dir))
     if not doomed:
         return
     sure = st.checkbox(f"Yes, delete {len(doomed)} document(s): this cannot be undone")
     if st.button("Delete selected", disabled=not sure) and sure:
         try:
-            report = knowledge.delete_documents(kb_dir, doomed, settings)
+            report = knowledge.delete_documents(kb_dir, [paths[p] for p in doomed], settings)
         except RagError as exc:
             log.warning("delete failed: %s", exc)
-            st.error(for_user(str(exc)))
+            st.error(render.escape(names.redact(for_user(str(exc)))))
             return
         flash("success", f"Deleted {plural(report.deleted, 'document')}.")
         _done("doomed")
+
+
+def rebuild_controls(kb_dir: Path, names: render.SourceNames, settings: Settings) -> None:
+    """The Rebuild button. A rebuild that would drop documents (files gone
+    or unreadable) changes nothing; it names them and asks before dropping."""
+    # The pending question outlives the rerun that the answer's click starts.
+    asking = f"rebuild-would-drop:{kb_dir}"
+    if st.button("Rebuild this knowledge base"):
+        refused = run_ingest(kb_dir, lambda progress: knowledge.rebuild(kb_dir, settings, progress))
+        st.session_state[asking] = refused.dropped if isinstance(refused, RebuildRefused) else []
+        if not st.session_state[asking]:
+            st.rerun()
+    dropped = st.session_state.get(asking)
+    if not dropped:
+        return
+    question = st.empty()
+    with question.container():
+        st.warning(
+            f"A rebuild would drop {len(dropped)} document(s) whose files are gone or "
+            "unreadable (listed below). Nothing changes until you confirm."
+        )
+        more = f"\n… and {len(dropped) - 20} more" if len(dropped) > 20 else ""
+        # plain text: file names are not markdown
+        st.text("\n".join(names.show(p) for p in dropped[:20]) + more)
+        confirmed = st.button(f"Rebuild without these {len(dropped)} document(s)", type="primary")
+    if confirmed:
+        question.empty()
+        st.session_state[asking] = []
+        run_ingest(
+            kb_dir,
+            lambda progress: knowledge.rebuild(kb_dir, settings, progress, allow_drop=True),
+        )
+        st.rerun()
 
 
 def save_and_ingest(kb_dir: Path, files: list[UploadedFile], settings: Settings) -> None:
@@ -117,34 +150,53 @@ def save_and_ingest(kb_dir: Path, files: list[UploadedFile], settings: Settings)
     uploads = [knowledge.Upload(f.name, f.getvalue()) for f in files]
     saved = knowledge.save_uploads(kb_dir, uploads, settings.max_file_mb)
     for name, reason in saved.refused:
-        flash("error", f"{name}: {reason}")
+        flash("error", f"{render.plain(name)}: {reason}")
     for name, new_name in saved.renamed:
-        flash("info", f"{name}: a different file has this name; saved as {new_name}.")
+        flash(
+            "info",
+            f"{render.plain(name)}: a different file has this name; "
+            f"saved as {render.plain(new_name)}.",
+        )
     for name, old_name in saved.unchanged:
-        flash("info", f"{name}: already uploaded as {old_name}, unchanged.")
+        flash(
+            "info",
+            f"{render.plain(name)}: already uploaded as {render.plain(old_name)}, unchanged.",
+        )
     if saved.paths:
-        run_ingest(lambda progress: knowledge.ingest_files(kb_dir, saved.paths, settings, progress))
+        run_ingest(
+            kb_dir,
+            lambda progress: knowledge.ingest_files(kb_dir, saved.paths, settings, progress),
+        )
 
 
-def run_ingest(job: Callable[[ProgressFn], IngestReport]) -> None:
+def run_ingest(kb_dir: Path, job: Callable[[ProgressFn], IngestReport]) -> RagError | None:
+    """Run an ingest with a progress bar; keep its summary for the next run,
+    or the error it raised (also returned)."""
     bar = st.progress(0.0, text="Starting…")
 
     def progress(p: Progress) -> None:
         fraction = p.done / p.total if p.total else 1.0
-        bar.progress(min(fraction, 1.0), text=f"{p.stage}: {p.done}/{p.total} {Path(p.path).name}")
+        name = render.plain(Path(p.path).name)
+        bar.progress(min(fraction, 1.0), text=f"{p.stage}: {p.done}/{p.total} {name}")
 
     try:
         report = job(progress)
     except RagError as exc:
         bar.empty()
         log.warning("ingest failed: %s", exc)
-        flash("error", for_user(str(exc)))
-        return
+        if not isinstance(exc, RebuildRefused):  # that one asks below instead
+            flash("error", render.escape(for_user(str(exc)).replace(str(kb_dir), kb_dir.name)))
+        return exc
     bar.progress(1.0, text="Done")
     flash(
         "success",
         f"Added {report.added}, updated {report.updated}, unchanged {report.unchanged}; "
         f"{plural(report.chunks_embedded, 'chunk')} embedded in {report.seconds:.1f} s.",
     )
+    # In the knowledge base's own terms: no server folder in a message.
+    names = render.SourceNames(os.path.realpath(kb_dir), None)
     for failure in report.failed:
-        flash("error", f"{Path(failure.path).name}: {for_user(failure.error)}")
+        shown = names.show(failure.path)
+        message = names.redact(for_user(failure.error).replace(failure.path, shown))
+        flash("error", f"{render.plain(shown)}: {render.escape(message)}")
+    return None

@@ -1,14 +1,17 @@
 """Drawing answers, stages and sources with Streamlit.
 
-Document and model text is never rendered as HTML. It goes through
-`st.markdown` only after `escape` (document text: every Markdown character
-escaped) or `defuse` (model text: formatting kept, but links and images
-neutralised, so a poisoned document cannot make the page fetch a URL).
+Document and model text is never rendered as HTML, and nothing in it can
+become a link or an image: it goes through `st.markdown` only after
+`escape` (document text: every Markdown character escaped), `defuse`
+(model text: formatting kept, capped) or `plain` (names in captions and
+labels); see ui/safe_text.py. Sources are shown by `SourceNames`, relative
+to the knowledge base, never as the server's absolute paths.
 """
 
 from __future__ import annotations
 
-import re
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import streamlit as st
@@ -17,27 +20,51 @@ from rag.answering import answer_to_dict
 from rag.knowledge_base import KnowledgeBase
 from rag.types import Answer, Citation, Hit, Verdict
 from ui import pages
+from ui.safe_text import MAX_MODEL_CHARS, _embolden, cut, defuse, escape, highlighted, plain, quoted
 
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~:$=^])")
-_BLANK_LINES = re.compile(r"\n[ \t]*\n\s*")
-
-
-def escape(text: str) -> str:
-    """Document text as literal Markdown: nothing in it is formatting."""
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", text).replace("\n", "  \n")
+__all__ = ["MAX_MODEL_CHARS", "_embolden", "defuse", "escape", "highlighted", "plain", "quoted"]
 
 
-def defuse(text: str) -> str:
-    """Model text keeps its formatting; images, links and raw HTML do not
-    survive. Citation markers like [1] are untouched."""
-    text = text.replace("<", "&lt;")
-    text = re.sub(r"!\[", r"!\\[", text)
-    return re.sub(r"\]\(", r"]\\(", text)
+@dataclass(frozen=True)
+class SourceNames:
+    """How visitors see document paths: relative to the knowledge base's
+    folder (uploads), or else to the folder that the documents ingested from
+    elsewhere share (e.g. docs/); a path under neither shows its folder's
+    name and its file name, never where that folder is."""
+
+    kb_root: str
+    shared: str | None
+
+    @classmethod
+    def of(cls, kb: KnowledgeBase) -> SourceNames:
+        root = os.path.realpath(kb.root)
+        outside = [os.path.dirname(d.path) for d in kb.documents() if not _under(d.path, root)]
+        shared = os.path.commonpath(outside) if outside else None
+        # Folders with nothing in common but '/' share nothing worth hiding behind.
+        return cls(root, shared if shared and os.path.dirname(shared) != shared else None)
+
+    def show(self, source: str) -> str:
+        for base in (self.kb_root, self.shared):
+            if base and _under(source, base):
+                return os.path.relpath(source, base)
+        path = Path(source)
+        return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+
+    def redact(self, message: str) -> str:
+        """A message with the server's folders taken out of any path in it."""
+        for base in sorted(filter(None, (self.shared, self.kb_root)), key=len, reverse=True):
+            message = message.replace(base + os.sep, "")
+        return message
 
 
-def location(hit: Hit) -> str:
+def _under(path: str, folder: str) -> bool:
+    return os.path.abspath(path).startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def location(hit: Hit, names: SourceNames | None = None) -> str:
+    """Where a passage is, as plain text (not Markdown)."""
     page = f", page {hit.page}" if hit.page is not None else ""
-    return f"{Path(hit.source).name}{page}"
+    return f"{names.show(hit.source) if names else Path(hit.source).name}{page}"
 
 
 def verdict_rows(verdicts: list[Verdict], kept: list[Hit]) -> list[dict[str, object]]:
@@ -75,25 +102,25 @@ def stages(result: Answer) -> None:
 def reasoning(text: str) -> None:
     if text:
         with st.expander("Model reasoning", expanded=False):
-            st.markdown(escape(text))
+            shown, was_cut = cut(text)
+            st.markdown(escape(shown) + ("  \n… (cut)" if was_cut else ""))
 
 
-def citations(kb: KnowledgeBase, items: list[Citation], answer: str = "") -> None:
+def citations(
+    kb: KnowledgeBase, names: SourceNames, items: list[Citation], answer: str = ""
+) -> None:
     for citation in items:
-        with st.expander(f"[{citation.n}] {location(citation.hit)}"):
-            passage(kb, citation.hit, quoted(answer, citation.n))
+        with st.expander(f"[{citation.n}] {plain(location(citation.hit, names))}"):
+            passage(kb, names, citation.hit, quoted(answer, citation.n))
 
 
-def quoted(answer: str, n: int) -> list[str]:
-    """The sentences of `answer` that carry the marker [n]."""
-    return [m.strip() for m in re.findall(rf"([^\[\]]+?)\s*(?:\[\d+\])*\[{n}\]", answer)]
-
-
-def passage(kb: KnowledgeBase, hit: Hit, quotes: list[str] | None = None) -> None:
+def passage(
+    kb: KnowledgeBase, names: SourceNames, hit: Hit, quotes: list[str] | None = None
+) -> None:
     """The passage in its surrounding text, the passage highlighted (and in
     bold the sentences the answer quotes from it, as an extractive answer
     does), and for a PDF the page itself, to check the claim at its source."""
-    st.caption(hit.source)
+    st.caption(plain(names.show(hit.source)))
     snapshot = kb.snapshot()
     # A stored conversation's citation: its chunk may be gone (or its id
     # reused by a rebuild), then the text it had when cited is shown.
@@ -111,36 +138,9 @@ def passage(kb: KnowledgeBase, hit: Hit, quotes: list[str] | None = None) -> Non
     if hit.page is not None and hit.source.lower().endswith(".pdf"):
         shown = page_image(hit.source, hit.page)
         if shown.png is not None:
-            st.image(shown.png, caption=f"{Path(hit.source).name}, page {hit.page}")
+            st.image(shown.png, caption=plain(location(hit, names)))
         else:
             st.caption(shown.problem)
-
-
-def highlighted(span: str, quotes: list[str]) -> str:
-    """`span` as Markdown on an orange background, quotes in bold. The
-    background is one directive, which a blank line would end half-way (its
-    closing bracket then shows as text), so blank lines inside the span
-    become plain line breaks."""
-    one_paragraph = _BLANK_LINES.sub("\n", span)
-    return f":orange-background[{_embolden(one_paragraph, quotes)}]"
-
-
-def _embolden(span: str, quotes: list[str]) -> str:
-    """`span` escaped, with each verbatim quote (line breaks in the source
-    do not matter) in bold."""
-    marks = []
-    for quote in quotes:
-        words = quote.split()
-        if len(words) >= 3:
-            found = re.search(r"\s+".join(map(re.escape, words)), span)
-            if found:
-                marks.append(found.span())
-    out, at = [], 0
-    for start, end in sorted(marks):
-        if start >= at:
-            out += [escape(span[at:start]), "**", escape(" ".join(span[start:end].split())), "**"]
-            at = end
-    return "".join(out) + escape(span[at:])
 
 
 # cache_resource: the same immutable result for every session, never pickled.
@@ -159,11 +159,12 @@ def page_image(path: str, page: int) -> pages.PageImage:
     return _render(path, page, mtime)
 
 
-def hits_only(kb: KnowledgeBase, hits: list[Hit]) -> None:
+def hits_only(kb: KnowledgeBase, names: SourceNames, hits: list[Hit]) -> None:
     """Retrieval-only results, for when the LLM is unavailable."""
     for rank, hit in enumerate(hits, start=1):
-        with st.expander(f"{rank}. {location(hit)} · score {hit.score:.4f}", expanded=rank <= 3):
-            passage(kb, hit)
+        label = f"{rank}. {plain(location(hit, names))} · score {hit.score:.4f}"
+        with st.expander(label, expanded=rank <= 3):
+            passage(kb, names, hit)
 
 
 def notes(result: Answer) -> None:

@@ -21,7 +21,6 @@ Each pipeline runs in a fresh process; wall time includes loading the model.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -34,16 +33,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-# bench/ingest.py would shadow the `ingest` package while bench/ is on
-# sys.path (it is first when a script here runs), so bench/ leaves sys.path
-# and its shared module is loaded by file name.
-HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-_spec = importlib.util.spec_from_file_location("corpora", HERE / "corpora.py")
-assert _spec is not None and _spec.loader is not None
-corpora = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(corpora)
-
+import corpora  # bench/corpora.py: bench/ is first on sys.path when a script here runs
 
 # -- the two pipelines, each run in its own process ------------------------------
 

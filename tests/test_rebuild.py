@@ -1,0 +1,319 @@
+"""A rebuild never loses the index: until the new generation is complete
+the previous one stays current and whole, whether the rebuild is killed,
+stopped by the app, refused or has nothing to ingest.
+
+The kill test prints what a reader saw before, during and after each
+SIGKILL (run with -s to see it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from builders import code_word, image_only_pdf, write_notes
+from click.testing import CliRunner
+
+from ingest.cli import main as ingest_main
+from ingest.pipeline import Progress, ingest_paths
+from rag import errors, layout
+from rag.cli import main as rag_main
+from rag.knowledge_base import KnowledgeBase
+from rag.settings import Settings
+from ui import knowledge
+
+pytestmark = pytest.mark.timeout(900)
+
+INGEST = str(Path(sys.executable).parent / "ingest")
+NOTES = 40
+CHUNKING = {"chunk_tokens": 32, "chunk_overlap": 4}  # many chunks: several embedding batches
+ENV = {
+    "RAG_CHUNK_TOKENS": "32",
+    "RAG_CHUNK_OVERLAP": "4",
+    "RAG_CHECKPOINT_SECONDS": "0.01",  # a normal ingest would publish after every batch
+}
+
+
+@pytest.fixture(scope="module")
+def notes(tmp_path_factory, embedder) -> tuple[Path, Path]:
+    """A folder of notes and an index built from it (copy it to change it)."""
+    base = tmp_path_factory.mktemp("rebuild")
+    folder = write_notes(base / "notes", NOTES, sentences=30)
+    index = base / "index"
+    report = ingest_paths([str(folder)], Settings(index=index, **CHUNKING), embedder=embedder)
+    assert report.added == NOTES and not report.failed
+    return folder, index
+
+
+def copy_of(index: Path, target: Path) -> Path:
+    shutil.copytree(index, target)
+    return target
+
+
+def view(index: Path) -> dict:
+    """What a reader sees: `rag stats` and the documents of the current generation."""
+    result = CliRunner().invoke(rag_main, ["stats", "--index", str(index), "--json"])
+    assert result.exit_code == 0, result.output
+    stats = json.loads(result.stdout)
+    assert stats["chunks"] == stats["vectors"]
+    paths = [d.path for d in KnowledgeBase.open(index).documents()]
+    assert stats["documents"] == len(paths)
+    return {"generation": stats["generation"], "documents": len(paths), "paths": paths}
+
+
+def searches_work(index: Path, embedder, numbers: list[int]) -> None:
+    kb = KnowledgeBase.open(index, embedder)
+    for i in numbers:
+        hit = kb.search(f"code word {code_word(i)}", k=1, mode="bm25")[0]
+        assert Path(hit.source).stem == f"note-{i:02d}", hit.source
+    assert kb.search("the river near the mountain", k=1)
+
+
+def writing(index: Path, since: float) -> bool:
+    """Whether a writer started after `since` is building a generation (its
+    staging folder exists; one left by an earlier kill does not count)."""
+    return any(
+        p.name.startswith(".staging-") and p.stat().st_ctime >= since for p in index.iterdir()
+    )
+
+
+def rebuild_process(folder: Path, index: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [INGEST, str(folder), "--index", str(index), "--rebuild", "--json"],
+        env={**os.environ, **ENV},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # its parser workers are reaped with it below
+    )
+
+
+def reap(process: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def completed(notes, tmp_path_factory) -> tuple[dict, dict, float]:
+    """An uninterrupted `ingest --rebuild`: the view before and after, and
+    how long it took (the kill test spreads its kills over that time)."""
+    folder, built = notes
+    index = copy_of(built, tmp_path_factory.mktemp("completed") / "index")
+    before = view(index)
+    started = time.monotonic()
+    process = rebuild_process(folder, index)
+    try:
+        _, err = process.communicate(timeout=600)
+    finally:
+        reap(process)
+    seconds = time.monotonic() - started
+    assert process.returncode == 0, err.decode()
+    return before, view(index), seconds
+
+
+def test_a_completed_rebuild_publishes_one_generation_with_every_document(completed, embedder):
+    before, after, _ = completed
+    assert after["paths"] == before["paths"]
+    assert after["generation"] == before["generation"] + 1, "a rebuild publishes once, at the end"
+
+
+def test_a_killed_rebuild_leaves_the_previous_generation_current_and_whole(
+    notes, completed, embedder, tmp_path
+):
+    folder, built = notes
+    seconds = completed[2]
+    index = copy_of(built, tmp_path / "index")
+    before = view(index)
+    lines = [f"before: generation {before['generation']}, {before['documents']} documents"]
+    kills = kills_while_writing = 0
+    for fraction in (0.35, 0.55, 0.75, 0.92):
+        delay = fraction * seconds
+        started = time.time() - 0.2  # coarse file-system timestamps
+        process = rebuild_process(folder, index)
+        try:
+            process.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            during = view(index)  # what a search opened now would read
+            was_writing = writing(index, started)
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            kills += 1
+            kills_while_writing += was_writing
+            after = view(index)
+            lines.append(
+                f"killed after {delay:.1f} s of {seconds:.1f} s "
+                + ("(writing the new generation)" if was_writing else "(starting up)")
+                + f": during generation {during['generation']}, {during['documents']} documents;"
+                f" after generation {after['generation']}, {after['documents']} documents"
+            )
+            report = "\n".join(lines)
+            assert during == before, report
+            assert after == before, report
+            searches_work(index, embedder, [0, NOTES // 2, NOTES - 1])
+        else:  # this machine was faster than the measured run: a completed rebuild
+            assert process.returncode == 0, process.stderr.read().decode()
+            after = view(index)
+            lines.append(
+                f"completed within {delay:.1f} s: generation {after['generation']}, "
+                f"{after['documents']} documents"
+            )
+            assert after["paths"] == before["paths"], "\n".join(lines)
+            before = after
+        finally:
+            reap(process)
+    print("\n[rebuild kills]\n  " + "\n  ".join(lines))
+    assert kills >= 2 and kills_while_writing >= 1, "\n".join(lines)
+
+
+def test_an_app_rebuild_stopped_at_a_progress_call_keeps_the_previous_generation(notes, tmp_path):
+    # Streamlit stops a script (the user touched a widget or left) by
+    # raising StopException / RerunException from the next st.* call: here,
+    # the progress bar's update, once several embedding batches are done.
+    from streamlit.runtime.scriptrunner_utils.exceptions import StopException
+
+    _, built = notes
+    index = copy_of(built, tmp_path / "index")
+    before = view(index)
+    settings = Settings(index=index, checkpoint_seconds=1e-6, **CHUNKING)
+    batches = []
+
+    def progress(p: Progress) -> None:
+        batches.append(p.chunks)
+        if p.stage == "ingest" and p.done == p.total:
+            raise StopException()
+
+    with pytest.raises(StopException):
+        knowledge.rebuild(index, settings, progress)
+    assert len(set(batches)) > 2, "stopped before several embedding batches were done"
+    assert view(index) == before
+    assert not [p for p in index.iterdir() if p.name.startswith(".staging-")]
+
+
+def test_a_rebuild_that_would_drop_documents_names_them_and_changes_nothing(tmp_path, embedder):
+    kept = write_notes(tmp_path / "kept", 2, sentences=4)
+    elsewhere = write_notes(tmp_path / "elsewhere", 12, sentences=4)
+    index = tmp_path / "index"
+    ingest_paths([str(kept), str(elsewhere)], Settings(index=index), embedder=embedder)
+    before = view(index)
+
+    refused = CliRunner().invoke(ingest_main, [str(kept), "--index", str(index), "--rebuild"])
+    assert refused.exit_code == 3, refused.output
+    message = refused.stderr
+    assert "would drop 12 documents" in message, message
+    assert str(elsewhere / "note-00.txt") in message and "and 7 more" in message, message
+    assert str(elsewhere / "note-11.md") not in message, "names the first few only"
+    assert "--allow-drop" in message, message
+    assert view(index) == before
+
+    allowed = CliRunner().invoke(
+        ingest_main, [str(kept), "--index", str(index), "--rebuild", "--allow-drop", "--json"]
+    )
+    assert allowed.exit_code == 0, allowed.output
+    after = view(index)
+    assert after["paths"] == sorted(str(p) for p in kept.iterdir())
+    assert after["generation"] == before["generation"] + 1
+
+
+def test_an_app_rebuild_with_source_files_gone_refuses_until_allowed(tmp_path, embedder):
+    folder = write_notes(tmp_path / "notes", 3, sentences=4)
+    index = tmp_path / "index"
+    ingest_paths([str(folder)], Settings(index=index), embedder=embedder)
+    gone = folder / "note-01.md"
+    gone.unlink()
+    before = view(index)
+
+    with pytest.raises(errors.RebuildRefused) as refused:
+        knowledge.rebuild(index, Settings(index=index), lambda p: None)
+    assert refused.value.dropped == [str(gone)]
+    assert str(gone) in str(refused.value)
+    assert view(index) == before
+
+    knowledge.rebuild(index, Settings(index=index), lambda p: None, allow_drop=True)
+    after = view(index)
+    assert after["paths"] == [p for p in before["paths"] if p != str(gone)]
+
+
+@pytest.mark.parametrize("sources", ["empty folder", "only an unreadable file"])
+def test_a_rebuild_with_nothing_to_ingest_publishes_nothing(sources, tmp_path, embedder):
+    folder = write_notes(tmp_path / "notes", 2, sentences=4)
+    index = tmp_path / "index"
+    ingest_paths([str(folder)], Settings(index=index), embedder=embedder)
+    before = view(index)
+    other = tmp_path / "other"
+    other.mkdir()
+    if sources == "only an unreadable file":
+        (other / "broken.pdf").write_bytes(b"%PDF-1.4 this is not a pdf")
+
+    result = CliRunner().invoke(
+        ingest_main, [str(other), "--index", str(index), "--rebuild", "--allow-drop"]
+    )
+    assert result.exit_code == 3, result.output
+    assert "empty" in result.stderr and "unchanged" in result.stderr, result.stderr
+    assert view(index) == before
+
+
+def test_the_app_rebuild_with_every_file_gone_publishes_nothing(tmp_path, embedder):
+    folder = write_notes(tmp_path / "notes", 2, sentences=4)
+    index = tmp_path / "index"
+    ingest_paths([str(folder)], Settings(index=index), embedder=embedder)
+    before = view(index)
+    shutil.rmtree(folder)
+    with pytest.raises(errors.RebuildRefused):
+        knowledge.rebuild(index, Settings(index=index), lambda p: None, allow_drop=True)
+    assert view(index) == before
+
+
+def test_a_rebuild_reads_a_scanned_pdf_with_ocr_again(tmp_path, embedder):
+    # The app's rebuild (and `ingest --rebuild` without --ocr) re-ingests
+    # each document with the options it was ingested with.
+    assert shutil.which("tesseract"), "tesseract is missing: run `make system-setup`"
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    scan = image_only_pdf(folder / "scan.pdf", "The submarine cable reached Lisbon in 1870.")
+    (folder / "note.md").write_text("# Cables\n\nThe first cable failed after three weeks.\n")
+    index = tmp_path / "index"
+    ingest_paths([str(scan)], Settings(index=index), embedder=embedder, ocr=True)
+    ingest_paths([str(folder / "note.md")], Settings(index=index), embedder=embedder)
+    stored = {d.path: d.ocr for d in KnowledgeBase.open(index).documents()}
+    assert stored == {str(scan): True, str(folder / "note.md"): False}
+
+    knowledge.rebuild(index, Settings(index=index), lambda p: None)
+    hit = KnowledgeBase.open(index, embedder).search("submarine cable Lisbon", k=1)[0]
+    assert hit.source == str(scan) and "Lisbon" in hit.text
+
+    result = CliRunner().invoke(ingest_main, [str(folder), "--index", str(index), "--rebuild"])
+    assert result.exit_code == 0, result.output
+    assert {d.path: d.ocr for d in KnowledgeBase.open(index).documents()} == stored
+
+
+def test_an_index_written_before_ingest_options_were_stored_still_works(tmp_path, embedder):
+    # Indexes written before the `ocr` column: readable as they are (the
+    # column reads as False), extended and rebuilt without a format change.
+    import sqlite3
+
+    folder = write_notes(tmp_path / "notes", 2, sentences=4)
+    index = tmp_path / "index"
+    ingest_paths([str(folder / "note-00.txt")], Settings(index=index), embedder=embedder)
+    generation = index / layout.require_generation(index)
+    db = sqlite3.connect(generation / layout.DB_FILE)
+    columns = [r[1] for r in db.execute("PRAGMA table_info(documents)")]
+    if "ocr" in columns:
+        db.execute("ALTER TABLE documents DROP COLUMN ocr")
+        db.execute("VACUUM")
+    db.close()
+    manifest = json.loads((generation / layout.MANIFEST_FILE).read_text())
+    manifest["file_sizes"][layout.DB_FILE] = (generation / layout.DB_FILE).stat().st_size
+    (generation / layout.MANIFEST_FILE).write_text(json.dumps(manifest))
+
+    assert [d.ocr for d in KnowledgeBase.open(index).documents()] == [False]
+    ingest_paths([str(folder)], Settings(index=index), embedder=embedder)
+    assert [d.ocr for d in KnowledgeBase.open(index).documents()] == [False, False]
+    knowledge.rebuild(index, Settings(index=index), lambda p: None)
+    assert len(KnowledgeBase.open(index).documents()) == 2
