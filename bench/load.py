@@ -30,7 +30,7 @@ from datetime import date
 from rag.answering import answer
 from rag.knowledge_base import KnowledgeBase
 from rag.llm import OpenAIChat, check_server
-from rag.settings import Settings
+from rag.profiles import small_model
 
 QUESTIONS = [
     "How are broken files reported during ingestion?",
@@ -108,9 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
 
-    settings = Settings(
+    # The small-model profile, generative and with fewer passages and tokens
+    # (as tests/conftest.py's llm_settings): the load, not the answers.
+    settings = small_model(
         llm_url=args.url, llm_model=args.model, llm_context_tokens=args.context,
-        screen_k=4, screen_max_tokens=120, keep_max=3, read_max_tokens=200,
+        answer_style="generative", screen_k=4, read_max_tokens=200,
     )  # fmt: skip
     problem = check_server(settings)
     if problem:

@@ -281,7 +281,7 @@ def stream_answer(
     else:
         verdicts = [Verdict(hit=h, relevant=True, reason="screen off", score=0.0) for h in hits]
     result.verdicts = verdicts
-    result.kept = keep(verdicts, settings.keep_max)
+    result.kept = keep(verdicts, settings)
     result.timings["screen"] = time.perf_counter() - started
     yield Screened(
         verdicts, result.kept, result.timings["screen"], result.usage.get("screen", Usage())

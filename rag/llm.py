@@ -201,19 +201,6 @@ class OpenAIChat:
             first_token=first_token,
         )
 
-    def context_window(self) -> int | None:
-        """The served model's context length (vLLM's `max_model_len`)."""
-        import openai
-
-        try:
-            for card in self._client.models.list().data:
-                if card.id == self.model:
-                    value = getattr(card, "max_model_len", None)
-                    return int(value) if value else None
-        except openai.OpenAIError:
-            return None
-        return None
-
 
 def _message(exc: Any) -> str:
     body = getattr(exc, "body", None)
@@ -244,6 +231,29 @@ def display_url(url: str) -> str:
         host = f"[{host}]"
     netloc = host + (f":{parts.port}" if parts.port else "")
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def served_models(settings: Settings) -> dict[str, int | None]:
+    """The models the server at RAG_LLM_URL serves, in its order, each with
+    its context length (vLLM's `max_model_len`; None where the server does not
+    say). Empty when the server cannot be reached or answers with an error."""
+    import openai
+
+    client = openai.OpenAI(
+        base_url=settings.llm_url,
+        api_key=settings.llm_api_key.get_secret_value(),
+        timeout=settings.llm_connect_timeout,
+        max_retries=0,
+    )
+    try:
+        cards = client.models.list().data
+    except (openai.OpenAIError, ValueError, TypeError):
+        return {}
+    served: dict[str, int | None] = {}
+    for card in cards:
+        length = getattr(card, "max_model_len", None)
+        served[str(card.id)] = length if isinstance(length, int) and length > 0 else None
+    return served
 
 
 def check_server(settings: Settings) -> str | None:

@@ -1,7 +1,9 @@
 """Stage 1, the fast screen: every retrieved passage judged at reasoning
 effort low, all requests in flight at once, each verdict schema-valid JSON
 (which passages matter, with a score and a reason). A verdict that cannot
-be had keeps its passage: the screen never loses an answer by failing.
+be had leaves its passage to retrieval's judgement, and `keep` blends
+each verdict with the retrieval score, so that a small model's unsure or
+failed screen never drops what retrieval ranked far ahead.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from rag.llm import ChatModel, Completion, Request, complete, require_content
 from rag.settings import Settings
 from rag.types import Hit, Usage, Verdict
 
-# A verdict we could not parse keeps its passage (fail open) with a middling
-# score, so that valid strong verdicts still rank first.
+# The score shown for a verdict we could not parse; `keep` ignores it (the
+# passage is judged by retrieval alone).
 FAIL_OPEN_SCORE = 1.5
 
 
@@ -107,7 +109,7 @@ def _fail_open(hit: Hit, error: str, completion: Completion | None = None) -> Ve
     return Verdict(
         hit=hit,
         relevant=True,
-        reason="kept: the screen gave no usable verdict",
+        reason="no usable verdict: retrieval decides",
         score=FAIL_OPEN_SCORE,
         valid=False,
         error=error,
@@ -116,10 +118,37 @@ def _fail_open(hit: Hit, error: str, completion: Completion | None = None) -> Ve
     )
 
 
-def keep(verdicts: Sequence[Verdict], limit: int) -> list[Hit]:
-    """The relevant passages, strongest first: verdict score, then retrieval order."""
-    ranked = sorted(
-        (v for v in verdicts if v.relevant),
-        key=lambda v: -v.score,  # sorted() is stable: retrieval order breaks ties
-    )
-    return [v.hit for v in ranked[:limit]]
+def keep(verdicts: Sequence[Verdict], settings: Settings) -> list[Hit]:
+    """The passages kept for the deep read, strongest first.
+
+    The verdict is one signal, not a veto: each passage's verdict score (0-3,
+    as a fraction) and its retrieval score (as a fraction of the best one
+    retrieved) are blended with RAG_SCREEN_WEIGHT, and passages reaching
+    RAG_KEEP_MIN are kept, at most RAG_KEEP_MAX. A passage without a usable
+    verdict is judged by retrieval alone. With the default weight (0.5) and
+    bar (0.5), nothing the screen says drops the passage retrieval ranked
+    first, and an unsure verdict (1 of 3) drops none within 2/3 of its score:
+    a small model's screen cannot make the answer worse than retrieval's.
+    With the screen off, retrieval's first RAG_KEEP_MAX are kept.
+    """
+    if not settings.screen:
+        return [v.hit for v in verdicts[: settings.keep_max]]
+    retrieval = _relative_scores([v.hit.score for v in verdicts])
+    weight = settings.screen_weight
+    blended = []
+    for verdict, share in zip(verdicts, retrieval, strict=True):
+        judged = verdict.score / 3 if verdict.valid else share
+        blended.append((weight * judged + (1 - weight) * share, verdict.hit))
+    # sorted() is stable: retrieval order breaks ties
+    ranked = sorted((pair for pair in blended if pair[0] >= settings.keep_min), key=lambda p: -p[0])
+    return [hit for _, hit in ranked[: settings.keep_max]]
+
+
+def _relative_scores(scores: Sequence[float]) -> list[float]:
+    """Each retrieval score as a fraction of the best. Fused scores are
+    already 0-1 (convex fusion normalises each side); where the best is not
+    positive the scores say nothing, and every passage counts as the best."""
+    best = max(scores, default=0.0)
+    if best <= 0:
+        return [1.0] * len(scores)
+    return [max(score, 0.0) / best for score in scores]

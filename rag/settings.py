@@ -85,6 +85,16 @@ class Settings(BaseSettings):
     screen_max_tokens: int = Field(512, ge=16)
     screen_group: int = Field(1, ge=1, description="passages judged per screen request")
     keep_max: int = Field(6, ge=1, description="passages kept for the deep read")
+    screen_weight: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="weight of the screen's verdict against the retrieval score in what is "
+        "kept (1: the verdict alone decides; 0: retrieval alone); see rag/screening.py keep",
+    )
+    keep_min: float = Field(
+        0.5, ge=0.0, le=1.0, description="the combined score a passage needs to be kept"
+    )
     read_effort: Effort = "high"
     read_max_tokens: int = Field(4096, ge=64)
     answer_style: Literal["generative", "extractive"] = Field(

@@ -102,7 +102,8 @@ class Hit:
 @dataclass(frozen=True)
 class Verdict:
     """Stage 1's judgement of one passage. `valid` is False when the model's
-    reply could not be parsed; such passages are kept (fail open)."""
+    reply could not be parsed; retrieval alone then decides whether its
+    passage is kept (rag/screening.py `keep`)."""
 
     hit: Hit
     relevant: bool

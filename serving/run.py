@@ -25,21 +25,13 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
+from rag import profiles
 from serving import config as serve_config
 from serving import launch
 
-# The small CPU model has a 2,048-token context: fewer, shorter requests.
-# It also ignores the instruction to cite and mixes passages into wrong
-# claims, so its answers quote sentences of the passages instead
-# (rag/extractive.py).
-CPU_PROFILE = {
-    "RAG_ANSWER_STYLE": "extractive",
-    "RAG_LLM_CONTEXT_TOKENS": str(serve_config.CPU_MAX_MODEL_LEN),
-    "RAG_SCREEN_K": "6",
-    "RAG_KEEP_MAX": "3",
-    "RAG_SCREEN_MAX_TOKENS": "128",
-    "RAG_READ_MAX_TOKENS": "384",
-}
+# The small CPU model's settings, as environment variables for the app;
+# defined once in rag/profiles.py (`rag ask` applies the same profile).
+CPU_PROFILE = profiles.as_env(profiles.SMALL_MODEL_PROFILE)
 GPU_PROFILE = {"RAG_LLM_CONTEXT_TOKENS": str(serve_config.GPU_MAX_MODEL_LEN)}
 
 

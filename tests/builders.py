@@ -164,6 +164,94 @@ def write_notes(folder: Path, count: int, sentences: int = 60) -> Path:
         lines.insert(sentences // 2, f"The code word of note {i} is {code_word(i)}.")
         suffix = ".md" if i % 2 else ".txt"
         (folder / f"note-{i:02d}{suffix}").write_text(" ".join(lines), encoding="utf-8")
+
+
+def write_beir(
+    folder: Path,
+    docs: dict[str, tuple[str, str]],
+    queries: dict[str, str],
+    qrels: dict[str, str],
+) -> Path:
+    """A BEIR-format dataset folder: corpus (id -> (title, text)), queries,
+    one judged document per query, and a README with a published figure."""
+    import json
+
+    (folder / "qrels").mkdir(parents=True)
+    with open(folder / "corpus.jsonl", "w") as fh:
+        for doc_id, (title, text) in docs.items():
+            fh.write(json.dumps({"_id": doc_id, "title": title, "text": text}) + "\n")
+    with open(folder / "queries.jsonl", "w") as fh:
+        for qid, text in queries.items():
+            fh.write(json.dumps({"_id": qid, "text": text}) + "\n")
+    rows = "".join(f"{q}\t{d}\t1\n" for q, d in qrels.items())
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + rows)
+    (folder / "README.md").write_text(
+        "| system | nDCG@10 | source |\n| --- | --- | --- |\n| BM25 | 0.5000 | x |\n"
+    )
+    return folder
+
+
+# Known answers over five mixed documents that share words ("creek", "every",
+# "checked"), so only the right passage answers: (question, sentence to quote,
+# file it is in).
+KNOWN_ANSWERS = [
+    (
+        "How often is the rain gauge at Larch Creek calibrated?",
+        "The rain gauge at Larch Creek is calibrated every six months by the regional "
+        "hydrology office.",
+        "larch-creek.md",
+    ),
+    (
+        "How often are the greenhouse drip lines flushed?",
+        "The drip lines are flushed with clean water every Friday to keep the emitters clear.",
+        "greenhouse.txt",
+    ),
+    (
+        "How many times a day is the sourdough starter fed?",
+        "The sourdough starter is fed twice a day, at seven in the morning and seven at night.",
+        "bakery.pdf",
+    ),
+]
+
+
+def write_field_notes(folder: Path) -> Path:
+    """Five mixed documents holding the KNOWN_ANSWERS among close distractors."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "larch-creek.md").write_text(
+        "# Larch Creek weather station\n\nThe station stands on the north bank of Larch Creek, "
+        "four hundred metres above sea level. " + KNOWN_ANSWERS[0][1] + " The anemometer "
+        "bearings are replaced every two years. Snow depth is read by hand each morning "
+        "from November to March.\n",
+        encoding="utf-8",
+    )
+    (folder / "greenhouse.txt").write_text(
+        "The greenhouse grows tomatoes and peppers on raised benches. Irrigation runs through "
+        "drip lines laid along every bench. " + KNOWN_ANSWERS[1][1] + " The roof vents open "
+        "automatically when the air is warmer than twenty-eight degrees.\n",
+        encoding="utf-8",
+    )
+    (folder / "bees.html").write_text(
+        "<html><head><title>Apiary</title></head><body><h1>Apiary</h1><p>The hives by the "
+        "creek are inspected every nine days during the swarming season. Each inspection "
+        "checks the brood, the queen cells and the honey stores.</p></body></html>",
+        encoding="utf-8",
+    )
+    make_docx(
+        folder / "footbridge.docx",
+        "Footbridge",
+        [
+            "The wooden footbridge over the creek is checked for rot every spring.",
+            "Loose planks are replaced before the summer walking season begins.",
+        ],
+    )
+    make_pdf(
+        folder / "bakery.pdf",
+        [
+            "Village bakery routine. The ovens are lit at four in the morning. "
+            + KNOWN_ANSWERS[2][1]
+            + " Rye loaves rest for two hours before baking."
+        ],
+    )
     return folder
 
 

@@ -12,6 +12,7 @@ from builders import write_corpus
 
 from ingest.pipeline import ingest_paths
 from rag.embedding import Embedder, load_embedder
+from rag.profiles import small_model
 from rag.settings import Settings
 
 
@@ -86,15 +87,15 @@ def _serve(device: str):
 
 @pytest.fixture(scope="session")
 def llm_settings(llm_server) -> Settings:
-    """Settings sized for the small CPU model (2,048-token context)."""
-    return Settings(
+    """The small CPU model's profile (rag/profiles.py), but generative: the
+    tests that want the profile's extractive answers ask for them. Fewer
+    passages and answer tokens keep the session short."""
+    return small_model(
         llm_url=llm_server.base_url,
         llm_model=llm_server.served_model_name,
-        llm_context_tokens=2048,
         llm_timeout=120,
+        answer_style="generative",
         screen_k=4,
-        screen_max_tokens=120,
-        keep_max=3,
         read_max_tokens=200,
     )
 

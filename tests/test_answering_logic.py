@@ -9,7 +9,8 @@ from builders import make_hit as hit
 from rag import prompts
 from rag.answering import fit_to_budget, lost_in_the_middle, resolve_citations
 from rag.screening import keep
-from rag.types import Verdict
+from rag.settings import Settings
+from rag.types import Chunk, Hit, Verdict
 
 
 def test_lost_in_the_middle_puts_the_strongest_at_both_ends():
@@ -18,7 +19,16 @@ def test_lost_in_the_middle_puts_the_strongest_at_both_ends():
     assert lost_in_the_middle([]) == []
 
 
-def test_keep_orders_by_verdict_score_then_retrieval_and_limits():
+def scored(n: int, score: float) -> Hit:
+    return Hit(Chunk(text=f"passage {n}", source="/docs/a.md", start=0, end=1, id=n), score)
+
+
+def verdict(h: Hit, score: float, valid: bool = True) -> Verdict:
+    return Verdict(h, relevant=score >= 2, reason="", score=score, valid=valid)
+
+
+def test_a_veto_screen_keeps_by_verdict_score_then_retrieval_and_limits():
+    veto = Settings(screen_weight=1.0, keep_max=3)
     verdicts = [
         Verdict(hit(1), relevant=True, reason="", score=2),
         Verdict(hit(2), relevant=False, reason="", score=0),
@@ -26,9 +36,34 @@ def test_keep_orders_by_verdict_score_then_retrieval_and_limits():
         Verdict(hit(4), relevant=True, reason="", score=1.5, valid=False),
         Verdict(hit(5), relevant=True, reason="", score=3),
     ]
-    assert [h.chunk_id for h in keep(verdicts, 3)] == [3, 5, 1]
-    assert [h.chunk_id for h in keep(verdicts, 10)] == [3, 5, 1, 4]
-    assert keep([Verdict(hit(1), relevant=False, reason="", score=0)], 5) == []
+    assert [h.chunk_id for h in keep(verdicts, veto)] == [3, 5, 1]
+    # hit 4 has no usable verdict: retrieval alone decides (1/4 of the top)
+    wide = veto.model_copy(update={"keep_max": 10})
+    assert [h.chunk_id for h in keep(verdicts, wide)] == [3, 5, 1]
+    assert keep([Verdict(hit(1), relevant=False, reason="", score=0)], veto) == []
+
+
+def test_an_unsure_or_unusable_verdict_never_drops_what_retrieval_ranked_far_ahead():
+    # The Larch Creek case: retrieval 1.00 then 0.26; the small model's
+    # screen called the answer unrelated and gave no verdict on three others.
+    hits = [scored(n, s) for n, s in enumerate([1.0, 0.26, 0.25, 0.2, 0.1, 0.05], start=1)]
+    verdicts = [verdict(hits[0], 0)]
+    verdicts += [verdict(h, 1.5, valid=False) for h in hits[1:4]]
+    verdicts += [verdict(h, 0) for h in hits[4:]]
+    assert [h.chunk_id for h in keep(verdicts, Settings(keep_max=3))] == [1]
+
+
+def test_the_screen_still_decides_between_passages_retrieval_ranks_close():
+    hits = [scored(1, 1.0), scored(2, 0.9), scored(3, 0.85)]
+    verdicts = [verdict(hits[0], 0), verdict(hits[1], 3), verdict(hits[2], 0)]
+    assert [h.chunk_id for h in keep(verdicts, Settings(keep_max=3))] == [2, 1]
+
+
+def test_with_the_screen_off_retrieval_order_is_kept():
+    hits = [scored(n, 1.0 / n) for n in range(1, 6)]
+    verdicts = [Verdict(h, relevant=True, reason="screen off") for h in hits]
+    off = Settings(screen=False, keep_max=3)
+    assert [h.chunk_id for h in keep(verdicts, off)] == [1, 2, 3]
 
 
 def test_citations_resolve_and_dead_ones_are_dropped_and_counted():

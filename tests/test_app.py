@@ -10,6 +10,8 @@ import pytest
 from builders import make_pdf
 from streamlit.testing.v1 import AppTest
 
+from rag.profiles import SMALL_MODEL_PROFILE, as_env
+
 APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
 
 
@@ -23,15 +25,11 @@ def texts(at: AppTest) -> str:
     return "\n".join(parts)
 
 
-def use_llm(env, server, **extra: str) -> None:
-    env.setenv("RAG_LLM_URL", server.base_url)
-    env.setenv("RAG_LLM_MODEL", server.served_model_name)
-    env.setenv("RAG_LLM_CONTEXT_TOKENS", "2048")
-    env.setenv("RAG_SCREEN_K", "4")
-    env.setenv("RAG_KEEP_MAX", "3")
-    env.setenv("RAG_SCREEN_MAX_TOKENS", "128")
-    env.setenv("RAG_READ_MAX_TOKENS", "200")
-    for key, value in extra.items():
+def use_llm(env, server, **overrides: object) -> None:
+    """Point the app at `server` with the small CPU model's profile, as
+    `make run` does, and `overrides` (Settings fields) on top."""
+    served = {"llm_url": server.base_url, "llm_model": server.served_model_name}
+    for key, value in as_env({**SMALL_MODEL_PROFILE, **served, **overrides}).items():
         env.setenv(key, value)
 
 
@@ -91,9 +89,7 @@ def test_a_failing_answer_shows_the_error_and_still_the_passages(app_env):
 def test_ask_streams_a_cited_answer_with_stages(app_env, llm_server):
     # As `make run` serves it on a machine without a GPU: SmolLM2 with the
     # CPU profile, whose answers quote the passages (extractive).
-    from serving.run import CPU_PROFILE
-
-    use_llm(app_env, llm_server, **CPU_PROFILE)
+    use_llm(app_env, llm_server)
     at = app().run()
     assert not at.warning
     at.chat_input[0].set_value("How are broken files reported during ingestion?").run()
@@ -106,7 +102,7 @@ def test_ask_streams_a_cited_answer_with_stages(app_env, llm_server):
     assert "retrieve" in stages and "screen" in stages and "read" in stages
     assert "tokens" in stages and "retrieve" not in at.status[0].label
     verdicts = at.dataframe[0].value
-    assert len(verdicts) == int(CPU_PROFILE["RAG_SCREEN_K"])
+    assert len(verdicts) == SMALL_MODEL_PROFILE["screen_k"]
     assert set(verdicts.columns) >= {"kept", "reason", "source"}
     cited = [e for e in at.expander if re.match(r"\[\d+\] ", e.label)]
     assert cited, "the answer cites a passage, which opens below it"
@@ -116,9 +112,7 @@ def test_ask_streams_a_cited_answer_with_stages(app_env, llm_server):
 
 @pytest.mark.llm
 def test_a_follow_up_is_searched_as_a_standalone_question(app_env, llm_server):
-    from serving.run import CPU_PROFILE
-
-    use_llm(app_env, llm_server, **CPU_PROFILE)
+    use_llm(app_env, llm_server)
     at = app().run()
     at.chat_input[0].set_value("How are broken files reported during ingestion?").run()
     at.chat_input[0].set_value("And what about scanned PDFs?").run()
@@ -170,7 +164,9 @@ def test_a_highlighted_passage_is_one_paragraph_whatever_its_blank_lines():
 
 @pytest.mark.llm
 def test_citations_open_their_passage_and_pdf_page(app_env, tiny_gpt_oss_server):
-    use_llm(app_env, tiny_gpt_oss_server)
+    use_llm(
+        app_env, tiny_gpt_oss_server, answer_style="generative", screen_k=4, read_max_tokens=200
+    )
     at = app().run()
     at.chat_input[0].set_value("How do I serve gpt-oss-20b on two GPUs?").run()
     assert not at.exception, [e.value for e in at.exception]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from builders import write_beir
 from click.testing import CliRunner
 
 from rag.cli import main as rag_main
@@ -23,20 +24,7 @@ QRELS = {"q1": "d1", "q2": "d3", "q3": "d4"}
 
 @pytest.fixture
 def dataset(tmp_path):
-    folder = tmp_path / "mini"
-    (folder / "qrels").mkdir(parents=True)
-    with open(folder / "corpus.jsonl", "w") as fh:
-        for doc_id, (title, text) in DOCS.items():
-            fh.write(json.dumps({"_id": doc_id, "title": title, "text": text}) + "\n")
-    with open(folder / "queries.jsonl", "w") as fh:
-        for qid, text in {**QUERIES, "q-unjudged": "ignored"}.items():
-            fh.write(json.dumps({"_id": qid, "text": text}) + "\n")
-    rows = "".join(f"{q}\t{d}\t1\n" for q, d in QRELS.items())
-    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + rows)
-    (folder / "README.md").write_text(
-        "| system | nDCG@10 | source |\n| --- | --- | --- |\n| BM25 | 0.5000 | x |\n"
-    )
-    return folder
+    return write_beir(tmp_path / "mini", DOCS, {**QUERIES, "q-unjudged": "ignored"}, QRELS)
 
 
 def test_score_known_answers():

@@ -17,6 +17,7 @@ import pytest
 from rag.answering import Notice, answer, stream_answer
 from rag.knowledge_base import KnowledgeBase
 from rag.llm import Completion, Delta, OpenAIChat, Request, complete
+from rag.profiles import SMALL_MODEL_CONTEXT
 from rag.screening import screen
 from rag.settings import Settings
 
@@ -57,7 +58,7 @@ def settings(tiny_gpt_oss_server) -> Settings:
     return Settings(
         llm_url=tiny_gpt_oss_server.base_url,
         llm_model=tiny_gpt_oss_server.served_model_name,
-        llm_context_tokens=2048,
+        llm_context_tokens=SMALL_MODEL_CONTEXT,  # served like the small CPU model
         llm_retries=0,
         screen_k=3,
         keep_max=2,
