@@ -16,12 +16,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 
-from rag import citations, prompts
+from rag import citations, followup, prompts
 from rag.errors import LLMError
 from rag.events import Event, Finished, Notice, Read, Retrieved, Rewritten, Screened
 from rag.knowledge_base import KnowledgeBase
 from rag.llm import ChatModel, Completion, Delta, require_content
-from rag.reading import read, read_token_limit
+from rag.reading import check_question, read, read_token_limit
 from rag.rewriting import condense
 from rag.screening import keep, screen
 from rag.settings import Settings
@@ -37,16 +37,23 @@ def stream_answer(
 ) -> Iterator[Event]:
     """Rewrite (follow-ups only), retrieve, screen, read, cite; yield each
     stage's result as it is ready. `history` holds the conversation's earlier
-    (role, text) turns: with it, the question is first turned into a
-    standalone query, which is searched, screened against and answered; the
-    deep read also sees the end of the conversation."""
+    (role, text) turns: with it, a question that refers to them is first
+    turned into a standalone query (`rag.followup`), which is searched,
+    screened against and answered; the deep read also sees the end of the
+    conversation. A question too long to fit raises QuestionTooLong first."""
+    check_question(question, settings)
     result = Answer(question=question, text="")
     query = question
-    if history:
+    if history and followup.needs_context(question):
         with _timed(result, "rewrite"):
             query, result.usage["rewrite"] = condense(history, question, model, settings)
-        result.search_query = query
-        yield Rewritten(query, result.timings["rewrite"])
+        kept = followup.plausible_rewrite(question, query, history)
+        query = result.search_query = query if kept else question
+        yield Rewritten(query, result.timings["rewrite"], kept)
+        if not kept:
+            note = "The rewrite of the follow-up lost its meaning; searched for it as asked."
+            result.notes.append(note)
+            yield Notice(note)
     with _timed(result, "retrieve"):
         result.hits = kb.search(query, k=settings.screen_k, mode=settings.search_mode)
     yield Retrieved(result.hits, result.timings["retrieve"])
@@ -148,12 +155,13 @@ def _cite(result: Answer, done: Read, settings: Settings) -> Answer:
     result.text, result.citations, result.dropped_citations = citations.resolve_citations(
         text, done.ordered
     )
-    result.notes.extend(u.note() for u in citations.unsupported(result.text, done.ordered))
+    cited_hits = [c.hit for c in result.citations]  # [n] is now cited_hits[n - 1]
+    result.notes.extend(u.note() for u in citations.unsupported(result.text, cited_hits))
     result.kept = done.ordered
     return result
 
 
 __all__ = [
     "Delta", "Event", "Finished", "Notice", "Read", "Retrieved", "Rewritten", "Screened",
-    "answer", "stream_answer",
+    "answer", "check_question", "stream_answer",
 ]  # fmt: skip

@@ -81,10 +81,12 @@ _CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
 
 
 def resolve_citations(text: str, ordered: Sequence[Hit]) -> tuple[str, list[Citation], int]:
-    """Map [n] markers to passages. Markers that match no passage are removed
-    from the text and counted, so a reader never follows a dead reference.
-    (Whether passage n could support its sentence: `citations.unsupported`.)"""
-    cited: dict[int, Citation] = {}
+    """Map [n] markers to passages, renumbered 1, 2, 3... in order of first
+    use in the answer (a reader never sees [1] and [3] without [2]).
+    Markers that match no passage are removed from the text and counted, so
+    a reader never follows a dead reference. (Whether passage n could
+    support its sentence: `unsupported`.)"""
+    cited: dict[int, Citation] = {}  # prompt number -> citation with its new number
     dropped = 0
 
     def fix(match: re.Match[str]) -> str:
@@ -93,11 +95,11 @@ def resolve_citations(text: str, ordered: Sequence[Hit]) -> tuple[str, list[Cita
         for part in match.group(1).split(","):
             n = int(part)
             if 1 <= n <= len(ordered):
-                good.append(n)
-                cited.setdefault(n, Citation(n, ordered[n - 1]))
+                cited.setdefault(n, Citation(len(cited) + 1, ordered[n - 1]))
+                good.append(cited[n].n)
             else:
                 dropped += 1
         return "".join(f"[{n}]" for n in good)
 
     cleaned = _CITATION.sub(fix, text)
-    return cleaned, sorted(cited.values(), key=lambda c: c.n), dropped
+    return cleaned, list(cited.values()), dropped

@@ -55,6 +55,10 @@ class LLMIncomplete(LLMError):
     every token)."""
 
 
+class QuestionTooLong(RagError):
+    """The question alone leaves no room for a passage in the model's context."""
+
+
 class RebuildRefused(RagError):
     """A rebuild that would publish an empty index, or drop documents nobody
     agreed to drop. Nothing was published: the current index stays."""

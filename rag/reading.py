@@ -5,11 +5,12 @@ them (rag/extractive.py)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 
 from rag import extractive, prompts
 from rag.embedding import Embedder
-from rag.errors import PromptTooLong
+from rag.errors import PromptTooLong, QuestionTooLong
 from rag.events import Notice, Read
 from rag.llm import ChatModel, Completion, Delta, Request
 from rag.settings import Effort, Settings
@@ -121,6 +122,24 @@ def read(
         f"Not even one passage fits the model's context window ({settings.llm_context_tokens} "
         f"tokens, RAG_LLM_CONTEXT_TOKENS, of which {answer_tokens} are kept for the answer)."
     )
+
+
+def question_limit(settings: Settings) -> int:
+    """Estimated tokens a question may take: the deep read's prompt budget
+    less its fixed text and room for one passage of the chunk size."""
+    budget = settings.llm_context_tokens - read_token_limit(settings) - 64
+    fixed = sum(len(m["content"]) for m in prompts.read_messages("", [])) / CHARS_PER_TOKEN
+    return max(0, int(budget - fixed - settings.chunk_tokens))
+
+
+def check_question(question: str, settings: Settings) -> None:
+    """Raise QuestionTooLong before any work when `question` cannot fit."""
+    tokens, limit = math.ceil(len(question) / CHARS_PER_TOKEN), question_limit(settings)
+    if tokens > limit:
+        raise QuestionTooLong(
+            f"Your question is too long for this model ({tokens} tokens, at most {limit}); "
+            "please shorten it."
+        )
 
 
 def read_token_limit(settings: Settings) -> int:

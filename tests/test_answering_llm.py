@@ -210,6 +210,24 @@ def test_the_temperature_setting_reaches_the_server(llm_settings):
     assert hot != {greedy} and len(hot) == 2
 
 
+def test_only_a_follow_up_is_rewritten_and_a_lost_rewrite_is_not_searched(kb, chat, llm_settings):
+    from rag.events import Rewritten
+    from rag.followup import plausible_rewrite
+
+    history = [("user", QUESTION), ("assistant", "Jupiter is the largest planet [1].")]
+    standalone = list(stream_answer("How many moons does Saturn have?", kb, chat, llm_settings,
+                                    history))  # fmt: skip
+    assert not [e for e in standalone if isinstance(e, Rewritten)], "a standalone was rewritten"
+    follow_up = "And how big is it?"
+    events = list(stream_answer(follow_up, kb, chat, llm_settings, history))
+    rewritten = [e for e in events if isinstance(e, Rewritten)]
+    assert len(rewritten) == 1, "a follow-up is rewritten"
+    searched = rewritten[0].query
+    # whatever SmolLM2 wrote, what was searched kept the question's meaning
+    assert searched == follow_up or plausible_rewrite(follow_up, searched, history)
+    assert rewritten[0].kept == (searched != follow_up)
+
+
 class Recording:
     """The real client, keeping every request it sends."""
 

@@ -3,6 +3,7 @@ citations, budgets and the prompts actually sent."""
 
 from __future__ import annotations
 
+import pytest
 from builders import make_hit as hit
 
 from rag import prompts
@@ -118,6 +119,30 @@ def test_screen_schema_demands_exactly_one_verdict_per_passage():
     assert verdicts["minItems"] == verdicts["maxItems"] == 3
     assert verdicts["items"]["properties"]["id"]["enum"] == [4, 5, 6]
     assert prompts.screen_schema([1])["properties"]["verdicts"]["maxItems"] == 1
+
+
+def test_citations_are_renumbered_in_order_of_first_use():
+    ordered = [hit(10), hit(20), hit(30), hit(40)]
+    text, citations, dropped = resolve_citations("A [3]. B [1][3]. C [4, 3]. D [9].", ordered)
+    assert text == "A [1]. B [2][1]. C [3][1]. D ."
+    assert [(c.n, c.hit.chunk_id) for c in citations] == [(1, 30), (2, 10), (3, 40)]
+    assert dropped == 1
+
+
+def test_a_question_longer_than_the_model_can_take_is_refused_with_its_size():
+    from rag.reading import check_question, question_limit
+    from rag.errors import QuestionTooLong
+    from rag.settings import Settings
+
+    small = Settings(llm_context_tokens=2048, read_max_tokens=200)
+    limit = question_limit(small)
+    assert 0 < limit < 2048 - 200
+    check_question("x" * (limit * 3), small)  # at the limit: accepted
+    with pytest.raises(QuestionTooLong) as caught:
+        check_question("x" * (limit * 3 + 1), small)
+    assert str(caught.value).startswith(
+        f"Your question is too long for this model ({limit + 1} tokens, at most {limit})"
+    )
 
 
 def test_the_read_prompt_carries_the_end_of_the_conversation_clipped():

@@ -81,7 +81,8 @@ def test_a_failing_answer_shows_the_error_and_still_the_passages(app_env):
     assert any("HTTP 500" in e.value for e in at.error), [e.value for e in at.error]
     labels = [e.label for e in at.expander]
     assert any(label.startswith("1. ") for label in labels), labels
-    assert not at.session_state["history"], "a failed turn is not part of the conversation"
+    # the failed turn stays in the conversation, with its error (issue 17)
+    assert [m.name for m in at.chat_message] == ["user", "assistant"]
 
 
 @pytest.mark.llm
@@ -94,9 +95,12 @@ def test_ask_streams_a_cited_answer_with_stages(app_env, llm_server):
     at.chat_input[0].set_value("How are broken files reported during ingestion?").run()
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
-    page = texts(at)
-    assert "Answered —" in page and "retrieve" in page and "screen" in page and "read" in page
-    assert "tokens" in page
+    assert "Answered" in texts(at)
+    # the status says it is done; the timings and tokens are shown once, in Stages
+    assert [s.label for s in at.status] == ["Answered"]
+    stages = next(e.label for e in at.expander if e.label.startswith("Stages — "))
+    assert "retrieve" in stages and "screen" in stages and "read" in stages
+    assert "tokens" in stages and "retrieve" not in at.status[0].label
     verdicts = at.dataframe[0].value
     assert len(verdicts) == SMALL_MODEL_PROFILE["screen_k"]
     assert set(verdicts.columns) >= {"kept", "reason", "source"}
@@ -118,14 +122,18 @@ def test_a_follow_up_is_searched_as_a_standalone_question(app_env, llm_server):
     # rewrite is poor; that one was asked and used is what is checked),
     # and the rewrite is a stage with its own time.
     searched = [c.value for c in at.caption if c.value.startswith("Searched for: ")]
-    assert len(searched) == 1 and searched[0] != "Searched for: And what about scanned PDFs?"
+    # (SmolLM2's rewrite may lose the question: then it is searched as asked, and said so)
+    assert len(searched) == 1
+    kept = searched[0] != "Searched for: And what about scanned PDFs?"
+    assert kept or any("lost its meaning" in i.value for i in at.info)
     assert [m.name for m in at.chat_message] == ["user", "assistant", "user", "assistant"]
-    labels = [s.label for s in at.status]
-    assert len(labels) == 1 and labels[0].startswith("Answered — rewrite "), labels
+    assert [s.label for s in at.status] == ["Answered"]
+    assert any(e.label.startswith("Stages — rewrite ") for e in at.expander)
     # the conversation reads in the order it was asked
     assert at.chat_message[2].children[0].value == "And what about scanned PDFs?"
     next(b for b in at.sidebar.button if b.label == "New conversation").click().run()
-    assert not at.chat_message and not at.session_state["history"]
+    assert not at.chat_message
+    assert not app().run().chat_message, "the new conversation is kept across a reload"
 
 
 def test_quoted_sentences_are_found_and_set_in_bold_across_line_breaks():

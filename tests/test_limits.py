@@ -140,7 +140,7 @@ def test_an_upload_of_too_many_files_is_refused_with_a_clear_message(app_env, kb
     next(b for b in at.button if b.label == "Ingest").click().run()
     assert not at.exception, [e.value for e in at.exception]
     assert [e.value for e in at.error] == [
-        "3 files chosen; at most 2 can be added at once (RAG_MAX_UPLOAD_FILES)."
+        "3 files chosen; at most 2 can be added at once: add them in smaller groups."
     ]
     assert not (kb_root / "default" / "uploads").exists()
     assert not at.success

@@ -179,7 +179,7 @@ def test_with_no_knowledge_base_yet_the_first_upload_creates_the_default_one(
     ).run()
     next(b for b in at.button if b.label == "Ingest").click().run()
     assert not at.exception, [e.value for e in at.exception]
-    assert sorted(p.name for p in root.iterdir()) == ["default"]
+    assert sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) == ["default"]
 
 
 def test_the_manage_tab_shows_no_server_path(app_env: pytest.MonkeyPatch, kb_root: Path) -> None:

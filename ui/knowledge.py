@@ -24,10 +24,25 @@ _UNSAFE = re.compile(r"[^\w.\- ]+")
 
 
 def list_knowledge_bases(root: Path) -> list[str]:
-    """Folders under `root` that hold a published index."""
+    """Folders under `root` that hold a published index, or were created
+    in the app and have none yet (their uploads folder marks them)."""
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if (p / layout.CURRENT_FILE).is_file())
+    return sorted(
+        p.name
+        for p in root.iterdir()
+        if valid_name(p.name) and ((p / layout.CURRENT_FILE).is_file() or (p / UPLOADS).is_dir())
+    )
+
+
+def create(root: Path, name: str) -> Path:
+    """A new, empty knowledge base `name` under `root` (ValueError when the
+    name is not allowed); its index is written by the first upload."""
+    if not valid_name(name) or name.startswith("."):
+        raise ValueError("Use letters, digits, '-', '_' or '.' (up to 64).")
+    kb_dir = root / name
+    (kb_dir / UPLOADS).mkdir(parents=True, exist_ok=True)
+    return kb_dir
 
 
 def valid_name(name: str) -> bool:

@@ -117,7 +117,15 @@ def passage(
     bold the sentences the answer quotes from it, as an extractive answer
     does), and for a PDF the page itself, to check the claim at its source."""
     st.caption(plain(names.show(hit.source)))
-    before, span, after = kb.snapshot().context(hit.chunk, neighbours=1)
+    snapshot = kb.snapshot()
+    # A stored conversation's citation: its chunk may be gone (or its id
+    # reused by a rebuild), then the text it had when cited is shown.
+    current = snapshot.chunks([hit.chunk_id]).get(hit.chunk_id)
+    if current is None or current.text != hit.text:
+        st.caption("This passage is no longer in the knowledge base; as it was when cited:")
+        st.markdown(escape(hit.text))
+        return
+    before, span, after = snapshot.context(current, neighbours=1)
     st.markdown(
         (escape(before) + " " if before else "")
         + highlighted(span, quotes or [])

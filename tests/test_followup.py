@@ -1,0 +1,65 @@
+"""Which questions are rewritten with the conversation, and which rewrites
+are kept (rag/followup.py): known answers."""
+
+from __future__ import annotations
+
+import pytest
+
+from rag.followup import needs_context, plausible_rewrite
+
+HISTORY = [
+    ("user", "How are broken files reported during ingestion?"),
+    ("assistant", "Broken files are listed by name with the parser's error [1]."),
+]
+
+
+@pytest.mark.parametrize(
+    "question",
+    [
+        "When was it installed?",
+        "And what about scanned PDFs?",
+        "What does that command print?",
+        "Why?",
+        "Since when?",
+        "How do I fix those?",
+    ],
+)
+def test_follow_ups_need_the_conversation(question):
+    assert needs_context(question)
+
+
+@pytest.mark.parametrize(
+    "question",
+    [
+        "How do I serve gpt-oss-20b on two GPUs?",
+        "How can I report broken files to the system?",
+        "Which embedding model does the index use?",
+    ],
+)
+def test_standalone_questions_are_searched_as_asked(question):
+    assert not needs_context(question)
+
+
+def test_a_rewrite_that_resolves_the_reference_is_kept():
+    assert plausible_rewrite(
+        "And what about scanned PDFs?",
+        "How are broken scanned PDFs reported during ingestion?",
+        HISTORY,
+    )
+
+
+@pytest.mark.parametrize(
+    "rewrite",
+    [
+        # an answer, not a question (what a small model wrote)
+        "You can report broken files to the system using the following command:",
+        # a question, but the asked words are gone
+        "How are broken files reported during ingestion?",
+        # a question about something neither asked nor said
+        "What is the capital city of Australia and its population?",
+        "",
+        "What about scanned PDFs? " * 40,  # far longer than a question
+    ],
+)
+def test_a_rewrite_that_loses_the_question_is_set_aside(rewrite):
+    assert not plausible_rewrite("And what about scanned PDFs?", rewrite, HISTORY)

@@ -1,0 +1,93 @@
+"""The sidebar: which knowledge base (and creating one), and per-question
+tuning. Slots are left for what is only known once the page's actions are
+done (the base's summary, the "New conversation" button)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
+
+from rag.settings import Settings
+from ui import knowledge
+from ui.messages import plural
+
+EFFORTS = ["low", "medium", "high"]
+
+
+@dataclass
+class Sidebar:
+    kb_dir: Path
+    settings: Settings
+    summary: DeltaGenerator  # for `kb_summary`, once this run's actions are done
+    conversation: DeltaGenerator  # for the "New conversation" button
+
+
+def _create(root: Path) -> None:
+    """The Create button's callback: runs before the widgets are drawn, so
+    the new base is selected in the picker of this very run."""
+    name = st.session_state.get("new_kb", "").strip()
+    try:
+        knowledge.create(root, name)
+    except (ValueError, OSError) as exc:
+        st.session_state["create_error"] = str(exc)
+        return
+    st.session_state["kb"] = name
+    st.session_state["new_kb"] = ""
+
+
+def pick_knowledge_base(base: Settings) -> Path:
+    st.header("Knowledge base")
+    names = knowledge.list_knowledge_bases(base.indexes_root)
+    if st.session_state.get("kb") not in names:
+        default = base.index.name
+        st.session_state["kb"] = default if default in names else (names[0] if names else None)
+    choice = st.selectbox(
+        "Knowledge base", names, key="kb", placeholder="none yet: add documents in Manage"
+    )
+    with st.expander("New knowledge base", expanded=not names):
+        st.text_input("Name", key="new_kb", placeholder="e.g. contracts")
+        st.button("Create", on_click=_create, args=(base.indexes_root,))
+        problem = st.session_state.pop("create_error", None)
+        if problem:
+            st.error(problem)
+    # With no knowledge base yet, the first upload creates the default one.
+    return base.indexes_root / (choice or knowledge.default_name(base))
+
+
+def sidebar(base: Settings) -> Sidebar:
+    with st.sidebar:
+        kb_dir = pick_knowledge_base(base)
+        summary = st.container()
+        conversation = st.container()
+        st.header("Answering")
+        k = st.slider("Passages to screen (k)", 2, 30, base.screen_k)
+        screen_on = st.toggle("Fast screen", value=base.screen)
+        screen_effort = st.selectbox(
+            "Screen reasoning", EFFORTS, index=EFFORTS.index(base.screen_effort)
+        )
+        read_effort = st.selectbox(
+            "Deep-read reasoning", EFFORTS, index=EFFORTS.index(base.read_effort)
+        )
+        keep_max = st.slider("Passages kept for the answer", 1, 12, base.keep_max)
+    tuned = base.model_copy(
+        update={
+            "index": kb_dir, "screen_k": k, "screen": screen_on, "keep_max": keep_max,
+            "screen_effort": screen_effort, "read_effort": read_effort,
+        }
+    )  # fmt: skip
+    return Sidebar(kb_dir, tuned, summary, conversation)
+
+
+def summary_line(stats: dict[str, object] | None) -> str:
+    if stats is None:
+        return "no documents yet: add some in the **Manage** tab"
+    documents, chunks = int(str(stats["documents"])), int(str(stats["chunks"]))
+    return f"{plural(documents, 'document')} · {plural(chunks, 'passage')}"
+
+
+def kb_summary(stats: dict[str, object] | None) -> None:
+    line = summary_line(stats)
+    st.caption(line[0].upper() + line[1:] if stats is None else line)
