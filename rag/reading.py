@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from rag import extractive, prompts
 from rag.embedding import Embedder
@@ -74,21 +75,10 @@ def read(
     effort: Effort = settings.read_effort
     while kept:
         ordered = lost_in_the_middle(kept)
-        extra = {}
-        if settings.answer_style == "extractive":
-            if embedder is None:
-                raise ValueError("an extractive answer needs the embedder")
-            chosen = extractive.candidates(
-                question,
-                ordered,
-                embedder,
-                settings.extract_sentences,
-                settings.extract_min_similarity,
-            )
-            if not chosen:
-                yield Read(None, ordered)
-                return
-            extra = extractive.request_extra(chosen)
+        extra = _extractive_grammar(question, ordered, settings, embedder)
+        if extra is None:  # extractive, and nothing close enough to quote
+            yield Read(None, ordered)
+            return
         request = Request(
             messages=prompts.read_messages(question, ordered, conversation),
             effort=effort,
@@ -122,6 +112,22 @@ def read(
         f"Not even one passage fits the model's context window ({settings.llm_context_tokens} "
         f"tokens, RAG_LLM_CONTEXT_TOKENS, of which {answer_tokens} are kept for the answer)."
     )
+
+
+def _extractive_grammar(
+    question: str, ordered: Sequence[Hit], settings: Settings, embedder: Embedder | None
+) -> dict[str, Any] | None:
+    """The request's extra fields: in the extractive style, the grammar that
+    lets the model only quote the closest sentences (None: none is close
+    enough); nothing extra in the generative style."""
+    if settings.answer_style != "extractive":
+        return {}
+    if embedder is None:
+        raise ValueError("an extractive answer needs the embedder")
+    chosen = extractive.candidates(
+        question, ordered, embedder, settings.extract_sentences, settings.extract_min_similarity
+    )
+    return extractive.request_extra(chosen) if chosen else None
 
 
 def question_limit(settings: Settings) -> int:

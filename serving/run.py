@@ -26,6 +26,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rag import profiles
+from rag.llm import display_url
+from rag.settings import Settings
 from serving import config as serve_config
 from serving import launch
 
@@ -64,59 +66,17 @@ NO_LOGIN_WARNING = (
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m serving.run", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--index", default=os.environ.get("RAG_INDEX", "indexes/default"))
-    parser.add_argument(
-        "--host",
-        default="127.0.0.1",
-        help="the address the app listens on (default: loopback only; 0.0.0.0 for every "
-        "interface, which prints a warning: the app has no login)",
-    )
-    parser.add_argument("--port", type=int, default=8501, help="the app's port")
-    parser.add_argument("--llm-port", type=int, default=8000)
-    parser.add_argument("--no-llm", action="store_true", help="start only the app")
-    args = parser.parse_args(argv)
-
+    # The environment is read once, here, through the one settings object.
+    settings = Settings()
+    args = _arguments(settings).parse_args(argv)
     # Ctrl-C stops both even where the shell started us with SIGINT ignored
     # (a background job), and so does `kill` (SIGTERM), which would
     # otherwise end this process alone and leave the app running.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
-
-    env = {**os.environ, "RAG_INDEX": args.index}
+    env, config = _llm_plan(args, settings)
+    app = _start_app(args, env)
     server: launch.Server | None = None
-    config: launch.ServeConfig | None = None
-    if args.no_llm:
-        pass
-    elif "RAG_LLM_URL" in os.environ:
-        print(f"Using the LLM server at {os.environ['RAG_LLM_URL']} (RAG_LLM_URL).")
-    else:
-        config = launch.build_config(port=args.llm_port)
-        on_gpu = config.served_model_name == serve_config.GPU_SERVED_NAME
-        profile = GPU_PROFILE if on_gpu else CPU_PROFILE
-        env = {
-            **profile,
-            **env,
-            "RAG_LLM_URL": config.base_url,
-            "RAG_LLM_MODEL": config.served_model_name,
-        }
-        if _answers(config.base_url):
-            print(f"An LLM server already answers at {config.base_url}; using it.")
-            config = None
-
-    script = Path(__file__).resolve().parent.parent / "streamlit_app.py"
-    app = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(args.port),
-         "--server.address", args.host, "--server.headless", "true",
-         "--browser.gatherUsageStats", "false",
-         "--server.fileWatcherType", "none"],
-        env=env,
-    )  # fmt: skip
-    print(f"\n  The app: http://{args.host}:{args.port}\n")
-    if not is_loopback(args.host):
-        print(NO_LOGIN_WARNING.format(host=args.host, port=args.port) + "\n", flush=True)
     try:
         if config is not None:
             print(f"Starting the LLM server (log under {launch.Paths.from_env().cache / 'logs'}):")
@@ -136,14 +96,76 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             return 130
     finally:
-        if app.poll() is None:
-            app.send_signal(signal.SIGTERM)
-            try:
-                app.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                app.kill()
+        _stop(app)
         if server is not None:
             server.stop()
+
+
+def _arguments(settings: Settings) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m serving.run", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--index", default=str(settings.index), help="[default: $RAG_INDEX]")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="the address the app listens on (default: loopback only; 0.0.0.0 for every "
+        "interface, which prints a warning: the app has no login)",
+    )
+    parser.add_argument("--port", type=int, default=8501, help="the app's port")
+    parser.add_argument("--llm-port", type=int, default=8000)
+    parser.add_argument("--no-llm", action="store_true", help="start only the app")
+    return parser
+
+
+def _llm_plan(
+    args: argparse.Namespace, settings: Settings
+) -> tuple[dict[str, str], launch.ServeConfig | None]:
+    """The app's environment, and the LLM server to start (None: none, or
+    one is there already)."""
+    env = {**os.environ, "RAG_INDEX": args.index}
+    if args.no_llm:
+        return env, None
+    if "llm_url" in settings.model_fields_set:
+        print(f"Using the LLM server at {display_url(settings.llm_url)} (RAG_LLM_URL).")
+        return env, None
+    config = launch.build_config(port=args.llm_port)
+    on_gpu = config.served_model_name == serve_config.GPU_SERVED_NAME
+    profile = GPU_PROFILE if on_gpu else CPU_PROFILE
+    env = {
+        **profile,
+        **env,
+        "RAG_LLM_URL": config.base_url,
+        "RAG_LLM_MODEL": config.served_model_name,
+    }
+    if _answers(config.base_url):
+        print(f"An LLM server already answers at {config.base_url}; using it.")
+        return env, None
+    return env, config
+
+
+def _start_app(args: argparse.Namespace, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    script = Path(__file__).resolve().parent.parent / "streamlit_app.py"
+    app = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(args.port),
+         "--server.address", args.host, "--server.headless", "true",
+         "--browser.gatherUsageStats", "false",
+         "--server.fileWatcherType", "none"],
+        env=env,
+    )  # fmt: skip
+    print(f"\n  The app: http://{args.host}:{args.port}\n")
+    if not is_loopback(args.host):
+        print(NO_LOGIN_WARNING.format(host=args.host, port=args.port) + "\n", flush=True)
+    return app
+
+
+def _stop(app: subprocess.Popen[bytes]) -> None:
+    if app.poll() is None:
+        app.send_signal(signal.SIGTERM)
+        try:
+            app.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            app.kill()
 
 
 if __name__ == "__main__":
