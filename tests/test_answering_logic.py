@@ -130,8 +130,8 @@ def test_citations_are_renumbered_in_order_of_first_use():
 
 
 def test_a_question_longer_than_the_model_can_take_is_refused_with_its_size():
-    from rag.reading import check_question, question_limit
     from rag.errors import QuestionTooLong
+    from rag.reading import check_question, question_limit
     from rag.settings import Settings
 
     small = Settings(llm_context_tokens=2048, read_max_tokens=200)

@@ -129,7 +129,7 @@ def test_ask_see_cited_answer_open_source(app_url, capsys):
     shot = ARTIFACTS / "cited-answer.png"
     with browser_page(app_url, shot, "the cited answer with its source open", capsys) as page:
         ask(page, "How do I serve gpt-oss-20b on two GPUs?")
-        expect(page.get_by_text("Answered —")).to_be_visible(timeout=240_000)
+        expect(page.get_by_text("Answered", exact=True).last).to_be_visible(timeout=240_000)
         expect(
             page.get_by_text("The knowledge base answers this in the first passage [1].")
         ).to_be_visible()
@@ -149,7 +149,7 @@ def test_make_run_profile_gives_a_cited_answer_in_the_browser(make_run_url, caps
     what = "make run's cited answer (CPU profile)"
     with browser_page(make_run_url, shot, what, capsys) as page:
         ask(page, "How are broken files reported during ingestion?")
-        expect(page.get_by_text("Answered —")).to_be_visible(timeout=300_000)
+        expect(page.get_by_text("Answered", exact=True).last).to_be_visible(timeout=300_000)
         expect(page.get_by_text("Stages")).to_be_visible()
         summary = page.locator("summary", has_text=re.compile(r"\[\d+\] ")).first
         expect(summary).to_be_visible()

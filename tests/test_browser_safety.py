@@ -54,10 +54,10 @@ def test_hostile_markdown_links_loads_and_embeds_nothing(tmp_path, hostile_index
         app = streamlit_app(tmp_path, hostile_index, llm, RAG_SCREEN_K="4", RAG_KEEP_MAX="3")
         with app as url, browser_page(url, shot, "hostile Markdown", capsys) as page:
             ask(page, "Inline link, reference image, autolinks and raw HTML?")
-            expect(page.get_by_text("Answered —")).to_be_visible(timeout=180_000)
+            expect(page.get_by_text("Answered", exact=True).last).to_be_visible(timeout=180_000)
             ask(page, "And the bare URLs?")  # a follow-up: the rewrite is shown too
             expect(page.get_by_text("And the bare URLs?")).to_be_visible()
-            expect(page.get_by_text("Answered —")).to_be_visible(timeout=180_000)
+            expect(page.get_by_text("Answered", exact=True).last).to_be_visible(timeout=180_000)
             page.wait_for_timeout(3_000)  # the run's stale elements go
             main = page.locator("[data-testid='stMain']")
             # open every passage, the stages and the rewrite's status
