@@ -119,7 +119,9 @@ def test_extractive_answer_quotes_its_passages_and_cites_each_quote(
     assert quotes and " ".join(f"{q} [{n}]" for q, n in quotes) == result.text
     assert len(quotes) <= settings.extract_sentences
     for quote, n in quotes:
-        passage = " ".join(result.kept[int(n) - 1].text.split())
+        cited = result.citations[int(n) - 1]  # numbered in order of first use
+        assert cited.n == int(n)
+        passage = " ".join(cited.hit.text.split())
         assert quote.strip() in passage, f"[{n}] does not contain {quote!r}"
 
 
@@ -226,38 +228,3 @@ def test_only_a_follow_up_is_rewritten_and_a_lost_rewrite_is_not_searched(kb, ch
     # whatever SmolLM2 wrote, what was searched kept the question's meaning
     assert searched == follow_up or plausible_rewrite(follow_up, searched, history)
     assert rewritten[0].kept == (searched != follow_up)
-
-
-class Recording:
-    """The real client, keeping every request it sends."""
-
-    def __init__(self, inner: OpenAIChat) -> None:
-        self.inner = inner
-        self.requests: list = []
-
-    def stream(self, request):
-        self.requests.append(request)
-        return self.inner.stream(request)
-
-
-def test_a_follow_up_is_screened_and_read_as_its_standalone_question(kb, chat, llm_settings):
-    history = [
-        ("user", "Which planet is the largest?"),
-        ("assistant", "Jupiter is the largest planet [1]."),
-    ]
-    follow_up = "And what about its storm?"  # meaningless alone
-    recorder = Recording(chat)
-    result = answer(follow_up, kb, recorder, llm_settings, history)
-    standalone = result.search_query
-    assert standalone and standalone != follow_up, "the follow-up was rewritten"
-    screens = [r for r in recorder.requests if r.response_format is not None]
-    reads = [r for r in recorder.requests[1:] if r.response_format is None]
-    assert screens and reads
-    for request in screens + reads:
-        user = request.messages[-1]["content"]
-        assert f"Question: {standalone}" in user, user[-300:]
-        assert f"Question: {follow_up}" not in user
-    # The deep read also sees the conversation, to answer in context.
-    read_prompt = reads[-1].messages[-1]["content"]
-    assert "user: Which planet is the largest?" in read_prompt
-    assert "assistant: Jupiter is the largest planet [1]." in read_prompt

@@ -14,6 +14,7 @@ from dataclasses import replace
 
 import pytest
 
+from rag import prompts
 from rag.answering import answer, stream_answer
 from rag.events import Notice
 from rag.knowledge_base import KnowledgeBase
@@ -171,3 +172,37 @@ def test_malformed_verdict_json_fails_open_and_is_recorded(kb, chat, settings):
     found, _ = screen("largest planet", hits, model, settings)
     assert [v.relevant for v in found] == [True, True]  # kept: fail open
     assert all(not v.valid and v.error for v in found)
+
+
+def test_a_follow_up_is_screened_and_read_as_its_standalone_question(kb, chat, settings):
+    # The rewrite, the screen and the read all go through the real server;
+    # the script only chooses what the model says.
+    standalone = "What is the storm on Jupiter?"
+    history = [
+        ("user", "Which planet is the largest?"),
+        ("assistant", "Jupiter is the largest planet [1]."),
+    ]
+
+    def script(request: Request) -> dict[str, str]:
+        if is_screen(request):
+            return verdicts(request, relevant=True)
+        if request.messages[0]["content"] == prompts.text("condense_system.txt"):
+            return {"reasoning": "Resolve 'its'.", "final": standalone}
+        return {"reasoning": "Passage 1.", "final": "The Great Red Spot [1]."}
+
+    follow_up = "And what about its storm?"  # meaningless alone
+    model = Scripted(chat, script)
+    on_screen = settings.model_copy(update={"screen": True})
+    result = answer(follow_up, kb, model, on_screen, history)
+    assert result.search_query == standalone
+    screens = [r for r in model.requests if is_screen(r)]
+    reads = [r for r in model.requests[1:] if not is_screen(r)]
+    assert screens and reads
+    for request in screens + reads:
+        user = request.messages[-1]["content"]
+        assert f"Question: {standalone}" in user, user[-300:]
+        assert f"Question: {follow_up}" not in user
+    # The deep read also sees the conversation, to answer in context.
+    read_prompt = reads[-1].messages[-1]["content"]
+    assert "user: Which planet is the largest?" in read_prompt
+    assert "assistant: Jupiter is the largest planet [1]." in read_prompt
