@@ -66,9 +66,9 @@ bench-setup: setup
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 
 lint: setup
-	$(BIN)/ruff check rag ingest serving tests bench streamlit_app.py
-	$(BIN)/ruff format --check rag ingest serving tests bench streamlit_app.py
-	$(BIN)/mypy rag ingest serving
+	$(BIN)/ruff check rag ingest serving ui tests bench streamlit_app.py
+	$(BIN)/ruff format --check rag ingest serving ui tests bench streamlit_app.py
+	$(BIN)/mypy rag ingest serving ui
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-artifacts
