@@ -213,6 +213,14 @@ KNOWN_ANSWERS = [
     ),
 ]
 
+# Questions the field notes do not answer: one off topic, and two on topics
+# they touch (a sentence of each is over the old 0.25 similarity floor).
+UNANSWERED = [
+    "Who wrote the opera Carmen?",
+    "Which pesticide is sprayed on the tomatoes?",
+    "What price does the bakery charge for a loaf?",
+]
+
 
 def write_field_notes(folder: Path) -> Path:
     """Five mixed documents holding the KNOWN_ANSWERS among close distractors."""

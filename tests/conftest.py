@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from builders import write_corpus
+from builders import write_corpus, write_field_notes
 
 from ingest.pipeline import ingest_paths
 from rag.embedding import Embedder, load_embedder
@@ -98,6 +98,16 @@ def llm_settings(llm_server) -> Settings:
         screen_k=4,
         read_max_tokens=200,
     )
+
+
+@pytest.fixture(scope="session")
+def notes_index(tmp_path_factory: pytest.TempPathFactory, embedder: Embedder) -> Path:
+    """The field notes (builders.write_field_notes, holding KNOWN_ANSWERS), indexed."""
+    folder = write_field_notes(tmp_path_factory.mktemp("notes") / "kb")
+    index = tmp_path_factory.mktemp("notes-index") / "index"
+    report = ingest_paths([str(folder)], Settings(index=index), embedder=embedder)
+    assert not report.failed, report.failed
+    return index
 
 
 @pytest.fixture(scope="session")

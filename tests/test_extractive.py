@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import re
 
+import pytest
+from builders import KNOWN_ANSWERS, UNANSWERED
+
 from rag.extractive import Candidate, candidates, grammar, sentences
+from rag.knowledge_base import KnowledgeBase
+from rag.profiles import small_model
 from rag.types import Chunk, Hit
 
 
@@ -65,6 +70,28 @@ def test_an_off_topic_question_gets_no_candidates(embedder):
     ordered = [hit(1, MARKDOWN), hit(2, PDF_PAGE)]
     assert candidates("What is the capital of France?", ordered, embedder, 4, 0.25) == []
     assert candidates("How is an encrypted PDF reported?", ordered, embedder, 4, 0.25)
+
+
+def offered(question: str, kb: KnowledgeBase) -> list[str]:
+    """The sentences an extractive answer would offer the model, with the
+    small-model profile's retrieval, keep and threshold (screen off)."""
+    settings = small_model()
+    hits = kb.search(question, k=settings.screen_k)[: settings.keep_max]
+    limit, floor = settings.extract_sentences, settings.extract_min_similarity
+    return [c.sentence for c in candidates(question, hits, kb.embedder, limit, floor)]
+
+
+@pytest.mark.parametrize("question", UNANSWERED)
+def test_a_question_no_passage_answers_gets_no_sentence_to_quote(question, notes_index, embedder):
+    # No candidate: the answer is "not in the knowledge base", the model unasked.
+    assert offered(question, KnowledgeBase.open(notes_index, embedder)) == []
+
+
+@pytest.mark.parametrize(("question", "sentence", "source"), KNOWN_ANSWERS)
+def test_the_sentence_that_answers_is_still_offered_first(
+    question, sentence, source, notes_index, embedder
+):
+    assert offered(question, KnowledgeBase.open(notes_index, embedder))[0] == sentence
 
 
 def test_the_grammar_quotes_each_candidate_with_its_citation_in_order():

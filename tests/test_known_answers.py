@@ -11,10 +11,9 @@ import re
 from pathlib import Path
 
 import pytest
-from builders import KNOWN_ANSWERS, write_field_notes
+from builders import KNOWN_ANSWERS, UNANSWERED
 from click.testing import CliRunner
 
-from ingest.pipeline import ingest_paths
 from rag.answering import answer
 from rag.cli import main as rag_main
 from rag.knowledge_base import KnowledgeBase
@@ -23,15 +22,6 @@ from rag.profiles import SMALL_MODEL, SMALL_MODEL_PROFILE, discover, small_model
 from rag.settings import Settings
 
 pytestmark = pytest.mark.llm
-
-
-@pytest.fixture(scope="module")
-def notes_index(tmp_path_factory: pytest.TempPathFactory, embedder) -> Path:
-    folder = write_field_notes(tmp_path_factory.mktemp("notes") / "kb")
-    index = tmp_path_factory.mktemp("notes-index") / "index"
-    report = ingest_paths([str(folder)], Settings(index=index), embedder=embedder)
-    assert not report.failed, report.failed
-    return index
 
 
 @pytest.fixture
@@ -63,11 +53,14 @@ def test_the_answer_quotes_the_sentence_that_answers_and_cites_its_document(
     assert Path(cited.source).name == source and sentence in " ".join(cited.text.split())
 
 
-def test_a_question_the_notes_do_not_answer_is_not_found(notes_index, embedder, llm_server):
+@pytest.mark.parametrize("question", UNANSWERED)
+def test_a_question_the_notes_do_not_answer_is_not_found(
+    question, notes_index, embedder, llm_server
+):
     settings = small_model(llm_url=llm_server.base_url, llm_model=llm_server.served_model_name)
     kb = KnowledgeBase.open(notes_index, embedder)
-    result = answer("Who wrote the opera Carmen?", kb, OpenAIChat(settings), settings)
-    assert not result.found and not result.citations
+    result = answer(question, kb, OpenAIChat(settings), settings)
+    assert not result.found and not result.citations, result.text
 
 
 def test_discover_takes_the_served_model_its_context_and_the_small_model_profile(
