@@ -164,6 +164,7 @@ def write_notes(folder: Path, count: int, sentences: int = 60) -> Path:
         lines.insert(sentences // 2, f"The code word of note {i} is {code_word(i)}.")
         suffix = ".md" if i % 2 else ".txt"
         (folder / f"note-{i:02d}{suffix}").write_text(" ".join(lines), encoding="utf-8")
+    return folder
 
 
 def write_beir(

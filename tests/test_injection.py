@@ -72,19 +72,24 @@ def test_document_text_is_escaped_to_literal_markdown(text):
 
 
 @settings(max_examples=300, deadline=None)
-@given(text=st.text(alphabet=st.sampled_from(list("<>![]()x:/ \n\\\"'="))) | st.text())
+@given(text=st.text(alphabet=st.sampled_from(list("<>![]()x:/ \n\\\"'=@w.h"))) | st.text())
 def test_model_text_keeps_no_html_links_or_images(text):
-    out = defuse(text)
-    assert "<" not in out
-    assert not re.search(r"(?<!\\)!(?<!\\)\[", out), "an image would load a URL"
-    assert not re.search(r"\](?<!\\)\(", out.replace("]\\(", "")), "a link would be live"
+    # What the page would render, parsed as Streamlit's Markdown does
+    # (tests/test_render_safety.py): nothing links, loads or is HTML.
+    from test_render_safety import live_parts
+
+    live, _ = live_parts(defuse(text))
+    assert not live
 
 
 def test_defuse_on_a_poisoned_answer():
+    from test_render_safety import live_parts
+
     answer = 'Done [1]. <img src=x onerror="alert(1)"> ![t](http://evil/x.png) [a](http://e)'
-    out = defuse(answer)
-    assert out.startswith("Done [1]. &lt;img")  # citations survive, HTML does not
-    assert "!\\[t]\\(http://evil/x.png)" in out and "[a]\\(http://e)" in out
+    live, visible = live_parts(defuse(answer))
+    assert not live  # no image, link or HTML survives...
+    assert visible.startswith("Done [1]. <img src=x")  # ...yet all of it is shown, citation kept
+    assert "![t](http://evil/x.png)" in visible
 
 
 def test_the_app_never_renders_html():

@@ -159,7 +159,8 @@ def test_a_question_is_cut_at_the_question_limit(app_env):
     assert len(asked) == 300
 
 
-def test_open_knowledge_bases_are_kept_within_a_bound(tmp_path, built_index):
+def test_open_knowledge_bases_are_kept_within_a_bound(tmp_path, built_index, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent))
     import streamlit_app
 
     streamlit_app.open_kb.clear()
