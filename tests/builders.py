@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 from rag.types import Chunk, Hit
@@ -356,35 +361,22 @@ def image_only_pdf(path: Path, text: str) -> Path:
 def zip_bomb_docx(path: Path, megabytes: int) -> Path:
     """A real DOCX whose document.xml inflates to `megabytes` MB (blank
     space inside <w:body>), from under 1/1000 of that on disk."""
-    import zipfile
-
-    source = make_docx(path.with_name(path.name + ".src"), "Bomb", ["x"])
-    with zipfile.ZipFile(source) as zin, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zout:
-        for item in zin.infolist():
-            data = zin.read(item.filename)
-            if item.filename != "word/document.xml":
-                zout.writestr(item, data)
-                continue
-            body = data.index(b"<w:body>") + len(b"<w:body>")
-            with zout.open(item.filename, "w", force_zip64=True) as fh:
-                fh.write(data[:body])
-                block = b" " * (1 << 20)
-                for _ in range(megabytes):
-                    fh.write(block)
-                fh.write(data[body:])
-    source.unlink()
-    return path
+    return _inflated_docx(path, b" " * (1 << 20), megabytes)
 
 
 def text_bomb_docx(path: Path, megabytes: int) -> Path:
     """A real DOCX of one sentence repeated: `megabytes` MB of paragraphs
     (about as much extracted text) from under 1/100 of that on disk."""
+    sentence = b"All work and no play makes Jack a dull boy. " * 22
+    paragraph = b"<w:p><w:r><w:t>" + sentence + b"</w:t></w:r></w:p>"
+    return _inflated_docx(path, paragraph * ((1 << 20) // len(paragraph)), megabytes)
+
+
+def _inflated_docx(path: Path, block: bytes, megabytes: int) -> Path:
+    """A real DOCX with `block` written `megabytes` times inside <w:body>."""
     import zipfile
 
     source = make_docx(path.with_name(path.name + ".src"), "Bomb", ["x"])
-    sentence = b"All work and no play makes Jack a dull boy. " * 22
-    paragraph = b"<w:p><w:r><w:t>" + sentence + b"</w:t></w:r></w:p>"
-    block = paragraph * ((1 << 20) // len(paragraph))
     with zipfile.ZipFile(source) as zin, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zout:
         for item in zin.infolist():
             data = zin.read(item.filename)
@@ -467,3 +459,24 @@ HOSTILE_MARKDOWN = [
     "Nested: [[[[1]]]](https://evil.example/nested) ![![x](https://evil.example/a.png)](y)",
     "Unclosed fence (last: it runs to the end):\n```\n[u](https://evil.example/unclosed)",
 ]
+
+
+# -- the real `ingest` command in a process of its own ---------------------------------
+
+
+def ingest_process(args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """`ingest ARGS --json` in a new session (its parser workers are
+    reaped with it by `reap`), with `env` over this process's environment."""
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "ingest"), *args, "--json"],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+
+
+def reap(process: subprocess.Popen) -> None:
+    """Make sure nothing the run started outlives it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)

@@ -17,21 +17,19 @@ The figures go to test-artifacts/crash-loop.json (quoted in RELIABILITY.md).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
-from builders import code_word, write_notes
+from builders import code_word, ingest_process, reap, write_notes
 from click.testing import CliRunner
 
 from ingest.pipeline import ingest_paths
@@ -43,7 +41,6 @@ from rag.settings import Settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
-INGEST = str(Path(sys.executable).parent / "ingest")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 FILES = 24
 ENV = {
@@ -79,19 +76,7 @@ def same(a: tuple, b: tuple) -> bool:
 
 
 def run_ingest(batch: Path, index: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [INGEST, str(batch), "--index", str(index), "--json"],
-        env={**os.environ, **ENV},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,  # its parser workers are reaped with it below
-    )
-
-
-def reap(process: subprocess.Popen) -> None:
-    """Make sure nothing the run started outlives it."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
+    return ingest_process([str(batch), "--index", str(index)], ENV)
 
 
 def phase(index: Path, started_generation: str | None, started: float) -> str:
