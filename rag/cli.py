@@ -157,6 +157,7 @@ def ask(
     kb = KnowledgeBase.open(settings.index, settings=settings)
     chat = OpenAIChat(settings)
     streaming = not as_json
+    streamed = ""
     for event in stream_answer(question, kb, chat, settings):
         if isinstance(event, Retrieved) and streaming:
             click.echo(f"[retrieved {len(event.hits)} passages in {event.seconds:.2f} s]", err=True)
@@ -165,6 +166,7 @@ def ask(
             click.echo(f"[screen kept {kept} of {judged} in {event.seconds:.2f} s]", err=True)
         elif isinstance(event, Delta) and streaming and event.channel == "content":
             click.echo(event.text, nl=False)
+            streamed += event.text
         elif isinstance(event, Finished):
             result = event.answer
     if as_json:
@@ -172,6 +174,10 @@ def ask(
         return
     if not result.found:
         click.echo(result.text)
+    elif streamed.strip() != result.text.strip():
+        # Citations are numbered in order of first use (and dead ones
+        # dropped) once the answer is complete: the text they refer to.
+        click.echo("\n\nWith its citations resolved:\n" + result.text, nl=False)
     click.echo("\n")
     for note in result.notes:
         click.echo(f"note: {note}", err=True)

@@ -96,3 +96,19 @@ def test_rag_ask_right_after_make_llm_answers_with_a_citation(no_rag_env, llm_se
     quotes = quoted_with_citation(out["answer"])
     assert quotes and " ".join(f"{q} [{n}]" for q, n in quotes.items()) == out["answer"]
     assert len(out["verdicts"]) == SMALL_MODEL_PROFILE["screen_k"]
+
+
+def test_rag_ask_prints_the_answer_with_the_citation_numbers_it_lists(
+    no_rag_env, llm_server, docs_index
+):
+    # The streamed text carries the model's passage numbers; citations are
+    # renumbered in order of first use when the answer is complete, so the
+    # text printed last must use the numbers listed under it.
+    no_rag_env.setenv("RAG_LLM_URL", llm_server.base_url)
+    question = "How are broken files reported during ingestion?"
+    result = CliRunner().invoke(rag_main, ["ask", question, "--index", str(docs_index)])
+    assert result.exit_code == 0, result.output
+    body, _, listing = result.stdout.rstrip().rpartition("\n\n")
+    final = body.rsplit("With its citations resolved:\n", 1)[-1]
+    listed = re.findall(r"^\[(\d+)\] ", listing, flags=re.MULTILINE)
+    assert listed and set(re.findall(r"\[(\d+)\]", final)) == set(listed), result.stdout
