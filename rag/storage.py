@@ -1,0 +1,188 @@
+"""The `Store` seam: where a knowledge base keeps its chunks, vectors and
+BM25 index, and how a batch of changes becomes visible at once.
+
+Two implementations: the local store (FAISS + SQLite + bm25s files in the
+index folder, `rag.store` / `rag.writer`, the default) and Milvus
+(`rag.milvus_store`: Milvus Lite in a local file, or a cluster by URI).
+Callers (`KnowledgeBase`, answering, the app, `rag eval`, the benchmarks,
+ingestion) use only what is declared here; `open_store` picks the
+implementation from what the index folder records.
+
+Three roles:
+- `Store`: one knowledge base's storage. Hands out the current `Snapshot`
+  and opens the one `StoreWriter` allowed at a time.
+- `Snapshot`: one published state, read-only; it never changes under a
+  reader, whatever a writer does meanwhile.
+- `StoreWriter`: builds the next state; nothing it does is visible until it
+  publishes (at the end, or at a checkpoint of an incremental ingest), and a
+  writer killed at any moment leaves the previous state current and whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass
+from typing import Protocol
+
+import numpy as np
+
+from rag.layout import IndexParams
+from rag.store import DocumentRecord
+from rag.types import Chunk
+
+Scored = list[tuple[int, float]]  # (chunk id, score), best first
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    """What `rag stats` and the app show about a knowledge base."""
+
+    index: str  # the index folder
+    store: str  # "local", or the Milvus URI without credentials
+    generation: int
+    documents: int
+    chunks: int
+    vectors: int
+    model: str
+    dimension: int
+    chunk_tokens: int
+    chunk_overlap: int
+    disk_bytes: int | None  # None where the engine does not say
+    updated_at: float
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+class Snapshot(Protocol):
+    """One published state of a knowledge base."""
+
+    @property
+    def generation(self) -> int: ...
+
+    @property
+    def params(self) -> IndexParams: ...
+
+    def dense(self, query: np.ndarray, k: int) -> Scored:
+        """The `k` nearest chunks by inner product with the unit `query`."""
+        ...
+
+    def dense_scores(self, query: np.ndarray, ids: Sequence[int]) -> dict[int, float]:
+        """Exact inner products of `query` with the stored vectors of `ids`."""
+        ...
+
+    def bm25(self, query: str, k: int, also: Sequence[int] = ()) -> tuple[Scored, dict[int, float]]:
+        """The `k` best chunks by BM25 (score > 0), and the BM25 scores of
+        those and of the chunks in `also` (0 where no query term matched)."""
+        ...
+
+    def chunks(self, ids: Iterable[int]) -> dict[int, Chunk]: ...
+
+    def document_chunks(self, path: str) -> list[Chunk]:
+        """The chunks of the document at `path`, in document order."""
+        ...
+
+    def context(self, chunk: Chunk, neighbours: int = 1) -> tuple[str, str, str]:
+        """(text before, the chunk, text after) from its neighbours on the same page."""
+        ...
+
+    def documents(self) -> list[DocumentRecord]:
+        """Every document, by path."""
+        ...
+
+    def document(self, path: str) -> DocumentRecord | None: ...
+
+    def document_with_hash(self, content_hash: str) -> DocumentRecord | None: ...
+
+    def stats(self) -> StoreStats: ...
+
+    def close(self) -> None: ...
+
+
+class StoreWriter(Protocol):
+    """Builds the next state. Reads (`document`, `document_chunks`, ...) see
+    the state being built, including this writer's own changes."""
+
+    params: IndexParams
+    rebuild: bool
+    changed: bool
+
+    def put(
+        self,
+        *,
+        path: str,
+        content_hash: str,
+        kind: str,
+        title: str,
+        size: int,
+        mtime: float,
+        pages: int | None,
+        chunks: Sequence[Chunk],
+        vectors: np.ndarray,
+        ocr: bool = False,
+    ) -> None:
+        """Add a document, replacing any earlier version stored at `path`."""
+        ...
+
+    def delete(self, path: str) -> bool:
+        """Remove a document and its chunks; False if there was none."""
+        ...
+
+    def stored_vectors(self, chunks: Sequence[Chunk]) -> np.ndarray:
+        """The vectors of stored chunks (to copy a document without embedding it again)."""
+        ...
+
+    def paths(self) -> list[str]: ...
+
+    def earlier(self, path: str) -> DocumentRecord | None:
+        """The record this write replaces at `path` (a rebuild: in the state it replaces)."""
+        ...
+
+    def document(self, path: str) -> DocumentRecord | None: ...
+
+    def document_with_hash(self, content_hash: str) -> DocumentRecord | None: ...
+
+    def document_chunks(self, path: str) -> list[Chunk]: ...
+
+    def checkpoint(self) -> int | None:
+        """Publish what is done so far and go on writing; None for a rebuild,
+        which publishes only when complete."""
+        ...
+
+
+class Store(Protocol):
+    """One knowledge base's storage."""
+
+    @property
+    def uri(self) -> str:
+        """"local", or the engine's URI without credentials."""
+        ...
+
+    def exists(self) -> bool:
+        """Whether anything was ever published."""
+        ...
+
+    def stamp(self) -> Hashable:
+        """Changes whenever a new state is published (cheap: called per search)."""
+        ...
+
+    def snapshot(self) -> Snapshot:
+        """The current published state (raises `IndexMissing` when there is none)."""
+        ...
+
+    def published_documents(self) -> dict[str, DocumentRecord]:
+        """The current state's documents by path, without loading vectors."""
+        ...
+
+    def writer(
+        self,
+        params: IndexParams,
+        *,
+        rebuild: bool = False,
+        allow_drop: bool = False,
+        lock_timeout: float = 0.0,
+    ) -> AbstractContextManager[StoreWriter]:
+        """Hold the one-writer lock, build the next state and publish it on
+        success (if anything changed); discard it on any error."""
+        ...
