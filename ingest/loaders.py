@@ -222,8 +222,8 @@ def _docx(data: bytes, max_chars: int | None = None) -> tuple[str, str, tuple[Pa
                 blocks.append(" | ".join(dict.fromkeys(c for c in cells if c)))
         else:
             # Only a paragraph with a style of its own can be a title:
-            # resolving the default style scans the whole style sheet, 4 ms
-            # a paragraph.
+            # resolving the default style scans the whole style sheet, for
+            # every paragraph.
             if (
                 not title
                 and item._p.style is not None
@@ -242,7 +242,7 @@ def _docx(data: bytes, max_chars: int | None = None) -> tuple[str, str, tuple[Pa
 
 # pdfium drops the space between words whose gap is narrower than ~0.15 em
 # (tight justification, some generators); pdfminer keeps them down to ~0.1 em
-# but is 100-300x slower (bench/pdf_extractors.py). So pdfium reads every
+# but is two orders of magnitude slower. So pdfium reads every
 # page and pdfminer re-reads only pages that look glued together.
 _GLUED_MIN_CHARS = 200
 _GLUED_MAX_SPACE_RATIO = 0.06

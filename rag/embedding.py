@@ -94,8 +94,8 @@ class SentenceTransformerEmbedder:
         specials = len(self._tokenizer("")["input_ids"])
         self.max_tokens = int(self._model.max_seq_length or 512) - specials
         # The chunker counts tokens tens of thousands of times a document;
-        # the Rust tokenizer behind a "fast" one gives the same counts at a
-        # third of the cost of the Python wrapper (measured on the R manuals).
+        # the Rust tokenizer behind a "fast" one gives the same counts for
+        # less than the Python wrapper's per-call overhead.
         backend = getattr(self._tokenizer, "backend_tokenizer", None)
         self._counter: Any = None
         if backend is not None:

@@ -3,11 +3,11 @@
 Rankings are best-first lists of (id, score); functions return a best-first
 list of (id, fused score).
 
-The default is `convex` (alpha 0.5, 400 candidates a side), chosen by
-bench/fusion.py on one half of SciFact's queries: on the held-out half it
-scored 0.753 nDCG@10 against 0.748 for reciprocal-rank fusion, because it
-keeps how much better one passage scored than the next, which RRF throws
-away. `rrf` stays for comparison (`RAG_FUSION=rrf`).
+The default is `convex` (its weight and depth are `Settings`), chosen with
+bench/fusion.py on one half of SciFact's queries and checked on the other
+(BENCHMARKS.md): it keeps how much better one passage scored than the next,
+which reciprocal-rank fusion throws away. `rrf` stays for comparison
+(`RAG_FUSION=rrf`).
 """
 
 from __future__ import annotations

@@ -112,7 +112,8 @@ class Settings(BaseSettings):
     # the LLM. Below it, nothing is quoted and the answer is "not in the
     # knowledge base". Chosen with bench/rejection.py on SciFact's tuning
     # half: the highest that keeps 95% of the answerable questions answered
-    # (at 0.25, every question the knowledge base cannot answer was answered).
+    # (BENCHMARKS.md has the table; a low threshold answers every question
+    # the knowledge base cannot).
     extract_min_similarity: float = Field(
         0.47,
         ge=-1.0,

@@ -177,7 +177,7 @@ def cpu_config(
         "--model", str(model_dir),
         # float32: in bf16 SmolLM2 on vLLM loops and answers nonsense.
         "--dtype", "float32",
-        # Skips torch.compile: healthy in ~30 s instead of ~90 s.
+        # Skips torch.compile, the slowest part of a CPU server's start.
         "--enforce-eager",
         "--max-model-len", str(max_model_len),
         "--host", host,
