@@ -13,18 +13,21 @@ HuggingFaceEmbeddings (same all-MiniLM-L6-v2 folder) -> FAISS.from_documents.
 (Its usual `save_local` pickles the docstore; it is left out, in its favour.)
 
 Each pipeline runs in a fresh process; wall time includes loading the model.
+Peak memory is the whole process tree's: the pipeline's process and its
+parser workers, sampled every 0.2 s as the sum of their proportional set
+sizes (PSS: a page shared by several processes counts once in total).
 
-    .venv/bin/python bench/ingest.py            # the table (~30 min on 2 cores)
-    .venv/bin/python bench/ingest.py --parts pdf --skip-tutorial
+    .venv/bin/python bench/ingestion.py            # the table (~30 min on 2 cores)
+    .venv/bin/python bench/ingestion.py --parts pdf --skip-tutorial
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -34,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import corpora  # bench/corpora.py: bench/ is first on sys.path when a script here runs
+import psutil
 
 # -- the two pipelines, each run in its own process ------------------------------
 
@@ -84,19 +88,33 @@ def run_tutorial(folder: Path) -> dict[str, Any]:
 
 def child(pipeline: str, folder: Path, index: Path) -> None:
     result = run_ours(folder, index) if pipeline == "ours" else run_tutorial(folder)
-    result["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    result["workers_peak_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print("RESULT " + json.dumps(result))
 
 
+def tree_pss(root: psutil.Process) -> int:
+    """Bytes: the proportional set size of `root` and all its descendants."""
+    total = 0
+    for process in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):  # a worker may exit meanwhile
+            total += process.memory_full_info().pss
+    return total
+
+
 def measure(pipeline: str, folder: Path) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = subprocess.run(
-            [sys.executable, __file__, "--child", pipeline, str(folder), str(Path(tmp) / "index")],
-            capture_output=True, text=True, check=True, cwd=corpora.ROOT,
-        )  # fmt: skip
-    line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryFile("w+") as out:
+        argv = [sys.executable, __file__, "--child", pipeline, str(folder), str(Path(tmp) / "i")]
+        proc = subprocess.Popen(argv, stdout=out, text=True, cwd=corpora.ROOT)
+        watched, peak = psutil.Process(proc.pid), 0
+        while proc.poll() is None:
+            with contextlib.suppress(psutil.Error):
+                peak = max(peak, tree_pss(watched))
+            time.sleep(0.2)
+        if proc.returncode:
+            raise SystemExit(f"{pipeline} on {folder} failed with exit code {proc.returncode}")
+        out.seek(0)
+        line = next(x for x in out.read().splitlines() if x.startswith("RESULT "))
     result: dict[str, Any] = json.loads(line[len("RESULT ") :])
+    result["peak_mb"] = peak / 2**20
     return result
 
 
@@ -116,7 +134,7 @@ def main() -> int:
     print(f"Ingestion — {platform.node()}, {os.cpu_count()} cores, {date.today()}; "
           f"embedding precision {resolve_precision('auto')} (auto)\n")  # fmt: skip
     print("| corpus | pipeline | files | PDF pages | chunks | seconds | pages/s | chunks/s | "
-          "peak RSS (MB) | speed-up | unchanged re-run (s) |")  # fmt: skip
+          "peak memory, all processes (MB) | speed-up | unchanged re-run (s) |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for part in args.parts.split(","):
         folder = folders[part]()
