@@ -2,7 +2,8 @@
 
 For k = 4, 8, 16 retrieved passages: the screen's wall time with all
 requests in flight at once vs one at a time (and grouped requests), and
-the deep read's time to first token and total. Prints a Markdown table.
+the deep read of the passages the screen kept at that k (how many, time to
+first token, total). Prints a Markdown table.
 
     python -m serving.launch --cpu --port 8000 &          # or any vLLM server
     .venv/bin/python bench/stages.py --url http://127.0.0.1:8000/v1 \\
@@ -27,7 +28,7 @@ from rag.knowledge_base import KnowledgeBase
 from rag.llm import OpenAIChat, check_server
 from rag.profiles import small_model
 from rag.reading import read
-from rag.screening import screen
+from rag.screening import keep, screen
 
 QUESTIONS = [
     "How are broken files reported during ingestion?",
@@ -47,9 +48,14 @@ def timed_screen(kb, chat, settings, k, concurrency):  # type: ignore[no-untyped
 
 
 def timed_read(kb, chat, settings, k):  # type: ignore[no-untyped-def]
-    firsts, totals = [], []
+    """The deep read of what the screen kept out of `k` passages, as the
+    pipeline does: more passages screened can mean other (or more) kept.
+    Returns the median first-token and total seconds and passages read."""
+    firsts, totals, counts = [], [], []
     for question in QUESTIONS:
-        hits = kb.search(question, k=k)[: settings.keep_max]
+        verdicts, _usage = screen(question, kb.search(question, k=k), chat, settings)
+        hits = keep(verdicts, settings)
+        counts.append(len(hits))
         started = time.perf_counter()
         for event in read(question, hits, chat, settings):
             if isinstance(event, Read) and event.completion is not None:
@@ -57,7 +63,8 @@ def timed_read(kb, chat, settings, k):  # type: ignore[no-untyped-def]
                 if completion.first_token:
                     firsts.append(completion.first_token - completion.started)
         totals.append(time.perf_counter() - started)
-    return statistics.median(firsts) if firsts else float("nan"), statistics.median(totals)
+    first = statistics.median(firsts) if firsts else float("nan")
+    return first, statistics.median(totals), statistics.median(counts)
 
 
 def main() -> int:
@@ -69,10 +76,11 @@ def main() -> int:
     parser.add_argument("--ks", default="4,8,16")
     args = parser.parse_args()
     # The small-model profile, generative (read() is timed without the
-    # extractive step's embedder).
+    # extractive step's embedder), with the screen on: it is what is timed,
+    # and what it keeps is what the read gets.
     settings = small_model(
         llm_url=args.url, llm_model=args.model, llm_context_tokens=args.context,
-        read_max_tokens=256, answer_style="generative",
+        read_max_tokens=256, answer_style="generative", screen=True,
     )  # fmt: skip
     problem = check_server(settings)
     if problem:
@@ -85,17 +93,17 @@ def main() -> int:
 
     print(f"Stage timings — {args.model} at {args.url}; {platform.node()}, {date.today()}; "
           f"median of {len(QUESTIONS)} questions\n")  # fmt: skip
-    print("| k | screen, concurrent (s) | screen, sequential (s) | speed-up | "
-          "screen, groups of 4 (s) | read: first token (s) | read: total (s) |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|")
+    print("| k | screen, concurrent (s) | screen, sequential (s) | speed-up | screen, groups "
+          "of 4 (s) | passages kept | read: first token (s) | read: total (s) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
     grouped = settings.model_copy(update={"screen_group": 4})
     for k in (int(x) for x in args.ks.split(",")):
         concurrent = timed_screen(kb, chat, settings, k, None)
         sequential = timed_screen(kb, chat, settings, k, 1)
         groups = timed_screen(kb, chat, grouped, k, None)
-        first, total = timed_read(kb, chat, settings, k)
+        first, total, kept = timed_read(kb, chat, settings, k)
         print(f"| {k} | {concurrent:.2f} | {sequential:.2f} | {sequential / concurrent:.1f}x | "
-              f"{groups:.2f} | {first:.2f} | {total:.2f} |")  # fmt: skip
+              f"{groups:.2f} | {kept:g} | {first:.2f} | {total:.2f} |")  # fmt: skip
     return 0
 
 
