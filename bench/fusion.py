@@ -50,7 +50,7 @@ def tuning_table(args: argparse.Namespace, data: evaluation.Dataset, kb_with) ->
     print("|---|---|---|---|---|")
     rows = []
     for depth in (int(d) for d in args.depths.split(",")):
-        settings = [(f"convex alpha={a:g}", {"fusion": "convex", "fusion_alpha": float(a)})
+        settings = [(f"convex alpha={float(a):g}", {"fusion": "convex", "fusion_alpha": float(a)})
                     for a in args.alphas.split(",")]  # fmt: skip
         settings.append(("rrf k=60", {"fusion": "rrf"}))
         for name, overrides in settings:
