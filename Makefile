@@ -50,9 +50,11 @@ crash-test: setup
 	KBQA_KILL_RUNS=20 $(BIN)/pytest -m slow tests/test_crash.py -s $(PYTEST_ARGS)
 
 # Debian packages the tests drive: Chromium for the end-to-end browser test
-# (Playwright drives it; Playwright's own browser download is not needed)
-# and tesseract for the --ocr path.
-SYSTEM_PACKAGES := chromium:chromium tesseract:tesseract-ocr
+# (Playwright drives it; Playwright's own browser download is not needed),
+# tesseract for the --ocr path and a PostgreSQL server for the app database
+# (tests/postgres_server.py; pg_ctlcluster comes with the server package,
+# whose own binaries are not on PATH).
+SYSTEM_PACKAGES := chromium:chromium tesseract:tesseract-ocr pg_ctlcluster:postgresql
 system-setup:
 	@missing=$$(for pair in $(SYSTEM_PACKAGES); do \
 	  command -v $${pair%%:*} >/dev/null || echo $${pair#*:}; done); \

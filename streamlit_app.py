@@ -10,6 +10,7 @@ from pathlib import Path
 import streamlit as st
 
 from rag.answering import stream_answer
+from rag.appdb import AppDB, open_app_db
 from rag.errors import LLMUnreachable, QuestionTooLong, RagError
 from rag.events import Finished, Notice, Retrieved, Rewritten, Screened
 from rag.knowledge_base import KnowledgeBase
@@ -17,7 +18,7 @@ from rag.llm import Delta, OpenAIChat, check_server
 from rag.settings import Settings
 from rag.types import Answer
 from ui import knowledge, render
-from ui.conversation import Conversation, ConversationStore, Turn, store_path
+from ui.conversation import Conversation, ConversationStore, Turn
 from ui.manage import manage_tab
 from ui.messages import for_user, plural
 from ui.sidebar import kb_summary, sidebar, summary_line
@@ -34,6 +35,13 @@ def open_kb(path: str) -> KnowledgeBase:
     kb = KnowledgeBase.open(path)
     kb.warm_up()  # load the model now, not during the first question
     return kb
+
+
+@st.cache_resource(show_spinner=False)
+def app_db(url: str, root: str) -> AppDB:
+    """One connection pool per database for all sessions (keyed by the
+    settings it is opened from)."""
+    return open_app_db(Settings(app_db=url, indexes_root=Path(root)))
 
 
 @st.cache_data(ttl=10, show_spinner=False)
@@ -200,7 +208,7 @@ def main() -> None:
     st.set_page_config(page_title="kbqa", page_icon="📚", layout="wide")
     base = Settings()
     side = sidebar(base)
-    store = ConversationStore(store_path(base))
+    store = ConversationStore(app_db(base.app_db.get_secret_value(), str(base.indexes_root)))
     st.title("Ask your documents")
     # The active base in the main area too: on a phone the sidebar is folded.
     active = st.empty()

@@ -58,6 +58,28 @@ class Settings(BaseSettings):
     # About 500 tokens: room left for the passages in the smallest context.
     max_question_chars: int = Field(2000, ge=100, description="longest question the app takes")
 
+    # The app's own database: users, grants, sessions, conversations, audit.
+    # Empty: a SQLite file beside the indexes (<indexes_root>/.app/app.sqlite);
+    # or a file path, or a postgresql:// URL shared by several app replicas.
+    # A secret: the URL may hold a password.
+    app_db: SecretStr = SecretStr("")
+    session_hours: float = Field(12.0, gt=0, description="a local login lasts this long")
+    login_backoff: float = Field(
+        1.0,
+        gt=0,
+        description="seconds a name is refused after a failed login (doubles each time)",
+    )
+    login_backoff_max: float = Field(900.0, gt=0, description="the longest refusal, in seconds")
+    # An OIDC login's groups claim (JSON in the environment):
+    # RAG_AUTH_GROUP_ROLES='{"kb-admins": "admin", "kb-editors": "editor"}',
+    # RAG_AUTH_GROUP_GRANTS='{"finance-team": ["finance"]}'. See rag/access.py.
+    auth_groups_claim: str = Field("groups", description="the ID token claim listing groups")
+    auth_group_roles: dict[str, Literal["admin", "editor", "reader"]] = Field(default_factory=dict)
+    auth_group_grants: dict[str, list[str]] = Field(default_factory=dict)
+    auth_default_role: Literal["", "editor", "reader"] = Field(
+        "", description="role of a user in no mapped group ('': no entry)"
+    )
+
     # Retrieval.
     search_mode: SearchMode = "hybrid"
     fusion: Literal["convex", "rrf"] = "convex"

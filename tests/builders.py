@@ -480,3 +480,20 @@ def reap(process: subprocess.Popen) -> None:
     """Make sure nothing the run started outlives it."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
+
+
+# -- a clock the tests move by hand ------------------------------------------------------
+
+
+class Clock:
+    """Stands in for time.time where a module takes a `clock`: the tests
+    move it instead of sleeping."""
+
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds

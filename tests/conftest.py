@@ -136,3 +136,18 @@ def app_env(monkeypatch: pytest.MonkeyPatch, kb_root: Path) -> pytest.MonkeyPatc
     monkeypatch.setenv("RAG_INDEX", str(kb_root / "default"))
     monkeypatch.setenv("RAG_LLM_RETRIES", "0")
     return monkeypatch
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A real PostgreSQL server (tests/postgres_server.py), started once per
+    session. Skips (loudly) only when Debian's `postgresql` is not
+    installed; `make test` installs it."""
+    from postgres_server import NotInstalled, binaries, postgres_server
+
+    try:
+        binaries()
+    except NotInstalled as exc:
+        pytest.skip(f"POSTGRESQL NOT INSTALLED — PostgreSQL app-database tests skipped: {exc}")
+    with postgres_server() as server:
+        yield server

@@ -121,8 +121,8 @@ def test_the_conversation_survives_a_reload_and_new_conversation_starts_over(fak
     assert "The answer is in the first passage [1]." in texts(reloaded)
     citation = next(e for e in reloaded.expander if e.label.startswith("[1] "))
     assert any(":orange-background[" in m.value for m in citation.markdown)
-    assert (kb_root / ".app" / "conversations.sqlite").is_file()
-    assert not any(kb_root.glob("default/**/conversations*")), "history kept out of the index"
+    assert (kb_root / ".app" / "app.sqlite").is_file()
+    assert not any(kb_root.glob("default/**/app.sqlite*")), "history kept out of the index"
     button(reloaded.sidebar, "New conversation").click().run()
     assert not reloaded.chat_message
     assert not app().run().chat_message, "the new, empty conversation is the one kept"

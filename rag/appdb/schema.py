@@ -1,0 +1,138 @@
+"""The app database's tables (SQLAlchemy Core, one schema for SQLite and
+PostgreSQL), its version, and the triggers that keep the audit append-only.
+
+Names are stored as text, not as keys into `users`: conversations and the
+audit also belong to users who log in through OIDC or to the one local
+user, who have no row there.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Engine,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    text,
+)
+
+from rag.errors import RagError
+
+SCHEMA_VERSION = 1
+
+metadata = MetaData()
+
+meta = Table(
+    "kbqa_meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+users = Table(
+    "users",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("role", String(16), nullable=False),
+    Column("password_hash", Text),  # NULL: no local login (an OIDC user's grants)
+    Column("created", Float, nullable=False),
+    Column("disabled", Boolean, nullable=False, default=False),
+)
+grants = Table(
+    "grants",
+    metadata,
+    Column("username", String(128), ForeignKey("users.name"), primary_key=True),
+    Column("kb", String(64), primary_key=True),
+)
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),  # sha256 of the token, hex
+    Column("username", String(128), ForeignKey("users.name"), nullable=False),
+    Column("created", Float, nullable=False),
+    Column("expires", Float, nullable=False),
+)
+# Failed logins per name tried, whether or not it exists: so the throttle
+# says nothing about who has an account.
+login_attempts = Table(
+    "login_attempts",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("failures", Integer, nullable=False),
+    Column("blocked_until", Float, nullable=False),
+)
+conversations = Table(
+    "conversations",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("username", String(128), nullable=False),
+    Column("kb", String(64), nullable=False),
+    Column("title", Text, nullable=False, default=""),
+    Column("started", Float, nullable=False),
+    Column("updated", Float, nullable=False),
+    Index("conversations_by_user", "username", "kb", "updated"),
+)
+turns = Table(
+    "turns",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("conversation", Integer, ForeignKey("conversations.id"), nullable=False, index=True),
+    Column("data", Text, nullable=False),  # rag.conversation.Turn.to_json
+)
+audit = Table(
+    "audit",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("ts", Float, nullable=False),
+    Column("username", String(128), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("target", Text, nullable=False),
+    Column("detail", Text, nullable=False),
+)
+
+_APPEND_ONLY = "the audit trail is append-only"
+_TRIGGERS = {
+    "sqlite": [
+        f"CREATE TRIGGER IF NOT EXISTS audit_no_{verb} BEFORE {verb.upper()} ON audit "
+        f"BEGIN SELECT RAISE(ABORT, '{_APPEND_ONLY}'); END"
+        for verb in ("update", "delete")
+    ],
+    "postgresql": [
+        "CREATE OR REPLACE FUNCTION kbqa_audit_append_only() RETURNS trigger "
+        f"LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION '{_APPEND_ONLY}'; END $$",
+        "CREATE OR REPLACE TRIGGER audit_append_only BEFORE UPDATE OR DELETE ON audit "
+        "FOR EACH ROW EXECUTE FUNCTION kbqa_audit_append_only()",
+        "CREATE OR REPLACE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit "
+        "FOR EACH STATEMENT EXECUTE FUNCTION kbqa_audit_append_only()",
+    ],
+}
+
+
+class AppDBIncompatible(RagError):
+    """The app database was written by a newer version of the app."""
+
+
+def create_or_check(engine: Engine) -> bool:
+    """Creates the schema on first use; refuses a schema newer than this
+    code reads. True when the schema was created just now."""
+    with engine.begin() as conn:
+        created = not engine.dialect.has_table(conn, "kbqa_meta")
+        metadata.create_all(conn, checkfirst=True)
+        if created:
+            for statement in _TRIGGERS.get(engine.dialect.name, []):
+                conn.execute(text(statement))
+            conn.execute(meta.insert().values(key="schema", value=str(SCHEMA_VERSION)))
+            return True
+        found = int(conn.execute(meta.select().where(meta.c.key == "schema")).one().value)
+    if found > SCHEMA_VERSION:
+        raise AppDBIncompatible(
+            f"The app database was written by a newer version of the app (schema {found}; "
+            f"this one reads schema {SCHEMA_VERSION}). Upgrade the app."
+        )
+    return False
