@@ -191,7 +191,7 @@ def test_stats_agree_and_search_prints_non_ascii_names(hostile):
 
 
 def test_a_rerun_changes_nothing_and_reports_the_same_failures(hostile):
-    generation = KnowledgeBase.open(hostile["index"]).stats()["generation"]
+    generation = KnowledgeBase.open(hostile["index"]).stats().generation
     again = subprocess.run(
         [INGEST, str(hostile["batch"]), "--index", str(hostile["index"])],
         capture_output=True, text=True, env=hostile["env"], timeout=600,
@@ -203,7 +203,7 @@ def test_a_rerun_changes_nothing_and_reports_the_same_failures(hostile):
     assert f"failed     {len(BAD)}" in again.stdout
     assert "bad-\ufffd-name.txt: the file name is not valid UTF-8" in again.stdout
     assert "self.md: symbolic link loop" in again.stdout
-    assert KnowledgeBase.open(hostile["index"]).stats()["generation"] == generation
+    assert KnowledgeBase.open(hostile["index"]).stats().generation == generation
 
 
 # -- parsers that hang, eat memory or crash ------------------------------------------
