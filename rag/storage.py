@@ -2,13 +2,14 @@
 BM25 index, and how a batch of changes becomes visible at once.
 
 Two implementations: the local store (FAISS + SQLite + bm25s files in the
-index folder, `rag.store` / `rag.writer`, the default) and Milvus
+index folder, `rag.local_store` over `rag.store` / `rag.writer`, the
+default) and Milvus
 (`rag.milvus_store`: Milvus Lite in a local file, or a cluster by URI).
 Callers (`KnowledgeBase`, answering, the app, `rag eval`, the benchmarks,
 ingestion) use only what is declared here; `open_store` picks the
 implementation from what the index folder records: its `store.json`
 (`{"store": URI}`, without credentials), which a non-local store writes
-when it first publishes (`record_store`); no record means the local store.
+before it first publishes (`record_store`); no record means the local store.
 
 Three roles:
 - `Store`: one knowledge base's storage. Hands out the current `Snapshot`

@@ -15,7 +15,7 @@ from rag.errors import IndexBusy, IndexCorrupt, IndexIncompatible, IndexMissing,
 from rag.knowledge_base import KnowledgeBase
 from rag.layout import IndexParams
 from rag.settings import Settings
-from rag.storage import STORE_RECORD, StoreStats, open_store
+from rag.storage import STORE_RECORD, StoreStats, open_store, record_store, recorded_store
 from rag.types import Chunk
 
 
@@ -202,3 +202,11 @@ def test_the_recorded_store_is_used_and_another_one_refused(tmp_path):
         open_store(root, Settings())
     with pytest.raises(IndexIncompatible, match="cassandra://db:9042"):
         open_store(root, Settings(store="local"))
+
+
+def test_the_store_record_keeps_no_credentials(tmp_path):
+    root = tmp_path / "idx"
+    record_store(root, "milvus://reader:s3cret@db.example:19530")
+    assert recorded_store(root) == "milvus://db.example:19530"
+    assert "s3cret" not in (root / STORE_RECORD).read_text()
+    assert [p.name for p in root.iterdir()] == [STORE_RECORD]
