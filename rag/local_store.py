@@ -30,11 +30,6 @@ class LocalStore:
     def __init__(self, root: Path, uri: str, settings: Settings) -> None:
         self.root = Path(root)
         self.dense_precision = settings.dense_precision
-        # One query at a time gains nothing from FAISS's OpenMP threads, and
-        # after each search they spin, taking the cores from the next query's
-        # embedding (measured on 2 cores: embedding 23 ms with them, 14 ms
-        # without; the search itself 5.8 ms against 3.9 ms). Process-wide.
-        faiss.omp_set_num_threads(1)
 
     def exists(self) -> bool:
         return layout.current_generation(self.root) is not None
@@ -48,6 +43,12 @@ class LocalStore:
         return (st.st_ino, st.st_mtime_ns)
 
     def snapshot(self) -> Snapshot:
+        # Opened to search. One query at a time gains nothing from FAISS's
+        # OpenMP threads, and after each search they spin, taking the cores
+        # from the next query's embedding (measured on 2 cores: embedding
+        # 23 ms with them, 14 ms without; the search itself 5.8 ms against
+        # 3.9 ms). Process-wide; set here, not for writers.
+        faiss.omp_set_num_threads(1)
         # CURRENT may be swapped between reading it and opening the files,
         # and the old generation swept: retry on the newer name.
         for _attempt in range(5):
