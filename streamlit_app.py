@@ -166,7 +166,7 @@ def _stream(question, history, kb, chat, settings, status) -> Answer:  # type: i
 
 
 def ask_tab(kb_dir: Path, settings: Settings, store: ConversationStore) -> Conversation | None:
-    if not knowledge.has_index(kb_dir):
+    if not knowledge.has_index(kb_dir, settings):
         st.info(
             f"**{render.plain(kb_dir.name)}** has no documents yet: add some in the **Manage** tab."
         )

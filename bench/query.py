@@ -25,6 +25,7 @@ import platform
 import statistics
 import sys
 import time
+import urllib.parse
 from datetime import date
 from pathlib import Path
 
@@ -102,12 +103,19 @@ def profile(kb: KnowledgeBase, texts: list[str]) -> dict[str, tuple[float, float
     return {name: percentiles(values) for name, values in ms.items()}
 
 
+def local_generation(kb: KnowledgeBase) -> Path:
+    """The folder of the local store's current generation: the FAISS and
+    BM25 comparisons below read the local store's own files."""
+    if kb.store.uri != "local":
+        raise SystemExit(f"the FAISS and BM25 comparisons need a local store, not {kb.store.uri}")
+    return kb.root / layout.require_generation(kb.root)
+
+
 def faiss_choice(kb: KnowledgeBase, texts: list[str]) -> list[tuple[str, float, float]]:
     """Exact float32 search against the float16 copy searches use and two
     approximate indexes: top-depth search time, and recall@10 of each one's
     top 10 against the exact top 10."""
-    snap = kb.snapshot()
-    stored = faiss.read_index(str(kb.root / snap.generation / "vectors.faiss"))
+    stored = faiss.read_index(str(local_generation(kb) / layout.VECTORS_FILE))
     flat = faiss.downcast_index(stored.index)
     vectors = flat.reconstruct_n(0, flat.ntotal)
     queries_ = np.vstack([kb.embedder.embed_batch([t], kind="query")[0] for t in texts])
@@ -155,7 +163,10 @@ def bm25_choice(kb: KnowledgeBase, texts: list[str]) -> list[tuple[str, float]]:
     from rag import lexical
 
     snap = kb.snapshot()
-    rows = snap.db.execute("SELECT id, terms FROM chunks").fetchall()
+    where = urllib.parse.quote(str(local_generation(kb) / layout.DB_FILE))
+    stored = sqlite3.connect(f"file:{where}?mode=ro", uri=True)
+    rows = stored.execute("SELECT id, terms FROM chunks").fetchall()
+    stored.close()
     times: dict[str, list[float]] = {"bm25s (memory-mapped arrays)": [], "SQLite FTS5": []}
     with tempfile.TemporaryDirectory() as tmp:
         db = sqlite3.connect(Path(tmp) / "fts.sqlite")
@@ -221,7 +232,7 @@ def main() -> int:
             continue
         kb = KnowledgeBase.open(path)
         stats = profile(kb, texts)
-        chunks = kb.stats()["chunks"]
+        chunks = kb.stats().chunks
         p50 = {name: f"{values[0]:.1f}" for name, values in stats.items()}
         print(f"| {size} | {chunks} | {p50['total']} | {stats['total'][1]:.1f} | "
               f"{p50['embed']} | {p50['dense']} | {p50['bm25']} |")  # fmt: skip

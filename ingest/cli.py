@@ -19,8 +19,8 @@ EXIT_OK, EXIT_FAILED_FILES, EXIT_USAGE, EXIT_FATAL = 0, 1, 2, 3
 @click.command(
     context_settings={"help_option_names": ["-h", "--help"]},
     epilog="Exit codes: 0 all good; 1 some files failed (the rest were ingested); "
-    "2 usage error; 3 nothing done (index busy, incompatible or model missing, "
-    "rebuild refused).",
+    "2 usage error; 3 nothing done (index busy, incompatible, in another store or model "
+    "missing, unknown store, rebuild refused).",
 )
 @click.argument("paths", nargs=-1, type=click.Path(path_type=str))
 @click.option(
@@ -55,6 +55,15 @@ EXIT_OK, EXIT_FAILED_FILES, EXIT_USAGE, EXIT_FATAL = 0, 1, 2, 3
     help="With --rebuild: drop the documents PATHS do not yield again (files gone, "
     "unreadable or elsewhere) instead of refusing.",
 )
+@click.option(
+    "--store",
+    "store",
+    metavar="URI",
+    default=None,
+    help="Where a new knowledge base keeps its chunks and vectors: local (files in the "
+    "index folder). An existing one stays in its own store; naming another is an error  "
+    "[default: $RAG_STORE or local]",
+)
 @click.option("--ocr", is_flag=True, help="OCR PDF pages without a text layer (needs tesseract).")
 @click.option(
     "--wait",
@@ -71,6 +80,7 @@ def main(
     delete: tuple[str, ...],
     rebuild: bool,
     allow_drop: bool,
+    store: str | None,
     ocr: bool,
     wait: float | None,
     as_json: bool,
@@ -91,6 +101,8 @@ def main(
         overrides["index"] = index
     if wait is not None:
         overrides["lock_timeout"] = wait
+    if store is not None:
+        overrides["store"] = store
     settings = Settings(**overrides)  # type: ignore[arg-type]
 
     with tqdm(total=0, unit="file", disable=None, file=sys.stderr, dynamic_ncols=True) as bar:

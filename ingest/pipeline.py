@@ -26,8 +26,8 @@ from rag.embedding import Embedder, canonical_model_id, load_embedder
 from rag.errors import RebuildRefused
 from rag.layout import IndexParams
 from rag.settings import Settings
+from rag.storage import StoreWriter, open_store, replaced_documents
 from rag.types import Chunk, Document
-from rag.writer import StoreWriter, open_writer, replaced_documents
 
 # Embed chunks of several small documents together: sentence-transformers
 # sorts a call's texts by length, so bigger calls waste less padding.
@@ -263,7 +263,7 @@ def ingest_paths(
     report.skipped = [Failure(p, e) for p, e in found.skipped]
     report.failed = [Failure(p, e) for p, e in found.failed]
     if rebuild:
-        _refuse_lossy_rebuild(root, found, allow_drop)  # before the model loads
+        _refuse_lossy_rebuild(root, found, allow_drop, settings)  # before the model loads
     with _writing(root, settings, report, embedder, started, rebuild, allow_drop) as ingestor:
         for target in delete:
             _delete_under(ingestor, os.path.abspath(target))
@@ -297,9 +297,10 @@ def _writing(
     """What every ingest shares: the index's parameters checked, the write
     lock held around one `Ingestor`, and once the writer has published (or
     found nothing to publish), the generation and the time in the report."""
+    store = open_store(root, settings)  # an unknown or other store: before the model loads
     params, loaded = index_params(settings, root, rebuild)
-    with open_writer(
-        root, params, rebuild=rebuild, allow_drop=allow_drop, lock_timeout=settings.lock_timeout
+    with store.writer(
+        params, rebuild=rebuild, allow_drop=allow_drop, lock_timeout=settings.lock_timeout
     ) as writer:
         yield Ingestor(writer, settings, report, embedder or loaded)
         publishing = writer.changed
@@ -317,7 +318,7 @@ def _delete_under(ingestor: Ingestor, target: str) -> None:
         ingestor.delete(path)
 
 
-def _refuse_lossy_rebuild(root: Path, found: Found, allow_drop: bool) -> None:
+def _refuse_lossy_rebuild(root: Path, found: Found, allow_drop: bool, settings: Settings) -> None:
     """Fail fast on what the files found already show. The writer checks
     again before it publishes, when files that failed to parse are known."""
     if not found.files:
@@ -328,7 +329,8 @@ def _refuse_lossy_rebuild(root: Path, found: Found, allow_drop: bool) -> None:
     if allow_drop:
         return
     coming = {task.path for task in found.files}
-    dropped = sorted(path for path in replaced_documents(root) if path not in coming)
+    stored = replaced_documents(open_store(root, settings))
+    dropped = sorted(path for path in stored if path not in coming)
     if dropped:
         raise RebuildRefused.dropping(dropped)
 

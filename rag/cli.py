@@ -91,13 +91,16 @@ def short_path(path: str) -> str:
 @index_option
 @json_option
 def stats(index: Path | None, as_json: bool) -> None:
-    """Documents, chunks, vectors, model and disk size of an index."""
+    """Store, documents, chunks, vectors, model and disk size of an index."""
     settings = settings_with(index=index)
-    info = KnowledgeBase.open(settings.index).stats()
+    figures = KnowledgeBase.open(settings.index, settings=settings).stats()
+    info = figures.to_dict()
     if as_json:
         click.echo(json.dumps(info))
         return
-    info["disk"] = f"{info.pop('disk_bytes') / 1e6:.1f} MB"
+    del info["disk_bytes"]
+    disk = figures.disk_bytes
+    info["disk"] = "unknown" if disk is None else f"{disk / 1e6:.1f} MB"
     width = max(len(key) for key in info)
     for key, value in info.items():
         click.echo(f"{key:<{width}}  {value}")

@@ -22,6 +22,11 @@ class IndexCorrupt(RagError):
     pass
 
 
+class StoreUnknown(RagError):
+    """A store URI whose scheme no store implements (`--store`, `RAG_STORE`
+    or the index folder's record)."""
+
+
 class IndexBusy(RagError):
     """Another process holds the index's write lock."""
 

@@ -1,23 +1,23 @@
 """`KnowledgeBase`: open an index and search it (hybrid, dense or BM25).
 
 A long-lived `KnowledgeBase` (the app keeps one per index) notices when an
-ingest publishes a new generation and switches to it between searches, so
-every search sees one consistent generation, old or new.
+ingest publishes a new state and switches to it between searches, so every
+search sees one consistent state, old or new. Storage is reached only
+through the `rag.storage` seam: the same code searches every store.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Hashable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import faiss
-
-from rag import fusion, layout
+from rag import fusion
 from rag.embedding import Embedder, load_embedder
 from rag.settings import SEARCH_MODES, Settings
-from rag.store import DocumentRecord, Snapshot
+from rag.storage import DocumentRecord, Snapshot, StoreStats, open_store
 from rag.types import Hit
 
 if TYPE_CHECKING:
@@ -39,15 +39,10 @@ class KnowledgeBase:
         self.fusion = settings.fusion
         self.alpha = settings.fusion_alpha
         self.precision = settings.embed_precision
-        self.dense_precision = settings.dense_precision
-        # One query at a time gains nothing from FAISS's OpenMP threads, and
-        # after each search they spin, taking the cores from the next query's
-        # embedding (measured on 2 cores: embedding 23 ms with them, 14 ms
-        # without; the search itself 5.8 ms against 3.9 ms). Process-wide.
-        faiss.omp_set_num_threads(1)
+        self.store = open_store(self.root, settings)
         self._lock = threading.Lock()
-        self._stamp: tuple[int, int] | None = None
-        self._snapshot = self._open_current()
+        self._stamp: Hashable = self.store.stamp()
+        self._snapshot = self.store.snapshot()
 
     @classmethod
     def open(
@@ -59,40 +54,22 @@ class KnowledgeBase:
         """Open the index folder at `path` (e.g. `indexes/default`)."""
         return cls(Path(path), embedder, settings)
 
-    # -- generations ---------------------------------------------------------
-
-    def _current_stamp(self) -> tuple[int, int] | None:
-        try:
-            st = os.stat(self.root / layout.CURRENT_FILE)
-        except FileNotFoundError:
-            return None
-        return (st.st_ino, st.st_mtime_ns)
-
-    def _open_current(self) -> Snapshot:
-        # CURRENT may be swapped between reading it and opening the files,
-        # and the old generation swept: retry on the newer name.
-        for _attempt in range(5):
-            self._stamp = self._current_stamp()
-            name = layout.require_generation(self.root)
-            try:
-                return Snapshot(self.root, name, self.dense_precision)
-            except FileNotFoundError:
-                continue
-        return Snapshot(self.root, layout.require_generation(self.root), self.dense_precision)
-
     def snapshot(self) -> Snapshot:
-        """The newest published generation (reopened if an ingest published)."""
+        """The newest published state (reopened if an ingest published)."""
         with self._lock:
-            if self._current_stamp() != self._stamp:
+            stamp = self.store.stamp()
+            if stamp != self._stamp:
+                # Read before opening: a publish in between is seen next time.
                 # The old one is not closed here: a search in another thread
                 # may still be reading it. It is freed when the last one lets go.
-                self._snapshot = self._open_current()
+                self._snapshot = self.store.snapshot()
+                self._stamp = stamp
             return self._snapshot
 
     @property
     def embedder(self) -> Embedder:
         if self._embedder is None:
-            model_id = self.snapshot().manifest.params.model_id
+            model_id = self.snapshot().params.model_id
             self._embedder = load_embedder(model_id, self.precision)
         return self._embedder
 
@@ -142,23 +119,8 @@ class KnowledgeBase:
     def documents(self) -> list[DocumentRecord]:
         return self.snapshot().documents()
 
-    def stats(self) -> dict[str, Any]:
-        snap = self.snapshot()
-        gen_dir = self.root / snap.generation
-        params = snap.manifest.params
-        return {
-            "index": str(self.root),
-            "generation": snap.manifest.generation,
-            "documents": snap.count("documents"),
-            "chunks": snap.count("chunks"),
-            "vectors": int(snap.vectors.ntotal),
-            "model": params.model_id,
-            "dimension": params.dimension,
-            "chunk_tokens": params.chunk_tokens,
-            "chunk_overlap": params.chunk_overlap,
-            "disk_bytes": sum(f.stat().st_size for f in gen_dir.rglob("*") if f.is_file()),
-            "updated_at": snap.manifest.updated_at,
-        }
+    def stats(self) -> StoreStats:
+        return self.snapshot().stats()
 
     def as_retriever(self, **kwargs: Any) -> BaseRetriever:
         """A LangChain retriever over this knowledge base. Takes what

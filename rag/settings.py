@@ -24,6 +24,10 @@ class Settings(BaseSettings):
     # Where indexes live; `index` is the one used when none is named.
     indexes_root: Path = Path("indexes")
     index: Path = Path("indexes/default")
+    # Where a new knowledge base keeps its chunks and vectors: "local" (files
+    # in the index folder). An existing one uses the store its folder records;
+    # naming another here is an error (see rag/storage.py open_store).
+    store: str = Field("local", description="store of new knowledge bases: local (the default)")
 
     # Ingestion.
     embedding_model: str = "all-MiniLM-L6-v2"

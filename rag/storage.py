@@ -2,11 +2,14 @@
 BM25 index, and how a batch of changes becomes visible at once.
 
 Two implementations: the local store (FAISS + SQLite + bm25s files in the
-index folder, `rag.store` / `rag.writer`, the default) and Milvus
+index folder, `rag.local_store` over `rag.store` / `rag.writer`, the
+default) and Milvus
 (`rag.milvus_store`: Milvus Lite in a local file, or a cluster by URI).
 Callers (`KnowledgeBase`, answering, the app, `rag eval`, the benchmarks,
 ingestion) use only what is declared here; `open_store` picks the
-implementation from what the index folder records.
+implementation from what the index folder records: its `store.json`
+(`{"store": URI}`, without credentials), which a non-local store writes
+before it first publishes (`record_store`); no record means the local store.
 
 Three roles:
 - `Store`: one knowledge base's storage. Hands out the current `Snapshot`
@@ -20,18 +23,49 @@ Three roles:
 
 from __future__ import annotations
 
+import importlib
+import json
+import os
+import urllib.parse
 from collections.abc import Hashable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
+from rag import layout
+from rag.errors import IndexCorrupt, IndexIncompatible, StoreUnknown
 from rag.layout import IndexParams
-from rag.store import DocumentRecord
+from rag.settings import Settings
 from rag.types import Chunk
 
 Scored = list[tuple[int, float]]  # (chunk id, score), best first
+
+STORE_RECORD = "store.json"
+
+# URI scheme -> "module:Class" of the store for it, built as
+# Class(root, uri, settings). Imported on use: a knowledge base loads only
+# its own store's engine client.
+STORES: dict[str, str] = {
+    "local": "rag.local_store:LocalStore",
+}
+
+
+@dataclass(frozen=True)
+class DocumentRecord:
+    id: int
+    path: str
+    content_hash: str
+    kind: str
+    title: str
+    size: int
+    mtime: float
+    pages: int | None
+    ingested_at: float
+    chunks: int = 0
+    ocr: bool = False  # ingested with OCR of pages without a text layer
 
 
 @dataclass(frozen=True)
@@ -156,7 +190,7 @@ class Store(Protocol):
 
     @property
     def uri(self) -> str:
-        """"local", or the engine's URI without credentials."""
+        """ "local", or the engine's URI without credentials."""
         ...
 
     def exists(self) -> bool:
@@ -172,7 +206,8 @@ class Store(Protocol):
         ...
 
     def published_documents(self) -> dict[str, DocumentRecord]:
-        """The current state's documents by path, without loading vectors."""
+        """The current state's documents by path, without loading vectors
+        (none before the first publish; `IndexCorrupt` when unreadable)."""
         ...
 
     def writer(
@@ -186,3 +221,82 @@ class Store(Protocol):
         """Hold the one-writer lock, build the next state and publish it on
         success (if anything changed); discard it on any error."""
         ...
+
+
+def scheme(uri: str) -> str:
+    """ "local" for "local", "milvus-lite" for "milvus-lite:///m.db"."""
+    return uri.partition("://")[0] if "://" in uri else uri
+
+
+def public_uri(uri: str) -> str:
+    """`uri` without user name or password, fit to write down or show."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    netloc = host + (f":{parts.port}" if parts.port is not None else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def recorded_store(root: Path) -> str | None:
+    """The store the index folder at `root` records; "local" for a folder
+    with a local index and no record (all indexes written before the
+    record existed); None for a folder with neither (a new knowledge base)."""
+    path = root / STORE_RECORD
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "local" if (root / layout.CURRENT_FILE).exists() else None
+    except (OSError, ValueError) as exc:
+        raise IndexCorrupt(f"{path} is unreadable ({exc}).") from exc
+    if not isinstance(raw, dict) or not isinstance(raw.get("store"), str):
+        raise IndexCorrupt(f"{path} names no store.")
+    return str(raw["store"])
+
+
+def record_store(root: Path, uri: str) -> None:
+    """Record in the index folder which store holds this knowledge base
+    (without credentials). A non-local store calls it before it first
+    publishes, so that `--index` alone finds it."""
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".{STORE_RECORD}.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(json.dumps({"store": public_uri(uri)}) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, root / STORE_RECORD)
+    layout.fsync_path(root)
+
+
+def open_store(root: Path, settings: Settings) -> Store:
+    """The store of the knowledge base at `root`: the one its folder
+    records, else (a new one) `settings.store`. A store named explicitly
+    (`--store`, `RAG_STORE`) that is not the recorded one is an error."""
+    root = Path(root)
+    recorded = recorded_store(root)
+    asked = public_uri(settings.store) if "store" in settings.model_fields_set else None
+    if recorded is not None and asked is not None and asked != recorded:
+        raise IndexIncompatible(
+            f"The knowledge base at {root} is kept in the store {recorded!r}, not {asked!r}. "
+            f"Open it without --store or RAG_STORE, or build one in {asked!r} in another "
+            f"folder: ingest PATH... --index OTHER --store {asked}"
+        )
+    uri = recorded or settings.store
+    target = STORES.get(scheme(uri))
+    if target is None:
+        raise StoreUnknown(
+            f"No store handles {scheme(uri)!r} (in {public_uri(uri)!r}); "
+            f"known: {', '.join(sorted(STORES))}."
+        )
+    module, _, name = target.partition(":")
+    store: Store = getattr(importlib.import_module(module), name)(root, uri, settings)
+    return store
+
+
+def replaced_documents(store: Store) -> dict[str, DocumentRecord]:
+    """The documents a rebuild replaces, by path. A damaged index has none
+    to lose: a rebuild is how it is repaired."""
+    try:
+        return store.published_documents()
+    except IndexCorrupt:
+        return {}

@@ -1,9 +1,10 @@
-"""The `Store`: documents and chunks in SQLite, vectors in FAISS, the BM25
-index in bm25s's array files (`rag.lexical`), one immutable generation at a
-time (see `rag.layout`).
+"""The local store's generations: documents and chunks in SQLite, vectors
+in FAISS, the BM25 index in bm25s's array files (`rag.lexical`), one
+immutable generation at a time (see `rag.layout`).
 
-`Snapshot` reads a published generation; `rag.writer.StoreWriter` builds
-the next one.
+`Snapshot` reads a published generation (a `rag.storage.Snapshot`);
+`rag.writer.StoreWriter` builds the next one; `rag.local_store.LocalStore`
+ties them together. Callers outside the local store use `rag.storage`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import sqlite3
 import urllib.parse
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,8 @@ import numpy as np
 
 from rag import layout, lexical
 from rag.errors import IndexCorrupt
+from rag.layout import IndexParams
+from rag.storage import DocumentRecord, StoreStats
 from rag.types import Chunk
 
 SCHEMA = """
@@ -58,21 +60,6 @@ ADDED_COLUMNS = {"ocr": "INTEGER NOT NULL DEFAULT 0"}
 _CHUNK_COLUMNS = 'c.id, c.text, d.path, c.start, c."end", c.page, d.title, c.ordinal'
 
 
-@dataclass(frozen=True)
-class DocumentRecord:
-    id: int
-    path: str
-    content_hash: str
-    kind: str
-    title: str
-    size: int
-    mtime: float
-    pages: int | None
-    ingested_at: float
-    chunks: int = 0
-    ocr: bool = False  # ingested with OCR of pages without a text layer
-
-
 def _record(row: tuple[Any, ...]) -> DocumentRecord:
     id_, path, content_hash, kind, title, size, mtime, pages, ingested_at, chunks, ocr = row
     return DocumentRecord(
@@ -94,8 +81,9 @@ def _chunk_from_row(row: tuple[Any, ...]) -> Chunk:
     )
 
 
-class _Tables:
-    """Queries shared by the reader and the writer."""
+class Tables:
+    """Queries shared by the reader and the writer (`db`: the generation's
+    SQLite database)."""
 
     db: sqlite3.Connection
 
@@ -190,10 +178,13 @@ def published_documents(root: Path) -> dict[str, DocumentRecord]:
     name = layout.current_generation(root)
     if name is None:
         return {}
-    tables = _Tables()
-    tables.db = _connect_immutable(root / name / layout.DB_FILE)
+    tables = Tables()
+    db_path = root / name / layout.DB_FILE
+    tables.db = _connect_immutable(db_path)
     try:
         return {d.path: d for d in tables.documents()}
+    except sqlite3.DatabaseError as exc:
+        raise IndexCorrupt(f"{db_path} is unreadable: the index is damaged ({exc}).") from exc
     finally:
         tables.db.close()
 
@@ -215,7 +206,7 @@ def _assemble(pieces: list[tuple[int, str]], start: int, end: int) -> str:
     return "".join(out).strip()
 
 
-def _read_vectors(path: Path) -> faiss.IndexIDMap2:
+def read_vectors(path: Path) -> faiss.IndexIDMap2:
     try:
         vectors = faiss.read_index(str(path))
     except RuntimeError as exc:
@@ -254,16 +245,19 @@ def _dense(vectors: faiss.Index, query: np.ndarray, k: int) -> list[tuple[int, f
     return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
 
 
-class Snapshot(_Tables):
-    """A published generation, opened read-only. Never changes under you."""
+class Snapshot(Tables):
+    """A published generation, opened read-only. Never changes under you.
 
-    def __init__(self, root: Path, generation: str, dense_precision: str = "float16") -> None:
+    `db`, `vectors` and `lexical` are this store's own: callers use what
+    `rag.storage.Snapshot` declares."""
+
+    def __init__(self, root: Path, name: str, dense_precision: str = "float16") -> None:
         self.root = root
-        self.generation = generation
-        gen_dir = root / generation
+        self.name = name  # the generation's folder
+        gen_dir = root / name
         self.manifest = layout.read_manifest(gen_dir)
         self.db = _connect_immutable(gen_dir / layout.DB_FILE)
-        self.vectors: faiss.Index = _read_vectors(gen_dir / layout.VECTORS_FILE)
+        self.vectors: faiss.Index = read_vectors(gen_dir / layout.VECTORS_FILE)
         try:
             self.lexical = lexical.LexicalIndex(gen_dir / layout.BM25_DIR)
         except Exception as exc:  # numpy and bm25s raise many kinds on a damaged file
@@ -277,6 +271,32 @@ class Snapshot(_Tables):
             )
         if dense_precision == "float16":
             self.vectors = _half_precision_copy(self.vectors)
+
+    @property
+    def generation(self) -> int:
+        return self.manifest.generation
+
+    @property
+    def params(self) -> IndexParams:
+        return self.manifest.params
+
+    def stats(self) -> StoreStats:
+        params = self.manifest.params
+        files = (f for f in (self.root / self.name).rglob("*") if f.is_file())
+        return StoreStats(
+            index=str(self.root),
+            store="local",
+            generation=self.manifest.generation,
+            documents=self.count("documents"),
+            chunks=self.count("chunks"),
+            vectors=int(self.vectors.ntotal),
+            model=params.model_id,
+            dimension=params.dimension,
+            chunk_tokens=params.chunk_tokens,
+            chunk_overlap=params.chunk_overlap,
+            disk_bytes=sum(f.stat().st_size for f in files),
+            updated_at=self.manifest.updated_at,
+        )
 
     def dense(self, query: np.ndarray, k: int) -> list[tuple[int, float]]:
         return _dense(self.vectors, query, k)
@@ -300,7 +320,7 @@ class Snapshot(_Tables):
             scores = self.lexical.scores(query)
         except (IndexError, ValueError) as exc:  # same-size damage the manifest cannot see
             raise IndexCorrupt(
-                f"{self.root / self.generation / layout.BM25_DIR} is damaged ({exc})."
+                f"{self.root / self.name / layout.BM25_DIR} is damaged ({exc})."
             ) from exc
         ids = self.lexical.ids
         matched = np.flatnonzero(scores > 0)

@@ -1,6 +1,7 @@
-"""Writing an index: `StoreWriter` builds the next generation of the
-`Store` in a staging folder and publishes it (see `rag.layout` for why
-that is atomic); `open_writer` holds the one-writer lock around it.
+"""Writing a local index: `StoreWriter` builds the next generation in a
+staging folder and publishes it (see `rag.layout` for why that is atomic);
+`open_writer` holds the one-writer lock around it. Callers reach both
+through `rag.storage` (`Store.writer`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import numpy as np
 from rag import layout, lexical
 from rag.errors import IndexCorrupt, IndexIncompatible, RebuildRefused
 from rag.layout import IndexParams, Manifest
-from rag.store import DocumentRecord, _read_vectors, _Tables, create_schema, published_documents
+from rag.storage import DocumentRecord
+from rag.store import Tables, create_schema, published_documents, read_vectors
 from rag.types import Chunk
 
 
@@ -28,13 +30,14 @@ def replaced_documents(root: Path) -> dict[str, DocumentRecord]:
     index is repaired."""
     try:
         return published_documents(root)
-    except (IndexCorrupt, sqlite3.DatabaseError):
+    except IndexCorrupt:
         return {}
 
 
-class StoreWriter(_Tables):
-    """Builds the next generation in a staging folder. Use through
-    `open_writer`, which holds the lock and publishes.
+class StoreWriter(Tables):
+    """Builds the next generation in a staging folder (a
+    `rag.storage.StoreWriter`). Use through `open_writer`, which holds the
+    lock and publishes.
 
     A rebuild starts from nothing and publishes once, when complete: never
     an empty index, and never one without documents of the generation it
@@ -58,7 +61,7 @@ class StoreWriter(_Tables):
             manifest = layout.read_manifest(root / current)
             self._check_compatible(manifest.params)
             self.created_at = manifest.created_at
-            self.vectors = _read_vectors(root / current / layout.VECTORS_FILE)
+            self.vectors = read_vectors(root / current / layout.VECTORS_FILE)
         else:
             self.vectors = faiss.IndexIDMap2(faiss.IndexFlatIP(params.dimension))
         self.number = self.base_number

@@ -57,6 +57,15 @@ def test_ingest_usage_errors_exit_2(runner, tmp_path):
     assert runner.invoke(ingest_main, ["--bogus"]).exit_code == 2
 
 
+def test_ingest_into_an_unknown_store_names_it_with_exit_3(runner, corpus_dir, tmp_path):
+    index = tmp_path / "i"
+    args = [str(corpus_dir), "--index", str(index), "--store", "cassandra://db:9042"]
+    result = runner.invoke(ingest_main, args)
+    assert result.exit_code == 3, result.output
+    assert "'cassandra'" in result.stderr and "Traceback" not in result.output
+    assert not (index / "CURRENT").exists()
+
+
 def test_ingest_refuses_incompatible_index_with_exit_3(
     runner, built_index, corpus_dir, monkeypatch
 ):
@@ -93,6 +102,7 @@ def test_rag_stats(runner, built_index):
     assert stats["chunks"] == stats["vectors"] > 0
     assert stats["model"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert stats["disk_bytes"] > 0
+    assert stats["store"] == "local" and stats["generation"] >= 1
     assert "chunks" in runner.invoke(rag_main, ["stats", "--index", str(built_index)]).stdout
 
 

@@ -134,7 +134,7 @@ def test_searches_during_publishes_see_one_consistent_generation(tmp_path, folde
         while writer.poll() is None:
             try:
                 figures = shared.stats()
-                if figures["chunks"] != figures["vectors"]:
+                if figures.chunks != figures.vectors:
                     errors.append(f"stats: {figures}")
                 stats_checked[0] += 1
             except Exception as exc:
@@ -221,7 +221,7 @@ def test_a_second_ingest_fails_at_once_with_a_clear_message(tmp_path, seeded):
     assert json.loads(out)["added"] == 20
     assert documents(seeded) == set(SEED) | {f"alpha-{i:02d}.md" for i in range(20)}
     stats = KnowledgeBase.open(seeded).stats()
-    assert stats["chunks"] == stats["vectors"]
+    assert stats.chunks == stats.vectors
 
 
 def test_a_second_ingest_with_wait_runs_after_the_first(tmp_path, seeded):
@@ -241,6 +241,6 @@ def test_a_second_ingest_with_wait_runs_after_the_first(tmp_path, seeded):
         | {f"beta-{i:02d}.md" for i in range(20)}
     )
     stats = KnowledgeBase.open(seeded).stats()
-    assert stats["chunks"] == stats["vectors"]
+    assert stats.chunks == stats.vectors
     assert not [p for p in os.listdir(seeded) if p.startswith(".staging-")]
     shutil.rmtree(tmp_path / "a")

@@ -191,7 +191,7 @@ def test_stats_agree_and_search_prints_non_ascii_names(hostile):
 
 
 def test_a_rerun_changes_nothing_and_reports_the_same_failures(hostile):
-    generation = KnowledgeBase.open(hostile["index"]).stats()["generation"]
+    generation = KnowledgeBase.open(hostile["index"]).stats().generation
     again = subprocess.run(
         [INGEST, str(hostile["batch"]), "--index", str(hostile["index"])],
         capture_output=True, text=True, env=hostile["env"], timeout=600,
@@ -203,7 +203,7 @@ def test_a_rerun_changes_nothing_and_reports_the_same_failures(hostile):
     assert f"failed     {len(BAD)}" in again.stdout
     assert "bad-\ufffd-name.txt: the file name is not valid UTF-8" in again.stdout
     assert "self.md: symbolic link loop" in again.stdout
-    assert KnowledgeBase.open(hostile["index"]).stats()["generation"] == generation
+    assert KnowledgeBase.open(hostile["index"]).stats().generation == generation
 
 
 # -- parsers that hang, eat memory or crash ------------------------------------------
@@ -212,8 +212,9 @@ def test_a_rerun_changes_nothing_and_reports_the_same_failures(hostile):
 def test_parsers_that_hang_crash_or_blow_their_memory_cap_fail_only_their_file(tmp_path, embedder):
     folder = tmp_path / "batch"
     folder.mkdir()
-    # 400 KB that inflates to 400 MB: pdfium aborts its process (SIGABRT).
-    decompression_bomb_pdf(folder / "a-bomb.pdf", megabytes=400)
+    # 1 MB that inflates to more than the worker's memory cap: pdfium aborts
+    # its process (SIGABRT) when an allocation fails.
+    decompression_bomb_pdf(folder / "a-bomb.pdf", megabytes=1100)
     # 700 KB that inflates to 700 MB of XML: over the worker's memory cap.
     zip_bomb_docx(folder / "b-bomb.docx", megabytes=700)
     slow_pdf(folder / "c-slow.pdf", pages=1500)  # would parse for ~20 s

@@ -51,7 +51,7 @@ def test_changed_file_replaces_its_chunks(kb_dir, tmp_path, embedder):
     hits = KnowledgeBase.open(index, embedder).search("green tea Camellia sinensis", k=20)
     assert all("Camellia" not in h.text for h in hits)
     stats = KnowledgeBase.open(index).stats()
-    assert stats["chunks"] == stats["vectors"]
+    assert stats.chunks == stats.vectors
 
 
 def test_renamed_file_is_copied_not_embedded(kb_dir, tmp_path, embedder):
@@ -96,7 +96,7 @@ def test_delete_one_document(kb_dir, tmp_path, embedder):
     assert report.deleted == 1 and not report.failed
     assert str(kb_dir / "fish.docx") not in state(index)
     stats = KnowledgeBase.open(index).stats()
-    assert stats["chunks"] == stats["vectors"]
+    assert stats.chunks == stats.vectors
 
 
 def test_a_broken_update_keeps_the_old_version(kb_dir, tmp_path, embedder):

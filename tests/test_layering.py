@@ -1,6 +1,9 @@
 """The direction of dependencies: `ingest` builds what `rag` reads, so
 `ingest` imports `rag` and the `rag` library never imports `ingest`. Only
-the edges (the `rag` command, the app and its `ui/` helpers) use both."""
+the edges (the `rag` command, the app and its `ui/` helpers) use both.
+
+Storage is reached through the seam (`rag.storage`): only the store
+implementations import their own modules."""
 
 from __future__ import annotations
 
@@ -9,6 +12,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 EDGES = {"rag/cli.py"}
+# The store implementations and their private modules.
+STORE_MODULES = {"rag.local_store", "rag.store", "rag.writer", "rag.milvus_store"}
+STORE_FILES = {f"{name.replace('.', '/')}.py" for name in STORE_MODULES}
 
 
 def imported(path: Path) -> set[str]:
@@ -18,6 +24,19 @@ def imported(path: Path) -> set[str]:
             names.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module.split(".")[0])
+    return names
+
+
+def modules(path: Path) -> set[str]:
+    """Every module `path` imports, by full name (`from rag import store`
+    counts as `rag.store`)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
     return names
 
 
@@ -31,3 +50,19 @@ def test_the_rag_library_never_imports_ingest():
 def test_nothing_below_the_app_imports_it():
     below = [*ROOT.glob("rag/**/*.py"), *ROOT.glob("ingest/**/*.py"), *ROOT.glob("serving/*.py")]
     assert not [str(p) for p in below if {"streamlit_app", "ui"} & imported(p)]
+
+
+def test_only_the_store_implementations_import_them():
+    callers = [
+        p
+        for pattern in ("rag/**/*.py", "ingest/**/*.py", "serving/*.py", "ui/*.py", "bench/*.py")
+        for p in ROOT.glob(pattern)
+        if str(p.relative_to(ROOT)) not in STORE_FILES
+    ] + [ROOT / "streamlit_app.py"]
+    assert len(callers) > 40
+    offenders = {
+        str(p.relative_to(ROOT)): sorted(STORE_MODULES & modules(p))
+        for p in callers
+        if STORE_MODULES & modules(p)
+    }
+    assert not offenders, f"import rag.storage instead: {offenders}"

@@ -82,7 +82,7 @@ def test_the_float16_search_copy_agrees_with_the_exact_vectors(built_index, embe
 
     exact = KnowledgeBase.open(built_index, embedder, Settings(dense_precision="float32"))
     half = KnowledgeBase.open(built_index, embedder, Settings(dense_precision="float16"))
-    assert half.stats()["vectors"] == exact.stats()["vectors"] > 0
+    assert half.stats().vectors == exact.stats().vectors > 0
     for query, *_ in CASES:
         for mode in ("dense", "hybrid"):
             a, b = exact.search(query, k=5, mode=mode), half.search(query, k=5, mode=mode)

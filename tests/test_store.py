@@ -11,18 +11,22 @@ import pytest
 
 from ingest.pipeline import ingest_paths
 from rag import layout
-from rag.errors import IndexBusy, IndexCorrupt, IndexIncompatible, IndexMissing
+from rag.errors import IndexBusy, IndexCorrupt, IndexIncompatible, IndexMissing, StoreUnknown
 from rag.knowledge_base import KnowledgeBase
 from rag.layout import IndexParams
 from rag.settings import Settings
+from rag.storage import STORE_RECORD, StoreStats, open_store, record_store, recorded_store
 from rag.types import Chunk
-from rag.writer import open_writer
 
 
 def params(dimension: int = 4) -> IndexParams:
     return IndexParams(
         model_id="m", dimension=dimension, chunk_tokens=100, chunk_overlap=10, analyzer="a"
     )
+
+
+def open_writer(root, params, **options):
+    return open_store(root, Settings()).writer(params, **options)
 
 
 def put(writer, path: str, texts: list[str]) -> None:
@@ -39,14 +43,14 @@ def test_round_trip_keeps_documents_chunks_and_vectors(tmp_path):
         put(w, "/b.txt", ["beta"])
     kb = KnowledgeBase.open(root)
     snap = kb.snapshot()
-    assert snap.count("documents") == 2 and snap.count("chunks") == 3
-    assert snap.vectors.ntotal == 3
     assert [c.text for c in snap.document_chunks("/a.txt")] == ["alpha one", "alpha two"]
     [(best, _score)] = snap.dense(np.array([1, 0, 0, 0], dtype=np.float32), 1)
     assert snap.chunks([best])[best].text == "alpha one"
     ranked, _lookup = snap.bm25("beta", 5)
     assert [cid for cid, _ in ranked] == [c.id for c in snap.document_chunks("/b.txt")]
-    manifest = json.loads((root / snap.generation / "manifest.json").read_text())
+    manifest = json.loads(
+        (root / layout.generation_name(snap.generation) / "manifest.json").read_text()
+    )
     assert manifest["format_version"] == layout.FORMAT_VERSION
     assert manifest["params"]["dimension"] == 4
     assert not any(f.suffix in {".pkl", ".pickle"} for f in root.rglob("*"))
@@ -162,3 +166,47 @@ def test_context_rebuilds_the_text_around_a_chunk(tmp_path):
     assert (before, span, after) == (text[0:80].strip(), text[80:180], text[180:].strip())
     first = snap.document_chunks("/d.txt")[0]
     assert snap.context(first, neighbours=1)[0] == ""
+
+
+def test_stats_describe_the_local_store(tmp_path):
+    root = tmp_path / "idx"
+    with open_writer(root, params()) as w:
+        put(w, "/a.txt", ["alpha one", "alpha two"])
+        put(w, "/b.txt", ["beta"])
+    stats = KnowledgeBase.open(root).stats()
+    assert isinstance(stats, StoreStats)
+    assert (stats.store, stats.generation, stats.documents, stats.chunks, stats.vectors) == (
+        "local", 1, 2, 3, 3,
+    )  # fmt: skip
+    assert stats.dimension == 4 and stats.disk_bytes and stats.disk_bytes > 0
+    assert json.loads(json.dumps(stats.to_dict()))["store"] == "local"
+    assert not (root / STORE_RECORD).exists()  # no record: a local index, as before the seam
+
+
+def test_an_unknown_store_is_named(tmp_path):
+    with pytest.raises(StoreUnknown, match="'cassandra'"):
+        open_store(tmp_path / "idx", Settings(store="cassandra://db:9042"))
+    assert not (tmp_path / "idx").exists()
+
+
+def test_the_recorded_store_is_used_and_another_one_refused(tmp_path):
+    root = tmp_path / "idx"
+    with open_writer(root, params()) as w:
+        put(w, "/a.txt", ["alpha"])
+    # A local index (no record) searched with settings naming another store.
+    with pytest.raises(IndexIncompatible, match="local"):
+        KnowledgeBase.open(root, settings=Settings(store="cassandra://db:9042"))
+    # A record is followed without being asked for, and checked when asked.
+    (root / STORE_RECORD).write_text(json.dumps({"store": "cassandra://db:9042"}))
+    with pytest.raises(StoreUnknown, match="'cassandra'"):
+        open_store(root, Settings())
+    with pytest.raises(IndexIncompatible, match="cassandra://db:9042"):
+        open_store(root, Settings(store="local"))
+
+
+def test_the_store_record_keeps_no_credentials(tmp_path):
+    root = tmp_path / "idx"
+    record_store(root, "milvus://reader:s3cret@db.example:19530")
+    assert recorded_store(root) == "milvus://db.example:19530"
+    assert "s3cret" not in (root / STORE_RECORD).read_text()
+    assert [p.name for p in root.iterdir()] == [STORE_RECORD]

@@ -47,7 +47,7 @@ for index in sys.argv[1:]:
     try:
         kb = KnowledgeBase.open(index, embedder)
         stats = kb.stats()
-        seen = [stats["documents"], stats["chunks"], stats["vectors"]]
+        seen = [stats.documents, stats.chunks, stats.vectors]
         seen += [(d.path, d.content_hash, d.chunks) for d in kb.documents()]
         for query in ("largest planet Jupiter storm", "volcano eruption Pompeii", "bird migration"):
             for mode in ("hybrid", "dense", "bm25"):
@@ -168,7 +168,7 @@ def edit_manifest(index: Path, change) -> None:
 def test_an_edited_manifest_is_refused_clearly(index_copy, change, error, message):
     edit_manifest(index_copy, change)
     if error is None:  # a field readers do not use: harmless
-        assert KnowledgeBase.open(index_copy).stats()["chunks"] > 0
+        assert KnowledgeBase.open(index_copy).stats().chunks > 0
         return
     with pytest.raises(error, match=message):
         KnowledgeBase.open(index_copy)

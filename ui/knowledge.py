@@ -14,9 +14,9 @@ from pathlib import Path
 from ingest.loaders import KINDS
 from ingest.pipeline import IngestReport, ProgressFn, ingest_paths
 from rag import layout
-from rag.errors import RebuildRefused
+from rag.errors import RagError, RebuildRefused
 from rag.settings import Settings
-from rag.store import published_documents
+from rag.storage import STORE_RECORD, open_store
 
 UPLOADS = "uploads"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -24,14 +24,16 @@ _UNSAFE = re.compile(r"[^\w.\- ]+")
 
 
 def list_knowledge_bases(root: Path) -> list[str]:
-    """Folders under `root` that hold a published index, or were created
-    in the app and have none yet (their uploads folder marks them)."""
+    """Folders under `root` that hold a published index (or record its
+    store), or were created in the app and have none yet (their uploads
+    folder marks them)."""
     if not root.is_dir():
         return []
     return sorted(
         p.name
         for p in root.iterdir()
-        if valid_name(p.name) and ((p / layout.CURRENT_FILE).is_file() or (p / UPLOADS).is_dir())
+        if valid_name(p.name)
+        and any((p / marker).exists() for marker in (layout.CURRENT_FILE, STORE_RECORD, UPLOADS))
     )
 
 
@@ -174,7 +176,7 @@ def rebuild(
     stops. Raises `RebuildRefused` naming the documents it would drop
     (files gone or unreadable) unless `allow_drop`, and when nothing is
     left to ingest."""
-    stored = published_documents(kb_dir)
+    stored = open_store(kb_dir, settings).published_documents()
     gone = [path for path in stored if not os.path.exists(path)]
     if gone and not allow_drop:
         raise RebuildRefused.dropping(gone)
@@ -185,5 +187,9 @@ def rebuild(
     )  # fmt: skip
 
 
-def has_index(kb_dir: Path) -> bool:
-    return layout.current_generation(kb_dir) is not None
+def has_index(kb_dir: Path, settings: Settings) -> bool:
+    """Whether anything was published there, in whichever store it is."""
+    try:
+        return open_store(kb_dir, settings).exists()
+    except RagError:
+        return True  # opening it shows the problem

@@ -10,7 +10,6 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import streamlit as st
 from streamlit.runtime.uploaded_file_manager import UploadedFile
@@ -19,6 +18,7 @@ from ingest.pipeline import IngestReport, Progress, ProgressFn
 from rag.errors import RagError, RebuildRefused
 from rag.knowledge_base import KnowledgeBase
 from rag.settings import Settings
+from rag.storage import StoreStats
 from ui import knowledge, render
 from ui.messages import for_user, plural
 
@@ -46,7 +46,7 @@ def _done(widget: str) -> None:
     st.rerun()
 
 
-def manage_tab(kb_dir: Path, settings: Settings, open_kb: OpenKb) -> dict[str, Any] | None:
+def manage_tab(kb_dir: Path, settings: Settings, open_kb: OpenKb) -> StoreStats | None:
     """Returns the index's stats once the actions are done (None while it
     has no index yet)."""
     show_flashes()
@@ -59,7 +59,7 @@ def manage_tab(kb_dir: Path, settings: Settings, open_kb: OpenKb) -> dict[str, A
     if files and st.button("Ingest", type="primary"):
         save_and_ingest(kb_dir, files, settings)
         _done("uploads")
-    if not knowledge.has_index(kb_dir):
+    if not knowledge.has_index(kb_dir, settings):
         return None
     kb = open_kb(str(kb_dir))
     st.subheader("Documents")
@@ -79,10 +79,11 @@ def manage_tab(kb_dir: Path, settings: Settings, open_kb: OpenKb) -> dict[str, A
     )  # fmt: skip
     stats = kb.stats()
     # One line, not four big numbers: on a phone those filled the screen.
+    disk = "" if stats.disk_bytes is None else f" · {stats.disk_bytes / 1e6:.1f} MB on disk"
     summary.caption(
-        f"{plural(stats['documents'], 'document')} · {plural(stats['chunks'], 'passage')} · "
-        f"{plural(stats['vectors'], 'vector')} · {stats['disk_bytes'] / 1e6:.1f} MB on disk · "
-        f"model {render.plain(stats['model'])} · generation {stats['generation']}"
+        f"{plural(stats.documents, 'document')} · {plural(stats.chunks, 'passage')} · "
+        f"{plural(stats.vectors, 'vector')}{disk} · "
+        f"model {render.plain(stats.model)} · generation {stats.generation}"
     )
     return stats
 

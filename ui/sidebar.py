@@ -11,6 +11,7 @@ import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
 from rag.settings import Settings
+from rag.storage import StoreStats
 from ui import knowledge
 from ui.messages import plural
 
@@ -81,13 +82,12 @@ def sidebar(base: Settings) -> Sidebar:
     return Sidebar(kb_dir, tuned, summary, conversation)
 
 
-def summary_line(stats: dict[str, object] | None) -> str:
+def summary_line(stats: StoreStats | None) -> str:
     if stats is None:
         return "no documents yet: add some in the **Manage** tab"
-    documents, chunks = int(str(stats["documents"])), int(str(stats["chunks"]))
-    return f"{plural(documents, 'document')} · {plural(chunks, 'passage')}"
+    return f"{plural(stats.documents, 'document')} · {plural(stats.chunks, 'passage')}"
 
 
-def kb_summary(stats: dict[str, object] | None) -> None:
+def kb_summary(stats: StoreStats | None) -> None:
     line = summary_line(stats)
     st.caption(line[0].upper() + line[1:] if stats is None else line)
