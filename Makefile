@@ -17,7 +17,8 @@ PYTHON := $(BIN)/python
 INDEX ?= indexes/default
 SAMPLE ?= docs
 PYTEST_ARGS ?=
-# The app listens on loopback only unless told (it has no login yet).
+# The app listens on loopback only unless told; another address needs a login
+# (RAG_AUTH=oidc or local) or RAG_INSECURE_NO_AUTH=1: see serving/run.py.
 APP_HOST ?= 127.0.0.1
 
 include mk/llm.mk

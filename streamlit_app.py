@@ -17,7 +17,7 @@ from rag.knowledge_base import KnowledgeBase
 from rag.llm import Delta, OpenAIChat, check_server
 from rag.settings import Settings
 from rag.types import Answer
-from ui import knowledge, render
+from ui import auth, knowledge, render
 from ui.conversation import Conversation, ConversationStore, Turn
 from ui.manage import manage_tab
 from ui.messages import for_user, plural
@@ -207,6 +207,7 @@ def ask_tab(kb_dir: Path, settings: Settings, store: ConversationStore) -> Conve
 def main() -> None:
     st.set_page_config(page_title="kbqa", page_icon="📚", layout="wide")
     base = Settings()
+    auth.require_identity(base)  # a login page, and nothing else, until signed in
     side = sidebar(base)
     store = ConversationStore(app_db(base.app_db.get_secret_value(), str(base.indexes_root)))
     st.title("Ask your documents")

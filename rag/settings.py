@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 Effort = Literal["low", "medium", "high"]
 SearchMode = Literal["hybrid", "dense", "bm25"]
 SEARCH_MODES: tuple[SearchMode, ...] = get_args(SearchMode)
+AuthMode = Literal["none", "oidc", "local"]
 
 
 class Settings(BaseSettings):
@@ -55,6 +56,16 @@ class Settings(BaseSettings):
     )
     lock_timeout: float = Field(
         0.0, ge=0, description="seconds to wait for another ingest's lock (0: fail at once)"
+    )
+
+    # Who may use the app (ui/auth.py). none: no login, a single local user,
+    # served on a loopback address only (rag/exposure.py).
+    auth: AuthMode = Field("none", description="none | oidc (st.login) | local (app accounts)")
+    auth_groups_claim: str = Field("groups", description="the OIDC claim listing the groups")
+    insecure_no_auth: bool = Field(
+        False,
+        description="serve another address with RAG_AUTH=none all the same "
+        "(python -m serving.run --insecure-no-auth sets it)",
     )
 
     # The app.

@@ -1,22 +1,23 @@
 """`make run`: the Streamlit app plus an LLM server, stopped together by Ctrl-C.
 
     python -m serving.run [--index indexes/default] [--host 127.0.0.1] [--port 8501]
-                          [--llm-port 8000]
+                          [--llm-port 8000] [--insecure-no-auth]
 
 The app starts first (searches work at once) and the LLM server after it:
 gpt-oss-20b on GPU machines, SmolLM2 on the vLLM CPU build otherwise. When
 RAG_LLM_URL is set, that server is used and none is started; so is a server
 already answering on --llm-port.
 
-The app listens on the loopback address unless --host says otherwise: it has
-no login yet, so anyone who reaches its port can read and delete every
-knowledge base.
+The app listens on the loopback address unless --host says otherwise. With
+no login (RAG_AUTH=none, the default) anyone who reaches its port can read
+and delete every knowledge base, so another address is refused unless
+RAG_AUTH=oidc or local configures a login, or --insecure-no-auth insists
+(for an app behind an authenticating proxy or firewall).
 """
 
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 import signal
 import subprocess
@@ -26,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rag import profiles
+from rag.exposure import is_loopback, refusal
 from rag.llm import display_url
 from rag.settings import Settings
 from serving import config as serve_config
@@ -49,19 +51,11 @@ def _answers(url: str) -> bool:
         return False
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 NO_LOGIN_WARNING = (
     "WARNING: the app listens on {host}, and there is no login: anyone who can reach "
     "port {port} can read, upload and delete every knowledge base. Put it behind an "
-    "authenticating proxy or firewall, or leave --host at 127.0.0.1."
+    "authenticating proxy or firewall, configure a login (RAG_AUTH=oidc or local), or "
+    "leave --host at 127.0.0.1."
 )
 
 
@@ -69,13 +63,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The environment is read once, here, through the one settings object.
     settings = Settings()
     args = _arguments(settings).parse_args(argv)
+    if args.insecure_no_auth:
+        settings = settings.model_copy(update={"insecure_no_auth": True})
+    why = refusal(settings, args.host)
+    if why:  # before anything starts
+        print(f"Refusing to start: {why}", file=sys.stderr)
+        return 2
     # Ctrl-C stops both even where the shell started us with SIGINT ignored
     # (a background job), and so does `kill` (SIGTERM), which would
     # otherwise end this process alone and leave the app running.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
     env, config = _llm_plan(args, settings)
-    app = _start_app(args, env)
+    app = _start_app(args, env, settings)
     server: launch.Server | None = None
     try:
         if config is not None:
@@ -110,11 +110,17 @@ def _arguments(settings: Settings) -> argparse.ArgumentParser:
         "--host",
         default="127.0.0.1",
         help="the address the app listens on (default: loopback only; 0.0.0.0 for every "
-        "interface, which prints a warning: the app has no login)",
+        "interface, refused while RAG_AUTH=none: see --insecure-no-auth)",
     )
     parser.add_argument("--port", type=int, default=8501, help="the app's port")
     parser.add_argument("--llm-port", type=int, default=8000)
     parser.add_argument("--no-llm", action="store_true", help="start only the app")
+    parser.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="serve another --host with no login (RAG_AUTH=none) all the same, with a "
+        "warning: only behind an authenticating proxy or firewall",
+    )
     return parser
 
 
@@ -124,6 +130,8 @@ def _llm_plan(
     """The app's environment, and the LLM server to start (None: none, or
     one is there already)."""
     env = {**os.environ, "RAG_INDEX": args.index}
+    if settings.insecure_no_auth:  # the app checks the address again
+        env["RAG_INSECURE_NO_AUTH"] = "1"
     if args.no_llm:
         return env, None
     if "llm_url" in settings.model_fields_set:
@@ -144,7 +152,9 @@ def _llm_plan(
     return env, config
 
 
-def _start_app(args: argparse.Namespace, env: dict[str, str]) -> subprocess.Popen[bytes]:
+def _start_app(
+    args: argparse.Namespace, env: dict[str, str], settings: Settings
+) -> subprocess.Popen[bytes]:
     script = Path(__file__).resolve().parent.parent / "streamlit_app.py"
     app = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(args.port),
@@ -154,7 +164,7 @@ def _start_app(args: argparse.Namespace, env: dict[str, str]) -> subprocess.Pope
         env=env,
     )  # fmt: skip
     print(f"\n  The app: http://{args.host}:{args.port}\n")
-    if not is_loopback(args.host):
+    if settings.auth == "none" and not is_loopback(args.host):
         print(NO_LOGIN_WARNING.format(host=args.host, port=args.port) + "\n", flush=True)
     return app
 

@@ -39,9 +39,10 @@ def chromium() -> str:
 
 
 @contextlib.contextmanager
-def streamlit_app(tmp_path: Path, docs_index: Path, server, **settings: str):
+def streamlit_app(tmp_path: Path, docs_index: Path, server, *, args=(), **settings: str):
     """The app in its own process on a free port, over a copy of the sample
-    knowledge base, answering with `server`; yields its URL."""
+    knowledge base, answering with `server`, with Streamlit's `args`
+    (--secrets.files ...); yields its URL."""
     from serving.launch import free_port
 
     root = tmp_path / "indexes"
@@ -57,7 +58,7 @@ def streamlit_app(tmp_path: Path, docs_index: Path, server, **settings: str):
     app = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"),
          "--server.port", str(port), "--server.headless", "true",
-         "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
+         "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false", *args],
         env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"

@@ -47,10 +47,12 @@ def _address(hex_address: str) -> str:
 
 
 @contextlib.contextmanager
-def make_run(docs_index: Path, *args: str):
-    """`python -m serving.run --no-llm` on a free port; yields (port, output)."""
+def make_run(docs_index: Path, *args: str, **settings: str):
+    """`python -m serving.run --no-llm` on a free port, with no RAG_ variable
+    but `settings`; yields (port, the runner process)."""
     port = launch.free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAG_")}
+    env.update(settings)
     runner = subprocess.Popen(
         [sys.executable, "-m", "serving.run", "--no-llm", "--port", str(port),
          "--index", str(docs_index), *args],
@@ -79,10 +81,10 @@ def test_the_app_listens_on_loopback_only_by_default(docs_index: Path) -> None:
         urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=5)
 
 
-def test_another_host_is_served_with_a_warning_while_there_is_no_login(
+def test_another_host_without_a_login_is_served_with_a_warning_only_when_insisted(
     docs_index: Path,
 ) -> None:
-    with make_run(docs_index, "--host", "0.0.0.0") as (port, runner):
+    with make_run(docs_index, "--host", "0.0.0.0", "--insecure-no-auth") as (port, runner):
         assert listening_addresses(port) & {"0.0.0.0", "::"}
         os.killpg(runner.pid, signal.SIGTERM)
         output, _ = runner.communicate(timeout=30)

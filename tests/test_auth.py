@@ -1,0 +1,233 @@
+"""Who can get in (issue 19): with no login (RAG_AUTH=none) the app serves a
+loopback address only, unless told --insecure-no-auth; with RAG_AUTH=oidc
+it shows nothing but a login page until Streamlit's st.login has signed the
+visitor in, and refuses to run without the [auth] secrets. The login itself,
+through a real OpenID provider, is in test_browser_auth.py."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_secure_defaults import listening_addresses, make_run
+
+from serving import launch
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "streamlit_app.py")
+
+# What Streamlit documents for its [auth] section (secrets.toml).
+AUTH_SECRETS = {
+    "redirect_uri": "http://localhost:8501/oauth2callback",
+    "cookie_secret": "a-long-random-test-secret-0123456789",
+    "client_id": "kbqa",
+    "client_secret": "test-secret",
+    "server_metadata_url": "http://127.0.0.1:9400/.well-known/openid-configuration",
+}
+
+
+# -- serving.run: the refusal --------------------------------------------------------
+
+
+def _serving_run(*args: str, **settings: str) -> subprocess.CompletedProcess[str]:
+    """`python -m serving.run --no-llm ARGS` to its end (30 s at most: a run
+    that starts the app instead of refusing is stopped and fails the test)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAG_")}
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "serving.run", "--no-llm", *args],
+        env={**env, **settings}, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        output, _ = runner.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(runner.pid, signal.SIGKILL)
+        output, _ = runner.communicate()
+        pytest.fail(f"serving.run did not refuse; it ran on:\n{output}")
+    return subprocess.CompletedProcess(runner.args, runner.returncode, output)
+
+
+def test_serving_run_refuses_another_host_without_a_login(docs_index: Path) -> None:
+    port = launch.free_port()
+    done = _serving_run("--host", "0.0.0.0", "--port", str(port), "--index", str(docs_index))
+    assert done.returncode == 2, done.stdout
+    assert "RAG_AUTH=oidc" in done.stdout and "RAG_AUTH=local" in done.stdout
+    assert "--insecure-no-auth" in done.stdout
+    assert "Traceback" not in done.stdout
+    assert not listening_addresses(port), "the app was started"
+
+
+def test_serving_run_takes_another_host_when_a_login_is_configured(docs_index: Path) -> None:
+    with make_run(docs_index, "--host", "0.0.0.0", RAG_AUTH="oidc") as (port, runner):
+        assert listening_addresses(port) & {"0.0.0.0", "::"}
+        os.killpg(runner.pid, signal.SIGTERM)
+        output, _ = runner.communicate(timeout=30)
+    assert "no login" not in output, output
+
+
+def test_the_refusal_rule() -> None:
+    from rag.exposure import is_loopback, refusal
+    from rag.settings import Settings
+
+    for host in ["127.0.0.1", "127.0.0.2", "::1", "localhost", "unix:///run/kbqa.sock"]:
+        assert is_loopback(host), host
+        assert refusal(Settings(auth="none"), host) is None, host
+    for host in ["0.0.0.0", "::", "192.168.1.10", "example.org", "", None]:
+        assert not is_loopback(host), host
+        assert refusal(Settings(auth="none"), host), host
+        assert refusal(Settings(auth="none", insecure_no_auth=True), host) is None
+        assert refusal(Settings(auth="oidc"), host) is None
+        assert refusal(Settings(auth="local"), host) is None
+
+
+# -- the app: RAG_AUTH=none --------------------------------------------------------
+
+
+def _app():
+    from streamlit.testing.v1 import AppTest
+
+    return AppTest.from_file(APP, default_timeout=120)
+
+
+@contextlib.contextmanager
+def server_address(address: str | None) -> Iterator[None]:
+    """Streamlit's server.address, as `streamlit run --server.address` sets it."""
+    from streamlit import config
+
+    before = config.get_option("server.address")
+    config.set_option("server.address", address)
+    try:
+        yield
+    finally:
+        config.set_option("server.address", before)
+
+
+def _shows_knowledge_bases(at) -> bool:
+    return bool(at.tabs) or bool(at.sidebar.selectbox)
+
+
+def test_without_login_on_loopback_the_app_is_served_to_the_local_user(
+    app_env: pytest.MonkeyPatch,
+) -> None:
+    from ui.auth import LOCAL_USER, Identity
+
+    assert Identity(name="local", email="", groups=()) == LOCAL_USER
+    with server_address("127.0.0.1"):
+        at = _app().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert _shows_knowledge_bases(at)
+    assert not [b for b in at.sidebar.button if b.label == "Log out"]
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0", None])
+def test_without_login_the_app_started_by_hand_on_another_address_refuses(
+    app_env: pytest.MonkeyPatch, address: str | None
+) -> None:
+    # `streamlit run streamlit_app.py --server.address 0.0.0.0`, or started
+    # outside the project folder, where no config.toml says 127.0.0.1 and
+    # Streamlit listens on every interface.
+    with server_address(address):
+        at = _app().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not _shows_knowledge_bases(at)
+    assert not at.chat_input and not at.file_uploader
+    shown = " ".join(e.value for e in at.error)
+    assert "RAG_AUTH=oidc" in shown and "RAG_INSECURE_NO_AUTH" in shown, shown
+
+
+def test_without_login_insisting_serves_another_address(app_env: pytest.MonkeyPatch) -> None:
+    app_env.setenv("RAG_INSECURE_NO_AUTH", "1")  # as serving.run --insecure-no-auth passes it
+    with server_address("0.0.0.0"):
+        at = _app().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert _shows_knowledge_bases(at)
+
+
+# -- the app: RAG_AUTH=oidc --------------------------------------------------------
+
+
+@pytest.fixture
+def oidc_env(app_env: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    app_env.setenv("RAG_AUTH", "oidc")
+    return app_env
+
+
+def _oidc_app(**secrets: str):
+    at = _app()
+    at.secrets["auth"] = {**AUTH_SECRETS, **secrets}
+    return at
+
+
+@pytest.mark.parametrize("missing", ["all", "client_secret", "cookie_secret"])
+def test_oidc_without_its_secrets_shows_an_error_page(
+    oidc_env: pytest.MonkeyPatch, missing: str
+) -> None:
+    at = _app()
+    if missing != "all":
+        at.secrets["auth"] = {k: v for k, v in AUTH_SECRETS.items() if k != missing}
+    at.user = {"is_logged_in": True, "name": "Ada", "email": "ada@example.org"}
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not _shows_knowledge_bases(at)
+    shown = " ".join(e.value for e in at.error)
+    assert "secrets.toml" in shown and "[auth]" in shown, shown
+    if missing != "all":
+        assert missing in shown
+    assert "test-secret" not in shown and AUTH_SECRETS["cookie_secret"] not in shown
+
+
+def test_oidc_shows_only_a_login_page_until_signed_in(oidc_env: pytest.MonkeyPatch) -> None:
+    at = _oidc_app()
+    at.user = {"is_logged_in": False}
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [b.label for b in at.button] == ["Log in"]
+    assert not _shows_knowledge_bases(at)
+    assert not at.chat_input and not at.file_uploader
+
+
+def test_oidc_signed_in_user_sees_the_app_and_can_log_out(oidc_env: pytest.MonkeyPatch) -> None:
+    at = _oidc_app()
+    at.user = {
+        "is_logged_in": True, "name": "Ada Lovelace", "email": "ada@example.org",
+        "groups": ["kb-readers", "staff"],
+    }  # fmt: skip
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert _shows_knowledge_bases(at)
+    sidebar_text = " ".join(m.value for m in [*at.sidebar.markdown, *at.sidebar.caption])
+    assert "Ada Lovelace" in sidebar_text and "kb-readers" in sidebar_text
+    next(b for b in at.sidebar.button if b.label == "Log out").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [b.label for b in at.button] == ["Log in"]
+    assert not _shows_knowledge_bases(at)
+
+
+def test_oidc_identity_reads_the_configured_groups_claim() -> None:
+    from ui.auth import Identity, identity_from_claims
+
+    claims = {"name": "Ada", "email": "ada@example.org", "groups": ["a"], "roles": ["kb-admin"]}
+    assert identity_from_claims(claims, "roles") == Identity(
+        "Ada", "ada@example.org", ("kb-admin",)
+    )
+    assert identity_from_claims(claims, "groups").groups == ("a",)
+    # one group as a plain string; no claim at all; no name: the email, then the subject
+    assert identity_from_claims({"sub": "u1", "grp": "ops"}, "grp") == Identity("u1", "", ("ops",))
+    assert identity_from_claims({"email": "b@x.org"}, "groups") == Identity(
+        "b@x.org", "b@x.org", ()
+    )
+
+
+def test_the_groups_claim_is_a_setting(oidc_env: pytest.MonkeyPatch) -> None:
+    oidc_env.setenv("RAG_AUTH_GROUPS_CLAIM", "roles")
+    at = _oidc_app()
+    at.user = {"is_logged_in": True, "name": "Ada", "groups": ["wrong"], "roles": ["kb-admin"]}
+    at.run()
+    sidebar_text = " ".join(m.value for m in [*at.sidebar.markdown, *at.sidebar.caption])
+    assert "kb-admin" in sidebar_text and "wrong" not in sidebar_text

@@ -1,0 +1,104 @@
+"""RAG_AUTH=oidc end to end (issue 19): a real OpenID Connect provider
+(oidc-provider-mock, its own HTTP server), the app with Streamlit's
+st.login configured for it in secrets.toml, and headless Chromium: the
+login page shows nothing of the knowledge bases; Log in goes through the
+provider's form; back in the app the user's name and groups are in the
+sidebar; Log out ends the provider's session and shows the login page
+again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from test_browser import ARTIFACTS, browser_page, streamlit_app
+
+pytestmark = [pytest.mark.browser]
+
+ADA = {"name": "Ada Lovelace", "email": "ada@example.org", "groups": ["kb-readers", "staff"]}
+# No LLM: the login is what is tested; answers stay off (a refused port).
+NO_LLM = SimpleNamespace(base_url="http://127.0.0.1:9/v1", served_model_name="none")
+
+
+@pytest.fixture
+def provider():
+    """The OpenID provider on a free port of `localhost`, knowing Ada's claims
+    (the app is reached as 127.0.0.1: another host, so the two never share
+    cookies)."""
+    from oidc_provider_mock import User, run_server_in_thread
+
+    from serving.launch import free_port
+
+    ada = User(sub="ada", claims=ADA)
+    with run_server_in_thread(port=free_port(), user_claims=[ada]) as server:
+        yield f"http://localhost:{server.server_port}"
+
+
+def write_secrets(folder: Path, provider_url: str) -> Path:
+    """Streamlit's [auth] section, as its documentation has it; the app's
+    port is filled in by Streamlit ({port})."""
+    path = folder / "secrets.toml"
+    path.write_text(
+        "[auth]\n"
+        'redirect_uri = "http://127.0.0.1:{port}/oauth2callback"\n'
+        'cookie_secret = "test-cookie-secret-with-enough-entropy-0123456789"\n'
+        'client_id = "kbqa"\n'
+        'client_secret = "kbqa-test-secret"\n'
+        f'server_metadata_url = "{provider_url}/.well-known/openid-configuration"\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_oidc_login_shows_the_user_and_logout_returns_to_the_login_page(
+    tmp_path, docs_index, provider, capsys
+):
+    from playwright.sync_api import expect
+
+    secrets = write_secrets(tmp_path, provider)
+    app = streamlit_app(
+        tmp_path, docs_index, NO_LLM, args=("--secrets.files", str(secrets)), RAG_AUTH="oidc"
+    )
+    shot = ARTIFACTS / "oidc-logged-out.png"
+    with app as url, browser_page(url, shot, "the login page after Log out", capsys) as page:
+        log_in = page.get_by_role("button", name="Log in")
+        expect(log_in).to_be_visible(timeout=60_000)
+        # nothing of the app: no tabs, no sidebar (knowledge bases, settings)
+        expect(page.get_by_role("tab")).to_have_count(0)
+        expect(page.get_by_test_id("stSidebar")).to_have_count(0)
+        _screenshot(page, "oidc-login-page.png", "the login page", capsys)
+
+        log_in.click()
+        page.wait_for_url(f"{provider}/oauth2/authorize*", timeout=30_000)
+        page.locator("input[name=sub]").fill("ada")
+        page.get_by_role("button", name="Authorize").click()
+
+        page.wait_for_url(f"{url}/**", timeout=30_000)
+        sidebar = page.get_by_test_id("stSidebar")
+        expect(sidebar.get_by_text("Signed in as")).to_be_visible(timeout=60_000)
+        expect(sidebar.get_by_text("Ada Lovelace")).to_be_visible()
+        expect(sidebar.get_by_text("Groups: kb-readers, staff")).to_be_visible()
+        expect(page.get_by_placeholder("Ask a question about your documents")).to_be_visible(
+            timeout=60_000
+        )
+        _screenshot(page, "oidc-signed-in.png", "the signed-in view", capsys)
+
+        sidebar.get_by_role("button", name="Log out").click()
+        page.wait_for_url(f"{provider}/oauth2/end_session*", timeout=30_000)
+        page.get_by_role("button", name="End session").click()
+        page.wait_for_url(f"{url}/**", timeout=30_000)
+        expect(page.get_by_role("button", name="Log in")).to_be_visible(timeout=60_000)
+        expect(page.get_by_text("Ada Lovelace")).to_have_count(0)
+        page.reload()  # the identity cookie is gone, not only this session's view
+        expect(page.get_by_role("button", name="Log in")).to_be_visible(timeout=60_000)
+        expect(page.get_by_text("Signed in as")).to_have_count(0)
+
+
+def _screenshot(page, name: str, what: str, capsys) -> None:
+    page.wait_for_timeout(1_000)  # let the page settle
+    path = ARTIFACTS / name
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 10_000
+    with capsys.disabled():
+        print(f"\n[browser] screenshot of {what}: {path}")

@@ -1,0 +1,168 @@
+"""Who is using the app: the login edge (issue 19).
+
+`require_identity` runs once at the top of the app and either returns the
+signed-in `Identity` or draws a login page (or an error page) and stops the
+script, so nothing below it (knowledge bases, passages, Manage) is drawn
+for a visitor who is not signed in.
+
+RAG_AUTH picks the mode:
+- none: no login, one local user; served on a loopback address only
+  (rag/exposure.py), as `streamlit run` by hand may be told otherwise.
+- oidc: Streamlit's own st.login / st.user / st.logout with an OpenID
+  Connect provider, configured as Streamlit documents it: an [auth] section
+  in .streamlit/secrets.toml. Groups come from the RAG_AUTH_GROUPS_CLAIM
+  claim of the provider's ID token.
+- local: accounts kept by the app, checked by `verify`.
+
+Names, emails and groups come from the provider: shown as plain text only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import NoReturn
+
+import streamlit as st
+
+from rag.exposure import refusal
+from rag.settings import Settings
+from ui.safe_text import plain
+
+
+@dataclass(frozen=True)
+class Identity:
+    name: str
+    email: str
+    groups: tuple[str, ...] = ()
+
+
+# RAG_AUTH=none: everyone who reaches the loopback address is this user.
+LOCAL_USER = Identity(name="local", email="", groups=())
+
+# What st.login() needs for its default provider ([auth] in secrets.toml).
+OIDC_KEYS = ("redirect_uri", "cookie_secret", "client_id", "client_secret", "server_metadata_url")
+
+# RAG_AUTH=local: the signed-in account, for this browser session only.
+_LOCAL_SESSION = "kbqa_signed_in"
+
+
+def verify(name: str, password: str) -> Identity | None:
+    """RAG_AUTH=local: the account `name` when `password` is its password,
+    else None. A hook: the app database (rag/appdb.py) answers it."""
+    raise NotImplementedError("wired to rag.appdb by the lead")
+
+
+def identity_from_claims(claims: Mapping[str, object], groups_claim: str) -> Identity:
+    """The identity an OIDC provider vouches for. A provider may send the
+    groups as a list or, for one group, as a string; a user without a name
+    claim is shown by email, then by subject."""
+    email = str(claims.get("email") or "")
+    name = str(claims.get("name") or email or claims.get("sub") or "")
+    raw = claims.get(groups_claim)
+    if isinstance(raw, str):
+        groups: tuple[str, ...] = (raw,)
+    elif isinstance(raw, list | tuple):
+        groups = tuple(str(g) for g in raw)
+    else:
+        groups = ()
+    return Identity(name=name, email=email, groups=groups)
+
+
+def current_identity(settings: Settings) -> Identity | None:
+    """Who is signed in to this session; None when nobody is."""
+    if settings.auth == "none":
+        return LOCAL_USER
+    if settings.auth == "oidc":
+        if not st.user.get("is_logged_in"):
+            return None
+        return identity_from_claims(st.user.to_dict(), settings.auth_groups_claim)
+    found = st.session_state.get(_LOCAL_SESSION)
+    return found if isinstance(found, Identity) else None
+
+
+def require_identity(settings: Settings) -> Identity:
+    """The signed-in identity; otherwise a login or error page, and the
+    script stops there."""
+    problem = refusal(settings, st.get_option("server.address"))
+    if settings.auth == "oidc":
+        problem = problem or oidc_config_problem()
+    if problem:
+        _stop_with(problem)
+    identity = current_identity(settings)
+    if identity is None:
+        _login_page(settings)
+        st.stop()
+    if settings.auth != "none":
+        _signed_in(identity, settings)
+    return identity
+
+
+def oidc_config_problem() -> str | None:
+    """What is missing from the [auth] secrets that st.login() reads (the
+    names only: never the values)."""
+    try:
+        section = st.secrets.get("auth")
+    except FileNotFoundError:  # no secrets.toml, or one that does not parse
+        section = None
+    if not isinstance(section, Mapping):
+        return (
+            "RAG_AUTH=oidc needs an [auth] section in .streamlit/secrets.toml with "
+            + ", ".join(OIDC_KEYS)
+            + " (see the README's Teams section)."
+        )
+    missing = [key for key in OIDC_KEYS if not section.get(key)]
+    if missing:
+        return (
+            "RAG_AUTH=oidc: the [auth] section of .streamlit/secrets.toml lacks "
+            + ", ".join(missing)
+            + "."
+        )
+    return None
+
+
+def _stop_with(problem: str) -> NoReturn:
+    st.title("Ask your documents")
+    st.error(problem)
+    st.stop()
+
+
+def _login_page(settings: Settings) -> None:
+    st.title("Ask your documents")
+    if settings.auth == "oidc":
+        st.write("Sign in with your organisation's account to see your knowledge bases.")
+        if st.button("Log in", type="primary"):
+            st.login()
+        return
+    with st.form("login"):
+        name = st.text_input("Username")
+        password = st.text_input("Password", type="password")
+        submitted = st.form_submit_button("Log in", type="primary")
+    if submitted:
+        identity = verify(name, password)
+        if identity is None:
+            st.error("Wrong username or password.")
+            return
+        st.session_state[_LOCAL_SESSION] = identity
+        st.rerun()
+
+
+def _signed_in(identity: Identity, settings: Settings) -> None:
+    """The user's name in the sidebar, with a Log out button."""
+    with st.sidebar:
+        st.markdown(f"Signed in as **{plain(identity.name)}**")
+        if identity.email and identity.email != identity.name:
+            st.caption(plain(identity.email))
+        if identity.groups:
+            st.caption("Groups: " + ", ".join(plain(g) for g in identity.groups))
+        # A callback: it runs before the next run, which then draws the
+        # login page and nothing of the signed-out session.
+        st.button("Log out", on_click=_log_out, args=(settings,))
+        st.divider()
+
+
+def _log_out(settings: Settings) -> None:
+    if settings.auth == "oidc":
+        st.logout()  # Streamlit's cookie, then the provider's own logout page
+    else:
+        st.session_state.pop(_LOCAL_SESSION, None)
