@@ -88,7 +88,6 @@ class Settings(BaseSettings):
     # An OIDC login's groups claim (JSON in the environment):
     # RAG_AUTH_GROUP_ROLES='{"kb-admins": "admin", "kb-editors": "editor"}',
     # RAG_AUTH_GROUP_GRANTS='{"finance-team": ["finance"]}'. See rag/access.py.
-    auth_groups_claim: str = Field("groups", description="the ID token claim listing groups")
     auth_group_roles: dict[str, Literal["admin", "editor", "reader"]] = Field(default_factory=dict)
     auth_group_grants: dict[str, list[str]] = Field(default_factory=dict)
     auth_default_role: Literal["", "editor", "reader"] = Field(
