@@ -400,6 +400,9 @@ class MilvusWriter(ms.Reader):
             documents=self.count("documents"), chunks=self.count("chunks"), params=self.params,
             created_at=self.created_at, updated_at=time.time(),
         )  # fmt: skip
+        # Sealed segments are searched through their index; Milvus Lite's
+        # memtable is scanned row by row in Python.
+        self.client.flush(self.chunks_name)
         name = f"{self.store.target.prefix}_meta"
         if not self.client.has_collection(name):
             ms.create_meta(self.client, self.store.target.prefix)
