@@ -1,0 +1,318 @@
+"""What `rag.milvus_store` keeps in Milvus: the URI forms, the three
+collections of a knowledge base, the record that names its published state,
+and `Reader`, the queries of one generation that its snapshot and writer share.
+
+Per knowledge base (`PREFIX`, `kbqa` unless the URI names another):
+  PREFIX_meta           one row per published generation (the commit record)
+  PREFIX_chunks_EPOCH   chunk rows: vector, text, analysed BM25 terms, ...
+  PREFIX_docs_EPOCH     document rows (a 2-dim dummy vector: Milvus wants one)
+EPOCH is the generation whose rebuild created the pair; an incremental
+ingest adds to the current pair. Every chunk and document row carries
+`gen_from`/`gen_to`: it belongs to generation G when gen_from <= G < gen_to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import urllib.parse
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from pymilvus import DataType, Function, FunctionType, MilvusClient
+from pymilvus.exceptions import MilvusException
+
+from rag import lexical
+from rag.errors import IndexBusy, IndexCorrupt, RagError
+from rag.layout import IndexParams
+from rag.store import DocumentRecord, _assemble
+from rag.types import Chunk
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
+    from rag.milvus_store import MilvusStore
+
+ALIVE = 2**62  # gen_to of a row no generation has removed yet
+DUMMY = [1.0, 0.0]  # the vector of a document or meta row
+TEXT_BYTES = 65535  # Milvus's VARCHAR limit
+PAGE_SIZE = 4096  # rows per query (a cluster refuses more than 16384)
+CHUNK_FIELDS = ["id", "text", "path", "start", "end", "page", "title", "ordinal"]
+DOC_FIELDS = ["id", "path", "content_hash", "kind", "title", "size", "mtime", "pages",
+              "ingested_at", "chunks", "ocr", "gen_from"]  # fmt: skip
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,100}$")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a knowledge base lives in Milvus."""
+
+    uri: str  # as recorded and shown: no credentials
+    client_uri: str  # what MilvusClient is given
+    prefix: str
+    lite_path: Path | None  # Milvus Lite's data folder, None for a cluster
+
+
+def parse_uri(uri: str) -> Target:
+    """`milvus-lite:///abs/path/file.db` or `milvus://host:19530`, either
+    with an optional `?collection=PREFIX`."""
+    parts = urllib.parse.urlsplit(uri)
+    query = urllib.parse.parse_qs(parts.query)
+    prefix = query.get("collection", ["kbqa"])[0]
+    if not _NAME.match(prefix):
+        raise RagError(f"Bad collection prefix {prefix!r} in {uri!r}: letters, digits and _.")
+    suffix = "" if prefix == "kbqa" else f"?collection={prefix}"
+    if parts.scheme == "milvus-lite":
+        path = Path(urllib.parse.unquote(parts.path))
+        if parts.netloc or not path.is_absolute() or path.suffix != ".db":
+            raise RagError(
+                f"A Milvus Lite URI is milvus-lite:///absolute/path/file.db, not {uri!r}."
+            )
+        return Target(f"milvus-lite://{path}{suffix}", str(path), prefix, path)
+    if parts.scheme == "milvus" and parts.hostname:
+        if parts.username or parts.password:
+            raise RagError("Put the Milvus token in RAG_MILVUS_TOKEN, not in the URI.")
+        address = f"{parts.hostname}:{parts.port or 19530}"
+        return Target(f"milvus://{address}{suffix}", f"http://{address}", prefix, None)
+    raise RagError(
+        f"Unknown Milvus URI {uri!r}: use milvus-lite:///path/file.db or milvus://host:port."
+    )
+
+
+def connect(target: Target, token: str | None) -> MilvusClient:
+    """A client, with the errors a user meets turned into messages."""
+    try:
+        if target.lite_path is not None:
+            return MilvusClient(target.client_uri)
+        return MilvusClient(target.client_uri, token=token or "", timeout=30)
+    except MilvusException as exc:
+        if target.lite_path is not None:
+            # Milvus Lite holds its folder's lock for the life of the process.
+            raise IndexBusy(
+                f"Milvus Lite could not open {target.lite_path}: another process has it open "
+                f"(Milvus Lite allows one process at a time) ({exc.message})."
+            ) from exc
+        raise RagError(f"Milvus at {target.uri} is unreachable ({exc.message}).") from exc
+
+
+def release(target: Target) -> None:
+    """Stop this process's Milvus Lite server, so another process can open the file."""
+    if target.lite_path is not None:
+        from milvus_lite.server_manager import server_manager_instance
+
+        server_manager_instance.release_server(target.client_uri)
+
+
+@dataclass(frozen=True)
+class Meta:
+    """The commit record of one published generation."""
+
+    generation: int
+    epoch: int  # names the collection pair
+    next_id: int  # ids below it are taken (chunks and documents share them)
+    documents: int
+    chunks: int
+    params: IndexParams
+    created_at: float
+    updated_at: float
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Meta:
+        try:
+            raw = json.loads(text)
+            raw["params"] = IndexParams(**raw["params"])
+            return cls(**raw)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise IndexCorrupt(f"A Milvus meta record is unreadable ({exc}).") from exc
+
+
+def names(prefix: str, epoch: int) -> tuple[str, str]:
+    return f"{prefix}_chunks_{epoch}", f"{prefix}_docs_{epoch}"
+
+
+def visible(generation: int) -> str:
+    return f"gen_from <= {generation} and gen_to > {generation}"
+
+
+def path_key(path: str) -> str:
+    """Paths are filtered by their digest: no document text ever enters a filter expression."""
+    return hashlib.sha256(path.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def literal(text: str) -> str:
+    """`text` as a filter string literal (escapes both Lite and a cluster read)."""
+    escapes = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+    return '"' + "".join(escapes.get(ch, ch) for ch in text) + '"'
+
+
+def id_list(ids: list[int]) -> str:
+    return "[" + ",".join(str(int(i)) for i in ids) + "]"
+
+
+def query_all(
+    client: MilvusClient, name: str, where: str, fields: list[str], upper: int | None
+) -> list[dict[str, Any]]:
+    """Every row matching `where`. A cluster caps the rows of one query, so
+    there it asks window by window of ids below `upper`; Milvus Lite (None)
+    scans every row per query, so there it asks once."""
+    if upper is None:
+        return list(client.query(name, filter=where, output_fields=fields))
+    rows: list[dict[str, Any]] = []
+    for low in range(0, upper, PAGE_SIZE):
+        window = f"id >= {low} and id < {low + PAGE_SIZE} and ({where})"
+        rows.extend(client.query(name, filter=window, output_fields=fields, limit=PAGE_SIZE))
+    return rows
+
+
+def count(client: MilvusClient, name: str, where: str) -> int:
+    return int(client.query(name, filter=where, output_fields=["count(*)"])[0]["count(*)"])
+
+
+def create_meta(client: MilvusClient, prefix: str) -> None:
+    schema = client.create_schema(auto_id=False)
+    schema.add_field("id", DataType.INT64, is_primary=True)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=len(DUMMY))
+    schema.add_field("record", DataType.VARCHAR, max_length=TEXT_BYTES)
+    _create(client, f"{prefix}_meta", schema, bm25=False)
+
+
+def create_pair(client: MilvusClient, prefix: str, epoch: int, dimension: int) -> None:
+    """The chunk and document collections of a new epoch."""
+    chunks_name, docs_name = names(prefix, epoch)
+    schema = client.create_schema(auto_id=False)
+    schema.add_field("id", DataType.INT64, is_primary=True)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dimension)
+    # The terms our analyser made (rag.lexical), space-separated: Milvus's
+    # "standard" tokenizer (\w+, lower-case) splits them back unchanged, so
+    # both BM25 paths see the same terms.
+    schema.add_field("terms", DataType.VARCHAR, max_length=TEXT_BYTES, enable_analyzer=True,
+                     analyzer_params={"tokenizer": "standard"})  # fmt: skip
+    schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
+    for name in ("text", "path", "title"):
+        schema.add_field(name, DataType.VARCHAR, max_length=TEXT_BYTES)
+    schema.add_field("path_key", DataType.VARCHAR, max_length=64)
+    for name in ("doc_id", "page", "start", "end", "ordinal", "gen_from", "gen_to"):
+        schema.add_field(name, DataType.INT64)
+    bm25 = Function(
+        name="bm25", function_type=FunctionType.BM25,
+        input_field_names=["terms"], output_field_names=["sparse"],
+    )  # fmt: skip
+    schema.add_function(bm25)
+    _create(client, chunks_name, schema, bm25=True)
+    schema = client.create_schema(auto_id=False)
+    schema.add_field("id", DataType.INT64, is_primary=True)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=len(DUMMY))
+    for name in ("path", "content_hash", "kind", "title"):
+        schema.add_field(name, DataType.VARCHAR, max_length=TEXT_BYTES)
+    schema.add_field("path_key", DataType.VARCHAR, max_length=64)
+    for name in ("size", "pages", "chunks", "gen_from", "gen_to"):
+        schema.add_field(name, DataType.INT64)
+    for name in ("mtime", "ingested_at"):
+        schema.add_field(name, DataType.DOUBLE)
+    schema.add_field("ocr", DataType.BOOL)
+    _create(client, docs_name, schema, bm25=False)
+
+
+def _create(client: MilvusClient, name: str, schema: Any, bm25: bool) -> None:
+    index = client.prepare_index_params()
+    index.add_index("vector", index_type="FLAT", metric_type="IP")
+    if bm25:
+        index.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25",
+                        params={"bm25_k1": lexical.K1, "bm25_b": lexical.B})  # fmt: skip
+    client.create_collection(name, schema=schema, index_params=index, consistency_level="Strong")
+
+
+class Reader:
+    """Queries of one generation `number` of one collection pair."""
+
+    def __init__(self, store: MilvusStore, epoch: int, number: int, next_id: int) -> None:
+        self.store, self.client = store, store.client
+        self.epoch, self.number, self.next_id = epoch, number, next_id
+        self.chunks_name, self.docs_name = names(store.target.prefix, epoch)
+
+    def _rows(self, name: str, where: str, fields: list[str]) -> list[dict[str, Any]]:
+        upper = self.next_id if self.store.upper_bound_needed else None
+        clause = visible(self.number) + (f" and ({where})" if where else "")
+        return query_all(self.client, self.store.collection(name), clause, fields, upper)
+
+    def _chunk_rows(self, where: str) -> list[Chunk]:
+        rows = self._rows(self.chunks_name, where, CHUNK_FIELDS)
+        return [_chunk(r) for r in rows]
+
+    def chunks(self, ids: Iterable[int]) -> dict[int, Chunk]:
+        wanted = list(dict.fromkeys(int(i) for i in ids))
+        found: dict[int, Chunk] = {}
+        for start in range(0, len(wanted), 1000):
+            for chunk in self._chunk_rows(f"id in {id_list(wanted[start : start + 1000])}"):
+                found[int(chunk.id or 0)] = chunk
+        return found
+
+    def document_chunks(self, path: str) -> list[Chunk]:
+        chunks = self._chunk_rows(f"path_key == {literal(path_key(path))}")
+        return sorted(chunks, key=lambda c: c.ordinal)
+
+    def context(self, chunk: Chunk, neighbours: int = 1) -> tuple[str, str, str]:
+        """(text before, the chunk, text after) from its neighbours on the same page."""
+        low, high = chunk.ordinal - neighbours, chunk.ordinal + neighbours
+        rows = self._chunk_rows(
+            f"path_key == {literal(path_key(chunk.source))} "
+            f"and ordinal >= {low} and ordinal <= {high}"
+        )
+        pieces = [(c.start, c.text) for c in rows if c.page == chunk.page]
+        first = min((s for s, _ in pieces), default=chunk.start)
+        last = max((s + len(t) for s, t in pieces), default=chunk.end)
+        before = _assemble(pieces, first, chunk.start)
+        return before, chunk.text, _assemble(pieces, chunk.end, last)
+
+    def _documents(self, where: str) -> list[DocumentRecord]:
+        rows = self._rows(self.docs_name, where, DOC_FIELDS)
+        return sorted((_record(r) for r in rows), key=lambda d: d.path)
+
+    def documents(self) -> list[DocumentRecord]:
+        return self._documents("")
+
+    def document(self, path: str) -> DocumentRecord | None:
+        found = self._documents(f"path_key == {literal(path_key(path))}")
+        return found[0] if found else None
+
+    def document_with_hash(self, content_hash: str) -> DocumentRecord | None:
+        found = self._documents(f"content_hash == {literal(content_hash)}")
+        return found[0] if found else None
+
+    def count(self, table: str) -> int:
+        name = self.docs_name if table == "documents" else self.chunks_name
+        return count(self.client, self.store.collection(name), visible(self.number))
+
+    def _vectors(self, ids: Sequence[int], dimension: int) -> np.ndarray:
+        by_id: dict[int, list[float]] = {}
+        for start in range(0, len(ids), 1000):
+            part = [int(i) for i in ids[start : start + 1000]]
+            for row in self._rows(self.chunks_name, f"id in {id_list(part)}", ["vector"]):
+                by_id[int(row["id"])] = row["vector"]
+        vectors = [by_id[int(i)] for i in ids]  # KeyError: an id this generation lacks
+        return np.asarray(vectors, dtype=np.float32).reshape(len(ids), dimension)
+
+
+def _chunk(row: dict[str, Any]) -> Chunk:
+    page = int(row["page"])
+    return Chunk(
+        id=int(row["id"]), text=row["text"], source=row["path"], start=int(row["start"]),
+        end=int(row["end"]), page=None if page < 0 else page, title=row["title"],
+        ordinal=int(row["ordinal"]),
+    )  # fmt: skip
+
+
+def _record(row: dict[str, Any]) -> DocumentRecord:
+    pages = int(row["pages"])
+    return DocumentRecord(
+        id=int(row["id"]), path=row["path"], content_hash=row["content_hash"], kind=row["kind"],
+        title=row["title"], size=int(row["size"]), mtime=float(row["mtime"]),
+        pages=None if pages < 0 else pages, ingested_at=float(row["ingested_at"]),
+        chunks=int(row["chunks"]), ocr=bool(row["ocr"]),
+    )  # fmt: skip
