@@ -20,6 +20,10 @@ from rag.writer import StoreWriter
 # Embed chunks of several small documents together: sentence-transformers
 # sorts a call's texts by length, so bigger calls waste less padding.
 EMBED_BUFFER = 256
+# ... and hand them to the model a slice at a time (the model's own batch
+# size), longest first, so the progress bar moves while a long document
+# embeds and no slice is padded more than one big call would be.
+EMBED_SLICE = 32
 
 
 @dataclass
@@ -49,11 +53,19 @@ class IngestReport:
 
 @dataclass(frozen=True)
 class Progress:
-    stage: str  # "scan": hashing files; "ingest": parsing, chunking, embedding
+    """One step of an ingest. `done`/`total` count files in "scan" (hashed)
+    and "ingest" (parsed), and chunks in "embed" (embedded in this run / found
+    so far). `fraction` is for a bar: in "scan" the files hashed; in "ingest"
+    and "embed" each file to parse is an equal share, filled as its chunks are
+    embedded and settled once stored (or failed), so the bar is full only
+    when the last chunk is stored."""
+
+    stage: str
     done: int
     total: int
     path: str = ""
-    chunks: int = 0
+    chunks: int = 0  # embedded so far in this run
+    fraction: float = 0.0
 
 
 ProgressFn = Callable[[Progress], None]
@@ -84,7 +96,7 @@ class Ingestor:
         settings: Settings,
         report: IngestReport,
         embedder: Embedder | None = None,
-        on_chunks: Callable[[int], None] | None = None,
+        progress: ProgressFn = noop,
     ) -> None:
         self.writer = writer
         self.settings = settings
@@ -94,8 +106,20 @@ class Ingestor:
         self._pending: list[_Pending] = []
         self._in_flight: dict[str, str] = {}  # content hash -> path, until flushed
         self._copies: list[tuple[str, str, int, float]] = []
-        self._on_chunks = on_chunks or (lambda n: None)
+        self._progress = progress
         self._last_publish = time.monotonic()
+        self.planned = 0  # documents this run means to parse: the bar's shares
+        self._settled = 0  # of those, stored or failed
+        self._found = 0  # chunks split in this run
+
+    def settle(self) -> None:
+        """Count a planned document as done without embedding (it failed, or
+        was unchanged)."""
+        self._settled += 1
+
+    def fraction(self, partial: float = 0.0) -> float:
+        """The planned work done, with `partial` documents' worth embedded."""
+        return min((self._settled + partial) / self.planned, 1.0) if self.planned else 0.0
 
     @property
     def embedder(self) -> Embedder:
@@ -149,6 +173,7 @@ class Ingestor:
         chunks = self.chunker.split(document)
         existed = self.writer.document(document.path) is not None
         self._pending.append(_Pending(document, chunks, size, mtime, existed, ocr))
+        self._found += len(chunks)
         self._in_flight[document.content_hash] = document.path
         self.report.pages += len(document.pages)
         if sum(len(p.chunks) for p in self._pending) >= EMBED_BUFFER:
@@ -157,7 +182,7 @@ class Ingestor:
     def flush(self) -> None:
         """Embed and store everything buffered, then maybe publish a checkpoint."""
         texts = [c.indexed_text for p in self._pending for c in p.chunks]
-        vectors = self.embedder.embed_batch(texts) if texts else np.zeros((0, 0), np.float32)
+        vectors = self._embed(texts)
         row = 0
         for p in self._pending:
             doc = p.document
@@ -169,8 +194,11 @@ class Ingestor:
             )  # fmt: skip
             row += len(p.chunks)
             self._count(p.existed)
+            self.settle()
         self.report.chunks_embedded += len(texts)
-        self._on_chunks(len(texts))
+        if self._pending:
+            last = self._pending[-1].document.path
+            self._tell(self.report.chunks_embedded, last)
         self._pending.clear()
         self._in_flight.clear()
         copies, self._copies = self._copies, []
@@ -181,6 +209,39 @@ class Ingestor:
             if number is not None:
                 self.report.generation = number
             self._last_publish = time.monotonic()
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        """The buffered documents' vectors, in order, embedded a slice at a
+        time; progress after each slice but the last (`flush` reports that
+        one once the documents are stored)."""
+        if not texts:
+            return np.zeros((0, 0), np.float32)
+        owner = [k for k, p in enumerate(self._pending) for _ in p.chunks]
+        embedded = [0] * len(self._pending)
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        parts = []
+        for start in range(0, len(order), EMBED_SLICE):
+            rows = order[start : start + EMBED_SLICE]
+            parts.append(self.embedder.embed_batch([texts[i] for i in rows]))
+            for i in rows:
+                embedded[owner[i]] += 1
+            if start + EMBED_SLICE < len(order):
+                shares = zip(embedded, self._pending, strict=True)
+                partial = sum(n / len(p.chunks) for n, p in shares if n)
+                done = self.report.chunks_embedded + start + len(rows)
+                self._tell(done, self._pending[owner[rows[-1]]].document.path, partial)
+        vectors = np.empty((len(texts), parts[0].shape[1]), np.float32)
+        vectors[order] = np.concatenate(parts)
+        return vectors
+
+    def _tell(self, done: int, path: str, partial: float = 0.0) -> None:
+        """Progress in chunks embedded (of those found so far)."""
+        self._progress(Progress("embed", done, self._found, path, done, self.fraction(partial)))
+
+    def tell_read(self, done: int, total: int, path: str) -> None:
+        """Progress in files read: `done` of `total` parsed (or failed)."""
+        chunks = self.report.chunks_embedded
+        self._progress(Progress("ingest", done, total, path, chunks, self.fraction()))
 
     def delete(self, path: str) -> bool:
         deleted = self.writer.delete(path)

@@ -89,17 +89,19 @@ def ingest_paths(
     report.failed = [Failure(p, e) for p, e in found.failed]
     if rebuild:
         _refuse_lossy_rebuild(root, found, allow_drop)  # before the model loads
-    with _writing(root, settings, report, embedder, started, rebuild, allow_drop) as ingestor:
+    writing = _writing(root, settings, report, embedder, started, progress, rebuild, allow_drop)
+    with writing as ingestor:
         for target in delete:
             _delete_under(ingestor, os.path.abspath(target))
         to_parse = _scan(found.files, ingestor, settings, ocr, progress)
-        total = len(to_parse)
+        total = ingestor.planned = len(to_parse)
         for done, (task, result, with_ocr) in enumerate(_parse(to_parse, settings), start=1):
             if isinstance(result, str):
                 report.failed.append(Failure(task.path, result))
+                ingestor.settle()
             else:
                 ingestor.add(result, task.size, task.mtime, ocr=with_ocr)
-            progress(Progress("ingest", done, total, task.path, report.chunks_embedded))
+            ingestor.tell_read(done, total, task.path)
         ingestor.flush()
         if sync:
             seen = {f.path for f in found.files} | {f.path for f in report.failed}
@@ -116,6 +118,7 @@ def _writing(
     report: IngestReport,
     embedder: Embedder | None,
     started: float,
+    progress: ProgressFn,
     rebuild: bool = False,
     allow_drop: bool = False,
 ) -> Iterator[Ingestor]:
@@ -126,7 +129,7 @@ def _writing(
     with open_writer(
         root, params, rebuild=rebuild, allow_drop=allow_drop, lock_timeout=settings.lock_timeout
     ) as writer:
-        yield Ingestor(writer, settings, report, embedder or loaded)
+        yield Ingestor(writer, settings, report, embedder or loaded, progress)
         publishing = writer.changed
     if publishing:
         report.generation = layout.generation_number(layout.current_generation(root) or "")
@@ -166,7 +169,7 @@ def _scan(
     limit = int(settings.max_file_mb * 1024 * 1024)
     to_parse: list[tuple[FileTask, str, bool]] = []
     for done, task in enumerate(files, start=1):
-        progress(Progress("scan", done, len(files), task.path))
+        progress(Progress("scan", done, len(files), task.path, fraction=done / len(files)))
         problem = _precheck(task, limit, settings.max_file_mb)
         if problem:
             ingestor.report.failed.append(Failure(task.path, problem))
@@ -223,22 +226,26 @@ def ingest_documents(
 ) -> IngestReport:
     """Ingest documents that are already in memory (e.g. a BEIR corpus), with
     the same incremental rules as files. `prune` removes stored documents
-    that are not among `documents`."""
+    that are not among `documents`; `total` is how many there are, for the
+    progress's fraction (0 if unknown)."""
     started = time.monotonic()
     root = Path(index or settings.index)
     report = IngestReport(index=str(root))
-    with _writing(root, settings, report, embedder, started) as ingestor:
+    with _writing(root, settings, report, embedder, started, progress) as ingestor:
+        ingestor.planned = total
         seen = set()
         for done, document in enumerate(documents, start=1):
             seen.add(document.path)
             state = ingestor.status(document.path, document.content_hash)
             if state == "unchanged":
                 report.unchanged += 1
+                ingestor.settle()
             elif state == "copy":
                 ingestor.copy(document.path, document.content_hash, len(document.text), 0.0)
+                ingestor.settle()
             else:
                 ingestor.add(document)
-            progress(Progress("ingest", done, total, document.path, report.chunks_embedded))
+            ingestor.tell_read(done, total, document.path)
         ingestor.flush()
         if prune:
             for path in ingestor.writer.paths():
