@@ -181,7 +181,7 @@ def ask_tab(kb_dir: Path, settings: Settings, store: ConversationStore) -> Conve
     if llm_down:
         st.warning(f"{for_user(llm_down)} Answers are off; searches still work.")
     conversation = store.current(kb_dir.name)
-    st.caption(f"Conversation in **{kb_dir.name}** · {plural(len(conversation.turns), 'question')}")
+    heading = st.empty()  # filled once this run's question is in the conversation
     # The conversation sits above the box, in the order it was asked, the
     # new turn included (the box is drawn first only to read its value).
     shown = st.container()
@@ -201,6 +201,8 @@ def ask_tab(kb_dir: Path, settings: Settings, store: ConversationStore) -> Conve
         elif question:
             turn = ask(kb, names, settings, question, conversation, llm_down)
             store.add(conversation, turn)
+    asked = plural(len(conversation.turns), "question")
+    heading.caption(f"Conversation in **{render.plain(kb_dir.name)}** · {asked}")
     return conversation
 
 

@@ -106,13 +106,21 @@ def main(
     settings = Settings(**overrides)  # type: ignore[arg-type]
 
     with tqdm(total=0, unit="file", disable=None, file=sys.stderr, dynamic_ncols=True) as bar:
+        shown = [""]  # the bar's phase
 
         def progress(p: Progress) -> None:
-            if bar.total != p.total or bar.desc != p.stage:
-                bar.reset(total=p.total)
-                bar.set_description(p.stage)
-            bar.update(p.done - bar.n)
+            # Two phases: files hashed, then the work to ingest in percent,
+            # which moves with the chunks embedded (files read say little
+            # while one long PDF embeds).
+            phase = "scan" if p.stage == "scan" else "ingest"
+            if shown[0] != phase:
+                shown[0] = phase
+                bar.set_description(phase, refresh=False)
+                bar.unit = "file" if phase == "scan" else "%"
+                bar.reset(total=p.total if phase == "scan" else 100)
+            bar.n = p.done if phase == "scan" else round(100 * p.fraction, 1)
             bar.set_postfix(chunks=p.chunks, refresh=False)
+            bar.refresh()
 
         try:
             report = ingest_paths(

@@ -10,200 +10,25 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
 from ingest import workers
-from ingest.chunking import Chunker
 from ingest.discovery import FileTask, Found, discover, is_under
+from ingest.ingestor import Failure, Ingestor, IngestReport, Progress, ProgressFn, noop
 from ingest.loaders import sha256_file
 from rag import layout, lexical
 from rag.embedding import Embedder, canonical_model_id, load_embedder
 from rag.errors import RebuildRefused
 from rag.layout import IndexParams
 from rag.settings import Settings
-from rag.storage import StoreWriter, open_store, replaced_documents
-from rag.types import Chunk, Document
+from rag.storage import open_store, replaced_documents
+from rag.types import Document
 
-# Embed chunks of several small documents together: sentence-transformers
-# sorts a call's texts by length, so bigger calls waste less padding.
-EMBED_BUFFER = 256
-
-
-@dataclass
-class Failure:
-    path: str
-    error: str
-
-
-@dataclass
-class IngestReport:
-    index: str
-    added: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    deleted: int = 0
-    failed: list[Failure] = field(default_factory=list)
-    skipped: list[Failure] = field(default_factory=list)
-    chunks_embedded: int = 0
-    chunks_copied: int = 0
-    pages: int = 0
-    seconds: float = 0.0
-    generation: int | None = None
-
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class Progress:
-    stage: str  # "scan": hashing files; "ingest": parsing, chunking, embedding
-    done: int
-    total: int
-    path: str = ""
-    chunks: int = 0
-
-
-ProgressFn = Callable[[Progress], None]
-
-
-def _noop(_: Progress) -> None:
-    pass
-
-
-@dataclass
-class _Pending:
-    document: Document
-    chunks: list[Chunk]
-    size: int
-    mtime: float
-    existed: bool
-    ocr: bool
-
-
-class Ingestor:
-    """Owns one index write: chunk, embed in buffered batches, store,
-    checkpoint (except in a rebuild). Used by `ingest_paths` and by
-    `rag eval` for BEIR corpora."""
-
-    def __init__(
-        self,
-        writer: StoreWriter,
-        settings: Settings,
-        report: IngestReport,
-        embedder: Embedder | None = None,
-        on_chunks: Callable[[int], None] | None = None,
-    ) -> None:
-        self.writer = writer
-        self.settings = settings
-        self.report = report
-        self._embedder = embedder
-        self._chunker: Chunker | None = None
-        self._pending: list[_Pending] = []
-        self._in_flight: dict[str, str] = {}  # content hash -> path, until flushed
-        self._copies: list[tuple[str, str, int, float]] = []
-        self._on_chunks = on_chunks or (lambda n: None)
-        self._last_publish = time.monotonic()
-
-    @property
-    def embedder(self) -> Embedder:
-        if self._embedder is None:
-            self._embedder = load_embedder(
-                self.settings.embedding_model, self.settings.embed_precision
-            )
-        return self._embedder
-
-    @property
-    def chunker(self) -> Chunker:
-        if self._chunker is None:
-            e = self.embedder
-            self._chunker = Chunker(
-                e.count_tokens,
-                self.settings.chunk_tokens,
-                self.settings.chunk_overlap,
-                e.max_tokens,
-            )
-        return self._chunker
-
-    def status(self, path: str, content_hash: str) -> str:
-        """'unchanged', 'copy' (same content stored elsewhere) or 'new'."""
-        record = self.writer.document(path)
-        if record is not None and record.content_hash == content_hash:
-            return "unchanged"
-        if content_hash in self._in_flight or self.writer.document_with_hash(content_hash):
-            return "copy"
-        return "new"
-
-    def copy(self, path: str, content_hash: str, size: int, mtime: float) -> None:
-        """Store `path` as a copy of already-ingested identical content."""
-        if content_hash in self._in_flight:
-            self._copies.append((path, content_hash, size, mtime))
-            return
-        source = self.writer.document_with_hash(content_hash)
-        assert source is not None
-        chunks = self.writer.document_chunks(source.path)
-        vectors = self.writer.stored_vectors(chunks)
-        existed = self.writer.document(path) is not None
-        self.writer.put(
-            path=path, content_hash=content_hash, kind=source.kind, title=source.title,
-            size=size, mtime=mtime, pages=source.pages, ocr=source.ocr,
-            chunks=[replace(c, source=path, id=None) for c in chunks], vectors=vectors,
-        )  # fmt: skip
-        self._count(existed)
-        self.report.chunks_copied += len(chunks)
-
-    def add(self, document: Document, size: int = 0, mtime: float = 0.0, ocr: bool = False) -> None:
-        """Buffer a loaded document (`ocr`: it was loaded with OCR) for embedding."""
-        chunks = self.chunker.split(document)
-        existed = self.writer.document(document.path) is not None
-        self._pending.append(_Pending(document, chunks, size, mtime, existed, ocr))
-        self._in_flight[document.content_hash] = document.path
-        self.report.pages += len(document.pages)
-        if sum(len(p.chunks) for p in self._pending) >= EMBED_BUFFER:
-            self.flush()
-
-    def flush(self) -> None:
-        """Embed and store everything buffered, then maybe publish a checkpoint."""
-        texts = [c.indexed_text for p in self._pending for c in p.chunks]
-        vectors = self.embedder.embed_batch(texts) if texts else np.zeros((0, 0), np.float32)
-        row = 0
-        for p in self._pending:
-            doc = p.document
-            self.writer.put(
-                path=doc.path, content_hash=doc.content_hash, kind=doc.kind,
-                title=p.chunks[0].title if p.chunks else doc.title,  # as clipped for the prefix
-                size=p.size, mtime=p.mtime, pages=len(doc.pages) or None, ocr=p.ocr,
-                chunks=p.chunks, vectors=vectors[row : row + len(p.chunks)],
-            )  # fmt: skip
-            row += len(p.chunks)
-            self._count(p.existed)
-        self.report.chunks_embedded += len(texts)
-        self._on_chunks(len(texts))
-        self._pending.clear()
-        self._in_flight.clear()
-        copies, self._copies = self._copies, []
-        for path, digest, size, mtime in copies:
-            self.copy(path, digest, size, mtime)
-        if time.monotonic() - self._last_publish > self.settings.checkpoint_seconds:
-            number = self.writer.checkpoint()  # None in a rebuild: it publishes once, at the end
-            if number is not None:
-                self.report.generation = number
-            self._last_publish = time.monotonic()
-
-    def delete(self, path: str) -> bool:
-        deleted = self.writer.delete(path)
-        self.report.deleted += deleted
-        return deleted
-
-    def _count(self, existed: bool) -> None:
-        if existed:
-            self.report.updated += 1
-        else:
-            self.report.added += 1
+# The public entry: what callers import from here.
+__all__ = ["IngestReport", "Progress", "ProgressFn", "ingest_documents", "ingest_paths"]
 
 
 def index_params(
@@ -248,7 +73,7 @@ def ingest_paths(
     allow_drop: bool = False,
     ocr: bool = False,
     embedder: Embedder | None = None,
-    progress: ProgressFn = _noop,
+    progress: ProgressFn = noop,
 ) -> IngestReport:
     """Bring the index in line with the files under `paths`.
 
@@ -264,17 +89,19 @@ def ingest_paths(
     report.failed = [Failure(p, e) for p, e in found.failed]
     if rebuild:
         _refuse_lossy_rebuild(root, found, allow_drop, settings)  # before the model loads
-    with _writing(root, settings, report, embedder, started, rebuild, allow_drop) as ingestor:
+    writing = _writing(root, settings, report, embedder, started, progress, rebuild, allow_drop)
+    with writing as ingestor:
         for target in delete:
             _delete_under(ingestor, os.path.abspath(target))
         to_parse = _scan(found.files, ingestor, settings, ocr, progress)
-        total = len(to_parse)
+        total = ingestor.planned = len(to_parse)
         for done, (task, result, with_ocr) in enumerate(_parse(to_parse, settings), start=1):
             if isinstance(result, str):
                 report.failed.append(Failure(task.path, result))
+                ingestor.settle()
             else:
                 ingestor.add(result, task.size, task.mtime, ocr=with_ocr)
-            progress(Progress("ingest", done, total, task.path, report.chunks_embedded))
+            ingestor.tell_read(done, total, task.path)
         ingestor.flush()
         if sync:
             seen = {f.path for f in found.files} | {f.path for f in report.failed}
@@ -291,6 +118,7 @@ def _writing(
     report: IngestReport,
     embedder: Embedder | None,
     started: float,
+    progress: ProgressFn,
     rebuild: bool = False,
     allow_drop: bool = False,
 ) -> Iterator[Ingestor]:
@@ -302,7 +130,7 @@ def _writing(
     with store.writer(
         params, rebuild=rebuild, allow_drop=allow_drop, lock_timeout=settings.lock_timeout
     ) as writer:
-        yield Ingestor(writer, settings, report, embedder or loaded)
+        yield Ingestor(writer, settings, report, embedder or loaded, progress)
         publishing = writer.changed
     if publishing:
         report.generation = layout.generation_number(layout.current_generation(root) or "")
@@ -343,7 +171,7 @@ def _scan(
     limit = int(settings.max_file_mb * 1024 * 1024)
     to_parse: list[tuple[FileTask, str, bool]] = []
     for done, task in enumerate(files, start=1):
-        progress(Progress("scan", done, len(files), task.path))
+        progress(Progress("scan", done, len(files), task.path, fraction=done / len(files)))
         problem = _precheck(task, limit, settings.max_file_mb)
         if problem:
             ingestor.report.failed.append(Failure(task.path, problem))
@@ -396,26 +224,30 @@ def ingest_documents(
     total: int = 0,
     prune: bool = False,
     embedder: Embedder | None = None,
-    progress: ProgressFn = _noop,
+    progress: ProgressFn = noop,
 ) -> IngestReport:
     """Ingest documents that are already in memory (e.g. a BEIR corpus), with
     the same incremental rules as files. `prune` removes stored documents
-    that are not among `documents`."""
+    that are not among `documents`; `total` is how many there are, for the
+    progress's fraction (0 if unknown)."""
     started = time.monotonic()
     root = Path(index or settings.index)
     report = IngestReport(index=str(root))
-    with _writing(root, settings, report, embedder, started) as ingestor:
+    with _writing(root, settings, report, embedder, started, progress) as ingestor:
+        ingestor.planned = total
         seen = set()
         for done, document in enumerate(documents, start=1):
             seen.add(document.path)
             state = ingestor.status(document.path, document.content_hash)
             if state == "unchanged":
                 report.unchanged += 1
+                ingestor.settle()
             elif state == "copy":
                 ingestor.copy(document.path, document.content_hash, len(document.text), 0.0)
+                ingestor.settle()
             else:
                 ingestor.add(document)
-            progress(Progress("ingest", done, total, document.path, report.chunks_embedded))
+            ingestor.tell_read(done, total, document.path)
         ingestor.flush()
         if prune:
             for path in ingestor.writer.paths():

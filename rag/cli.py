@@ -310,7 +310,7 @@ def _eval_index(data: Any, documents: Any, target: Path, settings: Settings) -> 
     with _bar(len(data.corpus), "ingest", "doc") as bar:
         report = ingest_documents(
             documents, settings, index=target, total=len(data.corpus),
-            prune=True, progress=lambda p: bar.update(p.done - bar.n),
+            prune=True, progress=lambda p: bar.update(round(p.fraction * bar.total) - bar.n),
         )  # fmt: skip
     return KnowledgeBase.open(target, settings=settings), report
 

@@ -75,13 +75,18 @@ class SentenceTransformerEmbedder:
         self.precision = resolve_precision(precision)
         try:
             # safetensors only: weights in a pickle (pytorch_model.bin) are
-            # never opened, even by torch's restricted unpickler.
+            # never opened, even by torch's restricted unpickler. Loaded in
+            # float32, then cast: loading in another dtype switches torch's
+            # process-wide default dtype while the model is built, and a
+            # model loaded at that moment in another thread (another session
+            # of the app) got some layers in the wrong dtype.
             self._model = SentenceTransformer(
                 location,
                 device=device,
                 local_files_only=True,
-                model_kwargs={"use_safetensors": True, "dtype": getattr(torch, self.precision)},
+                model_kwargs={"use_safetensors": True, "dtype": torch.float32},
             )
+            self._model.to(getattr(torch, self.precision))
         except Exception as exc:  # the library raises many kinds here
             raise ModelMissing(
                 f"Embedding model {name!r} is not available offline ({exc.__class__.__name__}). "

@@ -36,3 +36,38 @@ def test_a_missing_model_is_named_and_the_environment_is_left_alone():
     result = json.loads(probe.stdout.strip().splitlines()[-1])
     assert "not-on-this-disk-L3-v2" in result["outcome"] and "offline" in result["outcome"]
     assert result["changed"] == []
+
+
+def test_models_loaded_at_once_in_several_threads_each_keep_one_dtype():
+    # The app's sessions run in threads of one process: two sessions opening
+    # knowledge bases at once load two models at once. Loading in bfloat16
+    # must not switch torch's process-wide default dtype under the other
+    # load (which then built some layers in the wrong dtype and failed its
+    # first embedding with "must have the same dtype").
+    import threading
+
+    import torch
+
+    from rag.embedding import SentenceTransformerEmbedder
+
+    loaded: list[SentenceTransformerEmbedder] = []
+
+    def load() -> None:
+        loaded.append(SentenceTransformerEmbedder("all-MiniLM-L6-v2", "bfloat16"))
+
+    for _ in range(2):
+        threads = [threading.Thread(target=load) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert len(loaded) == 8
+    mixed = [
+        sorted(str(d) for d in {p.dtype for p in e._model.parameters()})
+        for e in loaded
+        if {p.dtype for p in e._model.parameters()} != {torch.bfloat16}
+    ]
+    assert not mixed, mixed
+    for embedder in loaded:
+        assert embedder.embed_batch(["warm up"], kind="query").shape == (1, embedder.dimension)
+    assert torch.get_default_dtype() == torch.float32

@@ -170,15 +170,24 @@ def save_and_ingest(kb_dir: Path, files: list[UploadedFile], settings: Settings)
         )
 
 
+_STAGES = {
+    "scan": ("Checking", "files"),
+    "ingest": ("Reading", "files"),
+    "embed": ("Embedding", "passages"),
+}
+
+
 def run_ingest(kb_dir: Path, job: Callable[[ProgressFn], IngestReport]) -> RagError | None:
     """Run an ingest with a progress bar; keep its summary for the next run,
     or the error it raised (also returned)."""
     bar = st.progress(0.0, text="Starting…")
 
     def progress(p: Progress) -> None:
-        fraction = p.done / p.total if p.total else 1.0
+        # The fraction moves with the chunks embedded, not the files read,
+        # so a long PDF does not sit at full while it embeds.
+        doing, unit = _STAGES.get(p.stage, (p.stage, ""))
         name = render.plain(Path(p.path).name)
-        bar.progress(min(fraction, 1.0), text=f"{p.stage}: {p.done}/{p.total} {name}")
+        bar.progress(min(p.fraction, 1.0), text=f"{doing} {p.done}/{p.total} {unit} · {name}")
 
     try:
         report = job(progress)

@@ -43,11 +43,15 @@ def pick_knowledge_base(base: Settings) -> Path:
     st.header("Knowledge base")
     names = knowledge.list_knowledge_bases(base.indexes_root)
     if st.session_state.get("kb") not in names:
-        default = base.index.name
-        st.session_state["kb"] = default if default in names else (names[0] if names else None)
+        # A reload starts a new session: the page's address remembers the
+        # base, so the user comes back to it (and to its conversation).
+        wanted = [st.query_params.get("kb"), base.index.name, *names]
+        st.session_state["kb"] = next((n for n in wanted if n in names), None)
     choice = st.selectbox(
         "Knowledge base", names, key="kb", placeholder="none yet: add documents in Manage"
     )
+    if choice and st.query_params.get("kb") != choice:
+        st.query_params["kb"] = choice
     with st.expander("New knowledge base", expanded=not names):
         st.text_input("Name", key="new_kb", placeholder="e.g. contracts")
         st.button("Create", on_click=_create, args=(base.indexes_root,))

@@ -1,0 +1,255 @@
+"""The `Ingestor`, which owns one index write (chunk, embed in buffered
+batches, store, checkpoint), and the records an ingest reports: the
+`IngestReport` and the `Progress` events. `ingest.pipeline` drives it and
+is the public entry."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+
+from ingest.chunking import Chunker
+from rag.embedding import Embedder, load_embedder
+from rag.settings import Settings
+from rag.storage import StoreWriter
+from rag.types import Chunk, Document
+
+# Embed chunks of several small documents together: sentence-transformers
+# sorts a call's texts by length, so bigger calls waste less padding.
+EMBED_BUFFER = 256
+# ... and hand them to the model a slice at a time (the model's own batch
+# size), longest first, so the progress bar moves while a long document
+# embeds and no slice is padded more than one big call would be.
+EMBED_SLICE = 32
+
+
+@dataclass
+class Failure:
+    path: str
+    error: str
+
+
+@dataclass
+class IngestReport:
+    index: str
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    failed: list[Failure] = field(default_factory=list)
+    skipped: list[Failure] = field(default_factory=list)
+    chunks_embedded: int = 0
+    chunks_copied: int = 0
+    pages: int = 0
+    seconds: float = 0.0
+    generation: int | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One step of an ingest. `done`/`total` count files in "scan" (hashed)
+    and "ingest" (parsed), and chunks in "embed" (embedded in this run / found
+    so far). `fraction` is for a bar: in "scan" the files hashed; in "ingest"
+    and "embed" each file to parse is an equal share, filled as its chunks are
+    embedded and settled once stored (or failed), so the bar is full only
+    when the last chunk is stored."""
+
+    stage: str
+    done: int
+    total: int
+    path: str = ""
+    chunks: int = 0  # embedded so far in this run
+    fraction: float = 0.0
+
+
+ProgressFn = Callable[[Progress], None]
+
+
+def noop(_: Progress) -> None:
+    pass
+
+
+@dataclass
+class _Pending:
+    document: Document
+    chunks: list[Chunk]
+    size: int
+    mtime: float
+    existed: bool
+    ocr: bool
+
+
+class Ingestor:
+    """Owns one index write: chunk, embed in buffered batches, store,
+    checkpoint (except in a rebuild). Driven by `ingest_paths` (files) and
+    `ingest_documents` (in-memory documents, e.g. `rag eval`'s BEIR corpora)."""
+
+    def __init__(
+        self,
+        writer: StoreWriter,
+        settings: Settings,
+        report: IngestReport,
+        embedder: Embedder | None = None,
+        progress: ProgressFn = noop,
+    ) -> None:
+        self.writer = writer
+        self.settings = settings
+        self.report = report
+        self._embedder = embedder
+        self._chunker: Chunker | None = None
+        self._pending: list[_Pending] = []
+        self._in_flight: dict[str, str] = {}  # content hash -> path, until flushed
+        self._copies: list[tuple[str, str, int, float]] = []
+        self._progress = progress
+        self._last_publish = time.monotonic()
+        self.planned = 0  # documents this run means to parse: the bar's shares
+        self._settled = 0  # of those, stored or failed
+        self._found = 0  # chunks split in this run
+
+    def settle(self) -> None:
+        """Count a planned document as done without embedding (it failed, or
+        was unchanged)."""
+        self._settled += 1
+
+    def fraction(self, partial: float = 0.0) -> float:
+        """The planned work done, with `partial` documents' worth embedded."""
+        return min((self._settled + partial) / self.planned, 1.0) if self.planned else 0.0
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            self._embedder = load_embedder(
+                self.settings.embedding_model, self.settings.embed_precision
+            )
+        return self._embedder
+
+    @property
+    def chunker(self) -> Chunker:
+        if self._chunker is None:
+            e = self.embedder
+            self._chunker = Chunker(
+                e.count_tokens,
+                self.settings.chunk_tokens,
+                self.settings.chunk_overlap,
+                e.max_tokens,
+            )
+        return self._chunker
+
+    def status(self, path: str, content_hash: str) -> str:
+        """'unchanged', 'copy' (same content stored elsewhere) or 'new'."""
+        record = self.writer.document(path)
+        if record is not None and record.content_hash == content_hash:
+            return "unchanged"
+        if content_hash in self._in_flight or self.writer.document_with_hash(content_hash):
+            return "copy"
+        return "new"
+
+    def copy(self, path: str, content_hash: str, size: int, mtime: float) -> None:
+        """Store `path` as a copy of already-ingested identical content."""
+        if content_hash in self._in_flight:
+            self._copies.append((path, content_hash, size, mtime))
+            return
+        source = self.writer.document_with_hash(content_hash)
+        assert source is not None
+        chunks = self.writer.document_chunks(source.path)
+        vectors = self.writer.stored_vectors(chunks)
+        existed = self.writer.document(path) is not None
+        self.writer.put(
+            path=path, content_hash=content_hash, kind=source.kind, title=source.title,
+            size=size, mtime=mtime, pages=source.pages, ocr=source.ocr,
+            chunks=[replace(c, source=path, id=None) for c in chunks], vectors=vectors,
+        )  # fmt: skip
+        self._count(existed)
+        self.report.chunks_copied += len(chunks)
+
+    def add(self, document: Document, size: int = 0, mtime: float = 0.0, ocr: bool = False) -> None:
+        """Buffer a loaded document (`ocr`: it was loaded with OCR) for embedding."""
+        chunks = self.chunker.split(document)
+        existed = self.writer.document(document.path) is not None
+        self._pending.append(_Pending(document, chunks, size, mtime, existed, ocr))
+        self._found += len(chunks)
+        self._in_flight[document.content_hash] = document.path
+        self.report.pages += len(document.pages)
+        if sum(len(p.chunks) for p in self._pending) >= EMBED_BUFFER:
+            self.flush()
+
+    def flush(self) -> None:
+        """Embed and store everything buffered, then maybe publish a checkpoint."""
+        texts = [c.indexed_text for p in self._pending for c in p.chunks]
+        vectors = self._embed(texts)
+        row = 0
+        for p in self._pending:
+            doc = p.document
+            self.writer.put(
+                path=doc.path, content_hash=doc.content_hash, kind=doc.kind,
+                title=p.chunks[0].title if p.chunks else doc.title,  # as clipped for the prefix
+                size=p.size, mtime=p.mtime, pages=len(doc.pages) or None, ocr=p.ocr,
+                chunks=p.chunks, vectors=vectors[row : row + len(p.chunks)],
+            )  # fmt: skip
+            row += len(p.chunks)
+            self._count(p.existed)
+            self.settle()
+        self.report.chunks_embedded += len(texts)
+        if self._pending:
+            last = self._pending[-1].document.path
+            self._tell(self.report.chunks_embedded, last)
+        self._pending.clear()
+        self._in_flight.clear()
+        copies, self._copies = self._copies, []
+        for path, digest, size, mtime in copies:
+            self.copy(path, digest, size, mtime)
+        if time.monotonic() - self._last_publish > self.settings.checkpoint_seconds:
+            number = self.writer.checkpoint()  # None in a rebuild: it publishes once, at the end
+            if number is not None:
+                self.report.generation = number
+            self._last_publish = time.monotonic()
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        """The buffered documents' vectors, in order, embedded a slice at a
+        time; progress after each slice but the last (`flush` reports that
+        one once the documents are stored)."""
+        if not texts:
+            return np.zeros((0, 0), np.float32)
+        owner = [k for k, p in enumerate(self._pending) for _ in p.chunks]
+        embedded = [0] * len(self._pending)
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        parts = []
+        for start in range(0, len(order), EMBED_SLICE):
+            rows = order[start : start + EMBED_SLICE]
+            parts.append(self.embedder.embed_batch([texts[i] for i in rows]))
+            for i in rows:
+                embedded[owner[i]] += 1
+            if start + EMBED_SLICE < len(order):
+                shares = zip(embedded, self._pending, strict=True)
+                partial = sum(n / len(p.chunks) for n, p in shares if n)
+                done = self.report.chunks_embedded + start + len(rows)
+                self._tell(done, self._pending[owner[rows[-1]]].document.path, partial)
+        vectors = np.empty((len(texts), parts[0].shape[1]), np.float32)
+        vectors[order] = np.concatenate(parts)
+        return vectors
+
+    def _tell(self, done: int, path: str, partial: float = 0.0) -> None:
+        """Progress in chunks embedded (of those found so far)."""
+        self._progress(Progress("embed", done, self._found, path, done, self.fraction(partial)))
+
+    def tell_read(self, done: int, total: int, path: str) -> None:
+        """Progress in files read: `done` of `total` parsed (or failed)."""
+        chunks = self.report.chunks_embedded
+        self._progress(Progress("ingest", done, total, path, chunks, self.fraction()))
+
+    def delete(self, path: str) -> bool:
+        deleted = self.writer.delete(path)
+        self.report.deleted += deleted
+        return deleted
+
+    def _count(self, existed: bool) -> None:
+        if existed:
+            self.report.updated += 1
+        else:
+            self.report.added += 1
