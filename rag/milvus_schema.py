@@ -16,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import urllib.parse
@@ -91,6 +92,7 @@ def connect(target: Target, token: str | None) -> MilvusClient:
         if lite is None:
             return MilvusClient(target.client_uri, token=token or "", timeout=30)
         lite.parent.mkdir(parents=True, exist_ok=True)
+        _quiet_about_the_lock()
         return MilvusClient(target.client_uri)
     except MilvusException as exc:
         if lite is None:
@@ -102,6 +104,25 @@ def connect(target: Target, token: str | None) -> MilvusClient:
                 f"{lite}, then try again."
             ) from exc
         raise RagError(f"Milvus Lite could not open {lite} ({exc.message}).") from exc
+
+
+class _LockErrors(logging.Filter):
+    """Drops Milvus Lite's logged traceback of a lock held by another
+    process: `connect` reports that as `IndexBusy`, in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        while error is not None:
+            if type(error).__name__ == "DataDirLockedError":
+                return False
+            error = error.__cause__ or error.__context__
+        return True
+
+
+def _quiet_about_the_lock() -> None:
+    logger = logging.getLogger("milvus_lite.server_manager")
+    if not any(isinstance(f, _LockErrors) for f in logger.filters):
+        logger.addFilter(_LockErrors())
 
 
 def _locked(lite: Path) -> bool:
