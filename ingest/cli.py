@@ -61,8 +61,9 @@ EXIT_OK, EXIT_FAILED_FILES, EXIT_USAGE, EXIT_FATAL = 0, 1, 2, 3
     metavar="URI",
     default=None,
     help="Where a new knowledge base keeps its chunks and vectors: local (files in the "
-    "index folder). An existing one stays in its own store; naming another is an error  "
-    "[default: $RAG_STORE or local]",
+    "index folder), milvus-lite:///path/file.db (Milvus Lite, one process at a time) or "
+    "milvus://host:19530 (a Milvus cluster; token in $RAG_MILVUS_TOKEN). An existing one "
+    "stays in its own store; naming another is an error  [default: $RAG_STORE or local]",
 )
 @click.option("--ocr", is_flag=True, help="OCR PDF pages without a text layer (needs tesseract).")
 @click.option(

@@ -19,12 +19,12 @@ from ingest import workers
 from ingest.discovery import FileTask, Found, discover, is_under
 from ingest.ingestor import Failure, Ingestor, IngestReport, Progress, ProgressFn, noop
 from ingest.loaders import sha256_file
-from rag import layout, lexical
+from rag import lexical
 from rag.embedding import Embedder, canonical_model_id, load_embedder
 from rag.errors import RebuildRefused
 from rag.layout import IndexParams
 from rag.settings import Settings
-from rag.storage import open_store, replaced_documents
+from rag.storage import Store, open_store, replaced_documents
 from rag.types import Document
 
 # The public entry: what callers import from here.
@@ -32,14 +32,14 @@ __all__ = ["IngestReport", "Progress", "ProgressFn", "ingest_documents", "ingest
 
 
 def index_params(
-    settings: Settings, root: Path, rebuild: bool
+    settings: Settings, store: Store, rebuild: bool
 ) -> tuple[IndexParams, Embedder | None]:
     """The parameters of the index to write, checked against an existing
     index before any model is loaded (an unchanged re-run never loads one)."""
     wanted_model = canonical_model_id(settings.embedding_model)
-    current = None if rebuild else layout.current_generation(root)
+    current = None if rebuild else store.published()
     if current is not None:
-        found = layout.read_manifest(root / current).params
+        found = current.params
         wanted = replace(
             found,
             model_id=wanted_model,
@@ -87,9 +87,10 @@ def ingest_paths(
     found = discover(paths)
     report.skipped = [Failure(p, e) for p, e in found.skipped]
     report.failed = [Failure(p, e) for p, e in found.failed]
+    store = open_store(root, settings)  # an unknown or other store: before the model loads
     if rebuild:
-        _refuse_lossy_rebuild(root, found, allow_drop, settings)  # before the model loads
-    writing = _writing(root, settings, report, embedder, started, progress, rebuild, allow_drop)
+        _refuse_lossy_rebuild(store, root, found, allow_drop)  # before the model loads
+    writing = _writing(store, settings, report, embedder, started, progress, rebuild, allow_drop)
     with writing as ingestor:
         for target in delete:
             _delete_under(ingestor, os.path.abspath(target))
@@ -113,7 +114,7 @@ def ingest_paths(
 
 @contextmanager
 def _writing(
-    root: Path,
+    store: Store,
     settings: Settings,
     report: IngestReport,
     embedder: Embedder | None,
@@ -125,15 +126,15 @@ def _writing(
     """What every ingest shares: the index's parameters checked, the write
     lock held around one `Ingestor`, and once the writer has published (or
     found nothing to publish), the generation and the time in the report."""
-    store = open_store(root, settings)  # an unknown or other store: before the model loads
-    params, loaded = index_params(settings, root, rebuild)
+    params, loaded = index_params(settings, store, rebuild)
     with store.writer(
         params, rebuild=rebuild, allow_drop=allow_drop, lock_timeout=settings.lock_timeout
     ) as writer:
         yield Ingestor(writer, settings, report, embedder or loaded, progress)
         publishing = writer.changed
-    if publishing:
-        report.generation = layout.generation_number(layout.current_generation(root) or "")
+    published = store.published() if publishing else None
+    if published is not None:
+        report.generation = published.generation
     report.seconds = round(time.monotonic() - started, 3)
 
 
@@ -146,7 +147,7 @@ def _delete_under(ingestor: Ingestor, target: str) -> None:
         ingestor.delete(path)
 
 
-def _refuse_lossy_rebuild(root: Path, found: Found, allow_drop: bool, settings: Settings) -> None:
+def _refuse_lossy_rebuild(store: Store, root: Path, found: Found, allow_drop: bool) -> None:
     """Fail fast on what the files found already show. The writer checks
     again before it publishes, when files that failed to parse are known."""
     if not found.files:
@@ -157,7 +158,7 @@ def _refuse_lossy_rebuild(root: Path, found: Found, allow_drop: bool, settings: 
     if allow_drop:
         return
     coming = {task.path for task in found.files}
-    stored = replaced_documents(open_store(root, settings))
+    stored = replaced_documents(store)
     dropped = sorted(path for path in stored if path not in coming)
     if dropped:
         raise RebuildRefused.dropping(dropped)
@@ -233,7 +234,8 @@ def ingest_documents(
     started = time.monotonic()
     root = Path(index or settings.index)
     report = IngestReport(index=str(root))
-    with _writing(root, settings, report, embedder, started, progress) as ingestor:
+    store = open_store(root, settings)
+    with _writing(store, settings, report, embedder, started, progress) as ingestor:
         ingestor.planned = total
         seen = set()
         for done, document in enumerate(documents, start=1):

@@ -14,6 +14,7 @@ from rag.cli_users import users
 from rag.errors import RagError
 from rag.knowledge_base import MODES, KnowledgeBase
 from rag.settings import Settings
+from rag.storage import recorded_store, scheme
 
 index_option = click.option(
     "--index", type=click.Path(file_okay=False, path_type=Path),
@@ -204,7 +205,15 @@ def ask(
 @click.option(
     "--index",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Index to build/reuse for the corpus  [default: indexes/eval-<dataset>]",
+    help="Index to build/reuse for the corpus  [default: indexes/eval-<dataset>, "
+    "indexes/eval-<dataset>-<scheme> in another store than local]",
+)
+@click.option(
+    "--store",
+    metavar="URI",
+    default=None,
+    help="Store of the corpus's index, as `ingest --store`: local, "
+    "milvus-lite:///path/file.db or milvus://host:19530  [default: $RAG_STORE or local]",
 )
 @click.option(
     "--mode",
@@ -238,6 +247,7 @@ def ask(
 def evaluate(
     dataset: Path,
     index: Path | None,
+    store: str | None,
     modes: tuple[str, ...],
     stages: bool,
     half: str,
@@ -260,8 +270,10 @@ def evaluate(
     from rag import evaluation
 
     data = evaluation.load_dataset(dataset)
-    settings = Settings()
-    target = index or settings.indexes_root / f"eval-{data.name}"
+    settings = settings_with(store=store)
+    kind = scheme(settings.store)
+    suffix = "" if kind == "local" else f"-{kind}"
+    target = index or settings.indexes_root / f"eval-{data.name}{suffix}"
     chosen = evaluation.half(data.queries, half)
     if stages:
         extra = (limit or 0) if negatives is None else negatives
@@ -278,16 +290,18 @@ def evaluate(
         results[mode] = evaluation.score(data.qrels, run)
     if as_json:
         payload = {
-            "dataset": str(dataset), "index": str(target), "queries": len(data.queries),
-            "chunks_embedded": report.chunks_embedded, "modes": results,
-            "published": dict(data.published),
+            "dataset": str(dataset), "index": str(target), "store": kb.store.uri,
+            "queries": len(data.queries), "chunks_embedded": report.chunks_embedded,
+            "modes": results, "published": dict(data.published),
         }  # fmt: skip
         click.echo(json.dumps(payload))
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{data.name}: {len(data.queries)} queries, index {target}")
+    table = Table(
+        title=f"{data.name}: {len(data.queries)} queries, index {target} ({kb.store.uri})"
+    )
     for column in ("system", *evaluation.METRICS):
         table.add_column(column, justify="left" if column == "system" else "right")
     for mode, metrics in results.items():
@@ -326,6 +340,11 @@ def _evaluate_stages(
     from rag.profiles import discover
 
     settings = discover(settings)
+    if others and scheme(recorded_store(target) or settings.store) != "local":
+        raise click.UsageError(
+            "--negatives copies the index folder, so it needs the local store: a copy of "
+            "another store's folder would share its data (pass --negatives 0)"
+        )
     kb, _ = _eval_index(data, evaluation.documents(data), target, settings)
     asks = [(q, False, data.queries[q], kb) for q in asked]
     if others:

@@ -122,7 +122,9 @@ def require_generation(root: Path) -> str:
     return name
 
 
-def read_manifest(gen_dir: Path) -> Manifest:
+def read_manifest(gen_dir: Path, verify: bool = True) -> Manifest:
+    """The generation's manifest; with `verify`, its files checked against
+    it (sizes and SHA-256: reads every byte)."""
     path = gen_dir / MANIFEST_FILE
     try:
         text = path.read_text(encoding="utf-8")
@@ -131,6 +133,8 @@ def read_manifest(gen_dir: Path) -> Manifest:
     except (OSError, UnicodeDecodeError) as exc:
         raise IndexCorrupt(f"{path} is unreadable: the index is damaged ({exc}).") from None
     manifest = Manifest.from_json(text, gen_dir)
+    if not verify:
+        return manifest
     rebuild = f"Rebuild it with ingest PATH... --index {gen_dir.parent} --rebuild"
     for name, size in manifest.file_sizes.items():
         actual = (gen_dir / name).stat().st_size if (gen_dir / name).exists() else -1

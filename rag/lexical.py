@@ -70,3 +70,27 @@ class LexicalIndex:
         if self._index is None or not words:
             return np.zeros(len(self.ids), dtype=np.float32)
         return np.asarray(self._index.get_scores(words), dtype=np.float32)
+
+    def rank(
+        self, query: str, k: int, also: Sequence[int] = ()
+    ) -> tuple[list[tuple[int, float]], dict[int, float]]:
+        """The `k` best chunks by BM25 (score > 0), and the BM25 scores of
+        those and of the chunks in `also` (0 where no query term matched),
+        for fusion. Only those few are looked up: at 100k chunks a common
+        term matches tens of thousands."""
+        scores, ids = self.scores(query), self.ids
+        matched = np.flatnonzero(scores > 0)
+        if len(matched) > k:
+            # Back in id order, so that ties rank as a full sort ranks them.
+            matched = np.sort(matched[np.argpartition(-scores[matched], k - 1)[:k]])
+        top = matched[np.argsort(-scores[matched], kind="stable")]
+        ranked = [(int(ids[i]), float(scores[i])) for i in top]
+        lookup = dict(ranked)
+        if len(also):
+            # `ids` is in chunk-id order (the index is built ORDER BY id).
+            wanted = np.asarray(also, dtype=np.int64)
+            at = np.minimum(np.searchsorted(ids, wanted), max(len(ids) - 1, 0))
+            found = (ids[at] == wanted) if len(ids) else np.zeros(len(wanted), dtype=bool)
+            for cid, pos, ok in zip(wanted.tolist(), at.tolist(), found.tolist(), strict=True):
+                lookup.setdefault(cid, float(scores[pos]) if ok else 0.0)
+        return ranked, lookup

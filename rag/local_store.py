@@ -16,7 +16,7 @@ import faiss
 from rag import layout
 from rag.layout import IndexParams
 from rag.settings import Settings
-from rag.storage import DocumentRecord, Snapshot, Store, StoreWriter
+from rag.storage import DocumentRecord, Published, Snapshot, Store, StoreWriter
 from rag.store import Snapshot as LocalSnapshot
 from rag.store import published_documents
 from rag.writer import open_writer
@@ -58,6 +58,14 @@ class LocalStore:
             except FileNotFoundError:
                 continue
         return LocalSnapshot(self.root, layout.require_generation(self.root), self.dense_precision)
+
+    def published(self) -> Published | None:
+        name = layout.current_generation(self.root)
+        if name is None:
+            return None
+        # Not verified here: a writer verifies the files it builds on.
+        manifest = layout.read_manifest(self.root / name, verify=False)
+        return Published(manifest.generation, manifest.params)
 
     def published_documents(self) -> dict[str, DocumentRecord]:
         return published_documents(self.root)

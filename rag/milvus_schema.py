@@ -13,8 +13,11 @@ ingest adds to the current pair. Every chunk and document row carries
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import logging
+import os
 import re
 import urllib.parse
 from dataclasses import asdict, dataclass
@@ -28,7 +31,7 @@ from pymilvus.exceptions import MilvusException
 from rag import lexical
 from rag.errors import IndexBusy, IndexCorrupt, RagError
 from rag.layout import IndexParams
-from rag.store import DocumentRecord, _assemble
+from rag.storage import DocumentRecord, assemble
 from rag.types import Chunk
 
 if TYPE_CHECKING:
@@ -84,18 +87,58 @@ def parse_uri(uri: str) -> Target:
 
 def connect(target: Target, token: str | None) -> MilvusClient:
     """A client, with the errors a user meets turned into messages."""
+    lite = target.lite_path
     try:
-        if target.lite_path is not None:
-            return MilvusClient(target.client_uri)
-        return MilvusClient(target.client_uri, token=token or "", timeout=30)
+        if lite is None:
+            return MilvusClient(target.client_uri, token=token or "", timeout=30)
+        lite.parent.mkdir(parents=True, exist_ok=True)
+        _quiet_about_the_lock()
+        return MilvusClient(target.client_uri)
     except MilvusException as exc:
-        if target.lite_path is not None:
-            # Milvus Lite holds its folder's lock for the life of the process.
+        if lite is None:
+            raise RagError(f"Milvus at {target.uri} is unreachable ({exc.message}).") from exc
+        if _locked(lite):
             raise IndexBusy(
-                f"Milvus Lite could not open {target.lite_path}: another process has it open "
-                f"(Milvus Lite allows one process at a time) ({exc.message})."
+                f"Milvus Lite could not open {lite}: another process has it open, and "
+                "Milvus Lite allows one process per file. Stop the app or the ingest using "
+                f"{lite}, then try again."
             ) from exc
-        raise RagError(f"Milvus at {target.uri} is unreachable ({exc.message}).") from exc
+        raise RagError(f"Milvus Lite could not open {lite} ({exc.message}).") from exc
+
+
+class _LockErrors(logging.Filter):
+    """Drops Milvus Lite's logged traceback of a lock held by another
+    process: `connect` reports that as `IndexBusy`, in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        while error is not None:
+            if type(error).__name__ == "DataDirLockedError":
+                return False
+            error = error.__cause__ or error.__context__
+        return True
+
+
+def _quiet_about_the_lock() -> None:
+    logger = logging.getLogger("milvus_lite.server_manager")
+    if not any(isinstance(f, _LockErrors) for f in logger.filters):
+        logger.addFilter(_LockErrors())
+
+
+def _locked(lite: Path) -> bool:
+    """Whether another process holds Milvus Lite's lock on the folder `lite`
+    (its advisory flock on `lite`/LOCK, held while the process has it open)."""
+    try:
+        fd = os.open(lite / "LOCK", os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing releases a lock taken here
+    return False
 
 
 def release(target: Target) -> None:
@@ -267,8 +310,8 @@ class Reader:
         pieces = [(c.start, c.text) for c in rows if c.page == chunk.page]
         first = min((s for s, _ in pieces), default=chunk.start)
         last = max((s + len(t) for s, t in pieces), default=chunk.end)
-        before = _assemble(pieces, first, chunk.start)
-        return before, chunk.text, _assemble(pieces, chunk.end, last)
+        before = assemble(pieces, first, chunk.start)
+        return before, chunk.text, assemble(pieces, chunk.end, last)
 
     def _documents(self, where: str) -> list[DocumentRecord]:
         rows = self._rows(self.docs_name, where, DOC_FIELDS)

@@ -31,18 +31,24 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import SecretStr
 from pymilvus import MilvusClient
 
 from rag import layout, lexical
 from rag import milvus_schema as ms
-from rag import store as local_store
-from rag import writer as local_writer
 from rag.errors import IndexMissing
 from rag.layout import IndexParams
 from rag.settings import Settings
-from rag.storage import StoreStats
-from rag.store import DocumentRecord
+from rag.storage import (
+    DocumentRecord,
+    Published,
+    Store,
+    StoreStats,
+    check_compatible,
+    check_rebuild,
+    record_store,
+    recorded_store,
+    replaced_documents,
+)
 from rag.types import Chunk
 
 Bm25Engine = Literal["ours", "milvus"]
@@ -64,14 +70,6 @@ class MilvusStore:
         self.bm25_engine: Bm25Engine = bm25 or ("ours" if target.lite_path else "milvus")
         self._client: MilvusClient | None = None
         self._loaded: set[str] = set()
-
-    @classmethod
-    def from_uri(cls, uri: str, root: Path, settings: Settings) -> MilvusStore:
-        """The store at `uri`; a cluster's token is `settings.milvus_token`
-        (RAG_MILVUS_TOKEN), never written anywhere."""
-        token = getattr(settings, "milvus_token", None)
-        secret = token.get_secret_value() if isinstance(token, SecretStr) else token
-        return cls(ms.parse_uri(uri), root, secret or None)
 
     @property
     def uri(self) -> str:
@@ -121,6 +119,10 @@ class MilvusStore:
             )
         return MilvusSnapshot(self, meta)
 
+    def published(self) -> Published | None:
+        meta = self.current()
+        return Published(meta.generation, meta.params) if meta else None
+
     def published_documents(self) -> dict[str, DocumentRecord]:
         meta = self.current()
         if meta is None:
@@ -157,20 +159,13 @@ class MilvusStore:
         ms.release(self.target)
 
 
-class _LexicalView:
-    """What the local store's BM25 ranking reads (`rag.store.Snapshot.bm25`)."""
-
-    def __init__(self, index: lexical.LexicalIndex, where: str) -> None:
-        self.lexical, self.root, self.generation = index, Path(where), "bm25"
-
-
 class MilvusSnapshot(ms.Reader):
     """One published generation; it answers as that generation while writers work."""
 
     def __init__(self, store: MilvusStore, meta: ms.Meta) -> None:
         super().__init__(store, meta.epoch, meta.generation, meta.next_id)
         self.meta = meta
-        self._lexical: _LexicalView | None = None
+        self._lexical: lexical.LexicalIndex | None = None
         self._folder: tempfile.TemporaryDirectory[str] | None = None
 
     @property
@@ -209,7 +204,7 @@ class MilvusSnapshot(ms.Reader):
         """The `k` best chunks by BM25 (score > 0), and the scores of those
         and of `also` (0 where no query term matched)."""
         if self.store.bm25_engine == "ours":
-            return local_store.Snapshot.bm25(self._lexical_view(), query, k, also)  # type: ignore[arg-type]
+            return self._lexical_index().rank(query, k, also)
         words = lexical.terms(query)
         if not words or k <= 0:
             return [], {int(i): 0.0 for i in also}
@@ -228,14 +223,14 @@ class MilvusSnapshot(ms.Reader):
             lookup.setdefault(cid, 0.0)
         return ranked, lookup
 
-    def _lexical_view(self) -> _LexicalView:
+    def _lexical_index(self) -> lexical.LexicalIndex:
         """bm25s over this generation's stored terms, built on first use."""
         if self._lexical is None:
             rows = sorted(self._rows(self.chunks_name, "", ["terms"]), key=lambda r: int(r["id"]))
             self._folder = tempfile.TemporaryDirectory(prefix="kbqa-milvus-bm25-")
             folder = Path(self._folder.name) / "bm25"
             lexical.build(folder, [int(r["id"]) for r in rows], [r["terms"].split() for r in rows])
-            self._lexical = _LexicalView(lexical.LexicalIndex(folder), self.store.uri)
+            self._lexical = lexical.LexicalIndex(folder)
         return self._lexical
 
     def stats(self) -> StoreStats:
@@ -276,9 +271,9 @@ class MilvusWriter(ms.Reader):
         self.published = meta.generation if meta else 0
         self.created_at = meta.created_at if meta and not rebuild else time.time()
         if meta and not rebuild:
-            local_writer.StoreWriter._check_compatible(self, meta.params)  # type: ignore[arg-type]
+            check_compatible(store.root, meta.params, params)
         # What a rebuild replaces, read under the lock: nothing can change it.
-        self.previous = store.published_documents() if rebuild else {}
+        self.previous = replaced_documents(store) if rebuild else {}
         number = self.published + 1
         super().__init__(store, meta.epoch if meta else number, number, meta.next_id if meta else 1)
         self.clean()
@@ -394,7 +389,9 @@ class MilvusWriter(ms.Reader):
     def publish(self) -> int:
         """Commit: one meta row names generation `number` (and its collections)."""
         if self.rebuild:
-            local_writer.StoreWriter._check_rebuild(self)  # type: ignore[arg-type]
+            check_rebuild(self.root, self.paths(), self.previous, self.allow_drop)
+        if recorded_store(self.root) is None:  # so that --index alone finds this store
+            record_store(self.root, self.store.uri)
         meta = ms.Meta(
             generation=self.number, epoch=self.epoch, next_id=self.next_id,
             documents=self.count("documents"), chunks=self.count("chunks"), params=self.params,
@@ -418,3 +415,15 @@ class MilvusWriter(ms.Reader):
         if self.rebuild:
             return None
         return self.publish() if self.changed else self.published
+
+
+def open_milvus(root: Path, uri: str, settings: Settings) -> MilvusStore:
+    """The knowledge base at `uri` whose index folder is `root` (as
+    `rag.storage.STORES` builds a store). A cluster's token is
+    `settings.milvus_token` (RAG_MILVUS_TOKEN), kept in memory only."""
+    token = settings.milvus_token
+    return MilvusStore(ms.parse_uri(uri), Path(root), token.get_secret_value() if token else None)
+
+
+def _conforms(store: MilvusStore) -> Store:
+    return store  # mypy checks that the Milvus store is a `Store`

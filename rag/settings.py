@@ -26,9 +26,18 @@ class Settings(BaseSettings):
     indexes_root: Path = Path("indexes")
     index: Path = Path("indexes/default")
     # Where a new knowledge base keeps its chunks and vectors: "local" (files
-    # in the index folder). An existing one uses the store its folder records;
-    # naming another here is an error (see rag/storage.py open_store).
-    store: str = Field("local", description="store of new knowledge bases: local (the default)")
+    # in the index folder), Milvus Lite in a file or a Milvus cluster. An
+    # existing one uses the store its folder records; naming another here is
+    # an error (see rag/storage.py open_store).
+    store: str = Field(
+        "local",
+        description="store of new knowledge bases: local (the default), "
+        "milvus-lite:///path/file.db or milvus://host:19530",
+    )
+    # A secret: held in memory, never written to the index folder or shown.
+    milvus_token: SecretStr | None = Field(
+        None, description="token (or user:password) of a Milvus cluster"
+    )
 
     # Ingestion.
     embedding_model: str = "all-MiniLM-L6-v2"

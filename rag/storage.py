@@ -15,7 +15,9 @@ Three roles:
 - `Store`: one knowledge base's storage. Hands out the current `Snapshot`
   and opens the one `StoreWriter` allowed at a time.
 - `Snapshot`: one published state, read-only; it never changes under a
-  reader, whatever a writer does meanwhile.
+  reader, whatever a writer does meanwhile (the Milvus store guarantees it
+  while the snapshot is the current or the previous state; a long-lived
+  reader takes a new snapshot when the store's `stamp` changes).
 - `StoreWriter`: builds the next state; nothing it does is visible until it
   publishes (at the end, or at a checkpoint of an incremental ingest), and a
   writer killed at any moment leaves the previous state current and whole.
@@ -27,7 +29,7 @@ import importlib
 import json
 import os
 import urllib.parse
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,7 +38,7 @@ from typing import Protocol
 import numpy as np
 
 from rag import layout
-from rag.errors import IndexCorrupt, IndexIncompatible, StoreUnknown
+from rag.errors import IndexCorrupt, IndexIncompatible, RebuildRefused, StoreUnknown
 from rag.layout import IndexParams
 from rag.settings import Settings
 from rag.types import Chunk
@@ -45,11 +47,13 @@ Scored = list[tuple[int, float]]  # (chunk id, score), best first
 
 STORE_RECORD = "store.json"
 
-# URI scheme -> "module:Class" of the store for it, built as
-# Class(root, uri, settings). Imported on use: a knowledge base loads only
+# URI scheme -> "module:Name" of the store for it, built as
+# Name(root, uri, settings). Imported on use: a knowledge base loads only
 # its own store's engine client.
 STORES: dict[str, str] = {
     "local": "rag.local_store:LocalStore",
+    "milvus-lite": "rag.milvus_store:open_milvus",
+    "milvus": "rag.milvus_store:open_milvus",
 }
 
 
@@ -66,6 +70,14 @@ class DocumentRecord:
     ingested_at: float
     chunks: int = 0
     ocr: bool = False  # ingested with OCR of pages without a text layer
+
+
+@dataclass(frozen=True)
+class Published:
+    """What the current state is: its number and the parameters it was built with."""
+
+    generation: int
+    params: IndexParams
 
 
 @dataclass(frozen=True)
@@ -205,6 +217,11 @@ class Store(Protocol):
         """The current published state (raises `IndexMissing` when there is none)."""
         ...
 
+    def published(self) -> Published | None:
+        """The current state's generation and parameters, without opening
+        it (None before the first publish)."""
+        ...
+
     def published_documents(self) -> dict[str, DocumentRecord]:
         """The current state's documents by path, without loading vectors
         (none before the first publish; `IndexCorrupt` when unreadable)."""
@@ -300,3 +317,57 @@ def replaced_documents(store: Store) -> dict[str, DocumentRecord]:
         return store.published_documents()
     except IndexCorrupt:
         return {}
+
+
+# -- what every store's writer and reader share -------------------------------------------
+
+
+def check_compatible(root: Path, found: IndexParams, wanted: IndexParams) -> None:
+    """Refuse to extend a knowledge base built with other parameters (another
+    embedding model, chunking or analyser) than `wanted`."""
+    if found == wanted:
+        return
+    diffs = [
+        f"{name}: index has {getattr(found, name)!r}, requested {getattr(wanted, name)!r}"
+        for name in found.__dataclass_fields__
+        if getattr(found, name) != getattr(wanted, name)
+    ]
+    raise IndexIncompatible(
+        f"The index at {root} was built with other settings ({'; '.join(diffs)}). "
+        f"Rebuild it with: ingest PATH... --index {root} --rebuild "
+        "(or keep its settings, or use another --index)."
+    )
+
+
+def check_rebuild(
+    root: Path, kept: Iterable[str], previous: Mapping[str, DocumentRecord], allow_drop: bool
+) -> None:
+    """Refuse to publish a rebuild that holds no document, or that lacks
+    documents of the state it replaces (`previous`) unless `allow_drop`."""
+    kept = set(kept)
+    if not kept:
+        raise RebuildRefused(
+            f"The rebuild of {root} ingested no document, and an empty index is "
+            "never published. The index is unchanged."
+        )
+    dropped = [path for path in sorted(previous) if path not in kept]
+    if dropped and not allow_drop:
+        raise RebuildRefused.dropping(dropped)
+
+
+def assemble(pieces: list[tuple[int, str]], start: int, end: int) -> str:
+    """The document text in [start, end) from overlapping (offset, text)
+    pieces (a chunk and its neighbours); a gap between pieces (stripped
+    whitespace) becomes one space."""
+    out: list[str] = []
+    position = start
+    for offset, text in sorted(pieces):
+        piece_end = offset + len(text)
+        if piece_end <= position or offset >= end:
+            continue
+        if offset > position:
+            out.append(" ")
+            position = offset
+        out.append(text[position - offset : min(end, piece_end) - offset])
+        position = min(end, piece_end)
+    return "".join(out).strip()

@@ -21,7 +21,7 @@ import numpy as np
 from rag import layout, lexical
 from rag.errors import IndexCorrupt
 from rag.layout import IndexParams
-from rag.storage import DocumentRecord, StoreStats
+from rag.storage import DocumentRecord, StoreStats, assemble
 from rag.types import Chunk
 
 SCHEMA = """
@@ -118,9 +118,9 @@ class Tables:
             (chunk.source, chunk.ordinal - neighbours, chunk.ordinal + neighbours),
         ).fetchall()
         pieces = [(start, text) for text, start, _end, page in rows if page == chunk.page]
-        before = _assemble(pieces, min((s for s, _ in pieces), default=chunk.start), chunk.start)
+        before = assemble(pieces, min((s for s, _ in pieces), default=chunk.start), chunk.start)
         last = max((s + len(t) for s, t in pieces), default=chunk.end)
-        return before, chunk.text, _assemble(pieces, chunk.end, last)
+        return before, chunk.text, assemble(pieces, chunk.end, last)
 
     def documents(self) -> list[DocumentRecord]:
         return self._documents_where("1", None)
@@ -187,23 +187,6 @@ def published_documents(root: Path) -> dict[str, DocumentRecord]:
         raise IndexCorrupt(f"{db_path} is unreadable: the index is damaged ({exc}).") from exc
     finally:
         tables.db.close()
-
-
-def _assemble(pieces: list[tuple[int, str]], start: int, end: int) -> str:
-    """The document text in [start, end) from overlapping (offset, text)
-    pieces; a gap between pieces (stripped whitespace) becomes one space."""
-    out: list[str] = []
-    position = start
-    for offset, text in sorted(pieces):
-        piece_end = offset + len(text)
-        if piece_end <= position or offset >= end:
-            continue
-        if offset > position:
-            out.append(" ")
-            position = offset
-        out.append(text[position - offset : min(end, piece_end) - offset])
-        position = min(end, piece_end)
-    return "".join(out).strip()
 
 
 def read_vectors(path: Path) -> faiss.IndexIDMap2:
@@ -312,32 +295,13 @@ class Snapshot(Tables):
     def bm25(
         self, query: str, k: int, also: Sequence[int] = ()
     ) -> tuple[list[tuple[int, float]], dict[int, float]]:
-        """The `k` best chunks by BM25 (score > 0), and the BM25 scores of
-        those and of the chunks in `also` (0 where no query term matched),
-        for fusion. Only those few are looked up: at 100k chunks a common
-        term matches tens of thousands."""
+        """See `rag.lexical.LexicalIndex.rank`."""
         try:
-            scores = self.lexical.scores(query)
+            return self.lexical.rank(query, k, also)
         except (IndexError, ValueError) as exc:  # same-size damage the manifest cannot see
             raise IndexCorrupt(
                 f"{self.root / self.name / layout.BM25_DIR} is damaged ({exc})."
             ) from exc
-        ids = self.lexical.ids
-        matched = np.flatnonzero(scores > 0)
-        if len(matched) > k:
-            # Back in id order, so that ties rank as a full sort ranks them.
-            matched = np.sort(matched[np.argpartition(-scores[matched], k - 1)[:k]])
-        top = matched[np.argsort(-scores[matched], kind="stable")]
-        ranked = [(int(ids[i]), float(scores[i])) for i in top]
-        lookup = dict(ranked)
-        if len(also):
-            # The BM25 arrays are in chunk-id order (built ORDER BY id).
-            wanted = np.asarray(also, dtype=np.int64)
-            at = np.minimum(np.searchsorted(ids, wanted), max(len(ids) - 1, 0))
-            found = (ids[at] == wanted) if len(ids) else np.zeros(len(wanted), dtype=bool)
-            for cid, pos, ok in zip(wanted.tolist(), at.tolist(), found.tolist(), strict=True):
-                lookup.setdefault(cid, float(scores[pos]) if ok else 0.0)
-        return ranked, lookup
 
     def close(self) -> None:
         self.db.close()

@@ -17,9 +17,9 @@ import faiss
 import numpy as np
 
 from rag import layout, lexical
-from rag.errors import IndexCorrupt, IndexIncompatible, RebuildRefused
+from rag.errors import IndexCorrupt
 from rag.layout import IndexParams, Manifest
-from rag.storage import DocumentRecord
+from rag.storage import DocumentRecord, check_compatible, check_rebuild
 from rag.store import Tables, create_schema, published_documents, read_vectors
 from rag.types import Chunk
 
@@ -59,7 +59,7 @@ class StoreWriter(Tables):
         self.vectors: faiss.Index
         if current and not rebuild:
             manifest = layout.read_manifest(root / current)
-            self._check_compatible(manifest.params)
+            check_compatible(root, manifest.params, params)
             self.created_at = manifest.created_at
             self.vectors = read_vectors(root / current / layout.VECTORS_FILE)
         else:
@@ -68,20 +68,6 @@ class StoreWriter(Tables):
         self.changed = rebuild
         self._source_db = None if (rebuild or not current) else root / current / layout.DB_FILE
         self._open_staging()
-
-    def _check_compatible(self, found: IndexParams) -> None:
-        if found == self.params:
-            return
-        diffs = [
-            f"{name}: index has {getattr(found, name)!r}, requested {getattr(self.params, name)!r}"
-            for name in found.__dataclass_fields__
-            if getattr(found, name) != getattr(self.params, name)
-        ]
-        raise IndexIncompatible(
-            f"The index at {self.root} was built with other settings ({'; '.join(diffs)}). "
-            f"Rebuild it with: ingest PATH... --index {self.root} --rebuild "
-            "(or keep its settings, or use another --index)."
-        )
 
     def _open_staging(self) -> None:
         self.number += 1
@@ -177,7 +163,7 @@ class StoreWriter(Tables):
     def publish(self) -> int:
         """Write the staging generation out and make it current."""
         if self.rebuild:
-            self._check_rebuild()
+            check_rebuild(self.root, self.paths(), self.previous, self.allow_drop)
         self.db.execute("COMMIT")
         documents, chunks = self.count("documents"), self.count("chunks")
         if chunks != self.vectors.ntotal:
@@ -209,17 +195,6 @@ class StoreWriter(Tables):
         self._source_db = final / layout.DB_FILE
         self.changed = False
         return self.number
-
-    def _check_rebuild(self) -> None:
-        if self.count("documents") == 0:
-            raise RebuildRefused(
-                f"The rebuild of {self.root} ingested no document, and an empty index is "
-                "never published. The index is unchanged."
-            )
-        kept = set(self.paths())
-        dropped = [path for path in sorted(self.previous) if path not in kept]
-        if dropped and not self.allow_drop:
-            raise RebuildRefused.dropping(dropped)
 
     def checkpoint(self) -> int | None:
         """Publish what is done so far and keep writing into a fresh staging.

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
 
 from rag.types import Chunk, Hit
 
@@ -497,3 +500,49 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+# -- documents put straight into a store writer (rag.storage.StoreWriter) ---------------
+
+STORE_CORPUS = {
+    "fruit.md": ["Apple pie with cinnamon and baked apples.", "Banana bread needs ripe bananas."],
+    "pets.md": ["The cat sleeps on the warm windowsill.", "Dogs love long walks in the park."],
+    "space.md": ["The telescope observed a distant galaxy.", "Rockets carry satellites to orbit."],
+}
+
+
+def text_vector(text: str, dimension: int = 8) -> np.ndarray:
+    """A fixed unit vector per text, standing in for an embedding."""
+    seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
+    v = np.random.default_rng(seed).standard_normal(dimension).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def put_texts(
+    writer, path: str, texts: list[str], vectors: np.ndarray | None = None, title: str = ""
+) -> None:
+    """Store a document of `texts`, one chunk each (offsets as if joined by
+    one space), with `text_vector`s of the writer's dimension unless given."""
+    chunks, offset = [], 0
+    for ordinal, text in enumerate(texts):
+        chunks.append(Chunk(text, path, offset, offset + len(text), title=title, ordinal=ordinal))
+        offset += len(text) + 1
+    if vectors is None:
+        vectors = np.stack([text_vector(t, writer.params.dimension) for t in texts])
+    writer.put(
+        path=path, content_hash=hashlib.sha256("\n".join(texts).encode()).hexdigest(),
+        kind="text", title=title, size=offset, mtime=1.0, pages=None, chunks=chunks,
+        vectors=vectors,
+    )  # fmt: skip
+
+
+def fill_store(store, params, corpus: dict[str, list[str]] = STORE_CORPUS) -> None:
+    """Publish `corpus` (path -> chunk texts) in one writer."""
+    with store.writer(params) as w:
+        for path, texts in corpus.items():
+            put_texts(w, path, texts)
+
+
+def texts_of(snap) -> dict[str, list[str]]:
+    """Every document's chunk texts in a snapshot or writer, by path."""
+    return {d.path: [c.text for c in snap.document_chunks(d.path)] for d in snap.documents()}

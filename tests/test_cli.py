@@ -115,3 +115,31 @@ def test_rag_on_missing_index_is_one_clear_line(runner, tmp_path):
 
 def test_rag_bad_mode_is_a_usage_error(runner, built_index):
     assert runner.invoke(rag_main, ["search", "x", "--mode", "magic"]).exit_code == 2
+
+
+def test_ingest_search_and_stats_with_milvus_lite(runner, corpus_dir, tmp_path):
+    from rag import milvus_schema
+
+    index, uri = tmp_path / "m", f"milvus-lite://{tmp_path}/m.db"
+    try:
+        args = [str(corpus_dir), "--index", str(index), "--store", uri, "--json"]
+        result = runner.invoke(ingest_main, args)
+        assert result.exit_code == 0, result.output
+        summary = json.loads(result.stdout)
+        assert (summary["added"], summary["generation"]) == (5, 1)
+        for mode in ("hybrid", "dense", "bm25"):
+            args = ["search", "Pompeii ash", "--index", str(index), "--mode", mode, "--json"]
+            result = runner.invoke(rag_main, args)
+            assert result.exit_code == 0, result.output
+            assert json.loads(result.stdout)[0]["source"].endswith("volcanoes.md"), mode
+        result = runner.invoke(rag_main, ["stats", "--index", str(index), "--json"])
+        stats = json.loads(result.stdout)
+        assert (stats["store"], stats["documents"], stats["generation"]) == (uri, 5, 1)
+        assert stats["chunks"] == stats["vectors"] > 0
+        again = runner.invoke(ingest_main, [str(corpus_dir), "--index", str(index), "--json"])
+        assert json.loads(again.stdout)["unchanged"] == 5  # the store found from --index alone
+        args = [str(corpus_dir), "--index", str(index), "--store", "local"]
+        other = runner.invoke(ingest_main, args)
+        assert other.exit_code == 3 and f"kept in the store '{uri}'" in other.stderr
+    finally:
+        milvus_schema.release(milvus_schema.parse_uri(uri))

@@ -68,6 +68,25 @@ def test_rag_eval_json_and_reuse(dataset, tmp_path):
     assert list(again["modes"]) == ["bm25"]
 
 
+def test_rag_eval_builds_its_index_in_the_store_asked(dataset, tmp_path):
+    from rag import milvus_schema
+
+    uri = f"milvus-lite://{tmp_path}/eval.db"
+    results = {}
+    try:
+        for store in ("local", uri):
+            index = tmp_path / f"eval-{len(results)}"
+            args = ["eval", str(dataset), "--index", str(index), "--store", store, "--json"]
+            result = CliRunner().invoke(rag_main, args)
+            assert result.exit_code == 0, result.output
+            results[store] = json.loads(result.stdout)
+            assert results[store]["store"] == store
+    finally:
+        milvus_schema.release(milvus_schema.parse_uri(uri))
+    for mode, metrics in results["local"]["modes"].items():
+        assert results[uri]["modes"][mode] == pytest.approx(metrics, abs=1e-6), mode
+
+
 def test_rag_eval_table(dataset, tmp_path):
     result = CliRunner().invoke(rag_main, ["eval", str(dataset), "--index", str(tmp_path / "i")])
     assert result.exit_code == 0, result.output

@@ -13,7 +13,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 EDGES = {"rag/cli.py"}
 # The store implementations and their private modules.
-STORE_MODULES = {"rag.local_store", "rag.store", "rag.writer", "rag.milvus_store"}
+LOCAL_STORE = {"rag.local_store", "rag.store", "rag.writer"}
+MILVUS_STORE = {"rag.milvus_store", "rag.milvus_schema"}
+STORE_MODULES = LOCAL_STORE | MILVUS_STORE
 STORE_FILES = {f"{name.replace('.', '/')}.py" for name in STORE_MODULES}
 
 
@@ -66,3 +68,13 @@ def test_only_the_store_implementations_import_them():
         if STORE_MODULES & modules(p)
     }
     assert not offenders, f"import rag.storage instead: {offenders}"
+
+
+def test_one_store_never_reaches_into_another():
+    """What both stores share lives in the seam (rag.storage, rag.lexical)."""
+    offenders = {
+        name: sorted(others & modules(ROOT / f"{name.replace('.', '/')}.py"))
+        for own, others in ((LOCAL_STORE, MILVUS_STORE), (MILVUS_STORE, LOCAL_STORE))
+        for name in own
+    }
+    assert not {name: found for name, found in offenders.items() if found}

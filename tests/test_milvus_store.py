@@ -1,9 +1,10 @@
-"""The Milvus store (rag/milvus_store.py) on the real Milvus Lite: each test
-its own .db folder under tmp_path."""
+"""The Milvus store (rag/milvus_store.py) on the real Milvus Lite, where it
+differs from the local store: its URIs and token, BM25 scores, one process
+per Milvus Lite file, and a writer killed mid-write. What every store does
+is in test_store_contract.py. Each test its own .db folder under tmp_path."""
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import random
@@ -15,43 +16,21 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
+from builders import STORE_CORPUS, fill_store, text_vector, texts_of
 
 from rag import lexical
 from rag import milvus_schema as ms
-from rag.errors import IndexMissing, RagError, RebuildRefused
+from rag.errors import IndexBusy, IndexIncompatible, RagError
+from rag.knowledge_base import KnowledgeBase
 from rag.layout import IndexParams
-from rag.milvus_store import MilvusStore
+from rag.milvus_store import MilvusStore, open_milvus
 from rag.settings import Settings
-from rag.types import Chunk
+from rag.storage import open_store as open_any_store
+from rag.storage import recorded_store
 
-DIM = 8
-PARAMS = IndexParams("test-model", DIM, 200, 32, lexical.ANALYZER_ID)
-CORPUS = {
-    "fruit.md": ["Apple pie with cinnamon and baked apples.", "Banana bread needs ripe bananas."],
-    "pets.md": ["The cat sleeps on the warm windowsill.", "Dogs love long walks in the park."],
-    "space.md": ["The telescope observed a distant galaxy.", "Rockets carry satellites to orbit."],
-}
-
-
-def vector(text: str) -> np.ndarray:
-    """A fixed unit vector per text."""
-    seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
-    v = np.random.default_rng(seed).standard_normal(DIM).astype(np.float32)
-    return v / np.linalg.norm(v)
-
-
-def put(writer, path: str, texts: list[str], title: str = "") -> None:
-    chunks, offset = [], 0
-    for text in texts:
-        chunks.append(Chunk(text=text, source=path, start=offset, end=offset + len(text)))
-        offset += len(text) + 1
-    writer.put(
-        path=path, content_hash=hashlib.sha256(" ".join(texts).encode()).hexdigest(), kind="md",
-        title=title, size=offset, mtime=1.0, pages=None, chunks=chunks,
-        vectors=np.stack([vector(t) for t in texts]),
-    )  # fmt: skip
+PARAMS = IndexParams("test-model", 8, 200, 32, lexical.ANALYZER_ID)
+CORPUS = STORE_CORPUS
 
 
 def open_store(tmp_path: Path, bm25: str | None = None) -> MilvusStore:
@@ -65,16 +44,6 @@ def store(tmp_path: Path) -> Iterator[MilvusStore]:
     s = open_store(tmp_path)
     yield s
     s.close()
-
-
-def fill(store: MilvusStore, corpus: dict[str, list[str]] = CORPUS) -> None:
-    with store.writer(PARAMS) as w:
-        for path, texts in corpus.items():
-            put(w, path, texts)
-
-
-def texts_of(snap) -> dict[str, list[str]]:
-    return {d.path: [c.text for c in snap.document_chunks(d.path)] for d in snap.documents()}
 
 
 def brute_bm25(rows: dict[int, list[str]], query: str) -> dict[int, float]:
@@ -112,66 +81,20 @@ def test_uri_forms_and_no_secret_in_the_uri(tmp_path):
     ):
         with pytest.raises(RagError):
             ms.parse_uri(bad)
-    settings = Settings().model_copy(update={"milvus_token": "s3cret"})
-    store = MilvusStore.from_uri("milvus://db.example:19531", tmp_path, settings)
+    settings = Settings(milvus_token="s3cret")
+    store = open_milvus(tmp_path, "milvus://db.example:19531", settings)
     assert store._token == "s3cret" and "s3cret" not in store.uri
-
-
-def test_put_update_delete(store):
-    with pytest.raises(IndexMissing):
-        store.snapshot()
-    fill(store)
-    snap = store.snapshot()
-    assert texts_of(snap) == CORPUS
-    assert [d.chunks for d in snap.documents()] == [2, 2, 2]
-    with store.writer(PARAMS) as w:
-        put(w, "fruit.md", ["Cherries are red.", "Plums are purple.", "Figs are sweet."])
-        assert w.delete("pets.md") and not w.delete("nowhere.md")
-        assert w.paths() == ["fruit.md", "space.md"]  # the writer reads its own changes
-    snap = store.snapshot()
-    assert texts_of(snap) == {
-        "fruit.md": ["Cherries are red.", "Plums are purple.", "Figs are sweet."],
-        "space.md": CORPUS["space.md"],
-    }
-    record = snap.document("fruit.md")
-    assert record is not None and record.chunks == 3
-    assert snap.document_with_hash(record.content_hash) == record
-    stats = snap.stats()
-    assert (stats.documents, stats.chunks, stats.vectors) == (2, 5, 5)
-    assert stats.store == store.uri and stats.disk_bytes and stats.disk_bytes > 0
-    chunk = snap.document_chunks("fruit.md")[1]
-    assert snap.context(chunk) == ("Cherries are red.", "Plums are purple.", "Figs are sweet.")
-    assert snap.chunks([chunk.id])[chunk.id] == chunk
-
-
-@pytest.mark.parametrize("engine", ["ours", "milvus"])
-def test_dense_and_bm25_order_on_a_known_corpus(tmp_path, engine):
-    store = open_store(tmp_path, engine)
-    try:
-        fill(store)
-        snap = store.snapshot()
-        by_text = {c.text: c.id for p in CORPUS for c in snap.document_chunks(p)}
-        target = CORPUS["pets.md"][0]
-        ranked = snap.dense(vector(target), 3)
-        assert ranked[0][0] == by_text[target] and ranked[0][1] == pytest.approx(1.0, abs=1e-5)
-        assert [s for _, s in ranked] == sorted((s for _, s in ranked), reverse=True)
-        top, _ = snap.bm25("baked apple pie", 3)
-        assert top[0][0] == by_text[CORPUS["fruit.md"][0]] and len(top) == 1
-        top, _ = snap.bm25("rockets to a galaxy", 5)
-        assert {i for i, _ in top} == {by_text[t] for t in CORPUS["space.md"]}
-        assert snap.bm25("zebra", 5) == ([], {})
-    finally:
-        store.close()
+    assert "s3cret" not in repr(settings) and "s3cret" not in settings.model_dump_json()
 
 
 def test_dense_scores_and_bm25_also_are_exact(store):
-    fill(store)
+    fill_store(store, PARAMS)
     snap = store.snapshot()
     chunks = {c.id: c for p in CORPUS for c in snap.document_chunks(p)}
-    query = vector("a question")
+    query = text_vector("a question")
     scores = snap.dense_scores(query, list(chunks))
     for cid, chunk in chunks.items():
-        assert scores[cid] == pytest.approx(float(vector(chunk.text) @ query), abs=1e-6)
+        assert scores[cid] == pytest.approx(float(text_vector(chunk.text) @ query), abs=1e-6)
     rows = {cid: lexical.terms(c.indexed_text) for cid, c in chunks.items()}
     expected = brute_bm25(rows, "the cat and the apple")
     ranked, lookup = snap.bm25("the cat and the apple", 10, also=list(chunks))
@@ -180,75 +103,72 @@ def test_dense_scores_and_bm25_also_are_exact(store):
         assert lookup[cid] == pytest.approx(expected[cid], rel=1e-5)
 
 
-def test_a_snapshot_keeps_its_generation_while_a_writer_publishes(store):
-    fill(store)
-    old = store.snapshot()
-    before = texts_of(old)
-    probe = vector(CORPUS["pets.md"][0])
-    dense_before, bm25_before = old.dense(probe, 3), old.bm25("cat galaxy", 5, also=[1, 2])
-    with store.writer(PARAMS) as w:
-        put(w, "pets.md", ["Parrots talk."])
-        w.delete("space.md")
-        assert w.checkpoint() == old.generation + 1
-        new = store.snapshot()
-        assert texts_of(new) == {"fruit.md": CORPUS["fruit.md"], "pets.md": ["Parrots talk."]}
-        put(w, "later.md", ["Written after the checkpoint."])
-        assert "later.md" not in texts_of(store.snapshot())  # not published yet
-        assert (texts_of(old), old.dense(probe, 3)) == (before, dense_before)
-        assert old.bm25("cat galaxy", 5, also=[1, 2]) == bm25_before
-    assert set(texts_of(store.snapshot())) == {"fruit.md", "pets.md", "later.md"}
-    assert texts_of(new) == {"fruit.md": CORPUS["fruit.md"], "pets.md": ["Parrots talk."]}
+def test_milvus_own_bm25_ranks_a_known_corpus(tmp_path):
+    """The cluster's BM25 path (Milvus's full-text search), run on Lite."""
+    store = open_store(tmp_path, "milvus")
+    try:
+        fill_store(store, PARAMS)
+        snap = store.snapshot()
+        by_text = {c.text: c.id for p in CORPUS for c in snap.document_chunks(p)}
+        top, _ = snap.bm25("baked apple pie", 3)
+        assert top[0][0] == by_text[CORPUS["fruit.md"][0]] and len(top) == 1
+        top, lookup = snap.bm25("rockets to a galaxy", 5, also=[by_text[CORPUS["pets.md"][0]]])
+        assert {i for i, _ in top} == {by_text[t] for t in CORPUS["space.md"]}
+        assert lookup[by_text[CORPUS["pets.md"][0]]] == 0.0
+        assert snap.bm25("zebra", 5) == ([], {})
+    finally:
+        store.close()
 
 
-def test_a_writer_that_raises_publishes_nothing(store):
-    fill(store)
-    stamp = store.stamp()
-    with pytest.raises(RuntimeError), store.writer(PARAMS) as w:
-        put(w, "fruit.md", ["Replaced."])
-        w.delete("pets.md")
-        put(w, "new.md", ["New."])
-        assert texts_of(store.snapshot()) == CORPUS  # nothing visible while it writes
-        raise RuntimeError("parser crashed")
-    assert store.stamp() == stamp and texts_of(store.snapshot()) == CORPUS
-    with store.writer(PARAMS) as w:  # the next writer starts from the published state
-        assert w.paths() == sorted(CORPUS) and w.document_chunks("pets.md")
-    assert texts_of(store.snapshot()) == CORPUS
+def test_the_recorded_store_is_followed_and_another_refused(tmp_path):
+    uri = f"milvus-lite://{tmp_path}/kb.db"
+    settings = Settings(index=tmp_path / "index", store=uri)
+    store = open_any_store(settings.index, settings)
+    try:
+        fill_store(store, PARAMS)
+        assert recorded_store(settings.index) == uri  # written before the first publish
+        opened = open_any_store(settings.index, Settings())  # found from the folder alone
+        assert opened.uri == uri and texts_of(opened.snapshot()) == CORPUS
+        for other in ("local", f"milvus-lite://{tmp_path}/other.db"):
+            with pytest.raises(IndexIncompatible, match=f"kept in the store '{uri}'"):
+                KnowledgeBase.open(settings.index, settings=Settings(store=other))
+        local = tmp_path / "local-index"
+        fill_store(open_any_store(local, Settings()), PARAMS)
+        with pytest.raises(IndexIncompatible, match="kept in the store 'local'"):
+            open_any_store(local, settings)
+    finally:
+        store.close()
 
 
-def test_rebuild_refusals_and_earlier_records(store):
-    fill(store)
-    stamp = store.stamp()
-    with (
-        pytest.raises(RebuildRefused, match="ingested no document"),
-        store.writer(PARAMS, rebuild=True),
-    ):
-        pass
-    with (
-        pytest.raises(RebuildRefused, match="drop 1 document"),
-        store.writer(PARAMS, rebuild=True) as w,
-    ):
-        put(w, "fruit.md", ["Rebuilt fruit."])
-        put(w, "pets.md", ["Rebuilt pets."])
-        assert w.checkpoint() is None  # a rebuild publishes only when complete
-        assert store.stamp() == stamp
-        earlier = w.earlier("space.md")
-        assert earlier is not None and earlier.chunks == 2 and w.document("space.md") is None
-    assert store.stamp() == stamp and texts_of(store.snapshot()) == CORPUS
-    with store.writer(PARAMS, rebuild=True, allow_drop=True) as w:
-        put(w, "fruit.md", ["Rebuilt fruit."])
-    assert texts_of(store.snapshot()) == {"fruit.md": ["Rebuilt fruit."]}
+HOLDER = textwrap.dedent(
+    """
+    import sys, time
+    sys.path.insert(0, sys.argv[2])
+    from pathlib import Path
+    from test_milvus_store import open_store
+    store = open_store(Path(sys.argv[1]))
+    store.exists()
+    print("open", flush=True)
+    time.sleep(120)
+    """
+)
 
 
-def test_checkpoints_publish_what_is_done(store):
-    with store.writer(PARAMS) as w:
-        put(w, "one.md", ["First document."])
-        assert not store.exists()
-        first = w.checkpoint()
-        assert texts_of(store.snapshot()) == {"one.md": ["First document."]}
-        put(w, "two.md", ["Second document."])
-        assert store.snapshot().generation == first
-        assert "two.md" not in texts_of(store.snapshot())
-    assert set(texts_of(store.snapshot())) == {"one.md", "two.md"}
+def test_a_second_process_on_a_lite_file_is_told_what_to_do(tmp_path, caplog):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(tmp_path), str(Path(__file__).parent)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline(), holder.stderr.read()
+        store = open_store(tmp_path)
+        with pytest.raises(IndexBusy, match=r"another process.*Stop the app or the ingest") as busy:
+            store.exists()
+        assert f"using {tmp_path / 'kb.db'}" in str(busy.value)
+        assert "DataDirLockedError" not in caplog.text  # one line, not Milvus Lite's traceback
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait(timeout=60)
 
 
 CHILD = textwrap.dedent(
@@ -256,7 +176,8 @@ CHILD = textwrap.dedent(
     import sys
     from pathlib import Path
     sys.path.insert(0, sys.argv[3])
-    from test_milvus_store import PARAMS, open_store, put, version
+    from builders import put_texts as put
+    from test_milvus_store import PARAMS, open_store, version
     store = open_store(Path(sys.argv[1]))
     with store.writer(PARAMS) as w:
         for round_ in range(int(sys.argv[2]), 1000):

@@ -1,0 +1,303 @@
+"""The store contract (rag/storage.py), one suite run against every store:
+the local store and Milvus Lite, both real. Each test gets its own
+knowledge base under tmp_path, opened through `open_store` as every caller
+opens it. What only one store does is tested beside it (test_store.py,
+test_milvus_store.py)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from builders import STORE_CORPUS, fill_store, put_texts, text_vector, texts_of
+
+from ingest.pipeline import ingest_documents, ingest_paths
+from rag import lexical
+from rag.errors import IndexIncompatible, IndexMissing, RebuildRefused
+from rag.knowledge_base import MODES, KnowledgeBase
+from rag.layout import IndexParams
+from rag.settings import Settings
+from rag.storage import Published, Store, open_store
+from rag.types import Document
+
+STORES = ["local", "milvus-lite"]
+PARAMS = IndexParams("test-model", 8, 200, 32, lexical.ANALYZER_ID)
+CORPUS = STORE_CORPUS
+
+
+def store_settings(kind: str, folder: Path) -> Settings:
+    """A knowledge base in `folder`/index, kept in the store `kind`."""
+    uri = "local" if kind == "local" else f"milvus-lite://{folder}/kb.db"
+    # float32: the local store otherwise searches a float16 copy.
+    return Settings(index=folder / "index", store=uri, dense_precision="float32")
+
+
+def close(store: Store) -> None:
+    """Let go of Milvus Lite's server for the file (the local store holds nothing)."""
+    getattr(store, "close", lambda: None)()
+
+
+@pytest.fixture(params=STORES)
+def kb_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    return store_settings(request.param, tmp_path)
+
+
+@pytest.fixture
+def store(kb_settings: Settings) -> Iterator[Store]:
+    opened = open_store(kb_settings.index, kb_settings)
+    yield opened
+    close(opened)
+
+
+def fill(store: Store) -> None:
+    fill_store(store, PARAMS)
+
+
+def test_put_adds_documents_a_snapshot_reads(store):
+    assert not store.exists() and store.published() is None
+    with pytest.raises(IndexMissing, match="ingest"):
+        store.snapshot()
+    fill(store)
+    snap = store.snapshot()
+    assert store.exists() and texts_of(snap) == CORPUS
+    assert [(d.path, d.chunks) for d in snap.documents()] == [(p, 2) for p in sorted(CORPUS)]
+    record = snap.document("pets.md")
+    assert record is not None and snap.document_with_hash(record.content_hash) == record
+    assert snap.document("nowhere.md") is None
+    first, second = snap.document_chunks("pets.md")
+    assert snap.chunks([second.id, first.id]) == {first.id: first, second.id: second}
+    assert snap.context(second) == (first.text, second.text, "")
+    assert store.published() == Published(snap.generation, PARAMS)
+    assert store.published_documents() == {d.path: d for d in snap.documents()}
+
+
+NEW_FRUIT = ["Cherries are red.", "Plums are purple.", "Figs are sweet."]
+
+
+def test_put_at_the_same_path_replaces_the_document(store):
+    fill(store)
+    old = {c.id for c in store.snapshot().document_chunks("fruit.md")}
+    with store.writer(PARAMS) as w:
+        earlier = w.earlier("fruit.md")
+        put_texts(w, "fruit.md", NEW_FRUIT)
+        assert w.document("fruit.md").content_hash != earlier.content_hash
+    snap = store.snapshot()
+    assert texts_of(snap)["fruit.md"] == NEW_FRUIT
+    assert snap.chunks(old) == {}
+    assert snap.bm25("apple pie", 5) == ([], {})
+    plums = snap.document_chunks("fruit.md")[1]
+    assert snap.dense(text_vector("Plums are purple."), 1)[0][0] == plums.id
+    assert snap.context(plums) == tuple(NEW_FRUIT)
+
+
+def test_delete_removes_a_document_and_its_chunks(store):
+    fill(store)
+    with store.writer(PARAMS) as w:
+        assert w.delete("pets.md") and not w.delete("nowhere.md")
+        assert w.paths() == ["fruit.md", "space.md"]  # the writer reads its own changes
+        assert w.document("pets.md") is None and w.document_chunks("pets.md") == []
+    snap = store.snapshot()
+    assert set(texts_of(snap)) == {"fruit.md", "space.md"}
+    assert snap.bm25("cat windowsill", 5) == ([], {})
+    near = {cid for cid, _ in snap.dense(text_vector(CORPUS["pets.md"][0]), 10)}
+    assert len(near) == 4 and not near & {c.id for c in snap.document_chunks("pets.md")}
+
+
+def test_nothing_changed_publishes_nothing(store):
+    fill(store)
+    stamp = store.stamp()
+    with store.writer(PARAMS) as w:
+        assert not w.delete("nowhere.md")
+    assert store.stamp() == stamp
+
+
+def test_ingest_follows_the_files_added_changed_renamed_and_gone(kb_settings, store, tmp_path):
+    folder = tmp_path / "docs"
+    (folder / "sub").mkdir(parents=True)
+    for name, text in [("a.md", "Alpha talks about glaciers."), ("b.md", "Beta is on tides."),
+                       ("sub/c.md", "Gamma covers deserts.")]:  # fmt: skip
+        (folder / name).write_text(f"# {name}\n\n{text}\n")
+
+    def ingest(paths=(folder,), **options):
+        return ingest_paths([str(p) for p in paths], kb_settings, **options)
+
+    first = ingest()
+    assert (first.added, first.generation) == (3, store.published().generation)
+    (folder / "a.md").write_text("# a.md\n\nAlpha now talks about volcanoes.\n")
+    (folder / "b.md").rename(folder / "moved.md")
+    (folder / "sub" / "c.md").unlink()
+    report = ingest(sync=True)
+    assert (report.updated, report.added, report.deleted, report.chunks_copied) == (1, 1, 2, 1)
+    paths = sorted(store.published_documents())
+    assert [Path(p).name for p in paths] == ["a.md", "moved.md"]
+    assert ingest(paths=(), delete=[str(folder / "moved.md")]).deleted == 1
+    kb = KnowledgeBase.open(kb_settings.index, settings=kb_settings)
+    assert [Path(d.path).name for d in kb.documents()] == ["a.md"]
+    assert kb.search("volcanoes", k=1, mode="bm25")[0].source == str(folder / "a.md")
+
+
+def test_other_params_are_refused_until_a_rebuild(store):
+    fill(store)
+    other = IndexParams("other-model", 8, 200, 32, lexical.ANALYZER_ID)
+    with pytest.raises(IndexIncompatible, match=r"model_id.*--rebuild"), store.writer(other):
+        pass
+    with store.writer(other, rebuild=True, allow_drop=True) as w:
+        put_texts(w, "fruit.md", CORPUS["fruit.md"])
+    assert store.published().params == other and set(texts_of(store.snapshot())) == {"fruit.md"}
+
+
+def test_rebuild_refusals_and_earlier_records(store):
+    fill(store)
+    stamp = store.stamp()
+    with (
+        pytest.raises(RebuildRefused, match="ingested no document"),
+        store.writer(PARAMS, rebuild=True),
+    ):
+        pass
+    with (
+        pytest.raises(RebuildRefused, match="drop 1 document"),
+        store.writer(PARAMS, rebuild=True) as w,
+    ):
+        put_texts(w, "fruit.md", ["Rebuilt fruit."])
+        put_texts(w, "pets.md", ["Rebuilt pets."])
+        assert w.checkpoint() is None  # a rebuild publishes only when complete
+        assert store.stamp() == stamp
+        earlier = w.earlier("space.md")
+        assert earlier is not None and earlier.chunks == 2 and w.document("space.md") is None
+    assert store.stamp() == stamp and texts_of(store.snapshot()) == CORPUS
+    generation = store.snapshot().generation
+    with store.writer(PARAMS, rebuild=True, allow_drop=True) as w:
+        put_texts(w, "fruit.md", ["Rebuilt fruit."])
+    snap = store.snapshot()
+    assert texts_of(snap) == {"fruit.md": ["Rebuilt fruit."]}
+    assert snap.generation == generation + 1 and snap.stats().chunks == 1
+
+
+def test_stats_agree_with_what_was_put(store, kb_settings):
+    fill(store)
+    with store.writer(PARAMS) as w:
+        put_texts(w, "extra.md", ["One.", "Two.", "Three."])
+        w.delete("space.md")
+    stats = store.snapshot().stats()
+    assert (stats.documents, stats.chunks, stats.vectors) == (3, 7, 7)
+    assert (stats.model, stats.dimension, stats.chunk_tokens, stats.chunk_overlap) == (
+        "test-model", 8, 200, 32,
+    )  # fmt: skip
+    assert stats.store == store.uri == kb_settings.store
+    assert stats.index == str(kb_settings.index)
+    assert stats.generation == store.published().generation
+    assert stats.disk_bytes and stats.disk_bytes > 0
+
+
+def test_a_snapshot_keeps_its_state_while_a_writer_publishes(store):
+    fill(store)
+    old = store.snapshot()
+    before = texts_of(old)
+    probe = text_vector(CORPUS["pets.md"][0])
+    ids = [c.id for c in old.document_chunks("space.md")]
+    dense_before, bm25_before = old.dense(probe, 3), old.bm25("cat galaxy", 5, also=ids)
+    with store.writer(PARAMS) as w:
+        put_texts(w, "pets.md", ["Parrots talk."])
+        w.delete("space.md")
+        assert w.checkpoint() == old.generation + 1
+        new = store.snapshot()
+        assert texts_of(new) == {"fruit.md": CORPUS["fruit.md"], "pets.md": ["Parrots talk."]}
+        put_texts(w, "later.md", ["Written after the checkpoint."])
+        assert "later.md" not in texts_of(store.snapshot())  # not published yet
+        assert (texts_of(old), old.dense(probe, 3)) == (before, dense_before)
+        assert old.bm25("cat galaxy", 5, also=ids) == bm25_before
+    assert set(texts_of(store.snapshot())) == {"fruit.md", "pets.md", "later.md"}
+    assert texts_of(new) == {"fruit.md": CORPUS["fruit.md"], "pets.md": ["Parrots talk."]}
+
+
+def test_a_writer_that_raises_publishes_nothing(store):
+    fill(store)
+    stamp = store.stamp()
+    with pytest.raises(RuntimeError), store.writer(PARAMS) as w:
+        put_texts(w, "fruit.md", ["Replaced."])
+        w.delete("pets.md")
+        put_texts(w, "new.md", ["New."])
+        assert texts_of(store.snapshot()) == CORPUS  # nothing visible while it writes
+        raise RuntimeError("parser crashed")
+    assert store.stamp() == stamp and texts_of(store.snapshot()) == CORPUS
+    with store.writer(PARAMS) as w:  # the next writer starts from the published state
+        assert w.paths() == sorted(CORPUS) and w.document_chunks("pets.md")
+    assert texts_of(store.snapshot()) == CORPUS
+
+
+def test_checkpoints_publish_what_is_done(store):
+    with store.writer(PARAMS) as w:
+        put_texts(w, "one.md", ["First document."])
+        assert not store.exists()
+        first = w.checkpoint()
+        assert texts_of(store.snapshot()) == {"one.md": ["First document."]}
+        put_texts(w, "two.md", ["Second document."])
+        assert store.snapshot().generation == first
+        assert "two.md" not in texts_of(store.snapshot())
+    assert set(texts_of(store.snapshot())) == {"one.md", "two.md"}
+
+
+# -- search through KnowledgeBase, with the real embedding model ------------------------
+
+NOTES = {
+    "volcano.md": "Mount Vesuvius erupted in 79 AD and buried Pompeii under volcanic ash. "
+    "Seismometers detect the small earthquakes that come before an eruption.",
+    "bread.md": "Sourdough bread rises slowly with wild yeast. Bakers feed the starter with "
+    "flour and water every day.",
+    "tides.md": "The Moon's gravity pulls the oceans into two bulges, which gives most coasts "
+    "two high tides a day.",
+    "planets.md": "Jupiter is the largest planet of the solar system; its Great Red Spot is "
+    "a storm bigger than the Earth.",
+}
+QUERIES = {
+    "which volcano buried Pompeii": "volcano.md",
+    "how does sourdough rise": "bread.md",
+    "why are there two high tides": "tides.md",
+    "largest planet storm": "planets.md",
+}
+
+
+def note_documents() -> list[Document]:
+    return [
+        Document(path, text, hashlib.sha256(text.encode()).hexdigest(), "text", title=path[:-3])
+        for path, text in NOTES.items()
+    ]
+
+
+def searched(settings: Settings, embedder) -> dict[tuple[str, str], list[tuple[str, float]]]:
+    """Each query's hits in each mode, as (source, score), from a knowledge base of NOTES."""
+    ingest_documents(note_documents(), settings, embedder=embedder)
+    kb = KnowledgeBase.open(settings.index, embedder=embedder, settings=settings)
+    try:
+        return {
+            (query, mode): [(h.source, h.score) for h in kb.search(query, k=4, mode=mode)]
+            for query in QUERIES
+            for mode in MODES
+        }
+    finally:
+        kb.close()
+
+
+def test_search_in_every_mode_finds_the_known_document(kb_settings, store, embedder):
+    results = searched(kb_settings, embedder)
+    for (query, mode), hits in results.items():
+        assert hits[0][0] == QUERIES[query], (query, mode, hits)
+
+
+def test_both_stores_rank_alike(tmp_path, embedder):
+    results = {}
+    for kind in STORES:
+        settings = store_settings(kind, tmp_path / kind)
+        store = open_store(settings.index, settings)
+        try:
+            results[kind] = searched(settings, embedder)
+        finally:
+            close(store)
+    local, milvus = results["local"], results["milvus-lite"]
+    for key, hits in local.items():
+        assert [s for s, _ in milvus[key]] == [s for s, _ in hits], key
+        # BM25 is the same sums of the same terms; vectors are float32 in both.
+        tolerance = 1e-5 if key[1] == "bm25" else 1e-4
+        assert [x for _, x in milvus[key]] == pytest.approx([x for _, x in hits], abs=tolerance)
