@@ -1,0 +1,107 @@
+"""The local store against Milvus Lite, in one run: write throughput, query
+latency and search quality over the same chunks and the same vectors.
+
+The chunks come from an existing local index (`--index`, e.g. the one
+`rag eval` builds for SciFact, or bench/query.py's large index): each
+document is copied, with its stored vectors, into a fresh local store and a
+fresh Milvus Lite store through the `Store` seam (`writer().put`), so
+embedding cost is left out and only the stores differ. Then every query of
+the dataset is searched on both, in every mode: nDCG@10 from the product's
+own evaluation (`rag.evaluation`), and latency of `KnowledgeBase.search`
+(k=10, warm, one query at a time).
+
+    .venv/bin/rag eval ../shared/data/scifact        # builds indexes/eval-scifact once
+    .venv/bin/python bench/stores.py ../shared/data/scifact --index indexes/eval-scifact
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+from rag import evaluation
+from rag.knowledge_base import KnowledgeBase
+from rag.settings import Settings
+from rag.storage import Store, open_store
+
+MODES = ("hybrid", "dense", "bm25")
+
+
+def copy(source: Store, target: Store) -> tuple[int, float]:
+    """Every document of `source` into `target`, with its vectors, in one
+    writer; (chunks, seconds), publishing included."""
+    snap = source.snapshot()
+    documents = snap.documents()
+    chunks = 0
+    started = time.perf_counter()
+    with source.writer(snap.params) as reading, target.writer(snap.params) as writing:
+        for doc in documents:
+            stored = reading.document_chunks(doc.path)
+            writing.put(
+                path=doc.path, content_hash=doc.content_hash, kind=doc.kind, title=doc.title,
+                size=doc.size, mtime=doc.mtime, pages=doc.pages, chunks=stored,
+                vectors=reading.stored_vectors(stored), ocr=doc.ocr,
+            )  # fmt: skip
+            chunks += len(stored)
+    return chunks, time.perf_counter() - started
+
+
+def latency(kb: KnowledgeBase, queries: list[str]) -> tuple[float, float]:
+    """p50 and p95 of one hybrid search, ms, after a warm-up pass."""
+    for text in queries:
+        kb.search(text, k=10)
+    times = []
+    for text in queries:
+        started = time.perf_counter()
+        kb.search(text, k=10)
+        times.append(1000 * (time.perf_counter() - started))
+    ordered = sorted(times)
+    return statistics.median(ordered), ordered[int(0.95 * (len(ordered) - 1))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("dataset", type=Path, help="a BEIR dataset (queries and judgements)")
+    parser.add_argument("--index", type=Path, required=True, help="the local index to copy")
+    parser.add_argument("--work", type=Path, help="where the copies go [default: a temp folder]")
+    args = parser.parse_args()
+
+    data = evaluation.load_dataset(args.dataset)
+    settings = Settings()
+    source = open_store(args.index, settings)
+    work = args.work or Path(tempfile.mkdtemp(prefix="kbqa-stores-"))
+    stores = {
+        "local": (work / "local", "local"),
+        "Milvus Lite": (work / "milvus", f"milvus-lite://{(work / 'milvus.db').resolve()}"),
+    }
+    print(f"Stores — {args.index} ({data.name} queries); {platform.node()}, "
+          f"{os.cpu_count()} cores, {date.today()}\n")  # fmt: skip
+    print("| store | chunks | copy (s) | chunks/s | p50 (ms) | p95 (ms) | "
+          + " | ".join(f"nDCG@10 {m}" for m in MODES) + " |")  # fmt: skip
+    print("|---|---|---|---|---|---|" + "---|" * len(MODES))
+    for name, (root, uri) in stores.items():
+        root.mkdir(parents=True, exist_ok=True)
+        target_settings = settings.model_copy(update={"store": uri})
+        chunks, seconds = copy(source, open_store(root, target_settings))
+        kb = KnowledgeBase.open(root, settings=target_settings)
+        p50, p95 = latency(kb, list(data.queries.values()))
+        quality = []
+        for mode in MODES:
+            run = evaluation.run_queries(kb, data.queries, mode)
+            quality.append(evaluation.score(data.qrels, run)["ndcg@10"])
+        kb.close()
+        print(f"| {name} | {chunks} | {seconds:.1f} | {chunks / seconds:.0f} | {p50:.1f} | "
+              f"{p95:.1f} | " + " | ".join(f"{q:.4f}" for q in quality) + " |")  # fmt: skip
+        sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
