@@ -136,9 +136,9 @@ def resolve_precision(precision: Precision) -> str:
     """bfloat16 where the CPU multiplies it in hardware (AVX512-BF16 or
     AMX), else float32, where emulated bfloat16 would be slower.
 
-    Measured on 2 cores of an AMD EPYC with AVX512-BF16 (BENCHMARKS.md):
-    MiniLM embeds 1.8x faster in bfloat16, every vector within cosine
-    0.996 of float32, and SciFact dense nDCG@10 moves by 0.0013.
+    On such CPUs bfloat16 embeds markedly faster, with vectors and
+    retrieval quality close to float32's (BENCHMARKS.md has the figures and
+    the allowance).
     """
     if precision != "auto":
         return precision

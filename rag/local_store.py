@@ -45,9 +45,8 @@ class LocalStore:
     def snapshot(self) -> Snapshot:
         # Opened to search. One query at a time gains nothing from FAISS's
         # OpenMP threads, and after each search they spin, taking the cores
-        # from the next query's embedding (measured on 2 cores: embedding
-        # 23 ms with them, 14 ms without; the search itself 5.8 ms against
-        # 3.9 ms). Process-wide; set here, not for writers.
+        # from the next query's embedding (bench/query.py measures both).
+        # Process-wide; set here, not for writers.
         faiss.omp_set_num_threads(1)
         # CURRENT may be swapped between reading it and opening the files,
         # and the old generation swept: retry on the newer name.

@@ -206,10 +206,9 @@ def _half_precision_copy(vectors: faiss.IndexIDMap2) -> faiss.IndexIDMap2:
     """The same vectors and ids, stored as float16 for searching.
 
     A single query over a flat index is bound by memory bandwidth, so half
-    the bytes is nearly half the time: bench/query.py at 102k chunks, 8.8 ms
-    float32 against 4.9 ms float16, recall@10 against exact search 0.999.
-    float16 keeps about three significant digits, inside the noise of the
-    embedding itself (SciFact nDCG@10 is unchanged to four places).
+    the bytes is nearly half the time (bench/query.py compares the FAISS
+    index types, with their recall against exact search). float16 keeps
+    about three significant digits, inside the noise of the embedding itself.
     """
     inner = faiss.downcast_index(vectors.index)
     if not isinstance(inner, faiss.IndexFlat) or vectors.ntotal == 0:
