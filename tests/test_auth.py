@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -260,6 +261,7 @@ def test_oidc_user_without_a_mapped_group_gets_the_account_an_admin_made(
     from rag.appdb import open_app_db
     from rag.settings import Settings
 
+    shutil.copytree(kb_root / "default", kb_root / "secret")
     db = open_app_db(Settings(indexes_root=kb_root))
     db.accounts.add_user("ada@example.org", "editor", None, ["default"], by="test")
     at = _oidc_app()
@@ -267,3 +269,4 @@ def test_oidc_user_without_a_mapped_group_gets_the_account_an_admin_made(
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert [t.label for t in at.tabs] == ["Ask", "Manage"]
+    assert at.sidebar.selectbox[0].options == ["default"], "only the base granted to her"
