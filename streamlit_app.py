@@ -1,5 +1,9 @@
 """The web app: ask questions, watch the stages, check the sources, manage
-knowledge bases. A thin view over `rag` (drawing helpers in `ui/`)."""
+knowledge bases. A thin view over `rag` (drawing helpers in `ui/`).
+
+Each run signs the visitor in (ui/account.py) and passes the resulting
+`Access` down: the picker lists only the bases the user may read, and every
+function that opens, shows or changes one asks it first."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from rag.access import Access, Action
 from rag.answering import stream_answer
 from rag.appdb import AppDB, open_app_db
 from rag.errors import LLMUnreachable, QuestionTooLong, RagError
@@ -17,7 +22,7 @@ from rag.knowledge_base import KnowledgeBase
 from rag.llm import Delta, OpenAIChat, check_server
 from rag.settings import Settings
 from rag.types import Answer
-from ui import auth, knowledge, render
+from ui import account, history, knowledge, render
 from ui.conversation import Conversation, ConversationStore, Turn
 from ui.manage import manage_tab
 from ui.messages import for_user, plural
@@ -49,7 +54,7 @@ def llm_problem(url: str, model: str) -> str | None:
     return check_server(Settings(llm_url=url, llm_model=model))
 
 
-def show_turn(kb: KnowledgeBase, names: render.SourceNames, turn: Turn) -> None:
+def show_turn(access: Access, kb: KnowledgeBase, names: render.SourceNames, turn: Turn) -> None:
     """A stored turn, drawn again as it was answered."""
     with st.chat_message("user"):
         st.text(turn.question)
@@ -63,20 +68,21 @@ def show_turn(kb: KnowledgeBase, names: render.SourceNames, turn: Turn) -> None:
             if result.search_query:
                 st.caption(f"Searched for: {render.defuse(result.search_query)}")
             st.markdown(render.defuse(result.text))
-            details(kb, names, result)
+            details(access, kb, names, result)
         elif result is not None:
-            render.hits_only(kb, names, result.hits)
+            render.hits_only(access, kb, names, result.hits)
 
 
-def details(kb: KnowledgeBase, names: render.SourceNames, result: Answer) -> None:
+def details(access: Access, kb: KnowledgeBase, names: render.SourceNames, result: Answer) -> None:
     """What follows an answer: notes, the cited passages, the reasoning, the stages."""
     render.notes(replace(result, notes=[for_user(n) for n in result.notes]))
-    render.citations(kb, names, result.citations, result.text)
+    render.citations(access, kb, names, result.citations, result.text)
     render.reasoning(result.reasoning)
     render.stages(result)
 
 
 def ask(
+    access: Access,
     kb: KnowledgeBase,
     names: render.SourceNames,
     settings: Settings,
@@ -85,12 +91,13 @@ def ask(
     llm_down: str | None,
 ) -> Turn:
     """Answer `question` on the page; every outcome is a turn to keep."""
+    access.require(Action.READ, kb.root.name)
     with st.chat_message("user"):
         st.text(question)
     with st.chat_message("assistant"):
         if llm_down:
             why = f"{llm_down} Showing the best passages."
-            return retrieval_only(kb, names, settings, question, why)
+            return retrieval_only(access, kb, names, settings, question, why)
         chat = OpenAIChat(settings)
         try:
             result = stream_into_page(question, conversation.history(), kb, chat, settings)
@@ -98,27 +105,28 @@ def ask(
             st.error(str(exc))
             return Turn(question, error=str(exc))
         except LLMUnreachable as exc:
-            return retrieval_only(
-                kb, names, settings, question, f"{for_user(str(exc))} Showing the best passages."
-            )
+            why = f"{for_user(str(exc))} Showing the best passages."
+            return retrieval_only(access, kb, names, settings, question, why)
         except RagError as exc:
             log.warning("answer failed: %s", exc)
             error = for_user(str(exc))
             st.error(error)
             why = "The best passages for the question:"
-            turn = retrieval_only(kb, names, settings, question, why)
+            turn = retrieval_only(access, kb, names, settings, question, why)
             turn.error = error
             return turn
-        details(kb, names, result)
+        details(access, kb, names, result)
     return Turn(question, answer=result)
 
 
 def retrieval_only(
-    kb: KnowledgeBase, names: render.SourceNames, settings: Settings, question: str, why: str
-) -> Turn:
+    access: Access, kb: KnowledgeBase, names: render.SourceNames, settings: Settings,
+    question: str, why: str,
+) -> Turn:  # fmt: skip
+    access.require(Action.READ, kb.root.name)
     st.warning(why)
     hits = kb.search(question, k=settings.screen_k)
-    render.hits_only(kb, names, hits)
+    render.hits_only(access, kb, names, hits)
     return Turn(question, answer=Answer(question=question, text="", hits=hits), warning=why)
 
 
@@ -165,14 +173,17 @@ def _stream(question, history, kb, chat, settings, status) -> Answer:  # type: i
     return result
 
 
-def ask_tab(kb_dir: Path, settings: Settings, store: ConversationStore) -> Conversation | None:
+def ask_tab(
+    kb_dir: Path, settings: Settings, store: ConversationStore, access: Access
+) -> Conversation | None:
     if not knowledge.has_index(kb_dir, settings):
-        st.info(
-            f"**{render.plain(kb_dir.name)}** has no documents yet: add some in the **Manage** tab."
-        )
+        where = "add some in the **Manage** tab" if access.allows(Action.WRITE, kb_dir.name) else (
+            "an editor adds them"
+        )  # fmt: skip
+        st.info(f"**{render.plain(kb_dir.name)}** has no documents yet: {where}.")
         return None
     try:
-        kb = open_kb(str(kb_dir))
+        kb = knowledge.open_kb(access, kb_dir, open_kb)
     except RagError as exc:
         log.warning("cannot open %s: %s", kb_dir, exc)
         st.error(render.escape(for_user(str(exc)).replace(str(kb_dir), kb_dir.name)))
@@ -180,7 +191,7 @@ def ask_tab(kb_dir: Path, settings: Settings, store: ConversationStore) -> Conve
     llm_down = llm_problem(settings.llm_url, settings.llm_model)
     if llm_down:
         st.warning(f"{for_user(llm_down)} Answers are off; searches still work.")
-    conversation = store.current(kb_dir.name)
+    conversation = history.shown(store, kb_dir.name)
     heading = st.empty()  # filled once this run's question is in the conversation
     # The conversation sits above the box, in the order it was asked, the
     # new turn included (the box is drawn first only to read its value).
@@ -191,7 +202,7 @@ def ask_tab(kb_dir: Path, settings: Settings, store: ConversationStore) -> Conve
     st.caption(f"Questions up to {limit:,} characters.")
     with shown:
         for turn in conversation.turns:
-            show_turn(kb, names, turn)
+            show_turn(access, kb, names, turn)
         if question is not None and not question.strip():
             st.warning("Type a question: the box was empty.")
         elif question and len(question) > limit:
@@ -199,7 +210,7 @@ def ask_tab(kb_dir: Path, settings: Settings, store: ConversationStore) -> Conve
                 f"Questions are limited to {limit:,} characters; this one has {len(question):,}."
             )
         elif question:
-            turn = ask(kb, names, settings, question, conversation, llm_down)
+            turn = ask(access, kb, names, settings, question, conversation, llm_down)
             store.add(conversation, turn)
     asked = plural(len(conversation.turns), "question")
     heading.caption(f"Conversation in **{render.plain(kb_dir.name)}** · {asked}")
@@ -209,24 +220,33 @@ def ask_tab(kb_dir: Path, settings: Settings, store: ConversationStore) -> Conve
 def main() -> None:
     st.set_page_config(page_title="kbqa", page_icon="📚", layout="wide")
     base = Settings()
-    auth.require_identity(base)  # a login page, and nothing else, until signed in
-    side = sidebar(base)
-    store = ConversationStore(app_db(base.app_db.get_secret_value(), str(base.indexes_root)))
+    db = app_db(base.app_db.get_secret_value(), str(base.indexes_root))
+    access = account.sign_in(base, db)  # a login page, and nothing else, until signed in
+    side = sidebar(base, access)
+    kb = side.kb_dir.name
+    store = ConversationStore(db, user=access.user.name)
     st.title("Ask your documents")
+    if not access.allows(Action.READ, kb):  # none of the bases is theirs
+        st.info(account.NO_KNOWLEDGE_BASE)
+        return
     # The active base in the main area too: on a phone the sidebar is folded.
     active = st.empty()
-    ask_view, manage_view = st.tabs(["Ask", "Manage"])
-    with manage_view:  # first: its actions change what the Ask tab shows
-        stats = manage_tab(side.kb_dir, side.settings, open_kb)
-    with ask_view:
-        conversation = ask_tab(side.kb_dir, side.settings, store)
-    active.caption(f"Knowledge base **{render.plain(side.kb_dir.name)}** · {summary_line(stats)}")
+    labels = account.views(access, kb)
+    views = dict(zip(labels, st.tabs(labels), strict=True))
+    if "Manage" in views:
+        with views["Manage"]:  # first: its actions change what the Ask tab shows
+            stats = manage_tab(side.kb_dir, side.settings, open_kb, access)
+    else:
+        stats = knowledge.stats(access, side.kb_dir, side.settings, open_kb)
+    with views["Ask"]:
+        conversation = ask_tab(side.kb_dir, side.settings, store, access)
+    if "Audit" in views:
+        with views["Audit"]:
+            account.audit_tab(access, db)
+    active.caption(f"Knowledge base **{render.plain(kb)}** · {summary_line(stats)}")
     with side.summary:
         kb_summary(stats)
-    has_turns = conversation is not None and bool(conversation.turns)
-    if has_turns and side.conversation.button("New conversation"):
-        store.start(side.kb_dir.name)
-        st.rerun()
+    history.panel(side.conversation, store, kb, conversation)
 
 
 # Streamlit runs this file as __main__. The guard keeps the app from running

@@ -116,6 +116,37 @@ class AccessPolicy:
         raise AccessDenied(_why(user, action, kb))
 
 
+@dataclass(frozen=True)
+class Access:
+    """One user and the one policy, passed down together from the edge that
+    signed the user in (one request, one run of the app's page): every
+    function that lists, opens, shows or changes a knowledge base takes it
+    and asks it first."""
+
+    user: User
+    policy: AccessPolicy
+
+    def allows(self, action: Action, kb: str | None = None) -> bool:
+        return self.policy.allows(self.user, action, kb)
+
+    def require(self, action: Action, kb: str | None = None) -> None:
+        self.policy.require(self.user, action, kb)
+
+    def readable(self, kb_names: Iterable[str]) -> list[str]:
+        return self.policy.readable(self.user, kb_names)
+
+    def role_allows(self, action: Action) -> bool:
+        """Whether the user's role has `action` in some knowledge base (to
+        offer an action whose knowledge base is not named yet)."""
+        return action in ALLOWED[self.user.role]
+
+    def record(self, action: str, kb: str, detail: str = "") -> None:
+        """Keeps what the user did (upload, delete, rebuild, create) in the
+        audit trail."""
+        if self.policy.db is not None:
+            self.policy.db.audit.record(self.user.name, action, kb, detail)
+
+
 def _why(user: User, action: Action, kb: str | None) -> str:
     if action is Action.ADMIN:
         return "Only an admin can manage users and grants or read the audit trail."

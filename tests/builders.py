@@ -12,7 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
+from rag.access import LOCAL_USER, Access, AccessPolicy
 from rag.types import Chunk, Hit
+
+# The one user of a loopback app (RAG_AUTH=none), with no audit trail: for
+# tests of what an action in ui/knowledge.py does rather than who may do it.
+LOCAL_ADMIN = Access(LOCAL_USER, AccessPolicy(None))
 
 
 def make_pdf(path: Path, pages: list[str]) -> Path:

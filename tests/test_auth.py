@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -193,6 +194,8 @@ def test_oidc_shows_only_a_login_page_until_signed_in(oidc_env: pytest.MonkeyPat
 
 
 def test_oidc_signed_in_user_sees_the_app_and_can_log_out(oidc_env: pytest.MonkeyPatch) -> None:
+    oidc_env.setenv("RAG_AUTH_GROUP_ROLES", '{"kb-readers": "reader"}')
+    oidc_env.setenv("RAG_AUTH_GROUP_GRANTS", '{"kb-readers": ["default"]}')
     at = _oidc_app()
     at.user = {
         "is_logged_in": True, "name": "Ada Lovelace", "email": "ada@example.org",
@@ -203,6 +206,7 @@ def test_oidc_signed_in_user_sees_the_app_and_can_log_out(oidc_env: pytest.Monke
     assert _shows_knowledge_bases(at)
     sidebar_text = " ".join(m.value for m in [*at.sidebar.markdown, *at.sidebar.caption])
     assert "Ada Lovelace" in sidebar_text and "kb-readers" in sidebar_text
+    assert [t.label for t in at.tabs] == ["Ask"], "a reader, through the groups mapping"
     next(b for b in at.sidebar.button if b.label == "Log out").click().run()
     assert not at.exception, [e.value for e in at.exception]
     assert [b.label for b in at.button] == ["Log in"]
@@ -231,3 +235,38 @@ def test_the_groups_claim_is_a_setting(oidc_env: pytest.MonkeyPatch) -> None:
     at.run()
     sidebar_text = " ".join(m.value for m in [*at.sidebar.markdown, *at.sidebar.caption])
     assert "kb-admin" in sidebar_text and "wrong" not in sidebar_text
+
+
+ADA = {"is_logged_in": True, "name": "Ada", "email": "ada@example.org", "groups": ["staff"]}
+
+
+def test_oidc_user_in_no_mapped_group_and_without_an_account_is_told_to_ask_an_admin(
+    oidc_env: pytest.MonkeyPatch,
+) -> None:
+    oidc_env.setenv("RAG_AUTH_GROUP_ROLES", '{"kb-readers": "reader"}')
+    at = _oidc_app()
+    at.user = ADA
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not _shows_knowledge_bases(at)
+    assert not at.chat_input and not at.file_uploader
+    shown = " ".join(m.value for m in [*at.info, *at.warning, *at.error])
+    assert "no access" in shown and "ask an admin" in shown, shown
+    assert [b.label for b in at.sidebar.button] == ["Log out"], "they can still leave"
+
+
+def test_oidc_user_without_a_mapped_group_gets_the_account_an_admin_made(
+    oidc_env: pytest.MonkeyPatch, kb_root: Path
+) -> None:
+    from rag.appdb import open_app_db
+    from rag.settings import Settings
+
+    shutil.copytree(kb_root / "default", kb_root / "secret")
+    db = open_app_db(Settings(indexes_root=kb_root))
+    db.accounts.add_user("ada@example.org", "editor", None, ["default"], by="test")
+    at = _oidc_app()
+    at.user = ADA
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [t.label for t in at.tabs] == ["Ask", "Manage"]
+    assert at.sidebar.selectbox[0].options == ["default"], "only the base granted to her"

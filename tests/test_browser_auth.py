@@ -12,7 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from test_browser import ARTIFACTS, browser_page, streamlit_app
+from test_browser import ARTIFACTS, ask, browser_page, streamlit_app
 
 pytestmark = [pytest.mark.browser]
 
@@ -58,8 +58,10 @@ def test_oidc_login_shows_the_user_and_logout_returns_to_the_login_page(
 
     secrets = write_secrets(tmp_path, provider)
     app = streamlit_app(
-        tmp_path, docs_index, NO_LLM, args=("--secrets.files", str(secrets)), RAG_AUTH="oidc"
-    )
+        tmp_path, docs_index, NO_LLM, args=("--secrets.files", str(secrets)), RAG_AUTH="oidc",
+        RAG_AUTH_GROUP_ROLES='{"kb-readers": "reader"}',
+        RAG_AUTH_GROUP_GRANTS='{"kb-readers": ["default"]}',
+    )  # fmt: skip
     shot = ARTIFACTS / "oidc-logged-out.png"
     with app as url, browser_page(url, shot, "the login page after Log out", capsys) as page:
         log_in = page.get_by_role("button", name="Log in")
@@ -93,6 +95,63 @@ def test_oidc_login_shows_the_user_and_logout_returns_to_the_login_page(
         page.reload()  # the identity cookie is gone, not only this session's view
         expect(page.get_by_role("button", name="Log in")).to_be_visible(timeout=60_000)
         expect(page.get_by_text("Signed in as")).to_have_count(0)
+
+
+PASSWORD = "correct horse battery"
+
+
+def test_local_login_refuses_a_wrong_password_and_shows_a_reader_only_their_base(
+    tmp_path, docs_index, capsys
+):
+    """RAG_AUTH=local: an account made with the app database's API, a wrong
+    password refused on the login page, the right one admitted; the reader
+    sees one of the two knowledge bases and no Manage tab, and can ask."""
+    import shutil
+
+    from playwright.sync_api import expect
+
+    from rag.appdb import open_app_db
+    from rag.settings import Settings
+
+    app_db = str(tmp_path / "app.sqlite")
+    db = open_app_db(Settings(app_db=app_db))
+    db.accounts.add_user("rita", "reader", PASSWORD, ["default"], by="test")
+    app = streamlit_app(
+        tmp_path, docs_index, NO_LLM,
+        RAG_AUTH="local", RAG_APP_DB=app_db, RAG_LOGIN_BACKOFF="0.001",
+    )  # fmt: skip
+    shot = ARTIFACTS / "local-reader-view.png"
+    with app as url, browser_page(url, shot, "a reader's view", capsys) as page:
+        root = tmp_path / "indexes"
+        shutil.copytree(root / "default", root / "secret")  # a base rita is not granted
+        log_in = page.get_by_role("button", name="Log in")
+        expect(log_in).to_be_visible(timeout=60_000)
+        expect(page.get_by_role("tab")).to_have_count(0)
+        expect(page.get_by_test_id("stSidebar")).to_have_count(0)
+        _screenshot(page, "local-login-page.png", "the local login page", capsys)
+
+        page.get_by_label("Username").fill("rita")
+        page.get_by_label("Password", exact=True).fill("not her password")
+        log_in.click()
+        expect(page.get_by_text("Wrong name or password.")).to_be_visible(timeout=30_000)
+        expect(page.get_by_role("tab")).to_have_count(0)
+        _screenshot(page, "local-login-refused.png", "a refused login", capsys)
+
+        page.get_by_label("Password", exact=True).fill(PASSWORD)
+        page.get_by_role("button", name="Log in").click()
+        sidebar = page.get_by_test_id("stSidebar")
+        expect(sidebar.get_by_text("Signed in as")).to_be_visible(timeout=60_000)
+        expect(sidebar.get_by_text("rita")).to_be_visible()
+        expect(page.get_by_role("tab")).to_have_text(["Ask"])
+        sidebar.get_by_test_id("stSelectbox").first.click()
+        expect(page.get_by_role("option")).to_have_text(["default"])
+        page.keyboard.press("Escape")
+        ask(page, "How are broken files reported during ingestion?")
+        expect(page.get_by_text("1. ").first).to_be_visible(timeout=60_000)
+        # the run is over once the sidebar lists the conversation, titled by its question
+        expect(sidebar.get_by_role("button", name="How are broken files")).to_be_visible(
+            timeout=60_000
+        )
 
 
 def _screenshot(page, name: str, what: str, capsys) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pypdf
 import pytest
 from builders import (
+    LOCAL_ADMIN,
     decompression_bomb_pdf,
     image_only_pdf,
     make_docx,
@@ -290,7 +291,7 @@ def test_uploads_land_inside_the_uploads_folder_under_sanitized_names(tmp_path):
         Upload("notes.md.exe", b"MZ"),
         Upload("big.md", b"x" * 2_000_000),
     ]
-    saved = save_uploads(kb_dir, uploads, max_mb=1)
+    saved = save_uploads(LOCAL_ADMIN, kb_dir, uploads, max_mb=1)
     folder = (kb_dir / UPLOADS).resolve()
     names = sorted(Path(p).name for p in saved.paths)
     assert names == [

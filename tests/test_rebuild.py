@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from builders import code_word, image_only_pdf, ingest_process, reap, write_notes
+from builders import LOCAL_ADMIN, code_word, image_only_pdf, ingest_process, reap, write_notes
 from click.testing import CliRunner
 
 from ingest.cli import main as ingest_main
@@ -185,7 +185,7 @@ def test_an_app_rebuild_stopped_at_a_progress_call_keeps_the_previous_generation
             raise StopException()
 
     with pytest.raises(StopException):
-        knowledge.rebuild(index, settings, progress)
+        knowledge.rebuild(LOCAL_ADMIN, index, settings, progress)
     assert len(set(batches)) > 2, "stopped before several embedding batches were done"
     assert view(index) == before
     assert not [p for p in index.iterdir() if p.name.startswith(".staging-")]
@@ -225,12 +225,12 @@ def test_an_app_rebuild_with_source_files_gone_refuses_until_allowed(tmp_path, e
     before = view(index)
 
     with pytest.raises(errors.RebuildRefused) as refused:
-        knowledge.rebuild(index, Settings(index=index), lambda p: None)
+        knowledge.rebuild(LOCAL_ADMIN, index, Settings(index=index), lambda p: None)
     assert refused.value.dropped == [str(gone)]
     assert str(gone) in str(refused.value)
     assert view(index) == before
 
-    knowledge.rebuild(index, Settings(index=index), lambda p: None, allow_drop=True)
+    knowledge.rebuild(LOCAL_ADMIN, index, Settings(index=index), lambda p: None, allow_drop=True)
     after = view(index)
     assert after["paths"] == [p for p in before["paths"] if p != str(gone)]
 
@@ -261,7 +261,9 @@ def test_the_app_rebuild_with_every_file_gone_publishes_nothing(tmp_path, embedd
     before = view(index)
     shutil.rmtree(folder)
     with pytest.raises(errors.RebuildRefused):
-        knowledge.rebuild(index, Settings(index=index), lambda p: None, allow_drop=True)
+        knowledge.rebuild(
+            LOCAL_ADMIN, index, Settings(index=index), lambda p: None, allow_drop=True
+        )
     assert view(index) == before
 
 
@@ -279,7 +281,7 @@ def test_a_rebuild_reads_a_scanned_pdf_with_ocr_again(tmp_path, embedder):
     stored = {d.path: d.ocr for d in KnowledgeBase.open(index).documents()}
     assert stored == {str(scan): True, str(folder / "note.md"): False}
 
-    knowledge.rebuild(index, Settings(index=index), lambda p: None)
+    knowledge.rebuild(LOCAL_ADMIN, index, Settings(index=index), lambda p: None)
     hit = KnowledgeBase.open(index, embedder).search("submarine cable Lisbon", k=1)[0]
     assert hit.source == str(scan) and "Lisbon" in hit.text
 
@@ -311,5 +313,5 @@ def test_an_index_written_before_ingest_options_were_stored_still_works(tmp_path
     assert [d.ocr for d in KnowledgeBase.open(index).documents()] == [False]
     ingest_paths([str(folder)], Settings(index=index), embedder=embedder)
     assert [d.ocr for d in KnowledgeBase.open(index).documents()] == [False, False]
-    knowledge.rebuild(index, Settings(index=index), lambda p: None)
+    knowledge.rebuild(LOCAL_ADMIN, index, Settings(index=index), lambda p: None)
     assert len(KnowledgeBase.open(index).documents()) == 2

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from builders import LOCAL_ADMIN
 from test_app import app
 
 from ui.knowledge import UPLOADS, Upload, save_uploads
@@ -16,10 +17,14 @@ def folder_contents(kb_dir: Path) -> dict[str, bytes]:
 
 
 def test_the_same_file_uploaded_again_is_unchanged_and_not_rewritten(tmp_path):
-    first = save_uploads(tmp_path, [Upload("report.md", b"# Q1\n\nRevenue grew.")], max_mb=1)
+    first = save_uploads(
+        LOCAL_ADMIN, tmp_path, [Upload("report.md", b"# Q1\n\nRevenue grew.")], max_mb=1
+    )
     target = Path(first.paths[0])
     before = target.stat()
-    again = save_uploads(tmp_path, [Upload("report.md", b"# Q1\n\nRevenue grew.")], max_mb=1)
+    again = save_uploads(
+        LOCAL_ADMIN, tmp_path, [Upload("report.md", b"# Q1\n\nRevenue grew.")], max_mb=1
+    )
     after = target.stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
     assert folder_contents(tmp_path) == {"report.md": b"# Q1\n\nRevenue grew."}
@@ -28,8 +33,8 @@ def test_the_same_file_uploaded_again_is_unchanged_and_not_rewritten(tmp_path):
 
 
 def test_a_different_file_with_the_same_name_gets_a_unique_name(tmp_path):
-    save_uploads(tmp_path, [Upload("report.md", b"version one")], max_mb=1)
-    second = save_uploads(tmp_path, [Upload("report.md", b"version two")], max_mb=1)
+    save_uploads(LOCAL_ADMIN, tmp_path, [Upload("report.md", b"version one")], max_mb=1)
+    second = save_uploads(LOCAL_ADMIN, tmp_path, [Upload("report.md", b"version two")], max_mb=1)
     assert folder_contents(tmp_path) == {
         "report.md": b"version one",
         "report (2).md": b"version two",
@@ -37,17 +42,20 @@ def test_a_different_file_with_the_same_name_gets_a_unique_name(tmp_path):
     assert second.renamed == [("report.md", "report (2).md")]
     assert second.paths == [str((tmp_path / UPLOADS / "report (2).md").resolve())]
     # The second version again is unchanged under its own name; a third is (3).
-    assert save_uploads(tmp_path, [Upload("report.md", b"version two")], 1).unchanged == [
-        ("report.md", "report (2).md")
-    ]
-    third = save_uploads(tmp_path, [Upload("report.md", b"version three")], max_mb=1)
+    assert save_uploads(
+        LOCAL_ADMIN, tmp_path, [Upload("report.md", b"version two")], 1
+    ).unchanged == [("report.md", "report (2).md")]
+    third = save_uploads(LOCAL_ADMIN, tmp_path, [Upload("report.md", b"version three")], max_mb=1)
     assert third.renamed == [("report.md", "report (3).md")]
     assert len(folder_contents(tmp_path)) == 3
 
 
 def test_names_that_sanitise_alike_in_one_batch_both_survive(tmp_path):
     saved = save_uploads(
-        tmp_path, [Upload("a?.md", b"question"), Upload("a!.md", b"exclamation")], max_mb=1
+        LOCAL_ADMIN,
+        tmp_path,
+        [Upload("a?.md", b"question"), Upload("a!.md", b"exclamation")],
+        max_mb=1,
     )
     assert folder_contents(tmp_path) == {"a.md": b"question", "a (2).md": b"exclamation"}
     assert saved.renamed == [("a!.md", "a (2).md")]

@@ -12,7 +12,10 @@ RAG_AUTH picks the mode:
   Connect provider, configured as Streamlit documents it: an [auth] section
   in .streamlit/secrets.toml. Groups come from the RAG_AUTH_GROUPS_CLAIM
   claim of the provider's ID token.
-- local: accounts kept by the app, checked by `verify`.
+- local: accounts kept by the app (rag.appdb's `Accounts`): a name and
+  password form; the session's token is all this browser session keeps,
+  and it is looked up at every run, so a disabled account, a changed
+  password or an expired session signs the visitor out at the next click.
 
 Names, emails and groups come from the provider: shown as plain text only.
 """
@@ -21,13 +24,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import streamlit as st
 
+from rag.access import LoginRefused
 from rag.exposure import refusal
 from rag.settings import Settings
 from ui.safe_text import plain
+
+if TYPE_CHECKING:
+    from rag.appdb.accounts import Accounts
 
 
 @dataclass(frozen=True)
@@ -43,14 +50,9 @@ LOCAL_USER = Identity(name="local", email="", groups=())
 # What st.login() needs for its default provider ([auth] in secrets.toml).
 OIDC_KEYS = ("redirect_uri", "cookie_secret", "client_id", "client_secret", "server_metadata_url")
 
-# RAG_AUTH=local: the signed-in account, for this browser session only.
-_LOCAL_SESSION = "kbqa_signed_in"
-
-
-def verify(name: str, password: str) -> Identity | None:
-    """RAG_AUTH=local: the account `name` when `password` is its password,
-    else None. A hook: the app database (rag/appdb.py) answers it."""
-    raise NotImplementedError("wired to rag.appdb by the lead")
+# RAG_AUTH=local: the token of the signed-in account's session (the
+# database keeps only its hash), for this browser session only.
+_LOCAL_SESSION = "kbqa_session"
 
 
 def identity_from_claims(claims: Mapping[str, object], groups_claim: str) -> Identity:
@@ -69,7 +71,7 @@ def identity_from_claims(claims: Mapping[str, object], groups_claim: str) -> Ide
     return Identity(name=name, email=email, groups=groups)
 
 
-def current_identity(settings: Settings) -> Identity | None:
+def current_identity(settings: Settings, accounts: Accounts) -> Identity | None:
     """Who is signed in to this session; None when nobody is."""
     if settings.auth == "none":
         return LOCAL_USER
@@ -77,24 +79,28 @@ def current_identity(settings: Settings) -> Identity | None:
         if not st.user.get("is_logged_in"):
             return None
         return identity_from_claims(st.user.to_dict(), settings.auth_groups_claim)
-    found = st.session_state.get(_LOCAL_SESSION)
-    return found if isinstance(found, Identity) else None
+    token = st.session_state.get(_LOCAL_SESSION)
+    user = accounts.session_user(token) if isinstance(token, str) else None
+    if user is None:  # expired, ended, or the account was disabled or removed
+        st.session_state.pop(_LOCAL_SESSION, None)
+        return None
+    return Identity(name=user.name, email="", groups=())
 
 
-def require_identity(settings: Settings) -> Identity:
+def require_identity(settings: Settings, accounts: Accounts) -> Identity:
     """The signed-in identity; otherwise a login or error page, and the
-    script stops there."""
+    script stops there. `accounts` checks RAG_AUTH=local's logins."""
     problem = refusal(settings, st.get_option("server.address"))
     if settings.auth == "oidc":
         problem = problem or oidc_config_problem()
     if problem:
         _stop_with(problem)
-    identity = current_identity(settings)
+    identity = current_identity(settings, accounts)
     if identity is None:
-        _login_page(settings)
+        _login_page(settings, accounts)
         st.stop()
     if settings.auth != "none":
-        _signed_in(identity, settings)
+        _signed_in(identity, settings, accounts)
     return identity
 
 
@@ -127,7 +133,7 @@ def _stop_with(problem: str) -> NoReturn:
     st.stop()
 
 
-def _login_page(settings: Settings) -> None:
+def _login_page(settings: Settings, accounts: Accounts) -> None:
     st.title("Ask your documents")
     if settings.auth == "oidc":
         st.write("Sign in with your organisation's account to see your knowledge bases.")
@@ -139,15 +145,16 @@ def _login_page(settings: Settings) -> None:
         password = st.text_input("Password", type="password")
         submitted = st.form_submit_button("Log in", type="primary")
     if submitted:
-        identity = verify(name, password)
-        if identity is None:
-            st.error("Wrong username or password.")
+        try:
+            user = accounts.verify_login(name, password)
+        except LoginRefused as exc:  # says nothing of whether the name exists
+            st.error(str(exc))
             return
-        st.session_state[_LOCAL_SESSION] = identity
+        st.session_state[_LOCAL_SESSION] = accounts.create_session(user)
         st.rerun()
 
 
-def _signed_in(identity: Identity, settings: Settings) -> None:
+def _signed_in(identity: Identity, settings: Settings, accounts: Accounts) -> None:
     """The user's name in the sidebar, with a Log out button."""
     with st.sidebar:
         st.markdown(f"Signed in as **{plain(identity.name)}**")
@@ -157,12 +164,14 @@ def _signed_in(identity: Identity, settings: Settings) -> None:
             st.caption("Groups: " + ", ".join(plain(g) for g in identity.groups))
         # A callback: it runs before the next run, which then draws the
         # login page and nothing of the signed-out session.
-        st.button("Log out", on_click=_log_out, args=(settings,))
+        st.button("Log out", on_click=_log_out, args=(settings, accounts))
         st.divider()
 
 
-def _log_out(settings: Settings) -> None:
+def _log_out(settings: Settings, accounts: Accounts) -> None:
     if settings.auth == "oidc":
         st.logout()  # Streamlit's cookie, then the provider's own logout page
-    else:
-        st.session_state.pop(_LOCAL_SESSION, None)
+        return
+    token = st.session_state.pop(_LOCAL_SESSION, None)
+    if isinstance(token, str):
+        accounts.end_session(token)  # the token is no use to anyone after this

@@ -1,5 +1,10 @@
-"""Knowledge-base management for the app: list, create, upload, delete,
-rebuild. Plain functions over `ingest` and `rag`; no Streamlit here."""
+"""Knowledge-base management for the app: list, open, create, upload,
+delete, rebuild. Plain functions over `ingest` and `rag`; no Streamlit here.
+
+Each function that lists, opens or changes a knowledge base takes the
+session's `Access` and asks it first, here and not only in the page that
+offers the action: a session that forges a widget event still ends here.
+Changes are kept in the audit trail."""
 
 from __future__ import annotations
 
@@ -7,16 +12,21 @@ import os
 import re
 import threading
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ingest.loaders import KINDS
 from ingest.pipeline import IngestReport, ProgressFn, ingest_paths
 from rag import layout
+from rag.access import Access, Action
 from rag.errors import RagError, RebuildRefused
 from rag.settings import Settings
-from rag.storage import STORE_RECORD, open_store
+from rag.storage import STORE_RECORD, StoreStats, open_store
+
+if TYPE_CHECKING:
+    from rag.knowledge_base import KnowledgeBase
 
 UPLOADS = "uploads"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -37,13 +47,44 @@ def list_knowledge_bases(root: Path) -> list[str]:
     )
 
 
-def create(root: Path, name: str) -> Path:
+def readable_knowledge_bases(access: Access, root: Path) -> list[str]:
+    """The knowledge bases under `root` that the user may read."""
+    return access.readable(list_knowledge_bases(root))
+
+
+def open_kb(
+    access: Access, kb_dir: Path, opener: Callable[[str], KnowledgeBase],
+    action: Action = Action.READ,
+) -> KnowledgeBase:  # fmt: skip
+    """The knowledge base, opened by `opener` (the app's cache) once the user
+    may do `action` in it: reading it, or managing it."""
+    access.require(action, kb_dir.name)
+    return opener(str(kb_dir))
+
+
+def stats(
+    access: Access, kb_dir: Path, settings: Settings, opener: Callable[[str], KnowledgeBase]
+) -> StoreStats | None:
+    """The base's numbers (None while it has no index yet, or it cannot be
+    opened: the Ask tab says why)."""
+    access.require(Action.READ, kb_dir.name)
+    if not has_index(kb_dir, settings):
+        return None
+    try:
+        return open_kb(access, kb_dir, opener).stats()
+    except RagError:
+        return None
+
+
+def create(access: Access, root: Path, name: str) -> Path:
     """A new, empty knowledge base `name` under `root` (ValueError when the
     name is not allowed); its index is written by the first upload."""
     if not valid_name(name) or name.startswith("."):
         raise ValueError("Use letters, digits, '-', '_' or '.' (up to 64).")
+    access.require(Action.WRITE, name)
     kb_dir = root / name
     (kb_dir / UPLOADS).mkdir(parents=True, exist_ok=True)
+    access.record("create", name)
     return kb_dir
 
 
@@ -84,11 +125,14 @@ class SavedUploads:
     unchanged: list[tuple[str, str]] = field(default_factory=list)
 
 
-def save_uploads(kb_dir: Path, uploads: Sequence[Upload], max_mb: float) -> SavedUploads:
+def save_uploads(
+    access: Access, kb_dir: Path, uploads: Sequence[Upload], max_mb: float
+) -> SavedUploads:
     """Write uploads under `<kb>/uploads/` with sanitized names, refusing
     types we cannot read and files over the size limit. A file never
     replaces a different one: the same bytes again are left as they are,
     different bytes under a taken name get a numbered name, `report (2).pdf`."""
+    access.require(Action.WRITE, kb_dir.name)
     folder = (kb_dir / UPLOADS).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     saved = SavedUploads([], [])
@@ -115,7 +159,16 @@ def save_uploads(kb_dir: Path, uploads: Sequence[Upload], max_mb: float) -> Save
         elif path.name != name:
             saved.renamed.append((upload.name, path.name))
         saved.paths.append(str(path))
+    if saved.paths:
+        access.record("upload", kb_dir.name, _names(saved.paths))
     return saved
+
+
+def _names(paths: Sequence[str], shown: int = 10) -> str:
+    """The files an audit entry is about: their names, the first few."""
+    names = [Path(p).name for p in paths[:shown]]
+    more = f" and {len(paths) - shown} more" if len(paths) > shown else ""
+    return f"{len(paths)} file(s): " + ", ".join(names) + more
 
 
 _MAX_VARIANTS = 1000
@@ -152,39 +205,48 @@ def _same_bytes(path: Path, data: bytes) -> bool:
 
 
 def ingest_files(
-    kb_dir: Path, paths: list[str], settings: Settings, progress: ProgressFn
+    access: Access, kb_dir: Path, paths: list[str], settings: Settings, progress: ProgressFn
 ) -> IngestReport:
+    access.require(Action.WRITE, kb_dir.name)
     return ingest_paths(paths, settings.model_copy(update={"index": kb_dir}), progress=progress)
 
 
-def delete_documents(kb_dir: Path, paths: list[str], settings: Settings) -> IngestReport:
+def delete_documents(
+    access: Access, kb_dir: Path, paths: list[str], settings: Settings
+) -> IngestReport:
     """Remove documents; an uploaded file is deleted from disk as well."""
+    access.require(Action.WRITE, kb_dir.name)
     report = ingest_paths([], settings.model_copy(update={"index": kb_dir}), delete=paths)
     uploads = (kb_dir / UPLOADS).resolve()
     for path in paths:
         if Path(path).resolve().parent == uploads:
             Path(path).unlink(missing_ok=True)
+    access.record("delete", kb_dir.name, _names(paths))
     return report
 
 
 def rebuild(
-    kb_dir: Path, settings: Settings, progress: ProgressFn, allow_drop: bool = False
-) -> IngestReport:
+    access: Access, kb_dir: Path, settings: Settings, progress: ProgressFn,
+    allow_drop: bool = False,
+) -> IngestReport:  # fmt: skip
     """Re-ingest every document from its file, each with the options it was
     ingested with, into a fresh generation published only when complete:
     the current one serves searches until then, and stays if the rebuild
     stops. Raises `RebuildRefused` naming the documents it would drop
     (files gone or unreadable) unless `allow_drop`, and when nothing is
     left to ingest."""
+    access.require(Action.WRITE, kb_dir.name)
     stored = open_store(kb_dir, settings).published_documents()
     gone = [path for path in stored if not os.path.exists(path)]
     if gone and not allow_drop:
         raise RebuildRefused.dropping(gone)
     sources = sorted(set(stored) - set(gone))
-    return ingest_paths(
+    report = ingest_paths(
         sources, settings.model_copy(update={"index": kb_dir}), rebuild=True,
         allow_drop=allow_drop, progress=progress,
     )  # fmt: skip
+    access.record("rebuild", kb_dir.name, f"dropped {_names(gone)}" if gone else "")
+    return report
 
 
 def has_index(kb_dir: Path, settings: Settings) -> bool:

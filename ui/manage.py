@@ -1,4 +1,6 @@
 """The Manage tab: uploads, deletions, rebuilds, and the base's numbers.
+Each action goes through ui/knowledge.py with the session's `Access`,
+which refuses it there for a user who may not change the base.
 
 What an action reports is kept for the next run as a "flash" message: after
 an ingest or a delete the page runs again, so every part of it (the Ask tab,
@@ -15,6 +17,7 @@ import streamlit as st
 from streamlit.runtime.uploaded_file_manager import UploadedFile
 
 from ingest.pipeline import IngestReport, Progress, ProgressFn
+from rag.access import Access, Action
 from rag.errors import RagError, RebuildRefused
 from rag.knowledge_base import KnowledgeBase
 from rag.settings import Settings
@@ -46,9 +49,12 @@ def _done(widget: str) -> None:
     st.rerun()
 
 
-def manage_tab(kb_dir: Path, settings: Settings, open_kb: OpenKb) -> StoreStats | None:
+def manage_tab(
+    kb_dir: Path, settings: Settings, open_kb: OpenKb, access: Access
+) -> StoreStats | None:
     """Returns the index's stats once the actions are done (None while it
     has no index yet)."""
+    access.require(Action.WRITE, kb_dir.name)
     show_flashes()
     summary = st.container()  # filled last, so never stale
     st.subheader("Add documents")
@@ -57,15 +63,15 @@ def manage_tab(kb_dir: Path, settings: Settings, open_kb: OpenKb) -> StoreStats 
         type=[k.lstrip(".") for k in knowledge.KINDS], key=_fresh("uploads", kb_dir),
     )  # fmt: skip
     if files and st.button("Ingest", type="primary"):
-        save_and_ingest(kb_dir, files, settings)
+        save_and_ingest(access, kb_dir, files, settings)
         _done("uploads")
     if not knowledge.has_index(kb_dir, settings):
         return None
-    kb = open_kb(str(kb_dir))
+    kb = knowledge.open_kb(access, kb_dir, open_kb, Action.WRITE)
     st.subheader("Documents")
     names = render.SourceNames.of(kb)
-    delete_documents(kb_dir, kb, names, settings)
-    rebuild_controls(kb_dir, names, settings)
+    delete_documents(access, kb_dir, kb, names, settings)
+    rebuild_controls(access, kb_dir, names, settings)
     names = render.SourceNames.of(kb)  # after a rebuild
     st.dataframe(
         [
@@ -89,8 +95,9 @@ def manage_tab(kb_dir: Path, settings: Settings, open_kb: OpenKb) -> StoreStats 
 
 
 def delete_documents(
-    kb_dir: Path, kb: KnowledgeBase, names: render.SourceNames, settings: Settings
-) -> None:
+    access: Access, kb_dir: Path, kb: KnowledgeBase, names: render.SourceNames,
+    settings: Settings,
+) -> None:  # fmt: skip
     paths = {names.show(d.path): d.path for d in kb.documents()}  # shown -> real
     doomed = st.multiselect("Delete documents", list(paths), key=_fresh("doomed", kb_dir))
     if not doomed:
@@ -98,7 +105,9 @@ def delete_documents(
     sure = st.checkbox(f"Yes, delete {len(doomed)} document(s): this cannot be undone")
     if st.button("Delete selected", disabled=not sure) and sure:
         try:
-            report = knowledge.delete_documents(kb_dir, [paths[p] for p in doomed], settings)
+            report = knowledge.delete_documents(
+                access, kb_dir, [paths[p] for p in doomed], settings
+            )
         except RagError as exc:
             log.warning("delete failed: %s", exc)
             st.error(render.escape(names.redact(for_user(str(exc)))))
@@ -107,13 +116,17 @@ def delete_documents(
         _done("doomed")
 
 
-def rebuild_controls(kb_dir: Path, names: render.SourceNames, settings: Settings) -> None:
+def rebuild_controls(
+    access: Access, kb_dir: Path, names: render.SourceNames, settings: Settings
+) -> None:
     """The Rebuild button. A rebuild that would drop documents (files gone
     or unreadable) changes nothing; it names them and asks before dropping."""
     # The pending question outlives the rerun that the answer's click starts.
     asking = f"rebuild-would-drop:{kb_dir}"
     if st.button("Rebuild this knowledge base"):
-        refused = run_ingest(kb_dir, lambda progress: knowledge.rebuild(kb_dir, settings, progress))
+        refused = run_ingest(
+            kb_dir, lambda progress: knowledge.rebuild(access, kb_dir, settings, progress)
+        )
         st.session_state[asking] = refused.dropped if isinstance(refused, RebuildRefused) else []
         if not st.session_state[asking]:
             st.rerun()
@@ -135,12 +148,14 @@ def rebuild_controls(kb_dir: Path, names: render.SourceNames, settings: Settings
         st.session_state[asking] = []
         run_ingest(
             kb_dir,
-            lambda progress: knowledge.rebuild(kb_dir, settings, progress, allow_drop=True),
+            lambda progress: knowledge.rebuild(access, kb_dir, settings, progress, allow_drop=True),
         )
         st.rerun()
 
 
-def save_and_ingest(kb_dir: Path, files: list[UploadedFile], settings: Settings) -> None:
+def save_and_ingest(
+    access: Access, kb_dir: Path, files: list[UploadedFile], settings: Settings
+) -> None:
     if len(files) > settings.max_upload_files:
         flash(
             "error",
@@ -149,7 +164,11 @@ def save_and_ingest(kb_dir: Path, files: list[UploadedFile], settings: Settings)
         )
         return
     uploads = [knowledge.Upload(f.name, f.getvalue()) for f in files]
-    saved = knowledge.save_uploads(kb_dir, uploads, settings.max_file_mb)
+    try:
+        saved = knowledge.save_uploads(access, kb_dir, uploads, settings.max_file_mb)
+    except RagError as exc:  # AccessDenied: the user may no longer change this base
+        flash("error", render.escape(for_user(str(exc))))
+        return
     for name, reason in saved.refused:
         flash("error", f"{render.plain(name)}: {reason}")
     for name, new_name in saved.renamed:
@@ -166,7 +185,9 @@ def save_and_ingest(kb_dir: Path, files: list[UploadedFile], settings: Settings)
     if saved.paths:
         run_ingest(
             kb_dir,
-            lambda progress: knowledge.ingest_files(kb_dir, saved.paths, settings, progress),
+            lambda progress: knowledge.ingest_files(
+                access, kb_dir, saved.paths, settings, progress
+            ),
         )
 
 

@@ -5,7 +5,8 @@ become a link or an image: it goes through `st.markdown` only after
 `escape` (document text: every Markdown character escaped), `defuse`
 (model text: formatting kept, capped) or `plain` (names in captions and
 labels); see ui/safe_text.py. Sources are shown by `SourceNames`, relative
-to the knowledge base, never as the server's absolute paths.
+to the knowledge base, never as the server's absolute paths. A passage or
+page is drawn only for a user the session's `Access` lets read its base.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from rag.access import Access, Action
 from rag.knowledge_base import KnowledgeBase
 from rag.types import Answer, Citation, Hit, Verdict
 from ui import pages
@@ -103,19 +105,22 @@ def reasoning(text: str) -> None:
 
 
 def citations(
-    kb: KnowledgeBase, names: SourceNames, items: list[Citation], answer: str = ""
-) -> None:
+    access: Access, kb: KnowledgeBase, names: SourceNames, items: list[Citation],
+    answer: str = "",
+) -> None:  # fmt: skip
     for citation in items:
         with st.expander(f"[{citation.n}] {plain(location(citation.hit, names))}"):
-            passage(kb, names, citation.hit, quoted(answer, citation.n))
+            passage(access, kb, names, citation.hit, quoted(answer, citation.n))
 
 
 def passage(
-    kb: KnowledgeBase, names: SourceNames, hit: Hit, quotes: list[str] | None = None
-) -> None:
+    access: Access, kb: KnowledgeBase, names: SourceNames, hit: Hit,
+    quotes: list[str] | None = None,
+) -> None:  # fmt: skip
     """The passage in its surrounding text, the passage highlighted (and in
     bold the sentences the answer quotes from it, as an extractive answer
     does), and for a PDF the page itself, to check the claim at its source."""
+    access.require(Action.READ, kb.root.name)
     st.caption(plain(names.show(hit.source)))
     snapshot = kb.snapshot()
     # A stored conversation's citation: its chunk may be gone (or its id
@@ -155,12 +160,12 @@ def page_image(path: str, page: int) -> pages.PageImage:
     return _render(path, page, mtime)
 
 
-def hits_only(kb: KnowledgeBase, names: SourceNames, hits: list[Hit]) -> None:
+def hits_only(access: Access, kb: KnowledgeBase, names: SourceNames, hits: list[Hit]) -> None:
     """Retrieval-only results, for when the LLM is unavailable."""
     for rank, hit in enumerate(hits, start=1):
         label = f"{rank}. {plain(location(hit, names))} · score {hit.score:.4f}"
         with st.expander(label, expanded=rank <= 3):
-            passage(kb, names, hit)
+            passage(access, kb, names, hit)
 
 
 def notes(result: Answer) -> None:

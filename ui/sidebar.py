@@ -10,6 +10,8 @@ from pathlib import Path
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
+from rag.access import Access, Action
+from rag.errors import RagError
 from rag.settings import Settings
 from rag.storage import StoreStats
 from ui import knowledge
@@ -26,22 +28,30 @@ class Sidebar:
     conversation: DeltaGenerator  # for the "New conversation" button
 
 
-def _create(root: Path) -> None:
-    """The Create button's callback: runs before the widgets are drawn, so
-    the new base is selected in the picker of this very run."""
+def _ask_to_create() -> None:
+    st.session_state["create_kb"] = True
+
+
+def _create(root: Path, access: Access) -> None:
+    """What the Create button asked for, done before the picker is drawn, so
+    the new base is selected in the picker of this very run. Not in the
+    button's callback: that would act with the previous run's access."""
+    if not st.session_state.pop("create_kb", False):
+        return
     name = st.session_state.get("new_kb", "").strip()
     try:
-        knowledge.create(root, name)
-    except (ValueError, OSError) as exc:
+        knowledge.create(access, root, name)
+    except (ValueError, OSError, RagError) as exc:
         st.session_state["create_error"] = str(exc)
         return
     st.session_state["kb"] = name
     st.session_state["new_kb"] = ""
 
 
-def pick_knowledge_base(base: Settings) -> Path:
+def pick_knowledge_base(base: Settings, access: Access) -> Path:
     st.header("Knowledge base")
-    names = knowledge.list_knowledge_bases(base.indexes_root)
+    _create(base.indexes_root, access)
+    names = knowledge.readable_knowledge_bases(access, base.indexes_root)
     if st.session_state.get("kb") not in names:
         # A reload starts a new session: the page's address remembers the
         # base, so the user comes back to it (and to its conversation).
@@ -52,19 +62,20 @@ def pick_knowledge_base(base: Settings) -> Path:
     )
     if choice and st.query_params.get("kb") != choice:
         st.query_params["kb"] = choice
-    with st.expander("New knowledge base", expanded=not names):
-        st.text_input("Name", key="new_kb", placeholder="e.g. contracts")
-        st.button("Create", on_click=_create, args=(base.indexes_root,))
-        problem = st.session_state.pop("create_error", None)
-        if problem:
-            st.error(problem)
+    if access.role_allows(Action.WRITE):  # knowledge.create asks about the name
+        with st.expander("New knowledge base", expanded=not names):
+            st.text_input("Name", key="new_kb", placeholder="e.g. contracts")
+            st.button("Create", on_click=_ask_to_create)
+            problem = st.session_state.pop("create_error", None)
+            if problem:
+                st.error(problem)
     # With no knowledge base yet, the first upload creates the default one.
     return base.indexes_root / (choice or knowledge.default_name(base))
 
 
-def sidebar(base: Settings) -> Sidebar:
+def sidebar(base: Settings, access: Access) -> Sidebar:
     with st.sidebar:
-        kb_dir = pick_knowledge_base(base)
+        kb_dir = pick_knowledge_base(base, access)
         summary = st.container()
         conversation = st.container()
         st.header("Answering")

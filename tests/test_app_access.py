@@ -1,0 +1,246 @@
+"""Accounts, roles and per-knowledge-base access in the app (issue 19),
+through AppTest sessions of each role with RAG_AUTH=local, users made with
+the app database's own API, and the real indexes: a reader sees only the
+bases granted to them and no Manage tab, and the Manage actions called
+directly as the reader (what replaying a widget event amounts to) are
+refused below the UI; an editor uploads into a granted base only; an admin
+does everything and reads the audit trail."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+from test_app import app, texts
+
+from rag.appdb import AppDB, open_app_db
+from rag.settings import Settings
+
+PASSWORD = "correct horse battery"
+QUESTION = "How are broken files reported during ingestion?"
+NOTE = b"# Larch Creek pump station\n\nThe Larch Creek pump was installed in 1987."
+
+
+@pytest.fixture
+def team(app_env: pytest.MonkeyPatch, kb_root: Path, tmp_path: Path) -> AppDB:
+    """Two knowledge bases (default, secret) and three accounts: rita reads
+    default, eddie edits default, ada is an admin. No LLM: answers are off,
+    searches still show passages."""
+    from serving.launch import free_port
+
+    shutil.copytree(kb_root / "default", kb_root / "secret")
+    app_env.setenv("RAG_AUTH", "local")
+    app_env.setenv("RAG_APP_DB", str(tmp_path / "app.sqlite"))
+    app_env.setenv("RAG_LOGIN_BACKOFF", "0.001")
+    app_env.setenv("RAG_LLM_URL", f"http://127.0.0.1:{free_port()}/v1")
+    db = open_app_db(Settings())
+    db.accounts.add_user("rita", "reader", PASSWORD, ["default"], by="test")
+    db.accounts.add_user("eddie", "editor", PASSWORD, ["default"], by="test")
+    db.accounts.add_user("ada", "admin", PASSWORD, by="test")
+    return db
+
+
+def log_in(at: AppTest, name: str, password: str = PASSWORD) -> AppTest:
+    """Fills the login form of `at` (already run) and submits it."""
+    at.text_input[0].input(name)
+    at.text_input[1].input(password)
+    next(b for b in at.button if b.label == "Log in").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def signed_in(name: str) -> AppTest:
+    return log_in(app().run(), name)
+
+
+def picker(at: AppTest):
+    return next(s for s in at.sidebar.selectbox if s.label == "Knowledge base")
+
+
+def tab_labels(at: AppTest) -> list[str]:
+    return [t.label for t in at.tabs]
+
+
+def access_of(db: AppDB, name: str):
+    """What a session of `name` holds: the user as the database has them
+    now, and the one policy."""
+    from rag.access import Access, AccessPolicy
+
+    user = db.accounts.user(name)
+    assert user is not None
+    return Access(user, AccessPolicy(db))
+
+
+def state_of(kb_dir: Path) -> tuple[int, list[str], list[str]]:
+    """What a Manage action would change: the published generation, the
+    documents, and the files in the folder."""
+    from rag.knowledge_base import KnowledgeBase
+
+    kb = KnowledgeBase.open(kb_dir)
+    try:
+        generation, documents = kb.stats().generation, sorted(d.path for d in kb.documents())
+    finally:
+        kb.close()
+    return generation, documents, sorted(str(p.relative_to(kb_dir)) for p in kb_dir.rglob("*"))
+
+
+# -- logging in -------------------------------------------------------------------
+
+
+def test_a_wrong_password_is_refused_and_the_right_one_admitted(team):
+    at = app().run()
+    assert not at.tabs and not at.sidebar.selectbox, "nothing but the login form"
+    log_in(at, "rita", "not her password")
+    assert [e.value for e in at.error] == ["Wrong name or password."]
+    assert not at.tabs
+    log_in(at, "nobody", "not a password")
+    assert [e.value for e in at.error] == ["Wrong name or password."], "the same for no such name"
+    at.run()  # the throttle of a millisecond has passed
+    log_in(at, "rita")
+    assert not at.error, [e.value for e in at.error]
+    assert picker(at).options == ["default"]
+    shown = [m.value for m in at.sidebar.markdown]
+    assert any("rita" in m for m in shown), shown
+    actions = [(e.action, e.target) for e in team.audit.entries()]
+    assert ("login-failed", "rita") in actions and ("login", "rita") in actions
+
+
+def test_a_disabled_account_is_signed_out_at_its_next_run_and_log_out_ends_the_session(team):
+    at = signed_in("rita")
+    assert at.tabs
+    team.accounts.set_disabled("rita", True, by="test")
+    at.run()
+    assert not at.tabs and [b.label for b in at.button] == ["Log in"]
+    team.accounts.set_disabled("rita", False, by="test")
+    at = signed_in("rita")
+    next(b for b in at.sidebar.button if b.label == "Log out").click().run()
+    assert not at.tabs and [b.label for b in at.button] == ["Log in"]
+    assert ("rita", "logout") in [(e.user, e.action) for e in team.audit.entries()]
+
+
+# -- a reader -----------------------------------------------------------------------
+
+
+def test_a_reader_sees_only_granted_bases_no_manage_tab_and_can_ask(team):
+    at = signed_in("rita")
+    assert picker(at).options == ["default"]
+    assert tab_labels(at) == ["Ask"]
+    assert not at.file_uploader and not at.multiselect
+    assert not [b for b in at.button if b.label.startswith(("Rebuild", "Ingest", "Delete"))]
+    assert not [e for e in at.sidebar.expander if e.label == "New knowledge base"]
+    at.chat_input[0].set_value(QUESTION).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any(e.label.startswith("1. ") for e in at.expander), "the passages are shown"
+
+
+def test_a_revoked_grant_takes_effect_at_the_next_run(team):
+    team.accounts.grant("rita", "secret", by="test")
+    at = signed_in("rita")
+    assert picker(at).options == ["default", "secret"]
+    picker(at).set_value("secret").run()
+    team.accounts.revoke("rita", "secret", by="test")
+    at.run()  # any click: the page runs again
+    assert not at.exception, [e.value for e in at.exception]
+    assert picker(at).options == ["default"] and picker(at).value == "default"
+    assert "secret" not in texts(at)
+    team.accounts.revoke("rita", "default", by="test")
+    at.run()
+    assert picker(at).options == []
+    assert not at.chat_input and not at.tabs
+    assert any("ask an admin" in i.value for i in at.info), [i.value for i in at.info]
+
+
+def test_the_manage_actions_called_as_a_reader_are_refused_and_change_nothing(team, kb_root):
+    from rag.access import AccessDenied, Action
+    from rag.knowledge_base import KnowledgeBase
+    from ui import knowledge
+
+    rita = access_of(team, "rita")
+    kb_dir = kb_root / "default"
+    settings = Settings(index=kb_dir)
+    before = state_of(kb_dir)
+    document = before[1][0]
+    attempts = {
+        "create": lambda: knowledge.create(rita, kb_root, "mine"),
+        "upload": lambda: knowledge.save_uploads(rita, kb_dir, [knowledge.Upload("n.md", NOTE)], 1),
+        "ingest": lambda: knowledge.ingest_files(rita, kb_dir, [document], settings, print),
+        "delete": lambda: knowledge.delete_documents(rita, kb_dir, [document], settings),
+        "rebuild": lambda: knowledge.rebuild(rita, kb_dir, settings, print),
+        "open to manage": lambda: knowledge.open_kb(rita, kb_dir, KnowledgeBase.open, Action.WRITE),
+        "open another": lambda: knowledge.open_kb(rita, kb_root / "secret", KnowledgeBase.open),
+    }
+    for what, attempt in attempts.items():
+        with pytest.raises(AccessDenied):
+            attempt()
+            pytest.fail(f"{what} was allowed")
+    assert state_of(kb_dir) == before
+    assert not (kb_root / "mine").exists()
+    denied = [e for e in team.audit.entries() if e.user == "rita" and e.action == "denied"]
+    assert len(denied) == len(attempts)
+
+
+# -- an editor ------------------------------------------------------------------------
+
+
+def test_an_editor_uploads_into_a_granted_base_but_not_another(team, kb_root):
+    from rag.access import AccessDenied
+    from ui import knowledge
+
+    at = signed_in("eddie")
+    assert picker(at).options == ["default"]
+    assert tab_labels(at) == ["Ask", "Manage"]
+    at.file_uploader[0].set_value([("larch.md", NOTE, "text/markdown")]).run()
+    next(b for b in at.button if b.label == "Ingest").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("Added 1" in s.value for s in at.success), [e.value for e in at.error]
+    assert (kb_root / "default" / "uploads" / "larch.md").is_file()
+    eddie = access_of(team, "eddie")
+    with pytest.raises(AccessDenied):
+        knowledge.save_uploads(eddie, kb_root / "secret", [knowledge.Upload("n.md", NOTE)], 1)
+    assert not (kb_root / "secret" / "uploads").exists()
+    # a base of their own needs a grant first
+    at.sidebar.text_input[0].set_value("contracts")
+    next(b for b in at.sidebar.button if b.label == "Create").click().run()
+    assert any("no access" in e.value for e in at.sidebar.error), at.sidebar.error
+    assert not (kb_root / "contracts").exists()
+    uploads = [e for e in team.audit.entries() if e.action == "upload"]
+    assert [(e.user, e.target) for e in uploads] == [("eddie", "default")]
+
+
+# -- an admin ----------------------------------------------------------------------------
+
+
+def test_an_admin_manages_every_base_and_reads_the_audit(team, kb_root):
+    at = signed_in("ada")
+    assert picker(at).options == ["default", "secret"]
+    assert tab_labels(at) == ["Ask", "Manage", "Audit"]
+    picker(at).set_value("secret").run()
+    doomed = next(p for p in at.multiselect[0].options if p.endswith("searching.md"))
+    at.multiselect[0].set_value([doomed]).run()
+    next(c for c in at.checkbox if c.label.startswith("Yes, delete 1")).check().run()
+    next(b for b in at.button if b.label == "Delete selected").click().run()
+    assert any("Deleted 1" in s.value for s in at.success)
+    next(b for b in at.button if b.label == "Rebuild this knowledge base").click().run()
+    at.sidebar.text_input[0].set_value("contracts")
+    next(b for b in at.sidebar.button if b.label == "Create").click().run()
+    assert picker(at).value == "contracts"
+    assert not at.exception, [e.value for e in at.exception]
+    done = [(e.user, e.action, e.target) for e in team.audit.entries()]
+    for entry in [("ada", "delete", "secret"), ("ada", "rebuild", "secret"),
+                  ("ada", "create", "contracts")]:  # fmt: skip
+        assert entry in done, done
+    audit = at.tabs[2].dataframe[0].value
+    assert list(audit["action"][:3]) == ["create", "rebuild", "delete"], "newest first"
+    assert "login" in set(audit["action"])
+
+
+def test_readers_and_editors_have_no_audit_view(team):
+    from rag.access import AccessDenied
+    from ui import account
+
+    for name in ("rita", "eddie"):
+        assert "Audit" not in tab_labels(signed_in(name))
+        with pytest.raises(AccessDenied):
+            account.audit_entries(access_of(team, name), team)
