@@ -61,7 +61,7 @@ def views(access: Access, kb: str) -> list[str]:
     if access.allows(Action.WRITE, kb):
         shown.append("Manage")
     if access.allows(Action.ADMIN):
-        shown.append("Audit")
+        shown += ["Users", "Audit"]
     return shown
 
 
