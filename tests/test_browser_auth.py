@@ -85,6 +85,8 @@ def test_oidc_login_shows_the_user_and_logout_returns_to_the_login_page(
             timeout=60_000
         )
         _screenshot(page, "oidc-signed-in.png", "the signed-in view", capsys)
+        page.reload()  # still signed in (Streamlit's cookie): not a second login
+        expect(sidebar.get_by_text("Ada Lovelace")).to_be_visible(timeout=60_000)
 
         sidebar.get_by_role("button", name="Log out").click()
         page.wait_for_url(f"{provider}/oauth2/end_session*", timeout=30_000)
@@ -95,6 +97,17 @@ def test_oidc_login_shows_the_user_and_logout_returns_to_the_login_page(
         page.reload()  # the identity cookie is gone, not only this session's view
         expect(page.get_by_role("button", name="Log in")).to_be_visible(timeout=60_000)
         expect(page.get_by_text("Signed in as")).to_have_count(0)
+    logins = [e for e in _audit(tmp_path / "indexes") if e.action == "login"]
+    assert [e.user for e in logins] == ["ada@example.org"], logins
+    assert logins[0].detail.startswith("oidc, token issued "), "the real ID token has an iat"
+
+
+def _audit(root: Path):
+    """The audit trail of the app database the app keeps under `root`."""
+    from rag.appdb import open_app_db
+    from rag.settings import Settings
+
+    return open_app_db(Settings(indexes_root=root)).audit.entries()
 
 
 PASSWORD = "correct horse battery"
