@@ -22,7 +22,7 @@ from rag.knowledge_base import KnowledgeBase
 from rag.llm import Delta, OpenAIChat, check_server
 from rag.settings import Settings
 from rag.types import Answer
-from ui import account, history, knowledge, render
+from ui import account, history, knowledge, render, users
 from ui.conversation import Conversation, ConversationStore, Turn
 from ui.manage import manage_tab
 from ui.messages import for_user, plural
@@ -240,6 +240,9 @@ def main() -> None:
         stats = knowledge.stats(access, side.kb_dir, side.settings, open_kb)
     with views["Ask"]:
         conversation = ask_tab(side.kb_dir, side.settings, store, access)
+    if "Users" in views:
+        with views["Users"]:
+            users.users_tab(access, db, base.indexes_root)
     if "Audit" in views:
         with views["Audit"]:
             account.audit_tab(access, db)

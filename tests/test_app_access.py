@@ -63,6 +63,10 @@ def tab_labels(at: AppTest) -> list[str]:
     return [t.label for t in at.tabs]
 
 
+def tab(at: AppTest, label: str):
+    return next(t for t in at.tabs if t.label == label)
+
+
 def access_of(db: AppDB, name: str):
     """What a session of `name` holds: the user as the database has them
     now, and the one policy."""
@@ -215,7 +219,7 @@ def test_an_editor_uploads_into_a_granted_base_but_not_another(team, kb_root):
 def test_an_admin_manages_every_base_and_reads_the_audit(team, kb_root):
     at = signed_in("ada")
     assert picker(at).options == ["default", "secret"]
-    assert tab_labels(at) == ["Ask", "Manage", "Audit"]
+    assert tab_labels(at) == ["Ask", "Manage", "Users", "Audit"]
     picker(at).set_value("secret").run()
     doomed = next(p for p in at.multiselect[0].options if p.endswith("searching.md"))
     at.multiselect[0].set_value([doomed]).run()
@@ -231,7 +235,7 @@ def test_an_admin_manages_every_base_and_reads_the_audit(team, kb_root):
     for entry in [("ada", "delete", "secret"), ("ada", "rebuild", "secret"),
                   ("ada", "create", "contracts")]:  # fmt: skip
         assert entry in done, done
-    audit = at.tabs[2].dataframe[0].value
+    audit = tab(at, "Audit").dataframe[0].value
     assert list(audit["action"][:3]) == ["create", "rebuild", "delete"], "newest first"
     assert "login" in set(audit["action"])
 
@@ -244,3 +248,89 @@ def test_readers_and_editors_have_no_audit_view(team):
         assert "Audit" not in tab_labels(signed_in(name))
         with pytest.raises(AccessDenied):
             account.audit_entries(access_of(team, name), team)
+
+
+# -- the admins' Users view ------------------------------------------------------------
+
+
+def users_table(at: AppTest) -> dict[str, dict[str, object]]:
+    """The Users view's table, a row per account name."""
+    table = tab(at, "Users").dataframe[0].value
+    return {row["name"]: row for row in table.to_dict("records")}
+
+
+def change(at: AppTest, account: str, button: str, **choices: str) -> AppTest:
+    """In the Users view: pick `account`, set the other selectboxes by label
+    (`Role=`, `kb=`), then click `button`."""
+    users = tab(at, "Users")
+    next(s for s in users.selectbox if s.label == "Account").set_value(account).run()
+    labels = {"Role": "Role", "kb": "Knowledge base to grant or revoke"}
+    for name, value in choices.items():
+        users = tab(at, "Users")
+        next(s for s in users.selectbox if s.label == labels[name]).set_value(value).run()
+    next(b for b in tab(at, "Users").button if b.label == button).click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_an_admin_grants_a_reader_a_base_and_the_reader_then_sees_it(team):
+    at = signed_in("ada")
+    assert users_table(at)["rita"] == {
+        "name": "rita", "role": "reader", "knowledge bases": "default", "disabled": False,
+    }  # fmt: skip
+    change(at, "rita", "Grant", kb="secret")
+    assert any("Granted" in s.value for s in tab(at, "Users").success), at.error
+    assert users_table(at)["rita"]["knowledge bases"] == "default, secret", "the table is fresh"
+    assert ("ada", "grant", "rita", "kb=secret") in [
+        (e.user, e.action, e.target, e.detail) for e in team.audit.entries()
+    ]
+    assert picker(signed_in("rita")).options == ["default", "secret"]
+    change(at, "rita", "Revoke", kb="default")
+    assert picker(signed_in("rita")).options == ["secret"]
+
+
+def test_an_admin_changes_a_role_and_disables_an_account_but_not_their_own(team):
+    at = signed_in("ada")
+    change(at, "eddie", "Change role", Role="reader")
+    assert users_table(at)["eddie"]["role"] == "reader"
+    assert tab_labels(signed_in("eddie")) == ["Ask"], "no Manage tab any more"
+    change(at, "rita", "Disable")
+    assert users_table(at)["rita"]["disabled"] is True
+    rita = log_in(app().run(), "rita")
+    assert not rita.tabs and [e.value for e in rita.error] == ["Wrong name or password."]
+    change(at, "rita", "Enable")
+    assert signed_in("rita").tabs
+    change(at, "ada", "Disable")
+    assert any("your own" in e.value for e in tab(at, "Users").error), at.error
+    change(at, "ada", "Change role", Role="reader")
+    assert users_table(at)["ada"] == {
+        "name": "ada", "role": "admin", "knowledge bases": "all", "disabled": False,
+    }  # fmt: skip
+    done = [(e.user, e.action, e.target, e.detail) for e in team.audit.entries()]
+    for entry in [("ada", "role", "eddie", "role=reader"), ("ada", "disable", "rita", ""),
+                  ("ada", "enable", "rita", "")]:  # fmt: skip
+        assert entry in done, done
+
+
+@pytest.mark.parametrize("name", ["rita", "eddie"])
+def test_the_users_functions_called_as_a_non_admin_are_refused_and_change_nothing(team, name):
+    from rag.access import AccessDenied
+    from ui import users
+
+    before = team.accounts.accounts()
+    assert "Users" not in tab_labels(signed_in(name))
+    who = access_of(team, name)
+    attempts = {
+        "list": lambda: users.accounts(who, team),
+        "grant": lambda: users.grant(who, team, name, "secret"),
+        "revoke": lambda: users.revoke(who, team, "rita", "default"),
+        "role": lambda: users.set_role(who, team, name, "admin"),
+        "disable": lambda: users.set_disabled(who, team, "ada", True),
+    }
+    for what, attempt in attempts.items():
+        with pytest.raises(AccessDenied):
+            attempt()
+            pytest.fail(f"{name} could {what}")
+    denied = [e for e in team.audit.entries() if e.user == name and e.action == "denied"]
+    assert len(denied) == len(attempts)
+    assert team.accounts.accounts() == before

@@ -270,3 +270,40 @@ def test_oidc_user_without_a_mapped_group_gets_the_account_an_admin_made(
     assert not at.exception, [e.value for e in at.exception]
     assert [t.label for t in at.tabs] == ["Ask", "Manage"]
     assert at.sidebar.selectbox[0].options == ["default"], "only the base granted to her"
+
+
+def _logins(kb_root: Path) -> list[tuple[str, str, str, str]]:
+    from rag.appdb import open_app_db
+    from rag.settings import Settings
+
+    entries = open_app_db(Settings(indexes_root=kb_root)).audit.entries()
+    return [(e.user, e.action, e.target, e.detail) for e in entries if e.action == "login"]
+
+
+def test_an_oidc_login_is_audited_once_not_at_every_run(
+    oidc_env: pytest.MonkeyPatch, kb_root: Path
+) -> None:
+    """Streamlit's cookie keeps an OIDC user signed in over every rerun and
+    every reload of the page: the audit trail has their login once. A new
+    login at the provider issues a new ID token (its `iat`): a new entry."""
+    oidc_env.setenv("RAG_AUTH_GROUP_ROLES", '{"kb-readers": "reader"}')
+    oidc_env.setenv("RAG_AUTH_GROUP_GRANTS", '{"kb-readers": ["default"]}')
+    ada = {**ADA, "groups": ["kb-readers"], "sub": "ada", "iat": 1_700_000_000}
+    at = _oidc_app()
+    at.user = ada
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    at.run()
+    at.run()
+    once = [("ada@example.org", "login", "ada@example.org", "oidc, token issued 1700000000")]
+    assert _logins(kb_root) == once
+    reloaded = _oidc_app()  # a reload: a new session of the page, the same login
+    reloaded.user = ada
+    reloaded.run()
+    assert _shows_knowledge_bases(reloaded)
+    assert _logins(kb_root) == once
+    again = _oidc_app()  # logged out and in again at the provider
+    again.user = {**ada, "iat": 1_700_003_600}
+    again.run()
+    assert _logins(kb_root) == [*once, ("ada@example.org", "login", "ada@example.org",
+                                        "oidc, token issued 1700003600")]  # fmt: skip

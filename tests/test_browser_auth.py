@@ -1,10 +1,15 @@
-"""RAG_AUTH=oidc end to end (issue 19): a real OpenID Connect provider
-(oidc-provider-mock, its own HTTP server), the app with Streamlit's
-st.login configured for it in secrets.toml, and headless Chromium: the
-login page shows nothing of the knowledge bases; Log in goes through the
-provider's form; back in the app the user's name and groups are in the
-sidebar; Log out ends the provider's session and shows the login page
-again."""
+"""Logins end to end in headless Chromium (issue 19).
+
+RAG_AUTH=oidc: a real OpenID Connect provider (oidc-provider-mock, its own
+HTTP server), the app with Streamlit's st.login configured for it in
+secrets.toml: the login page shows nothing of the knowledge bases; Log in
+goes through the provider's form; back in the app the user's name and
+groups are in the sidebar, and the login is in the audit trail once; Log
+out ends the provider's session and shows the login page again.
+
+RAG_AUTH=local: a wrong password refused, a reader who sees only their
+base; an editor who uploads, an admin who grants a reader a base in the
+Users view, and the reader who then sees it."""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 from test_browser import ARTIFACTS, ask, browser_page, streamlit_app
+from test_browser_flows import settled
 
 pytestmark = [pytest.mark.browser]
 
@@ -85,6 +91,8 @@ def test_oidc_login_shows_the_user_and_logout_returns_to_the_login_page(
             timeout=60_000
         )
         _screenshot(page, "oidc-signed-in.png", "the signed-in view", capsys)
+        page.reload()  # still signed in (Streamlit's cookie): not a second login
+        expect(sidebar.get_by_text("Ada Lovelace")).to_be_visible(timeout=60_000)
 
         sidebar.get_by_role("button", name="Log out").click()
         page.wait_for_url(f"{provider}/oauth2/end_session*", timeout=30_000)
@@ -95,6 +103,17 @@ def test_oidc_login_shows_the_user_and_logout_returns_to_the_login_page(
         page.reload()  # the identity cookie is gone, not only this session's view
         expect(page.get_by_role("button", name="Log in")).to_be_visible(timeout=60_000)
         expect(page.get_by_text("Signed in as")).to_have_count(0)
+    logins = [e for e in _audit(tmp_path / "indexes") if e.action == "login"]
+    assert [e.user for e in logins] == ["ada@example.org"], logins
+    assert logins[0].detail.startswith("oidc, token issued "), "the real ID token has an iat"
+
+
+def _audit(root: Path):
+    """The audit trail of the app database the app keeps under `root`."""
+    from rag.appdb import open_app_db
+    from rag.settings import Settings
+
+    return open_app_db(Settings(indexes_root=root)).audit.entries()
 
 
 PASSWORD = "correct horse battery"
@@ -152,6 +171,104 @@ def test_local_login_refuses_a_wrong_password_and_shows_a_reader_only_their_base
         expect(sidebar.get_by_role("button", name="How are broken files")).to_be_visible(
             timeout=60_000
         )
+
+
+NOTE = "# Larch Creek pump station\n\nThe Larch Creek pump was installed in 1987.\n"
+
+
+def log_in_as(page, name: str, password: str = PASSWORD):
+    """Fills the local login form and waits for the signed-in page; returns
+    the sidebar."""
+    from playwright.sync_api import expect
+
+    page.get_by_label("Username").fill(name)
+    page.get_by_label("Password", exact=True).fill(password)
+    page.get_by_role("button", name="Log in").click()
+    sidebar = page.get_by_test_id("stSidebar")
+    expect(sidebar.get_by_text("Signed in as")).to_be_visible(timeout=60_000)
+    expect(sidebar.get_by_text(name, exact=True)).to_be_visible()
+    settled(page)
+    return sidebar
+
+
+def log_out(page) -> None:
+    from playwright.sync_api import expect
+
+    page.get_by_test_id("stSidebar").get_by_role("button", name="Log out").click()
+    expect(page.get_by_role("button", name="Log in")).to_be_visible(timeout=60_000)
+
+
+def choose(page, box: str, option: str) -> None:
+    """Picks `option` in the visible selectbox labelled `box`."""
+    from playwright.sync_api import expect
+
+    combo = page.get_by_role("combobox", name=box)
+    combo.click()
+    page.get_by_role("option", name=option, exact=True).click()
+    expect(combo).to_have_value(option, timeout=30_000)
+    settled(page)
+
+
+def test_local_editor_uploads_admin_grants_and_the_reader_then_sees_the_base(
+    tmp_path, docs_index, capsys
+):
+    """RAG_AUTH=local, three accounts on one app: eddie (editor of default)
+    uploads a note in Manage; ada (admin) grants rita (reader of default)
+    the base `secret` in the Users view; rita, logging in next, has both."""
+    import shutil
+
+    from playwright.sync_api import expect
+
+    from rag.appdb import open_app_db
+    from rag.settings import Settings
+
+    app_db = str(tmp_path / "app.sqlite")
+    db = open_app_db(Settings(app_db=app_db))
+    db.accounts.add_user("rita", "reader", PASSWORD, ["default"], by="test")
+    db.accounts.add_user("eddie", "editor", PASSWORD, ["default"], by="test")
+    db.accounts.add_user("ada", "admin", PASSWORD, by="test")
+    note = tmp_path / "larch-pump.md"
+    note.write_text(NOTE, encoding="utf-8")
+    app = streamlit_app(
+        tmp_path, docs_index, NO_LLM,
+        RAG_AUTH="local", RAG_APP_DB=app_db, RAG_LOGIN_BACKOFF="0.001",
+    )  # fmt: skip
+    shot = ARTIFACTS / "local-reader-granted.png"
+    with app as url, browser_page(url, shot, "the reader after the grant", capsys) as page:
+        shutil.copytree(tmp_path / "indexes" / "default", tmp_path / "indexes" / "secret")
+        main = page.get_by_test_id("stMain")
+        expect(page.get_by_role("button", name="Log in")).to_be_visible(timeout=60_000)
+
+        log_in_as(page, "eddie")
+        expect(page.get_by_role("tab")).to_have_text(["Ask", "Manage"])
+        page.get_by_role("tab", name="Manage").click()
+        main.locator("input[type='file']").set_input_files(str(note))
+        main.get_by_role("button", name="Ingest").click()
+        expect(main.get_by_text("Added 1, updated 0")).to_be_visible(timeout=180_000)
+        settled(page)
+        _screenshot(page, "local-editor-upload.png", "the editor's upload result", capsys)
+        log_out(page)
+
+        log_in_as(page, "ada")
+        expect(page.get_by_role("tab")).to_have_text(["Ask", "Manage", "Users", "Audit"])
+        page.get_by_role("tab", name="Users").click()
+        choose(page, "Account", "rita")
+        choose(page, "Knowledge base to grant or revoke", "secret")
+        main.get_by_role("button", name="Grant", exact=True).click()
+        expect(main.get_by_text("Granted secret to rita.")).to_be_visible(timeout=30_000)
+        settled(page)
+        _screenshot(page, "local-users-view.png", "the admin's Users view", capsys)
+        log_out(page)
+
+        sidebar = log_in_as(page, "rita")
+        expect(page.get_by_role("tab")).to_have_text(["Ask"])
+        sidebar.get_by_test_id("stSelectbox").first.click()
+        expect(page.get_by_role("option")).to_have_text(["default", "secret"])
+        page.get_by_role("option", name="secret").click()
+        expect(main.get_by_text("Knowledge base secret").first).to_be_visible(timeout=60_000)
+    done = [(e.user, e.action, e.target) for e in db.audit.entries()]
+    for entry in [("eddie", "upload", "default"), ("ada", "grant", "rita")]:
+        assert entry in done, done
 
 
 def _screenshot(page, name: str, what: str, capsys) -> None:

@@ -3,8 +3,9 @@
 `sign_in` runs once at the top of each run of the page: the login edge
 (ui/auth.py) says who signed in, this module says which user of the access
 policy (rag/access.py) they are, fresh from the app database each run, and
-hands back the `Access` that every function below it is given. The admins'
-Audit view reads the audit trail through the same check.
+hands back the `Access` that every function below it is given. An OIDC
+login goes into the audit trail once; the admins' Audit view reads the
+trail through the same check.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from rag.settings import Settings
 from ui import auth
 from ui.safe_text import plain
 
+_AUDITED_LOGIN = "kbqa_oidc_login"  # the OIDC login this session put in the audit trail
 AUDIT_ROWS = 500  # the newest entries shown; the table keeps them all
 
 NO_ROLE = (
@@ -34,12 +36,30 @@ def sign_in(settings: Settings, db: AppDB) -> Access:
     """The signed-in user's `Access`; until there is one, a login page (or a
     page saying to ask an admin), and the script stops there."""
     identity = auth.require_identity(settings, db.accounts)
+    if settings.auth == "oidc":
+        record_login(identity, db)
     user = user_of(identity, settings, db)
     if user is None:
         st.title("Ask your documents")
         st.info(NO_ROLE.format(name=plain(identity.name)))
         st.stop()
     return Access(user, AccessPolicy(db))
+
+
+def record_login(identity: auth.Identity, db: AppDB) -> None:
+    """An OIDC login in the audit trail, once. Streamlit's cookie keeps the
+    user signed in over every run and every reload of the page: a login is
+    one ID token (its issue time), else, when the provider sends none, one
+    browser session. (RAG_AUTH=local's logins are audited by rag.appdb.)"""
+    key = identity.email or identity.name
+    login = (key, identity.issued)
+    if st.session_state.get(_AUDITED_LOGIN) == login:
+        return
+    st.session_state[_AUDITED_LOGIN] = login
+    detail = f"oidc, token issued {identity.issued}" if identity.issued else "oidc"
+    if identity.issued and db.audit.has(key, "login", key, detail):
+        return  # a reload, or another tab, of a login already kept
+    db.audit.record(key, "login", key, detail)
 
 
 def user_of(identity: auth.Identity, settings: Settings, db: AppDB) -> User | None:
@@ -61,7 +81,7 @@ def views(access: Access, kb: str) -> list[str]:
     if access.allows(Action.WRITE, kb):
         shown.append("Manage")
     if access.allows(Action.ADMIN):
-        shown.append("Audit")
+        shown += ["Users", "Audit"]
     return shown
 
 

@@ -42,6 +42,9 @@ class Identity:
     name: str
     email: str
     groups: tuple[str, ...] = ()
+    # An OIDC login's ID token issue time ("iat"; "" if none): one per login
+    # at the provider, the same over every run and reload of the page.
+    issued: str = ""
 
 
 # RAG_AUTH=none: everyone who reaches the loopback address is this user.
@@ -68,7 +71,8 @@ def identity_from_claims(claims: Mapping[str, object], groups_claim: str) -> Ide
         groups = tuple(str(g) for g in raw)
     else:
         groups = ()
-    return Identity(name=name, email=email, groups=groups)
+    issued = claims.get("iat")
+    return Identity(name=name, email=email, groups=groups, issued=str(issued or ""))
 
 
 def current_identity(settings: Settings, accounts: Accounts) -> Identity | None:

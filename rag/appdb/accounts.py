@@ -107,13 +107,17 @@ class Accounts:
     def set_disabled(self, name: str, disabled: bool, *, by: str) -> None:
         self._update(name, by, "disable" if disabled else "enable", disabled=disabled)
 
-    def _update(self, name: str, by: str, action: str, **values: object) -> None:
+    def set_role(self, name: str, role: Role | str, *, by: str) -> None:
+        role = _role(role)
+        self._update(name, by, "role", f"role={role}", role=role.value)
+
+    def _update(self, name: str, by: str, action: str, detail: str = "", **values: object) -> None:
         with self.engine.begin() as conn:
             self._existing(conn, name)
             conn.execute(update(users).where(users.c.name == name).values(**values))
             if action in ("password", "disable"):  # whoever was logged in is out
                 conn.execute(delete(sessions).where(sessions.c.username == name))
-        self.audit.record(by, action, name)
+        self.audit.record(by, action, name, detail)
 
     def grant(self, name: str, kb: str, *, by: str) -> None:
         _check_kb(kb)

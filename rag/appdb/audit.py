@@ -34,6 +34,15 @@ class AuditLog:
                 )
             )
 
+    def has(self, user: str, action: str, target: str, detail: str) -> bool:
+        """Whether the trail holds this entry already (at any time)."""
+        query = select(audit.c.id).where(
+            audit.c.username == user, audit.c.action == action,
+            audit.c.target == target, audit.c.detail == detail,
+        ).limit(1)  # fmt: skip
+        with self.engine.connect() as conn:
+            return conn.execute(query).first() is not None
+
     def entries(self, limit: int | None = None, newest_first: bool = False) -> list[AuditEntry]:
         order = audit.c.id.desc() if newest_first else audit.c.id
         query = select(audit).order_by(order).limit(limit)
