@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from rag.cli_mcp import mcp
 from rag.cli_users import users
 from rag.errors import RagError
 from rag.knowledge_base import MODES, KnowledgeBase
@@ -36,11 +37,12 @@ class _Group(click.Group):
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
-    """Search and question a knowledge base built with `ingest`; manage the
-    app's users."""
+    """Search and question a knowledge base built with `ingest`; serve them
+    as MCP tools; manage the app's users."""
 
 
 main.add_command(users)
+main.add_command(mcp)
 
 
 def settings_with(**overrides: Any) -> Settings:
