@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from rag.cli_serve import keys, serve
 from rag.cli_users import users
 from rag.errors import RagError
 from rag.knowledge_base import MODES, KnowledgeBase
@@ -37,10 +38,12 @@ class _Group(click.Group):
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Search and question a knowledge base built with `ingest`; manage the
-    app's users."""
+    app's users and API keys; serve the knowledge bases over HTTP."""
 
 
 main.add_command(users)
+main.add_command(keys)
+main.add_command(serve)
 
 
 def settings_with(**overrides: Any) -> Settings:
