@@ -21,6 +21,7 @@ import uvicorn
 from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import SecretStr
 
 from rag.access import Role
 from rag.appdb import open_app_db
@@ -95,7 +96,7 @@ def api(tmp_path_factory, docs_index, llm_settings) -> Iterator[Server]:
         update={
             "indexes_root": indexes(tmp, docs_index),
             "auth": "local",
-            "app_db": str(tmp / "app.sqlite"),
+            "app_db": SecretStr(str(tmp / "app.sqlite")),
             "answer_style": "extractive",
             "screen": False,
             "llm_retries": 0,
