@@ -10,7 +10,11 @@ from typing import Any
 
 import click
 
+<<<<<<< HEAD
 from rag.cli_mcp import mcp
+=======
+from rag.cli_serve import keys, serve
+>>>>>>> wt/api
 from rag.cli_users import users
 from rag.errors import RagError
 from rag.knowledge_base import MODES, KnowledgeBase
@@ -37,11 +41,14 @@ class _Group(click.Group):
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
-    """Search and question a knowledge base built with `ingest`; serve them
-    as MCP tools; manage the app's users."""
+    """Search and question a knowledge base built with `ingest`; manage the
+    app's users and API keys; serve the knowledge bases over HTTP (`rag
+    serve`) and as MCP tools (`rag mcp`)."""
 
 
 main.add_command(users)
+main.add_command(keys)
+main.add_command(serve)
 main.add_command(mcp)
 
 

@@ -82,6 +82,17 @@ class Settings(BaseSettings):
     # About 500 tokens: room left for the passages in the smallest context.
     max_question_chars: int = Field(2000, ge=100, description="longest question the app takes")
 
+    # The HTTP API (rag serve, serving/api). Each key (or the local user) gets
+    # a bucket of `api_burst` requests, refilled at `api_requests_per_minute`.
+    api_requests_per_minute: float = Field(
+        60.0, gt=0, description="requests one API key may make per minute, on average"
+    )
+    api_burst: int = Field(20, ge=1, description="requests one API key may make at once")
+    api_max_body_kb: int = Field(
+        256, ge=16, description="largest JSON request body (uploads: RAG_MAX_FILE_MB per file)"
+    )
+    api_max_messages: int = Field(64, ge=1, description="most messages in one chat request")
+
     # The app's own database: users, grants, sessions, conversations, audit.
     # Empty: a SQLite file beside the indexes (<indexes_root>/.app/app.sqlite);
     # or a file path, or a postgresql:// URL shared by several app replicas.

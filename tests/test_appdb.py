@@ -16,6 +16,7 @@ from builders import Clock
 
 from rag.access import LoginRefused, Role, User
 from rag.appdb import AppDB, AppDBIncompatible, open_app_db
+from rag.appdb.schema import SCHEMA_VERSION
 from rag.conversation import Conversation, Turn
 from rag.errors import RagError
 from rag.settings import Settings
@@ -64,7 +65,7 @@ def test_the_default_database_is_a_sqlite_file_beside_the_indexes_never_in_one(t
 
 
 def test_the_schema_is_versioned_and_a_newer_one_is_refused(db, settings, clock):
-    assert db.schema_version() == 1
+    assert db.schema_version() == SCHEMA_VERSION
     with db.engine.begin() as conn:
         conn.execute(sqlalchemy.text("UPDATE kbqa_meta SET value = '99' WHERE key = 'schema'"))
     with pytest.raises(AppDBIncompatible, match="newer"):

@@ -8,6 +8,7 @@ replicas behind a load balancer share.
     db.accounts       users, grants, logins, sessions   (accounts.py)
     db.conversations  each user's conversations          (conversations.py)
     db.audit          the append-only audit trail        (audit.py)
+    db.keys           the HTTP API's bearer keys         (keys.py)
 
 The schema is created on first use and versioned (schema.py).
 """
@@ -26,12 +27,14 @@ from rag.access import LOCAL_USER
 from rag.appdb.accounts import Account, Accounts
 from rag.appdb.audit import AuditEntry, AuditLog
 from rag.appdb.conversations import ConversationMissing, Conversations
+from rag.appdb.keys import ApiKey, ApiKeys
 from rag.appdb.schema import AppDBIncompatible, create_or_check, meta
 from rag.errors import RagError
 from rag.settings import Settings
 
 __all__ = [
     "Account",
+    "ApiKey",
     "AppDB",
     "AppDBIncompatible",
     "AuditEntry",
@@ -67,6 +70,7 @@ class AppDB:
         self.audit = AuditLog(engine, clock)
         self.accounts = Accounts(engine, self.audit, settings, clock)
         self.conversations = Conversations(engine, clock)
+        self.keys = ApiKeys(engine, self.accounts, self.audit, clock)
 
     def schema_version(self) -> int:
         with self.engine.connect() as conn:

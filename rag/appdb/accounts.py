@@ -26,7 +26,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from rag.access import LoginRefused, Role, User, valid_kb_name
 from rag.appdb.audit import AuditLog
-from rag.appdb.schema import grants, login_attempts, sessions, users
+from rag.appdb.schema import api_keys, grants, login_attempts, sessions, users
 from rag.errors import RagError
 from rag.settings import Settings
 
@@ -93,10 +93,12 @@ class Accounts:
         return User(name, role, frozenset(kbs))
 
     def remove_user(self, name: str, *, by: str) -> None:
+        """The account, its grants, sessions and API keys."""
         with self.engine.begin() as conn:
             self._existing(conn, name)
             conn.execute(delete(sessions).where(sessions.c.username == name))
             conn.execute(delete(grants).where(grants.c.username == name))
+            conn.execute(delete(api_keys).where(api_keys.c.username == name))
             conn.execute(delete(users).where(users.c.name == name))
         self.audit.record(by, "user-remove", name)
 

@@ -25,7 +25,9 @@ from sqlalchemy import (
 
 from rag.errors import RagError
 
-SCHEMA_VERSION = 1
+# 2: api_keys (the HTTP API's bearer keys). An older database gains the table
+# on first open; an older app refuses a newer database.
+SCHEMA_VERSION = 2
 
 metadata = MetaData()
 
@@ -85,6 +87,18 @@ turns = Table(
     Column("conversation", Integer, ForeignKey("conversations.id"), nullable=False, index=True),
     Column("data", Text, nullable=False),  # rag.conversation.Turn.to_json
 )
+# The HTTP API's bearer keys (rag keys): only the SHA-256 of a key is kept;
+# `key_id`, the public part of the key, names it in `rag keys list/revoke`.
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("key_id", String(32), primary_key=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("username", String(128), ForeignKey("users.name"), nullable=False),
+    Column("label", Text, nullable=False, default=""),
+    Column("created", Float, nullable=False),
+    Column("revoked", Float),  # NULL: in use
+)
 audit = Table(
     "audit",
     metadata,
@@ -130,6 +144,10 @@ def create_or_check(engine: Engine) -> bool:
             conn.execute(meta.insert().values(key="schema", value=str(SCHEMA_VERSION)))
             return True
         found = int(conn.execute(meta.select().where(meta.c.key == "schema")).one().value)
+        if found < SCHEMA_VERSION:  # create_all above added the newer tables
+            conn.execute(
+                meta.update().where(meta.c.key == "schema").values(value=str(SCHEMA_VERSION))
+            )
     if found > SCHEMA_VERSION:
         raise AppDBIncompatible(
             f"The app database was written by a newer version of the app (schema {found}; "

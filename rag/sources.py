@@ -1,0 +1,47 @@
+"""How document paths are shown to whoever is not the server's operator
+(the app's visitors, the HTTP API's clients): relative to the knowledge
+base, never as the server's absolute paths."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from rag.knowledge_base import KnowledgeBase
+
+
+@dataclass(frozen=True)
+class SourceNames:
+    """How visitors see document paths: relative to the knowledge base's
+    folder (uploads), or else to the folder that the documents ingested from
+    elsewhere share (e.g. docs/); a path under neither shows its folder's
+    name and its file name, never where that folder is."""
+
+    kb_root: str
+    shared: str | None
+
+    @classmethod
+    def of(cls, kb: KnowledgeBase) -> SourceNames:
+        root = os.path.realpath(kb.root)
+        outside = [os.path.dirname(d.path) for d in kb.documents() if not _under(d.path, root)]
+        shared = os.path.commonpath(outside) if outside else None
+        # Folders with nothing in common but '/' share nothing worth hiding behind.
+        return cls(root, shared if shared and os.path.dirname(shared) != shared else None)
+
+    def show(self, source: str) -> str:
+        for base in (self.kb_root, self.shared):
+            if base and _under(source, base):
+                return os.path.relpath(source, base)
+        path = Path(source)
+        return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+
+    def redact(self, message: str) -> str:
+        """A message with the server's folders taken out of any path in it."""
+        for base in sorted(filter(None, (self.shared, self.kb_root)), key=len, reverse=True):
+            message = message.replace(base + os.sep, "")
+        return message
+
+
+def _under(path: str, folder: str) -> bool:
+    return os.path.abspath(path).startswith(folder.rstrip(os.sep) + os.sep)

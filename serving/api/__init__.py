@@ -1,0 +1,80 @@
+"""`rag serve`: the knowledge bases over HTTP, for programs (issue 21).
+
+    POST   /v1/chat/completions                     OpenAI-compatible, cited answers  (chat.py)
+    GET    /v1/models                               the knowledge bases a key may read
+    POST   /v1/search                               ranked passages                   (knowledge.py)
+    GET    /v1/knowledge-bases/{kb}/stats           the numbers
+    GET    /v1/knowledge-bases/{kb}/documents       the documents
+    POST   /v1/knowledge-bases/{kb}/documents       upload and ingest (multipart)
+    DELETE /v1/knowledge-bases/{kb}/documents/{id}  remove one
+    /docs                                           the OpenAPI documentation
+
+Every request carries `Authorization: Bearer <key>` (`rag keys create
+NAME`); the key's account and its grants decide, through the same access
+policy as the app (service.py, security.py). Errors leave in OpenAI's JSON
+shape (errors.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from rag.appdb import AppDB, open_app_db
+from rag.llm import ChatModel, OpenAIChat
+from rag.settings import Settings
+from serving.api import chat, errors, knowledge
+from serving.api.security import BodyLimit, RateLimiter
+from serving.api.service import Service
+
+__all__ = ["Service", "create_app", "mount_mcp"]
+
+UPLOAD_PATH = "/documents"
+
+
+def create_app(
+    settings: Settings, db: AppDB | None = None, chat_model: ChatModel | None = None
+) -> FastAPI:
+    """The API over `settings.indexes_root`; `db` and `chat_model` default to
+    the app database and the LLM server the settings name."""
+    svc = Service(
+        settings=settings,
+        db=db or open_app_db(settings),
+        chat=chat_model or OpenAIChat(settings),
+        limiter=RateLimiter(settings.api_requests_per_minute, settings.api_burst),
+    )
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        svc.close()
+
+    app = FastAPI(
+        title="kbqa",
+        summary="Cited answers, search and ingestion over your knowledge bases",
+        version="1",
+        lifespan=lifespan,
+    )
+    app.state.service = svc
+    errors.install(app)
+    app.include_router(chat.router)
+    app.include_router(knowledge.router)
+    upload_limit = int(settings.max_file_mb * settings.max_upload_files * 1024 * 1024) + 65536
+    json_limit = settings.api_max_body_kb * 1024
+
+    def limit(path: str) -> int:
+        return upload_limit if path.endswith(UPLOAD_PATH) else json_limit
+
+    app.add_middleware(BodyLimit, limit=limit)
+    mount_mcp(app, svc)
+    return app
+
+
+def mount_mcp(app: FastAPI, svc: Service) -> None:
+    """Where the MCP server's streamable-HTTP app is mounted at /mcp (issue
+    21). It resolves keys and grants with `svc.access(key)`, as the routes
+    here do. The MCP module plugs in here with one line, e.g.
+    `app.mount("/mcp", mcp_tools.http_app(svc))` (its session manager's
+    lifespan must then run inside `lifespan` above)."""

@@ -1,0 +1,160 @@
+"""The knowledge bases over HTTP: which ones a key may read (as OpenAI
+"models"), ranked passages, documents uploaded, listed and deleted, and
+the numbers. Each route asks the access policy first (through
+`Service.kb_dir`/`Service.open` and ui/knowledge's functions, the same the
+app calls) and changes are kept in the audit trail there."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Request, UploadFile
+from pydantic import AliasChoices, BaseModel, Field
+
+from ingest.ingestor import noop
+from rag.access import Action
+from rag.settings import SearchMode
+from rag.sources import SourceNames
+from rag.storage import DocumentRecord
+from serving.api.errors import ApiError
+from serving.api.service import Requester, public, service
+from ui import knowledge
+
+router = APIRouter(tags=["knowledge bases"])
+
+
+def _model(name: str) -> dict[str, object]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "kbqa"}
+
+
+@router.get("/v1/models", summary="The knowledge bases this key may read")
+def list_models(access: Requester, request: Request) -> dict[str, object]:
+    names = knowledge.readable_knowledge_bases(access, service(request).root)
+    return {"object": "list", "data": [_model(name) for name in names]}
+
+
+@router.get("/v1/models/{model}", summary="One knowledge base, when this key may read it")
+def get_model(model: str, access: Requester, request: Request) -> dict[str, object]:
+    svc = service(request)
+    svc.kb_dir(access, model)
+    if model not in knowledge.list_knowledge_bases(svc.root):
+        raise ApiError(404, f"No knowledge base named {model!r}.", code="model_not_found")
+    return _model(model)
+
+
+class SearchRequest(BaseModel):
+    knowledge_base: str = Field(
+        validation_alias=AliasChoices("knowledge_base", "model"),
+        description="the knowledge base (`model` is accepted too)",
+    )
+    query: str = Field(min_length=1)
+    k: int = Field(8, ge=1, le=100)
+    mode: SearchMode = "hybrid"
+
+
+@router.post("/v1/search", summary="The passages that best match a query, best first")
+def search(body: SearchRequest, access: Requester, request: Request) -> dict[str, object]:
+    svc = service(request)
+    if len(body.query) > svc.settings.max_question_chars:
+        raise ApiError(
+            400, f"The query is longer than {svc.settings.max_question_chars} characters.",
+            code="message_too_long",
+        )  # fmt: skip
+    kb = svc.open(access, body.knowledge_base)
+    hits = kb.search(body.query, k=body.k, mode=body.mode)
+    data = [{"rank": rank, **hit.to_dict()} for rank, hit in enumerate(hits, start=1)]
+    found = {"object": "list", "model": body.knowledge_base, "query": body.query, "data": data}
+    return public(found, SourceNames.of(kb))  # type: ignore[no-any-return]
+
+
+def _document(record: DocumentRecord) -> dict[str, object]:
+    return {
+        "id": record.id, "name": Path(record.path).name, "path": record.path,
+        "title": record.title, "kind": record.kind, "pages": record.pages,
+        "chunks": record.chunks, "size": record.size, "ingested_at": record.ingested_at,
+    }  # fmt: skip
+
+
+@router.get("/v1/knowledge-bases/{kb}/stats", summary="Documents, chunks, model, disk size")
+def stats(kb: str, access: Requester, request: Request) -> dict[str, object]:
+    base = service(request).open(access, kb)
+    figures = base.stats().to_dict()
+    figures["index"] = kb  # the name, not the server's folder
+    return public(figures, SourceNames.of(base))  # type: ignore[no-any-return]
+
+
+@router.get("/v1/knowledge-bases/{kb}/documents", summary="The documents of a knowledge base")
+def documents(kb: str, access: Requester, request: Request) -> dict[str, object]:
+    base = service(request).open(access, kb)
+    listed = {"object": "list", "data": [_document(r) for r in base.documents()]}
+    return public(listed, SourceNames.of(base))  # type: ignore[no-any-return]
+
+
+@router.post(
+    "/v1/knowledge-bases/{kb}/documents",
+    summary="Upload and ingest files (a new knowledge base is created by its first upload)",
+)
+def upload(
+    kb: str, files: Annotated[list[UploadFile], File()], access: Requester, request: Request
+) -> dict[str, Any]:
+    svc = service(request)
+    settings = svc.settings
+    kb_dir = svc.kb_dir(access, kb, Action.WRITE)
+    if len(files) > settings.max_upload_files:
+        raise ApiError(
+            400, f"At most {settings.max_upload_files} files per upload (RAG_MAX_UPLOAD_FILES).",
+            code="too_many_files",
+        )  # fmt: skip
+    if not kb_dir.exists():
+        knowledge.create(access, svc.root, kb)
+    uploads = [_read(f, settings.max_file_mb) for f in files]
+    saved = knowledge.save_uploads(access, kb_dir, uploads, settings.max_file_mb)
+    report = None
+    if saved.paths:
+        report = knowledge.ingest_files(access, kb_dir, saved.paths, settings, noop)
+    # By the name it was saved under (`renamed` maps a name taken by another file).
+    failures = report.failed if report else []
+    failed = [{"name": Path(f.path).name, "error": f.error} for f in failures]
+    shown = {
+        "knowledge_base": kb,
+        "ingested": [Path(p).name for p in saved.paths],
+        "refused": [{"name": name, "reason": why} for name, why in saved.refused],
+        "failed": failed,
+        "renamed": [{"name": a, "saved_as": b} for a, b in saved.renamed],
+        "unchanged": [{"name": a, "same_as": b} for a, b in saved.unchanged],
+        "report": report.to_dict() | {"index": kb} if report else None,
+    }
+    return public(shown, SourceNames(os.path.realpath(kb_dir), None))  # type: ignore[no-any-return]
+
+
+def _read(upload: UploadFile, max_mb: float) -> knowledge.Upload:
+    """The upload's bytes, reading no more than one byte over the limit
+    (save_uploads refuses it then, by name)."""
+    limit = int(max_mb * 1024 * 1024) + 1
+    data = upload.file.read(limit)
+    return knowledge.Upload(upload.filename or "upload", data)
+
+
+@router.delete(
+    "/v1/knowledge-bases/{kb}/documents/{document:path}",
+    summary="Remove a document (by id, path or file name); an uploaded file is deleted too",
+)
+def delete(kb: str, document: str, access: Requester, request: Request) -> dict[str, object]:
+    svc = service(request)
+    kb_dir = svc.kb_dir(access, kb, Action.WRITE)
+    base = svc.open(access, kb)
+    records, names = base.documents(), SourceNames.of(base)
+    matches = [r for r in records if document in (str(r.id), r.path, names.show(r.path))]
+    if not matches:
+        matches = [r for r in records if Path(r.path).name == document]
+    if len(matches) != 1:
+        why = "No document" if not matches else f"{len(matches)} documents"
+        raise ApiError(
+            404 if not matches else 409, f"{why} in '{kb}' match {document!r}; use its id.",
+            code="document_not_found" if not matches else "ambiguous_document",
+        )  # fmt: skip
+    report = knowledge.delete_documents(access, kb_dir, [matches[0].path], svc.settings)
+    shown = {"deleted": _document(matches[0]), "report": report.to_dict() | {"index": kb}}
+    return public(shown, names)  # type: ignore[no-any-return]

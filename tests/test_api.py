@@ -1,0 +1,398 @@
+"""`rag serve` (serving/api) through real clients: the `openai` Python
+client, LangChain's ChatOpenAI and httpx, against uvicorn on a free port,
+over the sample knowledge base, the real app database and the real vLLM
+CPU server (SmolLM2, quoting extractively so that it cites)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import sqlalchemy
+import uvicorn
+from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import SecretStr
+
+from rag.access import Role
+from rag.appdb import open_app_db
+from rag.appdb.schema import SCHEMA_VERSION
+from rag.citations import resolve_citations
+from rag.cli import main as rag_main
+from rag.settings import Settings
+from serving.api import create_app
+from serving.api.chat import CitationStream
+from serving.launch import free_port
+
+QUESTION = "How are broken files reported during ingestion?"
+PASSWORD = "correct horse battery"
+
+
+@dataclass
+class Server:
+    url: str
+    settings: Settings
+    keys: dict[str, str]  # user name -> API key
+
+    def client(self, user: str | None = None, key: str | None = None) -> openai.OpenAI:
+        key = key or (self.keys[user] if user else "EMPTY")
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, timeout=300)
+
+    def http(self, user: str) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.keys[user]}"}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=300)
+
+
+@contextmanager
+def serve(settings: Settings) -> Iterator[str]:
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(200):
+            if server.started:
+                break
+            threading.Event().wait(0.05)
+        assert server.started, "uvicorn did not start"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def indexes(tmp: Path, docs_index: Path) -> Path:
+    """The sample knowledge base as `default`, and a copy as `secret`."""
+    root = tmp / "indexes"
+    shutil.copytree(docs_index, root / "default")
+    shutil.copytree(docs_index, root / "secret")
+    return root
+
+
+def accounts(settings: Settings) -> dict[str, str]:
+    """An admin (ada), an editor of `default` (eve), a reader of `default` (rex)."""
+    db = open_app_db(settings)
+    db.accounts.add_user("ada", Role.ADMIN, PASSWORD, by="test")
+    db.accounts.add_user("eve", Role.EDITOR, PASSWORD, ["default"], by="test")
+    db.accounts.add_user("rex", Role.READER, PASSWORD, ["default"], by="test")
+    return {name: db.keys.create(name, by="test")[1] for name in ("ada", "eve", "rex")}
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory, docs_index, llm_settings) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("api")
+    settings = llm_settings.model_copy(
+        update={
+            "indexes_root": indexes(tmp, docs_index),
+            "auth": "local",
+            "app_db": SecretStr(str(tmp / "app.sqlite")),
+            "answer_style": "extractive",
+            "screen": False,
+            "llm_retries": 0,
+            "api_burst": 1000,
+        }
+    )
+    keys = accounts(settings)
+    with serve(settings) as url:
+        yield Server(url, settings, keys)
+
+
+@pytest.fixture
+def offline(tmp_path, docs_index) -> Settings:
+    """Settings for a server that never asks an LLM (no LLM at this URL)."""
+    return Settings(
+        indexes_root=indexes(tmp_path, docs_index),
+        auth="local",
+        app_db=str(tmp_path / "app.sqlite"),
+        llm_url=f"http://127.0.0.1:{free_port()}/v1",
+        llm_retries=0,
+    )
+
+
+def markers(text: str) -> set[int]:
+    return {int(n) for n in re.findall(r"\[(\d+)\]", text)}
+
+
+# -- chat completions -------------------------------------------------------------------
+
+
+@pytest.mark.llm
+def test_a_chat_completion_carries_the_cited_answer_and_its_passages(api):
+    completion = api.client("rex").chat.completions.create(
+        model="default", messages=[{"role": "user", "content": QUESTION}]
+    )
+    message = completion.choices[0].message
+    citations = message.model_extra["citations"]
+    assert message.content and citations, message
+    assert markers(message.content) == {c["n"] for c in citations}
+    for c in citations:
+        assert c["text"] and isinstance(c["chunk_id"], int) and c["source"]
+        assert not c["source"].startswith("/"), "no server path leaves the server"
+    assert completion.model_extra["found"] is True
+    assert {"retrieve", "read"} <= set(completion.model_extra["timings"])
+    assert completion.usage.completion_tokens > 0
+
+
+@pytest.mark.llm
+def test_a_streamed_answer_ends_with_its_citations(api):
+    stream = api.client("rex").chat.completions.create(
+        model="default", messages=[{"role": "user", "content": QUESTION}], stream=True
+    )
+    chunks = list(stream)
+    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    last = chunks[-1]
+    citations = last.choices[0].delta.model_extra["citations"]
+    assert last.choices[0].finish_reason == "stop"
+    assert len(chunks) > 3, "the answer arrived in pieces"
+    assert content and citations
+    assert markers(content) == {c["n"] for c in citations}, "streamed markers are the final ones"
+    assert "final_content" not in last.model_extra, "the streamed text is the answer"
+    assert last.usage.completion_tokens > 0
+
+
+@pytest.mark.llm
+def test_a_follow_up_is_rewritten_with_the_conversation(api):
+    first = api.client("rex").chat.completions.create(
+        model="default", messages=[{"role": "user", "content": QUESTION}]
+    )
+    messages = [
+        {"role": "user", "content": QUESTION},
+        {"role": "assistant", "content": first.choices[0].message.content},
+        {"role": "user", "content": "And where are they listed?"},
+    ]
+    follow_up = api.client("rex").chat.completions.create(model="default", messages=messages)
+    extra = follow_up.model_extra
+    assert "rewrite" in extra["timings"], "the follow-up was rewritten as in the app"
+    assert follow_up.choices[0].message.content
+
+
+@pytest.mark.llm
+def test_langchain_chat_openai_gets_the_cited_answer(api):
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(
+        base_url=api.url + "/v1", api_key=api.keys["rex"], model="default", max_retries=0
+    )
+    reply = llm.invoke(QUESTION)
+    assert reply.content and markers(reply.content)
+
+
+def test_a_bad_key_is_refused_with_401_in_openais_shape(offline):
+    keys = accounts(offline)
+    with serve(offline) as url:
+        for key in ("kbqa-000000000000-not-a-key", "EMPTY", keys["rex"][:-1]):
+            client = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0)
+            with pytest.raises(openai.AuthenticationError) as refused:
+                client.models.list()
+            assert refused.value.body["type"] == "authentication_error"
+            assert refused.value.body["message"]
+        reply = httpx.get(url + "/v1/models")
+        assert reply.status_code == 401 and set(reply.json()["error"]) == {
+            "message", "type", "code",
+        }  # fmt: skip
+
+
+def test_a_knowledge_base_not_granted_is_refused_with_403(offline):
+    keys = accounts(offline)
+    with serve(offline) as url:
+        rex = openai.OpenAI(base_url=url + "/v1", api_key=keys["rex"], max_retries=0)
+        with pytest.raises(openai.PermissionDeniedError, match="no access"):
+            rex.chat.completions.create(
+                model="secret", messages=[{"role": "user", "content": QUESTION}]
+            )
+        headers = {"Authorization": f"Bearer {keys['rex']}"}
+        found = httpx.post(url + "/v1/search", json={"model": "secret", "query": "x"},
+                           headers=headers)  # fmt: skip
+        assert found.status_code == 403 and found.json()["error"]["code"] == "permission_denied"
+        gone = httpx.post(url + "/v1/search", json={"model": "nope", "query": "x"},
+                          headers=headers)  # fmt: skip
+        assert gone.status_code == 403, "a reader learns nothing of bases not granted"
+
+
+def test_models_lists_only_the_knowledge_bases_the_key_may_read(offline):
+    keys = accounts(offline)
+    with serve(offline) as url:
+        listed = {
+            user: [m.id for m in openai.OpenAI(base_url=url + "/v1", api_key=keys[user],
+                                               max_retries=0).models.list()]
+            for user in ("ada", "rex")
+        }  # fmt: skip
+    assert listed == {"ada": ["default", "secret"], "rex": ["default"]}
+
+
+# -- search, documents, stats -----------------------------------------------------------
+
+
+def test_search_returns_ranked_passages(offline):
+    keys = accounts(offline)
+    with serve(offline) as url:
+        headers = {"Authorization": f"Bearer {keys['rex']}"}
+        body = {"knowledge_base": "default", "query": "broken files", "k": 3, "mode": "bm25"}
+        reply = httpx.post(url + "/v1/search", json=body, headers=headers)
+    assert reply.status_code == 200, reply.text
+    data = reply.json()["data"]
+    assert [d["rank"] for d in data] == [1, 2, 3]
+    assert data[0]["score"] >= data[-1]["score"]
+    assert all("broken" in d["text"].lower() for d in data[:1])
+    assert not any(d["source"].startswith("/") for d in data)
+
+
+def test_upload_see_in_stats_search_and_delete(offline):
+    keys = accounts(offline)
+    note = b"# Larches\n\nThe zorblat larch sheds its needles every autumn."
+    with serve(offline) as url:
+        eve = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {keys['eve']}"})
+        rex = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {keys['rex']}"})
+        before = eve.get("/v1/knowledge-bases/default/stats").json()["documents"]
+        files = [("files", ("larch.md", note, "text/markdown")),
+                 ("files", ("broken.pdf", b"%PDF-1.4 not a pdf", "application/pdf")),
+                 ("files", ("tool.exe", b"MZ", "application/octet-stream"))]  # fmt: skip
+        assert rex.post("/v1/knowledge-bases/default/documents", files=files).status_code == 403
+        uploaded = eve.post("/v1/knowledge-bases/default/documents", files=files)
+        assert uploaded.status_code == 200, uploaded.text
+        report = uploaded.json()
+        assert report["ingested"] == ["larch.md", "broken.pdf"]
+        assert [f["name"] for f in report["failed"]] == ["broken.pdf"]
+        assert [r["name"] for r in report["refused"]] == ["tool.exe"]
+        assert eve.get("/v1/knowledge-bases/default/stats").json()["documents"] == before + 1
+        listed = eve.get("/v1/knowledge-bases/default/documents").json()["data"]
+        larch = next(d for d in listed if d["name"] == "larch.md")
+        assert larch["path"] == "uploads/larch.md"
+        hit = rex.post("/v1/search", json={"model": "default", "query": "zorblat", "k": 1})
+        assert "zorblat" in hit.json()["data"][0]["text"]
+        assert rex.delete(f"/v1/knowledge-bases/default/documents/{larch['id']}").status_code == 403
+        deleted = eve.delete(f"/v1/knowledge-bases/default/documents/{larch['id']}")
+        assert deleted.status_code == 200, deleted.text
+        assert eve.get("/v1/knowledge-bases/default/stats").json()["documents"] == before
+        hit = rex.post("/v1/search", json={"model": "default", "query": "zorblat", "k": 1})
+        assert all("zorblat" not in d["text"] for d in hit.json()["data"])
+
+
+# -- bounds and the rate limit ----------------------------------------------------------
+
+
+def test_oversized_requests_are_refused_before_any_work(offline):
+    keys = accounts(offline)
+    with serve(offline) as url:
+        headers = {"Authorization": f"Bearer {keys['rex']}"}
+        huge = {"model": "default", "messages": [{"role": "user", "content": "x" * 300_000}]}
+        reply = httpx.post(url + "/v1/chat/completions", json=huge, headers=headers)
+        assert reply.status_code == 413, reply.text
+        long = {"model": "default", "messages": [{"role": "user", "content": "x" * 5000}]}
+        reply = httpx.post(url + "/v1/chat/completions", json=long, headers=headers)
+        assert reply.status_code == 400 and reply.json()["error"]["code"] == "message_too_long"
+        many = {"model": "default", "messages": [{"role": "user", "content": "hi"}] * 65}
+        reply = httpx.post(url + "/v1/chat/completions", json=many, headers=headers)
+        assert reply.status_code == 400 and reply.json()["error"]["code"] == "too_many_messages"
+
+
+def test_a_key_over_its_rate_is_refused_with_429(offline):
+    settings = offline.model_copy(update={"api_burst": 3, "api_requests_per_minute": 1})
+    keys = accounts(settings)
+    with serve(settings) as url:
+        rex = openai.OpenAI(base_url=url + "/v1", api_key=keys["rex"], max_retries=0)
+        ada = openai.OpenAI(base_url=url + "/v1", api_key=keys["ada"], max_retries=0)
+        for _ in range(3):
+            rex.models.list()
+        with pytest.raises(openai.RateLimitError) as limited:
+            rex.models.list()
+        assert limited.value.response.headers["Retry-After"]
+        assert ada.models.list().data, "each key has its own bucket"
+
+
+# -- keys and the loopback-only mode ----------------------------------------------------
+
+
+def test_keys_cli_create_list_revoke(offline, monkeypatch):
+    accounts(offline)
+    monkeypatch.setenv("RAG_APP_DB", offline.app_db.get_secret_value())
+    created = CliRunner().invoke(rag_main, ["keys", "create", "rex", "--label", "laptop"])
+    assert created.exit_code == 0, created.output
+    key = created.stdout.strip()
+    listed = CliRunner().invoke(rag_main, ["keys", "list"])
+    key_id = key.split("-")[1]
+    assert key_id in listed.stdout and "laptop" in listed.stdout and key not in listed.stdout
+    with serve(offline) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0)
+        assert [m.id for m in client.models.list()] == ["default"]
+        revoked = CliRunner().invoke(rag_main, ["keys", "revoke", key_id])
+        assert revoked.exit_code == 0, revoked.output
+        with pytest.raises(openai.AuthenticationError):
+            client.models.list()
+    db = open_app_db(offline)
+    with db.engine.connect() as conn:
+        stored = conn.execute(sqlalchemy.text("SELECT token_hash FROM api_keys")).scalars().all()
+    assert key not in stored and all(len(h) == 64 for h in stored), "only hashes are kept"
+
+
+def test_a_removed_users_keys_stop_working(offline):
+    keys = accounts(offline)
+    open_app_db(offline).accounts.remove_user("rex", by="test")
+    with serve(offline) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key=keys["rex"], max_retries=0)
+        with pytest.raises(openai.AuthenticationError):
+            client.models.list()
+
+
+def test_without_login_a_keyless_request_is_the_local_admin(offline):
+    settings = offline.model_copy(update={"auth": "none"})
+    with serve(settings) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="EMPTY", max_retries=0)
+        assert [m.id for m in client.models.list()] == ["default", "secret"]
+        forged = openai.OpenAI(base_url=url + "/v1", api_key="kbqa-0-x", max_retries=0)
+        with pytest.raises(openai.AuthenticationError):
+            forged.models.list()
+
+
+def test_serve_without_login_refuses_a_non_loopback_address(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAG_AUTH", "none")
+    monkeypatch.delenv("RAG_INSECURE_NO_AUTH", raising=False)
+    result = CliRunner().invoke(
+        rag_main, ["serve", "--index-root", str(tmp_path), "--host", "0.0.0.0"]
+    )
+    assert result.exit_code == 2
+    assert "Refusing to start" in result.stderr and "RAG_AUTH=none" in result.stderr
+
+
+def test_an_older_app_database_gains_the_keys_table(tmp_path):
+    settings = Settings(indexes_root=tmp_path / "indexes")
+    db = open_app_db(settings)
+    with db.engine.begin() as conn:
+        conn.execute(sqlalchemy.text("DROP TABLE api_keys"))
+        conn.execute(sqlalchemy.text("UPDATE kbqa_meta SET value = '1' WHERE key = 'schema'"))
+    db = open_app_db(settings)
+    assert db.schema_version() == SCHEMA_VERSION
+    db.accounts.add_user("ann", Role.READER, PASSWORD, by="test")
+    _, key = db.keys.create("ann", by="test")
+    assert db.keys.user(key).name == "ann"
+
+
+# -- the streamed citation numbers ------------------------------------------------------
+
+
+@given(
+    st.lists(st.sampled_from(["a ", "[", "1", "2", "3", "9", "]", ", ", ".", " [1]", "[2, 3]"]),
+             max_size=40),
+    st.lists(st.integers(1, 10), max_size=10),
+)  # fmt: skip
+def test_streamed_markers_are_renumbered_as_the_finished_answer(pieces, cuts):
+    text = "".join(pieces)
+    ordered = [object()] * 3  # three passages: [9] has none
+    expected, _, _ = resolve_citations(text, ordered)  # type: ignore[arg-type]
+    stream, out, at = CitationStream(passages=3), "", 0
+    for cut in cuts:
+        out += stream.feed(text[at : at + cut])
+        at += cut
+    out += stream.feed(text[at:]) + stream.flush()
+    assert out == expected
