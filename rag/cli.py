@@ -10,11 +10,8 @@ from typing import Any
 
 import click
 
-<<<<<<< HEAD
 from rag.cli_mcp import mcp
-=======
 from rag.cli_serve import keys, serve
->>>>>>> wt/api
 from rag.cli_users import users
 from rag.errors import RagError
 from rag.knowledge_base import MODES, KnowledgeBase
