@@ -23,11 +23,23 @@ class SourceNames:
 
     @classmethod
     def of(cls, kb: KnowledgeBase) -> SourceNames:
+        """The names for `kb`'s current generation. Reading every document is
+        done once per generation (a published one never changes), not on
+        every rerun of the app or request of the API."""
+        snapshot = kb.snapshot()
         root = os.path.realpath(kb.root)
-        outside = [os.path.dirname(d.path) for d in kb.documents() if not _under(d.path, root)]
-        shared = os.path.commonpath(outside) if outside else None
-        # Folders with nothing in common but '/' share nothing worth hiding behind.
-        return cls(root, shared if shared and os.path.dirname(shared) != shared else None)
+        key = (root, kb.store.uri, snapshot.generation)
+        names = _BY_GENERATION.get(key)
+        if names is None:
+            docs = snapshot.documents()
+            outside = [os.path.dirname(d.path) for d in docs if not _under(d.path, root)]
+            shared = os.path.commonpath(outside) if outside else None
+            # Folders with nothing in common but '/' share nothing worth hiding behind.
+            names = cls(root, shared if shared and os.path.dirname(shared) != shared else None)
+            if len(_BY_GENERATION) >= _KEPT:
+                _BY_GENERATION.pop(next(iter(_BY_GENERATION)))
+            _BY_GENERATION[key] = names
+        return names
 
     def show(self, source: str) -> str:
         for base in (self.kb_root, self.shared):
@@ -41,6 +53,10 @@ class SourceNames:
         for base in sorted(filter(None, (self.shared, self.kb_root)), key=len, reverse=True):
             message = message.replace(base + os.sep, "")
         return message
+
+
+_KEPT = 64  # knowledge bases (or generations) remembered
+_BY_GENERATION: dict[tuple[str, str, int], SourceNames] = {}
 
 
 def _under(path: str, folder: str) -> bool:

@@ -119,6 +119,24 @@ def _audit(root: Path):
 PASSWORD = "correct horse battery"
 
 
+def local_accounts_app(tmp_path: Path, docs_index: Path, *accounts: tuple[str, str, list[str]]):
+    """An app with RAG_AUTH=local over a fresh app database holding
+    `accounts` (name, role, knowledge bases; each with PASSWORD): the app
+    (a context manager giving its URL) and the database."""
+    from rag.appdb import open_app_db
+    from rag.settings import Settings
+
+    app_db = str(tmp_path / "app.sqlite")
+    db = open_app_db(Settings(app_db=app_db))
+    for name, role, kbs in accounts:
+        db.accounts.add_user(name, role, PASSWORD, kbs, by="test")
+    app = streamlit_app(
+        tmp_path, docs_index, NO_LLM,
+        RAG_AUTH="local", RAG_APP_DB=app_db, RAG_LOGIN_BACKOFF="0.001",
+    )  # fmt: skip
+    return app, db
+
+
 def test_local_login_refuses_a_wrong_password_and_shows_a_reader_only_their_base(
     tmp_path, docs_index, capsys
 ):
@@ -129,16 +147,7 @@ def test_local_login_refuses_a_wrong_password_and_shows_a_reader_only_their_base
 
     from playwright.sync_api import expect
 
-    from rag.appdb import open_app_db
-    from rag.settings import Settings
-
-    app_db = str(tmp_path / "app.sqlite")
-    db = open_app_db(Settings(app_db=app_db))
-    db.accounts.add_user("rita", "reader", PASSWORD, ["default"], by="test")
-    app = streamlit_app(
-        tmp_path, docs_index, NO_LLM,
-        RAG_AUTH="local", RAG_APP_DB=app_db, RAG_LOGIN_BACKOFF="0.001",
-    )  # fmt: skip
+    app, _db = local_accounts_app(tmp_path, docs_index, ("rita", "reader", ["default"]))
     shot = ARTIFACTS / "local-reader-view.png"
     with app as url, browser_page(url, shot, "a reader's view", capsys) as page:
         root = tmp_path / "indexes"
@@ -219,20 +228,12 @@ def test_local_editor_uploads_admin_grants_and_the_reader_then_sees_the_base(
 
     from playwright.sync_api import expect
 
-    from rag.appdb import open_app_db
-    from rag.settings import Settings
-
-    app_db = str(tmp_path / "app.sqlite")
-    db = open_app_db(Settings(app_db=app_db))
-    db.accounts.add_user("rita", "reader", PASSWORD, ["default"], by="test")
-    db.accounts.add_user("eddie", "editor", PASSWORD, ["default"], by="test")
-    db.accounts.add_user("ada", "admin", PASSWORD, by="test")
+    app, db = local_accounts_app(
+        tmp_path, docs_index,
+        ("rita", "reader", ["default"]), ("eddie", "editor", ["default"]), ("ada", "admin", []),
+    )  # fmt: skip
     note = tmp_path / "larch-pump.md"
     note.write_text(NOTE, encoding="utf-8")
-    app = streamlit_app(
-        tmp_path, docs_index, NO_LLM,
-        RAG_AUTH="local", RAG_APP_DB=app_db, RAG_LOGIN_BACKOFF="0.001",
-    )  # fmt: skip
     shot = ARTIFACTS / "local-reader-granted.png"
     with app as url, browser_page(url, shot, "the reader after the grant", capsys) as page:
         shutil.copytree(tmp_path / "indexes" / "default", tmp_path / "indexes" / "secret")
