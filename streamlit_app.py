@@ -22,7 +22,8 @@ from rag.knowledge_base import KnowledgeBase
 from rag.llm import Delta, OpenAIChat, check_server
 from rag.settings import Settings
 from rag.types import Answer
-from ui import account, history, knowledge, render, users
+from ingest import library
+from ui import account, history, render, users
 from ui.conversation import Conversation, ConversationStore, Turn
 from ui.manage import manage_tab
 from ui.messages import for_user, plural
@@ -176,14 +177,14 @@ def _stream(question, history, kb, chat, settings, status) -> Answer:  # type: i
 def ask_tab(
     kb_dir: Path, settings: Settings, store: ConversationStore, access: Access
 ) -> Conversation | None:
-    if not knowledge.has_index(kb_dir, settings):
+    if not library.has_index(kb_dir, settings):
         where = "add some in the **Manage** tab" if access.allows(Action.WRITE, kb_dir.name) else (
             "an editor adds them"
         )  # fmt: skip
         st.info(f"**{render.plain(kb_dir.name)}** has no documents yet: {where}.")
         return None
     try:
-        kb = knowledge.open_kb(access, kb_dir, open_kb)
+        kb = library.open_kb(access, kb_dir, open_kb)
     except RagError as exc:
         log.warning("cannot open %s: %s", kb_dir, exc)
         st.error(render.escape(for_user(str(exc)).replace(str(kb_dir), kb_dir.name)))
@@ -237,7 +238,7 @@ def main() -> None:
         with views["Manage"]:  # first: its actions change what the Ask tab shows
             stats = manage_tab(side.kb_dir, side.settings, open_kb, access)
     else:
-        stats = knowledge.stats(access, side.kb_dir, side.settings, open_kb)
+        stats = library.stats(access, side.kb_dir, side.settings, open_kb)
     with views["Ask"]:
         conversation = ask_tab(side.kb_dir, side.settings, store, access)
     if "Users" in views:

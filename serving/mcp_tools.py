@@ -143,7 +143,7 @@ class KnowledgeTools:
 def knowledge_bases(root: Path) -> list[str]:
     """Folders under `root` holding a published index (or its store's
     record): the ones a search can open. The app also lists bases created
-    but still empty (ui/knowledge.py)."""
+    but still empty (ingest/library.py)."""
     if not root.is_dir():
         return []
     markers = (layout.CURRENT_FILE, STORE_RECORD)

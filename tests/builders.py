@@ -16,7 +16,7 @@ from rag.access import LOCAL_USER, Access, AccessPolicy
 from rag.types import Chunk, Hit
 
 # The one user of a loopback app (RAG_AUTH=none), with no audit trail: for
-# tests of what an action in ui/knowledge.py does rather than who may do it.
+# tests of what an action in ingest/library.py does rather than who may do it.
 LOCAL_ADMIN = Access(LOCAL_USER, AccessPolicy(None))
 
 

@@ -159,7 +159,7 @@ def test_a_revoked_grant_takes_effect_at_the_next_run(team):
 def test_the_manage_actions_called_as_a_reader_are_refused_and_change_nothing(team, kb_root):
     from rag.access import AccessDenied, Action
     from rag.knowledge_base import KnowledgeBase
-    from ui import knowledge
+    from ingest import library
 
     rita = access_of(team, "rita")
     kb_dir = kb_root / "default"
@@ -167,13 +167,13 @@ def test_the_manage_actions_called_as_a_reader_are_refused_and_change_nothing(te
     before = state_of(kb_dir)
     document = before[1][0]
     attempts = {
-        "create": lambda: knowledge.create(rita, kb_root, "mine"),
-        "upload": lambda: knowledge.save_uploads(rita, kb_dir, [knowledge.Upload("n.md", NOTE)], 1),
-        "ingest": lambda: knowledge.ingest_files(rita, kb_dir, [document], settings, print),
-        "delete": lambda: knowledge.delete_documents(rita, kb_dir, [document], settings),
-        "rebuild": lambda: knowledge.rebuild(rita, kb_dir, settings, print),
-        "open to manage": lambda: knowledge.open_kb(rita, kb_dir, KnowledgeBase.open, Action.WRITE),
-        "open another": lambda: knowledge.open_kb(rita, kb_root / "secret", KnowledgeBase.open),
+        "create": lambda: library.create(rita, kb_root, "mine"),
+        "upload": lambda: library.save_uploads(rita, kb_dir, [library.Upload("n.md", NOTE)], 1),
+        "ingest": lambda: library.ingest_files(rita, kb_dir, [document], settings, print),
+        "delete": lambda: library.delete_documents(rita, kb_dir, [document], settings),
+        "rebuild": lambda: library.rebuild(rita, kb_dir, settings, print),
+        "open to manage": lambda: library.open_kb(rita, kb_dir, KnowledgeBase.open, Action.WRITE),
+        "open another": lambda: library.open_kb(rita, kb_root / "secret", KnowledgeBase.open),
     }
     for what, attempt in attempts.items():
         with pytest.raises(AccessDenied):
@@ -190,7 +190,7 @@ def test_the_manage_actions_called_as_a_reader_are_refused_and_change_nothing(te
 
 def test_an_editor_uploads_into_a_granted_base_but_not_another(team, kb_root):
     from rag.access import AccessDenied
-    from ui import knowledge
+    from ingest import library
 
     at = signed_in("eddie")
     assert picker(at).options == ["default"]
@@ -202,7 +202,7 @@ def test_an_editor_uploads_into_a_granted_base_but_not_another(team, kb_root):
     assert (kb_root / "default" / "uploads" / "larch.md").is_file()
     eddie = access_of(team, "eddie")
     with pytest.raises(AccessDenied):
-        knowledge.save_uploads(eddie, kb_root / "secret", [knowledge.Upload("n.md", NOTE)], 1)
+        library.save_uploads(eddie, kb_root / "secret", [library.Upload("n.md", NOTE)], 1)
     assert not (kb_root / "secret" / "uploads").exists()
     # a base of their own needs a grant first
     at.sidebar.text_input[0].set_value("contracts")

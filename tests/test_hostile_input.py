@@ -31,7 +31,7 @@ from builders import (
 from ingest.pipeline import ingest_paths
 from rag.knowledge_base import KnowledgeBase
 from rag.settings import Settings
-from ui.knowledge import UPLOADS, Upload, save_uploads
+from ingest.library import UPLOADS, Upload, save_uploads
 
 INGEST = str(Path(sys.executable).parent / "ingest")
 RAG = str(Path(sys.executable).parent / "rag")

@@ -17,7 +17,7 @@ from ingest.chunking import Chunker
 from ingest.loaders import _LOADERS, _join_pages, _pdf, clean, decode_text, load
 from rag.errors import BadDocument
 from rag.types import Document
-from ui.knowledge import safe_filename
+from ingest.library import safe_filename
 
 # Text that stresses splitters and tokenizers: separators, odd whitespace,
 # accents (combining marks), CJK, emoji, control characters.

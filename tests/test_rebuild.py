@@ -25,7 +25,7 @@ from rag import errors, layout
 from rag.cli import main as rag_main
 from rag.knowledge_base import KnowledgeBase
 from rag.settings import Settings
-from ui import knowledge
+from ingest import library
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -211,7 +211,7 @@ def test_an_app_rebuild_stopped_at_a_progress_call_keeps_the_previous_generation
             raise StopException()
 
     with pytest.raises(StopException):
-        knowledge.rebuild(LOCAL_ADMIN, index, settings, progress)
+        library.rebuild(LOCAL_ADMIN, index, settings, progress)
     assert len(set(batches)) > 2, "stopped before several embedding batches were done"
     assert view(index) == before
     assert not [p for p in index.iterdir() if p.name.startswith(".staging-")]
@@ -251,12 +251,12 @@ def test_an_app_rebuild_with_source_files_gone_refuses_until_allowed(tmp_path, e
     before = view(index)
 
     with pytest.raises(errors.RebuildRefused) as refused:
-        knowledge.rebuild(LOCAL_ADMIN, index, Settings(index=index), lambda p: None)
+        library.rebuild(LOCAL_ADMIN, index, Settings(index=index), lambda p: None)
     assert refused.value.dropped == [str(gone)]
     assert str(gone) in str(refused.value)
     assert view(index) == before
 
-    knowledge.rebuild(LOCAL_ADMIN, index, Settings(index=index), lambda p: None, allow_drop=True)
+    library.rebuild(LOCAL_ADMIN, index, Settings(index=index), lambda p: None, allow_drop=True)
     after = view(index)
     assert after["paths"] == [p for p in before["paths"] if p != str(gone)]
 
@@ -287,7 +287,7 @@ def test_the_app_rebuild_with_every_file_gone_publishes_nothing(tmp_path, embedd
     before = view(index)
     shutil.rmtree(folder)
     with pytest.raises(errors.RebuildRefused):
-        knowledge.rebuild(
+        library.rebuild(
             LOCAL_ADMIN, index, Settings(index=index), lambda p: None, allow_drop=True
         )
     assert view(index) == before
@@ -307,7 +307,7 @@ def test_a_rebuild_reads_a_scanned_pdf_with_ocr_again(tmp_path, embedder):
     stored = {d.path: d.ocr for d in KnowledgeBase.open(index).documents()}
     assert stored == {str(scan): True, str(folder / "note.md"): False}
 
-    knowledge.rebuild(LOCAL_ADMIN, index, Settings(index=index), lambda p: None)
+    library.rebuild(LOCAL_ADMIN, index, Settings(index=index), lambda p: None)
     hit = KnowledgeBase.open(index, embedder).search("submarine cable Lisbon", k=1)[0]
     assert hit.source == str(scan) and "Lisbon" in hit.text
 
@@ -339,5 +339,5 @@ def test_an_index_written_before_ingest_options_were_stored_still_works(tmp_path
     assert [d.ocr for d in KnowledgeBase.open(index).documents()] == [False]
     ingest_paths([str(folder)], Settings(index=index), embedder=embedder)
     assert [d.ocr for d in KnowledgeBase.open(index).documents()] == [False, False]
-    knowledge.rebuild(LOCAL_ADMIN, index, Settings(index=index), lambda p: None)
+    library.rebuild(LOCAL_ADMIN, index, Settings(index=index), lambda p: None)
     assert len(KnowledgeBase.open(index).documents()) == 2

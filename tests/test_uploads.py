@@ -9,7 +9,7 @@ from pathlib import Path
 from builders import LOCAL_ADMIN
 from test_app import app
 
-from ui.knowledge import UPLOADS, Upload, save_uploads
+from ingest.library import UPLOADS, Upload, save_uploads
 
 
 def folder_contents(kb_dir: Path) -> dict[str, bytes]:

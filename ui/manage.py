@@ -1,5 +1,5 @@
 """The Manage tab: uploads, deletions, rebuilds, and the base's numbers.
-Each action goes through ui/knowledge.py with the session's `Access`,
+Each action goes through ingest/library.py with the session's `Access`,
 which refuses it there for a user who may not change the base.
 
 What an action reports is kept for the next run as a "flash" message: after
@@ -22,7 +22,8 @@ from rag.errors import RagError, RebuildRefused
 from rag.knowledge_base import KnowledgeBase
 from rag.settings import Settings
 from rag.storage import StoreStats
-from ui import knowledge, render
+from ingest import library
+from ui import render
 from ui.messages import for_user, plural
 
 log = logging.getLogger(__name__)
@@ -60,14 +61,14 @@ def manage_tab(
     st.subheader("Add documents")
     files = st.file_uploader(
         "PDF, Markdown, text, HTML or DOCX", accept_multiple_files=True,
-        type=[k.lstrip(".") for k in knowledge.KINDS], key=_fresh("uploads", kb_dir),
+        type=[k.lstrip(".") for k in library.KINDS], key=_fresh("uploads", kb_dir),
     )  # fmt: skip
     if files and st.button("Ingest", type="primary"):
         save_and_ingest(access, kb_dir, files, settings)
         _done("uploads")
-    if not knowledge.has_index(kb_dir, settings):
+    if not library.has_index(kb_dir, settings):
         return None
-    kb = knowledge.open_kb(access, kb_dir, open_kb, Action.WRITE)
+    kb = library.open_kb(access, kb_dir, open_kb, Action.WRITE)
     st.subheader("Documents")
     names = render.SourceNames.of(kb)
     delete_documents(access, kb_dir, kb, names, settings)
@@ -105,7 +106,7 @@ def delete_documents(
     sure = st.checkbox(f"Yes, delete {len(doomed)} document(s): this cannot be undone")
     if st.button("Delete selected", disabled=not sure) and sure:
         try:
-            report = knowledge.delete_documents(
+            report = library.delete_documents(
                 access, kb_dir, [paths[p] for p in doomed], settings
             )
         except RagError as exc:
@@ -125,7 +126,7 @@ def rebuild_controls(
     asking = f"rebuild-would-drop:{kb_dir}"
     if st.button("Rebuild this knowledge base"):
         refused = run_ingest(
-            kb_dir, lambda progress: knowledge.rebuild(access, kb_dir, settings, progress)
+            kb_dir, lambda progress: library.rebuild(access, kb_dir, settings, progress)
         )
         st.session_state[asking] = refused.dropped if isinstance(refused, RebuildRefused) else []
         if not st.session_state[asking]:
@@ -148,7 +149,7 @@ def rebuild_controls(
         st.session_state[asking] = []
         run_ingest(
             kb_dir,
-            lambda progress: knowledge.rebuild(access, kb_dir, settings, progress, allow_drop=True),
+            lambda progress: library.rebuild(access, kb_dir, settings, progress, allow_drop=True),
         )
         st.rerun()
 
@@ -163,9 +164,9 @@ def save_and_ingest(
             "at once: add them in smaller groups.",
         )
         return
-    uploads = [knowledge.Upload(f.name, f.getvalue()) for f in files]
+    uploads = [library.Upload(f.name, f.getvalue()) for f in files]
     try:
-        saved = knowledge.save_uploads(access, kb_dir, uploads, settings.max_file_mb)
+        saved = library.save_uploads(access, kb_dir, uploads, settings.max_file_mb)
     except RagError as exc:  # AccessDenied: the user may no longer change this base
         flash("error", render.escape(for_user(str(exc))))
         return
@@ -185,7 +186,7 @@ def save_and_ingest(
     if saved.paths:
         run_ingest(
             kb_dir,
-            lambda progress: knowledge.ingest_files(
+            lambda progress: library.ingest_files(
                 access, kb_dir, saved.paths, settings, progress
             ),
         )

@@ -14,7 +14,7 @@ from rag.access import Access, Action
 from rag.errors import RagError
 from rag.settings import Settings
 from rag.storage import StoreStats
-from ui import knowledge
+from ingest import library
 from ui.messages import plural
 
 EFFORTS = ["low", "medium", "high"]
@@ -40,7 +40,7 @@ def _create(root: Path, access: Access) -> None:
         return
     name = st.session_state.get("new_kb", "").strip()
     try:
-        knowledge.create(access, root, name)
+        library.create(access, root, name)
     except (ValueError, OSError, RagError) as exc:
         st.session_state["create_error"] = str(exc)
         return
@@ -51,7 +51,7 @@ def _create(root: Path, access: Access) -> None:
 def pick_knowledge_base(base: Settings, access: Access) -> Path:
     st.header("Knowledge base")
     _create(base.indexes_root, access)
-    names = knowledge.readable_knowledge_bases(access, base.indexes_root)
+    names = library.readable_knowledge_bases(access, base.indexes_root)
     if st.session_state.get("kb") not in names:
         # A reload starts a new session: the page's address remembers the
         # base, so the user comes back to it (and to its conversation).
@@ -62,7 +62,7 @@ def pick_knowledge_base(base: Settings, access: Access) -> Path:
     )
     if choice and st.query_params.get("kb") != choice:
         st.query_params["kb"] = choice
-    if access.role_allows(Action.WRITE):  # knowledge.create asks about the name
+    if access.role_allows(Action.WRITE):  # library.create asks about the name
         with st.expander("New knowledge base", expanded=not names):
             st.text_input("Name", key="new_kb", placeholder="e.g. contracts")
             st.button("Create", on_click=_ask_to_create)
@@ -70,7 +70,7 @@ def pick_knowledge_base(base: Settings, access: Access) -> Path:
             if problem:
                 st.error(problem)
     # With no knowledge base yet, the first upload creates the default one.
-    return base.indexes_root / (choice or knowledge.default_name(base))
+    return base.indexes_root / (choice or library.default_name(base))
 
 
 def sidebar(base: Settings, access: Access) -> Sidebar:

@@ -17,7 +17,7 @@ import streamlit as st
 from rag.access import Access, Action, Role
 from rag.appdb import Account, AppDB
 from rag.errors import RagError
-from ui import knowledge
+from ingest import library
 from ui.safe_text import plain
 
 _DONE = "users-done"  # what the last change did, shown after the page ran again
@@ -98,7 +98,7 @@ def users_tab(access: Access, db: AppDB, root: Path) -> None:
         if st.button(switch):
             _act(lambda: set_disabled(access, db, name, not account.disabled), f"{switch}d {who}.")
     with right:
-        kbs = knowledge.list_knowledge_bases(root)
+        kbs = library.list_knowledge_bases(root)
         kb = st.selectbox("Knowledge base to grant or revoke", kbs, key="users-kb")
         grant_col, revoke_col = st.columns(2)
         if grant_col.button("Grant", disabled=not kb) and kb:

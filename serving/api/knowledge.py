@@ -1,7 +1,7 @@
 """The knowledge bases over HTTP: which ones a key may read (as OpenAI
 "models"), ranked passages, documents uploaded, listed and deleted, and
 the numbers. Each route asks the access policy first (through
-`Service.kb_dir`/`Service.open` and ui/knowledge's functions, the same the
+`Service.kb_dir`/`Service.open` and ingest/library's functions, the same the
 app calls) and changes are kept in the audit trail there."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from rag.sources import SourceNames
 from rag.storage import DocumentRecord
 from serving.api.errors import ApiError
 from serving.api.service import Requester, public, service
-from ui import knowledge
+from ingest import library
 
 router = APIRouter(tags=["knowledge bases"])
 
@@ -31,7 +31,7 @@ def _model(name: str) -> dict[str, object]:
 
 @router.get("/v1/models", summary="The knowledge bases this key may read")
 def list_models(access: Requester, request: Request) -> dict[str, object]:
-    names = knowledge.readable_knowledge_bases(access, service(request).root)
+    names = library.readable_knowledge_bases(access, service(request).root)
     return {"object": "list", "data": [_model(name) for name in names]}
 
 
@@ -39,7 +39,7 @@ def list_models(access: Requester, request: Request) -> dict[str, object]:
 def get_model(model: str, access: Requester, request: Request) -> dict[str, object]:
     svc = service(request)
     svc.kb_dir(access, model)
-    if model not in knowledge.list_knowledge_bases(svc.root):
+    if model not in library.list_knowledge_bases(svc.root):
         raise ApiError(404, f"No knowledge base named {model!r}.", code="model_not_found")
     return _model(model)
 
@@ -108,12 +108,12 @@ def upload(
             code="too_many_files",
         )  # fmt: skip
     if not kb_dir.exists():
-        knowledge.create(access, svc.root, kb)
+        library.create(access, svc.root, kb)
     uploads = [_read(f, settings.max_file_mb) for f in files]
-    saved = knowledge.save_uploads(access, kb_dir, uploads, settings.max_file_mb)
+    saved = library.save_uploads(access, kb_dir, uploads, settings.max_file_mb)
     report = None
     if saved.paths:
-        report = knowledge.ingest_files(access, kb_dir, saved.paths, settings, noop)
+        report = library.ingest_files(access, kb_dir, saved.paths, settings, noop)
     # By the name it was saved under (`renamed` maps a name taken by another file).
     failures = report.failed if report else []
     failed = [{"name": Path(f.path).name, "error": f.error} for f in failures]
@@ -129,12 +129,12 @@ def upload(
     return public(shown, SourceNames(os.path.realpath(kb_dir), None))  # type: ignore[no-any-return]
 
 
-def _read(upload: UploadFile, max_mb: float) -> knowledge.Upload:
+def _read(upload: UploadFile, max_mb: float) -> library.Upload:
     """The upload's bytes, reading no more than one byte over the limit
     (save_uploads refuses it then, by name)."""
     limit = int(max_mb * 1024 * 1024) + 1
     data = upload.file.read(limit)
-    return knowledge.Upload(upload.filename or "upload", data)
+    return library.Upload(upload.filename or "upload", data)
 
 
 @router.delete(
@@ -155,6 +155,6 @@ def delete(kb: str, document: str, access: Requester, request: Request) -> dict[
             404 if not matches else 409, f"{why} in '{kb}' match {document!r}; use its id.",
             code="document_not_found" if not matches else "ambiguous_document",
         )  # fmt: skip
-    report = knowledge.delete_documents(access, kb_dir, [matches[0].path], svc.settings)
+    report = library.delete_documents(access, kb_dir, [matches[0].path], svc.settings)
     shown = {"deleted": _document(matches[0]), "report": report.to_dict() | {"index": kb}}
     return public(shown, names)  # type: ignore[no-any-return]

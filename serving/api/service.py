@@ -20,7 +20,7 @@ from rag.settings import Settings
 from rag.sources import SourceNames
 from serving.api.errors import ApiError
 from serving.api.security import RateLimiter, authenticate
-from ui import knowledge
+from ingest import library
 
 
 @dataclass
@@ -60,7 +60,7 @@ class Service:
         """The knowledge base `name`, for reading; opened once and shared (it
         follows later ingests by itself)."""
         kb_dir = self.kb_dir(access, name)
-        if name not in knowledge.list_knowledge_bases(self.root) or not knowledge.has_index(
+        if name not in library.list_knowledge_bases(self.root) or not library.has_index(
             kb_dir, self.settings
         ):
             raise ApiError(

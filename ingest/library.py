@@ -1,5 +1,6 @@
-"""Knowledge-base management for the app: list, open, create, upload,
-delete, rebuild. Plain functions over `ingest` and `rag`; no Streamlit here.
+"""Knowledge-base management, shared by the app (ui/) and the HTTP API
+(serving/api): list, open, create, upload, delete, rebuild. Plain functions
+over `ingest` and `rag`; no Streamlit here.
 
 Each function that lists, opens or changes a knowledge base takes the
 session's `Access` and asks it first, here and not only in the page that
