@@ -13,6 +13,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from ingest import library
 from rag.access import Access, Action
 from rag.answering import stream_answer
 from rag.appdb import AppDB, open_app_db
@@ -22,7 +23,6 @@ from rag.knowledge_base import KnowledgeBase
 from rag.llm import Delta, OpenAIChat, check_server
 from rag.settings import Settings
 from rag.types import Answer
-from ingest import library
 from ui import account, history, render, users
 from ui.conversation import Conversation, ConversationStore, Turn
 from ui.manage import manage_tab

@@ -157,9 +157,9 @@ def test_a_revoked_grant_takes_effect_at_the_next_run(team):
 
 
 def test_the_manage_actions_called_as_a_reader_are_refused_and_change_nothing(team, kb_root):
+    from ingest import library
     from rag.access import AccessDenied, Action
     from rag.knowledge_base import KnowledgeBase
-    from ingest import library
 
     rita = access_of(team, "rita")
     kb_dir = kb_root / "default"
@@ -189,8 +189,8 @@ def test_the_manage_actions_called_as_a_reader_are_refused_and_change_nothing(te
 
 
 def test_an_editor_uploads_into_a_granted_base_but_not_another(team, kb_root):
-    from rag.access import AccessDenied
     from ingest import library
+    from rag.access import AccessDenied
 
     at = signed_in("eddie")
     assert picker(at).options == ["default"]

@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from ingest.chunking import Chunker
+from ingest.library import safe_filename
 from ingest.loaders import _LOADERS, _join_pages, _pdf, clean, decode_text, load
 from rag.errors import BadDocument
 from rag.types import Document
-from ingest.library import safe_filename
 
 # Text that stresses splitters and tokenizers: separators, odd whitespace,
 # accents (combining marks), CJK, emoji, control characters.

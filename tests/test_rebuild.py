@@ -19,13 +19,13 @@ import pytest
 from builders import LOCAL_ADMIN, code_word, image_only_pdf, ingest_process, reap, write_notes
 from click.testing import CliRunner
 
+from ingest import library
 from ingest.cli import main as ingest_main
 from ingest.pipeline import Progress, ingest_paths
 from rag import errors, layout
 from rag.cli import main as rag_main
 from rag.knowledge_base import KnowledgeBase
 from rag.settings import Settings
-from ingest import library
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -287,9 +287,7 @@ def test_the_app_rebuild_with_every_file_gone_publishes_nothing(tmp_path, embedd
     before = view(index)
     shutil.rmtree(folder)
     with pytest.raises(errors.RebuildRefused):
-        library.rebuild(
-            LOCAL_ADMIN, index, Settings(index=index), lambda p: None, allow_drop=True
-        )
+        library.rebuild(LOCAL_ADMIN, index, Settings(index=index), lambda p: None, allow_drop=True)
     assert view(index) == before
 
 

@@ -16,13 +16,13 @@ from pathlib import Path
 import streamlit as st
 from streamlit.runtime.uploaded_file_manager import UploadedFile
 
+from ingest import library
 from ingest.pipeline import IngestReport, Progress, ProgressFn
 from rag.access import Access, Action
 from rag.errors import RagError, RebuildRefused
 from rag.knowledge_base import KnowledgeBase
 from rag.settings import Settings
 from rag.storage import StoreStats
-from ingest import library
 from ui import render
 from ui.messages import for_user, plural
 
@@ -106,9 +106,7 @@ def delete_documents(
     sure = st.checkbox(f"Yes, delete {len(doomed)} document(s): this cannot be undone")
     if st.button("Delete selected", disabled=not sure) and sure:
         try:
-            report = library.delete_documents(
-                access, kb_dir, [paths[p] for p in doomed], settings
-            )
+            report = library.delete_documents(access, kb_dir, [paths[p] for p in doomed], settings)
         except RagError as exc:
             log.warning("delete failed: %s", exc)
             st.error(render.escape(names.redact(for_user(str(exc)))))
@@ -186,9 +184,7 @@ def save_and_ingest(
     if saved.paths:
         run_ingest(
             kb_dir,
-            lambda progress: library.ingest_files(
-                access, kb_dir, saved.paths, settings, progress
-            ),
+            lambda progress: library.ingest_files(access, kb_dir, saved.paths, settings, progress),
         )
 
 

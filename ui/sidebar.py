@@ -10,11 +10,11 @@ from pathlib import Path
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
+from ingest import library
 from rag.access import Access, Action
 from rag.errors import RagError
 from rag.settings import Settings
 from rag.storage import StoreStats
-from ingest import library
 from ui.messages import plural
 
 EFFORTS = ["low", "medium", "high"]

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import streamlit as st
 
+from ingest import library
 from rag.access import Access, Action, Role
 from rag.appdb import Account, AppDB
 from rag.errors import RagError
-from ingest import library
 from ui.safe_text import plain
 
 _DONE = "users-done"  # what the last change did, shown after the page ran again

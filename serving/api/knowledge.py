@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Request, UploadFile
 from pydantic import AliasChoices, BaseModel, Field
 
+from ingest import library
 from ingest.ingestor import noop
 from rag.access import Action
 from rag.settings import SearchMode
@@ -20,7 +21,6 @@ from rag.sources import SourceNames
 from rag.storage import DocumentRecord
 from serving.api.errors import ApiError
 from serving.api.service import Requester, public, service
-from ingest import library
 
 router = APIRouter(tags=["knowledge bases"])
 

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from ingest import library
 from rag.access import Access, AccessPolicy, Action, valid_kb_name
 from rag.appdb import AppDB
 from rag.knowledge_base import KnowledgeBase
@@ -20,7 +21,6 @@ from rag.settings import Settings
 from rag.sources import SourceNames
 from serving.api.errors import ApiError
 from serving.api.security import RateLimiter, authenticate
-from ingest import library
 
 
 @dataclass
