@@ -37,8 +37,8 @@ def serve(
     insecure_no_auth: bool,
 ) -> None:  # fmt: skip
     """Serve the knowledge bases over HTTP: OpenAI-compatible chat completions
-    with citations (`model` = knowledge base), search, uploads; OpenAPI docs
-    at /docs.
+    with citations (`model` = knowledge base), search, uploads, and the MCP
+    tools at /mcp (streamable HTTP); OpenAPI docs at /docs.
 
     Requests carry `Authorization: Bearer KEY` (`rag keys create NAME`); the
     key's account and grants apply, as in the app. With RAG_AUTH=none a
@@ -60,8 +60,9 @@ def serve(
         click.echo(f"Refusing to start: {why}", err=True)
         sys.exit(2)
     settings = discover(settings)
-    click.echo(f"Serving {settings.indexes_root} on http://{host}:{port} (docs: /docs)", err=True)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    where = f"http://{host}:{port}"
+    click.echo(f"Serving {settings.indexes_root} on {where} (docs: /docs, MCP: /mcp)", err=True)
+    uvicorn.run(create_app(settings, host=host), host=host, port=port, log_level="info")
 
 
 @click.group()

@@ -6,7 +6,8 @@ and agents that speak the Model Context Protocol:
     ask_knowledge_base(knowledge_base, question)  the cited answer, as the app gives it
 
 Two transports, one set of tools: `rag mcp` (stdio, rag/cli_mcp.py) and
-`mcp_http_app` (streamable HTTP, which `rag serve` mounts at /mcp). Each
+`mcp_http_app` (streamable HTTP, which `rag serve` mounts at /mcp behind
+its API keys: serving/api/mcp.py). Each
 call asks the access policy (rag/access.py) first, with the caller's
 `Access` resolved fresh for that call, so a revoked grant takes effect at the
 next call. RagErrors become tool errors carrying their user message; any
@@ -90,8 +91,12 @@ class KnowledgeTools:
     """What the tools do, without the protocol: plain methods that take the
     caller's Access first (tests and other edges can call them directly)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, relative_sources: bool = False) -> None:
         self.settings = settings
+        # Over HTTP the caller is not the server's operator: document paths
+        # are shown relative to the knowledge base (rag/sources.py), as the
+        # API's routes show them. Over stdio the operator runs it: full paths.
+        self.relative_sources = relative_sources
         self.root = settings.indexes_root
         # One open KnowledgeBase per name, kept: it follows new publishes itself.
         self._open: dict[str, KnowledgeBase] = {}
@@ -102,9 +107,11 @@ class KnowledgeTools:
 
     def search(self, access: Access, kb: str, query: str, k: int, mode: str) -> Passages:
         _check_length(query, self.settings, "query")
-        hits = self.knowledge_base(access, kb).search(query, k=min(k, MAX_K), mode=mode)
+        base = self.knowledge_base(access, kb)
+        hits = base.search(query, k=min(k, MAX_K), mode=mode)
+        show = self._paths(base)
         passages = [
-            Passage(n, h.source, h.page, h.score, h.text, h.chunk_id)
+            Passage(n, show(h.source), h.page, h.score, h.text, h.chunk_id)
             for n, h in enumerate(hits, start=1)
         ]
         return Passages(kb, query, mode, passages)
@@ -119,11 +126,19 @@ class KnowledgeTools:
         # Asked per call, as `rag ask` does: the LLM server may start after us.
         settings = discover(self.settings)
         result = answer(question, base, OpenAIChat(settings), settings)
+        show = self._paths(base)
         citations = [
-            CitedPassage(c.n, c.hit.source, c.hit.page, c.hit.text, c.hit.chunk_id)
+            CitedPassage(c.n, show(c.hit.source), c.hit.page, c.hit.text, c.hit.chunk_id)
             for c in result.citations
         ]
         return CitedAnswer(kb, question, result.text, result.found, citations, result.notes)
+
+    def _paths(self, base: KnowledgeBase) -> Callable[[str], str]:
+        if not self.relative_sources:
+            return str
+        from rag.sources import SourceNames
+
+        return SourceNames.of(base).show
 
     def knowledge_base(self, access: Access, kb: str) -> KnowledgeBase:
         """The knowledge base `kb`, once the caller may read it."""
@@ -162,10 +177,12 @@ def _check_length(text: str, settings: Settings, what: str) -> None:
         )
 
 
-def mcp_server(settings: Settings, access_for: AccessFor) -> MCPServer:
+def mcp_server(
+    settings: Settings, access_for: AccessFor, relative_sources: bool = False
+) -> MCPServer:
     """The MCP server with the three tools; `access_for` names the caller of
-    each call."""
-    tools = KnowledgeTools(settings)
+    each call; `relative_sources` hides the server's folders from paths."""
+    tools = KnowledgeTools(settings, relative_sources)
     server = MCPServer(
         "kbqa",
         instructions="Search and question the knowledge bases of this kbqa server; "
@@ -243,13 +260,11 @@ def stdio_access(settings: Settings, user: str | None) -> AccessFor:
 
 
 def user_for_key(db: AppDB, key: str) -> User | None:
-    """The account an API key belongs to; None for an unknown or revoked key.
-
-    A hook for the API keys of `rag serve` (`rag keys create NAME`): connect
-    it to their table (e.g. `db.keys.user(key)`). Until then no key is
-    known, so with accounts (RAG_AUTH set) the HTTP tools refuse every call."""
-    del db, key
-    return None
+    """The account an API key (`rag keys create NAME`) belongs to, with its
+    grants as they are now; None for an unknown or revoked key or a disabled
+    account. (`rag serve` resolves keys through its own `authenticate`, with
+    the same table: serving/api/mcp.py.)"""
+    return db.keys.user(key)
 
 
 def bearer_access(settings: Settings) -> RequestAccess:
@@ -296,5 +311,5 @@ def mcp_http_app(
             raise AccessDenied("No HTTP request to take the caller from.")
         return by_request(request)
 
-    server = mcp_server(settings, access_for)
+    server = mcp_server(settings, access_for, relative_sources=True)
     return server.streamable_http_app(host=host)

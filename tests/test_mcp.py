@@ -10,14 +10,16 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 import uvicorn
-from mcp import ClientSession, StdioServerParameters, stdio_client
+from api_server import Server, accounts, offline_settings, serve
+from mcp import ClientSession, MCPError, StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
@@ -254,3 +256,55 @@ def test_http_takes_the_caller_from_the_resolver(http_mcp):
     unknown = over_http(http_mcp, "bad-key", search())
     assert "Unknown API key" in error_text(unknown)
     assert json.dumps(unknown.structured_content or {}) == "{}"
+
+
+# -- /mcp of `rag serve`: the API's keys and grants ----------------------------------------
+
+
+@pytest.fixture
+def served(tmp_path, docs_index) -> Iterator[Server]:
+    """`rag serve` (no LLM needed) with the accounts of tests/api_server.py."""
+    settings = offline_settings(tmp_path, docs_index)
+    keys = accounts(settings)
+    with serve(settings) as url:
+        yield Server(url, settings, keys)
+
+
+def test_rag_serve_offers_the_tools_at_mcp_to_a_valid_key(served):
+    async def work(session: ClientSession) -> Any:
+        tools = await session.list_tools()
+        listed = await session.call_tool("list_knowledge_bases", {})
+        return tools, listed, await search(k=2)(session)
+
+    tools, listed, found = over_http(served.url + "/mcp", served.keys["rex"], work)
+    assert {tool.name for tool in tools.tools} == TOOLS
+    assert payload(listed) == {"result": ["default"]}, "rex's grants, not the admin's"
+    first = payload(found)["passages"][0]["source"]
+    assert first.endswith("how-ingestion-works.md") and not first.startswith("/"), first
+
+
+def test_rag_serve_mcp_refuses_a_bad_key_before_any_session(served):
+    for key in ("kbqa-000000000000-not-a-key", served.keys["rex"][:-1], "EMPTY"):
+        with pytest.raises(ExceptionGroup) as refused:  # from the SDK's task groups
+            over_http(served.url + "/mcp", key, search())
+        assert refused.group_contains(MCPError, match="API key", depth=None), refused.value
+    initialize = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}}
+    accept = "application/json, text/event-stream"
+    headers = {"Authorization": "Bearer kbqa-0-x", "Accept": accept}
+    reply = httpx.post(served.url + "/mcp", json=initialize, headers=headers)
+    assert reply.status_code == 401, reply.text
+    assert "Invalid API key" in reply.json()["error"]["message"]
+    assert reply.json()["error"]["data"]["type"] == "authentication_error"
+
+
+def test_rag_serve_mcp_gives_a_tool_error_for_a_knowledge_base_not_granted(served):
+    async def work(session: ClientSession) -> Any:
+        return await search("secret")(session), await ask("Anything?", kb="secret")(session)
+
+    searched, asked = over_http(served.url + "/mcp", served.keys["rex"], work)
+    assert "no access to the knowledge base 'secret'" in error_text(searched)
+    assert "no access" in error_text(asked) and "LLM" not in error_text(asked)
+    admin = payload(over_http(served.url + "/mcp", served.keys["ada"], search("secret", k=1)))
+    assert admin["passages"], "the admin may read it"
+    denied = [e for e in open_app_db(served.settings).audit.entries() if e.action == "denied"]
+    assert denied and {e.user for e in denied} == {"rex"}

@@ -7,6 +7,7 @@
     GET    /v1/knowledge-bases/{kb}/documents       the documents
     POST   /v1/knowledge-bases/{kb}/documents       upload and ingest (multipart)
     DELETE /v1/knowledge-bases/{kb}/documents/{id}  remove one
+    /mcp                                            the MCP tools, streamable HTTP    (mcp.py)
     /docs                                           the OpenAPI documentation
 
 Every request carries `Authorization: Bearer <key>` (`rag keys create
@@ -25,30 +26,38 @@ from fastapi import FastAPI
 from rag.appdb import AppDB, open_app_db
 from rag.llm import ChatModel, OpenAIChat
 from rag.settings import Settings
-from serving.api import chat, errors, knowledge
+from serving.api import chat, errors, knowledge, mcp
 from serving.api.security import BodyLimit, RateLimiter
 from serving.api.service import Service
+from serving.mcp_tools import mcp_http_app
 
-__all__ = ["Service", "create_app", "mount_mcp"]
+__all__ = ["Service", "create_app"]
 
 UPLOAD_PATH = "/documents"
 
 
 def create_app(
-    settings: Settings, db: AppDB | None = None, chat_model: ChatModel | None = None
-) -> FastAPI:
+    settings: Settings, db: AppDB | None = None, chat_model: ChatModel | None = None,
+    host: str = "127.0.0.1",
+) -> FastAPI:  # fmt: skip
     """The API over `settings.indexes_root`; `db` and `chat_model` default to
-    the app database and the LLM server the settings name."""
+    the app database and the LLM server the settings name. `host` is the
+    address served: on a loopback one, /mcp also refuses requests whose Host
+    header is not loopback (DNS rebinding)."""
     svc = Service(
         settings=settings,
         db=db or open_app_db(settings),
         chat=chat_model or OpenAIChat(settings),
         limiter=RateLimiter(settings.api_requests_per_minute, settings.api_burst),
     )
+    mcp_app = mcp_http_app(settings, mcp.caller(svc), host=host)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        yield
+        # A mounted app's lifespan does not run by itself: the MCP session
+        # manager's task group lives as long as the API.
+        async with mcp_app.router.lifespan_context(mcp_app):
+            yield
         svc.close()
 
     app = FastAPI(
@@ -61,6 +70,7 @@ def create_app(
     errors.install(app)
     app.include_router(chat.router)
     app.include_router(knowledge.router)
+    mcp.mount(app, mcp_app, svc)
     upload_limit = int(settings.max_file_mb * settings.max_upload_files * 1024 * 1024) + 65536
     json_limit = settings.api_max_body_kb * 1024
 
@@ -68,13 +78,4 @@ def create_app(
         return upload_limit if path.endswith(UPLOAD_PATH) else json_limit
 
     app.add_middleware(BodyLimit, limit=limit)
-    mount_mcp(app, svc)
     return app
-
-
-def mount_mcp(app: FastAPI, svc: Service) -> None:
-    """Where the MCP server's streamable-HTTP app is mounted at /mcp (issue
-    21). It resolves keys and grants with `svc.access(key)`, as the routes
-    here do. The MCP module plugs in here with one line, e.g.
-    `app.mount("/mcp", mcp_tools.http_app(svc))` (its session manager's
-    lifespan must then run inside `lifespan` above)."""
