@@ -6,18 +6,13 @@ CPU server (SmolLM2, quoting extractively so that it cites)."""
 from __future__ import annotations
 
 import re
-import shutil
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
 import sqlalchemy
-import uvicorn
+from api_server import PASSWORD, QUESTION, Server, accounts, indexes, offline_settings, serve
 from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
@@ -29,64 +24,7 @@ from rag.appdb.schema import SCHEMA_VERSION
 from rag.citations import resolve_citations
 from rag.cli import main as rag_main
 from rag.settings import Settings
-from serving.api import create_app
 from serving.api.chat import CitationStream
-from serving.launch import free_port
-
-QUESTION = "How are broken files reported during ingestion?"
-PASSWORD = "correct horse battery"
-
-
-@dataclass
-class Server:
-    url: str
-    settings: Settings
-    keys: dict[str, str]  # user name -> API key
-
-    def client(self, user: str | None = None, key: str | None = None) -> openai.OpenAI:
-        key = key or (self.keys[user] if user else "EMPTY")
-        return openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, timeout=300)
-
-    def http(self, user: str) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {self.keys[user]}"}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=300)
-
-
-@contextmanager
-def serve(settings: Settings) -> Iterator[str]:
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        for _ in range(200):
-            if server.started:
-                break
-            threading.Event().wait(0.05)
-        assert server.started, "uvicorn did not start"
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-
-
-def indexes(tmp: Path, docs_index: Path) -> Path:
-    """The sample knowledge base as `default`, and a copy as `secret`."""
-    root = tmp / "indexes"
-    shutil.copytree(docs_index, root / "default")
-    shutil.copytree(docs_index, root / "secret")
-    return root
-
-
-def accounts(settings: Settings) -> dict[str, str]:
-    """An admin (ada), an editor of `default` (eve), a reader of `default` (rex)."""
-    db = open_app_db(settings)
-    db.accounts.add_user("ada", Role.ADMIN, PASSWORD, by="test")
-    db.accounts.add_user("eve", Role.EDITOR, PASSWORD, ["default"], by="test")
-    db.accounts.add_user("rex", Role.READER, PASSWORD, ["default"], by="test")
-    return {name: db.keys.create(name, by="test")[1] for name in ("ada", "eve", "rex")}
 
 
 @pytest.fixture(scope="module")
@@ -110,14 +48,7 @@ def api(tmp_path_factory, docs_index, llm_settings) -> Iterator[Server]:
 
 @pytest.fixture
 def offline(tmp_path, docs_index) -> Settings:
-    """Settings for a server that never asks an LLM (no LLM at this URL)."""
-    return Settings(
-        indexes_root=indexes(tmp_path, docs_index),
-        auth="local",
-        app_db=str(tmp_path / "app.sqlite"),
-        llm_url=f"http://127.0.0.1:{free_port()}/v1",
-        llm_retries=0,
-    )
+    return offline_settings(tmp_path, docs_index)
 
 
 def markers(text: str) -> set[int]:
@@ -186,6 +117,41 @@ def test_langchain_chat_openai_gets_the_cited_answer(api):
     )
     reply = llm.invoke(QUESTION)
     assert reply.content and markers(reply.content)
+
+
+LOAD_QUESTIONS = [
+    QUESTION,
+    "Which file types can be ingested?",
+    "What happens if ingestion is interrupted?",
+    "How does hybrid search combine BM25 and dense retrieval?",
+    "What does the fast screen do?",
+    "Who won the 1962 chess olympiad?",  # not in the knowledge base
+]
+
+
+@pytest.mark.llm
+def test_concurrent_chat_requests_all_get_a_cited_or_not_found_answer(api):
+    """Six requests, at most four at once, through the API to the real LLM
+    server: each comes back whole (bench/load.py --via api measures it)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def ask(question: str) -> openai.types.chat.ChatCompletion:
+        client = api.client("rex")
+        return client.chat.completions.create(
+            model="default", messages=[{"role": "user", "content": question}]
+        )
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        completions = list(pool.map(ask, LOAD_QUESTIONS))  # raises any request's error
+    for question, completion in zip(LOAD_QUESTIONS, completions, strict=True):
+        message = completion.choices[0].message
+        assert message.content, question
+        citations = message.model_extra["citations"]
+        if completion.model_extra["found"]:
+            assert citations and markers(message.content) <= {c["n"] for c in citations}
+        else:
+            assert not citations, question
+    assert any(c.model_extra["found"] for c in completions)
 
 
 def test_a_bad_key_is_refused_with_401_in_openais_shape(offline):
