@@ -8,6 +8,7 @@
 #   make llm      only the LLM server, in the foreground (see mk/llm.mk)
 #   make lint     ruff + mypy
 #   make bench-setup  what bench/*.py compare against (see BENCHMARKS.md)
+#   make bench-api-load  bench/load.py through `rag serve` beside the library (needs `make llm`)
 
 SHELL := /bin/bash
 BOOT_PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -25,7 +26,7 @@ include mk/llm.mk
 
 
 
-.PHONY: setup index run test crash-test lint clean system-setup bench-setup
+.PHONY: setup index run test crash-test lint clean system-setup bench-setup bench-api-load
 
 # torch first and pinned: this machine's pip takes the CPU build from disk,
 # while an unpinned torch would pull the multi-GB CUDA build.
@@ -67,6 +68,15 @@ system-setup:
 # The benchmarks' peers (bench/ingestion.py runs the LangChain tutorial pipeline).
 bench-setup: setup
 	$(BIN)/pip install --quiet -e '.[test,bench]'
+
+# The same questions through the library and through `rag serve` (started by
+# the script on a loopback port), side by side with the API's overhead; at
+# most 4 requests at once. Start the LLM server first: `make llm` (LLM_PORT).
+LOAD_MODEL ?= smollm2-135m
+LOAD_ARGS ?= --answers 1,2,4 --rounds 2 --searches 1,4 --search-rounds 50
+bench-api-load: setup index
+	$(PYTHON) bench/load.py --url http://$(LLM_HOST):$(LLM_PORT)/v1 --model $(LOAD_MODEL) \
+	    --index $(INDEX) --via both $(LOAD_ARGS)
 
 lint: setup
 	$(BIN)/ruff check rag ingest serving ui tests bench streamlit_app.py
