@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from rag.errors import RagError
+from rag.errors import BadFilter, NothingMatches
 
 if TYPE_CHECKING:
     from rag.storage import DocumentRecord
@@ -26,14 +26,6 @@ MAX_TAGS = 32  # per document, and per filter
 MAX_VALUE_CHARS = 1024  # a path prefix; a tag or a type is far shorter
 _TAG = re.compile(r"^[a-z0-9][a-z0-9_.:/-]{0,63}$")
 _KIND = re.compile(r"^[a-z0-9]{1,16}$")
-
-
-class BadFilter(RagError):
-    """A filter value the user must correct (a date, a tag, a type)."""
-
-
-class NothingMatches(RagError):
-    """The filters leave no document to search."""
 
 
 def tags_of(values: Iterable[str]) -> tuple[str, ...]:

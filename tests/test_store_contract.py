@@ -16,8 +16,8 @@ from builders import STORE_CORPUS, fill_store, put_texts, text_vector, texts_of
 
 from ingest.pipeline import ingest_documents, ingest_paths
 from rag import lexical
-from rag.errors import IndexIncompatible, IndexMissing, RebuildRefused
-from rag.filters import BadFilter, Filters, NothingMatches
+from rag.errors import BadFilter, IndexIncompatible, IndexMissing, NothingMatches, RebuildRefused
+from rag.filters import Filters
 from rag.knowledge_base import MODES, KnowledgeBase
 from rag.layout import IndexParams
 from rag.settings import Settings
