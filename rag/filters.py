@@ -26,6 +26,9 @@ MAX_TAGS = 32  # per document, and per filter
 MAX_VALUE_CHARS = 1024  # a path prefix; a tag or a type is far shorter
 _TAG = re.compile(r"^[a-z0-9][a-z0-9_.:/-]{0,63}$")
 _KIND = re.compile(r"^[a-z0-9]{1,16}$")
+# File extensions whose documents are stored under another kind (ingest/loaders.py KINDS).
+_KIND_OF_EXTENSION = {"md": "markdown", "txt": "text", "rst": "text", "htm": "html",
+                      "xhtml": "html"}  # fmt: skip
 
 
 def tags_of(values: Iterable[str]) -> tuple[str, ...]:
@@ -41,6 +44,12 @@ def tags_of(values: Iterable[str]) -> tuple[str, ...]:
     if len(tags) > MAX_TAGS:
         raise BadFilter(f"{len(tags)} tags; at most {MAX_TAGS}.")
     return tuple(tags)
+
+
+def _kind(value: str) -> str:
+    """A type as stored: "pdf", "markdown" (also for "md" or ".md")."""
+    name = value.strip().lower().lstrip(".")
+    return _KIND_OF_EXTENSION.get(name, name)
 
 
 def _timestamp(value: str | float | None, name: str) -> float | None:
@@ -85,7 +94,7 @@ class Filters:
         prefix = (path_prefix or "").strip()
         if len(prefix) > MAX_VALUE_CHARS or "\x00" in prefix:
             raise BadFilter(f"The path prefix is longer than {MAX_VALUE_CHARS} characters.")
-        kinds = sorted({t.strip().lower().lstrip(".") for t in types if t.strip()})
+        kinds = sorted({_kind(t) for t in types if t.strip()})
         bad = [k for k in kinds if not _KIND.match(k)]
         if bad or len(kinds) > MAX_TAGS:
             raise BadFilter(f"Bad file type {(bad or kinds)[0][:20]!r}: e.g. pdf, md, docx.")

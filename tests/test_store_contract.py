@@ -336,14 +336,14 @@ def scoped(store: Store) -> Store:
     with store.writer(PARAMS) as w:
         for n in range(DECOYS):
             text = f"Ledger ledger ledger news item {n}."
-            put_scoped(w, f"/kb/news/n{n:02d}.md", [text], "md", JAN_2025 - 200 * DAY, ["news"],
+            put_scoped(w, f"/kb/news/n{n:02d}.md", [text], "markdown", JAN_2025 - 200 * DAY, ["news"],
                        near=True)  # fmt: skip
         put_scoped(w, "/kb/finance/report.pdf",
                    ["The ledger shows growth.", "Ledger of Q1 costs.", "Q1 ledger totals."],
                    "pdf", JAN_2025 + 60 * DAY, ["finance", "q1"])  # fmt: skip
         put_scoped(w, "/kb/finance/budget.docx", ["Budget ledger lines.", "Ledger for 2025."],
                    "docx", JAN_2025 + 150 * DAY, ["finance"])  # fmt: skip
-        put_scoped(w, "/kb/misc_1/old.md", ["An old ledger.", "Older ledger notes."], "md",
+        put_scoped(w, "/kb/misc_1/old.md", ["An old ledger.", "Older ledger notes."], "markdown",
                    JAN_2025 - 800 * DAY)  # fmt: skip
     return store
 
@@ -363,7 +363,7 @@ def sources(snap, ranked) -> set[str]:
         (Filters.parse(tags=["Finance", "nothing-else"]), {"report.pdf", "budget.docx"}, 5),
         (Filters.parse(after="2025-01-01", before="2025-04-01"), {"report.pdf"}, 3),
         (Filters.parse(before="2023-06-01"), {"old.md"}, 2),
-        (Filters.parse(path_prefix="/kb/", types=["md"], before="2024-01-01"), {"old.md"}, 2),
+        (Filters.parse(path_prefix="/kb/", types=[".MD"], before="2024-01-01"), {"old.md"}, 2),
         (Filters.parse(tags=["finance"], after="2025-04-01"), {"budget.docx"}, 2),
     ],
 )
