@@ -100,9 +100,10 @@ class KnowledgeBase:
         also = [cid for cid, _ in dense] if mode == "hybrid" else []
         bm25, bm25_scores = snap.bm25(query, depth, also, filters) if mode != "dense" else ([], {})
         # Nothing found may mean nothing to search: say which.
-        nothing = filters and not dense and not bm25
-        if nothing and not any(filters.matches(d) for d in snap.documents()):
-            raise filters.nothing_matches()
+        if filters and not dense and not bm25:
+            matching = any(filters.matches(d) for d in snap.documents())
+            if not matching:
+                raise filters.nothing_matches()
         if mode == "hybrid":
             # Every candidate gets both exact scores, so a passage found by
             # one side alone is still weighed by the other.

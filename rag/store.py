@@ -311,7 +311,9 @@ class Snapshot(Tables):
         if not len(allowed) or k <= 0:
             return []
         # FAISS skips the other ids while it scans: the top k of the allowed.
-        params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))
+        selector = faiss.IDSelectorBatch(allowed)  # referenced here until the search ends
+        params = faiss.SearchParameters()
+        params.sel = selector
         scores, ids = self.vectors.search(
             query.reshape(1, -1).astype(np.float32), min(k, len(allowed)), params=params
         )

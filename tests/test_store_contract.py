@@ -336,8 +336,8 @@ def scoped(store: Store) -> Store:
     with store.writer(PARAMS) as w:
         for n in range(DECOYS):
             text = f"Ledger ledger ledger news item {n}."
-            put_scoped(w, f"/kb/news/n{n:02d}.md", [text], "markdown", JAN_2025 - 200 * DAY, ["news"],
-                       near=True)  # fmt: skip
+            mtime = JAN_2025 - 200 * DAY
+            put_scoped(w, f"/kb/news/n{n:02d}.md", [text], "markdown", mtime, ["news"], near=True)
         put_scoped(w, "/kb/finance/report.pdf",
                    ["The ledger shows growth.", "Ledger of Q1 costs.", "Q1 ledger totals."],
                    "pdf", JAN_2025 + 60 * DAY, ["finance", "q1"])  # fmt: skip
