@@ -272,6 +272,13 @@ def test_search_filters_scope_the_passages_and_say_when_nothing_matches(offline)
             reply = search(bad)
             assert reply.status_code == 400 and reply.json()["error"]["code"] == "invalid_filter"
         assert search({"colour": "red"}).status_code in (400, 422)
+        # The chat completion takes the same object in its extra body, checked before the LLM.
+        client = openai.OpenAI(base_url=url + "/v1", api_key=keys["rex"], max_retries=0)
+        with pytest.raises(openai.NotFoundError, match="tagged travel"):
+            client.chat.completions.create(
+                model="default", messages=[{"role": "user", "content": QUESTION}],
+                extra_body={"filters": {"tags": ["travel"]}},
+            )  # fmt: skip
 
 
 def test_upload_see_in_stats_search_and_delete(offline):

@@ -114,6 +114,7 @@ def _document(record: DocumentRecord) -> dict[str, object]:
         "id": record.id, "name": Path(record.path).name, "path": record.path,
         "title": record.title, "kind": record.kind, "pages": record.pages,
         "chunks": record.chunks, "size": record.size, "ingested_at": record.ingested_at,
+        "modified_at": record.mtime, "tags": list(record.tags),
     }  # fmt: skip
 
 
