@@ -17,8 +17,9 @@ from ingest import library
 from rag.access import Access, Action
 from rag.answering import stream_answer
 from rag.appdb import AppDB, open_app_db
-from rag.errors import LLMUnreachable, QuestionTooLong, RagError
+from rag.errors import LLMUnreachable, NothingMatches, QuestionTooLong, RagError
 from rag.events import Finished, Notice, Retrieved, Rewritten, Screened
+from rag.filters import Filters
 from rag.knowledge_base import KnowledgeBase
 from rag.llm import Delta, OpenAIChat, check_server
 from rag.settings import Settings
@@ -27,6 +28,7 @@ from ui import account, history, render, users
 from ui.conversation import Conversation, ConversationStore, Turn
 from ui.manage import manage_tab
 from ui.messages import for_user, plural
+from ui.scope import filter_controls
 from ui.sidebar import kb_summary, sidebar, summary_line
 
 log = logging.getLogger("kbqa.app")
@@ -90,30 +92,33 @@ def ask(
     question: str,
     conversation: Conversation,
     llm_down: str | None,
+    filters: Filters | None = None,
 ) -> Turn:
     """Answer `question` on the page; every outcome is a turn to keep."""
     access.require(Action.READ, kb.root.name)
     with st.chat_message("user"):
         st.text(question)
     with st.chat_message("assistant"):
+        scoped = (access, kb, names, settings, question)
         if llm_down:
             why = f"{llm_down} Showing the best passages."
-            return retrieval_only(access, kb, names, settings, question, why)
+            return retrieval_only(*scoped, why, filters)
         chat = OpenAIChat(settings)
         try:
-            result = stream_into_page(question, conversation.history(), kb, chat, settings)
-        except QuestionTooLong as exc:
-            st.error(str(exc))
-            return Turn(question, error=str(exc))
+            result = stream_into_page(question, conversation.history(), kb, chat, settings, filters)
+        except (QuestionTooLong, NothingMatches) as exc:
+            error = names.redact(str(exc))
+            st.error(error)
+            return Turn(question, error=error)
         except LLMUnreachable as exc:
             why = f"{for_user(str(exc))} Showing the best passages."
-            return retrieval_only(access, kb, names, settings, question, why)
+            return retrieval_only(*scoped, why, filters)
         except RagError as exc:
             log.warning("answer failed: %s", exc)
             error = for_user(str(exc))
             st.error(error)
             why = "The best passages for the question:"
-            turn = retrieval_only(access, kb, names, settings, question, why)
+            turn = retrieval_only(*scoped, why, filters)
             turn.error = error
             return turn
         details(access, kb, names, result)
@@ -122,31 +127,37 @@ def ask(
 
 def retrieval_only(
     access: Access, kb: KnowledgeBase, names: render.SourceNames, settings: Settings,
-    question: str, why: str,
+    question: str, why: str, filters: Filters | None = None,
 ) -> Turn:  # fmt: skip
     access.require(Action.READ, kb.root.name)
+    try:
+        hits = kb.search(question, k=settings.screen_k, filters=filters)
+    except NothingMatches as exc:
+        error = names.redact(str(exc))
+        st.error(error)
+        return Turn(question, error=error)
     st.warning(why)
-    hits = kb.search(question, k=settings.screen_k)
     render.hits_only(access, kb, names, hits)
     return Turn(question, answer=Answer(question=question, text="", hits=hits), warning=why)
 
 
 def stream_into_page(question: str, history: list[tuple[str, str]], kb: KnowledgeBase,
-                     chat: OpenAIChat, settings: Settings) -> Answer:  # fmt: skip
+                     chat: OpenAIChat, settings: Settings,
+                     filters: Filters | None = None) -> Answer:  # fmt: skip
     status = st.status("Reading the question…", expanded=False)
     try:
-        return _stream(question, history, kb, chat, settings, status)
+        return _stream(question, history, kb, chat, settings, status, filters)
     except RagError as exc:
         # A failed turn ends its status too: it never spins on.
         status.update(label=f"Failed: {for_user(str(exc))[:120]}", state="error")
         raise
 
 
-def _stream(question, history, kb, chat, settings, status) -> Answer:  # type: ignore[no-untyped-def]
+def _stream(question, history, kb, chat, settings, status, filters) -> Answer:  # type: ignore[no-untyped-def]
     thinking = st.empty()
     body = st.empty()
     text, thought = "", ""
-    for event in stream_answer(question, kb, chat, settings, history):
+    for event in stream_answer(question, kb, chat, settings, history, filters):
         if isinstance(event, Rewritten):
             status.update(label="Retrieving passages…")
             status.caption(f"Searched for: {render.defuse(event.query)}")
@@ -198,6 +209,7 @@ def ask_tab(
     # new turn included (the box is drawn first only to read its value).
     shown = st.container()
     names = render.SourceNames.of(kb)
+    filters = filter_controls(kb, names)
     limit = settings.max_question_chars
     question = st.chat_input("Ask a question about your documents", max_chars=limit)
     st.caption(f"Questions up to {limit:,} characters.")
@@ -211,7 +223,7 @@ def ask_tab(
                 f"Questions are limited to {limit:,} characters; this one has {len(question):,}."
             )
         elif question:
-            turn = ask(access, kb, names, settings, question, conversation, llm_down)
+            turn = ask(access, kb, names, settings, question, conversation, llm_down, filters)
             store.add(conversation, turn)
     asked = plural(len(conversation.turns), "question")
     heading.caption(f"Conversation in **{render.plain(kb_dir.name)}** · {asked}")

@@ -67,6 +67,14 @@ EXIT_OK, EXIT_FAILED_FILES, EXIT_USAGE, EXIT_FATAL = 0, 1, 2, 3
 )
 @click.option("--ocr", is_flag=True, help="OCR PDF pages without a text layer (needs tesseract).")
 @click.option(
+    "--tag",
+    "tags",
+    multiple=True,
+    metavar="TAG",
+    help="Tag the documents under PATHS (unchanged ones too) for `rag search --tag`; "
+    "repeatable. Replaces their earlier tags; without --tag they keep theirs.",
+)
+@click.option(
     "--wait",
     type=float,
     default=None,
@@ -83,6 +91,7 @@ def main(
     allow_drop: bool,
     store: str | None,
     ocr: bool,
+    tags: tuple[str, ...],
     wait: float | None,
     as_json: bool,
 ) -> None:
@@ -126,7 +135,7 @@ def main(
         try:
             report = ingest_paths(
                 list(paths), settings, sync=sync, delete=delete, rebuild=rebuild,
-                allow_drop=allow_drop, ocr=ocr, progress=progress,
+                allow_drop=allow_drop, ocr=ocr, tags=tags or None, progress=progress,
             )  # fmt: skip
         except RagError as exc:
             bar.close()

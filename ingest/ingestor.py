@@ -99,6 +99,8 @@ class Ingestor:
         progress: ProgressFn = noop,
     ) -> None:
         self.writer = writer
+        # The tags every document written gets; None keeps each one's own.
+        self.tags: tuple[str, ...] | None = None
         self.settings = settings
         self.report = report
         self._embedder = embedder
@@ -150,6 +152,30 @@ class Ingestor:
             return "copy"
         return "new"
 
+    def tags_for(self, path: str) -> tuple[str, ...]:
+        """The tags to store with the document at `path`: this run's, else
+        those it had (in the state a rebuild replaces, too)."""
+        if self.tags is not None:
+            return self.tags
+        earlier = self.writer.earlier(path)
+        return earlier.tags if earlier else ()
+
+    def retag(self, path: str) -> bool:
+        """Give an unchanged document this run's tags, re-using its chunks
+        and vectors; False when it has them already (or none were given)."""
+        record = self.writer.document(path)
+        if self.tags is None or record is None or record.tags == self.tags:
+            return False
+        chunks = self.writer.document_chunks(path)
+        vectors = self.writer.stored_vectors(chunks)
+        self.writer.put(
+            path=path, content_hash=record.content_hash, kind=record.kind, title=record.title,
+            size=record.size, mtime=record.mtime, pages=record.pages, ocr=record.ocr,
+            chunks=[replace(c, id=None) for c in chunks], vectors=vectors, tags=self.tags,
+        )  # fmt: skip
+        self.report.updated += 1
+        return True
+
     def copy(self, path: str, content_hash: str, size: int, mtime: float) -> None:
         """Store `path` as a copy of already-ingested identical content."""
         if content_hash in self._in_flight:
@@ -164,6 +190,7 @@ class Ingestor:
             path=path, content_hash=content_hash, kind=source.kind, title=source.title,
             size=size, mtime=mtime, pages=source.pages, ocr=source.ocr,
             chunks=[replace(c, source=path, id=None) for c in chunks], vectors=vectors,
+            tags=self.tags_for(path),
         )  # fmt: skip
         self._count(existed)
         self.report.chunks_copied += len(chunks)
@@ -191,6 +218,7 @@ class Ingestor:
                 title=p.chunks[0].title if p.chunks else doc.title,  # as clipped for the prefix
                 size=p.size, mtime=p.mtime, pages=len(doc.pages) or None, ocr=p.ocr,
                 chunks=p.chunks, vectors=vectors[row : row + len(p.chunks)],
+                tags=self.tags_for(doc.path),
             )  # fmt: skip
             row += len(p.chunks)
             self._count(p.existed)

@@ -22,6 +22,7 @@ from ingest.loaders import sha256_file
 from rag import lexical
 from rag.embedding import Embedder, canonical_model_id, load_embedder
 from rag.errors import RebuildRefused
+from rag.filters import tags_of
 from rag.layout import IndexParams
 from rag.settings import Settings
 from rag.storage import Store, open_store, replaced_documents
@@ -72,16 +73,22 @@ def ingest_paths(
     rebuild: bool = False,
     allow_drop: bool = False,
     ocr: bool = False,
+    tags: Iterable[str] | None = None,
     embedder: Embedder | None = None,
     progress: ProgressFn = noop,
 ) -> IngestReport:
     """Bring the index in line with the files under `paths`.
+
+    `tags` (validated by `rag.filters.tags_of`) replace the tags of every
+    document under `paths`, unchanged ones included; None keeps each
+    document's tags.
 
     A document stored with OCR is parsed with OCR again, asked or not. A
     `rebuild` writes a fresh generation from `paths` and publishes it only
     when complete; it raises `RebuildRefused` (publishing nothing) when it
     would be empty, or would drop stored documents and not `allow_drop`."""
     started = time.monotonic()
+    wanted_tags = None if tags is None else tags_of(tags)  # a bad tag: before anything runs
     root = Path(index or settings.index)
     report = IngestReport(index=str(root))
     found = discover(paths)
@@ -92,6 +99,7 @@ def ingest_paths(
         _refuse_lossy_rebuild(store, root, found, allow_drop)  # before the model loads
     writing = _writing(store, settings, report, embedder, started, progress, rebuild, allow_drop)
     with writing as ingestor:
+        ingestor.tags = wanted_tags
         for target in delete:
             _delete_under(ingestor, os.path.abspath(target))
         to_parse = _scan(found.files, ingestor, settings, ocr, progress)
@@ -180,7 +188,8 @@ def _scan(
         digest = sha256_file(task.path)
         state = ingestor.status(task.path, digest)
         if state == "unchanged":
-            ingestor.report.unchanged += 1
+            if not ingestor.retag(task.path):
+                ingestor.report.unchanged += 1
         elif state == "copy":
             ingestor.copy(task.path, digest, task.size, task.mtime)
         else:

@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from rag import citations, followup, prompts
 from rag.errors import LLMError
 from rag.events import Event, Finished, Notice, Read, Retrieved, Rewritten, Screened
+from rag.filters import Filters
 from rag.knowledge_base import KnowledgeBase
 from rag.llm import ChatModel, Completion, Delta, require_content
 from rag.reading import check_question, read, read_token_limit
@@ -34,13 +35,15 @@ def stream_answer(
     model: ChatModel,
     settings: Settings,
     history: Sequence[tuple[str, str]] = (),
+    filters: Filters | None = None,
 ) -> Iterator[Event]:
     """Rewrite (follow-ups only), retrieve, screen, read, cite; yield each
     stage's result as it is ready. `history` holds the conversation's earlier
     (role, text) turns: with it, a question that refers to them is first
     turned into a standalone query (`rag.followup`), which is searched,
     screened against and answered; the deep read also sees the end of the
-    conversation. A question too long to fit raises QuestionTooLong first."""
+    conversation. `filters` scope the search (`KnowledgeBase.search`). A
+    question too long to fit raises QuestionTooLong first."""
     check_question(question, settings)
     result = Answer(question=question, text="")
     query = question
@@ -55,7 +58,9 @@ def stream_answer(
             result.notes.append(note)
             yield Notice(note)
     with _timed(result, "retrieve"):
-        result.hits = kb.search(query, k=settings.screen_k, mode=settings.search_mode)
+        result.hits = kb.search(
+            query, k=settings.screen_k, mode=settings.search_mode, filters=filters
+        )
     yield Retrieved(result.hits, result.timings["retrieve"])
     with _timed(result, "screen"):
         _screen(query, result, model, settings)
@@ -86,9 +91,10 @@ def answer(
     model: ChatModel,
     settings: Settings,
     history: Sequence[tuple[str, str]] = (),
+    filters: Filters | None = None,
 ) -> Answer:
     """`stream_answer`, run to the end."""
-    for event in stream_answer(question, kb, model, settings, history):
+    for event in stream_answer(question, kb, model, settings, history, filters):
         if isinstance(event, Finished):
             return event.answer
     raise LLMError("answering ended without a result")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +16,45 @@ from rag.cli_mcp import mcp
 from rag.cli_serve import keys, serve
 from rag.cli_users import users
 from rag.errors import RagError
+from rag.filters import Filters
 from rag.knowledge_base import MODES, KnowledgeBase
 
 index_option = click.option(
     "--index", type=click.Path(file_okay=False, path_type=Path),
     help="Index folder  [default: $RAG_INDEX or indexes/default]",
 )  # fmt: skip
+
+
+def filter_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--path-prefix, --type, --tag, --after, --before: search only the
+    documents they match (the store applies them before the top k)."""
+    options = [
+        click.option("--path-prefix", metavar="PATH",
+                     help="Only documents whose path starts with PATH (relative to here)."),
+        click.option("--type", "types", multiple=True, metavar="TYPE",
+                     help="Only documents of this type (pdf, md, txt, html, docx). Repeatable."),
+        click.option("--tag", "tags", multiple=True, metavar="TAG",
+                     help="Only documents carrying this tag (ingest --tag). Repeatable: any."),
+        click.option("--after", metavar="DATE",
+                     help="Only files modified at or after DATE (ISO, e.g. 2025-01-31; UTC)."),
+        click.option("--before", metavar="DATE",
+                     help="Only files modified before DATE (ISO; UTC)."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def filters_from(
+    path_prefix: str | None, types: tuple[str, ...], tags: tuple[str, ...],
+    after: str | None, before: str | None,
+) -> Filters:  # fmt: skip
+    """The filters the options ask for; a relative path prefix is made absolute
+    (documents are stored by absolute path), keeping a trailing separator."""
+    if path_prefix:
+        trailing = os.sep if path_prefix.endswith(os.sep) else ""
+        path_prefix = os.path.abspath(path_prefix) + trailing
+    return Filters.parse(path_prefix, types, tags, after, before)
 
 
 class _Group(click.Group):
@@ -52,12 +87,15 @@ main.add_command(evaluate)
 @index_option
 @click.option("-k", "k", type=click.IntRange(1, 1000), default=8, show_default=True)
 @click.option("--mode", type=click.Choice(MODES), default="hybrid", show_default=True)
+@filter_options
 @json_option
-def search(query: str, index: Path | None, k: int, mode: str, as_json: bool) -> None:
-    """Print the passages that best match QUERY."""
+def search(query: str, index: Path | None, k: int, mode: str, as_json: bool, **scope: Any) -> None:
+    """Print the passages that best match QUERY (of the documents the
+    filters match, when given)."""
+    filters = filters_from(**scope)
     settings = settings_with(index=index)
     kb = KnowledgeBase.open(settings.index, settings=settings)
-    hits = kb.search(query, k=k, mode=mode)
+    hits = kb.search(query, k=k, mode=mode, filters=filters)
     if as_json:
         click.echo(json.dumps([h.to_dict() for h in hits], ensure_ascii=False))
         return
@@ -133,6 +171,7 @@ def stats(index: Path | None, as_json: bool) -> None:
 @click.option(
     "--reasoning", "show_reasoning", is_flag=True, help="Also print the model's reasoning."
 )
+@filter_options
 @json_option
 def ask(
     question: str,
@@ -144,8 +183,10 @@ def ask(
     model: str | None,
     show_reasoning: bool,
     as_json: bool,
+    **scope: Any,
 ) -> None:
-    """Answer QUESTION from the knowledge base, citing passages as [n].
+    """Answer QUESTION from the knowledge base, citing passages as [n]
+    (from the documents the filters match, when given).
 
     Stage 1 screens the retrieved passages concurrently (reasoning effort low);
     stage 2 answers from the kept ones (reasoning effort high).
@@ -158,6 +199,7 @@ def ask(
     from rag.llm import Delta, OpenAIChat
     from rag.profiles import discover
 
+    filters = filters_from(**scope)  # a bad date fails before the server is asked
     settings = discover(
         settings_with(
             index=index, screen_k=k, keep_max=keep, screen=screen, llm_url=url, llm_model=model
@@ -167,7 +209,7 @@ def ask(
     chat = OpenAIChat(settings)
     streaming = not as_json
     streamed = ""
-    for event in stream_answer(question, kb, chat, settings):
+    for event in stream_answer(question, kb, chat, settings, filters=filters):
         if isinstance(event, Retrieved) and streaming:
             click.echo(f"[retrieved {len(event.hits)} passages in {event.seconds:.2f} s]", err=True)
         elif isinstance(event, Screened) and streaming:

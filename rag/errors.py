@@ -64,6 +64,14 @@ class QuestionTooLong(RagError):
     """The question alone leaves no room for a passage in the model's context."""
 
 
+class BadFilter(RagError):
+    """A search filter (or tag) the user must correct: a date, a tag, a type."""
+
+
+class NothingMatches(RagError):
+    """The search filters match no document: nothing was searched."""
+
+
 class RebuildRefused(RagError):
     """A rebuild that would publish an empty index, or drop documents nobody
     agreed to drop. Nothing was published: the current index stays."""

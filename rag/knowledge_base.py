@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from rag import fusion
 from rag.embedding import Embedder, load_embedder
+from rag.filters import Filters
 from rag.settings import SEARCH_MODES, Settings
 from rag.storage import DocumentRecord, Snapshot, StoreStats, open_store
 from rag.types import Hit
@@ -80,18 +81,29 @@ class KnowledgeBase:
 
     # -- search --------------------------------------------------------------
 
-    def search(self, query: str, k: int = 8, mode: str = "hybrid") -> list[Hit]:
-        """The `k` best passages for `query`, best first."""
+    def search(
+        self, query: str, k: int = 8, mode: str = "hybrid", filters: Filters | None = None
+    ) -> list[Hit]:
+        """The `k` best passages for `query`, best first; with `filters`,
+        the `k` best of the documents they match (the store applies them
+        before taking the top k). Raises `NothingMatches` when the filters
+        match no document."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         if not query.strip():
             return []
         snap = self.snapshot()
+        filters = filters or None  # an empty Filters is no filter
         depth = max(k, self.depth)
         vector = self.embedder.embed_batch([query], kind="query")[0] if mode != "bm25" else None
-        dense = snap.dense(vector, depth) if vector is not None else []
+        dense = snap.dense(vector, depth, filters) if vector is not None else []
         also = [cid for cid, _ in dense] if mode == "hybrid" else []
-        bm25, bm25_scores = snap.bm25(query, depth, also) if mode != "dense" else ([], {})
+        bm25, bm25_scores = snap.bm25(query, depth, also, filters) if mode != "dense" else ([], {})
+        # Nothing found may mean nothing to search: say which.
+        if filters and not dense and not bm25:
+            matching = any(filters.matches(d) for d in snap.documents())
+            if not matching:
+                raise filters.nothing_matches()
         if mode == "hybrid":
             # Every candidate gets both exact scores, so a passage found by
             # one side alone is still weighed by the other.

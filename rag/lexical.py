@@ -72,14 +72,24 @@ class LexicalIndex:
         return np.asarray(self._index.get_scores(words), dtype=np.float32)
 
     def rank(
-        self, query: str, k: int, also: Sequence[int] = ()
+        self,
+        query: str,
+        k: int,
+        also: Sequence[int] = (),
+        allowed: np.ndarray | None = None,
     ) -> tuple[list[tuple[int, float]], dict[int, float]]:
-        """The `k` best chunks by BM25 (score > 0), and the BM25 scores of
-        those and of the chunks in `also` (0 where no query term matched),
-        for fusion. Only those few are looked up: at 100k chunks a common
-        term matches tens of thousands."""
+        """The `k` best chunks by BM25 (score > 0; only chunks whose ids are
+        in the sorted `allowed`, when given), and the BM25 scores of those
+        and of the chunks in `also` (0 where no query term matched), for
+        fusion. Only those few are looked up: at 100k chunks a common term
+        matches tens of thousands."""
         scores, ids = self.scores(query), self.ids
-        matched = np.flatnonzero(scores > 0)
+        positive = scores > 0
+        if allowed is not None:
+            # Scores stay those of the whole collection (the same IDF as an
+            # unfiltered search); only the candidates are restricted.
+            positive &= np.isin(ids, allowed, assume_unique=True)
+        matched = np.flatnonzero(positive)
         if len(matched) > k:
             # Back in id order, so that ties rank as a full sort ranks them.
             matched = np.sort(matched[np.argpartition(-scores[matched], k - 1)[:k]])

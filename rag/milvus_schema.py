@@ -7,7 +7,10 @@ Per knowledge base (`PREFIX`, `kbqa` unless the URI names another):
   PREFIX_chunks_EPOCH   chunk rows: vector, text, analysed BM25 terms, ...
   PREFIX_docs_EPOCH     document rows (a 2-dim dummy vector: Milvus wants one)
 EPOCH is the generation whose rebuild created the pair; an incremental
-ingest adds to the current pair. Every chunk and document row carries
+ingest adds to the current pair. Chunk rows also carry their document's
+kind, mtime and tags, so that a scoped search filters inside Milvus
+(`filter_expression`). `SCHEMA_VERSION` names the collections' shape; the meta record
+keeps it, and a pair of another shape is rebuilt, not extended. Every chunk and document row carries
 `gen_from`/`gen_to`: it belongs to generation G when gen_from <= G < gen_to.
 """
 
@@ -29,7 +32,8 @@ from pymilvus import DataType, Function, FunctionType, MilvusClient
 from pymilvus.exceptions import MilvusException
 
 from rag import lexical
-from rag.errors import IndexBusy, IndexCorrupt, RagError
+from rag.errors import IndexBusy, IndexCorrupt, IndexIncompatible, RagError
+from rag.filters import MAX_TAGS, Filters
 from rag.layout import IndexParams
 from rag.storage import DocumentRecord, assemble
 from rag.types import Chunk
@@ -46,6 +50,8 @@ PAGE_SIZE = 4096  # rows per query (a cluster refuses more than 16384)
 CHUNK_FIELDS = ["id", "text", "path", "start", "end", "page", "title", "ordinal"]
 DOC_FIELDS = ["id", "path", "content_hash", "kind", "title", "size", "mtime", "pages",
               "ingested_at", "chunks", "ocr", "gen_from"]  # fmt: skip
+# 1: the first shape; 2: chunk rows carry kind, mtime and tags, document rows tags.
+SCHEMA_VERSION = 2
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,100}$")
 
 
@@ -161,9 +167,19 @@ class Meta:
     params: IndexParams
     created_at: float
     updated_at: float
+    schema: int = 1  # SCHEMA_VERSION of the pair; records written before it had none
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
+
+    def check_schema(self, root: Path, uri: str) -> None:
+        """Refuse to read or extend a pair of another shape than this code's."""
+        if self.schema != SCHEMA_VERSION:
+            raise IndexIncompatible(
+                f"The knowledge base at {root} (in {uri}) has Milvus schema version "
+                f"{self.schema}; this version of kbqa reads version {SCHEMA_VERSION}. "
+                f"Rebuild it: ingest DOCS --index {root} --rebuild"
+            )
 
     @classmethod
     def from_json(cls, text: str) -> Meta:
@@ -196,6 +212,25 @@ def literal(text: str) -> str:
 
 def id_list(ids: list[int]) -> str:
     return "[" + ",".join(str(int(i)) for i in ids) + "]"
+
+
+def filter_expression(filters: Filters) -> str:
+    """`filters` as a filter expression over chunk rows (schema 2). A path
+    prefix holding a backslash has no LIKE pattern Milvus Lite reads: the
+    caller matches such prefixes by document id instead."""
+    parts = []
+    if filters.path_prefix:
+        escaped = "".join("\\" + ch if ch in "%_" else ch for ch in filters.path_prefix)
+        parts.append(f"path like {literal(escaped + '%')}")
+    if filters.types:
+        parts.append(f"kind in [{','.join(literal(t) for t in filters.types)}]")
+    if filters.tags:
+        parts.append(f"array_contains_any(tags, [{','.join(literal(t) for t in filters.tags)}])")
+    if filters.after is not None:
+        parts.append(f"mtime >= {float(filters.after)!r}")
+    if filters.before is not None:
+        parts.append(f"mtime < {float(filters.before)!r}")
+    return " and ".join(parts)
 
 
 def query_all(
@@ -242,6 +277,10 @@ def create_pair(client: MilvusClient, prefix: str, epoch: int, dimension: int) -
     schema.add_field("path_key", DataType.VARCHAR, max_length=64)
     for name in ("doc_id", "page", "start", "end", "ordinal", "gen_from", "gen_to"):
         schema.add_field(name, DataType.INT64)
+    # The document's, on each chunk, for scoped search (schema 2).
+    schema.add_field("kind", DataType.VARCHAR, max_length=64)
+    schema.add_field("mtime", DataType.DOUBLE)
+    _add_tags(schema)
     bm25 = Function(
         name="bm25", function_type=FunctionType.BM25,
         input_field_names=["terms"], output_field_names=["sparse"],
@@ -259,7 +298,13 @@ def create_pair(client: MilvusClient, prefix: str, epoch: int, dimension: int) -
     for name in ("mtime", "ingested_at"):
         schema.add_field(name, DataType.DOUBLE)
     schema.add_field("ocr", DataType.BOOL)
+    _add_tags(schema)  # schema 2
     _create(client, docs_name, schema, bm25=False)
+
+
+def _add_tags(schema: Any) -> None:
+    schema.add_field("tags", DataType.ARRAY, element_type=DataType.VARCHAR,
+                     max_capacity=MAX_TAGS, max_length=64)  # fmt: skip
 
 
 def _create(client: MilvusClient, name: str, schema: Any, bm25: bool) -> None:
@@ -274,10 +319,14 @@ def _create(client: MilvusClient, name: str, schema: Any, bm25: bool) -> None:
 class Reader:
     """Queries of one generation `number` of one collection pair."""
 
-    def __init__(self, store: MilvusStore, epoch: int, number: int, next_id: int) -> None:
+    def __init__(
+        self, store: MilvusStore, epoch: int, number: int, next_id: int, schema: int
+    ) -> None:
         self.store, self.client = store, store.client
         self.epoch, self.number, self.next_id = epoch, number, next_id
         self.chunks_name, self.docs_name = names(store.target.prefix, epoch)
+        # A schema-1 pair is still listed (what a rebuild replaces): without tags.
+        self.doc_fields = DOC_FIELDS + (["tags"] if schema >= 2 else [])
 
     def _rows(self, name: str, where: str, fields: list[str]) -> list[dict[str, Any]]:
         upper = self.next_id if self.store.upper_bound_needed else None
@@ -314,7 +363,7 @@ class Reader:
         return before, chunk.text, assemble(pieces, chunk.end, last)
 
     def _documents(self, where: str) -> list[DocumentRecord]:
-        rows = self._rows(self.docs_name, where, DOC_FIELDS)
+        rows = self._rows(self.docs_name, where, self.doc_fields)
         return sorted((_record(r) for r in rows), key=lambda d: d.path)
 
     def documents(self) -> list[DocumentRecord]:
@@ -357,5 +406,5 @@ def _record(row: dict[str, Any]) -> DocumentRecord:
         id=int(row["id"]), path=row["path"], content_hash=row["content_hash"], kind=row["kind"],
         title=row["title"], size=int(row["size"]), mtime=float(row["mtime"]),
         pages=None if pages < 0 else pages, ingested_at=float(row["ingested_at"]),
-        chunks=int(row["chunks"]), ocr=bool(row["ocr"]),
+        chunks=int(row["chunks"]), ocr=bool(row["ocr"]), tags=tuple(row.get("tags") or ()),
     )  # fmt: skip

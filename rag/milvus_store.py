@@ -27,6 +27,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,6 +37,7 @@ from pymilvus import MilvusClient
 from rag import layout, lexical
 from rag import milvus_schema as ms
 from rag.errors import IndexMissing
+from rag.filters import Filters
 from rag.layout import IndexParams
 from rag.settings import Settings
 from rag.storage import (
@@ -117,6 +119,7 @@ class MilvusStore:
             raise IndexMissing(
                 f"No index in {self.uri}. Build one with: ingest PATH... --index {self.root}"
             )
+        meta.check_schema(self.root, self.uri)
         return MilvusSnapshot(self, meta)
 
     def published(self) -> Published | None:
@@ -127,7 +130,7 @@ class MilvusStore:
         meta = self.current()
         if meta is None:
             return {}
-        reader = ms.Reader(self, meta.epoch, meta.generation, meta.next_id)
+        reader = ms.Reader(self, meta.epoch, meta.generation, meta.next_id, meta.schema)
         return {d.path: d for d in reader.documents()}
 
     @contextmanager
@@ -163,10 +166,12 @@ class MilvusSnapshot(ms.Reader):
     """One published generation; it answers as that generation while writers work."""
 
     def __init__(self, store: MilvusStore, meta: ms.Meta) -> None:
-        super().__init__(store, meta.epoch, meta.generation, meta.next_id)
+        super().__init__(store, meta.epoch, meta.generation, meta.next_id, meta.schema)
         self.meta = meta
         self._lexical: lexical.LexicalIndex | None = None
         self._folder: tempfile.TemporaryDirectory[str] | None = None
+        # The chunk ids each recent filter allows, for our BM25 (a generation never changes).
+        self.allowed = lru_cache(maxsize=16)(self._allowed)
 
     @property
     def generation(self) -> int:
@@ -185,10 +190,26 @@ class MilvusSnapshot(ms.Reader):
         )  # fmt: skip
         return [(int(h["id"]), float(h["distance"])) for h in hits[0]]
 
-    def dense(self, query: np.ndarray, k: int) -> list[tuple[int, float]]:
+    def scope(self, filters: Filters | None) -> str:
+        """`filters` as a filter expression over this generation's chunks."""
+        if not filters:
+            return ""
+        if "\\" in filters.path_prefix:  # no LIKE pattern for it: by document id
+            docs = [d.id for d in self.documents() if filters.matches(d)]
+            return f"doc_id in {ms.id_list(docs)}"
+        return ms.filter_expression(filters)
+
+    def _allowed(self, filters: Filters) -> np.ndarray:
+        rows = self._rows(self.chunks_name, self.scope(filters), ["id"])
+        return np.sort(np.asarray([int(r["id"]) for r in rows], dtype=np.int64))
+
+    def dense(
+        self, query: np.ndarray, k: int, filters: Filters | None = None
+    ) -> list[tuple[int, float]]:
         if k <= 0:
             return []
-        return self._search(np.asarray(query, dtype=np.float32).tolist(), "vector", k)
+        vector = np.asarray(query, dtype=np.float32).tolist()
+        return self._search(vector, "vector", k, self.scope(filters))
 
     def dense_scores(self, query: np.ndarray, ids: Sequence[int]) -> dict[int, float]:
         """Exact inner products, computed here from the stored vectors."""
@@ -199,12 +220,14 @@ class MilvusSnapshot(ms.Reader):
         return dict(zip((int(i) for i in ids), scores.tolist(), strict=True))
 
     def bm25(
-        self, query: str, k: int, also: Sequence[int] = ()
+        self, query: str, k: int, also: Sequence[int] = (), filters: Filters | None = None
     ) -> tuple[list[tuple[int, float]], dict[int, float]]:
-        """The `k` best chunks by BM25 (score > 0), and the scores of those
-        and of `also` (0 where no query term matched)."""
+        """The `k` best chunks by BM25 (score > 0; among those `filters`
+        allows), and the scores of those and of `also` (0 where no query
+        term matched)."""
         if self.store.bm25_engine == "ours":
-            return self._lexical_index().rank(query, k, also)
+            allowed = self.allowed(filters) if filters else None
+            return self._lexical_index().rank(query, k, also, allowed)
         words = lexical.terms(query)
         if not words or k <= 0:
             return [], {int(i): 0.0 for i in also}
@@ -212,7 +235,8 @@ class MilvusSnapshot(ms.Reader):
         # Milvus's BM25 keeps (k1 + 1) in the numerator, which Lucene and
         # bm25s drop; Milvus Lite reports it as a negative distance.
         scale = 1.0 + lexical.K1
-        ranked = [(i, abs(d) / scale) for i, d in self._search(text, "sparse", k) if d != 0]
+        found = self._search(text, "sparse", k, self.scope(filters))
+        ranked = [(i, abs(d) / scale) for i, d in found if d != 0]
         lookup = dict(ranked)
         missing = list(dict.fromkeys(int(i) for i in also if int(i) not in lookup))
         for start in range(0, len(missing), 1000):
@@ -245,6 +269,7 @@ class MilvusSnapshot(ms.Reader):
         )  # fmt: skip
 
     def close(self) -> None:
+        self.allowed.cache_clear()
         self._lexical = None
         if self._folder is not None:
             self._folder.cleanup()
@@ -271,11 +296,15 @@ class MilvusWriter(ms.Reader):
         self.published = meta.generation if meta else 0
         self.created_at = meta.created_at if meta and not rebuild else time.time()
         if meta and not rebuild:
+            meta.check_schema(store.root, store.uri)
             check_compatible(store.root, meta.params, params)
         # What a rebuild replaces, read under the lock: nothing can change it.
         self.previous = replaced_documents(store) if rebuild else {}
         number = self.published + 1
-        super().__init__(store, meta.epoch if meta else number, number, meta.next_id if meta else 1)
+        super().__init__(
+            store, meta.epoch if meta else number, number, meta.next_id if meta else 1,
+            ms.SCHEMA_VERSION,  # an older pair is refused above, or replaced below
+        )  # fmt: skip
         self.clean()
         if rebuild or meta is None:
             self.epoch = number
@@ -351,6 +380,7 @@ class MilvusWriter(ms.Reader):
         chunks: Sequence[Chunk],
         vectors: np.ndarray,
         ocr: bool = False,
+        tags: Sequence[str] = (),
     ) -> None:
         """Add a document, replacing any earlier version stored at `path`."""
         if len(chunks) != len(vectors):
@@ -360,9 +390,10 @@ class MilvusWriter(ms.Reader):
         doc_id, *ids = self._take(len(chunks) + 1)
         common = {"path": path, "title": title, "path_key": ms.path_key(path),
                   "gen_from": self.number, "gen_to": ms.ALIVE}  # fmt: skip
+        scoped = {"kind": kind, "mtime": mtime, "tags": list(tags)}  # on every row (schema 2)
         vectors = np.asarray(vectors, dtype=np.float32)
         rows = [
-            {**common, "id": cid, "vector": vectors[ordinal].tolist(), "doc_id": doc_id,
+            {**common, **scoped, "id": cid, "vector": vectors[ordinal].tolist(), "doc_id": doc_id,
              "terms": " ".join(lexical.terms(chunk.indexed_text)), "text": chunk.text,
              "page": -1 if chunk.page is None else chunk.page, "start": chunk.start,
              "end": chunk.end, "ordinal": ordinal}
@@ -371,8 +402,8 @@ class MilvusWriter(ms.Reader):
         for start in range(0, len(rows), 256):
             self.client.insert(self.chunks_name, rows[start : start + 256])
         self.client.insert(self.docs_name, [{
-            **common, "id": doc_id, "vector": ms.DUMMY, "content_hash": content_hash, "kind": kind,
-            "size": size, "mtime": mtime, "pages": -1 if pages is None else pages,
+            **common, **scoped, "id": doc_id, "vector": ms.DUMMY, "content_hash": content_hash,
+            "size": size, "pages": -1 if pages is None else pages,
             "ingested_at": time.time(), "chunks": len(chunks), "ocr": ocr,
         }])  # fmt: skip
 
@@ -395,7 +426,7 @@ class MilvusWriter(ms.Reader):
         meta = ms.Meta(
             generation=self.number, epoch=self.epoch, next_id=self.next_id,
             documents=self.count("documents"), chunks=self.count("chunks"), params=self.params,
-            created_at=self.created_at, updated_at=time.time(),
+            created_at=self.created_at, updated_at=time.time(), schema=ms.SCHEMA_VERSION,
         )  # fmt: skip
         # Sealed segments are searched through their index; Milvus Lite's
         # memtable is scanned row by row in Python.

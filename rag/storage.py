@@ -33,7 +33,7 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -42,6 +42,9 @@ from rag.errors import IndexCorrupt, IndexIncompatible, RebuildRefused, StoreUnk
 from rag.layout import IndexParams
 from rag.settings import Settings
 from rag.types import Chunk
+
+if TYPE_CHECKING:
+    from rag.filters import Filters
 
 Scored = list[tuple[int, float]]  # (chunk id, score), best first
 
@@ -70,6 +73,7 @@ class DocumentRecord:
     ingested_at: float
     chunks: int = 0
     ocr: bool = False  # ingested with OCR of pages without a text layer
+    tags: tuple[str, ...] = ()  # the user's (`ingest --tag`), as `rag.filters.tags_of` keeps them
 
 
 @dataclass(frozen=True)
@@ -110,16 +114,20 @@ class Snapshot(Protocol):
     @property
     def params(self) -> IndexParams: ...
 
-    def dense(self, query: np.ndarray, k: int) -> Scored:
-        """The `k` nearest chunks by inner product with the unit `query`."""
+    def dense(self, query: np.ndarray, k: int, filters: Filters | None = None) -> Scored:
+        """The `k` nearest chunks by inner product with the unit `query`
+        (among the chunks of documents `filters` matches, when given)."""
         ...
 
     def dense_scores(self, query: np.ndarray, ids: Sequence[int]) -> dict[int, float]:
         """Exact inner products of `query` with the stored vectors of `ids`."""
         ...
 
-    def bm25(self, query: str, k: int, also: Sequence[int] = ()) -> tuple[Scored, dict[int, float]]:
-        """The `k` best chunks by BM25 (score > 0), and the BM25 scores of
+    def bm25(
+        self, query: str, k: int, also: Sequence[int] = (), filters: Filters | None = None
+    ) -> tuple[Scored, dict[int, float]]:
+        """The `k` best chunks by BM25 (score > 0; among the chunks of
+        documents `filters` matches, when given), and the BM25 scores of
         those and of the chunks in `also` (0 where no query term matched)."""
         ...
 
@@ -167,8 +175,10 @@ class StoreWriter(Protocol):
         chunks: Sequence[Chunk],
         vectors: np.ndarray,
         ocr: bool = False,
+        tags: Sequence[str] = (),
     ) -> None:
-        """Add a document, replacing any earlier version stored at `path`."""
+        """Add a document, replacing any earlier version stored at `path`
+        (`tags` as `rag.filters.tags_of` returns them)."""
         ...
 
     def delete(self, path: str) -> bool:

@@ -9,9 +9,11 @@ ties them together. Callers outside the local store use `rag.storage`.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import urllib.parse
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ import numpy as np
 
 from rag import layout, lexical
 from rag.errors import IndexCorrupt
+from rag.filters import Filters
 from rag.layout import IndexParams
 from rag.storage import DocumentRecord, StoreStats, assemble
 from rag.types import Chunk
@@ -55,16 +58,20 @@ CREATE INDEX IF NOT EXISTS chunks_doc ON chunks(doc_id);
 # Columns added to `documents` since format version 2, with the value an
 # index written before them reads as. Additive, so no format change: older
 # code ignores them, and this code adds them to the next generation it writes.
-ADDED_COLUMNS = {"ocr": "INTEGER NOT NULL DEFAULT 0"}
+ADDED_COLUMNS = {
+    "ocr": "INTEGER NOT NULL DEFAULT 0",
+    "tags": "TEXT NOT NULL DEFAULT '[]'",  # JSON list of the user's tags (scoped search)
+}
 
 _CHUNK_COLUMNS = 'c.id, c.text, d.path, c.start, c."end", c.page, d.title, c.ordinal'
 
 
 def _record(row: tuple[Any, ...]) -> DocumentRecord:
-    id_, path, content_hash, kind, title, size, mtime, pages, ingested_at, chunks, ocr = row
+    id_, path, content_hash, kind, title, size, mtime, pages, ingested_at, chunks, ocr, tags = row
     return DocumentRecord(
-        id_, path, content_hash, kind, title, size, mtime, pages, ingested_at, chunks, bool(ocr)
-    )
+        id_, path, content_hash, kind, title, size, mtime, pages, ingested_at, chunks, bool(ocr),
+        tuple(json.loads(tags)),
+    )  # fmt: skip
 
 
 def _chunk_from_row(row: tuple[Any, ...]) -> Chunk:
@@ -133,11 +140,13 @@ class Tables:
 
     def _documents_where(self, clause: str, value: str | None) -> list[DocumentRecord]:
         """Documents matching `clause` (one `?` for `value`); all when `value` is None."""
-        # A generation written before the `ocr` column reads it as its default.
-        ocr = "d.ocr" if "ocr" in _columns(self.db, "documents") else "0"
+        # A generation written before an added column reads it as its default.
+        have = _columns(self.db, "documents")
+        ocr = "d.ocr" if "ocr" in have else "0"
+        tags = "d.tags" if "tags" in have else "'[]'"
         rows = self.db.execute(
             "SELECT d.id, d.path, d.content_hash, d.kind, d.title, d.size, d.mtime, d.pages, "
-            f"d.ingested_at, (SELECT count(*) FROM chunks c WHERE c.doc_id = d.id), {ocr} "
+            f"d.ingested_at, (SELECT count(*) FROM chunks c WHERE c.doc_id = d.id), {ocr}, {tags} "
             f"FROM documents d WHERE {clause} "
             + ("ORDER BY d.path" if value is None else "LIMIT 1"),
             () if value is None else (value,),
@@ -253,6 +262,19 @@ class Snapshot(Tables):
             )
         if dense_precision == "float16":
             self.vectors = _half_precision_copy(self.vectors)
+        # The chunk ids each recent filter allows (a generation never changes).
+        self.allowed = lru_cache(maxsize=16)(self._allowed)
+
+    def _allowed(self, filters: Filters) -> np.ndarray:
+        """The ids of the chunks of the documents `filters` matches, sorted."""
+        docs = [d.id for d in self.documents() if filters.matches(d)]
+        ids: list[int] = []
+        for start in range(0, len(docs), 500):
+            part = docs[start : start + 500]
+            marks = ",".join("?" * len(part))
+            rows = self.db.execute(f"SELECT id FROM chunks WHERE doc_id IN ({marks})", part)
+            ids.extend(r[0] for r in rows)
+        return np.sort(np.asarray(ids, dtype=np.int64))
 
     @property
     def generation(self) -> int:
@@ -280,8 +302,22 @@ class Snapshot(Tables):
             updated_at=self.manifest.updated_at,
         )
 
-    def dense(self, query: np.ndarray, k: int) -> list[tuple[int, float]]:
-        return _dense(self.vectors, query, k)
+    def dense(
+        self, query: np.ndarray, k: int, filters: Filters | None = None
+    ) -> list[tuple[int, float]]:
+        if not filters:
+            return _dense(self.vectors, query, k)
+        allowed = self.allowed(filters)
+        if not len(allowed) or k <= 0:
+            return []
+        # FAISS skips the other ids while it scans: the top k of the allowed.
+        selector = faiss.IDSelectorBatch(allowed)  # referenced here until the search ends
+        params = faiss.SearchParameters()
+        params.sel = selector
+        scores, ids = self.vectors.search(
+            query.reshape(1, -1).astype(np.float32), min(k, len(allowed)), params=params
+        )
+        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
 
     def dense_scores(self, query: np.ndarray, ids: Sequence[int]) -> dict[int, float]:
         """Exact inner products of `query` with the stored vectors of `ids`."""
@@ -292,15 +328,17 @@ class Snapshot(Tables):
         return dict(zip(ids, (vectors @ query).tolist(), strict=True))
 
     def bm25(
-        self, query: str, k: int, also: Sequence[int] = ()
+        self, query: str, k: int, also: Sequence[int] = (), filters: Filters | None = None
     ) -> tuple[list[tuple[int, float]], dict[int, float]]:
         """See `rag.lexical.LexicalIndex.rank`."""
+        allowed = self.allowed(filters) if filters else None
         try:
-            return self.lexical.rank(query, k, also)
+            return self.lexical.rank(query, k, also, allowed)
         except (IndexError, ValueError) as exc:  # same-size damage the manifest cannot see
             raise IndexCorrupt(
                 f"{self.root / self.name / layout.BM25_DIR} is damaged ({exc})."
             ) from exc
 
     def close(self) -> None:
+        self.allowed.cache_clear()
         self.db.close()

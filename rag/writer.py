@@ -6,6 +6,7 @@ through `rag.storage` (`Store.writer`).
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 import time
@@ -115,17 +116,20 @@ class StoreWriter(Tables):
         chunks: Sequence[Chunk],
         vectors: np.ndarray,
         ocr: bool = False,
+        tags: Sequence[str] = (),
     ) -> None:
         """Add a document, replacing any earlier version stored at `path`.
-        `ocr`: it was parsed with OCR (so a rebuild parses it so again)."""
+        `ocr`: it was parsed with OCR (so a rebuild parses it so again);
+        `tags`: the user's, for scoped search."""
         if len(chunks) != len(vectors):
             raise ValueError("one vector per chunk")
         self.changed = True
         self.delete(path)
+        row = (path, content_hash, kind, title, size, mtime, pages, time.time(), int(ocr))
         doc_id = self.db.execute(
             "INSERT INTO documents (path, content_hash, kind, title, size, mtime, pages, "
-            "ingested_at, ocr) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (path, content_hash, kind, title, size, mtime, pages, time.time(), int(ocr)),
+            "ingested_at, ocr, tags) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (*row, json.dumps(list(tags))),
         ).lastrowid
         ids = []
         for ordinal, chunk in enumerate(chunks):

@@ -214,6 +214,39 @@ def test_search_returns_ranked_passages(offline):
     assert not any(d["source"].startswith("/") for d in data)
 
 
+def test_search_filters_scope_the_passages_and_say_when_nothing_matches(offline):
+    keys = accounts(offline)
+    with serve(offline) as url:
+        rex = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {keys['rex']}"})
+
+        def search(filters, k=3):
+            body = {"model": "default", "query": "broken files", "k": k, "mode": "dense"}
+            return rex.post("/v1/search", json=body | {"filters": filters})
+
+        pdf = search({"types": ["pdf"]})
+        assert pdf.status_code == 200, pdf.text
+        assert [d["source"] for d in pdf.json()["data"]] == ["operations-handbook.pdf"] * 3
+        scoped = search({"path_prefix": "how-", "after": "2000-01-01"}, k=2).json()["data"]
+        assert [d["source"] for d in scoped] == ["how-ingestion-works.md"] * 2
+        nothing = search({"tags": ["travel"]})
+        assert nothing.status_code == 404
+        error = nothing.json()["error"]
+        assert error["code"] == "no_document_matches" and "tagged travel" in error["message"]
+        none_under = search({"path_prefix": "nowhere/"}).json()["error"]["message"]
+        assert "under nowhere/" in none_under and "/docs/" not in none_under  # no server path
+        for bad in ({"after": "last tuesday"}, {"path_prefix": "/etc"}, {"tags": ["a b"]}):
+            reply = search(bad)
+            assert reply.status_code == 400 and reply.json()["error"]["code"] == "invalid_filter"
+        assert search({"colour": "red"}).status_code in (400, 422)
+        # The chat completion takes the same object in its extra body, checked before the LLM.
+        client = openai.OpenAI(base_url=url + "/v1", api_key=keys["rex"], max_retries=0)
+        with pytest.raises(openai.NotFoundError, match="tagged travel"):
+            client.chat.completions.create(
+                model="default", messages=[{"role": "user", "content": QUESTION}],
+                extra_body={"filters": {"tags": ["travel"]}},
+            )  # fmt: skip
+
+
 def test_upload_see_in_stats_search_and_delete(offline):
     keys = accounts(offline)
     note = b"# Larches\n\nThe zorblat larch sheds its needles every autumn."

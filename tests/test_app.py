@@ -68,6 +68,31 @@ def test_offline_llm_shows_a_banner_and_ranked_passages(app_env):
     assert len(at.image) > 0, "the PDF page is shown as an image"
 
 
+def test_the_filters_expander_scopes_the_passages_and_warns_when_nothing_matches(app_env):
+    import datetime as dt
+
+    from serving.launch import free_port
+
+    app_env.setenv("RAG_LLM_URL", f"http://127.0.0.1:{free_port()}/v1")  # passages only
+    at = app().run()
+    assert "Filters" in [e.label for e in at.expander]
+    types = next(m for m in at.multiselect if m.label == "Types")
+    assert "pdf" in types.options and "markdown" in types.options
+    types.select("markdown").run()
+    assert any("Questions search 5 of 6 documents" in c.value for c in at.caption)
+    at.chat_input[0].set_value("How do I serve gpt-oss-20b on two GPUs?").run()
+    assert not at.exception
+    labels = [e.label for e in at.expander if e.label[:1].isdigit()]
+    assert labels and not any(".pdf" in label for label in labels), labels
+    after = next(d for d in at.date_input if d.label == "Modified on or after")
+    after.set_value(dt.date.today() + dt.timedelta(days=365)).run()
+    assert any("No document matches these filters" in w.value for w in at.warning)
+    at.chat_input[0].set_value("How do I serve gpt-oss-20b on two GPUs?").run()
+    assert not at.exception
+    assert any("No document matches the filters (type markdown, modified after" in e.value
+               for e in at.error)  # fmt: skip
+
+
 def test_a_failing_answer_shows_the_error_and_still_the_passages(app_env):
     # A server that answers the screen but fails the deep read with HTTP 500
     # (tests/misbehaving_server.py: a real HTTP server, wrong on purpose).

@@ -143,3 +143,31 @@ def test_ingest_search_and_stats_with_milvus_lite(runner, corpus_dir, tmp_path):
         assert other.exit_code == 3 and f"kept in the store '{uri}'" in other.stderr
     finally:
         milvus_schema.release(milvus_schema.parse_uri(uri))
+
+
+def test_ingest_tags_and_search_filters(runner, corpus_dir, tmp_path, monkeypatch):
+    index = tmp_path / "index"
+    result = runner.invoke(ingest_main, [str(corpus_dir), "--index", str(index), "--tag", "Ops"])
+    assert result.exit_code == 0, result.output
+    monkeypatch.chdir(corpus_dir.parent)
+
+    def search(*options, k="3"):
+        args = ["search", "Pompeii ash", "--index", str(index), "-k", k, "--json", *options]
+        return runner.invoke(rag_main, args)
+
+    everything = json.loads(search().stdout)
+    assert everything[0]["source"].endswith("volcanoes.md")
+    scoped = search("--tag", "ops", "--type", "pdf", "--after", "2000-01-01", k="2")
+    assert scoped.exit_code == 0, scoped.output
+    sources = {h["source"] for h in json.loads(scoped.stdout)}
+    assert len(json.loads(scoped.stdout)) == 2 and all(s.endswith(".pdf") for s in sources)
+    prefix = search("--path-prefix", f"{corpus_dir.name}/", "--type", "md")
+    assert all(h["source"].startswith(str(corpus_dir)) for h in json.loads(prefix.stdout))
+    nothing = search("--tag", "travel")
+    assert nothing.exit_code == 1
+    assert nothing.stderr.startswith("error: No document matches the filters (tagged travel)")
+    future = search("--before", "1999-12-31", "--type", "md")
+    assert "modified before 1999-12-31" in future.stderr and future.exit_code == 1
+    bad = search("--after", "yesterday")
+    assert bad.exit_code == 1 and "'yesterday' is not an ISO date" in bad.stderr
+    assert "--path-prefix" in runner.invoke(rag_main, ["ask", "--help"]).stdout

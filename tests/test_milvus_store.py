@@ -5,6 +5,7 @@ is in test_store_contract.py. Each test its own .db folder under tmp_path."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -17,11 +18,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from builders import STORE_CORPUS, fill_store, text_vector, texts_of
+from builders import STORE_CORPUS, fill_store, put_texts, text_vector, texts_of
 
 from rag import lexical
 from rag import milvus_schema as ms
 from rag.errors import IndexBusy, IndexIncompatible, RagError
+from rag.filters import Filters
 from rag.knowledge_base import KnowledgeBase
 from rag.layout import IndexParams
 from rag.milvus_store import MilvusStore, open_milvus
@@ -229,3 +231,26 @@ def test_sigkill_mid_write_leaves_each_document_old_or_new(tmp_path):
         finally:
             store.close()
     assert len(seen) == 6
+
+
+def test_a_knowledge_base_of_schema_1_is_refused_until_rebuilt(store):
+    fill_store(store, PARAMS)
+    meta = store.current()
+    record = json.loads(meta.to_json())
+    del record["schema"]  # what the code before schema 2 wrote
+    name = f"{store.target.prefix}_meta"
+    store.client.upsert(name, [{"id": meta.generation, "vector": ms.DUMMY,
+                                "record": json.dumps(record)}])  # fmt: skip
+    assert store.current().schema == 1
+    rebuild = r"schema version 1; this version of kbqa reads version 2\. Rebuild it: .*--rebuild"
+    with pytest.raises(IndexIncompatible, match=rebuild):
+        store.snapshot()
+    with pytest.raises(IndexIncompatible, match=rebuild), store.writer(PARAMS):
+        pass
+    assert set(store.published_documents()) == set(CORPUS)  # what a rebuild replaces
+    with store.writer(PARAMS, rebuild=True) as w:
+        for path, texts in CORPUS.items():
+            put_texts(w, path, texts)
+    snap = store.snapshot()
+    assert store.current().schema == ms.SCHEMA_VERSION and texts_of(snap) == CORPUS
+    assert len(snap.dense(text_vector("x"), 5, Filters.parse(path_prefix="pets"))) == 2

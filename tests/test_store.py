@@ -210,3 +210,23 @@ def test_the_store_record_keeps_no_credentials(tmp_path):
     assert recorded_store(root) == "milvus://db.example:19530"
     assert "s3cret" not in (root / STORE_RECORD).read_text()
     assert [p.name for p in root.iterdir()] == [STORE_RECORD]
+
+
+def test_a_generation_written_before_tags_reads_none_and_gains_the_column(tmp_path):
+    import sqlite3
+
+    from rag.store import SCHEMA, Tables, create_schema
+
+    db = sqlite3.connect(tmp_path / "older.sqlite")
+    db.executescript(SCHEMA)  # the documents table as written before the `tags` column
+    db.execute("ALTER TABLE documents DROP COLUMN ocr")  # and before `ocr`
+    db.execute(
+        "INSERT INTO documents (path, content_hash, kind, ingested_at) VALUES ('a.md', 'h', "
+        "'markdown', 0)"
+    )
+    tables = Tables()
+    tables.db = db
+    assert [(d.path, d.ocr, d.tags) for d in tables.documents()] == [("a.md", False, ())]
+    create_schema(db)  # what a writer does to the copy it extends
+    db.execute("UPDATE documents SET tags = '[\"finance\"]'")
+    assert tables.document("a.md").tags == ("finance",)

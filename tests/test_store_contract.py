@@ -10,17 +10,19 @@ import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from builders import STORE_CORPUS, fill_store, put_texts, text_vector, texts_of
 
 from ingest.pipeline import ingest_documents, ingest_paths
 from rag import lexical
-from rag.errors import IndexIncompatible, IndexMissing, RebuildRefused
+from rag.errors import BadFilter, IndexIncompatible, IndexMissing, NothingMatches, RebuildRefused
+from rag.filters import Filters
 from rag.knowledge_base import MODES, KnowledgeBase
 from rag.layout import IndexParams
 from rag.settings import Settings
 from rag.storage import Published, Store, open_store
-from rag.types import Document
+from rag.types import Chunk, Document
 
 STORES = ["local", "milvus-lite"]
 PARAMS = IndexParams("test-model", 8, 200, 32, lexical.ANALYZER_ID)
@@ -301,3 +303,128 @@ def test_both_stores_rank_alike(tmp_path, embedder):
         # BM25 is the same sums of the same terms; vectors are float32 in both.
         tolerance = 1e-5 if key[1] == "bm25" else 1e-4
         assert [x for _, x in milvus[key]] == pytest.approx([x for _, x in hits], abs=tolerance)
+
+
+# -- scoped search: filters apply inside the store, before the top k --------------------
+
+DAY = 86400.0
+JAN_2025 = 1735689600.0  # 2025-01-01T00:00:00Z
+PROBE = text_vector("the probe")
+
+
+def put_scoped(writer, path: str, texts: list[str], kind: str, mtime: float, tags=(), near=False):
+    """A document whose chunks all lie on the probe (`near`) or anywhere."""
+    chunks, offset = [], 0
+    for ordinal, text in enumerate(texts):
+        chunks.append(Chunk(text, path, offset, offset + len(text), ordinal=ordinal))
+        offset += len(text) + 1
+    vectors = np.stack([PROBE if near else text_vector(t) for t in texts])
+    writer.put(
+        path=path, content_hash=hashlib.sha256(path.encode()).hexdigest(), kind=kind,
+        title="", size=offset, mtime=mtime, pages=None, chunks=chunks, vectors=vectors,
+        tags=tuple(tags),
+    )  # fmt: skip
+
+
+DECOYS = 40  # more than the fusion depth: the scoped passages rank far below them
+
+
+@pytest.fixture
+def scoped(store: Store) -> Store:
+    """40 news notes on the probe that say "ledger" three times; below them,
+    a PDF report (3 passages), a DOCX budget (2) and an old note (2) that say it once."""
+    with store.writer(PARAMS) as w:
+        for n in range(DECOYS):
+            text = f"Ledger ledger ledger news item {n}."
+            mtime = JAN_2025 - 200 * DAY
+            put_scoped(w, f"/kb/news/n{n:02d}.md", [text], "markdown", mtime, ["news"], near=True)
+        put_scoped(w, "/kb/finance/report.pdf",
+                   ["The ledger shows growth.", "Ledger of Q1 costs.", "Q1 ledger totals."],
+                   "pdf", JAN_2025 + 60 * DAY, ["finance", "q1"])  # fmt: skip
+        put_scoped(w, "/kb/finance/budget.docx", ["Budget ledger lines.", "Ledger for 2025."],
+                   "docx", JAN_2025 + 150 * DAY, ["finance"])  # fmt: skip
+        put_scoped(w, "/kb/misc_1/old.md", ["An old ledger.", "Older ledger notes."], "markdown",
+                   JAN_2025 - 800 * DAY)  # fmt: skip
+    return store
+
+
+def sources(snap, ranked) -> set[str]:
+    return {c.source for c in snap.chunks(cid for cid, _ in ranked).values()}
+
+
+@pytest.mark.parametrize(
+    ("filters", "expected", "passages"),
+    [
+        (Filters.parse(path_prefix="/kb/finance/"), {"report.pdf", "budget.docx"}, 5),
+        (Filters.parse(path_prefix="/kb/misc_"), {"old.md"}, 2),  # LIKE's _ is literal
+        (Filters.parse(types=["pdf"]), {"report.pdf"}, 3),
+        (Filters.parse(types=["pdf", "docx"]), {"report.pdf", "budget.docx"}, 5),
+        (Filters.parse(tags=["q1"]), {"report.pdf"}, 3),
+        (Filters.parse(tags=["Finance", "nothing-else"]), {"report.pdf", "budget.docx"}, 5),
+        (Filters.parse(after="2025-01-01", before="2025-04-01"), {"report.pdf"}, 3),
+        (Filters.parse(before="2023-06-01"), {"old.md"}, 2),
+        (Filters.parse(path_prefix="/kb/", types=[".MD"], before="2024-01-01"), {"old.md"}, 2),
+        (Filters.parse(tags=["finance"], after="2025-04-01"), {"budget.docx"}, 2),
+    ],
+)
+def test_filters_apply_before_the_top_k(scoped, filters, expected, passages):
+    snap = scoped.snapshot()
+    for k in (passages, 2):
+        want = min(k, passages)  # k come back whenever k matching passages exist
+        dense = snap.dense(PROBE, k, filters)
+        bm25, scores = snap.bm25("ledger", k, filters=filters)
+        assert len(dense) == len(bm25) == want, (k, dense, bm25)
+        for ranked in (dense, bm25):
+            assert {Path(s).name for s in sources(snap, ranked)} <= expected
+        assert all(scores[cid] > 0 for cid, _ in bm25)
+    assert {Path(s).name for s in sources(snap, snap.dense(PROBE, 50, filters))} == expected
+    matching = {d.path for d in snap.documents() if filters.matches(d)}
+    assert {Path(p).name for p in matching} == expected
+    unfiltered = snap.dense(PROBE, passages)
+    assert sources(snap, unfiltered) <= {f"/kb/news/n{n:02d}.md" for n in range(DECOYS)}
+
+
+def test_a_filter_that_matches_nothing_says_so(scoped, kb_settings):
+    snap = scoped.snapshot()
+    nothing = Filters.parse(tags=["travel"])
+    assert snap.dense(PROBE, 5, nothing) == [] and snap.bm25("ledger", 5, filters=nothing)[0] == []
+    kb = KnowledgeBase.open(kb_settings.index, settings=kb_settings)
+    try:
+        with pytest.raises(
+            NothingMatches, match=r"No document matches the filters \(tagged travel\)"
+        ):
+            kb.search("ledger", k=3, mode="bm25", filters=nothing)
+        # Documents that match but hold no query term: no passage, and no error.
+        assert kb.search("zebra", k=3, mode="bm25", filters=Filters.parse(types=["pdf"])) == []
+        hits = kb.search("ledger", k=4, mode="bm25", filters=Filters.parse(tags=["finance"]))
+        assert len(hits) == 4 and {Path(h.source).parent.name for h in hits} == {"finance"}
+    finally:
+        kb.close()
+
+
+def test_tags_are_stored_replaced_and_kept(store, tmp_path, kb_settings, embedder):
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "a.md").write_text("# A\n\nAlpha talks about glaciers.\n")
+    (folder / "b.md").write_text("# B\n\nBeta is on tides.\n")
+
+    def tags():
+        return {Path(p).name: d.tags for p, d in store.published_documents().items()}
+
+    ingest_paths([str(folder)], kb_settings, tags=["Finance", "q1"], embedder=embedder)
+    assert tags() == {"a.md": ("finance", "q1"), "b.md": ("finance", "q1")}
+    report = ingest_paths([str(folder / "b.md")], kb_settings, tags=["hr"], embedder=embedder)
+    assert (report.updated, report.unchanged, report.chunks_embedded) == (1, 0, 0)
+    assert tags() == {"a.md": ("finance", "q1"), "b.md": ("hr",)}
+    (folder / "a.md").write_text("# A\n\nAlpha now talks about volcanoes.\n")
+    report = ingest_paths([str(folder)], kb_settings, embedder=embedder)  # no --tag: kept
+    assert (report.updated, report.unchanged) == (1, 1)
+    assert tags() == {"a.md": ("finance", "q1"), "b.md": ("hr",)}
+    kb = KnowledgeBase.open(kb_settings.index, embedder=embedder, settings=kb_settings)
+    try:
+        hits = kb.search("volcanoes and tides", k=5, filters=Filters.parse(tags=["hr"]))
+        assert [Path(h.source).name for h in hits] == ["b.md"]
+    finally:
+        kb.close()
+    with pytest.raises(BadFilter, match="Bad tag"):
+        ingest_paths([str(folder)], kb_settings, tags=["no spaces"], embedder=embedder)

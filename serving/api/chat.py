@@ -28,6 +28,7 @@ from rag.settings import Settings
 from rag.sources import SourceNames
 from rag.types import Answer
 from serving.api.errors import ApiError, from_rag_error, sse_event
+from serving.api.knowledge import SearchFilters, scope
 from serving.api.service import Requester, public, service
 
 router = APIRouter(tags=["chat"])
@@ -58,6 +59,9 @@ class ChatRequest(BaseModel):
     model: str = Field(description="the knowledge base to answer from (GET /v1/models)")
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
+    filters: SearchFilters | None = Field(
+        None, description="scope the search as POST /v1/search's `filters` (extra body)"
+    )
 
 
 def conversation(
@@ -96,12 +100,13 @@ def chat_completions(body: ChatRequest, access: Requester, request: Request) -> 
     svc = service(request)
     kb = svc.open(access, body.model)
     question, history = conversation(body.messages, svc.settings)
+    filters = scope(body.filters, kb)
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     if body.stream:
-        events = stream_answer(question, kb, svc.chat, svc.settings, history)
+        events = stream_answer(question, kb, svc.chat, svc.settings, history, filters)
         chunks = _chunks(events, completion_id, created, body.model, SourceNames.of(kb))
         return StreamingResponse(chunks, media_type="text/event-stream")
-    result = answer(question, kb, svc.chat, svc.settings, history)
+    result = answer(question, kb, svc.chat, svc.settings, history, filters)
     message: dict[str, object] = {
         "role": "assistant",
         "content": result.text,

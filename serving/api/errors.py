@@ -40,6 +40,8 @@ def unauthorized(message: str) -> ApiError:
 _STATUS: list[tuple[type[errors.RagError], int, str, str]] = [
     (AccessDenied, 403, "permission_error", "permission_denied"),
     (errors.QuestionTooLong, 400, "invalid_request_error", "context_length_exceeded"),
+    (errors.BadFilter, 400, "invalid_request_error", "invalid_filter"),
+    (errors.NothingMatches, 404, "invalid_request_error", "no_document_matches"),
     (errors.IndexMissing, 404, "invalid_request_error", "model_not_found"),
     (errors.IndexBusy, 409, "conflict_error", "index_busy"),
     (errors.RebuildRefused, 409, "conflict_error", "rebuild_refused"),

@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Request, UploadFile
-from pydantic import AliasChoices, BaseModel, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from ingest import library
 from ingest.ingestor import noop
 from rag.access import Action
+from rag.filters import MAX_TAGS, MAX_VALUE_CHARS, Filters
+from rag.knowledge_base import KnowledgeBase
 from rag.settings import SearchMode
 from rag.sources import SourceNames
 from rag.storage import DocumentRecord
@@ -44,6 +46,43 @@ def get_model(model: str, access: Requester, request: Request) -> dict[str, obje
     return _model(model)
 
 
+class SearchFilters(BaseModel):
+    """Which documents to search: all the parts given must hold."""
+
+    model_config = ConfigDict(extra="forbid")
+    path_prefix: str | None = Field(
+        None, max_length=MAX_VALUE_CHARS,
+        description="documents whose path, as this API shows it, starts with this",
+    )  # fmt: skip
+    types: list[str] = Field([], max_length=MAX_TAGS, description="file types, e.g. pdf, md")
+    tags: list[str] = Field([], max_length=MAX_TAGS, description="any of these tags")
+    after: str | None = Field(None, max_length=40, description="modified at or after (ISO date)")
+    before: str | None = Field(None, max_length=40, description="modified before (ISO date)")
+
+
+def scope(body: SearchFilters | None, kb: KnowledgeBase) -> Filters | None:
+    """`body` as the store's filters. A path prefix is read as this API shows
+    paths (`SourceNames`): relative to the knowledge base's folder, or to the
+    folder its other documents share. Raises 404 when no document matches,
+    before anything is searched or answered."""
+    if body is None:
+        return None
+    names, prefix = SourceNames.of(kb), body.path_prefix or ""
+    if prefix and (os.path.isabs(prefix) or ".." in Path(prefix).parts):
+        raise ApiError(400, "path_prefix is relative, as document paths are shown.",
+                       code="invalid_filter")  # fmt: skip
+    documents = kb.documents()
+    if prefix:
+        bases = [b for b in (names.kb_root, names.shared) if b]
+        found = [os.path.join(b, prefix) for b in bases]
+        prefix = next((p for p in found if any(d.path.startswith(p) for d in documents)), found[0])
+    filters = Filters.parse(prefix, body.types, body.tags, body.after, body.before)
+    if filters and not any(filters.matches(d) for d in documents):
+        raise ApiError(404, names.redact(str(filters.nothing_matches())),
+                       code="no_document_matches")  # fmt: skip
+    return filters
+
+
 class SearchRequest(BaseModel):
     knowledge_base: str = Field(
         validation_alias=AliasChoices("knowledge_base", "model"),
@@ -52,6 +91,7 @@ class SearchRequest(BaseModel):
     query: str = Field(min_length=1)
     k: int = Field(8, ge=1, le=100)
     mode: SearchMode = "hybrid"
+    filters: SearchFilters | None = None
 
 
 @router.post("/v1/search", summary="The passages that best match a query, best first")
@@ -63,7 +103,7 @@ def search(body: SearchRequest, access: Requester, request: Request) -> dict[str
             code="message_too_long",
         )  # fmt: skip
     kb = svc.open(access, body.knowledge_base)
-    hits = kb.search(body.query, k=body.k, mode=body.mode)
+    hits = kb.search(body.query, k=body.k, mode=body.mode, filters=scope(body.filters, kb))
     data = [{"rank": rank, **hit.to_dict()} for rank, hit in enumerate(hits, start=1)]
     found = {"object": "list", "model": body.knowledge_base, "query": body.query, "data": data}
     return public(found, SourceNames.of(kb))  # type: ignore[no-any-return]
@@ -74,6 +114,7 @@ def _document(record: DocumentRecord) -> dict[str, object]:
         "id": record.id, "name": Path(record.path).name, "path": record.path,
         "title": record.title, "kind": record.kind, "pages": record.pages,
         "chunks": record.chunks, "size": record.size, "ingested_at": record.ingested_at,
+        "modified_at": record.mtime, "tags": list(record.tags),
     }  # fmt: skip
 
 
