@@ -44,6 +44,12 @@ DUMMY = [1.0, 0.0]  # the vector of a document or meta row
 TEXT_BYTES = 65535  # Milvus's VARCHAR limit
 PAGE_SIZE = 4096  # rows per query (a cluster refuses more than 16384)
 CHUNK_FIELDS = ["id", "text", "path", "start", "end", "page", "title", "ordinal"]
+# The collection pair's schema. 2 added the chunk field `locator` (a table
+# passage's sheet or table and rows). A pair keeps the schema it was created
+# with (recorded in each Meta): an incremental ingest into a schema-1 pair
+# writes no locators; a rebuild creates a schema-2 pair.
+SCHEMA = 2
+LOCATOR_SCHEMA = 2
 DOC_FIELDS = ["id", "path", "content_hash", "kind", "title", "size", "mtime", "pages",
               "ingested_at", "chunks", "ocr", "gen_from"]  # fmt: skip
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,100}$")
@@ -161,6 +167,7 @@ class Meta:
     params: IndexParams
     created_at: float
     updated_at: float
+    schema: int = 1  # of the collection pair (SCHEMA); records written before it lack it
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -242,6 +249,7 @@ def create_pair(client: MilvusClient, prefix: str, epoch: int, dimension: int) -
     schema.add_field("path_key", DataType.VARCHAR, max_length=64)
     for name in ("doc_id", "page", "start", "end", "ordinal", "gen_from", "gen_to"):
         schema.add_field(name, DataType.INT64)
+    schema.add_field("locator", DataType.VARCHAR, max_length=TEXT_BYTES)  # SCHEMA 2
     bm25 = Function(
         name="bm25", function_type=FunctionType.BM25,
         input_field_names=["terms"], output_field_names=["sparse"],
@@ -274,9 +282,13 @@ def _create(client: MilvusClient, name: str, schema: Any, bm25: bool) -> None:
 class Reader:
     """Queries of one generation `number` of one collection pair."""
 
-    def __init__(self, store: MilvusStore, epoch: int, number: int, next_id: int) -> None:
+    def __init__(
+        self, store: MilvusStore, epoch: int, number: int, next_id: int, schema: int = SCHEMA
+    ) -> None:
         self.store, self.client = store, store.client
         self.epoch, self.number, self.next_id = epoch, number, next_id
+        self.schema = schema
+        self.chunk_fields = CHUNK_FIELDS + (["locator"] if schema >= LOCATOR_SCHEMA else [])
         self.chunks_name, self.docs_name = names(store.target.prefix, epoch)
 
     def _rows(self, name: str, where: str, fields: list[str]) -> list[dict[str, Any]]:
@@ -285,7 +297,7 @@ class Reader:
         return query_all(self.client, self.store.collection(name), clause, fields, upper)
 
     def _chunk_rows(self, where: str) -> list[Chunk]:
-        rows = self._rows(self.chunks_name, where, CHUNK_FIELDS)
+        rows = self._rows(self.chunks_name, where, self.chunk_fields)
         return [_chunk(r) for r in rows]
 
     def chunks(self, ids: Iterable[int]) -> dict[int, Chunk]:
@@ -307,7 +319,7 @@ class Reader:
             f"path_key == {literal(path_key(chunk.source))} "
             f"and ordinal >= {low} and ordinal <= {high}"
         )
-        pieces = [(c.start, c.text) for c in rows if c.page == chunk.page]
+        pieces = [(c.start, c.document_part) for c in rows if c.page == chunk.page]
         first = min((s for s, _ in pieces), default=chunk.start)
         last = max((s + len(t) for s, t in pieces), default=chunk.end)
         before = assemble(pieces, first, chunk.start)
@@ -347,7 +359,7 @@ def _chunk(row: dict[str, Any]) -> Chunk:
     return Chunk(
         id=int(row["id"]), text=row["text"], source=row["path"], start=int(row["start"]),
         end=int(row["end"]), page=None if page < 0 else page, title=row["title"],
-        ordinal=int(row["ordinal"]),
+        ordinal=int(row["ordinal"]), locator=str(row.get("locator") or ""),
     )  # fmt: skip
 
 

@@ -163,7 +163,7 @@ class MilvusSnapshot(ms.Reader):
     """One published generation; it answers as that generation while writers work."""
 
     def __init__(self, store: MilvusStore, meta: ms.Meta) -> None:
-        super().__init__(store, meta.epoch, meta.generation, meta.next_id)
+        super().__init__(store, meta.epoch, meta.generation, meta.next_id, meta.schema)
         self.meta = meta
         self._lexical: lexical.LexicalIndex | None = None
         self._folder: tempfile.TemporaryDirectory[str] | None = None
@@ -275,7 +275,13 @@ class MilvusWriter(ms.Reader):
         # What a rebuild replaces, read under the lock: nothing can change it.
         self.previous = replaced_documents(store) if rebuild else {}
         number = self.published + 1
-        super().__init__(store, meta.epoch if meta else number, number, meta.next_id if meta else 1)
+        super().__init__(
+            store,
+            meta.epoch if meta else number,
+            number,
+            meta.next_id if meta else 1,
+            meta.schema if meta and not rebuild else ms.SCHEMA,
+        )
         self.clean()
         if rebuild or meta is None:
             self.epoch = number
@@ -365,7 +371,8 @@ class MilvusWriter(ms.Reader):
             {**common, "id": cid, "vector": vectors[ordinal].tolist(), "doc_id": doc_id,
              "terms": " ".join(lexical.terms(chunk.indexed_text)), "text": chunk.text,
              "page": -1 if chunk.page is None else chunk.page, "start": chunk.start,
-             "end": chunk.end, "ordinal": ordinal}
+             "end": chunk.end, "ordinal": ordinal,
+             **({"locator": chunk.locator} if self.schema >= ms.LOCATOR_SCHEMA else {})}
             for ordinal, (cid, chunk) in enumerate(zip(ids, chunks, strict=True))
         ]  # fmt: skip
         for start in range(0, len(rows), 256):
@@ -395,7 +402,7 @@ class MilvusWriter(ms.Reader):
         meta = ms.Meta(
             generation=self.number, epoch=self.epoch, next_id=self.next_id,
             documents=self.count("documents"), chunks=self.count("chunks"), params=self.params,
-            created_at=self.created_at, updated_at=time.time(),
+            created_at=self.created_at, updated_at=time.time(), schema=self.schema,
         )  # fmt: skip
         # Sealed segments are searched through their index; Milvus Lite's
         # memtable is scanned row by row in Python.

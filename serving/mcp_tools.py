@@ -57,6 +57,7 @@ class Passage:
     score: float
     text: str
     chunk_id: int
+    locator: str = ""  # a table passage's sheet or table, and rows
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class CitedPassage:
     page: int | None
     text: str
     chunk_id: int
+    locator: str = ""
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,7 @@ class KnowledgeTools:
         _check_length(query, self.settings, "query")
         hits = self.knowledge_base(access, kb).search(query, k=min(k, MAX_K), mode=mode)
         passages = [
-            Passage(n, h.source, h.page, h.score, h.text, h.chunk_id)
+            Passage(n, h.source, h.page, h.score, h.text, h.chunk_id, h.locator)
             for n, h in enumerate(hits, start=1)
         ]
         return Passages(kb, query, mode, passages)
@@ -120,7 +122,7 @@ class KnowledgeTools:
         settings = discover(self.settings)
         result = answer(question, base, OpenAIChat(settings), settings)
         citations = [
-            CitedPassage(c.n, c.hit.source, c.hit.page, c.hit.text, c.hit.chunk_id)
+            CitedPassage(c.n, c.hit.source, c.hit.page, c.hit.text, c.hit.chunk_id, c.hit.locator)
             for c in result.citations
         ]
         return CitedAnswer(kb, question, result.text, result.found, citations, result.notes)
