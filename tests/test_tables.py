@@ -11,6 +11,7 @@ shared-mime-info's, hold no ruled table that a table finder detects.)
 from __future__ import annotations
 
 import datetime as dt
+import json
 import zipfile
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from ingest.tables import format_cell
 from rag.errors import BadDocument
 from rag.knowledge_base import KnowledgeBase
 from rag.settings import Settings
+from rag.types import Chunk, Hit
 
 CITIES = [
     ("Lisbon", "Portugal"), ("Oslo", "Norway"), ("Quito", "Ecuador"), ("Hanoi", "Vietnam"),
@@ -252,3 +254,34 @@ def test_one_cell_question_finds_its_sheet_and_rows_first(tmp_path, embedder, st
         assert capital.locator == f"rows 2-{len(CITIES) + 1}"
     finally:
         kb.close()
+
+
+def test_rag_search_shows_the_sheet_and_rows(tmp_path, embedder):
+    from click.testing import CliRunner
+
+    from ingest.cli import main as ingest_main
+    from rag.cli import main as rag_main
+
+    budget_workbook(tmp_path / "budget.xlsx")
+    index = str(tmp_path / "index")
+    runner = CliRunner()
+    ingested = runner.invoke(ingest_main, [str(tmp_path / "budget.xlsx"), "--index", index])
+    assert ingested.exit_code == 0, ingested.output
+    query = ["search", "zeppelin hangar rental", "--index", index, "-k", "1"]
+    shown = runner.invoke(rag_main, query, env={"COLUMNS": "300"})
+    assert shown.exit_code == 0, shown.output
+    assert 'budget.xlsx, sheet "2025", rows ' in shown.stdout
+    (hit,) = json.loads(runner.invoke(rag_main, [*query, "--json"]).stdout)
+    assert hit["locator"].startswith('sheet "2025", rows ')
+
+
+def test_the_apps_source_line_shows_the_locator_as_plain_text():
+    from ui.render import location
+    from ui.safe_text import plain
+
+    # A sheet's name is the document's text: hostile, shown as plain text.
+    hostile = 'sheet "<img src=x onerror=alert(1)> [x](http://e.example)", rows 2-9'
+    chunk = Chunk(text="| a |", source="/kb/b.xlsx", start=0, end=5, id=1, locator=hostile)
+    shown = plain(location(Hit(chunk, 1.0)))
+    assert shown.startswith("b.xlsx, sheet") and shown.endswith("rows 2-9")
+    assert "\\<img" in shown and "\\[x\\]\\(http" in shown, "markup escaped, never live"
