@@ -256,10 +256,9 @@ def html_table(table: HtmlElement) -> tuple[str, list[tuple[int, Sequence[object
 
 
 class PdfTables:
-    """Tables of a PDF's pages, found by pdfplumber (ruled tables), opened
-    once and only for pages that draw enough lines to hold one."""
-
-    MIN_PATHS = 3
+    """Tables of a PDF's pages, found by pdfplumber (ruled tables). pdfminer,
+    under it, is slow: it opens the file once, and only for pages that draw
+    the lines of a table (`_ruled`)."""
 
     def __init__(self, data: bytes) -> None:
         self.data = data
@@ -273,7 +272,7 @@ class PdfTables:
         import pypdfium2.raw as pdfium_c
 
         paths = page.get_objects(filter=(pdfium_c.FPDF_PAGEOBJ_PATH,), max_depth=2)
-        if sum(1 for _ in paths) < self.MIN_PATHS:
+        if not _ruled(path.get_bounds() for path in paths):
             return None
         try:
             found = self._plumber().pages[index].find_tables()
@@ -304,6 +303,26 @@ class PdfTables:
     def close(self) -> None:
         if self.pdf is not None:
             self.pdf.close()
+
+
+def _ruled(bounds: Iterable[tuple[float, float, float, float]]) -> bool:
+    """Whether path objects with these bounds (left, bottom, right, top, in
+    points) could rule a table of rows: long horizontal strokes at three or
+    more heights and long vertical ones at two or more places, a box giving
+    both its edges. Underscores and bullets do not count, nor a plain frame
+    around a listing."""
+    heights: set[int] = set()
+    places: set[int] = set()
+    for left, bottom, right, top in bounds:
+        width, height = right - left, top - bottom
+        if width >= 20 and height <= 2:
+            heights.add(round(top))
+        elif height >= 8 and width <= 2:
+            places.add(round(left))
+        elif width >= 20 and height >= 8:
+            heights.update((round(top), round(bottom)))
+            places.update((round(left), round(right)))
+    return len(heights) >= 3 and len(places) >= 2
 
 
 def shifted(tables: Iterable[TableSpan], offset: int) -> list[TableSpan]:
