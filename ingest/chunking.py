@@ -18,7 +18,7 @@ from functools import lru_cache
 
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
-from rag.types import Chunk, Document
+from rag.types import Chunk, Document, TableSpan
 
 SEPARATORS = ["\n\n", "\n", ". ", "? ", "! ", "; ", ", ", " ", ""]
 # Longer titles are cut for the prefix: a title should not eat the window.
@@ -100,7 +100,8 @@ class Chunker:
 
     def split(self, document: Document) -> list[Chunk]:
         """Chunks of a document. Paged documents are split page by page, so
-        every passage cites exactly one physical page."""
+        every passage cites exactly one physical page; a table is kept
+        whole, or split by rows (`table_chunks`)."""
         if document.pages:
             regions = [(p.start, p.end) for p in document.pages]
         else:
@@ -109,23 +110,89 @@ class Chunker:
         title = self.clip_title(document.title)
         limit = self.max_tokens - (self.count_tokens(title) + 1 if title else 0)
         size = min(self.chunk_tokens, limit)
-        chunks: list[Chunk] = []
+        pieces: list[tuple[int, int, str, str]] = []  # start, end, text, locator
         for region_start, region_end in regions:
-            for start, end in self.spans(document.text[region_start:region_end], size, limit):
-                start, end = start + region_start, end + region_start
-                page = document.page_at(start)
-                chunks.append(
-                    Chunk(
-                        text=document.text[start:end],
-                        source=document.path,
-                        start=start,
-                        end=end,
-                        page=page,
-                        title=title,
-                        ordinal=len(chunks),
-                    )
-                )
-        return chunks
+            position = region_start
+            for table in document.tables:
+                if region_start <= table.start < region_end:
+                    pieces += self._text_pieces(document.text, position, table.start, size, limit)
+                    pieces += self.table_chunks(document.text, table, size, limit)
+                    position = table.end
+            pieces += self._text_pieces(document.text, position, region_end, size, limit)
+        return [
+            Chunk(
+                text=text,
+                source=document.path,
+                start=start,
+                end=end,
+                page=document.page_at(start),
+                title=title,
+                ordinal=ordinal,
+                locator=locator,
+            )
+            for ordinal, (start, end, text, locator) in enumerate(pieces)
+        ]
+
+    def _text_pieces(
+        self, text: str, start: int, end: int, size: int, limit: int
+    ) -> list[tuple[int, int, str, str]]:
+        return [
+            (start + a, start + b, text[start + a : start + b], "")
+            for a, b in self.spans(text[start:end], size, limit)
+        ]
+
+    def table_chunks(
+        self, text: str, table: TableSpan, size: int, limit: int
+    ) -> list[tuple[int, int, str, str]]:
+        """A table as one passage when it fits `size` tokens, else split by
+        rows, each part headed by the table's caption and header lines. A
+        row too long for a part of its own is split like running text."""
+        head = text[table.start : table.body].rstrip("\n")
+        lines: list[tuple[int, int]] = []
+        position = table.body
+        for line in text[table.body : table.end].split("\n") if table.body < table.end else []:
+            lines.append((position, position + len(line)))
+            position += len(line) + 1
+
+        def number(i: int) -> int:
+            return table.rows[i] if i < len(table.rows) else i + 1
+
+        def part(first: int, last: int) -> list[tuple[int, int, str, str]]:
+            start, end = lines[first][0], lines[last][1]
+            where = _locator(table.label, number(first), number(last))
+            if first == 0:
+                start = table.start
+            body = text[start:end] if first == 0 else f"{head}\n{text[start:end]}"
+            if self.count_tokens(body) <= limit:
+                return [(start, end, body, where)]
+            if first < last:  # token counts do not quite add up: halve the rows
+                middle = (first + last) // 2
+                return part(first, middle) + part(middle + 1, last)
+            return [
+                (a, b, t, where) for a, b, t, _ in self._text_pieces(text, start, end, size, limit)
+            ]
+
+        whole = text[table.start : table.end]
+        if not lines or self.count_tokens(whole) <= size:
+            where = (
+                _locator(table.label, number(0), number(len(lines) - 1)) if lines else table.label
+            )
+            return [(table.start, table.end, whole, where)]
+        head_tokens = self.count_tokens(head) + 1
+        out: list[tuple[int, int, str, str]] = []
+        first, total = 0, head_tokens
+        for i, (a, b) in enumerate(lines):
+            n = self.count_tokens(text[a:b]) + 1
+            if i > first and total + n > size:
+                out += part(first, i - 1)
+                first, total = i, head_tokens
+            total += n
+        return out + part(first, len(lines) - 1)
+
+
+def _locator(label: str, first: int, last: int) -> str:
+    rows = f"row {first}" if first == last else f"rows {first}-{last}"
+    return f"{label}, {rows}" if label else rows
 
 
 def locate(text: str, pieces: list[str]) -> list[tuple[int, int]]:

@@ -95,7 +95,7 @@ def main(
     wait: float | None,
     as_json: bool,
 ) -> None:
-    """Ingest PDF, Markdown, text, HTML and DOCX files (or folders of them) into
+    """Ingest PDF, Markdown, text, HTML, DOCX, XLSX and CSV files (or folders of them) into
     a knowledge base. Unchanged files are skipped by content hash; broken files
     are reported by name and the rest of the batch is ingested."""
     if not paths and not delete:

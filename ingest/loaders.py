@@ -1,4 +1,4 @@
-"""Loaders: a file's bytes -> a `Document` (text, title, page spans).
+"""Loaders: a file's bytes -> a `Document` (text, title, page spans, tables).
 
 Every failure a user can cause (corrupt, encrypted, empty, binary, scanned)
 becomes `BadDocument` with a reason written for them. These functions run in
@@ -14,8 +14,10 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from ingest import tables
+from ingest.tables import Blocks, Loaded, check_length, clean
 from rag.errors import BadDocument
-from rag.types import Document, PageSpan
+from rag.types import Document, PageSpan, TableSpan
 
 KINDS = {
     ".pdf": "pdf",
@@ -28,12 +30,16 @@ KINDS = {
     ".htm": "html",
     ".xhtml": "html",
     ".docx": "docx",
+    ".xlsx": "xlsx",
+    ".csv": "csv",
+    ".tsv": "csv",
 }
 PAGE_SEPARATOR = "\n\n"
 # Control characters other than tab/newline are noise from extractors (and
 # NUL breaks some consumers); form feeds become newlines.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
 _OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # encrypted Office files are OLE containers
+__all__ = ["KINDS", "check_length", "clean", "kind_of", "load", "sha256_file"]
 
 
 def kind_of(path: str | Path) -> str | None:
@@ -53,22 +59,19 @@ def sha256_file(path: str | Path) -> str:
 _LEADERS = re.compile(r"(?:\s?\.){4,}")
 
 
-def clean(text: str) -> str:
-    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\f", "\n")
-    return _CONTROL.sub("", text)
-
-
 def load(
     path: str, kind: str, content_hash: str, ocr: bool = False, max_chars: int | None = None
 ) -> Document:
     """Read and parse one file. Raises `BadDocument` with a user-facing reason,
     among them a text longer than `max_chars` (the PDF and DOCX loaders stop
     as soon as they pass it, before building the whole text)."""
-    loader: Callable[[bytes], tuple[str, str, tuple[PageSpan, ...]]]
+    loader: Callable[[bytes], Loaded]
     if kind == "pdf":
         loader = lambda data: _pdf(data, ocr, max_chars)  # noqa: E731
     elif kind == "docx":
         loader = lambda data: _docx(data, max_chars)  # noqa: E731
+    elif kind == "xlsx":
+        loader = lambda data: tables.load_xlsx(data, max_chars)  # noqa: E731
     else:
         loader = _LOADERS[kind]
     try:
@@ -77,7 +80,7 @@ def load(
         raise BadDocument(f"cannot read the file ({exc.strerror or exc})") from None
     if not data:
         raise BadDocument("empty file (0 bytes)")
-    text, title, pages = loader(data)
+    text, title, pages, found_tables = loader(data)
     check_length(len(text), max_chars)
     if not text.strip():
         raise BadDocument("no text found in the file")
@@ -88,15 +91,8 @@ def load(
         kind=kind,
         title=title or Path(path).stem,
         pages=pages,
+        tables=found_tables,
     )
-
-
-def check_length(chars: int, max_chars: int | None) -> None:
-    if max_chars is not None and chars > max_chars:
-        raise BadDocument(
-            f"the text extracted from this file is over the {max_chars:,}-character limit "
-            "(RAG_MAX_TEXT_CHARS)"
-        )
 
 
 # -- plain text and Markdown ---------------------------------------------------
@@ -125,17 +121,17 @@ def decode_text(data: bytes) -> str:
     return clean(text)
 
 
-def _text(data: bytes) -> tuple[str, str, tuple[PageSpan, ...]]:
-    return decode_text(data), "", ()
+def _text(data: bytes) -> Loaded:
+    return decode_text(data), "", (), ()
 
 
 _MD_TITLE = re.compile(r"^#\s+(.+?)\s*#*\s*$", re.MULTILINE)
 
 
-def _markdown(data: bytes) -> tuple[str, str, tuple[PageSpan, ...]]:
+def _markdown(data: bytes) -> Loaded:
     text = decode_text(data)
     match = _MD_TITLE.search(text)
-    return text, match.group(1) if match else "", ()
+    return text, match.group(1) if match else "", (), ()
 
 
 # -- HTML ------------------------------------------------------------------------
@@ -148,7 +144,7 @@ _BLOCKS = {
 }  # fmt: skip
 
 
-def _html(data: bytes) -> tuple[str, str, tuple[PageSpan, ...]]:
+def _html(data: bytes) -> Loaded:
     import lxml.etree
     import lxml.html
 
@@ -167,33 +163,49 @@ def _html(data: bytes) -> tuple[str, str, tuple[PageSpan, ...]]:
         )
     title = " ".join((root.findtext(".//title") or "").split())
     parts: list[str] = []
+    blocks = Blocks()
     # iterwalk is iterative, so deeply nested markup cannot exhaust the stack.
-    skip_depth = 0
+    # An outermost visible <table> becomes a table block (ingest.tables).
+    skip_depth = table_depth = 0
     for event, element in lxml.etree.iterwalk(root, events=("start", "end")):
         tag = element.tag if isinstance(element.tag, str) else ""
         if event == "start":
             if tag in _INVISIBLE:
                 skip_depth += 1
-            elif not skip_depth and element.text and tag:
+            elif tag == "table" and not skip_depth:
+                if not table_depth:
+                    blocks.text(_tidy("".join(parts)))
+                    parts = []
+                    blocks.table(f"table {len(blocks.tables) + 1}", *tables.html_table(element))
+                table_depth += 1
+            elif not skip_depth and not table_depth and element.text and tag:
                 parts.append(element.text)
         else:
             if tag in _INVISIBLE:
                 skip_depth -= 1
-            if tag in _BLOCKS:
+            elif tag == "table" and not skip_depth:
+                table_depth -= 1
+            if tag in _BLOCKS and not table_depth:
                 parts.append("\n")
-            if not skip_depth and element.tail:
+            if not skip_depth and not table_depth and element.tail:
                 parts.append(element.tail)
-    text = re.sub(r"[ \t\u00a0]+", " ", clean("".join(parts)))
-    text = re.sub(r"\n\s*\n+", "\n\n", re.sub(r" *\n *", "\n", text)).strip()
+    blocks.text(_tidy("".join(parts)))
+    text, found = blocks.build()
     if not text:
         raise BadDocument("no visible text (only scripts/styles, or markup nested too deeply)")
-    return text, title, ()
+    return text, title, (), found
+
+
+def _tidy(text: str) -> str:
+    """HTML text with its layout whitespace collapsed, paragraphs kept."""
+    text = re.sub(r"[ \t\u00a0]+", " ", clean(text))
+    return re.sub(r"\n\s*\n+", "\n\n", re.sub(r" *\n *", "\n", text)).strip()
 
 
 # -- DOCX ------------------------------------------------------------------------
 
 
-def _docx(data: bytes, max_chars: int | None = None) -> tuple[str, str, tuple[PageSpan, ...]]:
+def _docx(data: bytes, max_chars: int | None = None) -> Loaded:
     import io
     import zipfile
 
@@ -212,14 +224,12 @@ def _docx(data: bytes, max_chars: int | None = None) -> tuple[str, str, tuple[Pa
         raise
     except Exception as exc:  # python-docx raises its own and lxml's errors
         raise BadDocument(f"not a valid DOCX file ({exc.__class__.__name__}: {exc})") from None
-    blocks: list[str] = []
-    chars = 0
+    blocks = Blocks()
     title = document.core_properties.title or ""
     for item in document.iter_inner_content():
         if isinstance(item, Table):
-            for row in item.rows:
-                cells = [" ".join(c.text.split()) for c in row.cells]
-                blocks.append(" | ".join(dict.fromkeys(c for c in cells if c)))
+            rows = tables.numbered([c.text for c in row.cells] for row in item.rows)
+            blocks.table(f"table {len(blocks.tables) + 1}", "", rows)
         else:
             # Only a paragraph with a style of its own can be a title:
             # resolving the default style scans the whole style sheet, for
@@ -231,11 +241,10 @@ def _docx(data: bytes, max_chars: int | None = None) -> tuple[str, str, tuple[Pa
                 and (item.style.name or "").startswith(("Title", "Heading"))
             ):
                 title = item.text.strip()
-            blocks.append(item.text)
-        chars += len(blocks[-1]) + 2
-        check_length(chars, max_chars)
-    text = clean("\n\n".join(b for b in blocks if b.strip()))
-    return text, title, ()
+            blocks.text(clean(item.text))
+        check_length(blocks.length, max_chars)
+    text, found = blocks.build()
+    return text, title, (), found
 
 
 # -- PDF -------------------------------------------------------------------------
@@ -256,9 +265,7 @@ def looks_glued(text: str) -> bool:
     return spaces / letters < _GLUED_MAX_SPACE_RATIO
 
 
-def _pdf(
-    data: bytes, ocr: bool = False, max_chars: int | None = None
-) -> tuple[str, str, tuple[PageSpan, ...]]:
+def _pdf(data: bytes, ocr: bool = False, max_chars: int | None = None) -> Loaded:
     import pypdfium2 as pdfium
 
     try:
@@ -268,45 +275,50 @@ def _pdf(
         if "password" in message.lower():
             raise BadDocument("encrypted PDF (password required)") from None
         raise BadDocument(f"not a valid PDF, corrupt or truncated ({message})") from None
+    finder = tables.PdfTables(data)
     try:
         title = (pdf.get_metadata_dict().get("Title") or "").strip()
-        texts = []
+        texts: list[tuple[str, list[TableSpan]]] = []
         chars = 0
         for index in range(len(pdf)):
             page = pdf[index]
             textpage = page.get_textpage()
+            with_tables = finder.page(index, page, textpage)
             text = _LEADERS.sub(" … ", clean(textpage.get_text_range()))
             textpage.close()
-            if looks_glued(text):
+            if with_tables is None and looks_glued(text):
                 text = _pdfminer_page(data, index) or text
             if not text.strip() and ocr:
                 text = _ocr_page(page)
             page.close()
-            texts.append(text.strip())
-            chars += len(texts[-1]) + len(PAGE_SEPARATOR)
+            texts.append(with_tables or (text.strip(), []))
+            chars += len(texts[-1][0]) + len(PAGE_SEPARATOR)
             check_length(chars, max_chars)
     finally:
+        finder.close()
         pdf.close()
-    if not any(texts):
+    if not any(text for text, _ in texts):
         hint = "" if ocr else " (run ingest with --ocr)"
         raise BadDocument(f"no text layer in {len(texts)} page(s): a scanned PDF needs OCR{hint}")
-    text, spans = _join_pages(texts)
-    return text, title, spans
+    return _joined(texts, title)
 
 
-def _join_pages(texts: list[str]) -> tuple[str, tuple[PageSpan, ...]]:
-    """Concatenate pages with a separator, remembering where each one lies."""
+def _joined(texts: list[tuple[str, list[TableSpan]]], title: str) -> Loaded:
+    """Concatenate pages with a separator, remembering where each page and
+    each table lies."""
     spans: list[PageSpan] = []
+    found: list[TableSpan] = []
     parts: list[str] = []
     offset = 0
-    for number, text in enumerate(texts, start=1):
+    for number, (text, page_tables) in enumerate(texts, start=1):
         if parts:
             parts.append(PAGE_SEPARATOR)
             offset += len(PAGE_SEPARATOR)
         parts.append(text)
         spans.append(PageSpan(number, offset, offset + len(text)))
+        found.extend(tables.shifted(page_tables, offset))
         offset += len(text)
-    return "".join(parts), tuple(spans)
+    return "".join(parts), title, tuple(spans), tuple(found)
 
 
 def _pdfminer_page(data: bytes, index: int) -> str:
@@ -342,9 +354,16 @@ def _ocr_page(page: object) -> str:
     return clean(result.stdout)
 
 
-_LOADERS: dict[str, Callable[[bytes], tuple[str, str, tuple[PageSpan, ...]]]] = {
+_LOADERS: dict[str, Callable[[bytes], Loaded]] = {
     "text": _text,
     "markdown": _markdown,
     "html": _html,
     "docx": _docx,
+    "csv": lambda data: tables.load_csv(decode_text(data)),
 }
+
+
+def _join_pages(texts: list[str]) -> tuple[str, tuple[PageSpan, ...]]:
+    """Pages without tables, joined (see `_joined`)."""
+    text, _, spans, _ = _joined([(t, []) for t in texts], "")
+    return text, spans

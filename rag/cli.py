@@ -112,7 +112,8 @@ def search(query: str, index: Path | None, k: int, mode: str, as_json: bool, **s
         text = " ".join(hit.text.split())
         page = "" if hit.page is None else str(hit.page)
         passage = text[:300] + ("…" if len(text) > 300 else "")
-        table.add_row(str(rank), f"{hit.score:.4f}", short_path(hit.source), page, passage)
+        source = short_path(hit.source) + (f", {hit.locator}" if hit.locator else "")
+        table.add_row(str(rank), f"{hit.score:.4f}", source, page, passage)
     Console(markup=False, highlight=False).print(table)
 
 
@@ -233,8 +234,10 @@ def ask(
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
     for citation in result.citations:
-        page = f", page {citation.hit.page}" if citation.hit.page else ""
-        click.echo(f"[{citation.n}] {short_path(citation.hit.source)}{page}")
+        hit = citation.hit
+        page = f", page {hit.page}" if hit.page else ""
+        where = f", {hit.locator}" if hit.locator else ""
+        click.echo(f"[{citation.n}] {short_path(hit.source)}{page}{where}")
     if show_reasoning and result.reasoning:
         click.echo("\nReasoning:\n" + result.reasoning)
     timing = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in result.timings.items())

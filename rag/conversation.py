@@ -88,6 +88,7 @@ def _hit_from(d: dict[str, Any]) -> Hit:
     chunk = Chunk(
         text=text, source=str(d["source"]), start=0, end=len(text), page=d.get("page"),
         ordinal=int(d.get("ordinal", 0)), id=int(d["chunk_id"]),
+        locator=str(d.get("locator") or ""),
     )  # fmt: skip
     return Hit(chunk, float(d.get("score", 0.0)))
 

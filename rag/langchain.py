@@ -87,6 +87,7 @@ def _document(hit: Any) -> Document:
         metadata={
             "source": hit.source,
             "page": hit.page,
+            "locator": hit.locator,
             "score": hit.score,
             "chunk_id": hit.chunk_id,
         },

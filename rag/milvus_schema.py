@@ -50,7 +50,10 @@ PAGE_SIZE = 4096  # rows per query (a cluster refuses more than 16384)
 CHUNK_FIELDS = ["id", "text", "path", "start", "end", "page", "title", "ordinal"]
 DOC_FIELDS = ["id", "path", "content_hash", "kind", "title", "size", "mtime", "pages",
               "ingested_at", "chunks", "ocr", "gen_from"]  # fmt: skip
-# 1: the first shape; 2: chunk rows carry kind, mtime and tags, document rows tags.
+# The collection pair's schema, recorded in each Meta. 1: the first shape;
+# 2: chunk rows carry their document's kind, mtime and tags (scoped search)
+# and a table passage's `locator` (sheet or table and rows); document rows
+# carry tags. A schema-1 pair is refused for search and writes (rebuild it).
 SCHEMA_VERSION = 2
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,100}$")
 
@@ -281,6 +284,7 @@ def create_pair(client: MilvusClient, prefix: str, epoch: int, dimension: int) -
     schema.add_field("kind", DataType.VARCHAR, max_length=64)
     schema.add_field("mtime", DataType.DOUBLE)
     _add_tags(schema)
+    schema.add_field("locator", DataType.VARCHAR, max_length=TEXT_BYTES)  # schema 2
     bm25 = Function(
         name="bm25", function_type=FunctionType.BM25,
         input_field_names=["terms"], output_field_names=["sparse"],
@@ -324,6 +328,8 @@ class Reader:
     ) -> None:
         self.store, self.client = store, store.client
         self.epoch, self.number, self.next_id = epoch, number, next_id
+        self.schema = schema
+        self.chunk_fields = CHUNK_FIELDS + (["locator"] if schema >= 2 else [])
         self.chunks_name, self.docs_name = names(store.target.prefix, epoch)
         # A schema-1 pair is still listed (what a rebuild replaces): without tags.
         self.doc_fields = DOC_FIELDS + (["tags"] if schema >= 2 else [])
@@ -334,7 +340,7 @@ class Reader:
         return query_all(self.client, self.store.collection(name), clause, fields, upper)
 
     def _chunk_rows(self, where: str) -> list[Chunk]:
-        rows = self._rows(self.chunks_name, where, CHUNK_FIELDS)
+        rows = self._rows(self.chunks_name, where, self.chunk_fields)
         return [_chunk(r) for r in rows]
 
     def chunks(self, ids: Iterable[int]) -> dict[int, Chunk]:
@@ -356,7 +362,7 @@ class Reader:
             f"path_key == {literal(path_key(chunk.source))} "
             f"and ordinal >= {low} and ordinal <= {high}"
         )
-        pieces = [(c.start, c.text) for c in rows if c.page == chunk.page]
+        pieces = [(c.start, c.document_part) for c in rows if c.page == chunk.page]
         first = min((s for s, _ in pieces), default=chunk.start)
         last = max((s + len(t) for s, t in pieces), default=chunk.end)
         before = assemble(pieces, first, chunk.start)
@@ -396,7 +402,7 @@ def _chunk(row: dict[str, Any]) -> Chunk:
     return Chunk(
         id=int(row["id"]), text=row["text"], source=row["path"], start=int(row["start"]),
         end=int(row["end"]), page=None if page < 0 else page, title=row["title"],
-        ordinal=int(row["ordinal"]),
+        ordinal=int(row["ordinal"]), locator=str(row.get("locator") or ""),
     )  # fmt: skip
 
 

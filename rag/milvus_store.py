@@ -396,7 +396,8 @@ class MilvusWriter(ms.Reader):
             {**common, **scoped, "id": cid, "vector": vectors[ordinal].tolist(), "doc_id": doc_id,
              "terms": " ".join(lexical.terms(chunk.indexed_text)), "text": chunk.text,
              "page": -1 if chunk.page is None else chunk.page, "start": chunk.start,
-             "end": chunk.end, "ordinal": ordinal}
+             "end": chunk.end, "ordinal": ordinal,
+             "locator": chunk.locator}
             for ordinal, (cid, chunk) in enumerate(zip(ids, chunks, strict=True))
         ]  # fmt: skip
         for start in range(0, len(rows), 256):

@@ -62,8 +62,17 @@ ADDED_COLUMNS = {
     "ocr": "INTEGER NOT NULL DEFAULT 0",
     "tags": "TEXT NOT NULL DEFAULT '[]'",  # JSON list of the user's tags (scoped search)
 }
+# Columns added to `chunks` the same way: a table passage's locator
+# ('sheet "2025", rows 14-22'), "" for running text and in older generations.
+ADDED_CHUNK_COLUMNS = {"locator": "TEXT NOT NULL DEFAULT ''"}
 
 _CHUNK_COLUMNS = 'c.id, c.text, d.path, c.start, c."end", c.page, d.title, c.ordinal'
+
+
+def _chunk_columns(db: sqlite3.Connection) -> str:
+    """`_CHUNK_COLUMNS` and the locator (read as "" from a generation written before it)."""
+    locator = "c.locator" if "locator" in _columns(db, "chunks") else "''"
+    return f"{_CHUNK_COLUMNS}, {locator}"
 
 
 def _record(row: tuple[Any, ...]) -> DocumentRecord:
@@ -75,7 +84,7 @@ def _record(row: tuple[Any, ...]) -> DocumentRecord:
 
 
 def _chunk_from_row(row: tuple[Any, ...]) -> Chunk:
-    cid, text, path, start, end, page, title, ordinal = row
+    cid, text, path, start, end, page, title, ordinal, locator = row
     return Chunk(
         id=cid,
         text=text,
@@ -85,6 +94,7 @@ def _chunk_from_row(row: tuple[Any, ...]) -> Chunk:
         page=page,
         title=title,
         ordinal=ordinal,
+        locator=locator,
     )
 
 
@@ -101,8 +111,8 @@ class Tables:
             part = wanted[start : start + 500]
             marks = ",".join("?" * len(part))
             rows = self.db.execute(
-                f"SELECT {_CHUNK_COLUMNS} FROM chunks c JOIN documents d ON d.id = c.doc_id "
-                f"WHERE c.id IN ({marks})",
+                f"SELECT {_chunk_columns(self.db)} FROM chunks c "
+                f"JOIN documents d ON d.id = c.doc_id WHERE c.id IN ({marks})",
                 part,
             )
             found.update((int(r[0]), _chunk_from_row(r)) for r in rows)
@@ -110,8 +120,8 @@ class Tables:
 
     def document_chunks(self, path: str) -> list[Chunk]:
         rows = self.db.execute(
-            f"SELECT {_CHUNK_COLUMNS} FROM chunks c JOIN documents d ON d.id = c.doc_id "
-            "WHERE d.path = ? ORDER BY c.ordinal",
+            f"SELECT {_chunk_columns(self.db)} FROM chunks c JOIN documents d "
+            "ON d.id = c.doc_id WHERE d.path = ? ORDER BY c.ordinal",
             (path,),
         )
         return [_chunk_from_row(r) for r in rows]
@@ -124,7 +134,12 @@ class Tables:
             "ON d.id = c.doc_id WHERE d.path = ? AND c.ordinal BETWEEN ? AND ? ORDER BY c.start",
             (chunk.source, chunk.ordinal - neighbours, chunk.ordinal + neighbours),
         ).fetchall()
-        pieces = [(start, text) for text, start, _end, page in rows if page == chunk.page]
+        # A table part's text starts with its repeated header: only the rest is at `start`.
+        pieces = [
+            (start, text[len(text) - (end - start) :])
+            for text, start, end, page in rows
+            if page == chunk.page
+        ]
         before = assemble(pieces, min((s for s, _ in pieces), default=chunk.start), chunk.start)
         last = max((s + len(t) for s, t in pieces), default=chunk.end)
         return before, chunk.text, assemble(pieces, chunk.end, last)
@@ -168,6 +183,10 @@ def create_schema(db: sqlite3.Connection) -> None:
     for name, definition in ADDED_COLUMNS.items():
         if name not in have:
             db.execute(f"ALTER TABLE documents ADD COLUMN {name} {definition}")
+    have = _columns(db, "chunks")
+    for name, definition in ADDED_CHUNK_COLUMNS.items():
+        if name not in have:
+            db.execute(f"ALTER TABLE chunks ADD COLUMN {name} {definition}")
 
 
 def _connect_immutable(db_path: Path) -> sqlite3.Connection:

@@ -19,8 +19,24 @@ class PageSpan:
 
 
 @dataclass(frozen=True)
+class TableSpan:
+    """Where one table lies in a document's text, written as pipe rows, one
+    row a line (see `ingest.tables`). `text[start:body]` is its caption and
+    header lines, repeated in each part of a table split by rows; every line
+    of `text[body:end]` is one row, numbered by `rows` (a sheet's own row
+    numbers, else 1 for the first row after the header)."""
+
+    label: str  # 'sheet "2025"', 'table 2'; "" for a CSV file's one table
+    start: int
+    body: int
+    end: int
+    rows: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
 class Document:
-    """A loaded file: its full text, and for paged formats the page spans."""
+    """A loaded file: its full text, for paged formats the page spans, and
+    where its tables lie."""
 
     path: str
     text: str
@@ -28,6 +44,7 @@ class Document:
     kind: str
     title: str = ""
     pages: tuple[PageSpan, ...] = ()
+    tables: tuple[TableSpan, ...] = ()
 
     def page_at(self, offset: int) -> int | None:
         """The page holding character `offset`, or None for unpaged formats."""
@@ -42,7 +59,11 @@ class Chunk:
     """A passage of a document, sized to fit the embedding model's window.
 
     `start`/`end` are character offsets into the document's text, so
-    `document.text[start:end] == text` always holds.
+    `document.text[start:end] == text` holds, except for a part of a table
+    split by rows after the first: its text is the table's caption and header
+    lines, a newline, then `document.text[start:end]` (see `document_part`).
+    `locator` says which table and rows a table passage holds, as shown in
+    citations: 'sheet "2025", rows 14-22'; "" for running text.
     """
 
     text: str
@@ -53,6 +74,13 @@ class Chunk:
     title: str = ""
     ordinal: int = 0
     id: int | None = None
+    locator: str = ""
+
+    @property
+    def document_part(self) -> str:
+        """The part of the document's text this chunk covers (its text less
+        a repeated table header)."""
+        return self.text[len(self.text) - (self.end - self.start) :]
 
     @property
     def indexed_text(self) -> str:
@@ -85,6 +113,10 @@ class Hit:
         return self.chunk.page
 
     @property
+    def locator(self) -> str:
+        return self.chunk.locator
+
+    @property
     def chunk_id(self) -> int:
         assert self.chunk.id is not None, "hits always come from a stored chunk"
         return self.chunk.id
@@ -94,6 +126,7 @@ class Hit:
             "text": self.text,
             "source": self.source,
             "page": self.page,
+            "locator": self.locator,
             "score": self.score,
             "chunk_id": self.chunk_id,
         }
@@ -139,6 +172,7 @@ class Citation:
             "n": self.n,
             "source": self.hit.source,
             "page": self.hit.page,
+            "locator": self.hit.locator,
             "text": self.hit.text,
             "chunk_id": self.hit.chunk_id,
         }

@@ -58,6 +58,7 @@ class Passage:
     score: float
     text: str
     chunk_id: int
+    locator: str = ""  # a table passage's sheet or table, and rows
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class CitedPassage:
     page: int | None
     text: str
     chunk_id: int
+    locator: str = ""
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,7 @@ class KnowledgeTools:
         hits = base.search(query, k=min(k, MAX_K), mode=mode)
         show = self._paths(base)
         passages = [
-            Passage(n, show(h.source), h.page, h.score, h.text, h.chunk_id)
+            Passage(n, show(h.source), h.page, h.score, h.text, h.chunk_id, h.locator)
             for n, h in enumerate(hits, start=1)
         ]
         return Passages(kb, query, mode, passages)
@@ -128,7 +130,9 @@ class KnowledgeTools:
         result = answer(question, base, OpenAIChat(settings), settings)
         show = self._paths(base)
         citations = [
-            CitedPassage(c.n, show(c.hit.source), c.hit.page, c.hit.text, c.hit.chunk_id)
+            CitedPassage(
+                c.n, show(c.hit.source), c.hit.page, c.hit.text, c.hit.chunk_id, c.hit.locator
+            )
             for c in result.citations
         ]
         return CitedAnswer(kb, question, result.text, result.found, citations, result.notes)

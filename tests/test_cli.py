@@ -82,7 +82,7 @@ def test_rag_search_json(runner, built_index):
     assert result.exit_code == 0, result.output
     hits = json.loads(result.stdout)
     assert len(hits) == 3
-    assert set(hits[0]) == {"text", "source", "page", "score", "chunk_id"}
+    assert set(hits[0]) == {"text", "source", "page", "locator", "score", "chunk_id"}
     assert hits[0]["source"].endswith("astronomy.pdf") and hits[0]["page"] == 2
 
 

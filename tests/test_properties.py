@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from ingest.chunking import Chunker
 from ingest.library import safe_filename
 from ingest.loaders import _LOADERS, _join_pages, _pdf, clean, decode_text, load
+from ingest.tables import load_xlsx
 from rag.errors import BadDocument
 from rag.types import Document
 
@@ -116,10 +117,10 @@ BYTES = st.one_of(
 @given(data=BYTES)
 @example(data=b"\xff\xfe\x00\xd8")  # UTF-16 BOM, then a lone surrogate
 @example(data=b"<" * 1000)
-def test_text_markdown_and_html_loaders_raise_only_bad_document(data):
-    for kind in ("text", "markdown", "html"):
+def test_text_markdown_html_and_csv_loaders_raise_only_bad_document(data):
+    for kind in ("text", "markdown", "html", "csv"):
         try:
-            text, title, pages = _LOADERS[kind](data)
+            text, title, pages, _tables = _LOADERS[kind](data)
         except BadDocument as exc:
             assert str(exc)
             continue
@@ -132,7 +133,7 @@ def test_text_markdown_and_html_loaders_raise_only_bad_document(data):
     data=st.one_of(st.binary(max_size=2000), st.binary(max_size=2000).map(b"%PDF-1.4\n".__add__))
 )
 def test_pdf_and_docx_loaders_raise_only_bad_document(data):
-    for parse in (_pdf, _LOADERS["docx"]):
+    for parse in (_pdf, _LOADERS["docx"], load_xlsx):
         try:
             parse(data)
         except BadDocument as exc:

@@ -77,7 +77,8 @@ def to_markdown(conversation: Conversation) -> str:
             out += ["", "### Passages found"] if cited else []
         for number, hit in cited:
             page = "" if hit.page is None else f", page {hit.page}"
-            out += ["", f"**[{number}]** {plain(hit.source)}{page}", "", _quoted(hit.text)]
+            where = plain(f", {hit.locator}") if hit.locator else ""
+            out += ["", f"**[{number}]** {plain(hit.source)}{page}{where}", "", _quoted(hit.text)]
     return "\n".join(out) + "\n"
 
 

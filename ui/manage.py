@@ -60,7 +60,7 @@ def manage_tab(
     summary = st.container()  # filled last, so never stale
     st.subheader("Add documents")
     files = st.file_uploader(
-        "PDF, Markdown, text, HTML or DOCX", accept_multiple_files=True,
+        "PDF, Markdown, text, HTML, DOCX, XLSX or CSV", accept_multiple_files=True,
         type=[k.lstrip(".") for k in library.KINDS], key=_fresh("uploads", kb_dir),
     )  # fmt: skip
     if files and st.button("Ingest", type="primary"):

@@ -38,7 +38,8 @@ __all__ = [
 def location(hit: Hit, names: SourceNames | None = None) -> str:
     """Where a passage is, as plain text (not Markdown)."""
     page = f", page {hit.page}" if hit.page is not None else ""
-    return f"{names.show(hit.source) if names else Path(hit.source).name}{page}"
+    where = f", {hit.locator}" if hit.locator else ""  # a table's sheet or number, and rows
+    return f"{names.show(hit.source) if names else Path(hit.source).name}{page}{where}"
 
 
 def verdict_rows(verdicts: list[Verdict], kept: list[Hit]) -> list[dict[str, object]]:
