@@ -72,10 +72,16 @@ def ingest_paths(
     rebuild: bool = False,
     allow_drop: bool = False,
     ocr: bool = False,
+    gone: Iterable[str] = (),
     embedder: Embedder | None = None,
     progress: ProgressFn = noop,
 ) -> IngestReport:
     """Bring the index in line with the files under `paths`.
+
+    `gone` names files (or folders) known to have vanished: the documents at
+    or under them whose files are gone are removed, after the new files are
+    stored, so that a renamed file's new path copies their chunks (a watcher
+    passes the two halves of a rename together).
 
     A document stored with OCR is parsed with OCR again, asked or not. A
     `rebuild` writes a fresh generation from `paths` and publishes it only
@@ -104,10 +110,11 @@ def ingest_paths(
                 ingestor.add(result, task.size, task.mtime, ocr=with_ocr)
             ingestor.tell_read(done, total, task.path)
         ingestor.flush()
-        if sync:
-            seen = {f.path for f in found.files} | {f.path for f in report.failed}
+        seen = {f.path for f in found.files} | {f.path for f in report.failed}
+        roots = (list(paths) if sync else []) + [os.path.abspath(g) for g in gone]
+        if roots:
             for path in ingestor.writer.paths():
-                if is_under(path, paths) and path not in seen and not os.path.exists(path):
+                if is_under(path, roots) and path not in seen and not os.path.exists(path):
                     ingestor.delete(path)
     return report
 
