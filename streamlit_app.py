@@ -261,7 +261,7 @@ def main() -> None:
             account.audit_tab(access, db)
     active.caption(f"Knowledge base **{render.plain(kb)}** · {summary_line(stats)}")
     with side.summary:
-        kb_summary(stats)
+        kb_summary(stats, library.last_synced(access, side.kb_dir))
     history.panel(side.conversation, store, kb, conversation)
 
 

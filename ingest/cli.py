@@ -3,24 +3,32 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
+from types import FrameType
 
 import click
 from tqdm import tqdm
 
 from ingest.pipeline import IngestReport, Progress, ingest_paths
+from ingest.watch import Batch, watch_folders
 from rag.errors import RagError, RebuildRefused
 from rag.settings import Settings
+from rag.synced import record_sync
 
 EXIT_OK, EXIT_FAILED_FILES, EXIT_USAGE, EXIT_FATAL = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130  # --watch stopped by a second signal
 
 
 @click.command(
     context_settings={"help_option_names": ["-h", "--help"]},
     epilog="Exit codes: 0 all good; 1 some files failed (the rest were ingested); "
     "2 usage error; 3 nothing done (index busy, incompatible, in another store or model "
-    "missing, unknown store, rebuild refused).",
+    "missing, unknown store, rebuild refused); --watch: 0 when stopped, 130 when a second "
+    "Ctrl-C abandoned the batch being written.",
 )
 @click.argument("paths", nargs=-1, type=click.Path(path_type=str))
 @click.option(
@@ -65,6 +73,22 @@ EXIT_OK, EXIT_FAILED_FILES, EXIT_USAGE, EXIT_FATAL = 0, 1, 2, 3
     "milvus://host:19530 (a Milvus cluster; token in $RAG_MILVUS_TOKEN). An existing one "
     "stays in its own store; naming another is an error  [default: $RAG_STORE or local]",
 )
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="Keep watching the folders PATHS and apply their changes (added, changed, "
+    "deleted, renamed files) as they happen, a line per batch, until Ctrl-C or SIGTERM. "
+    "Starts with a --sync pass, catching up on what changed while nobody watched.",
+)
+@click.option(
+    "--settle",
+    type=click.FloatRange(min=0.1),
+    default=2.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="With --watch: ingest a changed file once its size and time have held still "
+    "this long (a file still being written waits).",
+)
 @click.option("--ocr", is_flag=True, help="OCR PDF pages without a text layer (needs tesseract).")
 @click.option(
     "--tag",
@@ -90,6 +114,8 @@ def main(
     rebuild: bool,
     allow_drop: bool,
     store: str | None,
+    watch: bool,
+    settle: float,
     ocr: bool,
     tags: tuple[str, ...],
     wait: float | None,
@@ -106,6 +132,8 @@ def main(
         raise click.UsageError("--allow-drop only applies to --rebuild")
     if rebuild and delete:
         raise click.UsageError("--rebuild takes no --delete: rebuild from the paths to keep")
+    if watch and (delete or rebuild or not paths):
+        raise click.UsageError("--watch takes the folders to watch, and no --delete or --rebuild")
     overrides: dict[str, object] = {}
     if index is not None:
         overrides["index"] = index
@@ -114,6 +142,8 @@ def main(
     if store is not None:
         overrides["store"] = store
     settings = Settings(**overrides)  # type: ignore[arg-type]
+    if watch:
+        _watch(list(paths), settings, settle, ocr, as_json)
 
     with tqdm(total=0, unit="file", disable=None, file=sys.stderr, dynamic_ncols=True) as bar:
         shown = [""]  # the bar's phase
@@ -145,6 +175,8 @@ def main(
             click.echo(f"error: {exc}{hint}", err=True)
             sys.exit(EXIT_FATAL)
 
+    if sync:
+        record_sync(settings.index, time.time(), [str(Path(p).absolute()) for p in paths])
     if as_json:
         click.echo(json.dumps(report.to_dict()))
     else:
@@ -160,6 +192,11 @@ def _print_summary(report: IngestReport) -> None:
         f"  updated    {report.updated}",
         f"  unchanged  {report.unchanged}",
         f"  deleted    {report.deleted}",
+        *(
+            [f"  renamed    {report.renamed} (moved: counted above, not embedded again)"]
+            if report.renamed
+            else []
+        ),
         f"  failed     {len(report.failed)}",
     ]
     lines += [f"    {f.path}: {f.error}" for f in report.failed]
@@ -176,3 +213,36 @@ def _print_summary(report: IngestReport) -> None:
         f"{report.seconds:.1f} s"
     )
     click.echo("\n".join(lines))
+
+
+def _watch(folders: list[str], settings: Settings, settle: float, ocr: bool, as_json: bool) -> None:
+    """`--watch` until a signal: the first Ctrl-C (or SIGTERM) stops after
+    the batch being written, a second abandons it. The index is whole either way."""
+    not_folders = [f for f in folders if not Path(f).is_dir()]
+    if not_folders:
+        raise click.UsageError(f"--watch watches folders; not a folder: {', '.join(not_folders)}")
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        click.echo("stopping after the current batch (again to abandon it)", err=True)
+
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, on_signal)
+
+    def show(batch: Batch) -> None:
+        click.echo(json.dumps(batch.to_dict()) if as_json else batch.line())
+
+    click.echo(f"Watching {', '.join(folders)} into {settings.index} (Ctrl-C to stop)", err=True)
+    try:
+        watch_folders(folders, settings, stop, show, settle=settle, ocr=ocr)
+    except RagError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_FATAL)
+    except KeyboardInterrupt:
+        click.echo("stopped; the batch being written was abandoned, the index is whole", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    click.echo("stopped", err=True)
+    sys.exit(EXIT_OK)

@@ -6,6 +6,7 @@ is the public entry."""
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
@@ -39,6 +40,9 @@ class IngestReport:
     updated: int = 0
     unchanged: int = 0
     deleted: int = 0
+    # Of the added and deleted, documents that moved: their content was
+    # copied to a new path and the old path removed in the same run.
+    renamed: int = 0
     failed: list[Failure] = field(default_factory=list)
     skipped: list[Failure] = field(default_factory=list)
     chunks_embedded: int = 0
@@ -108,6 +112,7 @@ class Ingestor:
         self._pending: list[_Pending] = []
         self._in_flight: dict[str, str] = {}  # content hash -> path, until flushed
         self._copies: list[tuple[str, str, int, float]] = []
+        self._copied: Counter[str] = Counter()  # content hashes copied to a new path
         self._progress = progress
         self._last_publish = time.monotonic()
         self.planned = 0  # documents this run means to parse: the bar's shares
@@ -193,6 +198,7 @@ class Ingestor:
             tags=self.tags_for(path),
         )  # fmt: skip
         self._count(existed)
+        self._copied[content_hash] += 1
         self.report.chunks_copied += len(chunks)
 
     def add(self, document: Document, size: int = 0, mtime: float = 0.0, ocr: bool = False) -> None:
@@ -272,8 +278,12 @@ class Ingestor:
         self._progress(Progress("ingest", done, total, path, chunks, self.fraction()))
 
     def delete(self, path: str) -> bool:
+        record = self.writer.document(path)
         deleted = self.writer.delete(path)
         self.report.deleted += deleted
+        if deleted and record is not None and self._copied[record.content_hash] > 0:
+            self._copied[record.content_hash] -= 1
+            self.report.renamed += 1
         return deleted
 
     def _count(self, existed: bool) -> None:

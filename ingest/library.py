@@ -25,6 +25,7 @@ from rag.access import Access, Action
 from rag.errors import RagError, RebuildRefused
 from rag.settings import Settings
 from rag.storage import STORE_RECORD, StoreStats, open_store
+from rag.synced import last_sync
 
 if TYPE_CHECKING:
     from rag.knowledge_base import KnowledgeBase
@@ -75,6 +76,14 @@ def stats(
         return open_kb(access, kb_dir, opener).stats()
     except RagError:
         return None
+
+
+def last_synced(access: Access, kb_dir: Path) -> float | None:
+    """When `ingest --watch` or `--sync` last brought the base in line with
+    its folders (seconds since the epoch); None if never."""
+    access.require(Action.READ, kb_dir.name)
+    record = last_sync(kb_dir)
+    return record.at if record else None
 
 
 def create(access: Access, root: Path, name: str) -> Path:

@@ -74,6 +74,7 @@ def ingest_paths(
     allow_drop: bool = False,
     ocr: bool = False,
     tags: Iterable[str] | None = None,
+    gone: Iterable[str] = (),
     embedder: Embedder | None = None,
     progress: ProgressFn = noop,
 ) -> IngestReport:
@@ -82,6 +83,11 @@ def ingest_paths(
     `tags` (validated by `rag.filters.tags_of`) replace the tags of every
     document under `paths`, unchanged ones included; None keeps each
     document's tags.
+
+    `gone` names files (or folders) known to have vanished: the documents at
+    or under them whose files are gone are removed, after the new files are
+    stored, so that a renamed file's new path copies their chunks (a watcher
+    passes the two halves of a rename together).
 
     A document stored with OCR is parsed with OCR again, asked or not. A
     `rebuild` writes a fresh generation from `paths` and publishes it only
@@ -112,10 +118,11 @@ def ingest_paths(
                 ingestor.add(result, task.size, task.mtime, ocr=with_ocr)
             ingestor.tell_read(done, total, task.path)
         ingestor.flush()
-        if sync:
-            seen = {f.path for f in found.files} | {f.path for f in report.failed}
+        seen = {f.path for f in found.files} | {f.path for f in report.failed}
+        roots = (list(paths) if sync else []) + [os.path.abspath(g) for g in gone]
+        if roots:
             for path in ingestor.writer.paths():
-                if is_under(path, paths) and path not in seen and not os.path.exists(path):
+                if is_under(path, roots) and path not in seen and not os.path.exists(path):
                     ingestor.delete(path)
     return report
 

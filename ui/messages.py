@@ -22,3 +22,11 @@ def _setting_in_words(match: re.Match[str]) -> str:
 
 def plural(n: int, word: str, words: str | None = None) -> str:
     return f"{n:,} {word if n == 1 else (words or word + 's')}"
+
+
+def ago(seconds: float) -> str:
+    """ "just now", "2 minutes ago", "3 hours ago", "5 days ago"."""
+    for size, unit in ((86400, "day"), (3600, "hour"), (60, "minute")):
+        if seconds >= size:
+            return plural(int(seconds // size), unit) + " ago"
+    return "just now"

@@ -4,6 +4,7 @@ done (the base's summary, the "New conversation" button)."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from rag.access import Access, Action
 from rag.errors import RagError
 from rag.settings import Settings
 from rag.storage import StoreStats
-from ui.messages import plural
+from ui.messages import ago, plural
 
 EFFORTS = ["low", "medium", "high"]
 
@@ -103,6 +104,16 @@ def summary_line(stats: StoreStats | None) -> str:
     return f"{plural(stats.documents, 'document')} · {plural(stats.chunks, 'passage')}"
 
 
-def kb_summary(stats: StoreStats | None) -> None:
+def synced_line(synced_at: float | None, now: float) -> str:
+    """When the base was last synced with its folders (`ingest --watch`)."""
+    if synced_at is None:
+        return ""
+    return "Last synced " + ago(max(now - synced_at, 0.0))
+
+
+def kb_summary(stats: StoreStats | None, synced_at: float | None = None) -> None:
     line = summary_line(stats)
     st.caption(line[0].upper() + line[1:] if stats is None else line)
+    synced = synced_line(synced_at, time.time())
+    if synced:
+        st.caption(synced)
