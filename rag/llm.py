@@ -207,7 +207,6 @@ class OpenAIChat:
         )
 
 
-
 def _after_shown(
     events: Iterator[Delta | Completion], shown: Mapping[str, str], url: str
 ) -> Iterator[Delta | Completion]:
@@ -238,6 +237,7 @@ def _after_shown(
                 "and its retry ended before the text already shown."
             )
         yield event
+
 
 def _message(exc: Any) -> str:
     body = getattr(exc, "body", None)
