@@ -20,7 +20,18 @@ from rag.settings import Settings
 from rag.storage import open_store
 from rag.types import Chunk
 
-WORDS = "protein cell gene membrane receptor signal kinase pathway tumour enzyme".split()
+WORDS = [
+    "protein",
+    "cell",
+    "gene",
+    "membrane",
+    "receptor",
+    "signal",
+    "kinase",
+    "pathway",
+    "tumour",
+    "enzyme",
+]
 
 
 @pytest.fixture(scope="module")
