@@ -7,13 +7,14 @@ import signal
 import sys
 import threading
 import time
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from types import FrameType
 
 import click
 from tqdm import tqdm
 
-from ingest.pipeline import IngestReport, Progress, ingest_paths
+from ingest.pipeline import Engine, IngestReport, Progress, ingest_paths
 from ingest.watch import Batch, watch_folders
 from rag.errors import RagError, RebuildRefused
 from rag.settings import Settings
@@ -105,6 +106,18 @@ EXIT_INTERRUPTED = 130  # --watch stopped by a second signal
     metavar="SECONDS",
     help="Wait this long for another ingest on the same index to finish.",
 )
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="auto",
+    default=None,
+    metavar="[ADDRESS]",
+    help="Parse and embed on Ray: tasks parse, actors embed (one per GPU, or a few on CPUs); "
+    "this process writes the index. No ADDRESS or auto: join the local Ray instance or start "
+    "one; ray://HOST:10001 or HOST:6379: a cluster whose workers see the same paths. Put it "
+    "after the paths.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def main(
     paths: tuple[str, ...],
@@ -119,11 +132,19 @@ def main(
     ocr: bool,
     tags: tuple[str, ...],
     wait: float | None,
+    ray_address: str | None,
     as_json: bool,
 ) -> None:
     """Ingest PDF, Markdown, text, HTML, DOCX, XLSX and CSV files (or folders of them) into
     a knowledge base. Unchanged files are skipped by content hash; broken files
     are reported by name and the rest of the batch is ingested."""
+    if ray_address is not None:  # first: a folder after a bare --ray lands here
+        from ingest.distributed import check_address
+
+        try:
+            check_address(ray_address)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
     if not paths and not delete:
         raise click.UsageError("give at least one PATH to ingest, or --delete PATH")
     if sync and not paths:
@@ -144,6 +165,11 @@ def main(
     settings = Settings(**overrides)  # type: ignore[arg-type]
     if watch:
         _watch(list(paths), settings, settle, ocr, as_json)
+    engine: AbstractContextManager[Engine | None] = nullcontext()
+    if ray_address is not None:
+        from ingest.distributed import ray_engine
+
+        engine = ray_engine(ray_address, settings)
 
     with tqdm(total=0, unit="file", disable=None, file=sys.stderr, dynamic_ncols=True) as bar:
         shown = [""]  # the bar's phase
@@ -163,10 +189,12 @@ def main(
             bar.refresh()
 
         try:
-            report = ingest_paths(
-                list(paths), settings, sync=sync, delete=delete, rebuild=rebuild,
-                allow_drop=allow_drop, ocr=ocr, tags=tags or None, progress=progress,
-            )  # fmt: skip
+            with engine as on:
+                report = ingest_paths(
+                    list(paths), settings, sync=sync, delete=delete, rebuild=rebuild,
+                    allow_drop=allow_drop, ocr=ocr, tags=tags or None, progress=progress,
+                    engine=on,
+                )  # fmt: skip
         except RagError as exc:
             bar.close()
             hint = ""
@@ -212,6 +240,9 @@ def _print_summary(report: IngestReport) -> None:
         f"  {report.chunks_embedded} chunks embedded{copied}, {report.pages} PDF pages, "
         f"{report.seconds:.1f} s"
     )
+    if report.phases:
+        spent = ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in report.phases.items())
+        lines.append(f"  time: {spent}")
     click.echo("\n".join(lines))
 
 

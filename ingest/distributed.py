@@ -1,0 +1,314 @@
+"""Ingestion fanned out on Ray (`ingest ... --ray [ADDRESS]`): files are
+parsed and split in Ray tasks, chunks embedded in Ray actors (one per GPU
+where the cluster has GPUs, else a few on CPUs), and everything is written
+by this process through the Store seam, as without Ray.
+
+The pipeline's own code runs in both places: a task calls
+`workers.parse_files` (so each file is still parsed in a capped, killable
+process of its own) and the `Chunker` the `Ingestor` would use; an actor
+loads the model with `load_embedder`. Hashing, incremental checks, copies
+and the index write stay in `ingest.pipeline`. Workers of a cluster must
+have this package installed and see the files at the same paths.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import ray
+from ray.exceptions import ActorUnavailableError, RayActorError, RayError
+
+from ingest import workers
+from ingest.chunking import Chunker
+from ingest.discovery import FileTask
+from ingest.ingestor import EMBED_BUFFER
+from ingest.pipeline import Parsed, ToParse
+from rag.embedding import Precision, load_embedder
+from rag.errors import RagError
+from rag.settings import Settings
+from rag.types import Chunk, Document
+
+# A local instance started here stays small: this process, its parser
+# workers and the model need the memory more than Ray's object store.
+OBJECT_STORE_BYTES = 256 * 2**20
+# Files per parse task: enough to pay for the task's parser process.
+FILES_PER_TASK = 32
+BYTES_PER_TASK = 64 * 2**20
+# Times one embedding slice is sent again after its actor died.
+EMBED_ATTEMPTS = 3
+# How long a restarted embedding actor may take to load its model.
+ACTOR_START_SECONDS = 300
+_ADDRESS = re.compile(r"^(auto|ray://\S+|[\w.\-]+:\d+)$")
+
+
+def check_address(address: str) -> str:
+    """`auto`, `ray://host:port` or `host:port`; anything else is refused
+    (a folder after a bare `--ray` would be taken for its address)."""
+    if not _ADDRESS.match(address):
+        raise ValueError(
+            f"--ray takes a cluster address (auto, ray://HOST:10001 or HOST:6379), not "
+            f"{address!r}; put --ray after the paths, or write --ray auto"
+        )
+    return address
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What a parse task needs from the settings (not the settings
+    themselves: they may hold credentials)."""
+
+    model: str
+    precision: Precision
+    chunk_tokens: int
+    chunk_overlap: int
+    timeout: float
+    memory_mb: int
+    max_text_chars: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> _Job:
+        return cls(
+            settings.embedding_model, settings.embed_precision, settings.chunk_tokens,
+            settings.chunk_overlap, settings.parse_timeout, settings.parse_memory_mb,
+            settings.max_text_chars,
+        )  # fmt: skip
+
+
+@lru_cache(maxsize=2)
+def _chunker(job: _Job) -> Chunker:
+    """The chunker the `Ingestor` builds, once per Ray worker process."""
+    e = load_embedder(job.model, job.precision)
+    return Chunker(e.count_tokens, job.chunk_tokens, job.chunk_overlap, e.max_tokens)
+
+
+Split = tuple[Document | str, list[Chunk] | None]
+
+
+def _parse_and_split(
+    job: _Job, batch: list[tuple[FileTask, str]], ocr: bool
+) -> tuple[list[Split], float, float]:
+    """A parse task: each file's Document (or why it failed) and chunks,
+    and the seconds spent parsing and splitting."""
+    chunker = _chunker(job)
+    out: list[Split] = []
+    parse_s = chunk_s = 0.0
+    parsed = workers.parse_files(
+        batch, ocr=ocr, timeout=job.timeout, memory_mb=job.memory_mb,
+        max_text_chars=job.max_text_chars,
+    )  # fmt: skip
+    started = time.perf_counter()
+    for _, result in parsed:
+        parse_s += time.perf_counter() - started
+        started = time.perf_counter()
+        out.append((result, None if isinstance(result, str) else chunker.split(result)))
+        chunk_s += time.perf_counter() - started
+        started = time.perf_counter()
+    return out, parse_s, chunk_s
+
+
+class _Embedder:
+    """An embedding actor: the model loaded as the main process loads it."""
+
+    def __init__(self, model: str, precision: Precision, device: str, threads: int) -> None:
+        if device == "cpu":
+            import torch
+
+            torch.set_num_threads(threads)  # leave cores to the parse tasks
+        self._embedder = load_embedder(model, precision, device)
+
+    def ping(self) -> bool:
+        return True
+
+    def embed(self, texts: list[str]) -> tuple[np.ndarray, float]:
+        started = time.perf_counter()
+        vectors = self._embedder.embed_batch(texts)
+        return vectors, time.perf_counter() - started
+
+
+def _wait_until_up(actor: Any) -> None:
+    """Wait for an actor Ray is restarting (calls sent meanwhile fail at
+    once); a dead one (out of restarts) raises."""
+    deadline = time.monotonic() + ACTOR_START_SECONDS
+    while True:
+        try:
+            ray.get(actor.ping.remote(), timeout=ACTOR_START_SECONDS)
+            return
+        except ActorUnavailableError:
+            if time.monotonic() > deadline:
+                raise RagError(
+                    f"a Ray embedding actor did not come back within {ACTOR_START_SECONDS} s"
+                ) from None
+            time.sleep(0.5)
+        except RayActorError as exc:
+            raise RagError(f"a Ray embedding actor died for good ({exc})") from None
+
+
+def start_local(cpus: int | None = None) -> None:
+    """Start a small local Ray instance on the loopback address: no
+    dashboard, no usage statistics, a small object store."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # read by ray.init
+    ray.init(
+        num_cpus=cpus or len(os.sched_getaffinity(0)),
+        object_store_memory=OBJECT_STORE_BYTES,
+        include_dashboard=False,
+        log_to_driver=False,
+        _node_ip_address="127.0.0.1",
+    )
+
+
+def _connect(address: str) -> bool:
+    """Join the cluster at `address` (auto: a running local one, else start
+    one); True if this call connected (and should disconnect)."""
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if address == "auto":
+        try:
+            ray.init(address="auto", log_to_driver=False)
+        except ConnectionError:
+            start_local()
+    else:
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except (ConnectionError, RayError) as exc:
+            raise RagError(f"Cannot reach the Ray cluster at {address}: {exc}") from exc
+    return True
+
+
+class RayEngine:
+    """An `ingest.pipeline.Engine` on Ray. Connects on first use, so an
+    ingest with nothing to parse never starts Ray."""
+
+    def __init__(self, address: str, settings: Settings) -> None:
+        self.address = address
+        self.settings = settings
+        self.buffer = EMBED_BUFFER * 4  # enough slices to keep several actors busy
+        self.worker_seconds: dict[str, float] = {"parse": 0.0, "chunk": 0.0, "embed": 0.0}
+        self.retried = 0
+        self.connected = False  # by this engine, which then disconnects
+        self._ready = False
+        self._actors: list[Any] = []
+
+    def _start(self) -> None:
+        if not self._ready:
+            self.connected = _connect(self.address)
+            self._ready = True
+
+    def parse(self, to_parse: ToParse, settings: Settings) -> Iterator[Parsed]:
+        """Batches of files in tasks, a bounded number in flight, results
+        in the order given: those without OCR first, as without Ray."""
+        if not to_parse:
+            return
+        self._start()
+        job = ray.put(_Job.of(settings))
+        task = ray.remote(num_cpus=1, max_retries=1)(_parse_and_split)
+        batches = deque(_batches(to_parse))
+        in_flight: deque[tuple[list[tuple[FileTask, str]], bool, Any]] = deque()
+        limit = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+        while batches or in_flight:
+            while batches and len(in_flight) < limit:
+                batch, ocr = batches.popleft()
+                in_flight.append((batch, ocr, task.remote(job, batch, ocr)))
+            batch, ocr, ref = in_flight.popleft()
+            try:
+                splits, parse_s, chunk_s = ray.get(ref)
+            except RayError as exc:  # the task's worker or node was lost, twice
+                reason = f"the Ray task parsing it failed ({exc.__class__.__name__})"
+                splits, parse_s, chunk_s = [(reason, None)] * len(batch), 0.0, 0.0
+            self.worker_seconds["parse"] += parse_s
+            self.worker_seconds["chunk"] += chunk_s
+            for (file, _), (result, chunks) in zip(batch, splits, strict=True):
+                yield Parsed(file, result, ocr, chunks)
+
+    def _embedders(self) -> list[Any]:
+        if not self._actors:
+            self._start()
+            resources = ray.cluster_resources()
+            gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
+            count = gpus or max(1, cpus // 8)
+            device, precision = (
+                ("cuda", "float16") if gpus else ("cpu", self.settings.embed_precision)
+            )
+            actor = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0, max_restarts=EMBED_ATTEMPTS)
+            self._actors = [
+                actor(_Embedder)
+                .options(name=f"kbqa-embed-{os.getpid()}-{n}")
+                .remote(
+                    self.settings.embedding_model, precision, device, max(1, cpus // count // 2)
+                )
+                for n in range(count)
+            ]
+        return self._actors
+
+    def embed_slices(self, slices: list[list[str]]) -> Iterator[tuple[int, np.ndarray]]:
+        """Slices spread over the actors; one whose actor died is sent again
+        (Ray restarts the actor), so every slice comes back once."""
+        actors = self._embedders()
+        texts = [ray.put(s) for s in slices]
+        pending = {
+            actors[n % len(actors)].embed.remote(texts[n]): (n, 0) for n in range(len(slices))
+        }
+        while pending:
+            [ref], _ = ray.wait(list(pending), num_returns=1)
+            number, attempt = pending.pop(ref)
+            try:
+                vectors, seconds = ray.get(ref)
+            except (RayActorError, ActorUnavailableError) as exc:
+                if attempt + 1 >= EMBED_ATTEMPTS:
+                    raise RagError(
+                        f"Ray embedding actors were lost {EMBED_ATTEMPTS} times on one batch "
+                        f"({exc.__class__.__name__}: {exc})"
+                    ) from None
+                self.retried += 1
+                actor = actors[(number + attempt + 1) % len(actors)]
+                _wait_until_up(actor)
+                pending[actor.embed.remote(texts[number])] = (number, attempt + 1)
+                continue
+            self.worker_seconds["embed"] += seconds
+            yield number, vectors
+
+    def close(self) -> None:
+        for actor in self._actors:
+            ray.kill(actor, no_restart=True)
+        self._actors = []
+        if self.connected:
+            ray.shutdown()
+            self.connected = False
+
+
+@contextmanager
+def ray_engine(address: str, settings: Settings) -> Iterator[RayEngine]:
+    """A `RayEngine` for one ingest; its actors are killed at the end, and
+    Ray shut down (or left) if this engine started (or joined) it."""
+    engine = RayEngine(check_address(address), settings)
+    try:
+        yield engine
+    finally:
+        engine.close()
+
+
+def _batches(to_parse: ToParse) -> Iterator[tuple[list[tuple[FileTask, str]], bool]]:
+    """(files with their hashes, with OCR): without OCR first, each batch
+    at most FILES_PER_TASK files or about BYTES_PER_TASK."""
+    for with_ocr in (False, True):
+        batch: list[tuple[FileTask, str]] = []
+        size = 0
+        for task, digest, ocr in to_parse:
+            if ocr != with_ocr:
+                continue
+            if batch and (len(batch) >= FILES_PER_TASK or size + task.size > BYTES_PER_TASK):
+                yield batch, with_ocr
+                batch, size = [], 0
+            batch.append((task, digest))
+            size += task.size
+        if batch:
+            yield batch, with_ocr
