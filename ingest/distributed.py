@@ -86,7 +86,7 @@ class _Job:
 @lru_cache(maxsize=2)
 def _chunker(job: _Job) -> Chunker:
     """The chunker the `Ingestor` builds, once per Ray worker process."""
-    e = load_embedder(job.model, job.precision)
+    e = load_embedder(job.model, job.precision, "cpu")  # its tokenizer only
     return Chunker(e.count_tokens, job.chunk_tokens, job.chunk_overlap, e.max_tokens)
 
 

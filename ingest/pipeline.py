@@ -97,7 +97,9 @@ def index_params(
             # Let the writer phrase the difference.
             return wanted, None
         return found, None
-    embedder = load_embedder(settings.embedding_model, settings.embed_precision)
+    embedder = load_embedder(
+        settings.embedding_model, settings.embed_precision, settings.embed_device
+    )
     params = IndexParams(
         model_id=wanted_model,
         dimension=embedder.dimension,

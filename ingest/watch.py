@@ -167,7 +167,9 @@ def watch_folders(
     incompatible index, a store that is gone); "index busy" is retried."""
     roots = [os.path.abspath(f) for f in folders]
     index = os.path.abspath(settings.index)
-    model = embedder or load_embedder(settings.embedding_model, settings.embed_precision)
+    model = embedder or load_embedder(
+        settings.embedding_model, settings.embed_precision, settings.embed_device
+    )
     pending = Pending(settle)
 
     def apply(files: list[str], gone: list[str], catch_up: bool = False) -> bool:

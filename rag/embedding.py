@@ -72,7 +72,9 @@ class SentenceTransformerEmbedder:
         import torch
 
         location = _model_location(name)
-        self.precision = resolve_precision(precision)
+        device = resolve_device(device)
+        self.device = device
+        self.precision = resolve_precision(precision, device)
         try:
             # safetensors only: weights in a pickle (pytorch_model.bin) are
             # never opened, even by torch's restricted unpickler. Loaded in
@@ -132,9 +134,19 @@ class SentenceTransformerEmbedder:
         return np.ascontiguousarray(vectors.cpu().numpy(), dtype=np.float32)
 
 
-def resolve_precision(precision: Precision) -> str:
-    """bfloat16 where the CPU multiplies it in hardware (AVX512-BF16 or
-    AMX), else float32, where emulated bfloat16 would be slower.
+def resolve_device(device: str) -> str:
+    """`auto`: the GPU when torch sees one (CUDA), else the CPU."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_precision(precision: Precision, device: str = "cpu") -> str:
+    """On a GPU, float16 (what its tensor cores multiply). On a CPU,
+    bfloat16 where it multiplies it in hardware (AVX512-BF16 or AMX), else
+    float32, where emulated bfloat16 would be slower.
 
     On such CPUs bfloat16 embeds markedly faster, with vectors and
     retrieval quality close to float32's (BENCHMARKS.md has the figures and
@@ -142,6 +154,8 @@ def resolve_precision(precision: Precision) -> str:
     """
     if precision != "auto":
         return precision
+    if device.startswith("cuda"):
+        return "float16"
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
             flags = set(fh.read().split())
@@ -154,5 +168,7 @@ def resolve_precision(precision: Precision) -> str:
 def load_embedder(name: str, precision: Precision = "auto", device: str = "cpu") -> Embedder:
     """The factory: today every model goes through sentence-transformers.
     Cached, because loading a model costs seconds and it never changes.
-    `device` is torch's ("cuda" for a GPU, e.g. in a Ray embedding actor)."""
+    `device` is torch's ("cuda" for a GPU), or "auto" (`resolve_device`).
+    Queries stay on the CPU by default: one query embeds in milliseconds
+    there, and the GPU of an answering box belongs to vLLM."""
     return SentenceTransformerEmbedder(name, precision, device)

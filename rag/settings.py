@@ -41,8 +41,13 @@ class Settings(BaseSettings):
 
     # Ingestion.
     embedding_model: str = "all-MiniLM-L6-v2"
-    embed_precision: Literal["auto", "float32", "bfloat16"] = Field(
-        "auto", description="auto: bfloat16 on CPUs that compute it natively, else float32"
+    embed_precision: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="auto: float16 on a GPU; bfloat16 on CPUs that compute it natively, "
+        "else float32",
+    )
+    embed_device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where ingestion embeds; auto: the GPU when torch sees one"
     )
     chunk_tokens: int = Field(200, ge=16, description="chunk size in model tokens")
     chunk_overlap: int = Field(32, ge=0)

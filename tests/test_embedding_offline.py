@@ -71,3 +71,12 @@ def test_models_loaded_at_once_in_several_threads_each_keep_one_dtype():
     for embedder in loaded:
         assert embedder.embed_batch(["warm up"], kind="query").shape == (1, embedder.dimension)
     assert torch.get_default_dtype() == torch.float32
+
+
+def test_auto_precision_is_float16_on_a_gpu_and_the_cpus_choice_elsewhere():
+    from rag.embedding import resolve_device, resolve_precision
+
+    assert resolve_precision("auto", "cuda") == "float16"
+    assert resolve_precision("auto", "cpu") in {"float32", "bfloat16"}
+    assert resolve_precision("float32", "cuda") == "float32"
+    assert resolve_device("cpu") == "cpu"
