@@ -158,7 +158,8 @@ class Ingestor:
     def embedder(self) -> Embedder:
         if self._embedder is None:
             self._embedder = load_embedder(
-                self.settings.embedding_model, self.settings.embed_precision,
+                self.settings.embedding_model,
+                self.settings.embed_precision,
                 self.settings.embed_device,
             )
         return self._embedder
