@@ -81,6 +81,20 @@ def measure(folder: Path, address: str | None) -> dict[str, Any]:
     return result
 
 
+def describe_embedding() -> str:
+    """Where ingestion embeds here, as the settings resolve it."""
+    import torch
+
+    from rag.embedding import resolve_device, resolve_precision
+    from rag.settings import Settings
+
+    settings = Settings()
+    device = resolve_device(settings.embed_device)
+    name = torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or "CPU"
+    precision = resolve_precision(settings.embed_precision, device)
+    return f"Embedding on {device} ({name}), {precision}; torch {torch.__version__}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("corpus", type=Path, nargs="?", help="a folder of files, or a BEIR folder")
@@ -96,6 +110,7 @@ def main() -> int:
     print(f"Ingestion, one process vs --ray — {platform.node()}, {os.cpu_count()} cores, "
           f"{date.today()}; corpus {args.corpus}" + (f" (first {args.limit})" if args.limit else "")
           + "\n")  # fmt: skip
+    print(describe_embedding() + "\n")
     print("| pipeline | files | chunks | seconds | chunks/s | "
           + " | ".join(f"{p} (s)" for p in PHASES)
           + " | Ray tasks parse / chunk (s, summed) | Ray actors embed (s, summed) |")  # fmt: skip
