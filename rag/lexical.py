@@ -11,13 +11,38 @@ any query term (bench/query.py compares the two).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import Stemmer
-from bm25s.stopwords import STOPWORDS_EN
+
+
+@contextmanager
+def _jax_unseen() -> Iterator[None]:
+    """bm25s probes for JAX when it is imported and, where JAX imports,
+    runs one JAX operation to pick it for top-k selection. On a GPU machine
+    that starts JAX's GPU backend, which takes three quarters of the GPU's
+    memory for the life of the process (and of every Ray worker that
+    imports this module), leaving the embedding model and vLLM out of
+    memory. We select top-k with numpy, so bm25s is imported with JAX
+    hidden, unless the process has already imported JAX itself."""
+    if "jax" in sys.modules or "bm25s" in sys.modules:
+        yield
+        return
+    sys.modules["jax"] = None  # type: ignore[assignment]  # `import jax` raises ImportError
+    try:
+        yield
+    finally:
+        del sys.modules["jax"]
+
+
+with _jax_unseen():
+    import bm25s
+    from bm25s.stopwords import STOPWORDS_EN
 
 # Two or more word characters, as bm25s and scikit-learn tokenise: single
 # letters carry almost no signal and bloat the postings.
@@ -42,8 +67,6 @@ def terms(text: str) -> list[str]:
 
 def build(folder: Path, chunk_ids: Sequence[int], chunk_terms: Sequence[list[str]]) -> None:
     """Write the BM25 index of a generation into `folder`."""
-    import bm25s
-
     folder.mkdir(parents=True, exist_ok=True)
     np.save(folder / IDS_FILE, np.asarray(chunk_ids, dtype=np.int64), allow_pickle=False)
     if not chunk_ids:
@@ -57,8 +80,6 @@ class LexicalIndex:
     """A generation's BM25 index, read-only."""
 
     def __init__(self, folder: Path) -> None:
-        import bm25s
-
         self.ids = np.load(folder / IDS_FILE, allow_pickle=False)
         self._index = None
         if len(self.ids):
