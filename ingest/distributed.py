@@ -40,8 +40,12 @@ from rag.types import Chunk, Document
 # A local instance started here stays small: this process, its parser
 # workers and the model need the memory more than Ray's object store.
 OBJECT_STORE_BYTES = 256 * 2**20
-# Files per parse task: enough to pay for the task's parser process.
+# Files per parse task: at least enough to pay for the task's parser
+# process (a forkserver pool, seconds to start), at most what keeps every
+# CPU busy with two tasks each; never more than the cap, so a slow file
+# holds back little.
 FILES_PER_TASK = 32
+MAX_FILES_PER_TASK = 512
 BYTES_PER_TASK = 64 * 2**20
 # Times one embedding slice is sent again after its actor died.
 EMBED_ATTEMPTS = 3
@@ -211,9 +215,10 @@ class RayEngine:
         self._start()
         job = ray.put(_Job.of(settings))
         task = ray.remote(num_cpus=1, max_retries=1)(_parse_and_split)
-        batches = deque(_batches(to_parse))
-        in_flight: deque[tuple[list[tuple[FileTask, str]], bool, Any]] = deque()
         limit = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+        per_task = min(max(FILES_PER_TASK, -(-len(to_parse) // limit)), MAX_FILES_PER_TASK)
+        batches = deque(_batches(to_parse, per_task))
+        in_flight: deque[tuple[list[tuple[FileTask, str]], bool, Any]] = deque()
         while batches or in_flight:
             while batches and len(in_flight) < limit:
                 batch, ocr = batches.popleft()
@@ -296,16 +301,18 @@ def ray_engine(address: str, settings: Settings) -> Iterator[RayEngine]:
         engine.close()
 
 
-def _batches(to_parse: ToParse) -> Iterator[tuple[list[tuple[FileTask, str]], bool]]:
+def _batches(
+    to_parse: ToParse, per_task: int = FILES_PER_TASK
+) -> Iterator[tuple[list[tuple[FileTask, str]], bool]]:
     """(files with their hashes, with OCR): without OCR first, each batch
-    at most FILES_PER_TASK files or about BYTES_PER_TASK."""
+    at most `per_task` files or about BYTES_PER_TASK."""
     for with_ocr in (False, True):
         batch: list[tuple[FileTask, str]] = []
         size = 0
         for task, digest, ocr in to_parse:
             if ocr != with_ocr:
                 continue
-            if batch and (len(batch) >= FILES_PER_TASK or size + task.size > BYTES_PER_TASK):
+            if batch and (len(batch) >= per_task or size + task.size > BYTES_PER_TASK):
                 yield batch, with_ocr
                 batch, size = [], 0
             batch.append((task, digest))
