@@ -551,3 +551,9 @@ def fill_store(store, params, corpus: dict[str, list[str]] = STORE_CORPUS) -> No
 def texts_of(snap) -> dict[str, list[str]]:
     """Every document's chunk texts in a snapshot or writer, by path."""
     return {d.path: [c.text for c in snap.document_chunks(d.path)] for d in snap.documents()}
+
+
+def delete_box(at):
+    """The Manage tab's "Delete documents" picker (the Ask tab's filters
+    are pickers too)."""
+    return next(m for m in at.multiselect if m.label == "Delete documents")

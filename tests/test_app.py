@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
-from builders import make_pdf
+from builders import delete_box, make_pdf
 from streamlit.testing.v1 import AppTest
 
 from rag.profiles import SMALL_MODEL_PROFILE, as_env
@@ -281,8 +281,8 @@ def page_text(at: AppTest) -> str:
 
 def test_delete_a_document_from_the_manage_tab(app_env, kb_root):
     at = app().run()
-    doomed = next(p for p in at.multiselect[0].options if p.endswith("searching.md"))
-    at.multiselect[0].set_value([doomed]).run()
+    doomed = next(p for p in delete_box(at).options if p.endswith("searching.md"))
+    delete_box(at).set_value([doomed]).run()
     next(c for c in at.checkbox if c.label.startswith("Yes, delete 1")).check().run()
     next(b for b in at.button if b.label == "Delete selected").click().run()
     assert any("Deleted 1" in s.value for s in at.success)

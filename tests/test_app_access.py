@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from builders import delete_box
 from streamlit.testing.v1 import AppTest
 from test_app import app, texts
 
@@ -131,7 +132,8 @@ def test_a_reader_sees_only_granted_bases_no_manage_tab_and_can_ask(team):
     at = signed_in("rita")
     assert picker(at).options == ["default"]
     assert tab_labels(at) == ["Ask"]
-    assert not at.file_uploader and not at.multiselect
+    assert not at.file_uploader
+    assert not [m for m in at.multiselect if m.label == "Delete documents"]
     assert not [b for b in at.button if b.label.startswith(("Rebuild", "Ingest", "Delete"))]
     assert not [e for e in at.sidebar.expander if e.label == "New knowledge base"]
     at.chat_input[0].set_value(QUESTION).run()
@@ -221,8 +223,8 @@ def test_an_admin_manages_every_base_and_reads_the_audit(team, kb_root):
     assert picker(at).options == ["default", "secret"]
     assert tab_labels(at) == ["Ask", "Manage", "Users", "Audit"]
     picker(at).set_value("secret").run()
-    doomed = next(p for p in at.multiselect[0].options if p.endswith("searching.md"))
-    at.multiselect[0].set_value([doomed]).run()
+    doomed = next(p for p in delete_box(at).options if p.endswith("searching.md"))
+    delete_box(at).set_value([doomed]).run()
     next(c for c in at.checkbox if c.label.startswith("Yes, delete 1")).check().run()
     next(b for b in at.button if b.label == "Delete selected").click().run()
     assert any("Deleted 1" in s.value for s in at.success)

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from builders import delete_box
 from misbehaving_server import MODEL, misbehaving_server
 from test_app import app, texts
 
@@ -133,8 +134,8 @@ def test_a_stored_citation_opens_after_its_document_is_gone(fake_llm, kb_root):
     at.chat_input[0].set_value(QUESTION).run()
     cited = next(e for e in at.expander if e.label.startswith("[1] "))
     source = next(c.value for c in cited.caption)
-    doomed = next(p for p in at.multiselect[0].options if source.endswith(Path(p).name))
-    at.multiselect[0].set_value([doomed]).run()
+    doomed = next(p for p in delete_box(at).options if source.endswith(Path(p).name))
+    delete_box(at).set_value([doomed]).run()
     next(c for c in at.checkbox if c.label.startswith("Yes, delete 1")).check().run()
     button(at, "Delete selected").click().run()
     reloaded = app().run()
@@ -212,13 +213,13 @@ def test_the_uploader_is_empty_after_ingesting_and_after_switching(app_env, kb_r
 
 def test_after_a_delete_nothing_is_selected(app_env, kb_root):
     at = app().run()
-    doomed = next(p for p in at.multiselect[0].options if p.endswith("searching.md"))
-    at.multiselect[0].set_value([doomed]).run()
+    doomed = next(p for p in delete_box(at).options if p.endswith("searching.md"))
+    delete_box(at).set_value([doomed]).run()
     next(c for c in at.checkbox if c.label.startswith("Yes, delete 1")).check().run()
     button(at, "Delete selected").click().run()
     assert any("Deleted 1" in s.value for s in at.success)
-    assert at.multiselect[0].value == []
-    assert doomed not in at.multiselect[0].options
+    assert delete_box(at).value == []
+    assert doomed not in delete_box(at).options
     assert not [b for b in at.button if b.label == "Delete selected"]
 
 

@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from builders import delete_box
 
 from rag.settings import Settings
 from serving import launch
@@ -135,8 +136,8 @@ def _delete_button(at):
 
 def test_delete_asks_for_confirmation_first(app_env: pytest.MonkeyPatch) -> None:
     at = _app().run()
-    doomed = next(p for p in at.multiselect[0].options if p.endswith("searching.md"))
-    at.multiselect[0].set_value([doomed]).run()
+    doomed = next(p for p in delete_box(at).options if p.endswith("searching.md"))
+    delete_box(at).set_value([doomed]).run()
     assert _delete_button(at).disabled, "a delete was offered without confirmation"
     next(c for c in at.checkbox if c.label.startswith("Yes, delete 1")).check().run()
     _delete_button(at).click().run()
@@ -149,8 +150,8 @@ def test_deleting_while_an_ingest_writes_is_a_message_not_a_traceback(
     from rag import layout
 
     at = _app().run()
-    doomed = next(p for p in at.multiselect[0].options if p.endswith("searching.md"))
-    at.multiselect[0].set_value([doomed]).run()
+    doomed = next(p for p in delete_box(at).options if p.endswith("searching.md"))
+    delete_box(at).set_value([doomed]).run()
     next(c for c in at.checkbox if c.label.startswith("Yes, delete")).check().run()
     with layout.write_lock(kb_root / "default"):  # as a running ingest holds it
         _delete_button(at).click().run()
