@@ -3,9 +3,9 @@ and PDF as pipe rows, table-aware chunking with the header repeated, and
 the sheet-and-rows locator from the loader through both stores to a search.
 
 Every file is real, made here: openpyxl workbooks, python-docx documents,
-HTML, CSV, and a PDF with a ruled table drawn by reportlab. (The PDFs that
-Debian packages install on this machine, libtasn1-doc's and
-shared-mime-info's, hold no ruled table that a table finder detects.)
+HTML, CSV, and a PDF with a ruled table drawn by reportlab. A real public
+PDF with tables (gnuplot's manual, from Debian's gnuplot-doc):
+tests/test_debian_pdf_tables.py.
 """
 
 from __future__ import annotations

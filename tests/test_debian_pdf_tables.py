@@ -1,0 +1,51 @@
+"""A real public PDF with tables: gnuplot's manual from Debian's
+gnuplot-doc package (fetched with apt-get download, as `make system-setup`
+fetches its packages, and cached). Its tables are LaTeX tables ruled by
+horizontal lines only, so a table's body comes out as a few wide rows
+rather than one row per entry; the question is whether a question answered
+by one cell of one finds that table, on its page, first."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from ingest.pipeline import ingest_paths
+from rag.knowledge_base import KnowledgeBase
+
+CACHE = Path(os.environ.get("KBQA_CACHE", Path.home() / ".cache" / "kbqa")) / "tests"
+
+
+@pytest.fixture(scope="module")
+def gnuplot_pdf() -> Path:
+    target = CACHE / "gnuplot-doc" / "gnuplot.pdf"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            subprocess.run(["apt-get", "download", "-q", "gnuplot-doc"], cwd=tmp, check=True)
+            deb = next(Path(tmp).glob("gnuplot-doc_*.deb"))
+            subprocess.run(["dpkg", "-x", str(deb), str(Path(tmp) / "x")], check=True)
+            shutil.copy(Path(tmp) / "x/usr/share/doc/gnuplot/gnuplot.pdf", target)
+    return target
+
+
+def test_a_cell_of_a_table_in_gnuplots_manual_is_found_first_on_its_page(
+    gnuplot_pdf, settings, embedder, tmp_path
+):
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    shutil.copy(gnuplot_pdf, folder / "gnuplot.pdf")
+    report = ingest_paths([str(folder)], settings, embedder=embedder)
+    assert not report.failed, report.failed
+
+    kb = KnowledgeBase.open(settings.index, settings=settings)
+    hits = kb.search("command-line editing: which key deletes the previous word?", k=5)
+    first = hits[0]
+    assert first.chunk.locator.startswith("table 1"), [(h.chunk.locator, h.page) for h in hits]
+    assert first.page == 32
+    assert "^W delete previous word" in first.text
