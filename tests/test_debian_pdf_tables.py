@@ -27,7 +27,11 @@ def gnuplot_pdf() -> Path:
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory() as tmp:
-            subprocess.run(["apt-get", "download", "-q", "gnuplot-doc"], cwd=tmp, check=True)
+            fetch = ["apt-get", "download", "-q", "gnuplot-doc"]
+            if subprocess.run(fetch, cwd=tmp).returncode:  # no package lists yet
+                sudo = [] if os.getuid() == 0 else ["sudo"]
+                subprocess.run([*sudo, "apt-get", "update", "-q"], check=True)
+                subprocess.run(fetch, cwd=tmp, check=True)
             deb = next(Path(tmp).glob("gnuplot-doc_*.deb"))
             subprocess.run(["dpkg", "-x", str(deb), str(Path(tmp) / "x")], check=True)
             shutil.copy(Path(tmp) / "x/usr/share/doc/gnuplot/gnuplot.pdf", target)
