@@ -304,13 +304,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(config.shell_command(), flush=True)
         if args.print:
             return 0
-        return _run_foreground(config, args.log, args.timeout)
+        ready = f"export RAG_LLM_URL={config.base_url} RAG_LLM_MODEL={config.served_model_name}"
+        return run_foreground(config, args.log, args.timeout, "vLLM", ready)
     except LaunchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
 
-def _run_foreground(config: ServeConfig, log: Path | None, timeout: float) -> int:
+def run_foreground(
+    config: ServeConfig, log: Path | None, timeout: float, name: str, ready: str
+) -> int:
+    """Start `config`'s server (vLLM, or vllm-router), print `ready` once it
+    answers, and wait; Ctrl-C or SIGTERM stops it."""
     # SIGTERM (from `kill`, CI, a supervisor) must clean up like Ctrl-C does.
     signal.signal(signal.SIGTERM, _interrupt)
     server = None
@@ -318,14 +323,13 @@ def _run_foreground(config: ServeConfig, log: Path | None, timeout: float) -> in
         began = time.monotonic()
         server = start(config, log_path=log, timeout=timeout, terminal_output=log is None)
         print(
-            f"\nvLLM is ready after {time.monotonic() - began:.0f} s at {config.base_url} "
-            f"(model {config.served_model_name!r}). Ctrl-C stops it.\n"
-            f"export RAG_LLM_URL={config.base_url} RAG_LLM_MODEL={config.served_model_name}",
+            f"\n{name} is ready after {time.monotonic() - began:.0f} s at {config.base_url} "
+            f"(model {config.served_model_name!r}). Ctrl-C stops it.\n{ready}",
             flush=True,
         )
         return server.process.wait()
     except KeyboardInterrupt:
-        print("\nStopping vLLM...", file=sys.stderr)
+        print(f"\nStopping {name}...", file=sys.stderr)
         return 130
     except LaunchError as e:
         print(f"error: {e}", file=sys.stderr)

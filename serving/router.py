@@ -21,16 +21,21 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import shutil
-import signal
 import sys
-import time
 import urllib.parse
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
 from serving.config import ServeConfig
-from serving.launch import HEALTH_TIMEOUT_S, LaunchError, free_port, serve, start
+from serving.launch import (
+    HEALTH_TIMEOUT_S,
+    LaunchError,
+    free_port,
+    run_foreground,
+    serve,
+    start,
+)
 from serving.models import NotSetUpError
 
 ROUTER_PORT = 8100
@@ -170,33 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(config.shell_command(), flush=True)
     if args.print:
         return 0
-    signal.signal(signal.SIGTERM, _interrupt)
-    server = None
-    try:
-        began = time.monotonic()
-        server = start(config, log_path=args.log, timeout=args.timeout,
-                       terminal_output=args.log is None)  # fmt: skip
-        model = f" RAG_LLM_MODEL={args.model}" if args.model else ""
-        print(
-            f"\nvllm-router is ready after {time.monotonic() - began:.0f} s at "
-            f"{config.base_url}, in front of {config.model}. Ctrl-C stops it.\n"
-            f"export RAG_LLM_URL={config.base_url}{model}",
-            flush=True,
-        )
-        return server.process.wait()
-    except KeyboardInterrupt:
-        print("\nStopping vllm-router...", file=sys.stderr)
-        return 130
-    except LaunchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    finally:
-        if server is not None:
-            server.stop()
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+    model = f" RAG_LLM_MODEL={args.model}" if args.model else ""
+    ready = f"export RAG_LLM_URL={config.base_url}{model}"
+    return run_foreground(config, args.log, args.timeout, "vllm-router", ready)
 
 
 if __name__ == "__main__":
