@@ -12,6 +12,13 @@ own evaluation (`rag.evaluation`), and latency of `KnowledgeBase.search`
 
     .venv/bin/rag eval ../shared/data/scifact        # builds indexes/eval-scifact once
     .venv/bin/python bench/stores.py ../shared/data/scifact --index indexes/eval-scifact
+
+At ~100k chunks (bench/query.py's large index, whose files are not named by
+SciFact's corpus ids, so nDCG is not computed there):
+
+    .venv/bin/python bench/query.py --build-only --sizes large
+    .venv/bin/python bench/stores.py ../shared/data/scifact \
+        --index ~/.cache/kbqa/bench/index-large --queries 100 --no-quality
 """
 
 from __future__ import annotations
@@ -71,6 +78,17 @@ def main() -> int:
     parser.add_argument("dataset", type=Path, help="a BEIR dataset (queries and judgements)")
     parser.add_argument("--index", type=Path, required=True, help="the local index to copy")
     parser.add_argument("--work", type=Path, help="where the copies go [default: a temp folder]")
+    parser.add_argument(
+        "--queries",
+        type=int,
+        default=0,
+        help="time only the dataset's first N queries [default: all]",
+    )
+    parser.add_argument(
+        "--no-quality",
+        action="store_true",
+        help="skip nDCG@10 (when the index's files are not the dataset's corpus)",
+    )
     args = parser.parse_args()
 
     data = evaluation.load_dataset(args.dataset)
@@ -81,7 +99,8 @@ def main() -> int:
         "local": (work / "local", "local"),
         "Milvus Lite": (work / "milvus", f"milvus-lite://{(work / 'milvus.db').resolve()}"),
     }
-    print(f"Stores — {args.index} ({data.name} queries); {platform.node()}, "
+    timed = list(data.queries.values())[: args.queries or None]
+    print(f"Stores — {args.index} ({len(timed)} {data.name} queries timed); {platform.node()}, "
           f"{os.cpu_count()} cores, {date.today()}\n")  # fmt: skip
     print("| store | chunks | copy (s) | chunks/s | p50 (ms) | p95 (ms) | "
           + " | ".join(f"nDCG@10 {m}" for m in MODES) + " |")  # fmt: skip
@@ -91,14 +110,14 @@ def main() -> int:
         target_settings = settings.model_copy(update={"store": uri})
         chunks, seconds = copy(source, open_store(root, target_settings))
         kb = KnowledgeBase.open(root, settings=target_settings)
-        p50, p95 = latency(kb, list(data.queries.values()))
-        quality = []
-        for mode in MODES:
+        p50, p95 = latency(kb, timed)
+        quality = ["not measured"] * len(MODES)
+        for i, mode in enumerate(MODES if not args.no_quality else ()):
             run = evaluation.run_queries(kb, data.queries, mode)
-            quality.append(evaluation.score(data.qrels, run)["ndcg@10"])
+            quality[i] = f"{evaluation.score(data.qrels, run)['ndcg@10']:.4f}"
         kb.close()
         print(f"| {name} | {chunks} | {seconds:.1f} | {chunks / seconds:.0f} | {p50:.1f} | "
-              f"{p95:.1f} | " + " | ".join(f"{q:.4f}" for q in quality) + " |")  # fmt: skip
+              f"{p95:.1f} | " + " | ".join(quality) + " |")  # fmt: skip
         sys.stdout.flush()
     return 0
 
