@@ -6,6 +6,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +142,8 @@ def stats(index: Path | None, as_json: bool) -> None:
     del info["disk_bytes"]
     disk = figures.disk_bytes
     info["disk"] = "unknown" if disk is None else f"{disk / 1e6:.1f} MB"
+    updated = datetime.fromtimestamp(figures.updated_at, tz=UTC)
+    info["updated_at"] = updated.strftime("%Y-%m-%d %H:%M:%S UTC")  # --json keeps the epoch
     width = max(len(key) for key in info)
     for key, value in info.items():
         click.echo(f"{key:<{width}}  {value}")

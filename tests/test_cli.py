@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
+from datetime import UTC, datetime
 
 import pytest
 from click.testing import CliRunner
@@ -103,7 +105,10 @@ def test_rag_stats(runner, built_index):
     assert stats["model"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert stats["disk_bytes"] > 0
     assert stats["store"] == "local" and stats["generation"] >= 1
-    assert "chunks" in runner.invoke(rag_main, ["stats", "--index", str(built_index)]).stdout
+    text = runner.invoke(rag_main, ["stats", "--index", str(built_index)]).stdout
+    assert "chunks" in text
+    when = datetime.fromtimestamp(stats["updated_at"], tz=UTC)
+    assert re.search(rf"updated_at +{when:%Y-%m-%d %H:%M:%S} UTC\n", text), text
 
 
 def test_rag_on_missing_index_is_one_clear_line(runner, tmp_path):
