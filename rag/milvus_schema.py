@@ -27,7 +27,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from pymilvus import DataType, Function, FunctionType, MilvusClient
 from pymilvus.exceptions import MilvusException
 
@@ -35,13 +34,9 @@ from rag import lexical
 from rag.errors import IndexBusy, IndexCorrupt, IndexIncompatible, RagError
 from rag.filters import MAX_TAGS, Filters
 from rag.layout import IndexParams
-from rag.storage import DocumentRecord, assemble
-from rag.types import Chunk
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
-
-    from rag.milvus_store import MilvusStore
+    pass
 
 ALIVE = 2**62  # gen_to of a row no generation has removed yet
 DUMMY = [1.0, 0.0]  # the vector of a document or meta row
@@ -318,99 +313,3 @@ def _create(client: MilvusClient, name: str, schema: Any, bm25: bool) -> None:
         index.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25",
                         params={"bm25_k1": lexical.K1, "bm25_b": lexical.B})  # fmt: skip
     client.create_collection(name, schema=schema, index_params=index, consistency_level="Strong")
-
-
-class Reader:
-    """Queries of one generation `number` of one collection pair."""
-
-    def __init__(
-        self, store: MilvusStore, epoch: int, number: int, next_id: int, schema: int
-    ) -> None:
-        self.store, self.client = store, store.client
-        self.epoch, self.number, self.next_id = epoch, number, next_id
-        self.schema = schema
-        self.chunk_fields = CHUNK_FIELDS + (["locator"] if schema >= 2 else [])
-        self.chunks_name, self.docs_name = names(store.target.prefix, epoch)
-        # A schema-1 pair is still listed (what a rebuild replaces): without tags.
-        self.doc_fields = DOC_FIELDS + (["tags"] if schema >= 2 else [])
-
-    def _rows(self, name: str, where: str, fields: list[str]) -> list[dict[str, Any]]:
-        upper = self.next_id if self.store.upper_bound_needed else None
-        clause = visible(self.number) + (f" and ({where})" if where else "")
-        return query_all(self.client, self.store.collection(name), clause, fields, upper)
-
-    def _chunk_rows(self, where: str) -> list[Chunk]:
-        rows = self._rows(self.chunks_name, where, self.chunk_fields)
-        return [_chunk(r) for r in rows]
-
-    def chunks(self, ids: Iterable[int]) -> dict[int, Chunk]:
-        wanted = list(dict.fromkeys(int(i) for i in ids))
-        found: dict[int, Chunk] = {}
-        for start in range(0, len(wanted), 1000):
-            for chunk in self._chunk_rows(f"id in {id_list(wanted[start : start + 1000])}"):
-                found[int(chunk.id or 0)] = chunk
-        return found
-
-    def document_chunks(self, path: str) -> list[Chunk]:
-        chunks = self._chunk_rows(f"path_key == {literal(path_key(path))}")
-        return sorted(chunks, key=lambda c: c.ordinal)
-
-    def context(self, chunk: Chunk, neighbours: int = 1) -> tuple[str, str, str]:
-        """(text before, the chunk, text after) from its neighbours on the same page."""
-        low, high = chunk.ordinal - neighbours, chunk.ordinal + neighbours
-        rows = self._chunk_rows(
-            f"path_key == {literal(path_key(chunk.source))} "
-            f"and ordinal >= {low} and ordinal <= {high}"
-        )
-        pieces = [(c.start, c.document_part) for c in rows if c.page == chunk.page]
-        first = min((s for s, _ in pieces), default=chunk.start)
-        last = max((s + len(t) for s, t in pieces), default=chunk.end)
-        before = assemble(pieces, first, chunk.start)
-        return before, chunk.text, assemble(pieces, chunk.end, last)
-
-    def _documents(self, where: str) -> list[DocumentRecord]:
-        rows = self._rows(self.docs_name, where, self.doc_fields)
-        return sorted((_record(r) for r in rows), key=lambda d: d.path)
-
-    def documents(self) -> list[DocumentRecord]:
-        return self._documents("")
-
-    def document(self, path: str) -> DocumentRecord | None:
-        found = self._documents(f"path_key == {literal(path_key(path))}")
-        return found[0] if found else None
-
-    def document_with_hash(self, content_hash: str) -> DocumentRecord | None:
-        found = self._documents(f"content_hash == {literal(content_hash)}")
-        return found[0] if found else None
-
-    def count(self, table: str) -> int:
-        name = self.docs_name if table == "documents" else self.chunks_name
-        return count(self.client, self.store.collection(name), visible(self.number))
-
-    def _vectors(self, ids: Sequence[int], dimension: int) -> np.ndarray:
-        by_id: dict[int, list[float]] = {}
-        for start in range(0, len(ids), 1000):
-            part = [int(i) for i in ids[start : start + 1000]]
-            for row in self._rows(self.chunks_name, f"id in {id_list(part)}", ["vector"]):
-                by_id[int(row["id"])] = row["vector"]
-        vectors = [by_id[int(i)] for i in ids]  # KeyError: an id this generation lacks
-        return np.asarray(vectors, dtype=np.float32).reshape(len(ids), dimension)
-
-
-def _chunk(row: dict[str, Any]) -> Chunk:
-    page = int(row["page"])
-    return Chunk(
-        id=int(row["id"]), text=row["text"], source=row["path"], start=int(row["start"]),
-        end=int(row["end"]), page=None if page < 0 else page, title=row["title"],
-        ordinal=int(row["ordinal"]), locator=str(row.get("locator") or ""),
-    )  # fmt: skip
-
-
-def _record(row: dict[str, Any]) -> DocumentRecord:
-    pages = int(row["pages"])
-    return DocumentRecord(
-        id=int(row["id"]), path=row["path"], content_hash=row["content_hash"], kind=row["kind"],
-        title=row["title"], size=int(row["size"]), mtime=float(row["mtime"]),
-        pages=None if pages < 0 else pages, ingested_at=float(row["ingested_at"]),
-        chunks=int(row["chunks"]), ocr=bool(row["ocr"]), tags=tuple(row.get("tags") or ()),
-    )  # fmt: skip
