@@ -101,6 +101,7 @@ def connect(target: Target, token: str | None) -> MilvusClient:
         if lite is None:
             return MilvusClient(target.client_uri, token=token or "", timeout=30)
         lite.parent.mkdir(parents=True, exist_ok=True)
+        _drop_flushed_wals(lite)
         _quiet_about_the_lock()
         return MilvusClient(target.client_uri)
     except MilvusException as exc:
@@ -113,6 +114,47 @@ def connect(target: Target, token: str | None) -> MilvusClient:
                 f"{lite}, then try again."
             ) from exc
         raise RagError(f"Milvus Lite could not open {lite} ({exc.message}).") from exc
+
+
+# Milvus Lite 3.2.2 flushes a collection's WAL into segments, saves its
+# manifest (engine/flush.py, step 5) and only then deletes that WAL
+# (step 6). A process killed between the two leaves
+# COLLECTION/wal/wal_{data,delta}_NNNNNN.arrow files already in segments;
+# on open, recovery (engine/recovery.py) replays every WAL file present, and
+# the replayed rows tie with their segment copies on `_seq`, which
+# search/bitmap.py keeps both of: duplicate rows, wrong counts. The manifest
+# names the WAL still to flush (`active_wal_number`); the numbers below it are
+# in segments, so they are deleted here, before Milvus Lite opens the folder,
+# under its LOCK flock (not at all if another process holds it).
+_WAL_FILE = re.compile(r"^wal_(?:data|delta)_(\d+)\.arrow$")
+
+
+def _drop_flushed_wals(lite: Path) -> None:
+    """Delete the WAL files of `lite`'s collections that their manifest says are flushed."""
+    try:
+        fd = os.open(lite / "LOCK", os.O_RDONLY)
+    except OSError:
+        return  # never opened: nothing flushed
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return  # open elsewhere (connect then says so) or in this process
+        for manifest in [*lite.glob("collections/*/manifest.json"),
+                         *lite.glob("databases/*/collections/*/manifest.json")]:  # fmt: skip
+            try:
+                active = json.loads(manifest.read_text())["active_wal_number"]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # Milvus Lite falls back to manifest.json.prev: leave it be
+            wal = manifest.parent / "wal"
+            if not isinstance(active, int) or not wal.is_dir():
+                continue
+            for file in wal.iterdir():
+                match = _WAL_FILE.match(file.name)
+                if match and int(match.group(1)) < active:
+                    file.unlink()
+    finally:
+        os.close(fd)  # releases the lock
 
 
 class _LockErrors(logging.Filter):
