@@ -102,6 +102,7 @@ def connect(target: Target, token: str | None) -> MilvusClient:
             return MilvusClient(target.client_uri, token=token or "", timeout=30)
         lite.parent.mkdir(parents=True, exist_ok=True)
         _drop_flushed_wals(lite)
+        _drop_torn_index_files(lite)
         _quiet_about_the_lock()
         return MilvusClient(target.client_uri)
     except MilvusException as exc:
@@ -131,17 +132,11 @@ _WAL_FILE = re.compile(r"^wal_(?:data|delta)_(\d+)\.arrow$")
 
 def _drop_flushed_wals(lite: Path) -> None:
     """Delete the WAL files of `lite`'s collections that their manifest says are flushed."""
+    fd = _lock_lite(lite)
+    if fd is None:
+        return
     try:
-        fd = os.open(lite / "LOCK", os.O_RDONLY)
-    except OSError:
-        return  # never opened: nothing flushed
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return  # open elsewhere (connect then says so) or in this process
-        for manifest in [*lite.glob("collections/*/manifest.json"),
-                         *lite.glob("databases/*/collections/*/manifest.json")]:  # fmt: skip
+        for manifest in _collections(lite, "manifest.json"):
             try:
                 active = json.loads(manifest.read_text())["active_wal_number"]
             except (OSError, ValueError, KeyError, TypeError):
@@ -155,6 +150,47 @@ def _drop_flushed_wals(lite: Path) -> None:
                     file.unlink()
     finally:
         os.close(fd)  # releases the lock
+
+
+def _drop_torn_index_files(lite: Path) -> None:
+    """Delete the FLAT index files of `lite` that a killed process left half
+    written. Milvus Lite 3.2.2 writes a segment's index file in a background
+    thread, straight to its name (storage/segment.py build_or_load_index,
+    index/brute_force.py save: np.save); a torn one fails every later load of
+    its collection ("No data left in file"), a missing one is built again."""
+    fd = _lock_lite(lite)
+    if fd is None:
+        return
+    try:
+        for file in _collections(lite, "partitions/*/indexes/*.flat.idx"):
+            try:
+                np.load(file, mmap_mode="r", allow_pickle=False)  # reads the header only
+            except (OSError, ValueError, EOFError):  # short header, or data past the end
+                file.unlink()
+    finally:
+        os.close(fd)
+
+
+def _lock_lite(lite: Path) -> int | None:
+    """A descriptor holding Milvus Lite's own lock on the folder `lite` (its
+    flock on `lite`/LOCK), or None: never opened, or open in a process (this
+    one included), which `connect` then reports."""
+    try:
+        fd = os.open(lite / "LOCK", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _collections(lite: Path, pattern: str) -> list[Path]:
+    """`pattern` in each collection folder of Milvus Lite's folder `lite`."""
+    return [*lite.glob(f"collections/*/{pattern}"),
+            *lite.glob(f"databases/*/collections/*/{pattern}")]  # fmt: skip
 
 
 class _LockErrors(logging.Filter):
