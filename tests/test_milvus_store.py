@@ -258,6 +258,26 @@ def test_a_wal_already_flushed_when_the_writer_was_killed_is_not_replayed(tmp_pa
         store.close()
 
 
+def test_an_index_file_torn_by_a_kill_is_built_again(tmp_path):
+    """Milvus Lite writes a segment's index file in a background thread,
+    straight to its name: a kill leaves it empty or cut short."""
+    store = open_store(tmp_path)
+    fill_store(store, PARAMS)
+    store.close()
+    torn = sorted((tmp_path / "kb.db").glob("collections/*/partitions/*/indexes/*.flat.idx"))
+    assert len(torn) == 3  # chunks, documents, meta
+    for file, keep in zip(torn, (0, 60, -4), strict=True):  # empty, header cut, data cut
+        file.write_bytes(file.read_bytes()[:keep])
+    store = open_store(tmp_path)
+    try:
+        snap = store.snapshot()
+        assert texts_of(snap) == CORPUS
+        top = snap.dense(text_vector(CORPUS["fruit.md"][0]), 1)
+        assert snap.chunks([top[0][0]])[top[0][0]].text == CORPUS["fruit.md"][0]
+    finally:
+        store.close()
+
+
 def test_a_knowledge_base_of_schema_1_is_refused_until_rebuilt(store):
     fill_store(store, PARAMS)
     meta = store.current()
