@@ -233,6 +233,51 @@ def test_sigkill_mid_write_leaves_each_document_old_or_new(tmp_path):
     assert len(seen) == 6
 
 
+def test_a_wal_already_flushed_when_the_writer_was_killed_is_not_replayed(tmp_path):
+    """Milvus Lite saves a flush's manifest before it deletes the WAL just
+    flushed: a kill between the two leaves that WAL beside the segments it
+    became. Copying it back reproduces exactly that state."""
+    store = open_store(tmp_path)
+    with store.writer(PARAMS) as w:
+        for path, texts in CORPUS.items():
+            put_texts(w, path, texts)
+        wals = {f: f.read_bytes() for f in (tmp_path / "kb.db").glob("collections/*/wal/*")}
+    store.close()
+    assert any("_chunks_" in f.parent.parent.name for f in wals)  # the flushed collection
+    for file, data in wals.items():
+        assert not file.exists()  # flushed, then deleted
+        file.write_bytes(data)
+    store = open_store(tmp_path)
+    try:
+        snap = store.snapshot()
+        assert not any((tmp_path / "kb.db").glob("collections/*/wal/wal_*_000001.arrow"))
+        assert texts_of(snap) == CORPUS  # no chunk twice
+        stats = snap.stats()
+        assert stats.chunks == sum(map(len, CORPUS.values())) == stats.vectors
+    finally:
+        store.close()
+
+
+def test_an_index_file_torn_by_a_kill_is_built_again(tmp_path):
+    """Milvus Lite writes a segment's index file in a background thread,
+    straight to its name: a kill leaves it empty or cut short."""
+    store = open_store(tmp_path)
+    fill_store(store, PARAMS)
+    store.close()
+    torn = sorted((tmp_path / "kb.db").glob("collections/*/partitions/*/indexes/*.flat.idx"))
+    assert len(torn) == 3  # chunks, documents, meta
+    for file, keep in zip(torn, (0, 60, -4), strict=True):  # empty, header cut, data cut
+        file.write_bytes(file.read_bytes()[:keep])
+    store = open_store(tmp_path)
+    try:
+        snap = store.snapshot()
+        assert texts_of(snap) == CORPUS
+        top = snap.dense(text_vector(CORPUS["fruit.md"][0]), 1)
+        assert snap.chunks([top[0][0]])[top[0][0]].text == CORPUS["fruit.md"][0]
+    finally:
+        store.close()
+
+
 def test_a_knowledge_base_of_schema_1_is_refused_until_rebuilt(store):
     fill_store(store, PARAMS)
     meta = store.current()
