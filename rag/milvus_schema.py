@@ -16,27 +16,22 @@ keeps it, and a pair of another shape is rebuilt, not extended. Every chunk and 
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
-import logging
-import os
 import re
 import urllib.parse
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pymilvus import DataType, Function, FunctionType, MilvusClient
 from pymilvus.exceptions import MilvusException
 
 from rag import lexical
+from rag import milvus_lite_files as lite_files
 from rag.errors import IndexBusy, IndexCorrupt, IndexIncompatible, RagError
 from rag.filters import MAX_TAGS, Filters
 from rag.layout import IndexParams
-
-if TYPE_CHECKING:
-    pass
 
 ALIVE = 2**62  # gen_to of a row no generation has removed yet
 DUMMY = [1.0, 0.0]  # the vector of a document or meta row
@@ -96,131 +91,19 @@ def connect(target: Target, token: str | None) -> MilvusClient:
         if lite is None:
             return MilvusClient(target.client_uri, token=token or "", timeout=30)
         lite.parent.mkdir(parents=True, exist_ok=True)
-        _drop_flushed_wals(lite)
-        _drop_torn_index_files(lite)
-        _quiet_about_the_lock()
+        lite_files.mend(lite)
+        lite_files.quiet_about_the_lock()
         return MilvusClient(target.client_uri)
     except MilvusException as exc:
         if lite is None:
             raise RagError(f"Milvus at {target.uri} is unreachable ({exc.message}).") from exc
-        if _locked(lite):
+        if lite_files.locked(lite):
             raise IndexBusy(
                 f"Milvus Lite could not open {lite}: another process has it open, and "
                 "Milvus Lite allows one process per file. Stop the app or the ingest using "
                 f"{lite}, then try again."
             ) from exc
         raise RagError(f"Milvus Lite could not open {lite} ({exc.message}).") from exc
-
-
-# Milvus Lite 3.2.2 flushes a collection's WAL into segments, saves its
-# manifest (engine/flush.py, step 5) and only then deletes that WAL
-# (step 6). A process killed between the two leaves
-# COLLECTION/wal/wal_{data,delta}_NNNNNN.arrow files already in segments;
-# on open, recovery (engine/recovery.py) replays every WAL file present, and
-# the replayed rows tie with their segment copies on `_seq`, which
-# search/bitmap.py keeps both of: duplicate rows, wrong counts. The manifest
-# names the WAL still to flush (`active_wal_number`); the numbers below it are
-# in segments, so they are deleted here, before Milvus Lite opens the folder,
-# under its LOCK flock (not at all if another process holds it).
-_WAL_FILE = re.compile(r"^wal_(?:data|delta)_(\d+)\.arrow$")
-
-
-def _drop_flushed_wals(lite: Path) -> None:
-    """Delete the WAL files of `lite`'s collections that their manifest says are flushed."""
-    fd = _lock_lite(lite)
-    if fd is None:
-        return
-    try:
-        for manifest in _collections(lite, "manifest.json"):
-            try:
-                active = json.loads(manifest.read_text())["active_wal_number"]
-            except (OSError, ValueError, KeyError, TypeError):
-                continue  # Milvus Lite falls back to manifest.json.prev: leave it be
-            wal = manifest.parent / "wal"
-            if not isinstance(active, int) or not wal.is_dir():
-                continue
-            for file in wal.iterdir():
-                match = _WAL_FILE.match(file.name)
-                if match and int(match.group(1)) < active:
-                    file.unlink()
-    finally:
-        os.close(fd)  # releases the lock
-
-
-def _drop_torn_index_files(lite: Path) -> None:
-    """Delete the FLAT index files of `lite` that a killed process left half
-    written. Milvus Lite 3.2.2 writes a segment's index file in a background
-    thread, straight to its name (storage/segment.py build_or_load_index,
-    index/brute_force.py save: np.save); a torn one fails every later load of
-    its collection ("No data left in file"), a missing one is built again."""
-    fd = _lock_lite(lite)
-    if fd is None:
-        return
-    try:
-        for file in _collections(lite, "partitions/*/indexes/*.flat.idx"):
-            try:
-                np.load(file, mmap_mode="r", allow_pickle=False)  # reads the header only
-            except (OSError, ValueError, EOFError):  # short header, or data past the end
-                file.unlink()
-    finally:
-        os.close(fd)
-
-
-def _lock_lite(lite: Path) -> int | None:
-    """A descriptor holding Milvus Lite's own lock on the folder `lite` (its
-    flock on `lite`/LOCK), or None: never opened, or open in a process (this
-    one included), which `connect` then reports."""
-    try:
-        fd = os.open(lite / "LOCK", os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
-
-
-def _collections(lite: Path, pattern: str) -> list[Path]:
-    """`pattern` in each collection folder of Milvus Lite's folder `lite`."""
-    return [*lite.glob(f"collections/*/{pattern}"),
-            *lite.glob(f"databases/*/collections/*/{pattern}")]  # fmt: skip
-
-
-class _LockErrors(logging.Filter):
-    """Drops Milvus Lite's logged traceback of a lock held by another
-    process: `connect` reports that as `IndexBusy`, in one line."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        error = record.exc_info[1] if record.exc_info else None
-        while error is not None:
-            if type(error).__name__ == "DataDirLockedError":
-                return False
-            error = error.__cause__ or error.__context__
-        return True
-
-
-def _quiet_about_the_lock() -> None:
-    logger = logging.getLogger("milvus_lite.server_manager")
-    if not any(isinstance(f, _LockErrors) for f in logger.filters):
-        logger.addFilter(_LockErrors())
-
-
-def _locked(lite: Path) -> bool:
-    """Whether another process holds Milvus Lite's lock on the folder `lite`
-    (its advisory flock on `lite`/LOCK, held while the process has it open)."""
-    try:
-        fd = os.open(lite / "LOCK", os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # closing releases a lock taken here
-    return False
 
 
 def release(target: Target) -> None:

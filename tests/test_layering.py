@@ -15,7 +15,13 @@ ROOT = Path(__file__).resolve().parent.parent
 EDGES = {"rag/cli.py", "rag/cli_eval.py"}
 # The store implementations and their private modules.
 LOCAL_STORE = {"rag.local_store", "rag.store", "rag.writer"}
-MILVUS_STORE = {"rag.milvus_store", "rag.milvus_schema", "rag.milvus_reader", "rag.milvus_writer"}
+MILVUS_STORE = {
+    "rag.milvus_store",
+    "rag.milvus_schema",
+    "rag.milvus_reader",
+    "rag.milvus_writer",
+    "rag.milvus_lite_files",
+}
 STORE_MODULES = LOCAL_STORE | MILVUS_STORE
 STORE_FILES = {f"{name.replace('.', '/')}.py" for name in STORE_MODULES}
 
