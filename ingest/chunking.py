@@ -173,11 +173,14 @@ class Chunker:
             ]
 
         whole = text[table.start : table.end]
-        if not lines or self.count_tokens(whole) <= size:
+        if self.count_tokens(whole) <= size:
             where = (
                 _locator(table.label, number(0), number(len(lines) - 1)) if lines else table.label
             )
             return [(table.start, table.end, whole, where)]
+        if not lines:  # a header alone (e.g. a one-row layout table), too long: running text
+            pieces = self._text_pieces(text, table.start, table.end, size, limit)
+            return [(a, b, t, table.label) for a, b, t, _ in pieces]
         head_tokens = self.count_tokens(head) + 1
         out: list[tuple[int, int, str, str]] = []
         first, total = 0, head_tokens

@@ -217,6 +217,26 @@ def test_a_long_sheet_splits_by_rows_with_the_header_repeated(tmp_path, chunker)
     assert covered == list(range(2, 62)), "every row in exactly one part, in order"
 
 
+def test_a_one_row_table_longer_than_a_passage_is_split_like_text(tmp_path, chunker):
+    """A layout table of one long row (an index page's columns of entries)
+    has a header and no body rows: it used to become one passage of any
+    length (a Python docs index page: 76,669 characters, 31,223 tokens)."""
+    entries = " ".join(f"entry{i} (in module m{i})" for i in range(600))
+    path = tmp_path / "index.html"
+    path.write_text(
+        f"<html><body><table><tr><td>{entries}</td><td>{entries}</td></tr></table></body></html>",
+        encoding="utf-8",
+    )
+    document = loaded(path)
+    (table,) = document.tables
+    assert table.body == table.end, "a header only: the case under test"
+    chunks = chunker.split(document)
+    assert len(chunks) > 10
+    assert all(chunker.count_tokens(c.indexed_text) <= 256 for c in chunks)
+    assert {c.locator for c in chunks} == {"table 1"}
+    assert "entry599 (in module m599)" in chunks[-1].text
+
+
 # -- through ingest, the stores and a search -----------------------------------------
 
 
