@@ -15,6 +15,7 @@ import numpy as np
 
 from ingest.chunking import Chunker
 from rag.embedding import Embedder, load_embedder
+from rag.errors import BadDocument
 from rag.settings import Settings
 from rag.storage import StoreWriter
 from rag.types import Chunk, Document
@@ -263,15 +264,18 @@ class Ingestor:
         row = 0
         for p in self._pending:
             doc = p.document
-            self.writer.put(
-                path=doc.path, content_hash=doc.content_hash, kind=doc.kind,
-                title=p.chunks[0].title if p.chunks else doc.title,  # as clipped for the prefix
-                size=p.size, mtime=p.mtime, pages=len(doc.pages) or None, ocr=p.ocr,
-                chunks=p.chunks, vectors=vectors[row : row + len(p.chunks)],
-                tags=self.tags_for(doc.path),
-            )  # fmt: skip
+            try:
+                self.writer.put(
+                    path=doc.path, content_hash=doc.content_hash, kind=doc.kind,
+                    title=p.chunks[0].title if p.chunks else doc.title,  # as clipped
+                    size=p.size, mtime=p.mtime, pages=len(doc.pages) or None, ocr=p.ocr,
+                    chunks=p.chunks, vectors=vectors[row : row + len(p.chunks)],
+                    tags=self.tags_for(doc.path),
+                )  # fmt: skip
+                self._count(p.existed)
+            except BadDocument as exc:  # the store refused it (e.g. over a field's size)
+                self.report.failed.append(Failure(doc.path, str(exc)))
             row += len(p.chunks)
-            self._count(p.existed)
             self.settle()
         self.report.chunks_embedded += row
         if self._pending:

@@ -14,6 +14,7 @@ import numpy as np
 
 from rag import lexical
 from rag import milvus_schema as ms
+from rag.errors import BadDocument
 from rag.layout import IndexParams
 from rag.milvus_reader import Reader, document_record
 from rag.storage import (
@@ -164,6 +165,8 @@ class MilvusWriter(Reader):
         """Add a document, replacing any earlier version stored at `path`."""
         if len(chunks) != len(vectors):
             raise ValueError("one vector per chunk")
+        terms = [" ".join(lexical.terms(chunk.indexed_text)) for chunk in chunks]
+        _check_sizes(path, title, chunks, terms)
         self.changed = True
         self.delete(path)
         doc_id, *ids = self._take(len(chunks) + 1)
@@ -173,7 +176,7 @@ class MilvusWriter(Reader):
         vectors = np.asarray(vectors, dtype=np.float32)
         rows = [
             {**common, **scoped, "id": cid, "vector": vectors[ordinal].tolist(), "doc_id": doc_id,
-             "terms": " ".join(lexical.terms(chunk.indexed_text)), "text": chunk.text,
+             "terms": terms[ordinal], "text": chunk.text,
              "page": -1 if chunk.page is None else chunk.page, "start": chunk.start,
              "end": chunk.end, "ordinal": ordinal,
              "locator": chunk.locator}
@@ -232,3 +235,18 @@ class MilvusWriter(Reader):
         if self.rebuild:
             return None
         return self.publish() if self.changed else self.published
+
+
+def _check_sizes(path: str, title: str, chunks: Sequence[Chunk], terms: list[str]) -> None:
+    """Refuse, before writing anything, a document with a text Milvus would
+    refuse mid-write (a VARCHAR holds at most 65,535 bytes)."""
+    texts = [("path", path), ("title", title)]
+    for n, (chunk, analysed) in enumerate(zip(chunks, terms, strict=True), 1):
+        texts += [(f"passage {n}", t) for t in (chunk.text, chunk.locator, analysed)]
+    for what, text in texts:
+        size = len(text.encode("utf-8", "surrogatepass"))
+        if size > ms.TEXT_BYTES:
+            raise BadDocument(
+                f"its {what} is {size:,} bytes long; the Milvus store holds at most "
+                f"{ms.TEXT_BYTES:,} bytes a field"
+            )

@@ -299,3 +299,30 @@ def test_a_knowledge_base_of_schema_1_is_refused_until_rebuilt(store):
     snap = store.snapshot()
     assert store.current().schema == ms.SCHEMA_VERSION and texts_of(snap) == CORPUS
     assert len(snap.dense(text_vector("x"), 5, Filters.parse(path_prefix="pets"))) == 2
+
+
+def test_a_passage_over_milvus_field_size_fails_its_file_and_the_batch_goes_on(tmp_path, embedder):
+    """Words of over 100 characters are one token each ([UNK]), so a passage
+    of a few hundred tokens can exceed the 65,535 bytes a Milvus VARCHAR
+    holds: that file is reported by name before anything of it is written;
+    the other files are ingested and searchable."""
+    from ingest.pipeline import ingest_paths
+
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    rng = random.Random(7)
+    blob = " ".join("".join(rng.choices("abcdefgh", k=400)) for _ in range(600))
+    (folder / "blobs.md").write_text(blob, encoding="utf-8")
+    (folder / "good.md").write_text("The larch pump is serviced every March.", encoding="utf-8")
+    settings = Settings(index=tmp_path / "index", store=f"milvus-lite://{tmp_path}/kb.db")
+    report = ingest_paths([str(folder)], settings, embedder=embedder)
+    ((path, error),) = [(Path(f.path).name, f.error) for f in report.failed]
+    assert path == "blobs.md" and "bytes long" in error and "65,535" in error
+    kb = KnowledgeBase.open(tmp_path / "index", settings=settings)
+    try:
+        assert [d.path.rsplit("/", 1)[1] for d in kb.snapshot().documents()] == ["good.md"]
+        assert kb.search("When is the larch pump serviced?", k=1)[0].chunk.text.startswith(
+            "The larch"
+        )
+    finally:
+        kb.close()
