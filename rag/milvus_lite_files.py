@@ -23,8 +23,14 @@ import numpy as np
 def mend(lite: Path) -> None:
     """Remove what a killed Milvus Lite process left in the folder `lite`
     that Milvus Lite would misread (nothing while the folder is open)."""
-    _drop_flushed_wals(lite)
-    _drop_torn_index_files(lite)
+    fd = _lock_lite(lite)
+    if fd is None:
+        return
+    try:
+        _drop_flushed_wals(lite)
+        _drop_torn_index_files(lite)
+    finally:
+        os.close(fd)  # releases the lock
 
 
 # Milvus Lite 3.2.2 flushes a collection's WAL into segments, saves its
@@ -41,25 +47,20 @@ _WAL_FILE = re.compile(r"^wal_(?:data|delta)_(\d+)\.arrow$")
 
 
 def _drop_flushed_wals(lite: Path) -> None:
-    """Delete the WAL files of `lite`'s collections that their manifest says are flushed."""
-    fd = _lock_lite(lite)
-    if fd is None:
-        return
-    try:
-        for manifest in _collections(lite, "manifest.json"):
-            try:
-                active = json.loads(manifest.read_text())["active_wal_number"]
-            except (OSError, ValueError, KeyError, TypeError):
-                continue  # Milvus Lite falls back to manifest.json.prev: leave it be
-            wal = manifest.parent / "wal"
-            if not isinstance(active, int) or not wal.is_dir():
-                continue
-            for file in wal.iterdir():
-                match = _WAL_FILE.match(file.name)
-                if match and int(match.group(1)) < active:
-                    file.unlink()
-    finally:
-        os.close(fd)  # releases the lock
+    """Delete the WAL files of `lite`'s collections that their manifest says
+    are flushed (the caller holds the folder's lock)."""
+    for manifest in _collections(lite, "manifest.json"):
+        try:
+            active = json.loads(manifest.read_text())["active_wal_number"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # Milvus Lite falls back to manifest.json.prev: leave it be
+        wal = manifest.parent / "wal"
+        if not isinstance(active, int) or not wal.is_dir():
+            continue
+        for file in wal.iterdir():
+            match = _WAL_FILE.match(file.name)
+            if match and int(match.group(1)) < active:
+                file.unlink()
 
 
 def _drop_torn_index_files(lite: Path) -> None:
@@ -68,17 +69,11 @@ def _drop_torn_index_files(lite: Path) -> None:
     thread, straight to its name (storage/segment.py build_or_load_index,
     index/brute_force.py save: np.save); a torn one fails every later load of
     its collection ("No data left in file"), a missing one is built again."""
-    fd = _lock_lite(lite)
-    if fd is None:
-        return
-    try:
-        for file in _collections(lite, "partitions/*/indexes/*.flat.idx"):
-            try:
-                np.load(file, mmap_mode="r", allow_pickle=False)  # reads the header only
-            except (OSError, ValueError, EOFError):  # short header, or data past the end
-                file.unlink()
-    finally:
-        os.close(fd)
+    for file in _collections(lite, "partitions/*/indexes/*.flat.idx"):
+        try:
+            np.load(file, mmap_mode="r", allow_pickle=False)  # reads the header only
+        except (OSError, ValueError, EOFError):  # short header, or data past the end
+            file.unlink()
 
 
 def _lock_lite(lite: Path) -> int | None:
@@ -125,14 +120,9 @@ def quiet_about_the_lock() -> None:
 def locked(lite: Path) -> bool:
     """Whether another process holds Milvus Lite's lock on the folder `lite`
     (its advisory flock on `lite`/LOCK, held while the process has it open)."""
-    try:
-        fd = os.open(lite / "LOCK", os.O_RDONLY)
-    except OSError:
+    if not (lite / "LOCK").exists():
         return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # closing releases a lock taken here
-    return False
+    fd = _lock_lite(lite)
+    if fd is not None:
+        os.close(fd)  # closing releases the lock taken to ask
+    return fd is None
