@@ -71,7 +71,8 @@ EXIT_INTERRUPTED = 130  # --watch stopped by a second signal
     default=None,
     help="Where a new knowledge base keeps its chunks and vectors: local (files in the "
     "index folder), milvus-lite:///path/file.db (Milvus Lite, one process at a time) or "
-    "milvus://host:19530 (a Milvus cluster; token in $RAG_MILVUS_TOKEN). An existing one "
+    "milvus+tls://host:19530 (a Milvus cluster over TLS; token in $RAG_MILVUS_TOKEN; "
+    "milvus:// without TLS). An existing one "
     "stays in its own store; naming another is an error  [default: $RAG_STORE or local]",
 )
 @click.option(

@@ -1,5 +1,6 @@
 """Knowledge-base management, shared by the app (ui/) and the HTTP API
-(serving/api): list, open, create, upload, delete, rebuild. Plain functions
+(serving/api): list, open, create, upload, delete, rebuild, and delete a
+whole knowledge base. Plain functions
 over `ingest` and `rag`; no Streamlit here.
 
 Each function that lists, opens or changes a knowledge base takes the
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
+import shutil
 import threading
 import unicodedata
 from collections.abc import Callable, Sequence
@@ -257,6 +260,23 @@ def rebuild(
     )  # fmt: skip
     access.record("rebuild", kb_dir.name, f"dropped {_names(gone)}" if gone else "")
     return report
+
+
+def delete_knowledge_base(access: Access, kb_dir: Path, settings: Settings) -> None:
+    """Remove the knowledge base: its rows in its store (a Milvus drops its
+    collections), then its folder. An admin's action. Its folder is first
+    renamed out of sight, so nothing opens it by name meanwhile; it comes
+    back if its store refuses (an ingest is writing: `IndexBusy`)."""
+    access.require(Action.ADMIN, kb_dir.name)
+    hidden = kb_dir.with_name(f".deleting-{kb_dir.name}-{secrets.token_hex(4)}")
+    os.rename(kb_dir, hidden)
+    try:
+        open_store(hidden, settings).drop()
+    except BaseException:
+        os.rename(hidden, kb_dir)
+        raise
+    shutil.rmtree(hidden)
+    access.record("delete knowledge base", kb_dir.name)
 
 
 def has_index(kb_dir: Path, settings: Settings) -> bool:

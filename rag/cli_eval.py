@@ -36,7 +36,7 @@ def settings_with(**overrides: Any) -> Settings:
     metavar="URI",
     default=None,
     help="Store of the corpus's index, as `ingest --store`: local, "
-    "milvus-lite:///path/file.db or milvus://host:19530  [default: $RAG_STORE or local]",
+    "milvus-lite:///path/file.db or milvus+tls://host:19530  [default: $RAG_STORE or local]",
 )
 @click.option(
     "--mode",

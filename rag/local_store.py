@@ -81,6 +81,12 @@ class LocalStore:
             self.root, params, rebuild=rebuild, allow_drop=allow_drop, lock_timeout=lock_timeout
         )
 
+    def drop(self) -> None:
+        # Its rows are the files of its folder, which the caller removes;
+        # the lock refuses to while a writer works there.
+        with layout.write_lock(self.root):
+            pass
+
 
 def _conforms(store: LocalStore) -> Store:
     return store  # mypy checks that the local store is a `Store`

@@ -37,7 +37,7 @@ class Reader:
         self.epoch, self.number, self.next_id = epoch, number, next_id
         self.schema = schema
         self.chunk_fields = ms.CHUNK_FIELDS + (["locator"] if schema >= 2 else [])
-        self.chunks_name, self.docs_name = ms.names(store.target.prefix, epoch)
+        self.chunks_name, self.docs_name = store.names(epoch)
         # A schema-1 pair is still listed (what a rebuild replaces): without tags.
         self.doc_fields = ms.DOC_FIELDS + (["tags"] if schema >= 2 else [])
 

@@ -2,7 +2,9 @@
 collections of a knowledge base, the record that names its published state,
 and `Reader`, the queries of one generation that its snapshot and writer share.
 
-Per knowledge base (`PREFIX`, `kbqa` unless the URI names another):
+Per knowledge base (`PREFIX`: the URI's `?collection=` prefix, `kbqa` unless
+it names another, then `_` and the base's identity from its store.json;
+a base recorded before identities existed has the URI's prefix alone):
   PREFIX_meta           one row per published generation (the commit record)
   PREFIX_chunks_EPOCH   chunk rows: vector, text, analysed BM25 terms, ...
   PREFIX_docs_EPOCH     document rows (a 2-dim dummy vector: Milvus wants one)
@@ -17,6 +19,7 @@ keeps it, and a pair of another shape is rebuilt, not extended. Every chunk and 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import re
 import urllib.parse
@@ -54,12 +57,22 @@ class Target:
 
     uri: str  # as recorded and shown: no credentials
     client_uri: str  # what MilvusClient is given
-    prefix: str
+    prefix: str  # the URI's; a base's own collections add its identity (`base_prefix`)
     lite_path: Path | None  # Milvus Lite's data folder, None for a cluster
+    tls: bool = False  # a cluster reached over TLS (milvus+tls:// or https://)
+
+    @property
+    def host(self) -> str:
+        return urllib.parse.urlsplit(self.client_uri).hostname or ""
+
+
+# A cluster's URI schemes: (reached over TLS, default port).
+CLUSTER_SCHEMES = {"milvus": (False, 19530), "milvus+tls": (True, 19530), "https": (True, 443)}
 
 
 def parse_uri(uri: str) -> Target:
-    """`milvus-lite:///abs/path/file.db` or `milvus://host:19530`, either
+    """`milvus-lite:///abs/path/file.db`, or a cluster: `milvus://host:19530`
+    (plain text), `milvus+tls://host:19530` or `https://host` (TLS); each
     with an optional `?collection=PREFIX`."""
     parts = urllib.parse.urlsplit(uri)
     query = urllib.parse.parse_qs(parts.query)
@@ -74,19 +87,59 @@ def parse_uri(uri: str) -> Target:
                 f"A Milvus Lite URI is milvus-lite:///absolute/path/file.db, not {uri!r}."
             )
         return Target(f"milvus-lite://{path}{suffix}", str(path), prefix, path)
-    if parts.scheme == "milvus" and parts.hostname:
+    if parts.scheme in CLUSTER_SCHEMES and parts.hostname:
         if parts.username or parts.password:
             raise RagError("Put the Milvus token in RAG_MILVUS_TOKEN, not in the URI.")
-        address = f"{parts.hostname}:{parts.port or 19530}"
-        return Target(f"milvus://{address}{suffix}", f"http://{address}", prefix, None)
+        tls, port = CLUSTER_SCHEMES[parts.scheme]
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        address = f"{host}:{parts.port or port}"
+        client = f"{'https' if tls else 'http'}://{address}"
+        return Target(f"{parts.scheme}://{address}{suffix}", client, prefix, None, tls)
     raise RagError(
-        f"Unknown Milvus URI {uri!r}: use milvus-lite:///path/file.db or milvus://host:port."
+        f"Unknown Milvus URI {uri!r}: use milvus-lite:///path/file.db, milvus+tls://host:port "
+        "(or https://host:port) or milvus://host:port."
     )
 
 
-def connect(target: Target, token: str | None) -> MilvusClient:
+def base_prefix(target: Target, identity: str | None) -> str:
+    """The prefix of a knowledge base's collections: its own, from its
+    identity; the URI's alone for a base recorded before identities."""
+    return f"{target.prefix}_{identity}" if identity else target.prefix
+
+
+def own_collection(name: str, prefix: str) -> bool:
+    """Whether `name` is one of the collections of the base with `prefix`."""
+    return re.fullmatch(rf"{prefix}_(meta|chunks_\d+|docs_\d+)", name) is not None
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_transport(target: Target, token: str | None, insecure: bool) -> None:
+    """Refuse to send a token in plain text to another machine: a cluster
+    with a token is reached over TLS, or on loopback, or with
+    RAG_MILVUS_INSECURE=1 (a network the operator trusts)."""
+    if not token or target.lite_path is not None or target.tls or insecure:
+        return
+    if _loopback(target.host):
+        return
+    tls_uri = target.uri.replace("milvus://", "milvus+tls://", 1)
+    raise RagError(
+        f"Refusing to send RAG_MILVUS_TOKEN in plain text to {target.uri}: use {tls_uri} "
+        "(or https://), or set RAG_MILVUS_INSECURE=1 on a network you trust."
+    )
+
+
+def connect(target: Target, token: str | None, insecure: bool = False) -> MilvusClient:
     """A client, with the errors a user meets turned into messages."""
     lite = target.lite_path
+    check_transport(target, token, insecure)
     try:
         if lite is None:
             return MilvusClient(target.client_uri, token=token or "", timeout=30)

@@ -24,6 +24,7 @@ full-text search (`bm25="milvus"` chooses it anywhere).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,7 +39,17 @@ from rag.layout import IndexParams
 from rag.milvus_reader import MilvusSnapshot, Reader
 from rag.milvus_writer import MilvusWriter
 from rag.settings import Settings
-from rag.storage import DocumentRecord, Published, Store
+from rag.storage import (
+    STORE_RECORD,
+    DocumentRecord,
+    Published,
+    Store,
+    new_identity,
+    record_store,
+    recorded_identity,
+)
+
+log = logging.getLogger(__name__)
 
 Bm25Engine = Literal["ours", "milvus"]
 
@@ -52,9 +63,13 @@ class MilvusStore:
         root: Path,
         token: str | None = None,
         bm25: Bm25Engine | None = None,
+        insecure: bool = False,
     ) -> None:
+        ms.check_transport(target, token, insecure)  # at once, not at the first query
         self.target, self.root = target, root
         self._token = token  # kept in memory only
+        self._insecure = insecure
+        self._prefix: str | None = None
         self.bm25_engine: Bm25Engine = bm25 or ("ours" if target.lite_path else "milvus")
         self._client: MilvusClient | None = None
         self._loaded: set[str] = set()
@@ -66,8 +81,37 @@ class MilvusStore:
     @property
     def client(self) -> MilvusClient:
         if self._client is None:
-            self._client = ms.connect(self.target, self._token)
+            self._client = ms.connect(self.target, self._token, self._insecure)
         return self._client
+
+    @property
+    def prefix(self) -> str | None:
+        """The prefix of this base's collections, from the identity its
+        folder records (so a renamed folder keeps its rows, and a new base
+        under an old name has none of them); None while no writer has named
+        it (a new base: nothing to read)."""
+        if self._prefix is None and (self.root / STORE_RECORD).exists():
+            self._prefix = ms.base_prefix(self.target, recorded_identity(self.root))
+        return self._prefix
+
+    def claim(self) -> str:
+        """This base's prefix, naming it first when none is recorded. Under
+        the write lock, before anything is written: a writer killed before
+        its first publish is followed by one of the same name, which clears
+        what it left."""
+        prefix = self.prefix
+        if prefix is None:
+            identity = new_identity()
+            record_store(self.root, self.uri, identity)
+            prefix = self._prefix = ms.base_prefix(self.target, identity)
+        return prefix
+
+    def names(self, epoch: int) -> tuple[str, str]:
+        """The chunk and document collections of `epoch` of this base."""
+        prefix = self.prefix
+        if prefix is None:
+            raise IndexMissing(f"No index in {self.uri} for {self.root} yet.")
+        return ms.names(prefix, epoch)
 
     def collection(self, name: str) -> str:
         """`name`, loaded (collections start released when Milvus reopens)."""
@@ -82,7 +126,9 @@ class MilvusStore:
 
     def metas(self) -> list[ms.Meta]:
         """The commit records kept, oldest first."""
-        name = f"{self.target.prefix}_meta"
+        if self.prefix is None:
+            return []
+        name = f"{self.prefix}_meta"
         if not self.client.has_collection(name):
             return []
         rows = self.client.query(self.collection(name), filter="id >= 0", output_fields=["record"])
@@ -140,6 +186,22 @@ class MilvusStore:
                 writer.clean()  # a kill skips this: the next writer does it
                 raise
 
+    def drop(self) -> None:
+        """Drop this base's collections (under the write lock). A base
+        recorded before identities existed keeps them: other such bases in
+        the same Milvus may share them."""
+        with layout.write_lock(self.root):
+            identity = recorded_identity(self.root)
+            if identity is None:
+                if self.prefix is not None:
+                    log.warning("%s: %s_* may be other bases' too; kept", self.root, self.prefix)
+                return
+            prefix = ms.base_prefix(self.target, identity)
+            for name in self.client.list_collections():
+                if ms.own_collection(name, prefix):
+                    self.client.drop_collection(name)
+            self._loaded.clear()
+
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
@@ -151,9 +213,11 @@ class MilvusStore:
 def open_milvus(root: Path, uri: str, settings: Settings) -> MilvusStore:
     """The knowledge base at `uri` whose index folder is `root` (as
     `rag.storage.STORES` builds a store). A cluster's token is
-    `settings.milvus_token` (RAG_MILVUS_TOKEN), kept in memory only."""
+    `settings.milvus_token` (RAG_MILVUS_TOKEN), kept in memory only, and
+    sent in plain text to another machine only with RAG_MILVUS_INSECURE."""
     token = settings.milvus_token
-    return MilvusStore(ms.parse_uri(uri), Path(root), token.get_secret_value() if token else None)
+    secret = token.get_secret_value() if token else None
+    return MilvusStore(ms.parse_uri(uri), Path(root), secret, insecure=settings.milvus_insecure)
 
 
 def _conforms(store: MilvusStore) -> Store:

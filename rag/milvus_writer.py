@@ -21,8 +21,6 @@ from rag.storage import (
     DocumentRecord,
     check_compatible,
     check_rebuild,
-    record_store,
-    recorded_store,
     replaced_documents,
 )
 from rag.types import Chunk
@@ -41,6 +39,7 @@ class MilvusWriter(Reader):
         rebuild: bool = False,
         allow_drop: bool = False,
     ) -> None:
+        self.prefix = store.claim()  # before anything is written under it
         meta = store.current()
         self.root, self.params = store.root, params
         self.rebuild, self.allow_drop = rebuild, allow_drop
@@ -59,8 +58,8 @@ class MilvusWriter(Reader):
         self.clean()
         if rebuild or meta is None:
             self.epoch = number
-            self.chunks_name, self.docs_name = ms.names(store.target.prefix, number)
-            ms.create_pair(self.client, store.target.prefix, number, params.dimension)
+            self.chunks_name, self.docs_name = ms.names(self.prefix, number)
+            ms.create_pair(self.client, self.prefix, number, params.dimension)
         self.changed = rebuild
         # This generation's documents, read once and kept by put and delete:
         # Milvus Lite scans every row per query, so a query per file would
@@ -96,7 +95,7 @@ class MilvusWriter(Reader):
         """Remove what unpublished generations left (a writer killed or
         failed), and what no reader of the current or the previous
         generation can need."""
-        prefix, published = self.store.target.prefix, self.published
+        prefix, published = self.prefix, self.published
         metas = self.store.metas()
         keep = {m.epoch for m in metas if m.generation >= published - 1}
         pattern = re.compile(rf"^{prefix}_(chunks|docs)_(\d+)$")
@@ -210,8 +209,6 @@ class MilvusWriter(Reader):
         """Commit: one meta row names generation `number` (and its collections)."""
         if self.rebuild:
             check_rebuild(self.root, self.paths(), self.previous, self.allow_drop)
-        if recorded_store(self.root) is None:  # so that --index alone finds this store
-            record_store(self.root, self.store.uri)
         meta = ms.Meta(
             generation=self.number, epoch=self.epoch, next_id=self.next_id,
             documents=self.count("documents"), chunks=self.count("chunks"), params=self.params,
@@ -220,9 +217,9 @@ class MilvusWriter(Reader):
         # Sealed segments are searched through their index; Milvus Lite's
         # memtable is scanned row by row in Python.
         self.client.flush(self.chunks_name)
-        name = f"{self.store.target.prefix}_meta"
+        name = f"{self.prefix}_meta"
         if not self.client.has_collection(name):
-            ms.create_meta(self.client, self.store.target.prefix)
+            ms.create_meta(self.client, self.prefix)
         self.client.insert(self.store.collection(name), [
             {"id": meta.generation, "vector": ms.DUMMY, "record": meta.to_json()}
         ])  # fmt: skip

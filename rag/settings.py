@@ -32,11 +32,17 @@ class Settings(BaseSettings):
     store: str = Field(
         "local",
         description="store of new knowledge bases: local (the default), "
-        "milvus-lite:///path/file.db or milvus://host:19530",
+        "milvus-lite:///path/file.db, milvus+tls://host:19530 (or https://host) "
+        "or milvus://host:19530 (no TLS)",
     )
     # A secret: held in memory, never written to the index folder or shown.
     milvus_token: SecretStr | None = Field(
         None, description="token (or user:password) of a Milvus cluster"
+    )
+    # Without TLS a token crosses the network readable: refused unless the
+    # cluster is on loopback or this says the network is trusted.
+    milvus_insecure: bool = Field(
+        False, description="send the Milvus token without TLS to a host other than loopback"
     )
 
     # Ingestion.

@@ -8,8 +8,11 @@ default) and Milvus
 Callers (`KnowledgeBase`, answering, the app, `rag eval`, the benchmarks,
 ingestion) use only what is declared here; `open_store` picks the
 implementation from what the index folder records: its `store.json`
-(`{"store": URI}`, without credentials), which a non-local store writes
-before it first publishes (`record_store`); no record means the local store.
+(`{"store": URI, "id": ID}`, without credentials), which a non-local store
+writes before it first writes (`record_store`); no record means the local
+store. ID is the knowledge base's identity: random, written once, kept when
+the folder is renamed; a store shared by several bases (one Milvus) keeps
+each base's rows apart by it, never by the folder's name.
 
 Three roles:
 - `Store`: one knowledge base's storage. Hands out the current `Snapshot`
@@ -28,6 +31,8 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
+import secrets
 import urllib.parse
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -49,6 +54,9 @@ if TYPE_CHECKING:
 Scored = list[tuple[int, float]]  # (chunk id, score), best first
 
 STORE_RECORD = "store.json"
+# A knowledge base's identity, as `new_identity` makes it: it goes into
+# collection names, so nothing else is accepted from the record.
+_IDENTITY = re.compile(r"[0-9a-f]{16,32}")
 
 # URI scheme -> "module:Name" of the store for it, built as
 # Name(root, uri, settings). Imported on use: a knowledge base loads only
@@ -57,6 +65,8 @@ STORES: dict[str, str] = {
     "local": "rag.local_store:LocalStore",
     "milvus-lite": "rag.milvus_store:open_milvus",
     "milvus": "rag.milvus_store:open_milvus",
+    "milvus+tls": "rag.milvus_store:open_milvus",
+    "https": "rag.milvus_store:open_milvus",  # a Milvus cluster over TLS
 }
 
 
@@ -249,6 +259,12 @@ class Store(Protocol):
         success (if anything changed); discard it on any error."""
         ...
 
+    def drop(self) -> None:
+        """Remove this knowledge base's rows from the engine that keeps them,
+        under the one-writer lock (`IndexBusy` while a writer works). The
+        index folder is the caller's to remove."""
+        ...
+
 
 def scheme(uri: str) -> str:
     """ "local" for "local", "milvus-lite" for "milvus-lite:///m.db"."""
@@ -265,30 +281,62 @@ def public_uri(uri: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
-def recorded_store(root: Path) -> str | None:
-    """The store the index folder at `root` records; "local" for a folder
-    with a local index and no record (all indexes written before the
-    record existed); None for a folder with neither (a new knowledge base)."""
+def _record(root: Path) -> dict[str, object] | None:
     path = root / STORE_RECORD
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return "local" if (root / layout.CURRENT_FILE).exists() else None
+        return None
     except (OSError, ValueError) as exc:
         raise IndexCorrupt(f"{path} is unreadable ({exc}).") from exc
     if not isinstance(raw, dict) or not isinstance(raw.get("store"), str):
         raise IndexCorrupt(f"{path} names no store.")
+    return raw
+
+
+def recorded_store(root: Path) -> str | None:
+    """The store the index folder at `root` records; "local" for a folder
+    with a local index and no record (all indexes written before the
+    record existed); None for a folder with neither (a new knowledge base)."""
+    raw = _record(root)
+    if raw is None:
+        return "local" if (root / layout.CURRENT_FILE).exists() else None
     return str(raw["store"])
 
 
-def record_store(root: Path, uri: str) -> None:
+def valid_identity(identity: str) -> bool:
+    return bool(_IDENTITY.fullmatch(identity))
+
+
+def new_identity() -> str:
+    return secrets.token_hex(8)
+
+
+def recorded_identity(root: Path) -> str | None:
+    """The identity of the knowledge base at `root`; None where its folder
+    records none (a new base, or one recorded before identities existed)."""
+    raw = _record(root)
+    if raw is None or "id" not in raw:
+        return None
+    identity = raw["id"]
+    if not isinstance(identity, str) or not valid_identity(identity):
+        raise IndexCorrupt(
+            f"{root / STORE_RECORD} records a malformed knowledge base id ({str(identity)[:40]!r})."
+        )
+    return identity
+
+
+def record_store(root: Path, uri: str, identity: str | None = None) -> None:
     """Record in the index folder which store holds this knowledge base
-    (without credentials). A non-local store calls it before it first
-    publishes, so that `--index` alone finds it."""
+    (without credentials), and its identity. A non-local store calls it
+    before it first writes, so that `--index` alone finds it, and a writer
+    killed before its first publish is followed by one of the same identity
+    (which clears what it left)."""
     root.mkdir(parents=True, exist_ok=True)
+    record = {"store": public_uri(uri)} | ({"id": identity} if identity else {})
     tmp = root / f".{STORE_RECORD}.{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(json.dumps({"store": public_uri(uri)}) + "\n")
+        fh.write(json.dumps(record) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, root / STORE_RECORD)

@@ -395,3 +395,43 @@ def test_streamed_markers_are_renumbered_as_the_finished_answer(pieces, cuts):
         at += cut
     out += stream.feed(text[at:]) + stream.flush()
     assert out == expected
+
+
+# -- knowledge bases sharing one Milvus (issue 29) --------------------------------------
+
+
+def test_a_reader_of_one_base_in_a_shared_milvus_reaches_nothing_of_another(tmp_path, embedder):
+    """The bases default (public notes) and secret (a confidential one) in one
+    Milvus Lite file: rex reads default only, eve edits default only."""
+    from test_milvus_isolation import FINANCE, PUBLIC, SECRET, build
+
+    from serving.launch import free_port
+
+    settings = build(tmp_path, "default", PUBLIC, embedder)
+    build(tmp_path, "secret", FINANCE, embedder)
+    settings = settings.model_copy(
+        update={"auth": "local", "app_db": SecretStr(str(tmp_path / "app.sqlite")),
+                "llm_url": f"http://127.0.0.1:{free_port()}/v1", "llm_retries": 0}
+    )  # fmt: skip
+    keys = accounts(settings)
+    with serve(settings) as url:
+        rex, eve, ada = (
+            httpx.Client(base_url=url, headers={"Authorization": f"Bearer {keys[u]}"}, timeout=300)
+            for u in ("rex", "eve", "ada")
+        )
+        assert [m["id"] for m in rex.get("/v1/models").json()["data"]] == ["default"]
+        texts = []
+        for mode in ("hybrid", "dense", "bm25"):
+            for filters in (None, {"types": ["md"]}):
+                body = {"model": "default", "query": "Zanzibar merger confidential", "k": 10,
+                        "mode": mode} | ({"filters": filters} if filters else {})  # fmt: skip
+                reply = rex.post("/v1/search", json=body)
+                assert reply.status_code == 200, reply.text
+                texts += [d["text"] for d in reply.json()["data"]]
+        assert texts and not [t for t in texts if SECRET in t]
+        listed = rex.get("/v1/knowledge-bases/default/documents").json()["data"]
+        assert sorted(d["name"] for d in listed) == sorted(PUBLIC)
+        assert eve.delete("/v1/knowledge-bases/default/documents/merger.md").status_code == 404
+        assert rex.post("/v1/search", json={"model": "secret", "query": "x"}).status_code == 403
+        kept = ada.get("/v1/knowledge-bases/secret/documents").json()["data"]
+        assert [d["name"] for d in kept] == ["merger.md"]

@@ -336,3 +336,34 @@ def test_the_users_functions_called_as_a_non_admin_are_refused_and_change_nothin
     denied = [e for e in team.audit.entries() if e.user == name and e.action == "denied"]
     assert len(denied) == len(attempts)
     assert team.accounts.accounts() == before
+
+
+# -- knowledge bases sharing one Milvus (issue 29) ---------------------------------------
+
+
+def test_a_reader_of_one_base_in_a_shared_milvus_sees_nothing_of_another(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, embedder
+):
+    """The bases default (public notes) and secret (a confidential one) in
+    one Milvus Lite file; rita reads default only."""
+    from test_milvus_isolation import FINANCE, PUBLIC, SECRET, build
+
+    from serving.launch import free_port
+
+    settings = build(tmp_path, "default", PUBLIC, embedder)
+    build(tmp_path, "secret", FINANCE, embedder)
+    for name, value in {
+        "RAG_INDEXES_ROOT": settings.indexes_root, "RAG_INDEX": settings.index,
+        "RAG_STORE": settings.store, "RAG_AUTH": "local", "RAG_APP_DB": tmp_path / "app.sqlite",
+        "RAG_LOGIN_BACKOFF": "0.001", "RAG_LLM_URL": f"http://127.0.0.1:{free_port()}/v1",
+        "RAG_LLM_RETRIES": "0",
+    }.items():  # fmt: skip
+        monkeypatch.setenv(name, str(value))
+    open_app_db(Settings()).accounts.add_user("rita", "reader", PASSWORD, ["default"], by="test")
+    at = signed_in("rita")
+    assert picker(at).options == ["default"]
+    at.chat_input[0].set_value("Zanzibar merger confidential").run()
+    assert not at.exception, [e.value for e in at.exception]
+    shown = [e.label for e in at.expander if e.label.startswith(("1. ", "2. "))]
+    assert shown, "the passages are shown"
+    assert SECRET not in texts(at) and "merger" not in "\n".join(shown)

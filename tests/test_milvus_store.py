@@ -84,7 +84,7 @@ def test_uri_forms_and_no_secret_in_the_uri(tmp_path):
         with pytest.raises(RagError):
             ms.parse_uri(bad)
     settings = Settings(milvus_token="s3cret")
-    store = open_milvus(tmp_path, "milvus://db.example:19531", settings)
+    store = open_milvus(tmp_path, "milvus+tls://db.example:19531", settings)
     assert store._token == "s3cret" and "s3cret" not in store.uri
     assert "s3cret" not in repr(settings) and "s3cret" not in settings.model_dump_json()
 
@@ -149,7 +149,7 @@ HOLDER = textwrap.dedent(
     from pathlib import Path
     from test_milvus_store import open_store
     store = open_store(Path(sys.argv[1]))
-    store.exists()
+    store.client  # a new base reads nothing: connect as its first writer would
     print("open", flush=True)
     time.sleep(120)
     """
@@ -165,7 +165,7 @@ def test_a_second_process_on_a_lite_file_is_told_what_to_do(tmp_path, caplog):
         assert holder.stdout is not None and holder.stdout.readline(), holder.stderr.read()
         store = open_store(tmp_path)
         with pytest.raises(IndexBusy, match=r"another process.*Stop the app or the ingest") as busy:
-            store.exists()
+            _ = store.client
         assert f"using {tmp_path / 'kb.db'}" in str(busy.value)
         assert "DataDirLockedError" not in caplog.text  # one line, not Milvus Lite's traceback
     finally:
@@ -283,7 +283,7 @@ def test_a_knowledge_base_of_schema_1_is_refused_until_rebuilt(store):
     meta = store.current()
     record = json.loads(meta.to_json())
     del record["schema"]  # what the code before schema 2 wrote
-    name = f"{store.target.prefix}_meta"
+    name = f"{store.prefix}_meta"
     store.client.upsert(name, [{"id": meta.generation, "vector": ms.DUMMY,
                                 "record": json.dumps(record)}])  # fmt: skip
     assert store.current().schema == 1
