@@ -14,6 +14,7 @@ do not read (an image, a zip) is left out silently.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import io
 import re
@@ -25,28 +26,31 @@ from ingest import loaders, tables
 from ingest.sections import Sections
 from ingest.tables import clean
 from rag.errors import BadDocument
-from rag.types import Document
+from rag.types import Document, TableSpan
 
 # A message inside a message inside ...: deeper ones are left out (and named).
 MAX_DEPTH = 3
 _NAME_CHARS = 120
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_ENCRYPTED = {"application/pkcs7-mime", "application/x-pkcs7-mime", "multipart/encrypted"}
 
 
 def load_message(
     data: bytes, ocr: bool = False, max_chars: int | None = None, depth: int = 0
 ) -> Document:
+    """A message (either format) as one document: the headers and body as
+    an unlabelled section, then its attachments' sections."""
     if data.startswith(loaders.OLE_MAGIC):
         headers, body, html, attachments = _msg(data)
     else:
         headers, body, html, attachments = _eml(data)
     head = "\n".join(f"{name}: {value}" for name, value in headers if value)
-    text, found = clean(body).strip(), ()
+    text = clean(body).strip()
+    found: tuple[TableSpan, ...] = ()
     if not text and html:
-        try:
+        # An HTML body without visible text: the headers stand.
+        with contextlib.suppress(BadDocument):
             text, _, _, found = loaders.html(html)
-        except BadDocument:  # an HTML body without visible text: the headers stand
-            pass
     out = Sections()
     out.add("", f"{head}\n\n{text}" if text else head, tables.shifted(found, len(head) + 2))
     notes: list[str] = []
@@ -119,6 +123,10 @@ def _eml(data: bytes) -> Parsed:
     message = email.message_from_bytes(data, policy=policy.default)
     if not any(message.get(h) for h in ("From", "To", "Subject", "Date", "Message-ID")):
         raise BadDocument("not an e-mail message (no From, To, Subject or Date header)")
+    if message.get_content_type() in _ENCRYPTED:
+        if message.get_param("smime-type") == "signed-data":
+            raise BadDocument("an opaque-signed S/MIME message: its text is not read here")
+        raise BadDocument("encrypted message (S/MIME or OpenPGP): it cannot be read here")
     headers = [(h, _header(message, h)) for h in ("Subject", "From", "To", "Cc")]
     headers.append(("Date", _date(message)))
     plain, html = _part_text(message.get_body(preferencelist=("plain",))), b""
@@ -177,7 +185,7 @@ def _msg(data: bytes) -> Parsed:
     import extract_msg
 
     try:
-        message = extract_msg.openMsg(io.BytesIO(data), delayAttachments=False)
+        message: Any = extract_msg.openMsg(io.BytesIO(data), delayAttachments=False)
     except MemoryError:
         raise
     except Exception as exc:  # olefile's and extract-msg's own errors on damage
@@ -187,6 +195,8 @@ def _msg(data: bytes) -> Parsed:
     try:
         if not hasattr(message, "body"):  # a contact, an appointment, a task ...
             raise BadDocument("an Outlook item that is not a mail message")
+        if (message.classType or "").lower().endswith(".smime"):  # signed ones end otherwise
+            raise BadDocument("encrypted message (S/MIME): it cannot be read here")
         headers = [
             ("Subject", _plain(message.subject)),
             ("From", _plain(message.sender)),

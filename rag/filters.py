@@ -99,7 +99,9 @@ class Filters:
         kinds = sorted({_kind(t) for t in types if t.strip()})
         bad = [k for k in kinds if not _KIND.match(k)]
         if bad or len(kinds) > MAX_TAGS:
-            raise BadFilter(f"Bad file type {(bad or kinds)[0][:20]!r}: e.g. pdf, md, docx, pptx, email.")
+            raise BadFilter(
+                f"Bad file type {(bad or kinds)[0][:20]!r}: e.g. pdf, md, docx, pptx, email."
+            )
         low, high = _timestamp(after, "after"), _timestamp(before, "before")
         if low is not None and high is not None and low >= high:
             raise BadFilter("--after must be earlier than --before.")

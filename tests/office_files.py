@@ -33,7 +33,12 @@ def make_pptx(path: Path, slides: list[Slide]) -> Path:
         rows = spec.get("table")
         if rows:
             shape = slide.shapes.add_table(
-                len(rows), len(rows[0]), Inches(1), Inches(top), Inches(8), Inches(2)  # type: ignore[arg-type]
+                len(rows),
+                len(rows[0]),
+                Inches(1),
+                Inches(top),
+                Inches(8),
+                Inches(2),  # type: ignore[arg-type]
             )
             for r, row in enumerate(rows):  # type: ignore[arg-type]
                 for c, value in enumerate(row):
@@ -123,3 +128,31 @@ def _mime_type(name: str) -> str:
     import mimetypes
 
     return mimetypes.guess_type(name)[0] or "application/octet-stream"
+
+
+def make_smime_eml(path: Path, subject: str, text: str) -> Path:
+    """A real S/MIME encrypted message (enveloped-data for a throwaway
+    certificate, by `cryptography`), with its headers in the clear."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.hazmat.primitives.serialization import pkcs7
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "charles@example.org")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(1)
+        .not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    body = pkcs7.PKCS7EnvelopeBuilder().set_data(text.encode()).add_recipient(cert)
+    envelope = body.encrypt(serialization.Encoding.SMIME, [])
+    head = (
+        f"Subject: {subject}\r\nFrom: Ada Lovelace <ada@example.org>\r\n"
+        "To: Charles Babbage <charles@example.org>\r\n"
+    )
+    path.write_bytes(head.encode() + envelope)
+    return path
