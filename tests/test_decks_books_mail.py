@@ -9,22 +9,29 @@ extract-msg, which cannot write one.
 
 from __future__ import annotations
 
+import io
+import json
 import zipfile
 from pathlib import Path
 
+import pypdf
 import pytest
 from builders import make_docx, make_pdf
+from click.testing import CliRunner
 from office_files import make_eml, make_epub, make_msg, make_pptx, make_smime_eml
 
 from ingest import workers
 from ingest.chunking import Chunker
+from ingest.cli import main as ingest_main
 from ingest.discovery import FileTask
 from ingest.loaders import kind_of, load, sha256_file
 from ingest.pipeline import ingest_paths
+from rag.cli import main as rag_main
 from rag.errors import BadDocument
 from rag.filters import Filters
 from rag.knowledge_base import KnowledgeBase
 from rag.settings import Settings
+from ui.render import location
 
 OLE = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 
@@ -317,5 +324,40 @@ def test_citations_name_the_slide_chapter_and_attachment_page(tmp_path, embedder
     kb = KnowledgeBase.open(settings.index, embedder, settings)
     try:
         assert not [h for h in kb.search("otters results", k=50) if h.source.endswith(".eml")]
+    finally:
+        kb.close()
+
+
+def test_the_command_lines_report_a_bad_attachment_and_show_slide_citations(tmp_path):
+    writer = pypdf.PdfWriter(clone_from=str(report_pdf(tmp_path / "r.pdf")))
+    writer.encrypt(user_password="pw", owner_password="owner")
+    locked = io.BytesIO()
+    writer.write(locked)
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    make_pptx(folder / "deck.pptx", DECK)
+    make_eml(folder / "message.eml", "Census", text="Results attached.",
+             attachments=[("locked.pdf", locked.getvalue()),
+                          ("notes.txt", b"Herons wade at dawn.")])  # fmt: skip
+    (folder / "cut.msg").write_bytes(OLE + b"\x00" * 600)
+    index = tmp_path / "index"
+    runner = CliRunner()
+    result = runner.invoke(ingest_main, [str(folder), "--index", str(index)])
+    assert result.exit_code == 1, result.output
+    assert f"{folder / 'message.eml'}: attachment locked.pdf skipped: encrypted PDF" in (
+        result.output
+    )
+    assert f"{folder / 'cut.msg'}: not a valid Outlook .msg file" in result.output
+    found = runner.invoke(rag_main, ["search", "new hulls", "--index", str(index), "-k", "1"])
+    assert "deck.pptx, slide 2" in found.stdout, found.output
+    as_json = runner.invoke(
+        rag_main, ["search", "herons", "--index", str(index), "--json", "--type", "eml"]
+    )
+    hits = json.loads(as_json.stdout)
+    assert hits[0]["locator"] == "attachment notes.txt" and hits[0]["page"] is None
+    kb = KnowledgeBase.open(index)
+    try:
+        (hit,) = kb.search("new hulls", k=1)
+        assert location(hit) == "deck.pptx, slide 2", "as the app shows a source"
     finally:
         kb.close()
