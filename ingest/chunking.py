@@ -100,10 +100,14 @@ class Chunker:
 
     def split(self, document: Document) -> list[Chunk]:
         """Chunks of a document. Paged documents are split page by page, so
-        every passage cites exactly one physical page; a table is kept
-        whole, or split by rows (`table_chunks`)."""
+        every passage cites exactly one physical page, and sectioned ones
+        (slides, chapters, attachments) section by section, the section's
+        label heading the passage's locator; a table is kept whole, or split
+        by rows (`table_chunks`)."""
         if document.pages:
             regions = [(p.start, p.end) for p in document.pages]
+        elif document.sections:
+            regions = [(s.start, s.end) for s in document.sections]
         else:
             regions = [(0, len(document.text))]
         # Every passage is embedded as "title\n" + passage: leave room for it.
@@ -128,7 +132,7 @@ class Chunker:
                 page=document.page_at(start),
                 title=title,
                 ordinal=ordinal,
-                locator=locator,
+                locator=", ".join(p for p in (document.section_at(start), locator) if p),
             )
             for ordinal, (start, end, text, locator) in enumerate(pieces)
         ]

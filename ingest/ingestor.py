@@ -249,6 +249,9 @@ class Ingestor:
         self._found += len(chunks)
         self._in_flight[document.content_hash] = document.path
         self.report.pages += len(document.pages)
+        # A part left out (a message's unreadable attachment), by name: the
+        # rest of the document is stored.
+        self.report.failed += [Failure(document.path, note) for note in document.notes]
         if sum(len(p.chunks) for p in self._pending) >= self._buffer:
             self.flush()
 

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import re
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from ingest import tables
@@ -33,13 +34,18 @@ KINDS = {
     ".xlsx": "xlsx",
     ".csv": "csv",
     ".tsv": "csv",
+    ".pptx": "pptx",
+    ".epub": "epub",
+    # One kind for both: the loader tells an Outlook file (OLE) from MIME.
+    ".eml": "email",
+    ".msg": "email",
 }
 PAGE_SEPARATOR = "\n\n"
 # Control characters other than tab/newline are noise from extractors (and
 # NUL breaks some consumers); form feeds become newlines.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
-_OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # encrypted Office files are OLE containers
-__all__ = ["KINDS", "check_length", "clean", "kind_of", "load", "sha256_file"]
+OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # encrypted Office files are OLE containers
+__all__ = ["KINDS", "check_length", "clean", "kind_of", "load", "parse", "sha256_file"]
 
 
 def kind_of(path: str | Path) -> str | None:
@@ -65,34 +71,51 @@ def load(
     """Read and parse one file. Raises `BadDocument` with a user-facing reason,
     among them a text longer than `max_chars` (the PDF and DOCX loaders stop
     as soon as they pass it, before building the whole text)."""
-    loader: Callable[[bytes], Loaded]
-    if kind == "pdf":
-        loader = lambda data: _pdf(data, ocr, max_chars)  # noqa: E731
-    elif kind == "docx":
-        loader = lambda data: _docx(data, max_chars)  # noqa: E731
-    elif kind == "xlsx":
-        loader = lambda data: tables.load_xlsx(data, max_chars)  # noqa: E731
-    else:
-        loader = _LOADERS[kind]
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise BadDocument(f"cannot read the file ({exc.strerror or exc})") from None
+    document = parse(data, kind, ocr, max_chars)
+    return replace(
+        document, path=path, content_hash=content_hash, title=document.title or Path(path).stem
+    )
+
+
+def parse(
+    data: bytes, kind: str, ocr: bool = False, max_chars: int | None = None, depth: int = 0
+) -> Document:
+    """A file's bytes as a `Document` without a path (`load` gives it one;
+    a message's attachments are parsed here too, `depth` counting how deep
+    in nested messages). Raises `BadDocument`."""
     if not data:
         raise BadDocument("empty file (0 bytes)")
-    text, title, pages, found_tables = loader(data)
-    check_length(len(text), max_chars)
-    if not text.strip():
+    if kind in ("pptx", "epub", "email"):
+        # Formats cited by slide, chapter or attachment build their sections.
+        from ingest import mail, sections
+
+        if kind == "email":
+            document = mail.load_message(data, ocr, max_chars, depth)
+        else:
+            document = (sections.load_pptx if kind == "pptx" else sections.load_epub)(
+                data, max_chars
+            )
+    else:
+        text, title, pages, found_tables = _loader(kind, ocr, max_chars)(data)
+        document = Document("", text, "", kind, title, pages, found_tables)
+    check_length(len(document.text), max_chars)
+    if not document.text.strip():
         raise BadDocument("no text found in the file")
-    return Document(
-        path=path,
-        text=text,
-        content_hash=content_hash,
-        kind=kind,
-        title=title or Path(path).stem,
-        pages=pages,
-        tables=found_tables,
-    )
+    return document
+
+
+def _loader(kind: str, ocr: bool, max_chars: int | None) -> Callable[[bytes], Loaded]:
+    if kind == "pdf":
+        return lambda data: _pdf(data, ocr, max_chars)
+    if kind == "docx":
+        return lambda data: _docx(data, max_chars)
+    if kind == "xlsx":
+        return lambda data: tables.load_xlsx(data, max_chars)
+    return _LOADERS[kind]
 
 
 # -- plain text and Markdown ---------------------------------------------------
@@ -144,7 +167,9 @@ _BLOCKS = {
 }  # fmt: skip
 
 
-def _html(data: bytes) -> Loaded:
+def html(data: bytes) -> Loaded:
+    """Visible text and tables of an HTML page (scripts, styles, frames and
+    the like dropped); e-book chapters and mail bodies are read here too."""
     import lxml.etree
     import lxml.html
 
@@ -212,7 +237,7 @@ def _docx(data: bytes, max_chars: int | None = None) -> Loaded:
     import docx
     from docx.table import Table
 
-    if data.startswith(_OLE_MAGIC):
+    if data.startswith(OLE_MAGIC):
         raise BadDocument(
             "encrypted (password-protected) or legacy .doc file; save it as plain .docx"
         )
@@ -357,7 +382,7 @@ def _ocr_page(page: object) -> str:
 _LOADERS: dict[str, Callable[[bytes], Loaded]] = {
     "text": _text,
     "markdown": _markdown,
-    "html": _html,
+    "html": html,
     "docx": _docx,
     "csv": lambda data: tables.load_csv(decode_text(data)),
 }

@@ -33,7 +33,8 @@ def filter_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--path-prefix", metavar="PATH",
                      help="Only documents whose path starts with PATH (relative to here)."),
         click.option("--type", "types", multiple=True, metavar="TYPE",
-                     help="Only documents of this type (pdf, md, txt, html, docx). Repeatable."),
+                     help="Only documents of this type (pdf, md, txt, html, docx, xlsx, csv, "
+                          "pptx, epub, email: .eml and .msg). Repeatable."),
         click.option("--tag", "tags", multiple=True, metavar="TAG",
                      help="Only documents carrying this tag (ingest --tag). Repeatable: any."),
         click.option("--after", metavar="DATE",

@@ -28,7 +28,8 @@ _TAG = re.compile(r"^[a-z0-9][a-z0-9_.:/-]{0,63}$")
 _KIND = re.compile(r"^[a-z0-9]{1,16}$")
 # File extensions whose documents are stored under another kind (ingest/loaders.py KINDS).
 _KIND_OF_EXTENSION = {"md": "markdown", "txt": "text", "rst": "text", "htm": "html",
-                      "xhtml": "html"}  # fmt: skip
+                      "xhtml": "html", "tsv": "csv", "eml": "email", "msg": "email",
+                      "mail": "email"}  # fmt: skip
 
 
 def tags_of(values: Iterable[str]) -> tuple[str, ...]:
@@ -47,7 +48,8 @@ def tags_of(values: Iterable[str]) -> tuple[str, ...]:
 
 
 def _kind(value: str) -> str:
-    """A type as stored: "pdf", "markdown" (also for "md" or ".md")."""
+    """A type as stored: "pdf", "markdown" (also for "md" or ".md"), "email"
+    (for "eml" and "msg": both are mail)."""
     name = value.strip().lower().lstrip(".")
     return _KIND_OF_EXTENSION.get(name, name)
 
@@ -97,7 +99,9 @@ class Filters:
         kinds = sorted({_kind(t) for t in types if t.strip()})
         bad = [k for k in kinds if not _KIND.match(k)]
         if bad or len(kinds) > MAX_TAGS:
-            raise BadFilter(f"Bad file type {(bad or kinds)[0][:20]!r}: e.g. pdf, md, docx.")
+            raise BadFilter(
+                f"Bad file type {(bad or kinds)[0][:20]!r}: e.g. pdf, md, docx, pptx, email."
+            )
         low, high = _timestamp(after, "after"), _timestamp(before, "before")
         if low is not None and high is not None and low >= high:
             raise BadFilter("--after must be earlier than --before.")

@@ -19,6 +19,19 @@ class PageSpan:
 
 
 @dataclass(frozen=True)
+class Section:
+    """Where one labelled part of a document lies in its text: a slide, a
+    chapter, a page of a message's attachment. Its passages are cited by
+    `label` ("slide 7", 'chapter 3 "Terns"', "attachment report.pdf, page 2"),
+    as a table's by its rows; "" for a part cited by the file alone (a
+    message's headers and body)."""
+
+    label: str
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
 class TableSpan:
     """Where one table lies in a document's text, written as pipe rows, one
     row a line (see `ingest.tables`). `text[start:body]` is its caption and
@@ -35,8 +48,10 @@ class TableSpan:
 
 @dataclass(frozen=True)
 class Document:
-    """A loaded file: its full text, for paged formats the page spans, and
-    where its tables lie."""
+    """A loaded file: its full text, for paged formats the page spans, for
+    formats cited by slide, chapter or attachment the sections, and where
+    its tables lie. `notes` say what was left out and why (an attachment
+    that could not be read), for the ingest report."""
 
     path: str
     text: str
@@ -45,6 +60,15 @@ class Document:
     title: str = ""
     pages: tuple[PageSpan, ...] = ()
     tables: tuple[TableSpan, ...] = ()
+    sections: tuple[Section, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    def section_at(self, offset: int) -> str:
+        """The label of the section holding character `offset` ("" if none)."""
+        for span in self.sections:
+            if offset < span.end:
+                return span.label
+        return self.sections[-1].label if self.sections else ""
 
     def page_at(self, offset: int) -> int | None:
         """The page holding character `offset`, or None for unpaged formats."""
@@ -62,8 +86,10 @@ class Chunk:
     `document.text[start:end] == text` holds, except for a part of a table
     split by rows after the first: its text is the table's caption and header
     lines, a newline, then `document.text[start:end]` (see `document_part`).
-    `locator` says which table and rows a table passage holds, as shown in
-    citations: 'sheet "2025", rows 14-22'; "" for running text.
+    `locator` says which section, table and rows a passage holds, as shown
+    in citations after the file name: 'sheet "2025", rows 14-22', "slide 7",
+    "attachment report.pdf, page 2"; "" for running text cited by the file
+    (and its `page`) alone.
     """
 
     text: str
