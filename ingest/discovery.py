@@ -49,8 +49,8 @@ def discover(paths: list[str], roots: list[str] | None = None, follow_links: boo
     a file named here is its own root); one leading elsewhere is skipped and
     reported, unless `follow_links`. Someone who can only drop files into a
     watched folder must not pull in `~/.ssh/id_rsa` by a link."""
-    walk = _Walk(Found(), [os.path.realpath(r) for r in (paths if roots is None else roots)])
-    walk.follow_links = follow_links
+    real_roots = [os.path.realpath(r) for r in (paths if roots is None else roots)]
+    walk = _Walk(Found(), real_roots, follow_links)
     for given in paths:
         path = os.path.abspath(given)
         if _dead_link(path):
