@@ -14,6 +14,7 @@ from types import FrameType
 import click
 from tqdm import tqdm
 
+from ingest.discovery import UNSUPPORTED
 from ingest.pipeline import Engine, IngestReport, Progress, ingest_paths
 from ingest.watch import Batch, watch_folders
 from rag.errors import RagError, RebuildRefused
@@ -91,6 +92,14 @@ EXIT_INTERRUPTED = 130  # --watch stopped by a second signal
     help="With --watch: ingest a changed file once its size and time have held still "
     "this long (a file still being written waits).",
 )
+@click.option(
+    "--follow-links",
+    is_flag=True,
+    help="Also follow symbolic links that lead out of the folders PATHS (by default such a "
+    "link is skipped and reported: whoever can drop a file in a folder could link it to "
+    "any file this user can read). With --sync, without it, documents such links brought "
+    "in before are removed, each reported.",
+)
 @click.option("--ocr", is_flag=True, help="OCR PDF pages without a text layer (needs tesseract).")
 @click.option(
     "--tag",
@@ -130,6 +139,7 @@ def main(
     store: str | None,
     watch: bool,
     settle: float,
+    follow_links: bool,
     ocr: bool,
     tags: tuple[str, ...],
     wait: float | None,
@@ -165,7 +175,7 @@ def main(
         overrides["store"] = store
     settings = Settings(**overrides)  # type: ignore[arg-type]
     if watch:
-        _watch(list(paths), settings, settle, ocr, as_json)
+        _watch(list(paths), settings, settle, ocr, as_json, follow_links)
     engine: AbstractContextManager[Engine | None] = nullcontext()
     if ray_address is not None:
         from ingest.distributed import ray_engine
@@ -194,7 +204,7 @@ def main(
                 report = ingest_paths(
                     list(paths), settings, sync=sync, delete=delete, rebuild=rebuild,
                     allow_drop=allow_drop, ocr=ocr, tags=tags or None, progress=progress,
-                    engine=on,
+                    engine=on, follow_links=follow_links,
                 )  # fmt: skip
         except RagError as exc:
             bar.close()
@@ -229,11 +239,17 @@ def _print_summary(report: IngestReport) -> None:
         f"  failed     {len(report.failed)}",
     ]
     lines += [f"    {f.path}: {f.error}" for f in report.failed]
-    if report.skipped:
-        lines.append(f"  skipped    {len(report.skipped)} (unsupported types)")
-        lines += [f"    {f.path}" for f in report.skipped[:10]]
-        if len(report.skipped) > 10:
-            lines.append(f"    ... and {len(report.skipped) - 10} more")
+    # Links are named with their reason, every one; unsupported types by name, a few.
+    links = [f for f in report.skipped if not f.error.startswith(UNSUPPORTED)]
+    unsupported = [f for f in report.skipped if f.error.startswith(UNSUPPORTED)]
+    if links:
+        lines.append(f"  skipped    {len(links)} (symbolic links out of the folders)")
+        lines += [f"    {f.path}: {f.error}" for f in links]
+    if unsupported:
+        lines.append(f"  skipped    {len(unsupported)} (unsupported types)")
+        lines += [f"    {f.path}" for f in unsupported[:10]]
+        if len(unsupported) > 10:
+            lines.append(f"    ... and {len(unsupported) - 10} more")
     copied = (
         f" (+{report.chunks_copied} copied from identical files)" if report.chunks_copied else ""
     )
@@ -247,7 +263,14 @@ def _print_summary(report: IngestReport) -> None:
     click.echo("\n".join(lines))
 
 
-def _watch(folders: list[str], settings: Settings, settle: float, ocr: bool, as_json: bool) -> None:
+def _watch(
+    folders: list[str],
+    settings: Settings,
+    settle: float,
+    ocr: bool,
+    as_json: bool,
+    follow_links: bool,
+) -> None:
     """`--watch` until a signal: the first Ctrl-C (or SIGTERM) stops after
     the batch being written, a second abandons it. The index is whole either way."""
     not_folders = [f for f in folders if not Path(f).is_dir()]
@@ -269,7 +292,9 @@ def _watch(folders: list[str], settings: Settings, settle: float, ocr: bool, as_
 
     click.echo(f"Watching {', '.join(folders)} into {settings.index} (Ctrl-C to stop)", err=True)
     try:
-        watch_folders(folders, settings, stop, show, settle=settle, ocr=ocr)
+        watch_folders(
+            folders, settings, stop, show, settle=settle, ocr=ocr, follow_links=follow_links
+        )
     except RagError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_FATAL)

@@ -13,18 +13,22 @@ have this package installed and see the files at the same paths.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import secrets
 import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import ray
+from ray._private import ray_constants  # see start_local
 from ray.exceptions import ActorUnavailableError, RayActorError, RayError
 
 from ingest import workers
@@ -157,16 +161,55 @@ def _wait_until_up(actor: Any) -> None:
 
 
 def start_local(cpus: int | None = None) -> None:
-    """Start a small local Ray instance on the loopback address: no
-    dashboard, no usage statistics, a small object store."""
+    """Start a small local Ray instance that listens on the loopback address
+    only and asks for its token: no dashboard, no usage statistics, a small
+    object store. Whoever reaches a Ray port can run code as this user."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # read by ray.init
-    ray.init(
-        num_cpus=cpus or len(os.sched_getaffinity(0)),
-        object_store_memory=OBJECT_STORE_BYTES,
-        include_dashboard=False,
-        log_to_driver=False,
-        _node_ip_address="127.0.0.1",
-    )
+    _private_token()
+    # Ray's servers listen on every interface unless the node's address is
+    # 127.0.0.1, and Ray turns 127.0.0.1 into the machine's outward address
+    # unless "clusters" are off (a constant its services module reads at
+    # each call): off here, for this local instance only.
+    clusters = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(
+            num_cpus=cpus or len(os.sched_getaffinity(0)),
+            object_store_memory=OBJECT_STORE_BYTES,
+            include_dashboard=False,
+            log_to_driver=False,
+            _node_ip_address="127.0.0.1",
+        )
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = clusters
+
+
+def _private_token() -> None:
+    """Make sure the token a new local instance will use is readable by this
+    user alone. Ray turns token authentication on for a new local instance
+    (unless RAY_AUTH_MODE says otherwise) and writes a missing token file
+    with the umask's mode, readable by every local user as a rule."""
+    if os.environ.get("RAY_AUTH_MODE", "token").lower() != "token":
+        return
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.exists():
+        if path.stat().st_mode & 0o077 and path.stat().st_uid == os.getuid():
+            path.chmod(0o600)
+        return
+    # Written aside at 0600, then claimed with a hard link, which fails rather
+    # than replace a token another process wrote meanwhile.
+    aside = path.with_name(f".{path.name}.{os.getpid()}.part")
+    fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_hex(32))  # as Ray's own generator: 256 bits
+        with contextlib.suppress(FileExistsError):
+            os.link(aside, path)
+    finally:
+        aside.unlink(missing_ok=True)
 
 
 def _connect(address: str) -> bool:

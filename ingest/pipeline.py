@@ -19,7 +19,7 @@ from typing import Protocol
 import numpy as np
 
 from ingest import workers
-from ingest.discovery import FileTask, Found, discover, is_under
+from ingest.discovery import OUTSIDE, FileTask, Found, discover, is_under
 from ingest.ingestor import (
     EMBED_BUFFER,
     Failure,
@@ -122,6 +122,8 @@ def ingest_paths(
     ocr: bool = False,
     tags: Iterable[str] | None = None,
     gone: Iterable[str] = (),
+    roots: list[str] | None = None,
+    follow_links: bool = False,
     embedder: Embedder | None = None,
     progress: ProgressFn = noop,
     engine: Engine | None = None,
@@ -138,6 +140,11 @@ def ingest_paths(
     stored, so that a renamed file's new path copies their chunks (a watcher
     passes the two halves of a rename together).
 
+    A symbolic link whose resolved path is not under `roots` (by default
+    `paths`) is skipped and reported, unless `follow_links`. With `sync`
+    (and for `gone`), a stored document that only such a link reaches now
+    is removed, each reported in `skipped` as removed.
+
     A document stored with OCR is parsed with OCR again, asked or not. A
     `rebuild` writes a fresh generation from `paths` and publishes it only
     when complete; it raises `RebuildRefused` (publishing nothing) when it
@@ -146,7 +153,7 @@ def ingest_paths(
     wanted_tags = None if tags is None else tags_of(tags)  # a bad tag: before anything runs
     root = Path(index or settings.index)
     report = IngestReport(index=str(root))
-    found = discover(paths)
+    found = discover(paths, roots, follow_links)
     report.skipped = [Failure(p, e) for p, e in found.skipped]
     report.failed = [Failure(p, e) for p, e in found.failed]
     store = open_store(root, settings)  # an unknown or other store: before the model loads
@@ -175,11 +182,9 @@ def ingest_paths(
             ingestor.tell_read(done, total, item.task.path)
         ingestor.flush()
         seen = {f.path for f in found.files} | {f.path for f in report.failed}
-        roots = (list(paths) if sync else []) + [os.path.abspath(g) for g in gone]
-        if roots:
-            for path in ingestor.writer.paths():
-                if is_under(path, roots) and path not in seen and not os.path.exists(path):
-                    ingestor.delete(path)
+        cleaned = (list(paths) if sync else []) + [os.path.abspath(g) for g in gone]
+        if cleaned:
+            _remove_vanished(ingestor, cleaned, seen, found.outside)
     if engine is not None:
         report.worker_seconds = {k: round(v, 3) for k, v in engine.worker_seconds.items()}
         report.retried = engine.retried
@@ -218,6 +223,32 @@ def _writing(
     report.phases["write"] = report.phases.get("write", 0.0) + time.perf_counter() - publish_started
     report.phases = {phase: round(spent, 3) for phase, spent in report.phases.items()}
     report.seconds = round(time.monotonic() - started, 3)
+
+
+def _remove_vanished(
+    ingestor: Ingestor, roots: list[str], seen: set[str], outside: list[str]
+) -> None:
+    """Remove the stored documents under `roots` that this run did not see:
+    those whose file is gone, and those only a skipped link leading out of
+    the folders reaches now (followed before: each is said by name, not
+    left in the index unsaid, nor removed unsaid)."""
+    for path in ingestor.writer.paths():
+        if not is_under(path, roots) or path in seen:
+            continue
+        if not os.path.exists(path):
+            ingestor.delete(path)
+        elif is_under(path, outside):
+            ingestor.delete(path)
+            _removed_behind_link(ingestor.report, path)
+
+
+def _removed_behind_link(report: IngestReport, path: str) -> None:
+    why = f"reached by a symbolic link {OUTSIDE}: removed from the index (--follow-links keeps it)"
+    for entry in report.skipped:
+        if entry.path == path:  # the link itself: one line for it
+            entry.error = why
+            return
+    report.skipped.append(Failure(path, why))
 
 
 def _delete_under(ingestor: Ingestor, target: str) -> None:

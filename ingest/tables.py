@@ -37,7 +37,10 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _TEXT_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
 _OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # encrypted Office files are OLE containers
 _CURRENCY = re.compile(r"\[\$([^\]-]*)[^\]]*\]|([$€£¥])")
-_SNIFF_BYTES = 64 * 1024
+# csv.Sniffer's quote regex backtracks: its time grows with the square of
+# the sample on quoted fields (a 64 KB sample took seconds). The first
+# lines tell the dialect as well.
+_SNIFF_CHARS = 8 * 1024
 
 
 def cell_text(value: object) -> str:
@@ -216,7 +219,7 @@ def load_csv(text: str, max_chars: int | None = None) -> Loaded:
     check_length(len(text), max_chars)
     try:
         dialect: type[csv.Dialect] | csv.Dialect = csv.Sniffer().sniff(
-            text[:_SNIFF_BYTES], delimiters=",;\t|"
+            _sniff_sample(text), delimiters=",;\t|"
         )
     except csv.Error:
         dialect = csv.excel
@@ -230,6 +233,15 @@ def load_csv(text: str, max_chars: int | None = None) -> Loaded:
     if not tables:
         raise BadDocument("no data in the CSV file")
     return out, "", (), tables
+
+
+def _sniff_sample(text: str) -> str:
+    """The start of `text`, at most `_SNIFF_CHARS`, cut after its last whole
+    line (a cut row would show the sniffer fewer delimiters than the rest)."""
+    sample = text[:_SNIFF_CHARS]
+    if len(text) > _SNIFF_CHARS and "\n" in sample:
+        sample = sample[: sample.rindex("\n") + 1]
+    return sample
 
 
 def numbered(rows: Iterable[Sequence[object]]) -> list[tuple[int, Sequence[object]]]:

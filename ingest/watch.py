@@ -26,7 +26,7 @@ from pathlib import Path
 
 import watchfiles
 
-from ingest.discovery import discover, is_under
+from ingest.discovery import UNSUPPORTED, discover, is_under
 from ingest.ingestor import IngestReport
 from ingest.loaders import kind_of
 from ingest.pipeline import ingest_paths
@@ -73,6 +73,9 @@ class Batch:
             text += f"  {len(r.failed)} failed: " + "; ".join(
                 f"{f.path}: {f.error}" for f in r.failed
             )
+        links = [f for f in r.skipped if not f.error.startswith(UNSUPPORTED)]
+        if links:
+            text += f"  {len(links)} skipped: " + "; ".join(f"{f.path}: {f.error}" for f in links)
         return text
 
     def to_dict(self) -> dict[str, object]:
@@ -84,7 +87,8 @@ class Batch:
     @property
     def changed(self) -> bool:
         r = self.report
-        return self.catch_up or self.busy or bool(r.added or r.updated or r.deleted or r.failed)
+        changes = r.added or r.updated or r.deleted or r.failed or r.skipped
+        return self.catch_up or self.busy or bool(changes)
 
 
 BatchFn = Callable[[Batch], None]
@@ -96,6 +100,8 @@ class Pending:
     mtime) has not changed for `settle` seconds."""
 
     settle: float
+    roots: list[str] = field(default_factory=list)  # a folder moved in is walked under these
+    follow_links: bool = False
     files: dict[str, tuple[tuple[int, int] | None, float]] = field(default_factory=dict)
     gone: set[str] = field(default_factory=set)
     held_since: float | None = None  # when the oldest unapplied change came
@@ -107,8 +113,12 @@ class Pending:
                 self.gone.add(path)
                 self.files.pop(path, None)
             elif os.path.isdir(path):  # a folder moved or copied in: its files
-                for task in discover([path]).files:
+                # (a link to a folder elsewhere yields none: the batch reports it)
+                found = discover([path], self.roots or None, self.follow_links)
+                for task in found.files:
                     self._touch(task.path, now)
+                for link in found.outside:
+                    self._touch(link, now)
             elif kind_of(path) is not None:
                 self._touch(path, now)
 
@@ -160,20 +170,26 @@ def watch_folders(
     *,
     settle: float = 2.0,
     ocr: bool = False,
+    follow_links: bool = False,
     embedder: Embedder | None = None,
 ) -> None:
     """Catch up, then apply the folders' changes to `settings.index` until
     `stop` is set. Raises the `RagError`s that make going on pointless (an
-    incompatible index, a store that is gone); "index busy" is retried."""
+    incompatible index, a store that is gone); "index busy" is retried.
+    Symbolic links leading out of the folders are skipped (and reported in
+    the batch) unless `follow_links`."""
     roots = [os.path.abspath(f) for f in folders]
     index = os.path.abspath(settings.index)
     model = embedder or load_embedder(
         settings.embedding_model, settings.embed_precision, settings.embed_device
     )
-    pending = Pending(settle)
+    pending = Pending(settle, roots, follow_links)
 
     def apply(files: list[str], gone: list[str], catch_up: bool = False) -> bool:
-        return _apply(files, gone, roots, settings, model, on_batch, ocr=ocr, catch_up=catch_up)
+        return _apply(
+            files, gone, roots, settings, model, on_batch,
+            ocr=ocr, catch_up=catch_up, follow_links=follow_links,
+        )  # fmt: skip
 
     def interesting(change: watchfiles.Change, path: str) -> bool:
         # Hidden files and folders are left alone, as `ingest` does; and
@@ -214,11 +230,15 @@ def _apply(
     *,
     ocr: bool,
     catch_up: bool,
+    follow_links: bool = False,
 ) -> bool:
     """One batch through the ingest pipeline; False if the index was busy.
     The catch-up is `ingest --sync` over the watched folders (`files`)."""
     try:
-        report = ingest_paths(files, settings, sync=catch_up, gone=gone, ocr=ocr, embedder=embedder)
+        report = ingest_paths(
+            files, settings, sync=catch_up, gone=gone, ocr=ocr, embedder=embedder,
+            roots=roots, follow_links=follow_links,
+        )  # fmt: skip
     except IndexBusy:
         on_batch(Batch(time.time(), IngestReport(str(settings.index)), busy=True))
         return False

@@ -7,6 +7,9 @@ attributes. Document text stays data:
 - chat-template control tokens (`<|im_end|>`, harmony's `<|start|>`, ...)
   are stripped from passages, file names, the question and the conversation,
   so the server's tokenizer never turns text into a turn boundary.
+The conversation's earlier turns and the question are escaped like passage
+text: an earlier answer may echo a document, an API client may supply the
+assistant's turns, and the deep read's question may be a rewrite of them.
 """
 
 from __future__ import annotations
@@ -94,9 +97,7 @@ def screen_messages(question: str, hits: Sequence[Hit], first_id: int = 1) -> li
         {"role": "system", "content": text("screen_system.txt")},
         {
             "role": "user",
-            "content": text("screen_user.txt").format(
-                question=strip_control_tokens(question), passages=body
-            ),
+            "content": text("screen_user.txt").format(question=_body(question), passages=body),
         },
     ]
 
@@ -120,14 +121,14 @@ def read_messages(
             f"{role}: {_clip(content, READ_HISTORY_CHARS)}"
             for role, content in conversation[-READ_HISTORY_TURNS:]
         )
-        history = text("read_conversation.txt").format(history=strip_control_tokens(lines))
+        history = text("read_conversation.txt").format(history=_body(lines))
         earlier = f"\n{history}\n"
     return [
         {"role": "system", "content": text("read_system.txt")},
         {
             "role": "user",
             "content": text("read_user.txt").format(
-                question=strip_control_tokens(question),
+                question=_body(question),
                 passages=passages(hits),
                 conversation=earlier,
             ),
@@ -148,7 +149,7 @@ def condense_messages(history: Sequence[tuple[str, str]], question: str) -> list
         {
             "role": "user",
             "content": text("condense_user.txt").format(
-                history=strip_control_tokens(lines), question=strip_control_tokens(question)
+                history=_body(lines), question=_body(question)
             ),
         },
     ]

@@ -5,7 +5,10 @@ broken file is reported by name, and an unchanged re-run parses nothing."""
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -142,3 +145,48 @@ def test_ray_address_checked(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["--ray", "docs/", "--index", str(tmp_path / "i")])
     assert result.exit_code == 2
     assert "--ray takes a cluster address" in result.output
+
+
+# The local instance, seen from outside: a fresh process with a home of its
+# own (where Ray keeps its token) and a permissive umask, as a user's shell has.
+_LOCAL_RAY = """
+import json, os, subprocess, ray
+from ingest.distributed import start_local
+os.umask(0o022)
+start_local(cpus=1)
+ours, kids = {os.getpid()}, {}
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        continue
+    kids.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(pid))
+todo = [os.getpid()]
+while todo:
+    for kid in kids.get(todo.pop(), []):
+        ours.add(kid)
+        todo.append(kid)
+listening = subprocess.run(["ss", "-Hltnup"], capture_output=True, text=True, check=True)
+mine = [l for l in listening.stdout.splitlines() if any(f"pid={p}," in l for p in ours)]
+token = os.path.expanduser("~/.ray/auth_token")
+print(json.dumps({"listening": mine, "token_mode": oct(os.stat(token).st_mode & 0o777)}))
+ray.shutdown()
+"""
+
+
+def test_the_local_instance_listens_on_loopback_only_with_a_private_token(tmp_path: Path) -> None:
+    env = {**os.environ, "HOME": str(tmp_path)}
+    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS"):
+        env.pop(name, None)
+    run = subprocess.run(
+        [sys.executable, "-c", _LOCAL_RAY], capture_output=True, text=True, env=env,
+        cwd=Path(__file__).resolve().parent.parent, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    assert seen["listening"], "ss shows no socket of the Ray processes"
+    for line in seen["listening"]:
+        local = line.split()[4]  # e.g. 127.0.0.1:6379, [::ffff:127.0.0.1]:41000, *:41000
+        host = local.rsplit(":", 1)[0].strip("[]")
+        assert host in ("127.0.0.1", "::ffff:127.0.0.1", "::1"), line
+    assert seen["token_mode"] == "0o600"
