@@ -4,9 +4,9 @@ where the cluster has GPUs, else a few on CPUs), and everything is written
 by this process through the Store seam, as without Ray.
 
 The pipeline's own code runs in both places: a task calls
-`workers.parse_files` (so each file is still parsed in a capped, killable
-process of its own) and the `Chunker` the `Ingestor` would use; an actor
-loads the model with `load_embedder`. Hashing, incremental checks, copies
+`workers.parse_files` (so each file is still parsed, split and tokenized in
+a capped, killable process of its own, with the model's tokenizer alone);
+an actor loads the model with `load_embedder`. Hashing, incremental checks, copies
 and the index write stay in `ingest.pipeline`. Workers of a cluster must
 have this package installed and see the files at the same paths.
 """
@@ -22,7 +22,6 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +31,13 @@ from ray._private import ray_constants  # see start_local
 from ray.exceptions import ActorUnavailableError, RayActorError, RayError
 
 from ingest import workers
-from ingest.chunking import Chunker
 from ingest.discovery import FileTask
 from ingest.ingestor import EMBED_BUFFER
 from ingest.pipeline import Parsed, ToParse
 from rag.embedding import Precision, load_embedder
 from rag.errors import RagError
 from rag.settings import Settings
-from rag.types import Chunk, Document
+from rag.types import Chunk
 
 # A local instance started here stays small: this process, its parser
 # workers and the model need the memory more than Ray's object store.
@@ -91,36 +89,25 @@ class _Job:
         )  # fmt: skip
 
 
-@lru_cache(maxsize=2)
-def _chunker(job: _Job) -> Chunker:
-    """The chunker the `Ingestor` builds, once per Ray worker process."""
-    e = load_embedder(job.model, job.precision, "cpu")  # its tokenizer only
-    return Chunker(e.count_tokens, job.chunk_tokens, job.chunk_overlap, e.max_tokens)
-
-
-Split = tuple[Document | str, list[Chunk] | None]
+Split = tuple[workers.Parsed | str, list[Chunk] | None]
 
 
 def _parse_and_split(
     job: _Job, batch: list[tuple[FileTask, str]], ocr: bool
 ) -> tuple[list[Split], float, float]:
-    """A parse task: each file's Document (or why it failed) and chunks,
-    and the seconds spent parsing and splitting."""
-    chunker = _chunker(job)
+    """A parse task: each file parsed and split (or why it failed) in the
+    task's parser pool, and the seconds the task waited for it (parsing and
+    splitting happen together in the pool: all counted as parsing)."""
+    split = workers.Split(job.model, job.chunk_tokens, job.chunk_overlap)
     out: list[Split] = []
-    parse_s = chunk_s = 0.0
+    started = time.perf_counter()
     parsed = workers.parse_files(
         batch, ocr=ocr, timeout=job.timeout, memory_mb=job.memory_mb,
-        max_text_chars=job.max_text_chars,
+        max_text_chars=job.max_text_chars, split=split,
     )  # fmt: skip
-    started = time.perf_counter()
     for _, result in parsed:
-        parse_s += time.perf_counter() - started
-        started = time.perf_counter()
-        out.append((result, None if isinstance(result, str) else chunker.split(result)))
-        chunk_s += time.perf_counter() - started
-        started = time.perf_counter()
-    return out, parse_s, chunk_s
+        out.append((result, None if isinstance(result, str) else result.chunks))
+    return out, time.perf_counter() - started, 0.0
 
 
 class _Embedder:
@@ -275,7 +262,10 @@ class RayEngine:
             self.worker_seconds["parse"] += parse_s
             self.worker_seconds["chunk"] += chunk_s
             for (file, _), (result, chunks) in zip(batch, splits, strict=True):
-                yield Parsed(file, result, ocr, chunks)
+                if isinstance(result, str):
+                    yield Parsed(file, result, ocr)
+                else:
+                    yield Parsed(file, result.document, ocr, chunks, result.token_ids)
 
     def _embedders(self) -> list[Any]:
         if not self._actors:

@@ -14,8 +14,14 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from ingest.chunking import Chunker
-from rag.embedding import Embedder, load_embedder
-from rag.errors import BadDocument
+from rag.embedding import (
+    CPU_BATCH_TOKENS,
+    Embedder,
+    load_embedder,
+    load_token_counter,
+    token_batches,
+)
+from rag.errors import BadDocument, ModelMissing
 from rag.settings import Settings
 from rag.storage import StoreWriter
 from rag.types import Chunk, Document
@@ -27,6 +33,9 @@ EMBED_BUFFER = 256
 # size), longest first, so the progress bar moves while a long document
 # embeds and no slice is padded more than one big call would be.
 EMBED_SLICE = 32
+# On a GPU a flush holds enough chunks for several full batches of
+# GPU_BATCH_TOKENS, so the model is fed large batches of like lengths.
+GPU_EMBED_BUFFER = 8192
 
 
 @dataclass
@@ -110,6 +119,7 @@ class _Pending:
     mtime: float
     existed: bool
     ocr: bool
+    token_ids: list[np.ndarray] | None = None  # tokenized where it was split
 
 
 class Ingestor:
@@ -125,7 +135,7 @@ class Ingestor:
         embedder: Embedder | None = None,
         progress: ProgressFn = noop,
         embed_slices: EmbedSlices | None = None,
-        buffer: int = EMBED_BUFFER,
+        buffer: int | None = None,
     ) -> None:
         self.writer = writer
         # The tags every document written gets; None keeps each one's own.
@@ -140,7 +150,8 @@ class Ingestor:
         self._copied: Counter[str] = Counter()  # content hashes copied to a new path
         self._progress = progress
         self._embed_slices = embed_slices or self._embed_here
-        self._buffer = buffer
+        self._buffer = buffer  # None: by where the model runs (`buffer_size`)
+        self._buffered = 0  # chunks in `_pending`
         self._last_publish = time.monotonic()
         self.planned = 0  # documents this run means to parse: the bar's shares
         self._settled = 0  # of those, stored or failed
@@ -237,29 +248,40 @@ class Ingestor:
         mtime: float = 0.0,
         ocr: bool = False,
         chunks: list[Chunk] | None = None,
+        token_ids: list[np.ndarray] | None = None,
     ) -> None:
         """Buffer a loaded document (`ocr`: it was loaded with OCR) for
         embedding, split here unless its `chunks` come with it (split where
-        it was parsed, by the same chunker)."""
+        it was parsed, by the same chunker, with their `token_ids`)."""
         if chunks is None:
             with timed(self.report, "chunk"):
                 chunks = self.chunker.split(document)
+                token_ids = self._tokenize(chunks)
         existed = self.writer.document(document.path) is not None
-        self._pending.append(_Pending(document, chunks, size, mtime, existed, ocr))
+        self._pending.append(_Pending(document, chunks, size, mtime, existed, ocr, token_ids))
         self._found += len(chunks)
         self._in_flight[document.content_hash] = document.path
         self.report.pages += len(document.pages)
         # A part left out (a message's unreadable attachment), by name: the
         # rest of the document is stored.
         self.report.failed += [Failure(document.path, note) for note in document.notes]
-        if sum(len(p.chunks) for p in self._pending) >= self._buffer:
+        self._buffered += len(chunks)
+        if self._buffered >= self.buffer_size:
             self.flush()
+
+    @property
+    def buffer_size(self) -> int:
+        """Chunks to gather before a flush embeds and stores them."""
+        if self._buffer is None:
+            on_gpu = str(getattr(self.embedder, "device", "cpu")).startswith("cuda")
+            self._buffer = GPU_EMBED_BUFFER if on_gpu else EMBED_BUFFER
+        return self._buffer
 
     def flush(self) -> None:
         """Embed and store everything buffered, then maybe publish a checkpoint."""
         texts = [c.indexed_text for p in self._pending for c in p.chunks]
         with timed(self.report, "embed"):
-            vectors = self._embed(texts)
+            vectors = self._embed(texts, self._pending_ids())
         with timed(self.report, "write"):
             self._store(vectors)
 
@@ -285,6 +307,7 @@ class Ingestor:
             last = self._pending[-1].document.path
             self._tell(self.report.chunks_embedded, last)
         self._pending.clear()
+        self._buffered = 0
         self._in_flight.clear()
         copies, self._copies = self._copies, []
         for path, digest, size, mtime in copies:
@@ -295,20 +318,65 @@ class Ingestor:
                 self.report.generation = number
             self._last_publish = time.monotonic()
 
-    def _embed(self, texts: list[str]) -> np.ndarray:
+    def _tokenize(self, chunks: list[Chunk]) -> list[np.ndarray] | None:
+        """Token ids of chunks split here, in one batch call, when this
+        process embeds ids (so both ways in, files and in-memory documents,
+        embed the same way)."""
+        if self._embed_slices != self._embed_here or not hasattr(self.embedder, "embed_token_ids"):
+            return None
+        try:
+            counter = load_token_counter(self.settings.embedding_model)
+        except ModelMissing:
+            return None
+        return counter.encode([c.indexed_text for c in chunks])
+
+    def _pending_ids(self) -> list[np.ndarray] | None:
+        """The buffered chunks' token ids when every one came tokenized and
+        this process embeds them with a model that takes ids; else None."""
+        if self._embed_slices != self._embed_here:
+            return None
+        if not hasattr(self.embedder, "embed_token_ids"):
+            return None
+        if any(p.token_ids is None and p.chunks for p in self._pending):
+            return None
+        return [ids for p in self._pending for ids in (p.token_ids or [])]
+
+    def _slices(self, texts: list[str], ids: list[np.ndarray] | None) -> list[list[int]]:
+        """Rows of the buffer, longest first, in slices: of the model's
+        batch of padded tokens when pre-tokenized, else EMBED_SLICE texts."""
+        if ids is not None:
+            order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+            budget = getattr(self.embedder, "batch_tokens", CPU_BATCH_TOKENS)
+            # On a CPU, also at most EMBED_SLICE passages a batch, so the
+            # progress bar moves as often during a long document as before.
+            rows = (
+                None
+                if str(getattr(self.embedder, "device", "cpu")).startswith("cuda")
+                else EMBED_SLICE
+            )
+            lengths = [len(ids[i]) for i in order]
+            batches = token_batches(lengths, budget, rows)
+            return [[order[r] for r in batch] for batch in batches]
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        return [order[start : start + EMBED_SLICE] for start in range(0, len(order), EMBED_SLICE)]
+
+    def _embed(self, texts: list[str], ids: list[np.ndarray] | None = None) -> np.ndarray:
         """The buffered documents' vectors, in order, embedded a slice at a
-        time (longest texts first); progress after each slice but the last
+        time (longest first); progress after each slice but the last
         (`flush` reports that one once the documents are stored). Each slice
         must come back exactly once, whoever embeds it."""
         if not texts:
             return np.zeros((0, 0), np.float32)
         owner = [k for k, p in enumerate(self._pending) for _ in p.chunks]
         embedded = [0] * len(self._pending)
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        slices = [order[start : start + EMBED_SLICE] for start in range(0, len(order), EMBED_SLICE)]
+        slices = self._slices(texts, ids)
+        if ids is not None:
+            batches = self._embed_ids([[ids[i] for i in rows] for rows in slices])
+        else:
+            batches = self._embed_slices([[texts[i] for i in rows] for rows in slices])
         vectors: np.ndarray | None = None
         returned: set[int] = set()
-        for number, part in self._embed_slices([[texts[i] for i in rows] for rows in slices]):
+        for number, part in batches:
             rows = slices[number]
             if number in returned or len(part) != len(rows):
                 raise RuntimeError(f"embedding slice {number} came back twice or cut short")
@@ -331,6 +399,12 @@ class Ingestor:
         """The default `EmbedSlices`: this process's model, in order."""
         for number, texts in enumerate(slices):
             yield number, self.embedder.embed_batch(texts)
+
+    def _embed_ids(self, slices: list[list[np.ndarray]]) -> Iterator[tuple[int, np.ndarray]]:
+        """Pre-tokenized slices, each one batch of this process's model."""
+        embed = self.embedder.embed_token_ids  # type: ignore[attr-defined]
+        for number, ids in enumerate(slices):
+            yield number, embed(ids)
 
     def _tell(self, done: int, path: str, partial: float = 0.0) -> None:
         """Progress in chunks embedded (of those found so far)."""

@@ -21,7 +21,6 @@ import numpy as np
 from ingest import workers
 from ingest.discovery import OUTSIDE, FileTask, Found, discover, is_under
 from ingest.ingestor import (
-    EMBED_BUFFER,
     Failure,
     Ingestor,
     IngestReport,
@@ -58,6 +57,7 @@ class Parsed:
     result: Document | str
     ocr: bool
     chunks: list[Chunk] | None = None
+    token_ids: list[np.ndarray] | None = None  # of the chunks, for `embed_token_ids`
 
 
 class Engine(Protocol):
@@ -178,7 +178,10 @@ def ingest_paths(
                 ingestor.settle()
             else:
                 task = item.task
-                ingestor.add(item.result, task.size, task.mtime, ocr=item.ocr, chunks=item.chunks)
+                ingestor.add(
+                    item.result, task.size, task.mtime, ocr=item.ocr, chunks=item.chunks,
+                    token_ids=item.token_ids,
+                )  # fmt: skip
             ingestor.tell_read(done, total, item.task.path)
         ingestor.flush()
         seen = {f.path for f in found.files} | {f.path for f in report.failed}
@@ -213,7 +216,7 @@ def _writing(
         yield Ingestor(
             writer, settings, report, embedder or loaded, progress,
             embed_slices=engine.embed_slices if engine else None,
-            buffer=engine.buffer if engine else EMBED_BUFFER,
+            buffer=engine.buffer if engine else None,
         )  # fmt: skip
         publishing = writer.changed
         publish_started = time.perf_counter()
@@ -304,21 +307,31 @@ def _scan(
 
 
 def _parse(to_parse: ToParse, settings: Settings) -> Iterator[Parsed]:
-    """A `Parsed` for each file, parsed in worker processes: those without
-    OCR first, then those with."""
+    """A `Parsed` for each file, parsed, split and tokenized in worker
+    processes (one per core unless RAG_PARSE_WORKERS says otherwise) while
+    this process embeds and writes what came back: those without OCR first,
+    then those with."""
+    wanted = workers.Split(settings.embedding_model, settings.chunk_tokens, settings.chunk_overlap)
+    # A model without a fast tokenizer: the `Ingestor` splits.
+    split = wanted if workers.can_split(wanted) else None
     for with_ocr in (False, True):
         batch = [(task, digest) for task, digest, o in to_parse if o == with_ocr]
         if not batch:
             continue
         parsed = workers.parse_files(
             batch,
+            workers=min(len(batch), settings.parse_workers or workers.default_workers()),
             ocr=with_ocr,
             timeout=settings.parse_timeout,
             memory_mb=settings.parse_memory_mb,
             max_text_chars=settings.max_text_chars,
+            split=split,
         )
         for task, result in parsed:
-            yield Parsed(task, result, with_ocr)
+            if isinstance(result, str):
+                yield Parsed(task, result, with_ocr)
+            else:
+                yield Parsed(task, result.document, with_ocr, result.chunks, result.token_ids)
 
 
 def _precheck(task: FileTask, limit: int, limit_mb: float) -> str:

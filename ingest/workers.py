@@ -14,19 +14,27 @@ import resource
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from functools import lru_cache
 
+import numpy as np
 from pebble import ProcessExpired, ProcessPool
 
 from ingest import loaders
+from ingest.chunking import Chunker
 from ingest.discovery import FileTask
-from rag.errors import BadDocument
-from rag.types import Document
+from rag.embedding import load_token_counter
+from rag.errors import BadDocument, ModelMissing
+from rag.types import Chunk, Document
 
 # Exit code of a worker that hit its memory cap.
 _OUT_OF_MEMORY = 86
 
 
 def _limit_memory(megabytes: int) -> None:
+    # The workers are the parallelism: the tokenizer's own thread pool would
+    # only add threads, each reserving address space under the cap.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
     limit = megabytes * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
@@ -41,6 +49,65 @@ def _load(path: str, kind: str, content_hash: str, ocr: bool, max_chars: int | N
         os._exit(_OUT_OF_MEMORY)
 
 
+@dataclass(frozen=True)
+class Split:
+    """How a worker splits what it parsed: the embedding model (for its
+    tokenizer alone) and the chunking parameters."""
+
+    model: str
+    chunk_tokens: int
+    chunk_overlap: int
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """A file parsed in a worker, split there when a `Split` was given: its
+    chunks and their token ids as the model reads them (`embed_token_ids`),
+    so the tokenizer runs once per passage, in a parser process."""
+
+    document: Document
+    chunks: list[Chunk] | None = None
+    token_ids: list[np.ndarray] | None = None
+
+
+@lru_cache(maxsize=2)
+def chunker_for(split: Split) -> Chunker:
+    """One chunker per worker process: the tokenizer loads once, and the
+    chunker's count cache serves every file the worker parses."""
+    counter = load_token_counter(split.model)
+    return Chunker(
+        counter.count_tokens, split.chunk_tokens, split.chunk_overlap, counter.max_tokens
+    )
+
+
+def _load_and_split(
+    path: str, kind: str, content_hash: str, ocr: bool, max_chars: int | None, split: Split | None
+) -> Parsed:
+    document = _load(path, kind, content_hash, ocr, max_chars)
+    if split is None:
+        return Parsed(document)
+    try:
+        chunks = chunker_for(split).split(document)
+        token_ids = load_token_counter(split.model).encode([c.indexed_text for c in chunks])
+    except MemoryError:
+        os._exit(_OUT_OF_MEMORY)
+    return Parsed(document, chunks, token_ids)
+
+
+def can_split(split: Split) -> bool:
+    """Whether workers can split for this model (it has a fast tokenizer)."""
+    try:
+        load_token_counter(split.model)
+    except ModelMissing:
+        return False
+    return True
+
+
+def default_workers() -> int:
+    """Parser processes when none are asked for: one per core this process may use."""
+    return max(1, len(os.sched_getaffinity(0)))
+
+
 def parse_files(
     tasks: Iterable[tuple[FileTask, str]],
     *,
@@ -49,10 +116,12 @@ def parse_files(
     memory_mb: int = 4096,
     ocr: bool = False,
     max_text_chars: int | None = None,
-) -> Iterator[tuple[FileTask, Document | str]]:
-    """Yield (task, Document) or (task, reason it failed) for each (task,
-    content hash), in order. A text over `max_text_chars` is refused in the
-    worker, so it is never sent back to this process."""
+    split: Split | None = None,
+) -> Iterator[tuple[FileTask, Parsed | str]]:
+    """Yield (task, Parsed) or (task, reason it failed) for each (task,
+    content hash), in order, split in the worker when `split` is given. A
+    text over `max_text_chars` is refused in the worker, so it is never
+    sent back to this process."""
     queue = iter(tasks)
     pending: deque[tuple[FileTask, object]] = deque()
     # forkserver: workers start from a small clean process, not a fork of one
@@ -67,7 +136,9 @@ def parse_files(
     def fill() -> None:
         for task, digest in queue:
             future = pool.schedule(
-                _load, args=(task.path, task.kind, digest, ocr, max_text_chars), timeout=timeout
+                _load_and_split,
+                args=(task.path, task.kind, digest, ocr, max_text_chars, split),
+                timeout=timeout,
             )
             pending.append((task, future))
             if len(pending) >= workers * 4:
@@ -78,7 +149,7 @@ def parse_files(
         while pending:
             task, future = pending.popleft()
             try:
-                result: Document | str = future.result()  # type: ignore[attr-defined]
+                result: Parsed | str = future.result()  # type: ignore[attr-defined]
             except BadDocument as exc:
                 result = str(exc)
             except FutureTimeout:

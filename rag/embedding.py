@@ -3,7 +3,8 @@ finds a model on disk without ever touching the network."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -30,6 +31,15 @@ class Embedder(Protocol):
         ...
 
     def count_tokens(self, text: str) -> int: ...
+
+
+# Tokens in one forward pass when embedding pre-tokenized passages
+# (`embed_token_ids`): batches are cut by padded size, not by count, as
+# text-embeddings-inference does, so short passages go many to a batch and
+# long ones few. The GPU wants large batches to stay busy; on a CPU larger
+# batches only cost memory (`bench/embed_batches.py` chose the figure).
+GPU_BATCH_TOKENS = 65536
+CPU_BATCH_TOKENS = 8192
 
 
 def canonical_model_id(name: str) -> str:
@@ -75,6 +85,8 @@ class SentenceTransformerEmbedder:
         device = resolve_device(device)
         self.device = device
         self.precision = resolve_precision(precision, device)
+        # Padded tokens a batch of `embed_token_ids`.
+        self.batch_tokens = GPU_BATCH_TOKENS if device.startswith("cuda") else CPU_BATCH_TOKENS
         try:
             # safetensors only: weights in a pickle (pytorch_model.bin) are
             # never opened, even by torch's restricted unpickler. Loaded in
@@ -116,6 +128,50 @@ class SentenceTransformerEmbedder:
     def tokenizer(self) -> Any:
         return self._tokenizer
 
+    def embed_token_ids(self, ids: Sequence[np.ndarray]) -> np.ndarray:
+        """Vectors of passages already tokenized by `TokenCounter.encode`
+        (special tokens included, truncated), one row per passage, in
+        order: the tokenizer never runs here. Batched by padded size,
+        longest first."""
+        import torch
+
+        out = np.zeros((len(ids), self.dimension), dtype=np.float32)
+        if not ids:
+            return out
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        cuda = self.device.startswith("cuda")
+        with torch.inference_mode():
+            for rows in token_batches([len(ids[i]) for i in order], self.batch_tokens):
+                picked = [order[r] for r in rows]
+                features = self._features([ids[i] for i in picked], pin=cuda)
+                vectors = self._model(features)["sentence_embedding"].float()
+                vectors = vectors / vectors.norm(dim=1, keepdim=True).clamp_min(1e-12)
+                out[picked] = vectors.cpu().numpy()
+        return out
+
+    def _features(self, rows: Sequence[np.ndarray], pin: bool) -> dict[str, Any]:
+        """The model's inputs for `rows` of token ids, padded to the longest."""
+        import torch
+
+        width = max(len(r) for r in rows)
+        pad = self._tokenizer.pad_token_id or 0
+        input_ids = np.full((len(rows), width), pad, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for n, row in enumerate(rows):
+            input_ids[n, : len(row)] = row
+            mask[n, : len(row)] = 1
+        features = {
+            "input_ids": torch.from_numpy(input_ids),
+            "attention_mask": torch.from_numpy(mask),
+        }
+        if "token_type_ids" in self._tokenizer.model_input_names:
+            features["token_type_ids"] = torch.zeros_like(features["input_ids"])
+        if pin:  # page-locked host memory: the copy to the GPU runs asynchronously
+            return {
+                k: v.pin_memory().to(self.device, non_blocking=True) for k, v in features.items()
+            }
+        return {k: v.to(self.device) for k, v in features.items()}
+
     def count_tokens(self, text: str) -> int:
         if self._counter is not None:
             return len(self._counter.encode(text, add_special_tokens=False))
@@ -132,6 +188,66 @@ class SentenceTransformerEmbedder:
         # vector has unit length for the inner-product index.
         vectors = vectors / vectors.norm(dim=1, keepdim=True).clamp_min(1e-12)
         return np.ascontiguousarray(vectors.cpu().numpy(), dtype=np.float32)
+
+
+def token_batches(
+    lengths: Sequence[int], budget: int, max_rows: int | None = None
+) -> Iterator[list[int]]:
+    """Positions of `lengths` (sorted longest first) in consecutive batches
+    whose padded size, rows times the longest row, stays within `budget`
+    tokens, and of at most `max_rows`; a row longer than the budget goes
+    alone."""
+    batch: list[int] = []
+    for position, length in enumerate(lengths):
+        width = lengths[batch[0]] if batch else length
+        full = max_rows is not None and len(batch) >= max_rows
+        if batch and (full or (len(batch) + 1) * width > budget):
+            yield batch
+            batch = []
+        batch.append(position)
+    if batch:
+        yield batch
+
+
+class TokenCounter:
+    """The embedding model's tokenizer alone, from its tokenizer.json: no
+    torch, no weights, so a parser process can split documents and tokenize
+    passages once for `embed_token_ids`. Counts as the `Embedder` does."""
+
+    def __init__(self, name: str) -> None:
+        from tokenizers import Tokenizer
+
+        folder = Path(_model_location(name))
+        found = folder / "tokenizer.json"
+        if not found.is_file():
+            raise ModelMissing(f"No tokenizer.json in {folder}: the model has no fast tokenizer.")
+        self._counter = Tokenizer.from_file(str(found))
+        self._counter.no_truncation()
+        self._counter.no_padding()
+        config = folder / "sentence_bert_config.json"
+        settings = json.loads(config.read_text()) if config.is_file() else {}
+        self.max_length = int(settings.get("max_seq_length") or 512)
+        specials = len(self._counter.encode("").ids)
+        self.max_tokens = self.max_length - specials
+        # A second copy for passages: truncated as sentence-transformers
+        # truncates ("longest_first" to the model's window, specials kept).
+        self._encoder = Tokenizer.from_file(str(found))
+        self._encoder.no_padding()
+        self._encoder.enable_truncation(max_length=self.max_length)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._counter.encode(text, add_special_tokens=False).ids)
+
+    def encode(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Token ids of passages as the model reads them, in one batch call;
+        stripped as sentence-transformers strips."""
+        encodings = self._encoder.encode_batch([t.strip() for t in texts])
+        return [np.asarray(e.ids, dtype=np.int32) for e in encodings]
+
+
+@lru_cache(maxsize=4)
+def load_token_counter(name: str) -> TokenCounter:
+    return TokenCounter(name)
 
 
 def resolve_device(device: str) -> str:

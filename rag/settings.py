@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(
         50_000_000, ge=1000, description="a file whose extracted text is longer is refused"
     )
+    parse_workers: int = Field(
+        0, ge=0, description="parser processes (they split and tokenize too); 0: one per core"
+    )
     parse_timeout: float = Field(300.0, gt=0, description="seconds one file may take to parse")
     # An address-space cap: pdfium alone reserves over 512 MB, so lower caps
     # would fail every PDF.
