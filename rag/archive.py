@@ -101,13 +101,20 @@ def compression(out: Path) -> str:
 # -- writing -------------------------------------------------------------------------------
 
 
+def check_target(out: Path, force: bool) -> str:
+    """Refuse a name without a known suffix, or one taken (unless `force`);
+    the compression its suffix names."""
+    kind = compression(out)
+    if out.exists() and not force:
+        raise RagError(f"{out} exists; choose another name, or pass --force to replace it.")
+    return kind
+
+
 @contextmanager
 def writing(out: Path, force: bool = False) -> Iterator[tarfile.TarFile]:
     """A tar stream to `out`, compressed as its name says, written aside
     (owner-only: it holds every passage) and renamed into place on success."""
-    kind = compression(out)
-    if out.exists() and not force:
-        raise RagError(f"{out} exists; choose another name, or pass --force to replace it.")
+    kind = check_target(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -104,6 +104,7 @@ def _write_local(
 def backup_index(root: Path, out: Path, settings: Settings, force: bool = False) -> Header:
     """One archive at `out` of the knowledge base at `root` as published
     now, whatever an ingest does meanwhile."""
+    archive.check_target(out, force)  # before any work
     store = open_store(root, settings)
     try:
         if store.uri == "local":
