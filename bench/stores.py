@@ -4,7 +4,8 @@ latency and search quality over the same chunks and the same vectors.
 The chunks come from an existing local index (`--index`, e.g. the one
 `rag eval` builds for SciFact, or bench/query.py's large index): each
 document is copied, with its stored vectors, into a fresh local store and a
-fresh Milvus Lite store through the `Store` seam (`writer().put`), so
+fresh Milvus Lite store through the `Store` seam (`rag.copying.copy`, as
+`rag copy` does), so
 embedding cost is left out and only the stores differ. Then every query of
 the dataset is searched on both, in every mode: nDCG@10 from the product's
 own evaluation (`rag.evaluation`), and latency of `KnowledgeBase.search`
@@ -34,30 +35,12 @@ from datetime import date
 from pathlib import Path
 
 from rag import evaluation
+from rag.copying import copy
 from rag.knowledge_base import KnowledgeBase
 from rag.settings import Settings
-from rag.storage import Store, open_store
+from rag.storage import open_store
 
 MODES = ("hybrid", "dense", "bm25")
-
-
-def copy(source: Store, target: Store) -> tuple[int, float]:
-    """Every document of `source` into `target`, with its vectors, in one
-    writer; (chunks, seconds), publishing included."""
-    snap = source.snapshot()
-    documents = snap.documents()
-    chunks = 0
-    started = time.perf_counter()
-    with source.writer(snap.params) as reading, target.writer(snap.params) as writing:
-        for doc in documents:
-            stored = reading.document_chunks(doc.path)
-            writing.put(
-                path=doc.path, content_hash=doc.content_hash, kind=doc.kind, title=doc.title,
-                size=doc.size, mtime=doc.mtime, pages=doc.pages, chunks=stored,
-                vectors=reading.stored_vectors(stored), ocr=doc.ocr,
-            )  # fmt: skip
-            chunks += len(stored)
-    return chunks, time.perf_counter() - started
 
 
 def latency(kb: KnowledgeBase, queries: list[str]) -> tuple[float, float]:
@@ -108,7 +91,8 @@ def main() -> int:
     for name, (root, uri) in stores.items():
         root.mkdir(parents=True, exist_ok=True)
         target_settings = settings.model_copy(update={"store": uri})
-        chunks, seconds = copy(source, open_store(root, target_settings))
+        copied = copy(source.snapshot(), open_store(root, target_settings))
+        chunks, seconds = copied.chunks, copied.seconds
         kb = KnowledgeBase.open(root, settings=target_settings)
         p50, p95 = latency(kb, timed)
         quality = ["not measured"] * len(MODES)

@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from rag.cli_backup import backup, copy, restore
 from rag.cli_eval import evaluate, json_option, settings_with
 from rag.cli_mcp import mcp
 from rag.cli_serve import keys, serve
@@ -82,6 +83,9 @@ main.add_command(keys)
 main.add_command(serve)
 main.add_command(mcp)
 main.add_command(evaluate)
+main.add_command(backup)
+main.add_command(restore)
+main.add_command(copy)
 
 
 @main.command()

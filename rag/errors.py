@@ -31,6 +31,15 @@ class IndexBusy(RagError):
     """Another process holds the index's write lock."""
 
 
+class BadArchive(RagError):
+    """A backup archive that is damaged, of another format, or hostile
+    (a member that would land outside the folder it is restored into)."""
+
+
+class CopyDiffers(RagError):
+    """A copied knowledge base answers the probe searches otherwise than the original."""
+
+
 class ModelMissing(RagError):
     pass
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from rag import lexical
 from rag import milvus_schema as ms
+from rag.errors import IndexCorrupt
 from rag.filters import Filters
 from rag.layout import IndexParams
 from rag.storage import DocumentRecord, StoreStats, assemble
@@ -179,6 +180,16 @@ class MilvusSnapshot(Reader):
         vectors = self._vectors(ids, self.meta.params.dimension)
         scores = vectors @ np.asarray(query, dtype=np.float32)
         return dict(zip((int(i) for i in ids), scores.tolist(), strict=True))
+
+    def vectors_of(self, ids: Sequence[int]) -> np.ndarray:
+        """The stored vectors of `ids`, as written (float32)."""
+        try:
+            return self._vectors(ids, self.meta.params.dimension)
+        except KeyError as exc:
+            raise IndexCorrupt(
+                f"Generation {self.generation} in {self.store.uri} lacks the vector of chunk "
+                f"{exc} (rows of a state two publishes old are cleaned away; try again)."
+            ) from None
 
     def bm25(
         self, query: str, k: int, also: Sequence[int] = (), filters: Filters | None = None

@@ -143,6 +143,12 @@ class Snapshot(Protocol):
 
     def chunks(self, ids: Iterable[int]) -> dict[int, Chunk]: ...
 
+    def vectors_of(self, ids: Sequence[int]) -> np.ndarray:
+        """The stored vectors of `ids`, in that order, exactly as written
+        (float32; to copy chunks to another store without embedding them
+        again). `IndexCorrupt` for an id this state lacks."""
+        ...
+
     def document_chunks(self, path: str) -> list[Chunk]:
         """The chunks of the document at `path`, in document order."""
         ...

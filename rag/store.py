@@ -21,7 +21,7 @@ import faiss
 import numpy as np
 
 from rag import layout, lexical
-from rag.errors import IndexCorrupt
+from rag.errors import IndexCorrupt, IndexMissing
 from rag.filters import Filters
 from rag.layout import IndexParams
 from rag.storage import DocumentRecord, StoreStats, assemble
@@ -279,8 +279,11 @@ class Snapshot(Tables):
                 f"{gen_dir} holds {self.vectors.ntotal} vectors and {len(self.lexical.ids)} BM25 "
                 f"entries but {self.manifest.chunks} chunks: the index is damaged."
             )
+        # The vectors as written, for `vectors_of`; a float16 search copy is not.
+        self._exact: faiss.Index | None = self.vectors
         if dense_precision == "float16":
             self.vectors = _half_precision_copy(self.vectors)
+            self._exact = self._exact if self.vectors is self._exact else None
         # The chunk ids each recent filter allows (a generation never changes).
         self.allowed = lru_cache(maxsize=16)(self._allowed)
 
@@ -346,6 +349,27 @@ class Snapshot(Tables):
         vectors = self.vectors.reconstruct_batch(np.asarray(ids, dtype=np.int64))
         return dict(zip(ids, (vectors @ query).tolist(), strict=True))
 
+    def vectors_of(self, ids: Sequence[int]) -> np.ndarray:
+        """The stored vectors of `ids`, as written (float32)."""
+        if self._exact is None:
+            # Searching keeps only a float16 copy: read the generation's file
+            # again, once. A reader that outlived two publishes finds it swept.
+            path = self.root / self.name / layout.VECTORS_FILE
+            if not path.exists():
+                raise IndexMissing(
+                    f"{self.root / self.name} was replaced while it was being read "
+                    "(an ingest published twice meanwhile); try again."
+                )
+            self._exact = read_vectors(path)
+        if not len(ids):
+            return np.zeros((0, self.manifest.params.dimension), dtype=np.float32)
+        try:
+            return self._exact.reconstruct_batch(np.asarray(ids, dtype=np.int64))
+        except RuntimeError as exc:
+            raise IndexCorrupt(
+                f"{self.root / self.name} lacks a vector asked for ({exc})."
+            ) from exc
+
     def bm25(
         self, query: str, k: int, also: Sequence[int] = (), filters: Filters | None = None
     ) -> tuple[list[tuple[int, float]], dict[int, float]]:
@@ -360,4 +384,5 @@ class Snapshot(Tables):
 
     def close(self) -> None:
         self.allowed.cache_clear()
+        self._exact = None
         self.db.close()

@@ -16,7 +16,14 @@ from builders import STORE_CORPUS, fill_store, put_texts, text_vector, texts_of
 
 from ingest.pipeline import ingest_documents, ingest_paths
 from rag import lexical
-from rag.errors import BadFilter, IndexIncompatible, IndexMissing, NothingMatches, RebuildRefused
+from rag.errors import (
+    BadFilter,
+    IndexCorrupt,
+    IndexIncompatible,
+    IndexMissing,
+    NothingMatches,
+    RebuildRefused,
+)
 from rag.filters import Filters
 from rag.knowledge_base import MODES, KnowledgeBase
 from rag.layout import IndexParams
@@ -105,6 +112,24 @@ def test_delete_removes_a_document_and_its_chunks(store):
     assert snap.bm25("cat windowsill", 5) == ([], {})
     near = {cid for cid, _ in snap.dense(text_vector(CORPUS["pets.md"][0]), 10)}
     assert len(near) == 4 and not near & {c.id for c in snap.document_chunks("pets.md")}
+
+
+def test_a_snapshot_gives_back_the_vectors_as_written(kb_settings):
+    # Searched at float16 (the local store's default), read back as written.
+    settings = kb_settings.model_copy(update={"dense_precision": "float16"})
+    store = open_store(settings.index, settings)
+    try:
+        fill(store)
+        snap = store.snapshot()
+        chunks = [c for path in sorted(CORPUS) for c in snap.document_chunks(path)][::-1]
+        got = snap.vectors_of([c.id for c in chunks])
+        assert got.dtype == np.float32 and got.shape == (6, PARAMS.dimension)
+        assert np.array_equal(got, np.stack([text_vector(c.text) for c in chunks]))
+        assert snap.vectors_of([]).shape == (0, PARAMS.dimension)
+        with pytest.raises(IndexCorrupt):
+            snap.vectors_of([10**9])
+    finally:
+        close(store)
 
 
 def test_nothing_changed_publishes_nothing(store):
