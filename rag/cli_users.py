@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from rag.access import Role
+from rag.access import Role, User
 from rag.settings import Settings
 
 if TYPE_CHECKING:
@@ -56,13 +56,32 @@ def users() -> None:
 )  # fmt: skip
 def add(name: str, role: str, kbs: tuple[str, ...], password_stdin: bool) -> None:
     """Add the user NAME with a password."""
-    if password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
-    else:
-        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
-    user = _db().accounts.add_user(name, role, password, kbs, by=_by())
-    granted = ", ".join(sorted(user.grants)) or "none"
-    click.echo(f"Added {user.name} ({user.role}); knowledge bases: {granted}.")
+    user = _db().accounts.add_user(name, role, _password(password_stdin), kbs, by=_by())
+    click.echo(f"Added {user.name} ({user.role}); knowledge bases: {_kbs(user)}.")
+
+
+@users.command()
+@click.argument("name")
+@click.option(
+    "--password-stdin", is_flag=True,
+    help="Read the password from the first line of standard input (else it is asked twice).",
+)  # fmt: skip
+def passwd(name: str, password_stdin: bool) -> None:
+    """Set a new password for NAME; their sessions end."""
+    _db().accounts.set_password(name, _password(password_stdin), by=_by())
+    click.echo(f"New password set for {name}; their sessions are ended.")
+
+
+def _password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    return str(click.prompt("Password", hide_input=True, confirmation_prompt=True))
+
+
+def _kbs(user: User) -> str:
+    if user.role is Role.ADMIN:
+        return "all"  # an admin has every knowledge base, granted or not
+    return ", ".join(sorted(user.grants)) or "none"
 
 
 @users.command()
@@ -86,9 +105,9 @@ def revoke(name: str, kb: str) -> None:
 @users.command()
 @click.argument("name")
 def remove(name: str) -> None:
-    """Remove NAME, their grants and sessions (their conversations stay)."""
-    _db().accounts.remove_user(name, by=_by())
-    click.echo(f"Removed {name}.")
+    """Remove NAME with their grants, sessions, API keys and conversations."""
+    talks = _db().accounts.remove_user(name, by=_by())
+    click.echo(f"Removed {name} and {talks} conversation{'' if talks == 1 else 's'}.")
 
 
 @users.command(name="list")
@@ -109,5 +128,4 @@ def list_users(as_json: bool) -> None:
     for a in accounts:
         created = datetime.fromtimestamp(a.created, UTC).strftime("%Y-%m-%d")
         state = " (disabled)" if a.disabled else ""
-        kbs = ", ".join(sorted(a.user.grants)) or ("all" if a.user.role is Role.ADMIN else "none")
-        click.echo(f"{a.user.name:<24} {a.user.role:<7} {created}  {kbs}{state}")
+        click.echo(f"{a.user.name:<24} {a.user.role:<7} {created}  {_kbs(a.user)}{state}")

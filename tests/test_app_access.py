@@ -17,6 +17,7 @@ from streamlit.testing.v1 import AppTest
 from test_app import app, texts
 
 from rag.appdb import AppDB, open_app_db
+from rag.conversation import Turn
 from rag.settings import Settings
 
 PASSWORD = "correct horse battery"
@@ -278,7 +279,8 @@ def change(at: AppTest, account: str, button: str, **choices: str) -> AppTest:
 def test_an_admin_grants_a_reader_a_base_and_the_reader_then_sees_it(team):
     at = signed_in("ada")
     assert users_table(at)["rita"] == {
-        "name": "rita", "role": "reader", "knowledge bases": "default", "disabled": False,
+        "name": "rita", "role": "reader", "knowledge bases": "default", "revoked": "",
+        "login": "password", "disabled": False,
     }  # fmt: skip
     change(at, "rita", "Grant", kb="secret")
     assert any("Granted" in s.value for s in tab(at, "Users").success), at.error
@@ -289,6 +291,7 @@ def test_an_admin_grants_a_reader_a_base_and_the_reader_then_sees_it(team):
     assert picker(signed_in("rita")).options == ["default", "secret"]
     change(at, "rita", "Revoke", kb="default")
     assert picker(signed_in("rita")).options == ["secret"]
+    assert users_table(at)["rita"]["revoked"] == "default", "a revoke is kept, over groups too"
 
 
 def test_an_admin_changes_a_role_and_disables_an_account_but_not_their_own(team):
@@ -306,7 +309,8 @@ def test_an_admin_changes_a_role_and_disables_an_account_but_not_their_own(team)
     assert any("your own" in e.value for e in tab(at, "Users").error), at.error
     change(at, "ada", "Change role", Role="reader")
     assert users_table(at)["ada"] == {
-        "name": "ada", "role": "admin", "knowledge bases": "all", "disabled": False,
+        "name": "ada", "role": "admin", "knowledge bases": "all", "revoked": "",
+        "login": "password", "disabled": False,
     }  # fmt: skip
     done = [(e.user, e.action, e.target, e.detail) for e in team.audit.entries()]
     for entry in [("ada", "role", "eddie", "role=reader"), ("ada", "disable", "rita", ""),
@@ -367,3 +371,81 @@ def test_a_reader_of_one_base_in_a_shared_milvus_sees_nothing_of_another(
     shown = [e.label for e in at.expander if e.label.startswith(("1. ", "2. "))]
     assert shown, "the passages are shown"
     assert SECRET not in texts(at) and "merger" not in "\n".join(shown)
+
+
+# -- adding, resetting and removing accounts in the Users view (issue 31) -----------------
+
+
+def users_form(at: AppTest, **fields: str) -> None:
+    """Fills the text inputs of the Users view by label."""
+    users = tab(at, "Users")
+    for label, value in fields.items():
+        next(t for t in users.text_input if t.label == label).input(value)
+
+
+def test_an_admin_adds_an_account_sets_its_password_and_removes_it(team):
+    at = signed_in("ada")
+    users_form(at, Name="nora", Password=PASSWORD)
+    next(m for m in tab(at, "Users").multiselect if m.label == "Knowledge bases").set_value(
+        ["default"]
+    )
+    next(b for b in tab(at, "Users").button if b.label == "Add account").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("Added nora" in s.value for s in tab(at, "Users").success), at.error
+    assert users_table(at)["nora"]["role"] == "reader"
+    assert picker(signed_in("nora")).options == ["default"]
+
+    next(s for s in tab(at, "Users").selectbox if s.label == "Account").set_value("nora").run()
+    users_form(at, **{"New password": "a brand new passphrase"})
+    next(b for b in tab(at, "Users").button if b.label == "Set password").click().run()
+    assert any("New password set" in s.value for s in tab(at, "Users").success), at.error
+    assert not log_in(app().run(), "nora").tabs, "the old password is refused"
+    assert signed_in_with("nora", "a brand new passphrase").tabs
+
+    team.conversations.add(team.conversations.start("nora", "default"), Turn(QUESTION))
+    next(s for s in tab(at, "Users").selectbox if s.label == "Account").set_value("nora").run()
+    remove = next(b for b in tab(at, "Users").button if b.label == "Remove account")
+    assert remove.disabled, "removing asks first"
+    next(c for c in tab(at, "Users").checkbox if c.label.startswith("Yes, remove")).check().run()
+    next(b for b in tab(at, "Users").button if b.label == "Remove account").click().run()
+    assert any("Removed nora" in s.value for s in tab(at, "Users").success), at.error
+    assert "nora" not in users_table(at)
+    assert team.conversations.list("nora", "default") == []
+    done = [(e.user, e.action, e.target) for e in team.audit.entries()]
+    for entry in [("ada", "user-add", "nora"), ("ada", "password", "nora"),
+                  ("ada", "user-remove", "nora")]:  # fmt: skip
+        assert entry in done, done
+
+
+def test_an_admin_cannot_remove_their_own_account(team):
+    from rag.errors import RagError
+    from ui import users
+
+    with pytest.raises(RagError, match="your own"):
+        users.remove_user(access_of(team, "ada"), team, "ada")
+    assert team.accounts.user("ada") is not None
+
+
+def signed_in_with(name: str, password: str) -> AppTest:
+    return log_in(app().run(), name, password)
+
+
+# -- what the tables let a spreadsheet run (issue 29) -----------------------------------------
+
+FORMULA_START = ("=", "+", "-", "@")
+
+
+def test_the_audit_and_users_tables_neutralise_spreadsheet_formulas(team):
+    """Both tables download as CSV from the app: a cell that a spreadsheet
+    would run as a formula starts with an apostrophe instead."""
+    hostile = '=HYPERLINK("http://evil.example","x")'
+    log_in(app().run(), hostile, "not a password")  # a failed login keeps the name tried
+    team.audit.record("@SUM(1+1)", "upload", "+cmd|' /C calc'!A0", "-2+3")
+    team.accounts.add_user("-bob", "reader", PASSWORD, by="test")
+    at = signed_in("ada")
+    audit = tab(at, "Audit").dataframe[0].value
+    cells = [str(v) for column in ("user", "action", "target", "detail") for v in audit[column]]
+    assert not [c for c in cells if c.startswith(FORMULA_START)], cells
+    assert "'" + hostile in cells and "'@SUM(1+1)" in cells
+    names = list(users_table(at))
+    assert "'-bob" in names and not [n for n in names if n.startswith(FORMULA_START)]

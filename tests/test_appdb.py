@@ -355,3 +355,204 @@ def test_the_conversations_kept_before_accounts_move_to_the_local_user(tmp_path)
     assert [t.question for t in db.conversations.current("local", "default").turns] == ["Kept?"]
     again = open_app_db(Settings(indexes_root=root))  # imported once only
     assert len(again.conversations.list("local", "default")) == 1
+
+
+# -- the login throttle under parallel attempts (issue 29) -------------------------------------
+
+
+def test_parallel_wrong_passwords_are_each_counted(db):
+    """Eight wrong passwords for one name at once: each that was checked is
+    counted (the check and the count are one step), so parallel guesses
+    buy no more tries than sequential ones."""
+    import threading
+
+    db.accounts.add_user("ann", Role.READER, PASSWORD, by="cli")
+    start = threading.Barrier(8)
+    answers: list[str] = []
+
+    def guess(n: int) -> None:
+        start.wait()
+        try:
+            db.accounts.verify_login("ann", f"guess {n}")
+        except LoginRefused as exc:
+            answers.append(str(exc))
+
+    threads = [threading.Thread(target=guess, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with db.engine.connect() as conn:
+        failures = conn.execute(sqlalchemy.text("SELECT failures FROM login_attempts")).scalar()
+    checked = answers.count("Wrong name or password.")
+    assert len(answers) == 8 and checked >= 1
+    assert failures == checked, f"{checked} passwords checked, {failures} counted"
+
+
+def test_password_hashes_wait_for_a_free_slot(db):
+    """A global bound on concurrent password hashes: while every slot is
+    taken, a login waits (here until the test frees one) instead of hashing."""
+    import threading
+    import time
+
+    from rag.appdb import accounts
+
+    db.accounts.add_user("ann", Role.READER, PASSWORD, by="cli")
+    held = [accounts.HASH_SLOTS.acquire(timeout=1) for _ in range(accounts.MAX_HASHES)]
+    assert all(held)
+    threading.Timer(0.5, accounts.HASH_SLOTS.release).start()
+    started = time.monotonic()
+    try:
+        assert db.accounts.verify_login("ann", PASSWORD).name == "ann"
+        assert time.monotonic() - started >= 0.45, "it hashed while every slot was taken"
+    finally:
+        for _ in range(accounts.MAX_HASHES - 1):
+            accounts.HASH_SLOTS.release()
+
+
+# -- what the audit keeps (issue 29) ---------------------------------------------------------
+
+
+def test_audit_names_and_targets_are_cleaned_and_cut_to_a_bound(db):
+    from rag.appdb.audit import MAX_DETAIL, MAX_NAME, MAX_TARGET
+
+    long_name = "x" * 5000 + "\n\x1b[31mforged entry"
+    db.audit.record(long_name, "login-failed", "t\r\n" * 3000, "d\x00" * 9000)
+    with pytest.raises(LoginRefused):
+        db.accounts.verify_login("\u202eevil\nname" + "y" * 400, "whatever")
+    for entry in db.audit.entries():
+        assert len(entry.user) <= MAX_NAME and len(entry.target) <= MAX_TARGET
+        assert len(entry.detail) <= MAX_DETAIL
+        for text in (entry.user, entry.target, entry.detail):
+            assert not re.search(r"[\x00-\x1f\x7f\u202a-\u202e\u2066-\u2069]", text), repr(text)
+
+
+# -- removing an account, and the database file (issue 29) -------------------------------------
+
+
+def test_removing_an_account_removes_its_conversations(db):
+    db.accounts.add_user("ann", Role.READER, PASSWORD, by="cli")
+    kept = db.conversations.start("bob", "default")
+    db.conversations.add(kept, Turn("bob's question"))
+    gone = db.conversations.start("ann", "default")
+    db.conversations.add(gone, Turn("ann's question", answer=answer_with_citation()))
+    db.accounts.remove_user("ann", by="cli")
+    assert db.conversations.list("ann", "default") == []
+    with db.engine.connect() as conn:
+        left = conn.execute(sqlalchemy.text("SELECT count(*) FROM turns")).scalar_one()
+    assert left == 1, "ann's turns are gone, bob's stays"
+    assert [c.id for c in db.conversations.list("bob", "default")] == [kept.id]
+
+
+def test_the_app_database_file_is_created_0600(tmp_path):
+    import stat
+
+    root = tmp_path / "indexes"
+    db = open_app_db(Settings(indexes_root=root))
+    db.accounts.add_user("ann", Role.READER, PASSWORD, by="cli")
+    made = [p for p in (root / ".app").iterdir() if p.name.startswith("app.sqlite")]
+    assert made and (root / ".app" / "app.sqlite") in made
+    for path in made:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, (path, oct(path.stat().st_mode))
+    assert stat.S_IMODE((root / ".app").stat().st_mode) == 0o700
+
+
+# -- OIDC identities bound to the provider's iss + sub (issue 29) ------------------------------
+
+ISSUER = "https://idp.example.org"
+
+
+def oidc(sub: str, email: str = "", verified: bool = False, groups: tuple[str, ...] = ()):
+    from rag.appdb import OidcLogin
+
+    return OidcLogin(ISSUER, sub, email=email, email_verified=verified, groups=groups)
+
+
+def mapping():
+    from rag.access import GroupMapping
+
+    return GroupMapping(
+        roles={"kb-readers": Role.READER, "kb-admins": Role.ADMIN},
+        grants={"kb-readers": frozenset({"default", "handbook"})},
+    )
+
+
+def test_a_providers_name_or_unverified_email_never_borrows_an_account(db):
+    from rag.access import GroupMapping
+
+    db.accounts.add_user("admin", Role.ADMIN, PASSWORD, by="cli")
+    db.accounts.add_user("ada@example.org", Role.EDITOR, None, ["default"], by="cli")
+    bare = GroupMapping()
+    assert db.identities.resolve(oidc("admin"), bare) is None, "sub 'admin' is not the account"
+    assert db.identities.resolve(oidc("mallory", email="admin"), bare) is None
+    assert db.identities.resolve(oidc("mallory", email="ada@example.org"), bare) is None
+    user = db.identities.resolve(oidc("mallory", groups=("kb-readers",)), mapping())
+    assert user is not None and user.name not in ("admin", "ada@example.org", "mallory")
+    assert user.role is Role.READER
+
+
+def test_a_verified_email_binds_an_existing_account_once(db):
+    from rag.access import GroupMapping
+
+    db.accounts.add_user("ada@example.org", Role.EDITOR, None, ["default"], by="cli")
+    ada = oidc("ada-1", email="ada@example.org", verified=True)
+    expected = User("ada@example.org", Role.EDITOR, frozenset({"default"}))
+    assert db.identities.resolve(ada, GroupMapping()) == expected
+    assert db.identities.bound(ISSUER, "ada-1") == "ada@example.org"
+    # another subject with the same verified e-mail (a second provider account) does not
+    assert db.identities.resolve(oidc("ada-2", "ada@example.org", True), GroupMapping()) is None
+    assert db.identities.resolve(ada, GroupMapping()) == expected, "the bound subject still is"
+    assert ("", "oidc-bind", "ada@example.org") in actions(db)
+
+
+def test_an_admitted_login_gets_its_own_account_bound_to_its_subject(db):
+    bo = oidc("bo-7", email="bo@example.org", verified=True, groups=("kb-readers",))
+    assert db.identities.resolve(bo, mapping()) == User(
+        "bo@example.org", Role.READER, frozenset({"default", "handbook"})
+    )
+    nameless = db.identities.resolve(oidc("u/1 2", groups=("kb-readers",)), mapping())
+    assert nameless is not None and nameless.name.startswith("oidc-")
+    listed = {a.user.name: a for a in db.accounts.accounts()}
+    assert set(listed) == {"bo@example.org", nameless.name}
+    assert not listed["bo@example.org"].has_password
+    assert db.identities.resolve(oidc("nobody", groups=("staff",)), mapping()) is None
+    assert set(a.user.name for a in db.accounts.accounts()) == set(listed), "no entry, no account"
+
+
+def test_a_disabled_account_wins_over_every_group(db):
+    admin = oidc("root-1", email="root@example.org", verified=True, groups=("kb-admins",))
+    assert db.identities.resolve(admin, mapping()).role is Role.ADMIN
+    db.accounts.set_disabled("root@example.org", True, by="cli")
+    with pytest.raises(LoginRefused, match="disabled"):
+        db.identities.resolve(admin, mapping())
+
+
+def test_a_revoked_grant_wins_over_the_groups_grants(db):
+    reader = oidc("rita-1", email="rita@example.org", verified=True, groups=("kb-readers",))
+    assert db.identities.resolve(reader, mapping()).grants == {"default", "handbook"}
+    db.accounts.revoke("rita@example.org", "handbook", by="cli")
+    assert db.identities.resolve(reader, mapping()).grants == {"default"}
+    db.accounts.grant("rita@example.org", "handbook", by="cli")
+    assert db.identities.resolve(reader, mapping()).grants == {"default", "handbook"}
+
+
+def test_removing_an_account_removes_its_binding(db):
+    bo = oidc("bo-7", email="bo@example.org", verified=True, groups=("kb-readers",))
+    db.identities.resolve(bo, mapping())
+    db.accounts.remove_user("bo@example.org", by="cli")
+    assert db.identities.bound(ISSUER, "bo-7") is None
+
+
+def test_a_version_2_database_upgrades_to_the_current_schema(db, settings, clock):
+    """A database from before the OIDC bindings (schema 2): opened by this
+    code, it gains the new tables and keeps its accounts."""
+    db.accounts.add_user("ann", Role.READER, PASSWORD, ["default"], by="cli")
+    with db.engine.begin() as conn:
+        conn.execute(sqlalchemy.text("DROP TABLE oidc_identities"))
+        conn.execute(sqlalchemy.text("DROP TABLE revoked_grants"))
+        conn.execute(sqlalchemy.text("UPDATE kbqa_meta SET value = '2' WHERE key = 'schema'"))
+    upgraded = open_app_db(settings, clock=clock)
+    assert upgraded.schema_version() == SCHEMA_VERSION >= 3
+    assert upgraded.accounts.verify_login("ann", PASSWORD).grants == {"default"}
+    ann = oidc("ann-1", email="ann", verified=True)
+    assert upgraded.identities.resolve(ann, mapping()).name == "ann"

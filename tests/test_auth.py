@@ -199,7 +199,7 @@ def test_oidc_signed_in_user_sees_the_app_and_can_log_out(oidc_env: pytest.Monke
     at = _oidc_app()
     at.user = {
         "is_logged_in": True, "name": "Ada Lovelace", "email": "ada@example.org",
-        "groups": ["kb-readers", "staff"],
+        "groups": ["kb-readers", "staff"], "iss": ISSUER, "sub": "ada",
     }  # fmt: skip
     at.run()
     assert not at.exception, [e.value for e in at.exception]
@@ -222,7 +222,9 @@ def test_oidc_identity_reads_the_configured_groups_claim() -> None:
     )
     assert identity_from_claims(claims, "groups").groups == ("a",)
     # one group as a plain string; no claim at all; no name: the email, then the subject
-    assert identity_from_claims({"sub": "u1", "grp": "ops"}, "grp") == Identity("u1", "", ("ops",))
+    assert identity_from_claims({"sub": "u1", "grp": "ops"}, "grp") == Identity(
+        "u1", "", ("ops",), subject="u1"
+    )
     assert identity_from_claims({"email": "b@x.org"}, "groups") == Identity(
         "b@x.org", "b@x.org", ()
     )
@@ -231,13 +233,18 @@ def test_oidc_identity_reads_the_configured_groups_claim() -> None:
 def test_the_groups_claim_is_a_setting(oidc_env: pytest.MonkeyPatch) -> None:
     oidc_env.setenv("RAG_AUTH_GROUPS_CLAIM", "roles")
     at = _oidc_app()
-    at.user = {"is_logged_in": True, "name": "Ada", "groups": ["wrong"], "roles": ["kb-admin"]}
+    at.user = {"is_logged_in": True, "name": "Ada", "groups": ["wrong"], "roles": ["kb-admin"],
+               "iss": ISSUER, "sub": "ada"}  # fmt: skip
     at.run()
     sidebar_text = " ".join(m.value for m in [*at.sidebar.markdown, *at.sidebar.caption])
     assert "kb-admin" in sidebar_text and "wrong" not in sidebar_text
 
 
-ADA = {"is_logged_in": True, "name": "Ada", "email": "ada@example.org", "groups": ["staff"]}
+ISSUER = "https://idp.example.org"
+ADA = {
+    "is_logged_in": True, "name": "Ada", "email": "ada@example.org", "email_verified": True,
+    "groups": ["staff"], "iss": ISSUER, "sub": "ada",
+}  # fmt: skip
 
 
 def test_oidc_user_in_no_mapped_group_and_without_an_account_is_told_to_ask_an_admin(
@@ -270,6 +277,43 @@ def test_oidc_user_without_a_mapped_group_gets_the_account_an_admin_made(
     assert not at.exception, [e.value for e in at.exception]
     assert [t.label for t in at.tabs] == ["Ask", "Manage"]
     assert at.sidebar.selectbox[0].options == ["default"], "only the base granted to her"
+
+
+def test_oidc_claims_carry_the_issuer_subject_and_whether_the_email_is_verified() -> None:
+    from ui.auth import identity_from_claims
+
+    claims = {"iss": ISSUER, "sub": "s-1", "email": "a@x.org", "email_verified": True}
+    identity = identity_from_claims(claims, "groups")
+    assert (identity.issuer, identity.subject, identity.email_verified) == (ISSUER, "s-1", True)
+    assert identity_from_claims({**claims, "email_verified": "true"}, "g").email_verified
+    assert not identity_from_claims({**claims, "email_verified": False}, "g").email_verified
+    assert not identity_from_claims({"sub": "s-1", "email": "a@x.org"}, "g").email_verified
+
+
+def test_oidc_an_unverified_email_does_not_get_the_account_made_for_it(
+    oidc_env: pytest.MonkeyPatch, kb_root: Path
+) -> None:
+    from rag.appdb import open_app_db
+    from rag.settings import Settings
+
+    db = open_app_db(Settings(indexes_root=kb_root))
+    db.accounts.add_user("ada@example.org", "admin", None, by="test")
+    at = _oidc_app()
+    at.user = {**ADA, "email_verified": False, "sub": "not-ada"}
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not _shows_knowledge_bases(at)
+    assert "ask an admin" in " ".join(m.value for m in at.info)
+
+
+def test_oidc_a_token_without_a_subject_is_refused(oidc_env: pytest.MonkeyPatch) -> None:
+    oidc_env.setenv("RAG_AUTH_DEFAULT_ROLE", "reader")
+    at = _oidc_app()
+    at.user = {k: v for k, v in ADA.items() if k != "sub"}
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not _shows_knowledge_bases(at)
+    assert "no issuer or subject" in " ".join(e.value for e in at.error)
 
 
 def _logins(kb_root: Path) -> list[tuple[str, str, str, str]]:

@@ -22,12 +22,21 @@ from test_browser_flows import settled
 
 pytestmark = [pytest.mark.browser]
 
-ADA = {"name": "Ada Lovelace", "email": "ada@example.org", "groups": ["kb-readers", "staff"]}
+ADA = {
+    "name": "Ada Lovelace", "email": "ada@example.org", "email_verified": True,
+    "groups": ["kb-readers", "staff"],
+}  # fmt: skip
+# Issue 29: a provider user with no e-mail whose display name is an account's
+# name; one whose (disabled) account an admin made; one with a grant revoked.
+MALLORY = {"name": "admin"}
+READER = {"email_verified": True, "groups": ["kb-readers"]}
+DORA = {"name": "Dora", "email": "dora@example.org", **READER}
+RITA = {"name": "Rita", "email": "rita@example.org", **READER}
 # No LLM: the login is what is tested; answers stay off (a refused port).
 NO_LLM = SimpleNamespace(base_url="http://127.0.0.1:9/v1", served_model_name="none")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def provider():
     """The OpenID provider on a free port of `localhost`, knowing Ada's claims
     (the app is reached as 127.0.0.1: another host, so the two never share
@@ -36,8 +45,9 @@ def provider():
 
     from serving.launch import free_port
 
-    ada = User(sub="ada", claims=ADA)
-    with run_server_in_thread(port=free_port(), user_claims=[ada]) as server:
+    users = [User(sub=sub, claims=claims) for sub, claims in
+             [("ada", ADA), ("mallory", MALLORY), ("dora", DORA), ("rita", RITA)]]  # fmt: skip
+    with run_server_in_thread(port=free_port(), user_claims=users) as server:
         yield f"http://localhost:{server.server_port}"
 
 
@@ -211,7 +221,7 @@ def choose(page, box: str, option: str) -> None:
     """Picks `option` in the visible selectbox labelled `box`."""
     from playwright.sync_api import expect
 
-    combo = page.get_by_role("combobox", name=box)
+    combo = page.get_by_role("combobox", name=box, exact=True)
     combo.click()
     page.get_by_role("option", name=option, exact=True).click()
     expect(combo).to_have_value(option, timeout=30_000)
@@ -270,6 +280,123 @@ def test_local_editor_uploads_admin_grants_and_the_reader_then_sees_the_base(
     done = [(e.user, e.action, e.target) for e in db.audit.entries()]
     for entry in [("eddie", "upload", "default"), ("ada", "grant", "rita")]:
         assert entry in done, done
+
+
+# -- OIDC identities cannot be borrowed (issue 29) ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def oidc_team(tmp_path_factory, docs_index, provider):
+    """One app with RAG_AUTH=oidc and kb-readers mapped to readers of
+    default and secret, over an app database holding: `admin` (an admin with
+    a password), dora@example.org (disabled), rita@example.org (a reader).
+    Yields the app's URL and the database."""
+    import shutil
+
+    from rag.appdb import open_app_db
+    from rag.settings import Settings
+
+    tmp_path = tmp_path_factory.mktemp("oidc-team")
+    app_db = str(tmp_path / "app.sqlite")
+    db = open_app_db(Settings(app_db=app_db))
+    db.accounts.add_user("admin", "admin", PASSWORD, by="test")
+    db.accounts.add_user("dora@example.org", "reader", None, by="test")
+    db.accounts.set_disabled("dora@example.org", True, by="test")
+    db.accounts.add_user("rita@example.org", "reader", None, by="test")
+    secrets = write_secrets(tmp_path, provider)
+    app = streamlit_app(
+        tmp_path, docs_index, NO_LLM, args=("--secrets.files", str(secrets)), RAG_AUTH="oidc",
+        RAG_APP_DB=app_db, RAG_AUTH_GROUP_ROLES='{"kb-readers": "reader"}',
+        RAG_AUTH_GROUP_GRANTS='{"kb-readers": ["default", "secret"]}',
+    )  # fmt: skip
+    with app as url:
+        shutil.copytree(tmp_path / "indexes" / "default", tmp_path / "indexes" / "secret")
+        yield url, db
+
+
+def oidc_log_in(page, url: str, provider: str, sub: str) -> None:
+    """Log in, then pick `sub` on the provider's form; back in the app."""
+    from playwright.sync_api import expect
+
+    log_in = page.get_by_role("button", name="Log in")
+    expect(log_in).to_be_visible(timeout=60_000)
+    log_in.click()
+    page.wait_for_url(f"{provider}/oauth2/authorize*", timeout=30_000)
+    page.locator("input[name=sub]").fill(sub)
+    page.get_by_role("button", name="Authorize").click()
+    page.wait_for_url(f"{url}/**", timeout=30_000)
+    expect(page.get_by_text("Signed in as")).to_be_visible(timeout=60_000)
+    settled(page)
+
+
+def test_oidc_a_display_name_never_borrows_the_account_of_that_name(oidc_team, provider, capsys):
+    """Mallory's provider account has no e-mail and the name `admin`: she is
+    not the admin account (it was: issue 29, finding 4)."""
+    from playwright.sync_api import expect
+
+    url, db = oidc_team
+    shot = ARTIFACTS / "oidc-borrowed-name.png"
+    with browser_page(url, shot, "a borrowed name refused", capsys) as page:
+        oidc_log_in(page, url, provider, "mallory")
+        expect(page.get_by_text("no access to this app yet")).to_be_visible(timeout=30_000)
+        expect(page.get_by_role("tab")).to_have_count(0)
+    assert db.accounts.user("admin").role == "admin", "the admin account is untouched"
+    assert "admin" not in {e.user for e in db.audit.entries() if e.action == "login"}
+
+
+def test_oidc_a_disabled_account_in_a_mapped_group_cannot_get_in(oidc_team, provider, capsys):
+    from playwright.sync_api import expect
+
+    url, _db = oidc_team
+    shot = ARTIFACTS / "oidc-disabled.png"
+    with browser_page(url, shot, "a disabled account refused", capsys) as page:
+        oidc_log_in(page, url, provider, "dora")
+        expect(page.get_by_text("disabled")).to_be_visible(timeout=30_000)
+        expect(page.get_by_role("tab")).to_have_count(0)
+        expect(page.get_by_placeholder("Ask a question about your documents")).to_have_count(0)
+
+
+def test_oidc_a_revoked_grant_is_gone_at_the_next_click(oidc_team, provider, capsys):
+    """Rita reads default and secret through her group; an admin revokes
+    secret from her account while she is signed in: her next click shows
+    default only, though her group still grants both."""
+    from playwright.sync_api import expect
+
+    url, db = oidc_team
+    shot = ARTIFACTS / "oidc-revoked.png"
+    with browser_page(url, shot, "a revoked grant gone", capsys) as page:
+        oidc_log_in(page, url, provider, "rita")
+        sidebar = page.get_by_test_id("stSidebar")
+        main = page.get_by_test_id("stMain")
+        sidebar.get_by_test_id("stSelectbox").first.click()
+        expect(page.get_by_role("option")).to_have_text(["default", "secret"])
+        page.get_by_role("option", name="secret").click()
+        expect(main.get_by_text("Knowledge base secret").first).to_be_visible(timeout=60_000)
+        settled(page)
+        db.accounts.revoke("rita@example.org", "secret", by="test")
+        sidebar.get_by_test_id("stSelectbox").first.click()
+        page.get_by_role("option", name="default").click()  # the next click
+        settled(page)
+        expect(main.get_by_text("Knowledge base default").first).to_be_visible(timeout=60_000)
+        sidebar.get_by_test_id("stSelectbox").first.click()
+        expect(page.get_by_role("option")).to_have_text(["default"], timeout=30_000)
+        page.keyboard.press("Escape")
+
+
+# -- the login form (issue 31) -------------------------------------------------------------
+
+
+def test_the_local_login_form_offers_the_saved_password_not_a_new_one(tmp_path, docs_index, capsys):
+    from playwright.sync_api import expect
+
+    app, _db = local_accounts_app(tmp_path, docs_index, ("rita", "reader", ["default"]))
+    shot = ARTIFACTS / "local-login-form.png"
+    with app as url, browser_page(url, shot, "the login form", capsys) as page:
+        expect(page.get_by_role("button", name="Log in")).to_be_visible(timeout=60_000)
+        expect(page.get_by_label("Username")).to_have_attribute("autocomplete", "username")
+        expect(page.get_by_label("Password", exact=True)).to_have_attribute(
+            "autocomplete", "current-password"
+        )
 
 
 def _screenshot(page, name: str, what: str, capsys) -> None:

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from rag.access import Role
 from rag.appdb import open_app_db
 from rag.cli import main
+from rag.conversation import Turn
 from rag.settings import Settings
 
 PASSWORD = "correct horse battery"
@@ -108,3 +109,37 @@ def test_the_password_can_be_typed_twice_instead(root):
     result = rag("add", "ann", "--role", "reader", stdin=f"{PASSWORD}\n{PASSWORD}\n")
     assert result.exit_code == 0, result.output
     assert PASSWORD not in result.stdout
+
+
+def test_an_admin_is_added_with_every_knowledge_base(root):
+    result = rag("add", "lead", "--role", "admin", "--password-stdin", stdin=PASSWORD)
+    assert result.exit_code == 0, result.output
+    assert "knowledge bases: all" in result.stdout and "none" not in result.stdout
+
+
+def test_passwd_sets_a_new_password_and_ends_the_sessions(root):
+    rag("add", "ann", "--role", "reader", "--password-stdin", stdin=PASSWORD)
+    db = open_app_db(Settings(indexes_root=root))
+    token = db.accounts.create_session(db.accounts.verify_login("ann", PASSWORD))
+    result = rag("passwd", "ann", "--password-stdin", stdin="a brand new passphrase\n")
+    assert result.exit_code == 0, result.output
+    assert "ann" in result.stdout and "a brand new passphrase" not in result.stdout
+    assert db.accounts.session_user(token) is None, "whoever was logged in is out"
+    assert db.accounts.verify_login("ann", "a brand new passphrase").name == "ann"
+    assert ("password", "ann") in [
+        (e.action, e.target) for e in open_app_db(Settings(indexes_root=root)).audit.entries()
+    ]
+    short = rag("passwd", "ann", "--password-stdin", stdin="short\n")
+    assert short.exit_code == 1 and "at least 8 characters" in short.stderr
+    missing = rag("passwd", "zed", "--password-stdin", stdin=PASSWORD)
+    assert missing.exit_code == 1 and "No user named 'zed'" in missing.stderr
+
+
+def test_remove_says_the_conversations_go_too(root):
+    rag("add", "ann", "--role", "reader", "--password-stdin", stdin=PASSWORD)
+    db = open_app_db(Settings(indexes_root=root))
+    db.conversations.add(db.conversations.start("ann", "default"), Turn("ann's question"))
+    result = rag("remove", "ann")
+    assert result.exit_code == 0, result.output
+    assert "conversation" in result.stdout
+    assert db.conversations.list("ann", "default") == []

@@ -4,8 +4,10 @@
 (ui/auth.py) says who signed in, this module says which user of the access
 policy (rag/access.py) they are, fresh from the app database each run, and
 hands back the `Access` that every function below it is given. An OIDC
-login goes into the audit trail once; the admins' Audit view reads the
-trail through the same check.
+login is the account bound to the provider's issuer and subject
+(rag/appdb/identities.py), never one named like its display name; it goes
+into the audit trail once. The admins' Audit view reads the trail through
+the same check.
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ from datetime import UTC, datetime
 
 import streamlit as st
 
-from rag.access import LOCAL_USER, Access, AccessPolicy, Action, GroupMapping, User, identity_user
-from rag.appdb import AppDB, AuditEntry
+from rag.access import LOCAL_USER, Access, AccessPolicy, Action, GroupMapping, LoginRefused, User
+from rag.appdb import AppDB, AuditEntry, OidcLogin
 from rag.settings import Settings
 from ui import auth
-from ui.safe_text import plain
+from ui.safe_text import cell, plain
 
 _AUDITED_LOGIN = "kbqa_oidc_login"  # the OIDC login this session put in the audit trail
 AUDIT_ROWS = 500  # the newest entries shown; the table keeps them all
@@ -36,9 +38,14 @@ def sign_in(settings: Settings, db: AppDB) -> Access:
     """The signed-in user's `Access`; until there is one, a login page (or a
     page saying to ask an admin), and the script stops there."""
     identity = auth.require_identity(settings, db.accounts)
-    if settings.auth == "oidc":
-        record_login(identity, db)
-    user = user_of(identity, settings, db)
+    try:
+        user = user_of(identity, settings, db)
+    except LoginRefused as exc:  # a disabled account, whatever its groups
+        st.title("Ask your documents")
+        st.error(str(exc))
+        st.stop()
+    if settings.auth == "oidc" and user is not None:
+        record_login(identity, user.name, db)
     if user is None:
         st.title("Ask your documents")
         st.info(NO_ROLE.format(name=plain(identity.name)))
@@ -46,12 +53,12 @@ def sign_in(settings: Settings, db: AppDB) -> Access:
     return Access(user, AccessPolicy(db))
 
 
-def record_login(identity: auth.Identity, db: AppDB) -> None:
-    """An OIDC login in the audit trail, once. Streamlit's cookie keeps the
-    user signed in over every run and every reload of the page: a login is
-    one ID token (its issue time), else, when the provider sends none, one
-    browser session. (RAG_AUTH=local's logins are audited by rag.appdb.)"""
-    key = identity.email or identity.name
+def record_login(identity: auth.Identity, key: str, db: AppDB) -> None:
+    """An OIDC login of the account `key` in the audit trail, once.
+    Streamlit's cookie keeps the user signed in over every run and every
+    reload of the page: a login is one ID token (its issue time), else, when
+    the provider sends none, one browser session. (RAG_AUTH=local's logins
+    are audited by rag.appdb.)"""
     login = (key, identity.issued)
     if st.session_state.get(_AUDITED_LOGIN) == login:
         return
@@ -64,15 +71,18 @@ def record_login(identity: auth.Identity, db: AppDB) -> None:
 
 def user_of(identity: auth.Identity, settings: Settings, db: AppDB) -> User | None:
     """The user an identity is, with their role and grants as they are now.
-    An OIDC login is first its groups mapping (RAG_AUTH_GROUP_ROLES), else
-    the account an admin made for its e-mail (or name) with `rag users add`."""
+    An OIDC login is the account bound to its issuer and subject, with what
+    its groups add (RAG_AUTH_GROUP_ROLES, RAG_AUTH_GROUP_GRANTS) unless the
+    account is disabled (LoginRefused) or a grant was revoked from it."""
     if settings.auth == "none":
         return LOCAL_USER
     if settings.auth == "local":
         return db.accounts.user(identity.name)
-    key = identity.email or identity.name
-    mapped = identity_user(key, identity.groups, GroupMapping.from_settings(settings))
-    return mapped or db.accounts.user(key)
+    login = OidcLogin(
+        identity.issuer, identity.subject, identity.email, identity.email_verified,
+        identity.groups,
+    )  # fmt: skip
+    return db.identities.resolve(login, GroupMapping.from_settings(settings))
 
 
 def views(access: Access, kb: str) -> list[str]:
@@ -98,13 +108,17 @@ def audit_tab(access: Access, db: AppDB) -> None:
         "rebuilds, new knowledge bases, grants and refusals."
     )
     # A table shows its cells as text: names and details are never Markdown.
-    st.dataframe(
-        [
-            {
-                "when": datetime.fromtimestamp(e.ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
-                "user": e.user, "action": e.action, "target": e.target, "detail": e.detail,
-            }
-            for e in entries
-        ],
-        hide_index=True,
-    )  # fmt: skip
+    st.dataframe(audit_rows(entries), hide_index=True)
+
+
+def audit_rows(entries: list[AuditEntry]) -> list[dict[str, str]]:
+    """The Audit tab's rows. The table downloads as CSV: no cell may start
+    a spreadsheet formula (a login name like `=HYPERLINK(...)`)."""
+    return [
+        {
+            "when": datetime.fromtimestamp(e.ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+            "user": cell(e.user), "action": cell(e.action), "target": cell(e.target),
+            "detail": cell(e.detail),
+        }
+        for e in entries
+    ]  # fmt: skip

@@ -45,6 +45,11 @@ class Identity:
     # An OIDC login's ID token issue time ("iat"; "" if none): one per login
     # at the provider, the same over every run and reload of the page.
     issued: str = ""
+    # Who the provider says this is (rag.appdb.identities binds the account
+    # to them): the ID token's "iss" and "sub", and its "email_verified".
+    issuer: str = ""
+    subject: str = ""
+    email_verified: bool = False
 
 
 # RAG_AUTH=none: everyone who reaches the loopback address is this user.
@@ -72,7 +77,13 @@ def identity_from_claims(claims: Mapping[str, object], groups_claim: str) -> Ide
     else:
         groups = ()
     issued = claims.get("iat")
-    return Identity(name=name, email=email, groups=groups, issued=str(issued or ""))
+    # A few providers send the flag as the string "true".
+    verified = claims.get("email_verified") in (True, "true")
+    return Identity(
+        name=name, email=email, groups=groups, issued=str(issued or ""),
+        issuer=str(claims.get("iss") or ""), subject=str(claims.get("sub") or ""),
+        email_verified=verified,
+    )  # fmt: skip
 
 
 def current_identity(settings: Settings, accounts: Accounts) -> Identity | None:
@@ -145,8 +156,9 @@ def _login_page(settings: Settings, accounts: Accounts) -> None:
             st.login()
         return
     with st.form("login"):
-        name = st.text_input("Username")
-        password = st.text_input("Password", type="password")
+        # What a password manager needs to offer the saved login, not a new password.
+        name = st.text_input("Username", autocomplete="username")
+        password = st.text_input("Password", type="password", autocomplete="current-password")
         submitted = st.form_submit_button("Log in", type="primary")
     if submitted:
         try:

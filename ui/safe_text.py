@@ -198,3 +198,15 @@ def _embolden(span: str, quotes: list[str]) -> str:
             out += [escape(span[at:start]), "**", escape(" ".join(span[start:end].split())), "**"]
             at = end
     return "".join(out) + escape(span[at:])
+
+
+# What a spreadsheet reads as the start of a formula (OWASP's CSV injection
+# list: tab and carriage return too).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def cell(value: str) -> str:
+    """`value` for a table the app shows and lets users download as CSV: one
+    that would start a formula gets a leading apostrophe, which spreadsheets
+    take as "text" and Streamlit shows as it is."""
+    return "'" + value if value.startswith(_FORMULA_START) else value

@@ -1,6 +1,7 @@
-"""The admins' Users view (issue 19): the accounts of the app database with
-their roles, knowledge bases and state; an admin grants or revokes a
-knowledge base, changes a role, disables or enables an account.
+"""The admins' Users view (issues 19, 31): the accounts of the app database
+with their roles, knowledge bases and state; an admin adds an account, sets
+its password, grants or revokes a knowledge base, changes a role, disables
+or enables an account, or removes it with its conversations.
 
 Each function asks the session's `Access` for Action.ADMIN itself, not only
 the page that offers the tab: a session that forges a widget event still
@@ -18,10 +19,10 @@ from ingest import library
 from rag.access import Access, Action, Role
 from rag.appdb import Account, AppDB
 from rag.errors import RagError
-from ui.safe_text import plain
+from ui.safe_text import cell, plain
 
 _DONE = "users-done"  # what the last change did, shown after the page ran again
-NO_ACCOUNTS = "No accounts yet: add one with `rag users add NAME --role reader --password-stdin`."
+NO_ACCOUNTS = "No accounts yet: add one below (or with `rag users add`)."
 
 
 def accounts(access: Access, db: AppDB) -> list[Account]:
@@ -45,6 +46,27 @@ def set_role(access: Access, db: AppDB, name: str, role: Role | str) -> None:
     db.accounts.set_role(name, role, by=access.user.name)
 
 
+def add_user(
+    access: Access, db: AppDB, name: str, role: Role | str, password: str, kbs: list[str]
+) -> None:
+    """A new account; with no password it has no local login (an OIDC user
+    whose verified e-mail is `name` gets it at their first login)."""
+    access.require(Action.ADMIN)
+    db.accounts.add_user(name.strip(), role, password or None, kbs, by=access.user.name)
+
+
+def set_password(access: Access, db: AppDB, name: str, password: str) -> None:
+    access.require(Action.ADMIN)
+    db.accounts.set_password(name, password, by=access.user.name)
+
+
+def remove_user(access: Access, db: AppDB, name: str) -> int:
+    """Removes the account with its conversations; how many there were."""
+    access.require(Action.ADMIN)
+    _not_yourself(access, name, "remove your own account")
+    return db.accounts.remove_user(name, by=access.user.name)
+
+
 def set_disabled(access: Access, db: AppDB, name: str, disabled: bool) -> None:
     access.require(Action.ADMIN)
     if disabled:
@@ -59,29 +81,43 @@ def _not_yourself(access: Access, name: str, what: str) -> None:
 
 
 def rows(listed: list[Account]) -> list[dict[str, object]]:
-    """The table's rows: an admin's grants are all the bases."""
+    """The table's rows: an admin's grants are all the bases. The table
+    downloads as CSV: no cell may start a spreadsheet formula."""
     return [
         {
-            "name": a.user.name, "role": a.user.role.value,
+            "name": cell(a.user.name), "role": a.user.role.value,
             "knowledge bases": "all" if a.user.role is Role.ADMIN
             else ", ".join(sorted(a.user.grants)) or "none",
+            "revoked": ", ".join(sorted(a.revoked)),
+            "login": _login_of(a),
             "disabled": a.disabled,
         }
         for a in listed
     ]  # fmt: skip
 
 
+def _login_of(account: Account) -> str:
+    if account.provider:
+        return cell(f"provider ({account.provider})")
+    return "password" if account.has_password else "none yet"
+
+
 def users_tab(access: Access, db: AppDB, root: Path) -> None:
-    """The accounts in a table, then one account's controls."""
+    """The accounts in a table, one account's controls, then a new account."""
     listed = accounts(access, db)
     done = st.session_state.pop(_DONE, None)
     if done:
         st.success(done)
     if not listed:
         st.info(NO_ACCOUNTS)
-        return
-    # A table shows its cells as text: names are never Markdown.
-    st.dataframe(rows(listed), hide_index=True)
+    else:
+        # A table shows its cells as text: names are never Markdown.
+        st.dataframe(rows(listed), hide_index=True)
+        _change_account(access, db, root, listed)
+    _add_account(access, db, root)
+
+
+def _change_account(access: Access, db: AppDB, root: Path, listed: list[Account]) -> None:
     st.subheader("Change an account")
     name = st.selectbox("Account", [a.user.name for a in listed], key="users-account")
     account = next(a for a in listed if a.user.name == name)
@@ -97,6 +133,12 @@ def users_tab(access: Access, db: AppDB, root: Path) -> None:
         switch = "Enable" if account.disabled else "Disable"
         if st.button(switch):
             _act(lambda: set_disabled(access, db, name, not account.disabled), f"{switch}d {who}.")
+        password = st.text_input(
+            "New password", type="password", autocomplete="new-password", key=f"users-pw:{name}"
+        )
+        if st.button("Set password"):
+            _act(lambda: set_password(access, db, name, password),
+                 f"New password set for {who}; their sessions are ended.")  # fmt: skip
     with right:
         kbs = library.list_knowledge_bases(root)
         kb = st.selectbox("Knowledge base to grant or revoke", kbs, key="users-kb")
@@ -105,9 +147,29 @@ def users_tab(access: Access, db: AppDB, root: Path) -> None:
             _act(lambda: grant(access, db, name, kb), f"Granted {plain(kb)} to {who}.")
         if revoke_col.button("Revoke", disabled=not kb) and kb:
             _act(lambda: revoke(access, db, name, kb), f"Revoked {plain(kb)} from {who}.")
+        sure = st.checkbox(
+            f"Yes, remove {who}, with their conversations and API keys", key=f"users-rm:{name}"
+        )
+        if st.button("Remove account", disabled=not sure):
+            _act(lambda: remove_user(access, db, name), f"Removed {who} and their conversations.")
 
 
-def _act(change: Callable[[], None], done: str) -> None:
+def _add_account(access: Access, db: AppDB, root: Path) -> None:
+    st.subheader("Add an account")
+    with st.form("users-add", clear_on_submit=True):
+        name = st.text_input("Name", help="A login name, or the e-mail of an OIDC user.")
+        role = st.selectbox("Role of the new account", [r.value for r in Role], index=2)
+        kbs = st.multiselect("Knowledge bases", library.list_knowledge_bases(root))
+        password = st.text_input(
+            "Password", type="password", autocomplete="new-password",
+            help="Empty: no local login (an OIDC user's account).",
+        )  # fmt: skip
+        added = st.form_submit_button("Add account")
+    if added:
+        _act(lambda: add_user(access, db, name, role, password, kbs), f"Added {plain(name)}.")
+
+
+def _act(change: Callable[[], object], done: str) -> None:
     """Makes the change, then runs the page again so that everything on it
     (the table, the buttons, the audit) shows it; or says why not."""
     try:

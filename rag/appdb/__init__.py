@@ -9,12 +9,15 @@ replicas behind a load balancer share.
     db.conversations  each user's conversations          (conversations.py)
     db.audit          the append-only audit trail        (audit.py)
     db.keys           the HTTP API's bearer keys         (keys.py)
+    db.identities     OIDC logins bound to accounts      (identities.py)
 
 The schema is created on first use and versioned (schema.py).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +30,7 @@ from rag.access import LOCAL_USER
 from rag.appdb.accounts import Account, Accounts
 from rag.appdb.audit import AuditEntry, AuditLog
 from rag.appdb.conversations import ConversationMissing, Conversations
+from rag.appdb.identities import Identities, OidcLogin
 from rag.appdb.keys import ApiKey, ApiKeys
 from rag.appdb.schema import AppDBIncompatible, create_or_check, meta
 from rag.errors import RagError
@@ -39,6 +43,7 @@ __all__ = [
     "AppDBIncompatible",
     "AuditEntry",
     "ConversationMissing",
+    "OidcLogin",
     "app_db_url",
     "open_app_db",
 ]
@@ -71,6 +76,7 @@ class AppDB:
         self.accounts = Accounts(engine, self.audit, settings, clock)
         self.conversations = Conversations(engine, clock)
         self.keys = ApiKeys(engine, self.accounts, self.audit, clock)
+        self.identities = Identities(engine, self.accounts, self.audit, clock)
 
     def schema_version(self) -> int:
         with self.engine.connect() as conn:
@@ -100,7 +106,7 @@ def open_app_db(settings: Settings, clock: Callable[[], float] = time.time) -> A
 def _engine(url: URL) -> Engine:
     if url.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)
-    Path(url.database or "").parent.mkdir(parents=True, exist_ok=True)
+    _private_file(Path(url.database or ""))
     engine = create_engine(url, connect_args={"timeout": 10})
 
     @event.listens_for(engine, "connect")
@@ -110,3 +116,16 @@ def _engine(url: URL) -> Engine:
         dbapi_connection.execute("PRAGMA foreign_keys=ON")
 
     return engine
+
+
+def _private_file(path: Path) -> None:
+    """Creates the SQLite file (and its folder) readable by this user only:
+    it holds password hashes, sessions and conversations. SQLite gives its
+    -wal and -shm files the mode of the database file. An existing file keeps
+    its mode (an operator may share it with a group on purpose)."""
+    if not path.parent.is_dir():
+        path.parent.mkdir(parents=True, mode=0o700)
+    if str(path) in ("", ":memory:") or path.exists():
+        return
+    with contextlib.suppress(FileExistsError):  # another process made it just now
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))

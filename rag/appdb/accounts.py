@@ -4,8 +4,12 @@ Passwords are kept as argon2id hashes. A failed login refuses the name
 tried for a while, doubling with each failure (RAG_LOGIN_BACKOFF, at most
 RAG_LOGIN_BACKOFF_MAX seconds); the count lives in the database, so it
 holds across app replicas, and it is kept per name tried, so a name that
-does not exist is answered exactly like one that does. Sessions are random
-tokens, stored only as their SHA-256, that expire after RAG_SESSION_HOURS.
+does not exist is answered exactly like one that does. A login is counted
+before its password is checked, in the same statement that checks the
+name is not refused: parallel guesses are each counted, one at a time. At
+most MAX_HASHES password hashes run at once in a process (each takes 64 MiB).
+Sessions are random tokens, stored only as their SHA-256, that expire after
+RAG_SESSION_HOURS.
 """
 
 from __future__ import annotations
@@ -15,24 +19,59 @@ import hashlib
 import math
 import re
 import secrets
-from collections.abc import Callable, Iterable
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import Connection, Engine, delete, select, update
+from sqlalchemy import Connection, Engine, Table, delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from rag.access import LoginRefused, Role, User, valid_kb_name
 from rag.appdb.audit import AuditLog
-from rag.appdb.schema import api_keys, grants, login_attempts, sessions, users
+from rag.appdb.schema import (
+    api_keys,
+    conversations,
+    grants,
+    login_attempts,
+    oidc_identities,
+    revoked_grants,
+    sessions,
+    turns,
+    users,
+)
 from rag.errors import RagError
 from rag.settings import Settings
 
 MIN_PASSWORD = 8
 _NAME = re.compile(r"[\w.@+-]{1,128}")  # a login name or an e-mail address
 _hasher = PasswordHasher()
+# argon2id takes 64 MiB and a few CPU-tenths per hash: a burst of logins
+# waits for a slot (HASH_WAIT_S at most) instead of exhausting the server.
+MAX_HASHES = 4
+HASH_WAIT_S = 10.0
+HASH_SLOTS = threading.BoundedSemaphore(MAX_HASHES)
+BUSY = "Too many logins at once: try again in a few seconds."
+# How long a name is held while its password is checked (then: its window).
+CHECKING_S = 15.0
+
+
+@contextmanager
+def _hash_slot() -> Iterator[None]:
+    if not HASH_SLOTS.acquire(timeout=HASH_WAIT_S):
+        raise LoginRefused(BUSY, 1.0)
+    try:
+        yield
+    finally:
+        HASH_SLOTS.release()
+
+
+def _hash(password: str) -> str:
+    with _hash_slot():
+        return _hasher.hash(_check_password(password))
 
 
 @functools.cache
@@ -54,6 +93,8 @@ class Account:
     created: float
     disabled: bool
     has_password: bool
+    revoked: frozenset[str] = frozenset()  # taken away, whatever OIDC groups grant
+    provider: str = ""  # the OIDC issuer the account is bound to ("": none)
 
 
 class Accounts:
@@ -79,7 +120,7 @@ class Accounts:
         kbs = sorted(set(kbs))
         for kb in kbs:
             _check_kb(kb)
-        hashed = None if password is None else _hasher.hash(_check_password(password))
+        hashed = None if password is None else _hash(password)
         with self.engine.begin() as conn:
             if conn.execute(select(users.c.name).where(users.c.name == name)).first():
                 raise RagError(f"A user named '{name}' already exists.")
@@ -92,19 +133,26 @@ class Accounts:
             self.audit.record(by, "grant", name, f"kb={kb}")
         return User(name, role, frozenset(kbs))
 
-    def remove_user(self, name: str, *, by: str) -> None:
-        """The account, its grants, sessions and API keys."""
+    def remove_user(self, name: str, *, by: str) -> int:
+        """The account, its grants, sessions, API keys, OIDC binding and its
+        conversations (the audit keeps what they did); how many conversations."""
+        owned = select(conversations.c.id).where(conversations.c.username == name)
         with self.engine.begin() as conn:
             self._existing(conn, name)
-            conn.execute(delete(sessions).where(sessions.c.username == name))
-            conn.execute(delete(grants).where(grants.c.username == name))
-            conn.execute(delete(api_keys).where(api_keys.c.username == name))
+            talks = len(conn.execute(owned).all())
+            conn.execute(delete(turns).where(turns.c.conversation.in_(owned)))
+            conn.execute(delete(conversations).where(conversations.c.username == name))
+            for table in (sessions, grants, revoked_grants, api_keys, oidc_identities):
+                conn.execute(delete(table).where(table.c.username == name))
             conn.execute(delete(users).where(users.c.name == name))
-        self.audit.record(by, "user-remove", name)
+        self.audit.record(by, "user-remove", name, f"conversations={talks}")
+        return talks
 
     def set_password(self, name: str, password: str, *, by: str) -> None:
-        hashed = _hasher.hash(_check_password(password))
-        self._update(name, by, "password", password_hash=hashed)
+        """A new password; whoever was logged in as `name` is out."""
+        with self.engine.connect() as conn:
+            self._existing(conn, name)  # before the hash: a typo costs no 64 MiB
+        self._update(name, by, "password", password_hash=_hash(password))
 
     def set_disabled(self, name: str, disabled: bool, *, by: str) -> None:
         self._update(name, by, "disable" if disabled else "enable", disabled=disabled)
@@ -122,18 +170,28 @@ class Accounts:
         self.audit.record(by, action, name, detail)
 
     def grant(self, name: str, kb: str, *, by: str) -> None:
+        """`kb` for `name`; it undoes an earlier revoke."""
         _check_kb(kb)
         with self.engine.begin() as conn:
             self._existing(conn, name)
+            _delete_row(conn, revoked_grants, name, kb)
             held = select(grants).where(grants.c.username == name, grants.c.kb == kb)
             if conn.execute(held).first() is None:
                 conn.execute(grants.insert().values(username=name, kb=kb))
         self.audit.record(by, "grant", name, f"kb={kb}")
 
     def revoke(self, name: str, kb: str, *, by: str) -> None:
+        """Takes `kb` from `name`, and keeps the revoke: it wins over what the
+        user's OIDC groups grant, until an admin grants `kb` again."""
+        _check_kb(kb)
         with self.engine.begin() as conn:
             self._existing(conn, name)
-            conn.execute(delete(grants).where(grants.c.username == name, grants.c.kb == kb))
+            _delete_row(conn, grants, name, kb)
+            held = select(revoked_grants).where(
+                revoked_grants.c.username == name, revoked_grants.c.kb == kb
+            )
+            if conn.execute(held).first() is None:
+                conn.execute(revoked_grants.insert().values(username=name, kb=kb))
         self.audit.record(by, "revoke", name, f"kb={kb}")
 
     def user(self, name: str) -> User | None:
@@ -144,13 +202,13 @@ class Accounts:
     def accounts(self) -> list[Account]:
         with self.engine.connect() as conn:
             rows = conn.execute(select(users).order_by(users.c.name)).all()
-            held = conn.execute(select(grants)).all()
-        kbs: dict[str, set[str]] = {}
-        for g in held:
-            kbs.setdefault(g.username, set()).add(g.kb)
+            held, taken = _by_user(conn, grants), _by_user(conn, revoked_grants)
+            binds = conn.execute(select(oidc_identities.c.username, oidc_identities.c.issuer))
+            bound = {b.username: b.issuer for b in binds}
         return [
-            Account(User(r.name, Role(r.role), frozenset(kbs.get(r.name, ()))),
-                    r.created, bool(r.disabled), r.password_hash is not None)
+            Account(User(r.name, Role(r.role), held.get(r.name, frozenset())),
+                    r.created, bool(r.disabled), r.password_hash is not None,
+                    taken.get(r.name, frozenset()), bound.get(r.name, ""))
             for r in rows
         ]  # fmt: skip
 
@@ -167,6 +225,11 @@ class Accounts:
         held = conn.execute(select(grants.c.kb).where(grants.c.username == name)).scalars()
         return User(row.name, Role(row.role), frozenset(held))
 
+    @staticmethod
+    def revoked(conn: Connection, name: str) -> frozenset[str]:
+        query = select(revoked_grants.c.kb).where(revoked_grants.c.username == name)
+        return frozenset(conn.execute(query).scalars())
+
     # -- logins --------------------------------------------------------------------------
 
     def verify_login(self, name: str, password: str) -> User:
@@ -174,34 +237,64 @@ class Accounts:
         throttled; otherwise LoginRefused, with the same message for a wrong
         password and a name that does not exist. Every outcome is audited."""
         now, key = self.clock(), name[:128]
-        with self.engine.connect() as conn:
-            attempt = conn.execute(
-                select(login_attempts).where(login_attempts.c.name == key)
-            ).first()
-            row = conn.execute(select(users).where(users.c.name == name)).first()
-        if attempt is not None and attempt.blocked_until > now:
-            wait = attempt.blocked_until - now
-            self.audit.record("", "login-refused", key)
-            raise LoginRefused(f"Too many failed logins: try again in {math.ceil(wait)} s.", wait)
-        stored = row.password_hash if row is not None and not row.disabled else None
-        # _verify first: an unknown name costs the same hash check.
-        if not _verify(stored, password) or stored is None:
-            failures = (attempt.failures if attempt is not None else 0) + 1
-            wait = min(self.settings.login_backoff * 2 ** (failures - 1),
-                       self.settings.login_backoff_max)  # fmt: skip
-            with self.engine.begin() as conn:
-                _upsert_attempt(conn, key, failures, now + wait)
+        if not HASH_SLOTS.acquire(timeout=HASH_WAIT_S):
+            self.audit.record("", "login-refused", key, "busy")
+            raise LoginRefused(BUSY, 1.0)
+        try:
+            failures = self._count_attempt(key, now)
+            with self.engine.connect() as conn:
+                row = conn.execute(select(users).where(users.c.name == name)).first()
+            stored = row.password_hash if row is not None and not row.disabled else None
+            # _verify first: an unknown name costs the same hash check.
+            right = _verify(stored, password) and stored is not None
+            rehashed = None
+            if right and stored is not None and _hasher.check_needs_rehash(stored):
+                rehashed = _hasher.hash(password)
+        finally:
+            HASH_SLOTS.release()
+        with self.engine.begin() as conn:
+            if not right:
+                wait = min(self.settings.login_backoff * 2 ** (failures - 1),
+                           self.settings.login_backoff_max)  # fmt: skip
+                conn.execute(update(login_attempts).where(login_attempts.c.name == key)
+                             .values(blocked_until=now + wait))  # fmt: skip
+            else:
+                conn.execute(delete(login_attempts).where(login_attempts.c.name == key))
+                if rehashed:
+                    conn.execute(
+                        update(users).where(users.c.name == name).values(password_hash=rehashed)
+                    )
+                user = self._user(conn, name)
+        if not right:
             self.audit.record("", "login-failed", key)
             raise LoginRefused("Wrong name or password.")
-        with self.engine.begin() as conn:
-            conn.execute(delete(login_attempts).where(login_attempts.c.name == key))
-            if _hasher.check_needs_rehash(stored):
-                new = _hasher.hash(password)
-                conn.execute(update(users).where(users.c.name == name).values(password_hash=new))
-            user = self._user(conn, name)
         self.audit.record(name, "login", name)
         assert user is not None
         return user
+
+    def _count_attempt(self, key: str, now: float) -> int:
+        """Counts a login for the name `key`, unless the name is refused now,
+        in one statement: the failures so far, this one included (a success
+        clears them); otherwise LoginRefused. While its password is checked
+        the name is held (CHECKING_S), so parallel guesses queue, each counted."""
+        insert = sqlite_insert if self.engine.dialect.name == "sqlite" else pg_insert
+        held = now + CHECKING_S
+        first = insert(login_attempts).values(name=key, failures=1, blocked_until=held)
+        count = first.on_conflict_do_update(
+            index_elements=["name"],
+            set_={"failures": login_attempts.c.failures + 1, "blocked_until": held},
+            where=login_attempts.c.blocked_until <= now,
+        ).returning(login_attempts.c.failures)
+        with self.engine.begin() as conn:
+            failures = conn.execute(count).scalar()
+            if failures is not None:
+                return int(failures)
+            until = conn.execute(
+                select(login_attempts.c.blocked_until).where(login_attempts.c.name == key)
+            ).scalar_one()
+        self.audit.record("", "login-refused", key)
+        wait = max(until - now, 0.001)
+        raise LoginRefused(f"Too many failed logins: try again in {math.ceil(wait)} s.", wait)
 
     def create_session(self, user: User) -> str:
         """A new session for a user who just logged in; its token (keep it
@@ -264,11 +357,13 @@ def _verify(stored: str | None, password: str) -> bool:
         return False
 
 
-def _upsert_attempt(conn: Connection, name: str, failures: int, until: float) -> None:
-    insert = sqlite_insert if conn.dialect.name == "sqlite" else pg_insert
-    statement = insert(login_attempts).values(name=name, failures=failures, blocked_until=until)
-    conn.execute(
-        statement.on_conflict_do_update(
-            index_elements=["name"], set_={"failures": failures, "blocked_until": until}
-        )
-    )
+def _delete_row(conn: Connection, table: Table, name: str, kb: str) -> None:
+    conn.execute(delete(table).where(table.c.username == name, table.c.kb == kb))
+
+
+def _by_user(conn: Connection, table: Table) -> dict[str, frozenset[str]]:
+    """A grants-like table's knowledge bases, per user name."""
+    kbs: dict[str, set[str]] = {}
+    for row in conn.execute(select(table.c.username, table.c.kb)):
+        kbs.setdefault(row.username, set()).add(row.kb)
+    return {name: frozenset(held) for name, held in kbs.items()}

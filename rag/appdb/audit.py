@@ -4,12 +4,30 @@ as well (triggers, see schema.py)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import Engine, select
 
 from rag.appdb.schema import audit
+
+# What an entry keeps of each field: a name or action fits its column; a
+# target or detail (a login name someone typed, a file name) is cut too, so
+# no caller can fill the trail with megabytes or forge a second line.
+MAX_NAME = 128
+MAX_ACTION = 32
+MAX_TARGET = 256
+MAX_DETAIL = 1024
+# Control characters (newlines, escapes, NUL, which PostgreSQL refuses) and
+# the bidirectional overrides that make a name read backwards on screen.
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def clean(value: str, limit: int) -> str:
+    """`value` as one printable line of at most `limit` characters."""
+    value = _UNPRINTABLE.sub("\ufffd", str(value))
+    return value if len(value) <= limit else value[: limit - 1] + "…"
 
 
 @dataclass(frozen=True)
@@ -30,15 +48,20 @@ class AuditLog:
         with self.engine.begin() as conn:
             conn.execute(
                 audit.insert().values(
-                    ts=self.clock(), username=user, action=action, target=target, detail=detail
+                    ts=self.clock(),
+                    username=clean(user, MAX_NAME),
+                    action=clean(action, MAX_ACTION),
+                    target=clean(target, MAX_TARGET),
+                    detail=clean(detail, MAX_DETAIL),
                 )
             )
 
     def has(self, user: str, action: str, target: str, detail: str) -> bool:
         """Whether the trail holds this entry already (at any time)."""
         query = select(audit.c.id).where(
-            audit.c.username == user, audit.c.action == action,
-            audit.c.target == target, audit.c.detail == detail,
+            audit.c.username == clean(user, MAX_NAME), audit.c.action == clean(action, MAX_ACTION),
+            audit.c.target == clean(target, MAX_TARGET),
+            audit.c.detail == clean(detail, MAX_DETAIL),
         ).limit(1)  # fmt: skip
         with self.engine.connect() as conn:
             return conn.execute(query).first() is not None

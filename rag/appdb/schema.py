@@ -8,9 +8,12 @@ user, who have no row there.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sqlalchemy import (
     Boolean,
     Column,
+    Connection,
     Engine,
     Float,
     ForeignKey,
@@ -25,9 +28,9 @@ from sqlalchemy import (
 
 from rag.errors import RagError
 
-# 2: api_keys (the HTTP API's bearer keys). An older database gains the table
-# on first open; an older app refuses a newer database.
-SCHEMA_VERSION = 2
+# The numbered migrations are in MIGRATIONS below: an older database is
+# brought up to this version on first open; an older app refuses a newer one.
+SCHEMA_VERSION = 3
 
 metadata = MetaData()
 
@@ -99,6 +102,24 @@ api_keys = Table(
     Column("created", Float, nullable=False),
     Column("revoked", Float),  # NULL: in use
 )
+# An OIDC login's account (issue 29): the provider's issuer and subject, bound
+# at the first login, never its name or an unverified e-mail.
+oidc_identities = Table(
+    "oidc_identities",
+    metadata,
+    Column("issuer", String(255), primary_key=True),
+    Column("subject", String(255), primary_key=True),
+    Column("username", String(128), ForeignKey("users.name"), nullable=False, unique=True),
+    Column("bound", Float, nullable=False),
+)
+# Knowledge bases an admin took away from a user: they win over what the
+# user's OIDC groups grant (RAG_AUTH_GROUP_GRANTS).
+revoked_grants = Table(
+    "revoked_grants",
+    metadata,
+    Column("username", String(128), ForeignKey("users.name"), primary_key=True),
+    Column("kb", String(64), primary_key=True),
+)
 audit = Table(
     "audit",
     metadata,
@@ -132,25 +153,38 @@ class AppDBIncompatible(RagError):
     """The app database was written by a newer version of the app."""
 
 
+def _create(*tables: Table) -> Callable[[Connection], None]:
+    return lambda conn: metadata.create_all(conn, tables=list(tables), checkfirst=True)
+
+
+# What each version adds to the one before, in order: a database at version
+# n runs n+1 .. SCHEMA_VERSION in one transaction.
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {
+    2: _create(api_keys),  # the HTTP API's bearer keys
+    3: _create(oidc_identities, revoked_grants),  # OIDC bindings; revokes over groups
+}
+
+
 def create_or_check(engine: Engine) -> bool:
-    """Creates the schema on first use; refuses a schema newer than this
-    code reads. True when the schema was created just now."""
+    """Creates the schema on first use, migrates an older one, refuses a
+    schema newer than this code reads. True when it was created just now."""
     with engine.begin() as conn:
-        created = not engine.dialect.has_table(conn, "kbqa_meta")
-        metadata.create_all(conn, checkfirst=True)
-        if created:
+        if not engine.dialect.has_table(conn, "kbqa_meta"):
+            metadata.create_all(conn)
             for statement in _TRIGGERS.get(engine.dialect.name, []):
                 conn.execute(text(statement))
             conn.execute(meta.insert().values(key="schema", value=str(SCHEMA_VERSION)))
             return True
         found = int(conn.execute(meta.select().where(meta.c.key == "schema")).one().value)
-        if found < SCHEMA_VERSION:  # create_all above added the newer tables
+        if found > SCHEMA_VERSION:
+            raise AppDBIncompatible(
+                f"The app database was written by a newer version of the app (schema {found}; "
+                f"this one reads schema {SCHEMA_VERSION}). Upgrade the app."
+            )
+        for version in range(found + 1, SCHEMA_VERSION + 1):
+            MIGRATIONS[version](conn)
+        if found < SCHEMA_VERSION:
             conn.execute(
                 meta.update().where(meta.c.key == "schema").values(value=str(SCHEMA_VERSION))
             )
-    if found > SCHEMA_VERSION:
-        raise AppDBIncompatible(
-            f"The app database was written by a newer version of the app (schema {found}; "
-            f"this one reads schema {SCHEMA_VERSION}). Upgrade the app."
-        )
     return False
