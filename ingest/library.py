@@ -157,7 +157,7 @@ def save_uploads(
             )
             continue
         if len(upload.data) > max_mb * 1024 * 1024:
-            saved.refused.append((upload.name, f"larger than the {max_mb:g} MB upload limit"))
+            saved.refused.append((upload.name, too_large(max_mb)))
             continue
         target = (folder / name).resolve()
         if target.parent != folder:  # cannot happen after safe_filename; checked anyway
@@ -175,6 +175,11 @@ def save_uploads(
     if saved.paths:
         access.record("upload", kb_dir.name, _names(saved.paths))
     return saved
+
+
+def too_large(max_mb: float) -> str:
+    """Why a file over the upload limit is refused (the API says it too)."""
+    return f"larger than the {max_mb:g} MB upload limit"
 
 
 def _names(paths: Sequence[str], shown: int = 10) -> str:

@@ -29,8 +29,8 @@ from rag.settings import Settings
 )  # fmt: skip
 @click.option(
     "--insecure-no-auth", is_flag=True,
-    help="With RAG_AUTH=none, listen on another address than loopback all the same "
-    "(only behind an authenticating proxy or firewall).",
+    help="With RAG_AUTH=none, start all the same on another address than loopback or over "
+    "an app database that holds accounts (only behind an authenticating proxy or firewall).",
 )  # fmt: skip
 def serve(
     index_root: Path | None, host: str, port: int, url: str | None, model: str | None,
@@ -41,27 +41,39 @@ def serve(
     tools at /mcp (streamable HTTP); OpenAPI docs at /docs.
 
     Requests carry `Authorization: Bearer KEY` (`rag keys create NAME`); the
-    key's account and grants apply, as in the app. With RAG_AUTH=none a
-    request without a key is the local admin, so the server then listens on
-    loopback only, like the app. The LLM model and context come from the
-    server's /v1/models unless set, as for `rag ask`."""
+    key's account and grants apply, as in the app: set RAG_AUTH=local (or
+    oidc). With RAG_AUTH=none a request without a key is the local admin, so
+    the server then listens on loopback only, like the app, and refuses to
+    start over an app database that holds accounts. The Host header must
+    name the address served (or one of RAG_API_ALLOWED_HOSTS); requests from
+    other web pages may change nothing. The LLM model and context come from
+    the server's /v1/models unless set, as for `rag ask`."""
     import uvicorn
 
-    from rag.exposure import refusal
+    from rag.errors import RagError
+    from rag.exposure import accounts_refusal, login_mode, refusal
     from rag.profiles import discover
-    from serving.api import create_app
+    from serving.api import create_app, served_hosts
 
     overrides: dict[str, Any] = {"indexes_root": index_root, "llm_url": url, "llm_model": model}
     if insecure_no_auth:
         overrides["insecure_no_auth"] = True
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
-    why = refusal(settings, host)
-    if why:  # before anything is opened
+    try:  # before anything else is opened
+        why = refusal(settings, host) or accounts_refusal(settings, "the API")
+    except RagError as exc:
+        raise click.ClickException(str(exc)) from None
+    if why:
         click.echo(f"Refusing to start: {why}", err=True)
         sys.exit(2)
     settings = discover(settings)
     where = f"http://{host}:{port}"
-    click.echo(f"Serving {settings.indexes_root} on {where} (docs: /docs, MCP: /mcp)", err=True)
+    click.echo(
+        f"Serving {settings.indexes_root} on {where}; login: {login_mode(settings)}; "
+        f"answers to Host {served_hosts(settings, host).shown()} (RAG_API_ALLOWED_HOSTS); "
+        "docs: /docs, MCP: /mcp",
+        err=True,
+    )
     uvicorn.run(create_app(settings, host=host), host=host, port=port, log_level="info")
 
 

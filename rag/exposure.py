@@ -1,11 +1,13 @@
-"""Whether the app may listen where it is told to (issue 19): with no login
-(RAG_AUTH=none) only this machine may reach it, unless the operator
-insists. serving.run checks before it starts anything; the app checks again
-for `streamlit run` started by hand."""
+"""Whether the app (and `rag serve`) may start as configured: with no login
+(RAG_AUTH=none) only this machine may reach it (issue 19), and not over an
+app database that holds accounts (issue 31), unless the operator insists.
+serving.run and `rag serve` check before they start anything; the app
+checks the address again for `streamlit run` started by hand."""
 
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 
 from rag.settings import Settings
 
@@ -37,3 +39,41 @@ def refusal(settings: Settings, host: str | None) -> str | None:
     if settings.auth != "none" or settings.insecure_no_auth or is_loopback(host):
         return None
     return REFUSAL.format(host=host or "every interface")
+
+
+ACCOUNTS_REFUSAL = (
+    "RAG_AUTH is none (no login), yet the app database {db} holds {count} account(s): "
+    "anyone who reaches {what} would be the admin, and those accounts' grants would not "
+    "apply. Set RAG_AUTH=local (the accounts' passwords and API keys) or RAG_AUTH=oidc, "
+    "or insist with --insecure-no-auth (RAG_INSECURE_NO_AUTH=1)."
+)
+
+
+def accounts_refusal(settings: Settings, what: str) -> str | None:
+    """Why `what` (the API, the app) must not start with no login: the app
+    database holds accounts, so a team meant to sign in (issue 31). None when
+    it may. Looks at the database only when RAG_AUTH=none, and never creates it."""
+    if settings.auth != "none" or settings.insecure_no_auth:
+        return None
+    from rag.appdb import app_db_url, open_app_db
+
+    url = app_db_url(settings)
+    if url.get_backend_name() == "sqlite" and not Path(url.database or "").is_file():
+        return None
+    count = len(open_app_db(settings).accounts.accounts())
+    if not count:
+        return None
+    shown = url.render_as_string(hide_password=True).removeprefix("sqlite:///")
+    return ACCOUNTS_REFUSAL.format(db=shown, count=count, what=what)
+
+
+LOGIN_MODES = {
+    "none": "no login: whoever reaches it is the local admin",
+    "local": "the app's accounts",
+    "oidc": "the identity provider",
+}
+
+
+def login_mode(settings: Settings) -> str:
+    """The login mode, for a start-up line: `RAG_AUTH=local (the app's accounts)`."""
+    return f"RAG_AUTH={settings.auth} ({LOGIN_MODES[settings.auth]})"

@@ -8,10 +8,10 @@ Nothing here runs at import time.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Annotated, Literal, get_args
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Effort = Literal["low", "medium", "high"]
 SearchMode = Literal["hybrid", "dense", "bm25"]
@@ -106,6 +106,21 @@ class Settings(BaseSettings):
         256, ge=16, description="largest JSON request body (uploads: RAG_MAX_FILE_MB per file)"
     )
     api_max_messages: int = Field(64, ge=1, description="most messages in one chat request")
+    # The Host names `rag serve` answers to besides the address it listens on
+    # (a reverse proxy's name): any other Host is refused, so a DNS-rebound
+    # web page cannot reach it (serving/api/guard.py). Comma-separated.
+    api_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="host names rag serve answers to besides its address, comma-separated "
+        "(* answers every name: only behind a proxy that checks Host)",
+    )
+
+    @field_validator("api_allowed_hosts", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip().lower() for part in value.split(",") if part.strip()]
+        return value
 
     # The app's own database: users, grants, sessions, conversations, audit.
     # Empty: a SQLite file beside the indexes (<indexes_root>/.app/app.sqlite);

@@ -5,10 +5,14 @@ base, never as the server's absolute paths."""
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from rag.knowledge_base import KnowledgeBase
+from rag.llm import display_url
+from rag.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -61,3 +65,24 @@ _BY_GENERATION: dict[tuple[str, str, int], SourceNames] = {}
 
 def _under(path: str, folder: str) -> bool:
     return os.path.abspath(path).startswith(folder.rstrip(os.sep) + os.sep)
+
+
+# An absolute path in a message: a `/` that starts no URL's part (`://`,
+# `host/v1`), up to the next space or quote; group 1 is its last part.
+_ABSOLUTE = re.compile(r"(?<![\w:/.~-])/(?:[^\s'\"`/]+/)*([^\s'\"`/]+)/?")
+
+
+def server_redacted(message: str, settings: Settings) -> str:
+    """An error message as a client of the server may read it: the indexes
+    folder taken out of paths (`default/CURRENT`), any other absolute path
+    cut to its file name, and the LLM server's address left out (a client
+    cannot reach it, and it says where the server's network is)."""
+    root = str(settings.indexes_root)
+    for base in sorted({os.path.realpath(root), os.path.abspath(root)}, key=len, reverse=True):
+        message = message.replace(base.rstrip(os.sep) + os.sep, "")
+    for url in {settings.llm_url, display_url(settings.llm_url)}:
+        message = re.sub(r"\s+at\s+" + re.escape(url), "", message).replace(url, "the LLM server")
+    netloc = urlsplit(settings.llm_url).netloc.rpartition("@")[2]
+    if netloc:
+        message = message.replace(netloc, "the LLM server")
+    return _ABSOLUTE.sub(r"\1", message)

@@ -193,11 +193,26 @@ def mcp_server(
         "answers cite their passages as [n].",
     )
 
+    def shown(exc: RagError) -> str:
+        # Over HTTP the caller is not the operator: no server folder, no LLM address.
+        if not relative_sources:
+            return str(exc)
+        from rag.sources import server_redacted
+
+        return server_redacted(str(exc), settings)
+
     def caller(ctx: Context) -> Access:
         try:
             return access_for(ctx)
         except RagError as exc:
-            raise ToolError(str(exc)) from None
+            raise ToolError(shown(exc)) from None
+
+    def _run(work: Callable[[], Any]) -> Any:
+        """The RagErrors a user can cause, as tool errors with their message."""
+        try:
+            return work()
+        except RagError as exc:
+            raise ToolError(shown(exc)) from None
 
     @server.tool()
     def list_knowledge_bases(ctx: Context) -> list[str]:
@@ -224,14 +239,6 @@ def mcp_server(
         return _run(lambda: tools.ask(caller(ctx), knowledge_base, question))
 
     return server
-
-
-def _run(work: Callable[[], Any]) -> Any:
-    """The RagErrors a user can cause, as tool errors with their message."""
-    try:
-        return work()
-    except RagError as exc:
-        raise ToolError(str(exc)) from None
 
 
 # -- who is calling -----------------------------------------------------------------------
@@ -294,14 +301,17 @@ def bearer_access(settings: Settings) -> RequestAccess:
 
 
 def mcp_http_app(
-    settings: Settings, resolve: RequestAccess | None = None, host: str = "127.0.0.1"
-) -> Starlette:
+    settings: Settings, resolve: RequestAccess | None = None, host: str = "127.0.0.1",
+    check_hosts: bool = True,
+) -> Starlette:  # fmt: skip
     """The tools over streamable HTTP: an ASGI app whose one route is /mcp.
 
     `resolve` turns each call's HTTP request into the caller's Access
     (default: `bearer_access`); raising AccessDenied makes the call a tool
     error. `host` is the address served: on a loopback one the SDK also
-    refuses requests whose Host header is not loopback (DNS rebinding).
+    refuses requests whose Host header is not loopback (DNS rebinding);
+    `check_hosts=False` leaves Host and Origin to the app in front (`rag
+    serve`'s guard, which knows RAG_API_ALLOWED_HOSTS).
 
     To serve it inside another app (`rag serve`), mount it at the root after
     the app's own routes, and run its lifespan (the session manager) inside
@@ -316,4 +326,9 @@ def mcp_http_app(
         return by_request(request)
 
     server = mcp_server(settings, access_for, relative_sources=True)
-    return server.streamable_http_app(host=host)
+    if check_hosts:
+        return server.streamable_http_app(host=host)
+    from mcp.server.transport_security import TransportSecuritySettings
+
+    unchecked = TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    return server.streamable_http_app(host=host, transport_security=unchecked)

@@ -12,7 +12,9 @@ The app listens on the loopback address unless --host says otherwise. With
 no login (RAG_AUTH=none, the default) anyone who reaches its port can read
 and delete every knowledge base, so another address is refused unless
 RAG_AUTH=oidc or local configures a login, or --insecure-no-auth insists
-(for an app behind an authenticating proxy or firewall).
+(for an app behind an authenticating proxy or firewall). So is no login
+over an app database that holds accounts (`rag users add`): set
+RAG_AUTH=local or oidc to use them. The start-up line names the login mode.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rag import profiles
-from rag.exposure import is_loopback, refusal
+from rag.errors import RagError
+from rag.exposure import accounts_refusal, is_loopback, login_mode, refusal
 from rag.llm import display_url
 from rag.settings import Settings
 from serving import config as serve_config
@@ -65,8 +68,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _arguments(settings).parse_args(argv)
     if args.insecure_no_auth:
         settings = settings.model_copy(update={"insecure_no_auth": True})
-    why = refusal(settings, args.host)
-    if why:  # before anything starts
+    try:  # before anything starts
+        why = refusal(settings, args.host) or accounts_refusal(settings, "the app")
+    except RagError as exc:
+        print(f"Cannot start: {exc}", file=sys.stderr)
+        return 1
+    if why:
         print(f"Refusing to start: {why}", file=sys.stderr)
         return 2
     # Ctrl-C stops both even where the shell started us with SIGINT ignored
@@ -118,8 +125,9 @@ def _arguments(settings: Settings) -> argparse.ArgumentParser:
     parser.add_argument(
         "--insecure-no-auth",
         action="store_true",
-        help="serve another --host with no login (RAG_AUTH=none) all the same, with a "
-        "warning: only behind an authenticating proxy or firewall",
+        help="serve another --host, or over an app database with accounts, with no login "
+        "(RAG_AUTH=none) all the same, with a warning: only behind an authenticating "
+        "proxy or firewall",
     )
     return parser
 
@@ -163,7 +171,7 @@ def _start_app(
          "--server.fileWatcherType", "none"],
         env=env,
     )  # fmt: skip
-    print(f"\n  The app: http://{args.host}:{args.port}\n")
+    print(f"\n  The app: http://{args.host}:{args.port} (login: {login_mode(settings)})\n")
     if settings.auth == "none" and not is_loopback(args.host):
         print(NO_LOGIN_WARNING.format(host=args.host, port=args.port) + "\n", flush=True)
     return app

@@ -12,8 +12,10 @@
 
 Every request carries `Authorization: Bearer <key>` (`rag keys create
 NAME`); the key's account and its grants decide, through the same access
-policy as the app (service.py, security.py). Errors leave in OpenAI's JSON
-shape (errors.py).
+policy as the app (service.py, security.py). Before any route, the guard
+(guard.py) decides from the headers alone: the Host, another web page's
+requests, the key, its rate and the body's size. Errors leave in OpenAI's
+JSON shape (errors.py).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from rag.appdb import AppDB, open_app_db
 from rag.llm import ChatModel, OpenAIChat
 from rag.settings import Settings
 from serving.api import chat, errors, knowledge, mcp
-from serving.api.security import BodyLimit, RateLimiter
+from serving.api.guard import Guard, Hosts
+from serving.api.security import RateLimiter
 from serving.api.service import Service
 from serving.mcp_tools import mcp_http_app
 
@@ -42,15 +45,14 @@ def create_app(
 ) -> FastAPI:  # fmt: skip
     """The API over `settings.indexes_root`; `db` and `chat_model` default to
     the app database and the LLM server the settings name. `host` is the
-    address served: on a loopback one, /mcp also refuses requests whose Host
-    header is not loopback (DNS rebinding)."""
+    address served: with RAG_API_ALLOWED_HOSTS, the Host names answered."""
     svc = Service(
         settings=settings,
         db=db or open_app_db(settings),
         chat=chat_model or OpenAIChat(settings),
         limiter=RateLimiter(settings.api_requests_per_minute, settings.api_burst),
     )
-    mcp_app = mcp_http_app(settings, mcp.caller(svc), host=host)
+    mcp_app = mcp_http_app(settings, mcp.caller(svc), host=host, check_hosts=False)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -67,15 +69,20 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.service = svc
-    errors.install(app)
+    errors.install(app, settings)
     app.include_router(chat.router)
     app.include_router(knowledge.router)
-    mcp.mount(app, mcp_app, svc)
+    mcp.mount(app, mcp_app)
     upload_limit = int(settings.max_file_mb * settings.max_upload_files * 1024 * 1024) + 65536
     json_limit = settings.api_max_body_kb * 1024
 
     def limit(path: str) -> int:
         return upload_limit if path.endswith(UPLOAD_PATH) else json_limit
 
-    app.add_middleware(BodyLimit, limit=limit)
+    app.add_middleware(Guard, svc=svc, hosts=served_hosts(settings, host), limit=limit)
     return app
+
+
+def served_hosts(settings: Settings, host: str) -> Hosts:
+    """The Host names the API answers to when it listens on `host`."""
+    return Hosts.served(host, settings.api_allowed_hosts)

@@ -104,7 +104,8 @@ def chat_completions(body: ChatRequest, access: Requester, request: Request) -> 
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     if body.stream:
         events = stream_answer(question, kb, svc.chat, svc.settings, history, filters)
-        chunks = _chunks(events, completion_id, created, body.model, SourceNames.of(kb))
+        shown = SourceNames.of(kb)
+        chunks = _chunks(events, completion_id, created, body.model, shown, svc.settings)
         return StreamingResponse(chunks, media_type="text/event-stream")
     result = answer(question, kb, svc.chat, svc.settings, history, filters)
     message: dict[str, object] = {
@@ -142,8 +143,9 @@ def _details(result: Answer) -> dict[str, object]:
 
 
 def _chunks(
-    events: Iterator[Any], completion_id: str, created: int, model: str, names: SourceNames
-) -> Iterator[str]:
+    events: Iterator[Any], completion_id: str, created: int, model: str, names: SourceNames,
+    settings: Settings,
+) -> Iterator[str]:  # fmt: skip
     """The answer as OpenAI's server-sent chunks: content deltas with their
     [n] markers already numbered as in the final answer, then a last chunk
     with the citations, verdicts, timings and usage, then `[DONE]`. An error
@@ -173,7 +175,7 @@ def _chunks(
                 last = _last(chunk, event.answer, streamed, markers if reading else None, names)
                 yield from last
     except RagError as exc:
-        yield sse_event(from_rag_error(exc))
+        yield sse_event(from_rag_error(exc, settings))
         return
     yield "data: [DONE]\n\n"
 

@@ -17,6 +17,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rag import errors
 from rag.access import AccessDenied
+from rag.settings import Settings
+from rag.sources import server_redacted
 
 log = logging.getLogger("kbqa.api")
 
@@ -51,11 +53,14 @@ _STATUS: list[tuple[type[errors.RagError], int, str, str]] = [
 ]
 
 
-def from_rag_error(exc: errors.RagError) -> ApiError:
+def from_rag_error(exc: errors.RagError, settings: Settings) -> ApiError:
+    """The core's error as the API's; its message without the server's
+    folders or the LLM server's address (rag.sources.server_redacted)."""
+    message = server_redacted(str(exc), settings)
     for kind, status, type_, code in _STATUS:
         if isinstance(exc, kind):
-            return ApiError(status, str(exc), type_, code)
-    return ApiError(500, str(exc), "server_error", "internal_error")
+            return ApiError(status, message, type_, code)
+    return ApiError(500, message, "server_error", "internal_error")
 
 
 def body(error: ApiError) -> dict[str, object]:
@@ -72,7 +77,7 @@ def response(error: ApiError) -> JSONResponse:
     return JSONResponse(body(error), status_code=error.status, headers=error.headers)
 
 
-def install(app: FastAPI) -> None:
+def install(app: FastAPI, settings: Settings) -> None:
     """The handlers that give every error OpenAI's shape."""
 
     @app.exception_handler(ApiError)
@@ -81,7 +86,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(errors.RagError)
     async def _rag(_: Request, exc: errors.RagError) -> JSONResponse:
-        return response(from_rag_error(exc))
+        log.info("refused: %s", exc)  # the operator's log keeps the full message
+        return response(from_rag_error(exc, settings))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

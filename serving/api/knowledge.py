@@ -8,21 +8,23 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, File, Request, UploadFile
+from fastapi import APIRouter, Request
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
 from ingest import library
 from ingest.ingestor import noop
-from rag.access import Action
+from rag.access import Access, Action
 from rag.filters import MAX_TAGS, MAX_VALUE_CHARS, Filters
 from rag.knowledge_base import KnowledgeBase
 from rag.settings import SearchMode
 from rag.sources import SourceNames
 from rag.storage import DocumentRecord
+from serving.api import uploads
 from serving.api.errors import ApiError
-from serving.api.service import Requester, public, service
+from serving.api.service import Requester, Service, public, service
 
 router = APIRouter(tags=["knowledge bases"])
 
@@ -123,6 +125,8 @@ def stats(kb: str, access: Requester, request: Request) -> dict[str, object]:
     base = service(request).open(access, kb)
     figures = base.stats().to_dict()
     figures["index"] = kb  # the name, not the server's folder
+    # The kind of store (local, milvus-lite, milvus): not its file or address.
+    figures["store"] = str(figures["store"]).split(":", 1)[0]
     return public(figures, SourceNames.of(base))  # type: ignore[no-any-return]
 
 
@@ -136,22 +140,44 @@ def documents(kb: str, access: Requester, request: Request) -> dict[str, object]
 @router.post(
     "/v1/knowledge-bases/{kb}/documents",
     summary="Upload and ingest files (a new knowledge base is created by its first upload)",
+    openapi_extra=uploads.SCHEMA,
 )
-def upload(
-    kb: str, files: Annotated[list[UploadFile], File()], access: Requester, request: Request
-) -> dict[str, Any]:
+async def upload(kb: str, access: Requester, request: Request) -> dict[str, Any]:
+    """Asked first (the guard: the key; here: may this key write to `kb`),
+    then the body is read, each file to disk as it comes (uploads.py)."""
     svc = service(request)
+    kb_dir = await run_in_threadpool(svc.kb_dir, access, kb, Action.WRITE)
+    svc.root.mkdir(parents=True, exist_ok=True)
     settings = svc.settings
-    kb_dir = svc.kb_dir(access, kb, Action.WRITE)
-    if len(files) > settings.max_upload_files:
-        raise ApiError(
-            400, f"At most {settings.max_upload_files} files per upload (RAG_MAX_UPLOAD_FILES).",
-            code="too_many_files",
-        )  # fmt: skip
+    parts = await uploads.read_files(
+        request, svc.root, settings.max_file_mb, settings.max_upload_files
+    )
+    try:
+        return await run_in_threadpool(_save_and_ingest, svc, access, kb, kb_dir, parts)
+    finally:
+        for part in parts:
+            part.close()
+
+
+def _save_and_ingest(
+    svc: Service, access: Access, kb: str, kb_dir: Path, parts: list[uploads.Part]
+) -> dict[str, Any]:
+    settings = svc.settings
     if not kb_dir.exists():
         library.create(access, svc.root, kb)
-    uploads = [_read(f, settings.max_file_mb) for f in files]
-    saved = library.save_uploads(access, kb_dir, uploads, settings.max_file_mb)
+    saved = library.SavedUploads([], [])
+    for part in parts:  # one file's bytes in memory at a time
+        if part.file is None:
+            saved.refused.append((part.name, library.too_large(settings.max_file_mb)))
+            continue
+        one = library.save_uploads(
+            access, kb_dir, [library.Upload(part.name, part.read())], settings.max_file_mb
+        )
+        part.close()
+        saved.paths += one.paths
+        saved.refused += one.refused
+        saved.renamed += one.renamed
+        saved.unchanged += one.unchanged
     report = None
     if saved.paths:
         report = library.ingest_files(access, kb_dir, saved.paths, settings, noop)
@@ -168,14 +194,6 @@ def upload(
         "report": report.to_dict() | {"index": kb} if report else None,
     }
     return public(shown, SourceNames(os.path.realpath(kb_dir), None))  # type: ignore[no-any-return]
-
-
-def _read(upload: UploadFile, max_mb: float) -> library.Upload:
-    """The upload's bytes, reading no more than one byte over the limit
-    (save_uploads refuses it then, by name)."""
-    limit = int(max_mb * 1024 * 1024) + 1
-    data = upload.file.read(limit)
-    return library.Upload(upload.filename or "upload", data)
 
 
 @router.delete(

@@ -1,10 +1,11 @@
 """/mcp: the MCP tools (serving/mcp_tools.py) over streamable HTTP, under
 the API's keys, grants and rate limit.
 
-Each HTTP request to /mcp is let in by its bearer key as the routes are
-(`Service.access`: 401 for a bad key, 429 over the key's rate, as a
-JSON-RPC error whose message the client shows; an MCP session spends a few requests: initialize, its
-notification, then one per tool call). Each tool call then resolves the key
+Each HTTP request to /mcp is let in by the API's guard (guard.py) as the
+routes are: its Host, Origin and bearer key (401 for a bad key, 429 over the
+key's rate, as a JSON-RPC error whose message the client shows; an MCP
+session spends a few requests: initialize, its notification, then one per
+tool call). Each tool call then resolves the key
 to its account afresh and asks the access policy, so a knowledge base the
 account may not read is a tool error, and a revoked grant holds at the next
 call."""
@@ -12,12 +13,10 @@ call."""
 from __future__ import annotations
 
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from rag.access import Access, AccessDenied
 from serving.api.errors import ApiError, body
@@ -36,7 +35,7 @@ def bearer_key(headers: Headers) -> str | None:
 
 def caller(svc: Service) -> RequestAccess:
     """The account of a tool call's HTTP request (its bearer key), as it is
-    now. The request already passed `KeyGuard`, so a refusal here means the
+    now. The request already passed the guard, so a refusal here means the
     key was revoked in between: a tool error."""
 
     def resolve(request: Request) -> Access:
@@ -49,24 +48,6 @@ def caller(svc: Service) -> RequestAccess:
     return resolve
 
 
-class KeyGuard:
-    """Lets a request through to the MCP app once its key is known and
-    within its rate; else answers as every route of the API does."""
-
-    def __init__(self, app: ASGIApp, svc: Service) -> None:
-        self.app = app
-        self.svc = svc
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        key = bearer_key(Headers(scope=scope))
-        try:
-            await run_in_threadpool(self.svc.access, key)  # the app database: off the loop
-        except ApiError as exc:
-            await refusal(exc)(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
-
-
 def refusal(error: ApiError) -> JSONResponse:
     """The API's refusal (its status, and OpenAI's error object as `data`) in
     JSON-RPC's shape: an MCP client shows a JSON-RPC error's message, where
@@ -76,10 +57,9 @@ def refusal(error: ApiError) -> JSONResponse:
     return JSONResponse(reply, status_code=error.status, headers=error.headers)
 
 
-def mount(app: Starlette, mcp_app: Starlette, svc: Service) -> None:
-    """The MCP app's one route (/mcp), guarded, among the API's own, so the
-    API's middleware (body limit) and 404s apply around it. Its lifespan is
-    the caller's to run (`create_app` does)."""
+def mount(app: Starlette, mcp_app: Starlette) -> None:
+    """The MCP app's one route (/mcp) among the API's own, so the API's
+    guard (Host, Origin, key, rate, body limit) and 404s apply around it.
+    Its lifespan is the caller's to run (`create_app` does)."""
     (route,) = [r for r in mcp_app.routes if isinstance(r, Route) and r.path == PATH]
-    guarded = KeyGuard(route.app, svc)
-    app.router.routes.append(Route(PATH, endpoint=guarded, include_in_schema=False))
+    app.router.routes.append(Route(PATH, endpoint=route.app, include_in_schema=False))

@@ -79,13 +79,15 @@ class RateLimiter:
         raise error
 
 
-class _TooLarge(Exception):
+class _TooLarge(BaseException):  # not Exception: FastAPI would make it a 400
     pass
 
 
 class BodyLimit:
     """ASGI middleware refusing a request body over `limit(path)` bytes with
-    413, whether it declares its length or streams it in chunks."""
+    413, whether it declares its length (before reading any of it) or
+    streams it in chunks. The connection is closed after a refusal: the rest
+    of the body is never read."""
 
     def __init__(self, app: ASGIApp, limit: Callable[[str], int]) -> None:
         self.app = app
@@ -100,6 +102,7 @@ class BodyLimit:
         too_large = ApiError(
             413, f"Request body larger than {limit // 1024} KB.", code="request_too_large"
         )
+        too_large.headers["Connection"] = "close"
         if not declared.isdigit() or int(declared) > limit:
             await response(too_large)(scope, receive, send)
             return

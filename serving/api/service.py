@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
 
 from ingest import library
 from rag.access import Access, AccessPolicy, Action, valid_kb_name
@@ -19,8 +19,11 @@ from rag.knowledge_base import KnowledgeBase
 from rag.llm import ChatModel
 from rag.settings import Settings
 from rag.sources import SourceNames
-from serving.api.errors import ApiError
+from serving.api.errors import ApiError, unauthorized
 from serving.api.security import RateLimiter, authenticate
+
+# Where the guard (guard.py) leaves the requester's Access in a request's scope.
+ACCESS = "kbqa.access"
 
 
 @dataclass
@@ -103,17 +106,17 @@ def service(request: Request) -> Service:
     return svc
 
 
-# auto_error off: a request without a key is the local user under RAG_AUTH=none;
-# `authenticate` decides. Declared so /docs offers an "Authorize" button.
+# Declared so /docs offers an "Authorize" button; the guard (guard.py) reads
+# the key, from the headers, before any body is read.
 _bearer = HTTPBearer(auto_error=False, description="An API key from `rag keys create NAME`.")
 
 
-def requester(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Access:
-    """The dependency every route takes: who asks, and whether they may yet."""
-    return service(request).access(credentials.credentials if credentials else None)
+def requester(request: Request, _: Annotated[object, Depends(_bearer)]) -> Access:
+    """The dependency every route takes: who asks, as the guard let them in."""
+    access = request.scope.get(ACCESS)
+    if not isinstance(access, Access):  # a route reached around the guard
+        raise unauthorized("No API key was checked for this request.")
+    return access
 
 
 Requester = Annotated[Access, Depends(requester)]
