@@ -238,7 +238,7 @@ def run(args: argparse.Namespace) -> None:
 
     kb_index = index(args.work)
     settings = discover(Settings(llm_url=args.url, followup=args.followup))
-    asked = questions(args.half)
+    asked = [q for q in questions(args.half) if args.kind in (None, q.kind)]
     paths: dict[str, Callable[[Question], Outcome]] = {"CPU path (in process)": in_process(
         kb_index, settings)}  # fmt: skip
     if args.api:
@@ -273,6 +273,7 @@ def main() -> None:
     ask.add_argument("--api", help="a `rag serve` serving the bench's index as `qa`")
     ask.add_argument("--half", choices=("tune", "report", "all"), default="report")
     ask.add_argument("--followup", choices=("join", "rewrite"), default="join")
+    ask.add_argument("--kind", help="only the questions of this kind (e.g. follow-up)")
     ask.add_argument("--show-misses", action="store_true")
     args = parser.parse_args()
     calibrate(args) if args.command == "calibrate" else run(args)
