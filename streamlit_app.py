@@ -14,6 +14,7 @@ from pathlib import Path
 import streamlit as st
 
 from ingest import library
+from rag import screening
 from rag.access import Access, Action
 from rag.answering import stream_answer
 from rag.appdb import AppDB, open_app_db
@@ -164,9 +165,8 @@ def _stream(question, history, kb, chat, settings, status, filters) -> Answer:  
         elif isinstance(event, Retrieved):
             status.update(label=f"Retrieved {plural(len(event.hits), 'passage')}; screening…")
         elif isinstance(event, Screened):
-            status.update(
-                label=f"Screen kept {len(event.kept)} of {len(event.verdicts)} passages; reading…"
-            )
+            said = screening.summary(event.verdicts, event.kept)
+            status.update(label=f"{said[:1].upper()}{said[1:]} passages; reading…")
             status.dataframe(render.verdict_rows(event.verdicts, event.kept), hide_index=True)
         elif isinstance(event, Notice):
             status.write(for_user(event.text))
@@ -181,7 +181,8 @@ def _stream(question, history, kb, chat, settings, status, filters) -> Answer:  
     thinking.empty()
     body.markdown(render.defuse(result.text))
     # Timings and tokens are in the Stages expander below: shown once.
-    status.update(label="Answered", state="complete")
+    # A refusal is not an answer: the status says which it is.
+    status.update(label="Answered" if result.found else "Not found", state="complete")
     return result
 
 

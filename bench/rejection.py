@@ -1,7 +1,7 @@
 """When is "not in the knowledge base" the right answer? The signals the
 extractive answer could decide by, without the LLM: per SciFact query, the
 similarity of the closest candidate sentence (what rag/extractive.py
-compares with RAG_EXTRACT_MIN_SIMILARITY) and the dense cosine of the best
+compares with RAG_EXTRACT_MIN_SUPPORT) and the dense cosine of the best
 passage in the index, for the query asked of the full index (positive)
 and of a copy without its judged documents (negative).
 
@@ -137,7 +137,7 @@ def main() -> None:
     args = parser.parse_args()
     data = evaluation.load_dataset(args.dataset)
     # The floor is what the extractive answer used before this measurement.
-    settings = small_model(extract_min_similarity=0.25)
+    settings = small_model(extract_min_support=0.25)
     halves = {}
     for which in ("tune", "test"):
         qids = evaluation.half(data.queries, which)[: args.limit or None]

@@ -14,7 +14,7 @@ consumed to the end.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 
 from rag import citations, followup, prompts
 from rag.errors import LLMError
@@ -24,7 +24,7 @@ from rag.knowledge_base import KnowledgeBase
 from rag.llm import ChatModel, Completion, Delta, require_content
 from rag.reading import check_question, read, read_token_limit
 from rag.rewriting import condense
-from rag.screening import keep, screen
+from rag.screening import SCREEN_OFF, keep, screen
 from rag.settings import Settings
 from rag.types import Answer, Usage, Verdict
 
@@ -48,15 +48,7 @@ def stream_answer(
     result = Answer(question=question, text="")
     query = question
     if history and followup.needs_context(question):
-        with _timed(result, "rewrite"):
-            query, result.usage["rewrite"] = condense(history, question, model, settings)
-        kept = followup.plausible_rewrite(question, query, history)
-        query = result.search_query = query if kept else question
-        yield Rewritten(query, result.timings["rewrite"], kept)
-        if not kept:
-            note = "The rewrite of the follow-up lost its meaning; searched for it as asked."
-            result.notes.append(note)
-            yield Notice(note)
+        query = yield from _follow_up(question, history, result, model, settings)
     with _timed(result, "retrieve"):
         result.hits = kb.search(
             query, k=settings.screen_k, mode=settings.search_mode, filters=filters
@@ -113,6 +105,32 @@ class _timed:
         self.result.timings[self.stage] = time.perf_counter() - self.started
 
 
+def _follow_up(
+    question: str,
+    history: Sequence[tuple[str, str]],
+    result: Answer,
+    model: ChatModel,
+    settings: Settings,
+) -> Generator[Event, None, str]:
+    """Yield how a follow-up is searched; return the query. The small model
+    cannot rewrite (it answers instead, or drops the subject), so with
+    RAG_FOLLOWUP=join the previous question's words are joined to it, by
+    rule; a model rewrite that lost the question's meaning falls back to the
+    same rule."""
+    stage = "follow-up" if settings.followup == "join" else "rewrite"
+    if settings.followup == "join":
+        with _timed(result, stage):
+            query = followup.joined(question, history)
+    else:
+        with _timed(result, stage):
+            query, result.usage["rewrite"] = condense(history, question, model, settings)
+        if not followup.plausible_rewrite(question, query, history):
+            query = followup.joined(question, history)
+    result.search_query = query
+    yield Rewritten(query, result.timings[stage])
+    return query
+
+
 def _screen(query: str, result: Answer, model: ChatModel, settings: Settings) -> None:
     """The screen's verdicts and what is kept. It judges against the
     standalone query: "and its rings?" alone says nothing about which
@@ -121,7 +139,7 @@ def _screen(query: str, result: Answer, model: ChatModel, settings: Settings) ->
         result.verdicts, result.usage["screen"] = screen(query, result.hits, model, settings)
     else:
         result.verdicts = [
-            Verdict(hit=h, relevant=True, reason="screen off", score=0.0) for h in result.hits
+            Verdict(hit=h, relevant=True, reason=SCREEN_OFF, score=0.0) for h in result.hits
         ]
     result.kept = keep(result.verdicts, settings)
 
@@ -141,8 +159,8 @@ def _cite(result: Answer, done: Read, settings: Settings) -> Answer:
     if completion is None:  # extractive, and nothing close enough to quote
         return _not_found(
             result,
-            "No sentence of the kept passages is close enough to the question to quote "
-            f"(RAG_EXTRACT_MIN_SIMILARITY {settings.extract_min_similarity}).",
+            "Nothing in the passages found answers the question closely enough to quote "
+            f"(RAG_EXTRACT_MIN_SUPPORT {settings.extract_min_support}).",
         )
     if completion.first_token:
         result.timings["read_first_token"] = completion.first_token - completion.started

@@ -207,6 +207,7 @@ def ask(
     from rag.events import Finished, Retrieved, Screened
     from rag.llm import Delta, OpenAIChat
     from rag.profiles import discover
+    from rag.screening import summary
 
     filters = filters_from(**scope)  # a bad date fails before the server is asked
     settings = discover(
@@ -222,8 +223,8 @@ def ask(
         if isinstance(event, Retrieved) and streaming:
             click.echo(f"[retrieved {len(event.hits)} passages in {event.seconds:.2f} s]", err=True)
         elif isinstance(event, Screened) and streaming:
-            kept, judged = len(event.kept), len(event.verdicts)
-            click.echo(f"[screen kept {kept} of {judged} in {event.seconds:.2f} s]", err=True)
+            said = summary(event.verdicts, event.kept)
+            click.echo(f"[{said} in {event.seconds:.2f} s]", err=True)
         elif isinstance(event, Delta) and streaming and event.channel == "content":
             click.echo(event.text, nl=False)
             streamed += event.text

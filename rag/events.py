@@ -13,12 +13,10 @@ from rag.types import Answer, Hit, Usage, Verdict
 @dataclass(frozen=True)
 class Rewritten:
     """A follow-up turned into the standalone query that was searched
-    (`kept` False: the rewrite lost the question's meaning, so the question
-    was searched as asked)."""
+    (rag/answering.py `_follow_up`)."""
 
     query: str
     seconds: float
-    kept: bool = True
 
 
 @dataclass(frozen=True)

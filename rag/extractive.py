@@ -24,7 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from rag import table_rows
 from rag.embedding import Embedder
+from rag.lexical import terms
 from rag.types import Hit
 
 # A block: a paragraph, or one Markdown list item or heading.
@@ -43,11 +45,35 @@ _HEADING_LINE = re.compile(r"^[^\n.!?:;,]{1,60}$")
 MIN_WORDS = 5
 
 
+# What a quote's support adds up (see `Candidate.support`), chosen with
+# bench/answering.py on the tune half of its question set; docs/answering.md
+# gives the figures. Closeness in meaning alone (all-MiniLM-L6-v2's cosine)
+# misses the sentence that answers a short question in other words ("How are
+# broken files reported?"), and rows are not sentences at all.
+OVERLAP_WEIGHT = 0.8  # times the share of the question's words the quote holds
+# For a quote of retrieval's first passage when both sides agree on it: the
+# tune half gained nothing from it (0.00 of 0.00-0.30 tried), so it is off.
+FIRST_WEIGHT = 0.0
+AGREE_RANK = 3  # ... that is, when dense and BM25 each rank that passage at most this
+
+
 @dataclass(frozen=True)
 class Candidate:
-    n: int  # the passage's number in the prompt
+    """A quote offered to the model: a sentence, or a table's caption,
+    header and matching rows; `n` is its passage's number in the prompt."""
+
+    n: int
     sentence: str
-    similarity: float
+    similarity: float  # cosine to the question (of the closest row, for a table)
+    overlap: float = 0.0  # share of the question's words in the quote
+    first: bool = False  # from retrieval's first passage, on which dense and BM25 agree
+
+    @property
+    def support(self) -> float:
+        """The evidence that this quote answers the question."""
+        return (
+            self.similarity + OVERLAP_WEIGHT * self.overlap + (FIRST_WEIGHT if self.first else 0.0)
+        )
 
 
 def sentences(text: str) -> list[str]:
@@ -91,28 +117,56 @@ def candidates(
     ordered: Sequence[Hit],
     embedder: Embedder,
     limit: int,
-    min_similarity: float,
+    min_support: float,
+    said: Sequence[str] = (),
 ) -> list[Candidate]:
-    """Up to `limit` sentences of the passages (numbered 1.. in `ordered`)
-    closest to the question, closest first; none below `min_similarity`."""
-    pool: list[tuple[int, str]] = []
-    seen: set[str] = set()
+    """Up to `limit` quotes of the passages (numbered 1.. in `ordered`, the
+    first being retrieval's strongest) best supported as answers to the
+    question, best first; none below `min_support`. A passage offers its
+    sentences and, for each table in it, the header with the matching rows.
+    What the conversation already `said` (earlier answers) is not offered
+    again: a follow-up asks for something new."""
+    asked = set(terms(question))
+    before = " ".join(" ".join(text.split()) for text in said)
+    quotes: dict[str, tuple[int, list[str]]] = {}  # quote -> passage, texts to embed
     for n, hit in enumerate(ordered, start=1):
-        for sentence in sentences(hit.text):
-            if sentence not in seen:  # overlapping chunks repeat sentences
-                seen.add(sentence)
-                pool.append((n, sentence))
-    if not pool:
+        for sentence in sentences(table_rows.prose(hit.text)):
+            if sentence not in before:
+                quotes.setdefault(sentence, (n, [sentence]))  # overlapping chunks repeat them
+        for table in table_rows.tables(hit.text):
+            rows = table_rows.matching_rows(question, table, before)
+            if rows:
+                quote = table.quote([table.rows[i] for i in rows])
+                quotes.setdefault(quote, (n, [table.as_text(table.rows[i]) for i in rows]))
+    if not quotes:
         return []
-    vectors = embedder.embed_batch([s for _, s in pool], kind="document")
-    query = embedder.embed_batch([question], kind="query")[0]
-    scores = np.asarray(vectors, dtype=np.float32) @ np.asarray(query, dtype=np.float32)
-    best = np.argsort(-scores, kind="stable")[:limit]
-    return [
-        Candidate(pool[i][0], pool[i][1], float(scores[i]))
-        for i in best
-        if scores[i] >= min_similarity
-    ]
+    texts = [t for _, group in quotes.values() for t in group]
+    vectors = np.asarray(embedder.embed_batch(texts, kind="document"), dtype=np.float32)
+    query = np.asarray(embedder.embed_batch([question], kind="query")[0], dtype=np.float32)
+    scores = iter((vectors @ query).tolist())
+    agree = bool(ordered) and _agreed(ordered[0])
+    found = []
+    for quote, (n, group) in quotes.items():
+        closeness = [next(scores) for _ in group]
+        quote = _best_rows(quote, closeness) if len(group) > 1 else quote
+        share = len(asked & set(terms(quote))) / len(asked) if asked else 0.0
+        found.append(Candidate(n, quote, max(closeness), share, agree and n == 1))
+    found.sort(key=lambda c: -c.support)  # stable: passage order breaks ties
+    return [c for c in found[:limit] if c.support >= min_support]
+
+
+def _agreed(hit: Hit) -> bool:
+    """Whether dense search and BM25 both rank `hit` near the top."""
+    ranks = (hit.dense_rank, hit.bm25_rank)
+    return all(r is not None and r <= AGREE_RANK for r in ranks)
+
+
+def _best_rows(quote: str, closeness: list[float]) -> str:
+    """A table quote cut to its MAX_ROWS rows closest to the question."""
+    lines = quote.split("\n")
+    rows = lines[len(lines) - len(closeness) :]
+    best = sorted(range(len(rows)), key=lambda i: -closeness[i])[: table_rows.MAX_ROWS]
+    return "\n".join(lines[: len(lines) - len(rows)] + [rows[i] for i in sorted(best)])
 
 
 def grammar(chosen: Sequence[Candidate]) -> str:
@@ -141,5 +195,5 @@ def request_extra(chosen: Sequence[Candidate]) -> dict[str, Any]:
 
 
 def _literal(text: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
     return f'"{escaped}"'

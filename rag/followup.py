@@ -1,5 +1,5 @@
-"""Whether a question needs the conversation, and whether its rewrite kept
-its meaning.
+"""Whether a question needs the conversation, whether its rewrite kept
+its meaning, and the rule that joins it to the conversation without a model.
 
 A standalone question is searched as it is: rewriting it costs a request
 and can only lose meaning (a small model once turned "How do I report
@@ -27,6 +27,14 @@ _QUESTION_WORDS = frozenset(
     "what how when where why who whom whose which is are was were do does did can could "  # noqa: SIM905
     "should would will shall may might has have had list name explain describe show give "
     "tell find".split()
+)
+# Words that carry no subject of their own, left out when a follow-up is
+# joined to the question before it.
+_FUNCTION = frozenset(
+    "a an the of in on at to for from by with about into over under during before after "  # noqa: SIM905
+    "between through up down out off i me my mine we our you your own not no yes very much "
+    "many some any all each every both few most such only just than so as if because while "
+    "being been be am get got go goes going make made use used way ways thing things".split()
 )
 _WORD = re.compile(r"[\w'’]+")
 SHORT = 3  # words: "Why?", "Since when?" need the conversation
@@ -63,3 +71,25 @@ def plausible_rewrite(question: str, rewrite: str, history: Sequence[tuple[str, 
         return False
     known = asked | {t for _role, text in history for t in terms(text)}
     return len(written & known) * 3 >= len(written) * 2
+
+
+def joined(question: str, history: Sequence[tuple[str, str]]) -> str:
+    """`question` followed by the content words of the previous question that
+    it lacks ("And for XLSX?" after "How are tables in PDF files indexed?"
+    becomes "And for XLSX? tables PDF files indexed"), so that the search
+    sees what the follow-up refers to. When the previous question was itself
+    a follow-up, the one before it is joined too. No user turn: as asked."""
+    asked = [text for role, text in history if role == "user"]
+    earlier = asked[-1:]
+    if asked and needs_context(asked[-1]):
+        earlier = asked[-2:]
+    have = set(terms(question))
+    words: list[str] = []
+    skip = _FUNCTION | _QUESTION_WORDS | _REFERRING
+    for text in earlier:
+        for word in _WORD.findall(text):
+            stem = [] if word.lower() in skip else terms(word)
+            if stem and stem[0] not in have:
+                have.add(stem[0])
+                words.append(word)
+    return f"{question} {' '.join(words)}" if words else question

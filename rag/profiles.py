@@ -27,6 +27,9 @@ SMALL_MODEL_CONTEXT = 2048
 SMALL_MODEL_PROFILE: dict[str, Any] = {
     "screen": False,
     "answer_style": "extractive",
+    # Its rewrites answer the follow-up or drop its subject; joined by rule,
+    # the follow-up finds what it refers to (bench/answering.py compares).
+    "followup": "join",
     "llm_context_tokens": SMALL_MODEL_CONTEXT,
     "screen_k": 6,
     "keep_max": 3,

@@ -75,7 +75,7 @@ def read(
     effort: Effort = settings.read_effort
     while kept:
         ordered = lost_in_the_middle(kept)
-        extra = _extractive_grammar(question, ordered, settings, embedder)
+        extra = _extractive_grammar(question, ordered, settings, embedder, conversation)
         if extra is None:  # extractive, and nothing close enough to quote
             yield Read(None, ordered)
             return
@@ -115,7 +115,11 @@ def read(
 
 
 def _extractive_grammar(
-    question: str, ordered: Sequence[Hit], settings: Settings, embedder: Embedder | None
+    question: str,
+    ordered: Sequence[Hit],
+    settings: Settings,
+    embedder: Embedder | None,
+    conversation: Sequence[tuple[str, str]] = (),
 ) -> dict[str, Any] | None:
     """The request's extra fields: in the extractive style, the grammar that
     lets the model only quote the closest sentences (None: none is close
@@ -124,9 +128,9 @@ def _extractive_grammar(
         return {}
     if embedder is None:
         raise ValueError("an extractive answer needs the embedder")
-    chosen = extractive.candidates(
-        question, ordered, embedder, settings.extract_sentences, settings.extract_min_similarity
-    )
+    said = [text for role, text in conversation if role == "assistant"]
+    limit, floor = settings.extract_sentences, settings.extract_min_support
+    chosen = extractive.candidates(question, ordered, embedder, limit, floor, said)
     return extractive.request_extra(chosen) if chosen else None
 
 

@@ -22,6 +22,17 @@ from rag.types import Hit, Usage, Verdict
 # The score shown for a verdict we could not parse; `keep` ignores it (the
 # passage is judged by retrieval alone).
 FAIL_OPEN_SCORE = 1.5
+# The reason on every verdict when the screen does not run (RAG_SCREEN=false).
+SCREEN_OFF = "screen off"
+
+
+def summary(verdicts: Sequence[Verdict], kept: Sequence[Hit]) -> str:
+    """What the screen did, in a few words: "the screen kept 3 of 6", or,
+    when it did not run, "screen off: top 3 of 6" (nothing was judged, so
+    nothing is said to be kept)."""
+    if verdicts and all(v.reason == SCREEN_OFF for v in verdicts):
+        return f"screen off: top {len(kept)} of {len(verdicts)}"
+    return f"the screen kept {len(kept)} of {len(verdicts)}"
 
 
 class _VerdictJSON(BaseModel):

@@ -171,6 +171,11 @@ class Settings(BaseSettings):
     rewrite_max_tokens: int = Field(
         256, ge=16, description="the follow-up rewrite (one line, plus reasoning on gpt-oss)"
     )
+    followup: Literal["rewrite", "join"] = Field(
+        "rewrite",
+        description="how a follow-up is searched: rewritten by the model into a standalone "
+        "question, or joined to the previous question's words by rule (rag/followup.py)",
+    )
     screen_group: int = Field(1, ge=1, description="passages judged per screen request")
     keep_max: int = Field(6, ge=1, description="passages kept for the deep read")
     screen_weight: float = Field(
@@ -193,17 +198,18 @@ class Settings(BaseSettings):
     extract_sentences: int = Field(
         4, ge=1, le=20, description="sentences an extractive answer may quote"
     )
-    # A cosine of the embedding model (all-MiniLM-L6-v2), so independent of
-    # the LLM. Below it, nothing is quoted and the answer is "not in the
-    # knowledge base". Chosen with bench/rejection.py on SciFact's tuning
-    # half: the highest that keeps 95% of the answerable questions answered
-    # (BENCHMARKS.md has the table; a low threshold answers every question
-    # the knowledge base cannot).
-    extract_min_similarity: float = Field(
-        0.47,
+    # The support a quote needs (rag/extractive.py `Candidate.support`: the
+    # embedding model's cosine, plus the share of the question's words it
+    # holds, plus a bonus when retrieval's first passage holds it and dense
+    # and BM25 agree on that passage). Below it, nothing is quoted and the
+    # answer is "not in the knowledge base". Chosen with bench/answering.py
+    # on the tune half of its question set (docs/answering.md).
+    extract_min_support: float = Field(
+        0.84,
         ge=-1.0,
-        le=1.0,
-        description="closeness to the question a quoted sentence needs; when no sentence "
-        "reaches it, the answer is 'not in the knowledge base'",
+        le=3.0,
+        description="evidence a quote needs (closeness to the question, shared words, "
+        "retrieval's agreement); when no quote reaches it, the answer is 'not in the "
+        "knowledge base'",
     )
     temperature: float = Field(0.0, ge=0.0, le=2.0)

@@ -162,3 +162,14 @@ def test_the_budget_counts_the_conversation_too():
     hits = [hit(i, "x" * 900) for i in range(1, 7)]
     long_talk = [("user", "y" * 600), ("assistant", "z" * 600)] * 2
     assert len(fit_to_budget("q", hits, 1200, long_talk)) < len(fit_to_budget("q", hits, 1200))
+
+
+def test_with_the_screen_off_no_line_says_the_screen_kept_anything():
+    from rag.screening import SCREEN_OFF, summary
+    from rag.types import Verdict
+
+    hits = [hit(i) for i in range(1, 7)]
+    off = [Verdict(hit=h, relevant=True, reason=SCREEN_OFF) for h in hits]
+    assert summary(off, hits[:3]) == "screen off: top 3 of 6"
+    judged = [Verdict(hit=h, relevant=i < 2, reason="", score=2.0) for i, h in enumerate(hits)]
+    assert summary(judged, hits[:2]) == "the screen kept 2 of 6"

@@ -104,7 +104,7 @@ def test_a_follow_up_is_rewritten_with_the_conversation(api):
     ]
     follow_up = api.client("rex").chat.completions.create(model="default", messages=messages)
     extra = follow_up.model_extra
-    assert "rewrite" in extra["timings"], "the follow-up was rewritten as in the app"
+    assert "follow-up" in extra["timings"], "the follow-up was joined as in the app"
     assert follow_up.choices[0].message.content
 
 

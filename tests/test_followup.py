@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from rag.followup import needs_context, plausible_rewrite
+from rag.followup import joined, needs_context, plausible_rewrite
 
 HISTORY = [
     ("user", "How are broken files reported during ingestion?"),
@@ -63,3 +63,12 @@ def test_a_rewrite_that_resolves_the_reference_is_kept():
 )
 def test_a_rewrite_that_loses_the_question_is_set_aside(rewrite):
     assert not plausible_rewrite("And what about scanned PDFs?", rewrite, HISTORY)
+
+
+def test_a_follow_up_is_joined_to_the_words_of_the_question_it_follows():
+    history = [("user", "How do I add my own documents?"), ("assistant", "Run `ingest PATH`.")]
+    assert joined("And how do I remove one?", history) == "And how do I remove one? add documents"
+    # a follow-up of a follow-up also takes the question before
+    longer = [*history, ("user", "And how do I remove one?"), ("assistant", "...")]
+    assert set(joined("Why?", longer).split()) >= {"Why?", "remove", "add", "documents"}
+    assert joined("Why?", []) == "Why?"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-# "(RAG_LLM_TIMEOUT)", "(RAG_EXTRACT_MIN_SIMILARITY 0.25)", ", RAG_LLM_CONTEXT_TOKENS,":
+# "(RAG_LLM_TIMEOUT)", "(RAG_EXTRACT_MIN_SUPPORT 0.25)", ", RAG_LLM_CONTEXT_TOKENS,":
 # the setting names belong in logs and `--help`, not in front of a user.
 _SETTING = re.compile(r"\s*\(RAG_[A-Z_]+(?: [^()]*)?\)|,\s*RAG_[A-Z_]+(?=[,)])")
 _BARE = re.compile(r"\bRAG_[A-Z_]+\b")

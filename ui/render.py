@@ -15,6 +15,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from rag import screening
 from rag.access import Access, Action
 from rag.knowledge_base import KnowledgeBase
 from rag.sources import SourceNames, _under
@@ -44,10 +45,12 @@ def location(hit: Hit, names: SourceNames | None = None) -> str:
 
 def verdict_rows(verdicts: list[Verdict], kept: list[Hit]) -> list[dict[str, object]]:
     kept_ids = {h.chunk_id for h in kept}
+    # With the screen off nothing was judged: the top passages were read.
+    column = "kept" if screening.summary(verdicts, kept).startswith("the screen") else "read"
     return [
         {
             "#": rank,
-            "kept": v.hit.chunk_id in kept_ids,
+            column: v.hit.chunk_id in kept_ids,
             "score": v.score,
             "source": location(v.hit),
             "reason": v.reason if v.valid else f"{v.reason} ({v.error})",
@@ -65,7 +68,8 @@ def stage_summary(result: Answer) -> str:
 def stages(result: Answer) -> None:
     """Retrieval, screen verdicts, timings and tokens of one answer."""
     with st.expander(f"Stages — {stage_summary(result)}", expanded=False):
-        st.caption(f"Retrieved {len(result.hits)} passages; the screen kept {len(result.kept)}.")
+        said = screening.summary(result.verdicts, result.kept)
+        st.caption(f"Retrieved {len(result.hits)} passages; {said}.")
         if result.verdicts:
             st.dataframe(verdict_rows(result.verdicts, result.kept), hide_index=True)
         st.json({"timings_s": result.timings, "usage": result.to_dict()["usage"]}, expanded=False)
