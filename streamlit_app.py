@@ -25,7 +25,7 @@ from rag.knowledge_base import KnowledgeBase
 from rag.llm import Delta, OpenAIChat, check_server
 from rag.settings import Settings
 from rag.types import Answer
-from ui import account, history, render, users
+from ui import account, history, render, session_cookie, users
 from ui.conversation import Conversation, ConversationStore, Turn
 from ui.manage import manage_tab
 from ui.messages import for_user, plural
@@ -225,6 +225,7 @@ def ask_tab(
             )
         elif question:
             turn = ask(access, kb, names, settings, question, conversation, llm_down, filters)
+            turn.filters = filters  # kept with the turn: the export says what was searched
             store.add(conversation, turn)
     asked = plural(len(conversation.turns), "question")
     heading.caption(f"Conversation in **{render.plain(kb_dir.name)}** · {asked}")
@@ -240,6 +241,8 @@ def main() -> None:
     kb = side.kb_dir.name
     store = ConversationStore(db, user=access.user.name)
     st.title("Ask your documents")
+    if side.notice:
+        st.warning(render.plain(side.notice))
     if not access.allows(Action.READ, kb):  # none of the bases is theirs
         st.info(account.NO_KNOWLEDGE_BASE)
         return
@@ -263,11 +266,17 @@ def main() -> None:
     active.caption(f"Knowledge base **{render.plain(kb)}** · {summary_line(stats)}")
     with side.summary:
         kb_summary(stats, library.last_synced(access, side.kb_dir))
-    history.panel(side.conversation, store, kb, conversation)
+    names = render.SourceNames.of(open_kb(str(side.kb_dir))) if conversation else None
+    history.panel(side.conversation, store, kb, conversation, names)
 
 
-# Streamlit runs this file as __main__. The guard keeps the app from running
-# again inside every parser worker: those start with forkserver, which
-# re-imports the parent's __main__ (as __mp_main__) in each new process.
+# Streamlit runs this file as __main__ for each run of the page. The guard
+# keeps the app from running again inside every parser worker: those start
+# with forkserver, which re-imports the parent's __main__ (as __mp_main__) in
+# each new process. `streamlit run` finds `app` below and serves it (ASGI
+# mode), importing this file once as the module `streamlit_app`: Streamlit's
+# server with the login cookie's route beside it (ui/session_cookie.py).
 if __name__ == "__main__":
     main()
+elif __name__ == "streamlit_app":
+    app = st.App(__file__, routes=session_cookie.routes(st.get_option("server.baseUrlPath")))

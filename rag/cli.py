@@ -27,6 +27,14 @@ index_option = click.option(
 )  # fmt: skip
 
 
+def _types() -> list[str]:
+    """Every type the loaders take, as documents are stored (from the
+    loaders' own table, so a new loader shows here)."""
+    from ingest.loaders import KINDS
+
+    return sorted(set(KINDS.values()))
+
+
 def filter_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """--path-prefix, --type, --tag, --after, --before: search only the
     documents they match (the store applies them before the top k)."""
@@ -34,8 +42,7 @@ def filter_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--path-prefix", metavar="PATH",
                      help="Only documents whose path starts with PATH (relative to here)."),
         click.option("--type", "types", multiple=True, metavar="TYPE",
-                     help="Only documents of this type (pdf, md, txt, html, docx, xlsx, csv, "
-                          "pptx, epub, email: .eml and .msg). Repeatable."),
+                     help=f"Only documents of this type ({', '.join(_types())}). Repeatable."),
         click.option("--tag", "tags", multiple=True, metavar="TAG",
                      help="Only documents carrying this tag (ingest --tag). Repeatable: any."),
         click.option("--after", metavar="DATE",

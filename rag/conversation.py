@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from rag.filters import Filters
 from rag.types import Answer, Chunk, Citation, Hit, Usage, Verdict
 
 FORMAT = 1
@@ -27,10 +28,12 @@ class Turn:
     answer: Answer | None = None
     error: str = ""
     warning: str = ""  # why passages are shown instead of an answer
+    filters: Filters | None = None  # the documents the question searched, if narrowed
 
     def to_json(self) -> str:
         body = {"format": FORMAT, "question": self.question, "error": self.error}
         body["warning"] = self.warning
+        body["filters"] = None if self.filters is None else _filters_to_dict(self.filters)
         body["answer"] = None if self.answer is None else _answer_to_dict(self.answer)
         return json.dumps(body, ensure_ascii=False)
 
@@ -43,6 +46,7 @@ class Turn:
             answer=None if answer is None else _answer_from_dict(answer),
             error=str(body.get("error", "")),
             warning=str(body.get("warning", "")),
+            filters=_filters_from(body.get("filters")),
         )
 
 
@@ -74,6 +78,23 @@ class ConversationInfo:
     started: float
     updated: float
     turns: int
+
+
+def _filters_to_dict(filters: Filters) -> dict[str, Any]:
+    return {
+        "path_prefix": filters.path_prefix, "types": list(filters.types),
+        "tags": list(filters.tags), "after": filters.after, "before": filters.before,
+    }  # fmt: skip
+
+
+def _filters_from(d: dict[str, Any] | None) -> Filters | None:
+    """A turn's filters (None in turns kept before they were recorded)."""
+    if not d:
+        return None
+    return Filters(
+        str(d.get("path_prefix", "")), tuple(d.get("types", ())), tuple(d.get("tags", ())),
+        d.get("after"), d.get("before"),
+    )  # fmt: skip
 
 
 # -- an Answer as JSON and back ------------------------------------------------------

@@ -52,6 +52,14 @@ class SourceNames:
         path = Path(source)
         return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
 
+    def show_folder(self, prefix: str) -> str:
+        """A folder (a filter's path prefix) as the app offers it: "." for
+        the knowledge base's own or the shared folder itself."""
+        folder = prefix.rstrip(os.sep)
+        if folder in (self.kb_root.rstrip(os.sep), (self.shared or "").rstrip(os.sep)):
+            return "."
+        return self.show(folder)
+
     def redact(self, message: str) -> str:
         """A message with the server's folders taken out of any path in it."""
         for base in sorted(filter(None, (self.shared, self.kb_root)), key=len, reverse=True):

@@ -13,15 +13,18 @@ RAG_AUTH picks the mode:
   in .streamlit/secrets.toml. Groups come from the RAG_AUTH_GROUPS_CLAIM
   claim of the provider's ID token.
 - local: accounts kept by the app (rag.appdb's `Accounts`): a name and
-  password form; the session's token is all this browser session keeps,
-  and it is looked up at every run, so a disabled account, a changed
-  password or an expired session signs the visitor out at the next click.
+  password form; the session's token is all this browser keeps (in the
+  session and in an HttpOnly cookie, ui/session_cookie.py, so a reload or a
+  new tab stays signed in), and it is looked up at every run, so a Log out,
+  a disabled account, a changed password or an expired session signs the
+  visitor out of every tab at their next click.
 
 Names, emails and groups come from the provider: shown as plain text only.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NoReturn
@@ -31,6 +34,7 @@ import streamlit as st
 from rag.access import LoginRefused
 from rag.exposure import refusal
 from rag.settings import Settings
+from ui import session_cookie
 from ui.safe_text import plain
 
 if TYPE_CHECKING:
@@ -94,11 +98,13 @@ def current_identity(settings: Settings, accounts: Accounts) -> Identity | None:
         if not st.user.get("is_logged_in"):
             return None
         return identity_from_claims(st.user.to_dict(), settings.auth_groups_claim)
-    token = st.session_state.get(_LOCAL_SESSION)
+    # This tab's own login, else the one its cookie brought (a reload, a new tab)
+    token = st.session_state.get(_LOCAL_SESSION) or session_cookie.token()
     user = accounts.session_user(token) if isinstance(token, str) else None
     if user is None:  # expired, ended, or the account was disabled or removed
         st.session_state.pop(_LOCAL_SESSION, None)
         return None
+    st.session_state[_LOCAL_SESSION] = token
     return Identity(name=user.name, email="", groups=())
 
 
@@ -166,7 +172,9 @@ def _login_page(settings: Settings, accounts: Accounts) -> None:
         except LoginRefused as exc:  # says nothing of whether the name exists
             st.error(str(exc))
             return
-        st.session_state[_LOCAL_SESSION] = accounts.create_session(user)
+        token = accounts.create_session(user)
+        st.session_state[_LOCAL_SESSION] = token
+        session_cookie.keep(token, expires=time.time() + settings.session_hours * 3600)
         st.rerun()
 
 
@@ -191,3 +199,4 @@ def _log_out(settings: Settings, accounts: Accounts) -> None:
     token = st.session_state.pop(_LOCAL_SESSION, None)
     if isinstance(token, str):
         accounts.end_session(token)  # the token is no use to anyone after this
+    session_cookie.forget()

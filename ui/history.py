@@ -16,11 +16,13 @@ import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
 from rag.appdb import ConversationMissing
+from rag.sources import SourceNames
 from ui.conversation import Conversation, ConversationStore, to_markdown
 from ui.messages import plural
 from ui.safe_text import plain
 
 _OPEN = "open-conversation:"  # + knowledge base: the id of the conversation shown
+_RENAMED = "conversation-renamed"  # the new title, confirmed on the next run
 
 
 def shown(store: ConversationStore, kb: str) -> Conversation:
@@ -36,8 +38,9 @@ def shown(store: ConversationStore, kb: str) -> Conversation:
 
 
 def panel(
-    slot: DeltaGenerator, store: ConversationStore, kb: str, conversation: Conversation | None
-) -> None:
+    slot: DeltaGenerator, store: ConversationStore, kb: str, conversation: Conversation | None,
+    names: SourceNames | None = None,
+) -> None:  # fmt: skip
     """The sidebar's conversation controls, drawn once this run's question
     is in the conversation. The buttons act in callbacks, before the next
     run draws the page."""
@@ -56,16 +59,21 @@ def panel(
                 type="primary" if info.id == current else "secondary",
             )  # fmt: skip
         if conversation is not None and conversation.turns:
-            _open_one(store, kb, conversation)
+            _open_one(store, kb, conversation, names)
 
 
-def _open_one(store: ConversationStore, kb: str, conversation: Conversation) -> None:
+def _open_one(
+    store: ConversationStore, kb: str, conversation: Conversation, names: SourceNames | None
+) -> None:
     with st.expander("This conversation"):
         key = f"title-{conversation.id}"
         st.text_input("Title", value=conversation.title, key=key, max_chars=160)
         st.button("Rename", on_click=_rename, args=(store, conversation.id, key))
+        renamed = st.session_state.pop(_RENAMED, None)
+        if renamed:
+            st.success(f"Renamed to “{plain(renamed)}”.")
         st.download_button(
-            "Export as Markdown", data=to_markdown(conversation),
+            "Export as Markdown", data=to_markdown(conversation, names),
             file_name=export_name(conversation), mime="text/markdown",
         )  # fmt: skip
         st.button("Delete this conversation", on_click=_delete, args=(store, kb, conversation.id))
@@ -91,6 +99,7 @@ def _rename(store: ConversationStore, conversation_id: int, key: str) -> None:
     if title:
         with suppress(ConversationMissing):  # deleted in another tab meanwhile
             store.rename(conversation_id, title)
+            st.session_state[_RENAMED] = title
 
 
 def _delete(store: ConversationStore, kb: str, conversation_id: int) -> None:

@@ -60,7 +60,8 @@ def manage_tab(
     summary = st.container()  # filled last, so never stale
     st.subheader("Add documents")
     files = st.file_uploader(
-        "PDF, Markdown, text, HTML, DOCX, XLSX or CSV", accept_multiple_files=True,
+        # The types are listed once, by the uploader itself, from the loaders' list.
+        "Documents to add", accept_multiple_files=True,
         type=[k.lstrip(".") for k in library.KINDS], key=_fresh("uploads", kb_dir),
     )  # fmt: skip
     if files and st.button("Ingest", type="primary"):
@@ -78,7 +79,7 @@ def manage_tab(
         [
             {
                 "document": names.show(d.path), "kind": d.kind,
-                "pages": str(d.pages) if d.pages else "", "chunks": d.chunks,
+                "pages": str(d.pages) if d.pages else "", "passages": d.chunks,
             }
             for d in kb.documents()
         ],
@@ -219,7 +220,7 @@ def run_ingest(kb_dir: Path, job: Callable[[ProgressFn], IngestReport]) -> RagEr
     flash(
         "success",
         f"Added {report.added}, updated {report.updated}, unchanged {report.unchanged}; "
-        f"{plural(report.chunks_embedded, 'chunk')} embedded in {report.seconds:.1f} s.",
+        f"{plural(report.chunks_embedded, 'passage')} embedded in {report.seconds:.1f} s.",
     )
     # In the knowledge base's own terms: no server folder in a message.
     names = render.SourceNames(os.path.realpath(kb_dir), None)

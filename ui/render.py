@@ -65,6 +65,23 @@ def stage_summary(result: Answer) -> str:
     return f"{timings} · {result.total_usage().to_dict()['total_tokens']} tokens"
 
 
+def stage_rows(result: Answer) -> list[dict[str, object]]:
+    """Each stage's time and tokens, in the order they ran, and the total."""
+    usage = {stage: u.to_dict() for stage, u in result.usage.items()}
+    usage["total"] = result.total_usage().to_dict()
+    names = list(dict.fromkeys([*result.timings, *result.usage, "total"]))
+    total_s = sum(result.timings.values())
+    return [
+        {
+            "stage": name,
+            "seconds": round(total_s if name == "total" else result.timings.get(name, 0.0), 3),
+            "prompt tokens": usage.get(name, {}).get("prompt_tokens", 0),
+            "completion tokens": usage.get(name, {}).get("completion_tokens", 0),
+        }
+        for name in names
+    ]
+
+
 def stages(result: Answer) -> None:
     """Retrieval, screen verdicts, timings and tokens of one answer."""
     with st.expander(f"Stages — {stage_summary(result)}", expanded=False):
@@ -72,7 +89,7 @@ def stages(result: Answer) -> None:
         st.caption(f"Retrieved {len(result.hits)} passages; {said}.")
         if result.verdicts:
             st.dataframe(verdict_rows(result.verdicts, result.kept), hide_index=True)
-        st.json({"timings_s": result.timings, "usage": result.to_dict()["usage"]}, expanded=False)
+        st.dataframe(stage_rows(result), hide_index=True)
 
 
 def reasoning(text: str) -> None:

@@ -29,6 +29,9 @@ _LIST_START = re.compile(r"^(\d{0,9})([-.])")
 # In model text, what could start a link, an image, HTML, math, an entity or
 # a directive; emphasis, lists, headings, tables and quotes stay formatting.
 _MODEL_SPECIAL = re.compile(r"(\[\d{1,6}\])|([\\`\[\]<(!&:@$])")
+# In a Markdown file (an export) no Streamlit directive, math or autolinking
+# applies: brackets and angle brackets are all that make links, images and HTML.
+_FILE_SPECIAL = re.compile(r"(\[\d{1,6}\])|([\\`\[\]<])")
 # Where Streamlit's autolinking would start ('http(s)' before ':', 'www'
 # before '.', any '@'), and its icon shortcode (':material/...:').
 # Zero-width and of bounded reach.
@@ -66,18 +69,21 @@ def plain(name: str) -> str:
     return _LIST_START.sub(r"\1\\\2", _NAME_SPECIAL.sub(r"\\\1", _unlink(one_line)))
 
 
-def defuse(text: str) -> str:
+def defuse(text: str, *, for_file: bool = False) -> str:
     """Model text as Markdown that keeps its formatting (emphasis, lists,
     headings, tables, code) while nothing in it can become a link, an image
     or HTML. Citation markers like [1] are kept as they are: with every
     other bracket escaped there can be no reference definition to make
-    them links. Over MAX_MODEL_CHARS it is cut, with a note saying so."""
+    them links. Over MAX_MODEL_CHARS it is cut, with a note saying so.
+    `for_file`: for a Markdown file rather than the page, with the fewest
+    escapes that do this (a colon or a parenthesis stays as it is)."""
     text, was_cut = cut(text)
+    special = _FILE_SPECIAL if for_file else _MODEL_SPECIAL
     lines, out, i = _lines(text).split("\n"), [], 0
     while i < len(lines):
         fence = _FENCE.fullmatch(lines[i])
         if fence is None or (fence[2][0] == "`" and "`" in fence[3]):
-            out.append(_model_line(lines[i]))
+            out.append(_model_line(lines[i], special))
             i += 1
             continue
         end = _fence_end(lines, i + 1, fence[2])
@@ -115,13 +121,13 @@ def _dedent(line: str, width: int) -> str:
     return line[min(spaces, width) :]
 
 
-def _model_line(line: str) -> str:
+def _model_line(line: str, special: re.Pattern[str]) -> str:
     # A table splits its cells at '|' before it finds code spans, so a code
     # span never crosses one.
-    return "|".join(_code_spans(cell) for cell in line.split("|"))
+    return "|".join(_code_spans(cell, special) for cell in line.split("|"))
 
 
-def _code_spans(text: str) -> str:
+def _code_spans(text: str, special: re.Pattern[str] = _MODEL_SPECIAL) -> str:
     """Inline code kept verbatim (a backtick run up to the next run of the
     same length, as CommonMark pairs them); everything else escaped."""
     runs = [(m.start(), m.end()) for m in _BACKTICKS.finditer(text)]
@@ -137,13 +143,15 @@ def _code_spans(text: str) -> str:
         if j is None:
             k += 1  # an unpaired run is text: escaped below
             continue
-        out += [_model_text(text[at : runs[k][0]]), text[runs[k][0] : runs[j][1]]]
+        out += [_model_text(text[at : runs[k][0]], special), text[runs[k][0] : runs[j][1]]]
         at, k = runs[j][1], j + 1
-    return "".join(out) + _model_text(text[at:])
+    return "".join(out) + _model_text(text[at:], special)
 
 
-def _model_text(text: str) -> str:
-    return _MODEL_SPECIAL.sub(lambda m: m[1] or "\\" + m[2], _unlink(text))
+def _model_text(text: str, special: re.Pattern[str] = _MODEL_SPECIAL) -> str:
+    if special is _FILE_SPECIAL:
+        return special.sub(lambda m: m[1] or "\\" + m[2], text)
+    return special.sub(lambda m: m[1] or "\\" + m[2], _unlink(text))
 
 
 def quoted(answer: str, n: int) -> list[str]:

@@ -28,7 +28,11 @@ def filter_controls(kb: KnowledgeBase, names: render.SourceNames) -> Filters | N
         left, right = st.columns(2)
         folder = left.selectbox("Folder", sorted(folders), index=None, placeholder="any")
         types = right.multiselect("Types", kinds, placeholder="any")
-        chosen = left.multiselect("Tags (any of)", tags, placeholder="any", disabled=not tags)
+        chosen = left.multiselect(
+            "Tags (any of)", tags, disabled=not tags,
+            placeholder="any" if tags else "none: no document has tags yet",
+            help=None if tags else "Tags come with documents ingested with --tag.",
+        )  # fmt: skip
         after = right.date_input("Modified on or after", value=None)
         before = right.date_input("Modified before", value=None)
         if isinstance(after, dt.date) and isinstance(before, dt.date) and after >= before:

@@ -27,10 +27,47 @@ class Sidebar:
     settings: Settings
     summary: DeltaGenerator  # for `kb_summary`, once this run's actions are done
     conversation: DeltaGenerator  # for the "New conversation" button
+    notice: str = ""  # why the base shown is not the one the address asked for
 
 
 def _ask_to_create() -> None:
     st.session_state["create_kb"] = True
+
+
+# The one source of truth for the base this session shows: the address, the
+# picker, the page and the question all read it (`chosen_kb`).
+_CHOSEN = "kb"
+_PICKER = "kb-picker"  # + a number, new each time code (not the visitor) moves the picker
+_PICKS = "kb-picks"  # how many times it did
+_OWNER = "kb-owner"  # the user whose choices this session holds
+NOT_AVAILABLE = "The knowledge base “{name}” is not available to you; showing “{shown}”."
+
+
+def _choose(name: str | None) -> None:
+    """Makes `name` the base shown, from code: the picker is drawn afresh
+    (a widget's own state would keep the previous value in the browser)."""
+    st.session_state[_CHOSEN] = name
+    st.session_state[_PICKS] = st.session_state.get(_PICKS, 0) + 1
+
+
+def _picked(key: str) -> None:
+    st.session_state[_CHOSEN] = st.session_state.get(key)
+
+
+def for_user(user: str) -> None:
+    """A change of user in this browser session starts from nothing the
+    previous one picked: the base, the address's ?kb=, the open
+    conversations. (A link's ?kb= in a fresh tab is kept for the login.)"""
+    owner = st.session_state.get(_OWNER)
+    if owner == user:
+        return
+    if owner is not None:
+        for key in list(st.session_state):
+            if key == _CHOSEN or str(key).startswith("open-conversation:"):
+                del st.session_state[key]
+        st.query_params.pop("kb", None)
+    st.session_state[_OWNER] = user
+    st.session_state.pop(_CHOSEN, None)
 
 
 def _create(root: Path, access: Access) -> None:
@@ -45,38 +82,61 @@ def _create(root: Path, access: Access) -> None:
     except (ValueError, OSError, RagError) as exc:
         st.session_state["create_error"] = str(exc)
         return
-    st.session_state["kb"] = name
+    _choose(name)
     st.session_state["new_kb"] = ""
+    st.session_state["new_kb_open"] = False  # done: the form folds away
+    st.session_state["created_kb"] = name
 
 
-def pick_knowledge_base(base: Settings, access: Access) -> Path:
-    st.header("Knowledge base")
-    _create(base.indexes_root, access)
+def chosen_kb(base: Settings, access: Access) -> tuple[str | None, str]:
+    """The base this session shows, among those the user may read, and a
+    notice when the address asked for one they may not."""
     names = library.readable_knowledge_bases(access, base.indexes_root)
-    if st.session_state.get("kb") not in names:
-        # A reload starts a new session: the page's address remembers the
-        # base, so the user comes back to it (and to its conversation).
-        wanted = [st.query_params.get("kb"), base.index.name, *names]
-        st.session_state["kb"] = next((n for n in wanted if n in names), None)
-    choice = st.selectbox(
-        "Knowledge base", names, key="kb", placeholder="none yet: add documents in Manage"
-    )
-    if choice and st.query_params.get("kb") != choice:
-        st.query_params["kb"] = choice
+    chosen = st.session_state.get(_CHOSEN)
+    notice = ""
+    if chosen not in names:
+        # A reload or a link starts a new session: the address names the base.
+        asked = st.query_params.get("kb")
+        wanted = [asked, base.index.name, *names]
+        chosen = next((n for n in wanted if n in names), None)
+        if asked and asked not in names:
+            notice = NOT_AVAILABLE.format(name=asked, shown=chosen or "none")
+        _choose(chosen)
+    if chosen and st.query_params.get("kb") != chosen:
+        st.query_params["kb"] = chosen
+    return chosen, notice
+
+
+def pick_knowledge_base(base: Settings, access: Access) -> tuple[Path, str]:
+    st.header("Knowledge base")
+    for_user(access.user.name)
+    _create(base.indexes_root, access)
+    choice, notice = chosen_kb(base, access)
+    names = library.readable_knowledge_bases(access, base.indexes_root)
+    key = f"{_PICKER}-{st.session_state.get(_PICKS, 0)}"
+    st.selectbox(
+        "Knowledge base", names, index=names.index(choice) if choice in names else None,
+        key=key, on_change=_picked, args=(key,),
+        placeholder="none yet: add documents in Manage",
+    )  # fmt: skip
+    created = st.session_state.pop("created_kb", None)
+    if created:
+        st.success(f"Created knowledge base “{created}”.")
     if access.role_allows(Action.WRITE):  # library.create asks about the name
-        with st.expander("New knowledge base", expanded=not names):
+        st.session_state.setdefault("new_kb_open", not names)
+        with st.expander("New knowledge base", key="new_kb_open", on_change="rerun"):
             st.text_input("Name", key="new_kb", placeholder="e.g. contracts")
             st.button("Create", on_click=_ask_to_create)
             problem = st.session_state.pop("create_error", None)
             if problem:
                 st.error(problem)
     # With no knowledge base yet, the first upload creates the default one.
-    return base.indexes_root / (choice or library.default_name(base))
+    return base.indexes_root / (choice or library.default_name(base)), notice
 
 
 def sidebar(base: Settings, access: Access) -> Sidebar:
     with st.sidebar:
-        kb_dir = pick_knowledge_base(base, access)
+        kb_dir, notice = pick_knowledge_base(base, access)
         summary = st.container()
         conversation = st.container()
         st.header("Answering")
@@ -95,7 +155,7 @@ def sidebar(base: Settings, access: Access) -> Sidebar:
             "screen_effort": screen_effort, "read_effort": read_effort,
         }
     )  # fmt: skip
-    return Sidebar(kb_dir, tuned, summary, conversation)
+    return Sidebar(kb_dir, tuned, summary, conversation, notice)
 
 
 def summary_line(stats: StoreStats | None) -> str:
