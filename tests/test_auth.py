@@ -150,6 +150,29 @@ def test_without_login_insisting_serves_another_address(app_env: pytest.MonkeyPa
     assert _shows_knowledge_bases(at)
 
 
+def test_without_login_the_app_refuses_an_app_database_with_accounts(
+    app_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # `streamlit run streamlit_app.py` by hand, RAG_AUTH unset, while the
+    # team's accounts are in the app database (issue 31): no one may become
+    # the admin by reaching the page.
+    from rag.appdb import open_app_db
+    from rag.settings import Settings
+
+    app_env.setenv("RAG_APP_DB", str(tmp_path / "app.sqlite"))
+    open_app_db(Settings()).accounts.add_user("ann", "admin", "a long passphrase", [], by="test")
+    with server_address("127.0.0.1"):
+        at = _app().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not _shows_knowledge_bases(at)
+    assert not at.chat_input and not at.file_uploader
+    shown = " ".join(e.value for e in at.error)
+    assert "RAG_AUTH=local" in shown and "1 account(s)" in shown, shown
+    app_env.setenv("RAG_INSECURE_NO_AUTH", "1")  # insisting still serves it
+    with server_address("127.0.0.1"):
+        assert _shows_knowledge_bases(_app().run())
+
+
 # -- the app: RAG_AUTH=oidc --------------------------------------------------------
 
 

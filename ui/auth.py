@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, NoReturn
 import streamlit as st
 
 from rag.access import LoginRefused
-from rag.exposure import refusal
+from rag.exposure import accounts_refusal, refusal
 from rag.settings import Settings
 from ui import session_cookie
 from ui.safe_text import plain
@@ -112,6 +112,9 @@ def require_identity(settings: Settings, accounts: Accounts) -> Identity:
     """The signed-in identity; otherwise a login or error page, and the
     script stops there. `accounts` checks RAG_AUTH=local's logins."""
     problem = refusal(settings, st.get_option("server.address"))
+    # No login over an app database holding accounts (the rule `rag serve`
+    # and `make run` apply too): started by hand, the app refuses as well.
+    problem = problem or accounts_refusal(settings, "the app")
     if settings.auth == "oidc":
         problem = problem or oidc_config_problem()
     if problem:
