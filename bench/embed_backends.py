@@ -108,7 +108,7 @@ def main() -> int:
             delta = f" ({value - base[mode]:+.4f})" if value is not None and base.get(mode) \
                 and backend != "torch" else ""  # fmt: skip
             cells.append("-" if value is None else f"{value:.4f}{delta}")
-        rate_cell = "-" if rate is None else f"{rate:.0f}"
+        rate_cell = "-" if rate is None else f"{rate:.1f}"
         p50_cell = "-" if p50 is None else f"{p50:.2f}"
         print(f"| {backend} | {' | '.join(cells)} | {rate_cell} | {p50_cell} |")
     return 0
