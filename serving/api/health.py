@@ -20,7 +20,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from starlette.routing import Match
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ingest import library
@@ -90,15 +90,14 @@ class RequestMetrics:
     raw path: knowledge base and document names stay out), method and
     status, with its duration; a 429 also counts as rate-limited."""
 
-    def __init__(self, app: ASGIApp, routes: FastAPI) -> None:
-        self.app, self.routes = app, routes
+    def __init__(self, app: ASGIApp, endpoints: dict[int, str]) -> None:
+        self.app, self.endpoints = app, endpoints
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        # Before the call: a mounted app (/mcp) changes the scope's root_path.
-        route, status, started = self._route(scope), 500, time.perf_counter()
+        status, started = 500, time.perf_counter()
 
         async def watching_send(message: Message) -> None:
             nonlocal status
@@ -109,20 +108,27 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, watching_send)
         finally:
+            route = _route(scope, self.endpoints)
             m = telemetry.metrics()
             m.requests.labels(route, scope["method"], str(status)).inc()
             m.request_seconds.labels(route).observe(time.perf_counter() - started)
             if status == 429:
                 m.rate_limited.labels(route).inc()
 
-    def _route(self, scope: Scope) -> str:
-        for route in self.routes.router.routes:
-            if route.matches(scope)[0] == Match.FULL:
-                return str(getattr(route, "path", "other")) or "other"
-        return "other"
+
+def _route(scope: Scope, endpoints: dict[int, str]) -> str:
+    """The template of the route that served the request: FastAPI's routes
+    leave themselves in the scope, plain Starlette ones (/mcp) their
+    endpoint; "other" when no route was reached (refused before routing, or
+    no such route)."""
+    route = scope.get("route")
+    if route is not None and getattr(route, "path", ""):
+        return str(route.path)
+    return endpoints.get(id(scope.get("endpoint")), "other")
 
 
 def install(app: FastAPI) -> None:
     """The monitoring routes, and request counting around everything else."""
     app.include_router(router)
-    app.add_middleware(RequestMetrics, routes=app)
+    plain = [r for r in app.router.routes if type(r) is Route]
+    app.add_middleware(RequestMetrics, endpoints={id(r.endpoint): r.path for r in plain})
