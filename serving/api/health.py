@@ -121,9 +121,9 @@ def _route(scope: Scope, endpoints: dict[int, str]) -> str:
     leave themselves in the scope, plain Starlette ones (/mcp) their
     endpoint; "other" when no route was reached (refused before routing, or
     no such route)."""
-    route = scope.get("route")
-    if route is not None and getattr(route, "path", ""):
-        return str(route.path)
+    path = getattr(scope.get("route"), "path", None)
+    if isinstance(path, str) and path:
+        return path
     return endpoints.get(id(scope.get("endpoint")), "other")
 
 
