@@ -14,7 +14,7 @@ from pathlib import Path
 import streamlit as st
 
 from ingest import library
-from rag import screening
+from rag import screening, telemetry
 from rag.access import Access, Action
 from rag.answering import stream_answer
 from rag.appdb import AppDB, open_app_db
@@ -235,6 +235,7 @@ def ask_tab(
 def main() -> None:
     st.set_page_config(page_title="kbqa", page_icon="📚", layout="wide")
     base = Settings()
+    telemetry.serve_metrics(base.app_metrics_port)  # once per process; off unless set
     db = app_db(base.app_db.get_secret_value(), str(base.indexes_root))
     access = account.sign_in(base, db)  # a login page, and nothing else, until signed in
     side = sidebar(base, access)

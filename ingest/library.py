@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from ingest.loaders import KINDS
 from ingest.pipeline import IngestReport, ProgressFn, ingest_paths
-from rag import layout
+from rag import layout, telemetry
 from rag.access import Access, Action
 from rag.errors import RagError, RebuildRefused
 from rag.settings import Settings
@@ -226,7 +226,9 @@ def ingest_files(
     access: Access, kb_dir: Path, paths: list[str], settings: Settings, progress: ProgressFn
 ) -> IngestReport:
     access.require(Action.WRITE, kb_dir.name)
-    return ingest_paths(paths, settings.model_copy(update={"index": kb_dir}), progress=progress)
+    report = ingest_paths(paths, settings.model_copy(update={"index": kb_dir}), progress=progress)
+    telemetry.record_ingest(report)
+    return report
 
 
 def delete_documents(
@@ -264,6 +266,7 @@ def rebuild(
         allow_drop=allow_drop, progress=progress,
     )  # fmt: skip
     access.record("rebuild", kb_dir.name, f"dropped {_names(gone)}" if gone else "")
+    telemetry.record_ingest(report)
     return report
 
 

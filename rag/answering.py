@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Generator, Iterator, Sequence
 
-from rag import citations, followup, prompts
+from rag import citations, followup, prompts, tracing
 from rag.errors import LLMError
 from rag.events import Event, Finished, Notice, Read, Retrieved, Rewritten, Screened
 from rag.filters import Filters
@@ -43,18 +43,37 @@ def stream_answer(
     turned into a standalone query (`rag.followup`), which is searched,
     screened against and answered; the deep read also sees the end of the
     conversation. `filters` scope the search (`KnowledgeBase.search`). A
-    question too long to fit raises QuestionTooLong first."""
+    question too long to fit raises QuestionTooLong first.
+
+    Each question is counted and timed (rag/telemetry.py) and, when the
+    OTEL_* variables ask for it, traced (rag/tracing.py), here once for the
+    app, the API, MCP and the CLI."""
+    watch = tracing.Question(question, kb.root.name)
+    try:
+        for event in _stages(question, kb, watch.model(model), settings, history, filters, watch):
+            if isinstance(event, Finished):
+                watch.finish(event.answer)
+            yield event
+    except BaseException as exc:  # GeneratorExit too: the client left
+        watch.fail(exc)
+        raise
+
+
+def _stages(
+    question: str, kb: KnowledgeBase, model: ChatModel, settings: Settings,
+    history: Sequence[tuple[str, str]], filters: Filters | None, watch: tracing.Question,
+) -> Iterator[Event]:  # fmt: skip
     check_question(question, settings)
     result = Answer(question=question, text="")
     query = question
     if history and followup.needs_context(question):
-        query = yield from _follow_up(question, history, result, model, settings)
-    with _timed(result, "retrieve"):
+        query = yield from _follow_up(question, history, result, model, settings, watch)
+    with _timed(result, "retrieve", watch):
         result.hits = kb.search(
             query, k=settings.screen_k, mode=settings.search_mode, filters=filters
         )
     yield Retrieved(result.hits, result.timings["retrieve"])
-    with _timed(result, "screen"):
+    with _timed(result, "screen", watch):
         _screen(query, result, model, settings)
     yield Screened(
         result.verdicts, result.kept, result.timings["screen"], result.usage.get("screen", Usage())
@@ -64,7 +83,7 @@ def stream_answer(
         yield Finished(_not_found(result))
         return
     done: Read | None = None
-    with _timed(result, "read"):
+    with _timed(result, "read", watch):
         embedder = kb.embedder if settings.answer_style == "extractive" else None
         for event in read(query, result.kept, model, settings, embedder, history):
             if isinstance(event, Read):
@@ -93,16 +112,19 @@ def answer(
 
 
 class _timed:
-    """Adds the seconds its block took to `result.timings[stage]`."""
+    """Adds the seconds its block took to `result.timings[stage]`, and tells
+    `watch` (the stage's histogram and span)."""
 
-    def __init__(self, result: Answer, stage: str) -> None:
-        self.result, self.stage = result, stage
+    def __init__(self, result: Answer, stage: str, watch: tracing.Question) -> None:
+        self.result, self.stage, self.watch = result, stage, watch
 
     def __enter__(self) -> None:
+        self.watch.start(self.stage)
         self.started = time.perf_counter()
 
-    def __exit__(self, *exc: object) -> None:
-        self.result.timings[self.stage] = time.perf_counter() - self.started
+    def __exit__(self, _type: object, error: BaseException | None, _tb: object) -> None:
+        seconds = self.result.timings[self.stage] = time.perf_counter() - self.started
+        self.watch.end(self.stage, seconds, error)
 
 
 def _follow_up(
@@ -111,6 +133,7 @@ def _follow_up(
     result: Answer,
     model: ChatModel,
     settings: Settings,
+    watch: tracing.Question,
 ) -> Generator[Event, None, str]:
     """Yield how a follow-up is searched; return the query. The small model
     cannot rewrite (it answers instead, or drops the subject), so with
@@ -119,10 +142,10 @@ def _follow_up(
     same rule."""
     stage = "follow-up" if settings.followup == "join" else "rewrite"
     if settings.followup == "join":
-        with _timed(result, stage):
+        with _timed(result, stage, watch):
             query = followup.joined(question, history)
     else:
-        with _timed(result, stage):
+        with _timed(result, stage, watch):
             query, result.usage["rewrite"] = condense(history, question, model, settings)
         if not followup.plausible_rewrite(question, query, history):
             query = followup.joined(question, history)

@@ -95,6 +95,11 @@ class Settings(BaseSettings):
     max_upload_files: int = Field(20, ge=1, description="files the app takes in one upload")
     # About 500 tokens: room left for the passages in the smallest context.
     max_question_chars: int = Field(2000, ge=100, description="longest question the app takes")
+    # The app's Prometheus metrics (rag/telemetry.py), on loopback only: the
+    # port has no login. `rag serve` shows its own at GET /metrics.
+    app_metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="serve the app's metrics at 127.0.0.1:PORT/metrics"
+    )
 
     # The HTTP API (rag serve, serving/api). Each key (or the local user) gets
     # a bucket of `api_burst` requests, refilled at `api_requests_per_minute`.

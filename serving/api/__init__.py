@@ -8,6 +8,7 @@
     POST   /v1/knowledge-bases/{kb}/documents       upload and ingest (multipart)
     DELETE /v1/knowledge-bases/{kb}/documents/{id}  remove one
     /mcp                                            the MCP tools, streamable HTTP    (mcp.py)
+    GET    /healthz, /readyz, /metrics              for load balancers and Prometheus (health.py)
     /docs                                           the OpenAPI documentation
 
 Every request carries `Authorization: Bearer <key>` (`rag keys create
@@ -28,7 +29,7 @@ from fastapi import FastAPI
 from rag.appdb import AppDB, open_app_db
 from rag.llm import ChatModel, OpenAIChat
 from rag.settings import Settings
-from serving.api import chat, errors, knowledge, mcp
+from serving.api import chat, errors, health, knowledge, mcp
 from serving.api.guard import Guard, Hosts
 from serving.api.security import RateLimiter
 from serving.api.service import Service
@@ -80,6 +81,7 @@ def create_app(
         return upload_limit if path.endswith(UPLOAD_PATH) else json_limit
 
     app.add_middleware(Guard, svc=svc, hosts=served_hosts(settings, host), limit=limit)
+    health.install(app)  # /healthz, /readyz, /metrics; counts every request (outermost)
     return app
 
 

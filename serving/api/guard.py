@@ -33,8 +33,11 @@ from serving.api.mcp import bearer_key, refusal
 from serving.api.security import BodyLimit
 from serving.api.service import ACCESS, Service
 
-# The OpenAPI page and its schema: no key needed (the Host rule still holds).
-PUBLIC = frozenset({"/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})
+# No key for these (the Host and Origin rules still apply): the API docs, and
+# the health checks a load balancer makes (they name a dependency, nothing more).
+PUBLIC = frozenset(
+    {"/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc", "/healthz", "/readyz"}
+)
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 SCRIPT_HEADER = "X-Requested-With"
 # The content types a page may POST anywhere without a CORS preflight.

@@ -13,6 +13,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPBearer
 
 from ingest import library
+from rag import telemetry
 from rag.access import Access, AccessPolicy, Action, valid_kb_name
 from rag.appdb import AppDB
 from rag.knowledge_base import KnowledgeBase
@@ -71,9 +72,14 @@ class Service:
                 code="model_not_found",
             )  # fmt: skip
         with self._lock:
+            telemetry.record_cache("knowledge_base", hit=name in self._kbs)
             if name not in self._kbs:
                 self._kbs[name] = KnowledgeBase.open(kb_dir, settings=self.settings)
             return self._kbs[name]
+
+    def open_knowledge_bases(self) -> list[KnowledgeBase]:
+        with self._lock:
+            return list(self._kbs.values())
 
     def close(self) -> None:
         with self._lock:
