@@ -26,7 +26,8 @@ from serving.launch import free_port
 ROOT = Path(__file__).resolve().parent.parent
 # No passage sentence is this close to any question: the extractive read
 # quotes nothing and asks no LLM, so a whole question runs offline.
-OFFLINE_ANSWERS = {"answer_style": "extractive", "screen": False, "extract_min_similarity": 0.99}
+# A support no quote reaches: every question is refused without asking an LLM.
+OFFLINE_ANSWERS = {"answer_style": "extractive", "screen": False, "extract_min_support": 3.0}
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -139,4 +139,14 @@ def install(app: FastAPI) -> None:
     app.include_router(router)
     plain = [r for r in app.router.routes if type(r) is Route]
     endpoints = {id(r.endpoint): r.path for r in plain}
-    app.add_middleware(RequestMetrics, endpoints=endpoints, routes=list(app.router.routes))
+    app.add_middleware(RequestMetrics, endpoints=endpoints, routes=_flat(app.router.routes))
+
+
+def _flat(routes: list[BaseRoute]) -> list[BaseRoute]:
+    """The routes with their templates: FastAPI keeps an included router's
+    routes behind a wrapper that has none (`original_router`)."""
+    out: list[BaseRoute] = []
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        out += _flat(list(inner.routes)) if inner is not None else [route]
+    return out
