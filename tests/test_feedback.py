@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy
 from api_server import QUESTION, Server, accounts, offline_settings, serve
 from click.testing import CliRunner
 from misbehaving_server import MODEL, misbehaving_server
@@ -24,6 +25,7 @@ from test_app_flows import button
 
 from rag.appdb import open_app_db
 from rag.appdb.feedback import REMEMBERED, FeedbackMissing
+from rag.appdb.schema import SCHEMA_VERSION
 from rag.cli import main
 from rag.errors import RagError
 from rag.evaluation import load_dataset
@@ -180,7 +182,11 @@ def test_rag_eval_stages_runs_the_exported_set(llm_api, tmp_path, monkeypatch):
     assert evaluated.exit_code == 0, evaluated.output
     report = json.loads(evaluated.output.strip().splitlines()[-1])
     assert report["summary"]["queries"] == 2 and report["summary"]["errors"] == 0
-    assert report["summary"]["in_retrieved"] == 1.0, "each question finds its passages again"
+    exported = {q["_id"] for q in lines(both / "queries.jsonl")}
+    assert {row["qid"] for row in report["queries"]} == exported
+    assert all(row["seconds"]["retrieve"] > 0 for row in report["queries"])
+    # The down-voted question has no passage judged relevant (until someone marks one).
+    assert report["summary"]["in_retrieved"] <= 0.5
 
 
 @pytest.fixture
@@ -216,3 +222,15 @@ def test_app_thumbs_down_with_a_comment_is_kept_audited_and_shown_to_admins(answ
     assert f"Question: {QUESTION}" in [t.value for t in tab.text]
     assert len(tab.dataframe) >= 1, "what retrieval found and what the screen kept"
     assert all("<script>" not in m.value for m in tab.markdown)
+
+
+def test_an_app_database_of_schema_2_gains_the_feedback_table(tmp_path):
+    settings = Settings(indexes_root=tmp_path / "indexes")
+    db = open_app_db(settings)
+    with db.engine.begin() as conn:
+        conn.execute(sqlalchemy.text("DROP TABLE answer_feedback"))
+        conn.execute(sqlalchemy.text("UPDATE kbqa_meta SET value = '2' WHERE key = 'schema'"))
+    db = open_app_db(settings)
+    assert db.schema_version() == SCHEMA_VERSION == 3
+    db.feedback.remember("ann", "default", "chatcmpl-1", Answer(question="q", text="a"))
+    assert db.feedback.vote("ann", "chatcmpl-1", "up").vote == "up"
