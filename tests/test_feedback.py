@@ -224,13 +224,13 @@ def test_app_thumbs_down_with_a_comment_is_kept_audited_and_shown_to_admins(answ
     assert all("<script>" not in m.value for m in tab.markdown)
 
 
-def test_an_app_database_of_schema_2_gains_the_feedback_table(tmp_path):
+def test_an_app_database_of_schema_3_gains_the_feedback_table(tmp_path):
     settings = Settings(indexes_root=tmp_path / "indexes")
     db = open_app_db(settings)
     with db.engine.begin() as conn:
         conn.execute(sqlalchemy.text("DROP TABLE answer_feedback"))
-        conn.execute(sqlalchemy.text("UPDATE kbqa_meta SET value = '2' WHERE key = 'schema'"))
+        conn.execute(sqlalchemy.text("UPDATE kbqa_meta SET value = '3' WHERE key = 'schema'"))
     db = open_app_db(settings)
-    assert db.schema_version() == SCHEMA_VERSION == 3
+    assert db.schema_version() == SCHEMA_VERSION == 4
     db.feedback.remember("ann", "default", "chatcmpl-1", Answer(question="q", text="a"))
     assert db.feedback.vote("ann", "chatcmpl-1", "up").vote == "up"

@@ -31,8 +31,8 @@ from rag.access import LOCAL_USER
 from rag.appdb.accounts import Account, Accounts
 from rag.appdb.audit import AuditEntry, AuditLog
 from rag.appdb.conversations import ConversationMissing, Conversations
-from rag.appdb.identities import Identities, OidcLogin
 from rag.appdb.feedback import Feedback
+from rag.appdb.identities import Identities, OidcLogin
 from rag.appdb.keys import ApiKey, ApiKeys
 from rag.appdb.schema import AppDBIncompatible, create_or_check, meta
 from rag.errors import RagError
