@@ -26,6 +26,7 @@ from rag.llm import Delta, OpenAIChat, check_server
 from rag.settings import Settings
 from rag.types import Answer
 from ui import account, history, render, session_cookie, users
+from ui import feedback as answer_feedback
 from ui.conversation import Conversation, ConversationStore, Turn
 from ui.manage import manage_tab
 from ui.messages import for_user, plural
@@ -187,7 +188,7 @@ def _stream(question, history, kb, chat, settings, status, filters) -> Answer:  
 
 
 def ask_tab(
-    kb_dir: Path, settings: Settings, store: ConversationStore, access: Access
+    kb_dir: Path, settings: Settings, store: ConversationStore, access: Access, db: AppDB
 ) -> Conversation | None:
     if not library.has_index(kb_dir, settings):
         where = "add some in the **Manage** tab" if access.allows(Action.WRITE, kb_dir.name) else (
@@ -215,8 +216,9 @@ def ask_tab(
     question = st.chat_input("Ask a question about your documents", max_chars=limit)
     st.caption(f"Questions up to {limit:,} characters.")
     with shown:
-        for turn in conversation.turns:
+        for n, turn in enumerate(conversation.turns):
             show_turn(access, kb, names, turn)
+            answer_feedback.thumbs(db, access, conversation, n, turn)
         if question is not None and not question.strip():
             st.warning("Type a question: the box was empty.")
         elif question and len(question) > limit:
@@ -227,6 +229,8 @@ def ask_tab(
             turn = ask(access, kb, names, settings, question, conversation, llm_down, filters)
             turn.filters = filters  # kept with the turn: the export says what was searched
             store.add(conversation, turn)
+            answer_feedback.remember(db, access, conversation, len(conversation.turns) - 1, turn)
+            answer_feedback.thumbs(db, access, conversation, len(conversation.turns) - 1, turn)
     asked = plural(len(conversation.turns), "question")
     heading.caption(f"Conversation in **{render.plain(kb_dir.name)}** · {asked}")
     return conversation
@@ -249,7 +253,7 @@ def main() -> None:
         return
     # The active base in the main area too: on a phone the sidebar is folded.
     active = st.empty()
-    labels = account.views(access, kb)
+    labels = account.views(access, kb) + answer_feedback.views(access)
     views = dict(zip(labels, st.tabs(labels), strict=True))
     if "Manage" in views:
         with views["Manage"]:  # first: its actions change what the Ask tab shows
@@ -257,13 +261,16 @@ def main() -> None:
     else:
         stats = library.stats(access, side.kb_dir, side.settings, open_kb)
     with views["Ask"]:
-        conversation = ask_tab(side.kb_dir, side.settings, store, access)
+        conversation = ask_tab(side.kb_dir, side.settings, store, access, db)
     if "Users" in views:
         with views["Users"]:
             users.users_tab(access, db, base.indexes_root)
     if "Audit" in views:
         with views["Audit"]:
             account.audit_tab(access, db)
+    if "Feedback" in views:
+        with views["Feedback"]:
+            answer_feedback.feedback_tab(access, db, kb)
     active.caption(f"Knowledge base **{render.plain(kb)}** · {summary_line(stats)}")
     with side.summary:
         kb_summary(stats, library.last_synced(access, side.kb_dir))

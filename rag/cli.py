@@ -14,6 +14,7 @@ import click
 
 from rag.cli_backup import backup, copy, restore
 from rag.cli_eval import evaluate, json_option, settings_with
+from rag.cli_feedback import feedback
 from rag.cli_mcp import mcp
 from rag.cli_serve import keys, serve
 from rag.cli_users import users
@@ -93,6 +94,7 @@ main.add_command(evaluate)
 main.add_command(backup)
 main.add_command(restore)
 main.add_command(copy)
+main.add_command(feedback)
 
 
 @main.command()

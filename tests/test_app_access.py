@@ -222,7 +222,7 @@ def test_an_editor_uploads_into_a_granted_base_but_not_another(team, kb_root):
 def test_an_admin_manages_every_base_and_reads_the_audit(team, kb_root):
     at = signed_in("ada")
     assert picker(at).options == ["default", "secret"]
-    assert tab_labels(at) == ["Ask", "Manage", "Users", "Audit"]
+    assert tab_labels(at) == ["Ask", "Manage", "Users", "Audit", "Feedback"]
     picker(at).set_value("secret").run()
     doomed = next(p for p in delete_box(at).options if p.endswith("searching.md"))
     delete_box(at).set_value([doomed]).run()

@@ -261,7 +261,8 @@ def test_local_editor_uploads_admin_grants_and_the_reader_then_sees_the_base(
         log_out(page)
 
         log_in_as(page, "ada")
-        expect(page.get_by_role("tab")).to_have_text(["Ask", "Manage", "Users", "Audit"])
+        tabs = ["Ask", "Manage", "Users", "Audit", "Feedback"]
+        expect(page.get_by_role("tab")).to_have_text(tabs)
         page.get_by_role("tab", name="Users").click()
         choose(page, "Account", "rita")
         choose(page, "Knowledge base to grant or revoke", "secret")

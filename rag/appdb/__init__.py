@@ -10,6 +10,7 @@ replicas behind a load balancer share.
     db.audit          the append-only audit trail        (audit.py)
     db.keys           the HTTP API's bearer keys         (keys.py)
     db.identities     OIDC logins bound to accounts      (identities.py)
+    db.feedback       answers given, votes on them       (feedback.py)
 
 The schema is created on first use and versioned (schema.py).
 """
@@ -30,6 +31,7 @@ from rag.access import LOCAL_USER
 from rag.appdb.accounts import Account, Accounts
 from rag.appdb.audit import AuditEntry, AuditLog
 from rag.appdb.conversations import ConversationMissing, Conversations
+from rag.appdb.feedback import Feedback
 from rag.appdb.identities import Identities, OidcLogin
 from rag.appdb.keys import ApiKey, ApiKeys
 from rag.appdb.schema import AppDBIncompatible, create_or_check, meta
@@ -77,6 +79,7 @@ class AppDB:
         self.conversations = Conversations(engine, clock)
         self.keys = ApiKeys(engine, self.accounts, self.audit, clock)
         self.identities = Identities(engine, self.accounts, self.audit, clock)
+        self.feedback = Feedback(engine, self.audit, clock)
 
     def schema_version(self) -> int:
         with self.engine.connect() as conn:

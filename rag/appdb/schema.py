@@ -30,7 +30,7 @@ from rag.errors import RagError
 
 # The numbered migrations are in MIGRATIONS below: an older database is
 # brought up to this version on first open; an older app refuses a newer one.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 metadata = MetaData()
 
@@ -120,6 +120,22 @@ revoked_grants = Table(
     Column("username", String(128), ForeignKey("users.name"), primary_key=True),
     Column("kb", String(64), primary_key=True),
 )
+# An answer given to a user (API completion id or app turn) and their vote on it.
+answer_feedback = Table(
+    "answer_feedback",
+    metadata,
+    Column("answer_id", String(64), primary_key=True),
+    Column("username", String(128), nullable=False),
+    Column("kb", String(64), nullable=False),
+    Column("answered", Float, nullable=False),
+    Column("question", Text, nullable=False),
+    Column("data", Text, nullable=False),  # the turn's JSON and the passages retrieved
+    Column("vote", Integer),  # 1 up, -1 down, NULL: not voted (forgotten past a bound)
+    Column("comment", Text),
+    Column("voted", Float),
+    Index("answer_feedback_by_user", "username", "vote", "answered"),
+    Index("answer_feedback_by_kb", "kb", "vote", "voted"),
+)
 audit = Table(
     "audit",
     metadata,
@@ -162,6 +178,7 @@ def _create(*tables: Table) -> Callable[[Connection], None]:
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     2: _create(api_keys),  # the HTTP API's bearer keys
     3: _create(oidc_identities, revoked_grants),  # OIDC bindings; revokes over groups
+    4: _create(answer_feedback),  # answers given and the votes on them (feedback.py)
 }
 
 

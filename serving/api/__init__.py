@@ -1,6 +1,7 @@
 """`rag serve`: the knowledge bases over HTTP, for programs (issue 21).
 
     POST   /v1/chat/completions                     OpenAI-compatible, cited answers  (chat.py)
+    POST   /v1/feedback                             thumbs up/down on an answer       (feedback.py)
     GET    /v1/models                               the knowledge bases a key may read
     POST   /v1/search                               ranked passages                   (knowledge.py)
     GET    /v1/knowledge-bases/{kb}/stats           the numbers
@@ -29,7 +30,7 @@ from fastapi import FastAPI
 from rag.appdb import AppDB, open_app_db
 from rag.llm import ChatModel, OpenAIChat
 from rag.settings import Settings
-from serving.api import chat, errors, health, knowledge, mcp
+from serving.api import chat, errors, feedback, health, knowledge, mcp
 from serving.api.guard import Guard, Hosts
 from serving.api.security import RateLimiter
 from serving.api.service import Service
@@ -73,6 +74,7 @@ def create_app(
     errors.install(app, settings)
     app.include_router(chat.router)
     app.include_router(knowledge.router)
+    app.include_router(feedback.router)
     mcp.mount(app, mcp_app)
     upload_limit = int(settings.max_file_mb * settings.max_upload_files * 1024 * 1024) + 65536
     json_limit = settings.api_max_body_kb * 1024

@@ -28,6 +28,7 @@ from rag.settings import Settings
 from rag.sources import SourceNames
 from rag.types import Answer
 from serving.api.errors import ApiError, from_rag_error, sse_event
+from serving.api.feedback import remember, remembering
 from serving.api.knowledge import SearchFilters, scope
 from serving.api.service import Requester, public, service
 
@@ -104,10 +105,12 @@ def chat_completions(body: ChatRequest, access: Requester, request: Request) -> 
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     if body.stream:
         events = stream_answer(question, kb, svc.chat, svc.settings, history, filters)
+        events = remembering(events, svc, access, body.model, completion_id)  # POST /v1/feedback
         shown = SourceNames.of(kb)
         chunks = _chunks(events, completion_id, created, body.model, shown, svc.settings)
         return StreamingResponse(chunks, media_type="text/event-stream")
     result = answer(question, kb, svc.chat, svc.settings, history, filters)
+    remember(svc, access, body.model, completion_id, result)  # for POST /v1/feedback
     message: dict[str, object] = {
         "role": "assistant",
         "content": result.text,
