@@ -42,6 +42,7 @@ SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120,
 # The stages whose seconds `Answer.timings` holds, as the histogram names them.
 STAGES = {
     "rewrite": "rewrite",
+    "follow-up": "follow_up",  # RAG_FOLLOWUP=join: the question joined by rule
     "retrieve": "retrieve",
     "screen": "screen",
     "read": "read",

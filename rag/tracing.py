@@ -110,7 +110,8 @@ class Question:
             self._stage = self._tracer.start_span(stage, context=self._context(self._root))
 
     def end(self, stage: str, seconds: float, error: BaseException | None) -> None:
-        telemetry.metrics().stage_seconds.labels(telemetry.STAGES[stage]).observe(seconds)
+        label = telemetry.STAGES.get(stage, stage.replace("-", "_"))
+        telemetry.metrics().stage_seconds.labels(label).observe(seconds)
         if self._stage is not None:
             _close(self._stage, error)
             self._stage = None

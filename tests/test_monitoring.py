@@ -328,3 +328,28 @@ def test_the_app_metrics_port_is_off_by_default_and_serves_a_scrape_when_set(app
         httpx.get(f"http://127.0.0.1:{port}/metrics").text
     )}  # fmt: skip
     assert {"kbqa_questions", "kbqa_stage_seconds", "kbqa_ingest_files"} <= families
+
+
+def test_a_follow_up_joined_by_rule_is_counted_as_its_own_stage(tmp_path, docs_index):
+    """RAG_FOLLOWUP=join (the small model's profile) times the joining as the
+    stage "follow-up"; every stage name has its metric label."""
+    from rag import telemetry
+    from rag.answering import answer
+    from rag.knowledge_base import KnowledgeBase
+    from rag.llm import OpenAIChat
+
+    settings = offline_settings(tmp_path, docs_index).model_copy(
+        update={**OFFLINE_ANSWERS, "followup": "join"}
+    )
+    registry = telemetry.metrics().registry
+
+    def joined() -> float:
+        sample = registry.get_sample_value("kbqa_stage_seconds_count", {"stage": "follow_up"})
+        return sample or 0.0
+
+    before = joined()
+    kb = KnowledgeBase.open(docs_index)
+    history = [("user", QUESTION), ("assistant", "They are reported by name, with the reason.")]
+    result = answer("And where is that shown?", kb, OpenAIChat(settings), settings, history)
+    assert "follow-up" in result.timings and result.search_query != "And where is that shown?"
+    assert joined() - before == 1
