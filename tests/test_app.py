@@ -297,7 +297,7 @@ def test_rebuild_from_the_manage_tab_embeds_every_document_again(app_env, kb_roo
     next(b for b in at.button if b.label == "Rebuild this knowledge base").click().run()
     assert not at.exception, [e.value for e in at.exception]
     done = [s.value for s in at.success]
-    assert done and re.search(r"\b[1-9]\d* chunks embedded", done[0]), done
+    assert done and re.search(r"\b[1-9]\d* passages embedded", done[0]), done
     assert generation() == before + 1
 
 
