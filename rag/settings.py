@@ -97,8 +97,8 @@ class Settings(BaseSettings):
     max_question_chars: int = Field(2000, ge=100, description="longest question the app takes")
     # The app's Prometheus metrics (rag/telemetry.py), on loopback only: the
     # port has no login. `rag serve` shows its own at GET /metrics.
-    app_metrics_port: int | None = Field(
-        None, ge=1, le=65535, description="serve the app's metrics at 127.0.0.1:PORT/metrics"
+    app_metrics_port: int = Field(
+        0, ge=0, le=65535, description="serve the app's metrics at 127.0.0.1:PORT/metrics; 0: off"
     )
 
     # The HTTP API (rag serve, serving/api). Each key (or the local user) gets

@@ -188,12 +188,12 @@ def record_cache(cache: str, hit: bool) -> None:
 _served: dict[int, object] = {}
 
 
-def serve_metrics(port: int | None) -> None:
+def serve_metrics(port: int) -> None:
     """Serve this process's metrics at http://127.0.0.1:`port`/metrics, once
     per process (the Streamlit app calls it on every run). Loopback only: the
     app's port has no login of its own; scrape it from the same host, or
-    through a proxy that authenticates. None: off."""
-    if port is None:
+    through a proxy that authenticates. 0: off."""
+    if not port:
         return
     with _lock:
         if port in _served:

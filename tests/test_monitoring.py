@@ -319,7 +319,7 @@ def test_the_app_metrics_port_is_off_by_default_and_serves_a_scrape_when_set(app
     from streamlit.testing.v1 import AppTest
 
     app_env.setenv("RAG_LLM_URL", f"http://127.0.0.1:{free_port()}/v1")
-    assert Settings().app_metrics_port is None
+    assert Settings().app_metrics_port == 0
     port = free_port()
     app_env.setenv("RAG_APP_METRICS_PORT", str(port))
     at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=240).run()
