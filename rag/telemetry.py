@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sized
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -32,7 +33,6 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 if TYPE_CHECKING:
-    from ingest.ingestor import IngestReport
     from rag.types import Answer
 
 log = logging.getLogger("kbqa.telemetry")
@@ -170,7 +170,29 @@ def record_failure(error: BaseException) -> None:
     m.question_errors.labels(type(error).__name__).inc()
 
 
-def record_ingest(report: IngestReport) -> None:
+class IngestCounts(Protocol):
+    """What `record_ingest` reads of an ingest's report (ingest's
+    `IngestReport`; the library never imports ingestion)."""
+
+    @property
+    def added(self) -> int: ...
+    @property
+    def updated(self) -> int: ...
+    @property
+    def unchanged(self) -> int: ...
+    @property
+    def deleted(self) -> int: ...
+    @property
+    def failed(self) -> Sized: ...
+    @property
+    def skipped(self) -> Sized: ...
+    @property
+    def chunks_embedded(self) -> int: ...
+    @property
+    def chunks_copied(self) -> int: ...
+
+
+def record_ingest(report: IngestCounts) -> None:
     m = metrics()
     for outcome in ("added", "updated", "unchanged", "deleted"):
         m.ingest_files.labels(outcome).inc(getattr(report, outcome))
