@@ -264,7 +264,7 @@ def test_the_new_loaders_run_in_the_capped_parser_process(tmp_path):
     ]
     results = [r for _, r in workers.parse_files(tasks, memory_mb=512, timeout=60)]
     assert results[0] == "parsing needed more than 512 MB of memory"
-    assert results[1].sections[2].label == "slide 3"  # type: ignore[union-attr]
+    assert results[1].document.sections[2].label == "slide 3"  # type: ignore[union-attr]
 
 
 # -- through ingest, a search, the filters, --sync and deletion ----------------------------
