@@ -151,7 +151,8 @@ def test_make_run_profile_gives_a_cited_answer_in_the_browser(make_run_url, caps
     with browser_page(make_run_url, shot, what, capsys) as page:
         ask(page, "How are broken files reported during ingestion?")
         expect(page.get_by_text("Answered", exact=True).last).to_be_visible(timeout=300_000)
-        expect(page.get_by_text("Stages")).to_be_visible()
+        # the stages caption ("Stages — retrieve …"), not the feedback help's `rag eval --stages`
+        expect(page.get_by_text(re.compile(r"^Stages — "))).to_be_visible()
         summary = page.locator("summary", has_text=re.compile(r"\[\d+\] ")).first
         expect(summary).to_be_visible()
         expander = page.locator("[data-testid='stExpander']", has=summary)
