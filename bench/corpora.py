@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,16 +45,24 @@ def r_manuals() -> Path:
     return target / "pdf"
 
 
+def beir_texts(corpus: Path, limit: int | None = None) -> Iterator[tuple[str, str]]:
+    """(id, text) of a BEIR folder's documents (title, blank line, text),
+    the first `limit` of them: what each becomes as a text file."""
+    with open(corpus / "corpus.jsonl", encoding="utf-8") as fh:
+        for n, line in enumerate(fh):
+            if limit is not None and n >= limit:
+                return
+            doc = json.loads(line)
+            yield str(doc["_id"]), f"{doc['title']}\n\n{doc['text']}"
+
+
 def scifact_texts() -> Path:
     target = CACHE / "scifact-txt"
     if not (target / "done").exists():
         shutil.rmtree(target, ignore_errors=True)
         (target / "txt").mkdir(parents=True)
-        with open(SCIFACT / "corpus.jsonl", encoding="utf-8") as fh:
-            for line in fh:
-                doc = json.loads(line)
-                text = f"{doc['title']}\n\n{doc['text']}"
-                (target / "txt" / f"{doc['_id']}.txt").write_text(text, encoding="utf-8")
+        for name, text in beir_texts(SCIFACT):
+            (target / "txt" / f"{name}.txt").write_text(text, encoding="utf-8")
         (target / "done").touch()
     return target / "txt"
 

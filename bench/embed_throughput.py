@@ -17,7 +17,6 @@ pooling, normalising and the copy back.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -27,6 +26,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import corpora  # bench/corpora.py: bench/ is first on sys.path when a script here runs
 import numpy as np
 
 
@@ -43,15 +43,10 @@ def passages(corpus: Path, model: str, limit: int | None) -> list[str]:
         counter.count_tokens, settings.chunk_tokens, settings.chunk_overlap, counter.max_tokens
     )
     out: list[str] = []
-    with open(corpus / "corpus.jsonl", encoding="utf-8") as fh:
-        for n, line in enumerate(fh):
-            if limit is not None and n >= limit:
-                break
-            doc = json.loads(line)
-            text = f"{doc['title']}\n\n{doc['text']}"
-            # As the text loader makes it: a text file's title is its name.
-            document = Document(f"{doc['_id']}.txt", text, "", "txt", title=str(doc["_id"]))
-            out += [c.indexed_text for c in chunker.split(document)]
+    for name, text in corpora.beir_texts(corpus, limit):
+        # As the text loader makes it: a text file's title is its name.
+        document = Document(f"{name}.txt", text, "", "txt", title=name)
+        out += [c.indexed_text for c in chunker.split(document)]
     return out
 
 

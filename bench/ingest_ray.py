@@ -42,13 +42,8 @@ PHASES = ("scan", "parse", "chunk", "embed", "write")
 def files_of(corpus: Path, limit: int | None, into: Path) -> Path:
     """A folder of the corpus's files (the first `limit` of them)."""
     if (corpus / "corpus.jsonl").exists():
-        with open(corpus / "corpus.jsonl", encoding="utf-8") as fh:
-            for n, line in enumerate(fh):
-                if limit is not None and n >= limit:
-                    break
-                doc = json.loads(line)
-                text = f"{doc['title']}\n\n{doc['text']}"
-                (into / f"{doc['_id']}.txt").write_text(text, encoding="utf-8")
+        for name, text in corpora.beir_texts(corpus, limit):
+            (into / f"{name}.txt").write_text(text, encoding="utf-8")
         return into
     if limit is None:
         return corpus

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rag.settings import Settings
+
+if TYPE_CHECKING:
+    from rag.appdb.accounts import Accounts
 
 
 def is_loopback(host: str | None) -> bool:
@@ -49,18 +53,22 @@ ACCOUNTS_REFUSAL = (
 )
 
 
-def accounts_refusal(settings: Settings, what: str) -> str | None:
+def accounts_refusal(settings: Settings, what: str, accounts: Accounts | None = None) -> str | None:
     """Why `what` (the API, the app) must not start with no login: the app
     database holds accounts, so a team meant to sign in (issue 31). None when
-    it may. Looks at the database only when RAG_AUTH=none, and never creates it."""
+    it may. Looks at the database only when RAG_AUTH=none, and never creates
+    it; a caller that holds it open (the app, on every run) passes its
+    `accounts`."""
     if settings.auth != "none" or settings.insecure_no_auth:
         return None
     from rag.appdb import app_db_url, open_app_db
 
     url = app_db_url(settings)
-    if url.get_backend_name() == "sqlite" and not Path(url.database or "").is_file():
-        return None
-    count = len(open_app_db(settings).accounts.accounts())
+    if accounts is None:
+        if url.get_backend_name() == "sqlite" and not Path(url.database or "").is_file():
+            return None
+        accounts = open_app_db(settings).accounts
+    count = len(accounts.accounts())
     if not count:
         return None
     shown = url.render_as_string(hide_password=True).removeprefix("sqlite:///")

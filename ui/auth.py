@@ -114,7 +114,7 @@ def require_identity(settings: Settings, accounts: Accounts) -> Identity:
     problem = refusal(settings, st.get_option("server.address"))
     # No login over an app database holding accounts (the rule `rag serve`
     # and `make run` apply too): started by hand, the app refuses as well.
-    problem = problem or accounts_refusal(settings, "the app")
+    problem = problem or accounts_refusal(settings, "the app", accounts)
     if settings.auth == "oidc":
         problem = problem or oidc_config_problem()
     if problem:
