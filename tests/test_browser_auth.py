@@ -326,7 +326,8 @@ def oidc_log_in(page, url: str, provider: str, sub: str) -> None:
     page.locator("input[name=sub]").fill(sub)
     page.get_by_role("button", name="Authorize").click()
     page.wait_for_url(f"{url}/**", timeout=30_000)
-    expect(page.get_by_text("Signed in as")).to_be_visible(timeout=60_000)
+    sidebar = page.get_by_test_id("stSidebar")  # the page may say it too
+    expect(sidebar.get_by_text("Signed in as")).to_be_visible(timeout=60_000)
     settled(page)
 
 

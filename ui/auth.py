@@ -121,8 +121,16 @@ def require_identity(settings: Settings, accounts: Accounts) -> Identity:
         _stop_with(problem)
     identity = current_identity(settings, accounts)
     if identity is None:
-        _login_page(settings, accounts)
-        st.stop()
+        # The login page in a placeholder: a login in this run clears it and
+        # the app is drawn in the same run. No st.rerun() here: a rerun
+        # clears the messages still queued for the browser, and with them,
+        # under load, the redirect that fetches the session cookie.
+        page = st.empty()
+        with page.container():
+            identity = _login_page(settings, accounts)
+        if identity is None:
+            st.stop()
+        page.empty()
     if settings.auth != "none":
         _signed_in(identity, settings, accounts)
     return identity
@@ -157,28 +165,30 @@ def _stop_with(problem: str) -> NoReturn:
     st.stop()
 
 
-def _login_page(settings: Settings, accounts: Accounts) -> None:
+def _login_page(settings: Settings, accounts: Accounts) -> Identity | None:
+    """The login page; the identity of a login made in this run, if any."""
     st.title("Ask your documents")
     if settings.auth == "oidc":
         st.write("Sign in with your organisation's account to see your knowledge bases.")
         if st.button("Log in", type="primary"):
             st.login()
-        return
+        return None
     with st.form("login"):
         # What a password manager needs to offer the saved login, not a new password.
         name = st.text_input("Username", autocomplete="username")
         password = st.text_input("Password", type="password", autocomplete="current-password")
         submitted = st.form_submit_button("Log in", type="primary")
-    if submitted:
-        try:
-            user = accounts.verify_login(name, password)
-        except LoginRefused as exc:  # says nothing of whether the name exists
-            st.error(str(exc))
-            return
-        token = accounts.create_session(user)
-        st.session_state[_LOCAL_SESSION] = token
-        session_cookie.keep(token, expires=time.time() + settings.session_hours * 3600)
-        st.rerun()
+    if not submitted:
+        return None
+    try:
+        user = accounts.verify_login(name, password)
+    except LoginRefused as exc:  # says nothing of whether the name exists
+        st.error(str(exc))
+        return None
+    token = accounts.create_session(user)
+    st.session_state[_LOCAL_SESSION] = token
+    session_cookie.keep(token, expires=time.time() + settings.session_hours * 3600)
+    return Identity(name=user.name, email="", groups=())
 
 
 def _signed_in(identity: Identity, settings: Settings, accounts: Accounts) -> None:
