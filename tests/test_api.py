@@ -217,7 +217,9 @@ def test_search_returns_ranked_passages(offline):
 def test_search_filters_scope_the_passages_and_say_when_nothing_matches(offline):
     keys = accounts(offline)
     with serve(offline) as url:
-        rex = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {keys['rex']}"})
+        rex = httpx.Client(
+            base_url=url, headers={"Authorization": f"Bearer {keys['rex']}"}, timeout=120
+        )
 
         def search(filters, k=3):
             body = {"model": "default", "query": "broken files", "k": k, "mode": "dense"}
@@ -251,8 +253,12 @@ def test_upload_see_in_stats_search_and_delete(offline):
     keys = accounts(offline)
     note = b"# Larches\n\nThe zorblat larch sheds its needles every autumn."
     with serve(offline) as url:
-        eve = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {keys['eve']}"})
-        rex = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {keys['rex']}"})
+        eve = httpx.Client(
+            base_url=url, headers={"Authorization": f"Bearer {keys['eve']}"}, timeout=120
+        )
+        rex = httpx.Client(
+            base_url=url, headers={"Authorization": f"Bearer {keys['rex']}"}, timeout=120
+        )
         before = eve.get("/v1/knowledge-bases/default/stats").json()["documents"]
         files = [("files", ("larch.md", note, "text/markdown")),
                  ("files", ("broken.pdf", b"%PDF-1.4 not a pdf", "application/pdf")),
