@@ -6,10 +6,13 @@ pyproject.toml names and every test RELIABILITY.md cites exists."""
 from __future__ import annotations
 
 import re
+import shlex
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
+
+import click
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -103,3 +106,50 @@ def test_reliability_cites_only_tests_that_exist():
             f"{file}::{test}" for test in _expand(name) if name and f"def {test}(" not in source
         ]
     assert not missing, f"RELIABILITY.md cites tests that do not exist: {missing}"
+
+
+def _readme_command_lines() -> list[tuple[str, list[str]]]:
+    """(command, argv) of every `.venv/bin/ingest` or `.venv/bin/rag` line in
+    the README's shell blocks, continuation lines joined, comments cut."""
+    text = README.read_text(encoding="utf-8")
+    lines = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.DOTALL):
+        for line in block.replace("\\\n", " ").splitlines():
+            found = re.search(r"\.venv/bin/(ingest|rag) (.*)", line)
+            if found:  # $(date +%F) stands for one word
+                words = re.sub(r"\$\([^)]*\)", "X", found[2])
+                lines.append((found[1], shlex.split(words, comments=True)))
+    return lines
+
+
+def test_every_command_line_the_readme_shows_parses():
+    from tools.readme_docs import COMMANDS
+
+    lines = _readme_command_lines()
+    assert len(lines) > 30  # the pattern reads the blocks
+    bad = []
+    for name, argv in lines:
+        try:
+            _parse(COMMANDS[name](), name, argv)
+        except click.BadParameter as exc:
+            # The files these examples name are the reader's, not this machine's.
+            if "does not exist" not in exc.format_message():
+                bad.append(f"{name} {shlex.join(argv)}: {exc.format_message()}")
+        except click.ClickException as exc:
+            bad.append(f"{name} {shlex.join(argv)}: {exc.format_message()}")
+    assert not bad, "README command lines that the CLI refuses:\n" + "\n".join(bad)
+
+
+def _parse(command: click.Command, name: str, args: list[str]) -> None:
+    """Parse ARGS down to the subcommand they name, as running them would,
+    without running anything."""
+    parent = None
+    while True:
+        context = command.make_context(name, list(args), parent=parent)
+        if not isinstance(command, click.Group):
+            return
+        # What Group.invoke hands on (click keeps it in _protected_args).
+        rest = [*context._protected_args, *context.args]
+        found, sub, args = command.resolve_command(context, rest)
+        assert found and sub, rest
+        command, name, parent = sub, found, context
