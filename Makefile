@@ -7,6 +7,7 @@
 #   make crash-test  the SIGKILL loop with 20 kills (make test runs 5)
 #   make llm      only the LLM server, in the foreground (see mk/llm.mk)
 #   make lint     ruff + mypy
+#   make docs     regenerate the README's settings table and CLI reference (cog)
 #   make bench-setup  what bench/*.py compare against (see BENCHMARKS.md)
 #   make bench-api-load  bench/load.py through `rag serve` beside the library (needs `make llm`)
 
@@ -26,7 +27,7 @@ include mk/llm.mk
 
 
 
-.PHONY: setup index run test crash-test lint clean system-setup bench-setup bench-api-load
+.PHONY: setup index run test crash-test lint docs clean system-setup bench-setup bench-api-load
 
 # torch first and pinned: this machine's pip takes the CPU build from disk,
 # while an unpinned torch would pull the multi-GB CUDA build.
@@ -79,9 +80,14 @@ bench-api-load: setup index
 	    --index $(INDEX) --via both $(LOAD_ARGS)
 
 lint: setup
-	$(BIN)/ruff check rag ingest serving ui tests bench streamlit_app.py
-	$(BIN)/ruff format --check rag ingest serving ui tests bench streamlit_app.py
-	$(BIN)/mypy rag ingest serving ui
+	$(BIN)/ruff check rag ingest serving ui tests bench tools streamlit_app.py
+	$(BIN)/ruff format --check rag ingest serving ui tests bench tools streamlit_app.py
+	$(BIN)/mypy rag ingest serving ui tools
+
+# The README's generated blocks (tools/readme_docs.py), from the code: `python -m`
+# puts this checkout first on sys.path. tests/test_docs_drift.py checks them.
+docs: setup
+	$(PYTHON) -m cogapp -r README.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-artifacts

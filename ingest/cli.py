@@ -146,9 +146,10 @@ def main(
     ray_address: str | None,
     as_json: bool,
 ) -> None:
-    """Ingest PDF, Markdown, text, HTML, DOCX, XLSX and CSV files (or folders of them) into
-    a knowledge base. Unchanged files are skipped by content hash; broken files
-    are reported by name and the rest of the batch is ingested."""
+    """Ingest PDF, Markdown, text, HTML, DOCX, XLSX, CSV/TSV, PPTX, EPUB and
+    e-mail (.eml, .msg) files (or folders of them) into a knowledge base.
+    Unchanged files are skipped by content hash; broken files are reported by
+    name and the rest of the batch is ingested."""
     if ray_address is not None:  # first: a folder after a bare --ray lands here
         from ingest.distributed import check_address
 

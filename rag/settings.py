@@ -23,8 +23,12 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RAG_", frozen=True, extra="ignore")
 
     # Where indexes live; `index` is the one used when none is named.
-    indexes_root: Path = Path("indexes")
-    index: Path = Path("indexes/default")
+    indexes_root: Path = Field(
+        Path("indexes"), description="the folder of knowledge bases (one folder each)"
+    )
+    index: Path = Field(
+        Path("indexes/default"), description="the index folder used when none is named"
+    )
     # Where a new knowledge base keeps its chunks and vectors: "local" (files
     # in the index folder), Milvus Lite in a file or a Milvus cluster. An
     # existing one uses the store its folder records; naming another here is
@@ -37,7 +41,7 @@ class Settings(BaseSettings):
     )
     # A secret: held in memory, never written to the index folder or shown.
     milvus_token: SecretStr | None = Field(
-        None, description="token (or user:password) of a Milvus cluster"
+        None, description="token (or user:password) of a Milvus cluster; never written to disk"
     )
     # Without TLS a token crosses the network readable: refused unless the
     # cluster is on loopback or this says the network is trusted.
@@ -46,26 +50,36 @@ class Settings(BaseSettings):
     )
 
     # Ingestion.
-    embedding_model: str = "all-MiniLM-L6-v2"
+    embedding_model: str = Field(
+        "all-MiniLM-L6-v2",
+        description="a sentence-transformers model name (from the local cache) or folder; "
+        "never downloaded at run time",
+    )
     embed_precision: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto",
-        description="auto: float16 on a GPU; bfloat16 on CPUs that compute it natively, "
-        "else float32",
+        description="auto: float16 on a GPU; bfloat16 on CPUs that compute it natively "
+        "(AVX512-BF16, AMX), else float32",
     )
     embed_device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="where ingestion embeds; auto: the GPU when torch sees one"
+        "auto",
+        description="where ingestion embeds; auto: the GPU when torch sees one (searches embed "
+        "queries on the CPU)",
     )
-    chunk_tokens: int = Field(200, ge=16, description="chunk size in model tokens")
-    chunk_overlap: int = Field(32, ge=0)
+    chunk_tokens: int = Field(200, ge=16, description="passage size in model tokens")
+    chunk_overlap: int = Field(32, ge=0, description="model tokens shared by neighbouring passages")
     max_file_mb: float = Field(
         200.0,
         gt=0,
-        description="larger files are refused (uploads too: see .streamlit/config.toml)",
+        description="larger files are refused (uploads too: keep server.maxUploadSize in "
+        ".streamlit/config.toml equal)",
     )
     # Checked in the parser process, so a small file that expands to a huge
     # text (a zip bomb) never reaches the app's or the CLI's process.
     max_text_chars: int = Field(
-        50_000_000, ge=1000, description="a file whose extracted text is longer is refused"
+        50_000_000,
+        ge=1000,
+        description="a file whose extracted text is longer is refused by name (in the parser "
+        "process)",
     )
     parse_workers: int = Field(
         0, ge=0, description="parser processes (they split and tokenize too); 0: one per core"
@@ -94,11 +108,16 @@ class Settings(BaseSettings):
     # The app.
     max_upload_files: int = Field(20, ge=1, description="files the app takes in one upload")
     # About 500 tokens: room left for the passages in the smallest context.
-    max_question_chars: int = Field(2000, ge=100, description="longest question the app takes")
+    max_question_chars: int = Field(
+        2000, ge=100, description="longest question (or search) the app, the API and MCP take"
+    )
     # The app's Prometheus metrics (rag/telemetry.py), on loopback only: the
     # port has no login. `rag serve` shows its own at GET /metrics.
     app_metrics_port: int = Field(
-        0, ge=0, le=65535, description="serve the app's metrics at 127.0.0.1:PORT/metrics; 0: off"
+        0,
+        ge=0,
+        le=65535,
+        description="serve the app's Prometheus metrics at 127.0.0.1:PORT/metrics; 0: off",
     )
 
     # The HTTP API (rag serve, serving/api). Each key (or the local user) gets
@@ -131,7 +150,11 @@ class Settings(BaseSettings):
     # Empty: a SQLite file beside the indexes (<indexes_root>/.app/app.sqlite);
     # or a file path, or a postgresql:// URL shared by several app replicas.
     # A secret: the URL may hold a password.
-    app_db: SecretStr = SecretStr("")
+    app_db: SecretStr = Field(
+        SecretStr(""),
+        description="the app database: empty for <indexes_root>/.app/app.sqlite, a SQLite "
+        "file path or a postgresql://user:pass@host/db URL",
+    )
     session_hours: float = Field(12.0, gt=0, description="a local login lasts this long")
     login_backoff: float = Field(
         1.0,
@@ -142,37 +165,68 @@ class Settings(BaseSettings):
     # An OIDC login's groups claim (JSON in the environment):
     # RAG_AUTH_GROUP_ROLES='{"kb-admins": "admin", "kb-editors": "editor"}',
     # RAG_AUTH_GROUP_GRANTS='{"finance-team": ["finance"]}'. See rag/access.py.
-    auth_group_roles: dict[str, Literal["admin", "editor", "reader"]] = Field(default_factory=dict)
-    auth_group_grants: dict[str, list[str]] = Field(default_factory=dict)
+    auth_group_roles: dict[str, Literal["admin", "editor", "reader"]] = Field(
+        default_factory=dict,
+        description='OIDC group -> role, e.g. {"kb-admins": "admin", "staff": "reader"}',
+    )
+    auth_group_grants: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description='OIDC group -> knowledge bases, e.g. {"finance-team": ["finance"]}',
+    )
     auth_default_role: Literal["", "editor", "reader"] = Field(
         "", description="role of a user in no mapped group ('': no entry)"
     )
 
     # Retrieval.
-    search_mode: SearchMode = "hybrid"
-    fusion: Literal["convex", "rrf"] = "convex"
+    search_mode: SearchMode = Field(
+        "hybrid", description="hybrid (BM25 and dense, fused), dense or bm25 alone"
+    )
+    fusion: Literal["convex", "rrf"] = Field(
+        "convex",
+        description="how hybrid search fuses BM25 and dense: a weighted sum of normalized "
+        "scores, or reciprocal rank fusion",
+    )
     fusion_alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the dense side")
     fusion_depth: int = Field(400, ge=10, description="candidates read from each side")
     dense_precision: Literal["float16", "float32"] = Field(
         "float16", description="vectors searched as a float16 copy (half the memory) or exact"
     )
-    k: int = Field(8, ge=1, le=100)
+    k: int = Field(8, ge=1, le=100, description="passages a search returns")
 
     # The LLM server (any OpenAI-compatible endpoint; vLLM in production).
-    llm_url: str = "http://127.0.0.1:8000/v1"
-    llm_model: str = "gpt-oss-20b"
+    llm_url: str = Field(
+        "http://127.0.0.1:8000/v1", description="the OpenAI-compatible server's base URL"
+    )
+    llm_model: str = Field(
+        "gpt-oss-20b",
+        description="its served model name (rag ask: the one the server serves unless set)",
+    )
     # A secret: never printed with the settings, read with .get_secret_value().
-    llm_api_key: SecretStr = SecretStr("EMPTY")
-    llm_timeout: float = Field(120.0, gt=0)
-    llm_connect_timeout: float = Field(5.0, gt=0)
-    llm_retries: int = Field(1, ge=0)
-    llm_context_tokens: int = Field(32768, ge=512, description="the server's --max-model-len")
+    llm_api_key: SecretStr = Field(SecretStr("EMPTY"), description="the LLM server's API key")
+    llm_timeout: float = Field(
+        120.0, gt=0, description="seconds to wait for the LLM server's next bytes (read timeout)"
+    )
+    llm_connect_timeout: float = Field(
+        5.0, gt=0, description="seconds to connect to the LLM server"
+    )
+    llm_retries: int = Field(
+        1,
+        ge=0,
+        description="retries of a failed LLM request (timeout, server error, dropped connection)",
+    )
+    llm_context_tokens: int = Field(
+        32768,
+        ge=512,
+        description="the LLM server's context length (--max-model-len); prompts are fitted to it",
+    )
 
     # Answering.
-    screen: bool = True
+    screen: bool = Field(True, description="run the fast screen before the deep read")
     screen_k: int = Field(12, ge=1, le=50, description="passages retrieved for the screen")
-    screen_effort: Effort = "low"
-    screen_max_tokens: int = Field(512, ge=16)
+    screen_effort: Effort = Field("low", description="reasoning effort of the screen")
+    screen_max_tokens: int = Field(
+        512, ge=16, description="longest verdict of the screen (reasoning included)"
+    )
     rewrite_max_tokens: int = Field(
         256, ge=16, description="the follow-up rewrite (one line, plus reasoning on gpt-oss)"
     )
@@ -188,20 +242,29 @@ class Settings(BaseSettings):
         ge=0.0,
         le=1.0,
         description="weight of the screen's verdict against the retrieval score in what is "
-        "kept (1: the verdict alone decides; 0: retrieval alone); see rag/screening.py keep",
+        "kept (1: the verdict alone decides; 0: retrieval alone; the screen is one signal, not "
+        "a veto); see rag/screening.py keep",
     )
     keep_min: float = Field(
         0.5, ge=0.0, le=1.0, description="the combined score a passage needs to be kept"
     )
-    read_effort: Effort = "high"
-    read_max_tokens: int = Field(4096, ge=64)
+    read_effort: Effort = Field("high", description="reasoning effort of the deep read")
+    read_max_tokens: int = Field(
+        4096,
+        ge=64,
+        description="longest answer (reasoning included); capped at half the context",
+    )
     answer_style: Literal["generative", "extractive"] = Field(
         "generative",
         description="extractive: the answer only quotes sentences of the kept passages, "
-        "each cited (for small models that do not cite; see rag/extractive.py)",
+        "each cited (for small models that do not cite, as make run does; see rag/extractive.py)",
     )
     extract_sentences: int = Field(
-        4, ge=1, le=20, description="sentences an extractive answer may quote"
+        4,
+        ge=1,
+        le=20,
+        description="quotes an extractive answer may offer (sentences, or a table's header "
+        "with its matching rows)",
     )
     # The support a quote needs (rag/extractive.py `Candidate.support`: the
     # embedding model's cosine, plus the share of the question's words it
@@ -215,6 +278,6 @@ class Settings(BaseSettings):
         le=3.0,
         description="evidence a quote needs (closeness to the question, shared words, "
         "retrieval's agreement); when no quote reaches it, the answer is 'not in the "
-        "knowledge base'",
+        "knowledge base' (chosen with bench/answering.py calibrate; docs/answering.md)",
     )
-    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="sampling temperature")
