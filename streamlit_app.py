@@ -8,15 +8,17 @@ function that opens, shows or changes one asks it first."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import streamlit as st
 
+from core.service import KnowledgeService
 from ingest import library
 from rag import screening, telemetry
 from rag.access import Access, Action
-from rag.answering import stream_answer
 from rag.appdb import AppDB, open_app_db
 from rag.errors import LLMUnreachable, NothingMatches, QuestionTooLong, RagError
 from rag.events import Finished, Notice, Retrieved, Rewritten, Screened
@@ -40,11 +42,24 @@ log = logging.getLogger("kbqa.app")
 OPEN_KBS = 4
 
 
-@st.cache_resource(show_spinner="Opening the knowledge base…", max_entries=OPEN_KBS)
+@st.cache_resource(show_spinner=False)
+def knowledge_service(root: str) -> KnowledgeService:
+    """The process's one core service for the indexes under `root`, shared
+    by every session: its cache of open knowledge bases (OPEN_KBS at most,
+    each with its embedding model loaded on opening) and its chat model."""
+    settings = Settings().model_copy(update={"indexes_root": Path(root)})
+    return KnowledgeService(settings, chat=OpenAIChat(settings), max_open=OPEN_KBS, warm=True)
+
+
 def open_kb(path: str) -> KnowledgeBase:
-    kb = KnowledgeBase.open(path)
-    kb.warm_up()  # load the model now, not during the first question
-    return kb
+    """The open knowledge base at `path`, from the core service's cache (for
+    `library.open_kb` and the Manage tab, which ask the policy first)."""
+    folder = Path(path)
+    svc = knowledge_service(str(folder.parent))
+    if svc.is_open(folder.name):
+        return svc.cached(folder.name)
+    with st.spinner("Opening the knowledge base…"):
+        return svc.cached(folder.name)
 
 
 @st.cache_resource(show_spinner=False)
@@ -105,9 +120,11 @@ def ask(
         if llm_down:
             why = f"{llm_down} Showing the best passages."
             return retrieval_only(*scoped, why, filters)
-        chat = OpenAIChat(settings)
+        svc = knowledge_service(str(kb.root.parent))
+        history = conversation.history()
         try:
-            result = stream_into_page(question, conversation.history(), kb, chat, settings, filters)
+            events = svc.stream(access, kb.root.name, question, history, filters, settings)
+            result = stream_into_page(events)
         except (QuestionTooLong, NothingMatches) as exc:
             error = names.redact(str(exc))
             st.error(error)
@@ -143,23 +160,22 @@ def retrieval_only(
     return Turn(question, answer=Answer(question=question, text="", hits=hits), warning=why)
 
 
-def stream_into_page(question: str, history: list[tuple[str, str]], kb: KnowledgeBase,
-                     chat: OpenAIChat, settings: Settings,
-                     filters: Filters | None = None) -> Answer:  # fmt: skip
+def stream_into_page(events: Iterator[Any]) -> Answer:
+    """The answer's events (KnowledgeService.stream) drawn as they come."""
     status = st.status("Reading the question…", expanded=False)
     try:
-        return _stream(question, history, kb, chat, settings, status, filters)
+        return _stream(events, status)
     except RagError as exc:
         # A failed turn ends its status too: it never spins on.
         status.update(label=f"Failed: {for_user(str(exc))[:120]}", state="error")
         raise
 
 
-def _stream(question, history, kb, chat, settings, status, filters) -> Answer:  # type: ignore[no-untyped-def]
+def _stream(events: Iterator[Any], status: Any) -> Answer:
     thinking = st.empty()
     body = st.empty()
     text, thought = "", ""
-    for event in stream_answer(question, kb, chat, settings, history, filters):
+    for event in events:
         if isinstance(event, Rewritten):
             status.update(label="Retrieving passages…")
             status.caption(f"Searched for: {render.defuse(event.query)}")
@@ -221,11 +237,7 @@ def ask_tab(
             answer_feedback.thumbs(db, access, conversation, n, turn)
         if question is not None and not question.strip():
             st.warning("Type a question: the box was empty.")
-        elif question and len(question) > limit:
-            st.warning(
-                f"Questions are limited to {limit:,} characters; this one has {len(question):,}."
-            )
-        elif question:
+        elif question:  # its length is the core's to check (the box cuts it there too)
             turn = ask(access, kb, names, settings, question, conversation, llm_down, filters)
             turn.filters = filters  # kept with the turn: the export says what was searched
             store.add(conversation, turn)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from ingest.loaders import KINDS
 from ingest.pipeline import IngestReport, ProgressFn, ingest_paths
 from rag import layout, telemetry
-from rag.access import Access, Action
+from rag.access import KB_NAME_RULE, Access, Action, valid_kb_name
 from rag.errors import RagError, RebuildRefused
 from rag.settings import Settings
 from rag.storage import STORE_RECORD, StoreStats, open_store
@@ -34,7 +34,6 @@ if TYPE_CHECKING:
     from rag.knowledge_base import KnowledgeBase
 
 UPLOADS = "uploads"
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _UNSAFE = re.compile(r"[^\w.\- ]+")
 
 
@@ -47,13 +46,14 @@ def list_knowledge_bases(root: Path) -> list[str]:
     return sorted(
         p.name
         for p in root.iterdir()
-        if valid_name(p.name)
+        if valid_kb_name(p.name)
         and any((p / marker).exists() for marker in (layout.CURRENT_FILE, STORE_RECORD, UPLOADS))
     )
 
 
 def readable_knowledge_bases(access: Access, root: Path) -> list[str]:
-    """The knowledge bases under `root` that the user may read."""
+    """The knowledge bases under `root` that the user may read (what every
+    edge lists, through core.service.KnowledgeService.names)."""
     return access.readable(list_knowledge_bases(root))
 
 
@@ -92,8 +92,8 @@ def last_synced(access: Access, kb_dir: Path) -> float | None:
 def create(access: Access, root: Path, name: str) -> Path:
     """A new, empty knowledge base `name` under `root` (ValueError when the
     name is not allowed); its index is written by the first upload."""
-    if not valid_name(name) or name.startswith("."):
-        raise ValueError("Use letters, digits, '-', '_' or '.' (up to 64).")
+    if not valid_kb_name(name):
+        raise ValueError(KB_NAME_RULE)
     access.require(Action.WRITE, name)
     kb_dir = root / name
     (kb_dir / UPLOADS).mkdir(parents=True, exist_ok=True)
@@ -101,15 +101,10 @@ def create(access: Access, root: Path, name: str) -> Path:
     return kb_dir
 
 
-def valid_name(name: str) -> bool:
-    # fullmatch: `$` in match() would accept a name ending in a newline.
-    return bool(_NAME.fullmatch(name)) and name not in {".", ".."}
-
-
 def default_name(settings: Settings) -> str:
     """The knowledge base the first upload creates when there is none."""
     name = settings.index.name
-    return name if valid_name(name) else "default"
+    return name if valid_kb_name(name) else "default"
 
 
 def safe_filename(name: str) -> str:

@@ -47,11 +47,16 @@ ALLOWED: Mapping[Role, frozenset[Action]] = {
 # Strongest first: a user in several groups gets the strongest of their roles.
 STRENGTH = [Role.ADMIN, Role.EDITOR, Role.READER]
 
-# A knowledge base is a folder under the indexes root: one plain name.
+# A knowledge base is a folder under the indexes root: one plain name. The
+# one home of the rule: the app, the API, MCP, the accounts and the library
+# all ask `valid_kb_name`. Starting with a letter or digit keeps out ".",
+# ".." and hidden folders.
 _KB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+KB_NAME_RULE = "Use letters, digits, '-', '_' or '.' (up to 64)."
 
 
 def valid_kb_name(name: str) -> bool:
+    """Whether `name` may name a knowledge base (KB_NAME_RULE)."""
     # fullmatch: `$` in match() would accept a name ending in a newline.
     return bool(_KB_NAME.fullmatch(name))
 

@@ -7,8 +7,8 @@ and agents that speak the Model Context Protocol:
 
 Two transports, one set of tools: `rag mcp` (stdio, rag/cli_mcp.py) and
 `mcp_http_app` (streamable HTTP, which `rag serve` mounts at /mcp behind
-its API keys: serving/api/mcp.py). Each
-call asks the access policy (rag/access.py) first, with the caller's
+its API keys: serving/api/mcp.py). The tools translate to the core service
+(core/service.py), which asks the access policy first, with the caller's
 `Access` resolved fresh for that call, so a revoked grant takes effect at the
 next call. RagErrors become tool errors carrying their user message; any
 other failure reaches the client only as "Error executing tool ..." (the SDK
@@ -17,21 +17,18 @@ withholds its text).
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 
-from rag import layout
-from rag.access import LOCAL_USER, Access, AccessDenied, AccessPolicy, Action, User, valid_kb_name
-from rag.errors import IndexMissing, QuestionTooLong, RagError
+from core.service import MAX_K, KnowledgeService
+from rag.access import LOCAL_USER, Access, AccessDenied, AccessPolicy, User
+from rag.errors import RagError
 from rag.settings import SearchMode, Settings
-from rag.storage import STORE_RECORD
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -39,8 +36,6 @@ if TYPE_CHECKING:
 
     from rag.appdb import AppDB
     from rag.knowledge_base import KnowledgeBase
-
-MAX_K = 50  # passages one search returns at most
 
 # Who is calling a tool: the stdio command's fixed user, or the bearer key of
 # the HTTP request (the `Context` carries the request). Raises AccessDenied
@@ -91,27 +86,27 @@ class CitedAnswer:
 
 class KnowledgeTools:
     """What the tools do, without the protocol: plain methods that take the
-    caller's Access first (tests and other edges can call them directly)."""
+    caller's Access first (tests and other edges can call them directly).
+    The rules, the cache and the chat model are the core service's `svc`
+    (`rag serve` passes the API's, so the process keeps one cache)."""
 
-    def __init__(self, settings: Settings, relative_sources: bool = False) -> None:
+    def __init__(
+        self, settings: Settings, relative_sources: bool = False,
+        svc: KnowledgeService | None = None,
+    ) -> None:  # fmt: skip
         self.settings = settings
         # Over HTTP the caller is not the server's operator: document paths
         # are shown relative to the knowledge base (rag/sources.py), as the
         # API's routes show them. Over stdio the operator runs it: full paths.
         self.relative_sources = relative_sources
-        self.root = settings.indexes_root
-        # One open KnowledgeBase per name, kept: it follows new publishes itself.
-        self._open: dict[str, KnowledgeBase] = {}
-        self._lock = threading.Lock()
+        self.service = svc or KnowledgeService(settings)
 
     def names(self, access: Access) -> list[str]:
-        return access.readable(knowledge_bases(self.root))
+        return self.service.names(access)
 
     def search(self, access: Access, kb: str, query: str, k: int, mode: str) -> Passages:
-        _check_length(query, self.settings, "query")
-        base = self.knowledge_base(access, kb)
-        hits = base.search(query, k=min(k, MAX_K), mode=mode)
-        show = self._paths(base)
+        hits = self.service.search(access, kb, query, k, mode)
+        show = self._paths(self.service.open(access, kb))
         passages = [
             Passage(n, show(h.source), h.page, h.score, h.text, h.chunk_id, h.locator)
             for n, h in enumerate(hits, start=1)
@@ -119,16 +114,8 @@ class KnowledgeTools:
         return Passages(kb, query, mode, passages)
 
     def ask(self, access: Access, kb: str, question: str) -> CitedAnswer:
-        from rag.answering import answer
-        from rag.llm import OpenAIChat
-        from rag.profiles import discover
-
-        _check_length(question, self.settings, "question")
-        base = self.knowledge_base(access, kb)
-        # Asked per call, as `rag ask` does: the LLM server may start after us.
-        settings = discover(self.settings)
-        result = answer(question, base, OpenAIChat(settings), settings)
-        show = self._paths(base)
+        result = self.service.ask(access, kb, question)
+        show = self._paths(self.service.open(access, kb))
         citations = [
             CitedPassage(
                 c.n, show(c.hit.source), c.hit.page, c.hit.text, c.hit.chunk_id, c.hit.locator
@@ -144,49 +131,15 @@ class KnowledgeTools:
 
         return SourceNames.of(base).show
 
-    def knowledge_base(self, access: Access, kb: str) -> KnowledgeBase:
-        """The knowledge base `kb`, once the caller may read it."""
-        from rag.knowledge_base import KnowledgeBase
-
-        access.require(Action.READ, kb)
-        # Checked after the policy (which names only granted bases for
-        # non-admins) and before any path is built from the name.
-        if not valid_kb_name(kb) or kb not in knowledge_bases(self.root):
-            raise IndexMissing(f"There is no knowledge base named {kb!r}.")
-        with self._lock:
-            if kb not in self._open:
-                self._open[kb] = KnowledgeBase.open(self.root / kb, settings=self.settings)
-            return self._open[kb]
-
-
-def knowledge_bases(root: Path) -> list[str]:
-    """Folders under `root` holding a published index (or its store's
-    record): the ones a search can open. The app also lists bases created
-    but still empty (ingest/library.py)."""
-    if not root.is_dir():
-        return []
-    markers = (layout.CURRENT_FILE, STORE_RECORD)
-    return sorted(
-        p.name
-        for p in root.iterdir()
-        if valid_kb_name(p.name) and any((p / m).exists() for m in markers)
-    )
-
-
-def _check_length(text: str, settings: Settings, what: str) -> None:
-    if len(text) > settings.max_question_chars:
-        raise QuestionTooLong(
-            f"The {what} is too long ({len(text)} characters, at most "
-            f"{settings.max_question_chars}: RAG_MAX_QUESTION_CHARS); please shorten it."
-        )
-
 
 def mcp_server(
-    settings: Settings, access_for: AccessFor, relative_sources: bool = False
-) -> MCPServer:
+    settings: Settings, access_for: AccessFor, relative_sources: bool = False,
+    svc: KnowledgeService | None = None,
+) -> MCPServer:  # fmt: skip
     """The MCP server with the three tools; `access_for` names the caller of
-    each call; `relative_sources` hides the server's folders from paths."""
-    tools = KnowledgeTools(settings, relative_sources)
+    each call; `relative_sources` hides the server's folders from paths;
+    `svc` is the core service to call (default: one of its own)."""
+    tools = KnowledgeTools(settings, relative_sources, svc)
     server = MCPServer(
         "kbqa",
         instructions="Search and question the knowledge bases of this kbqa server; "
@@ -302,7 +255,7 @@ def bearer_access(settings: Settings) -> RequestAccess:
 
 def mcp_http_app(
     settings: Settings, resolve: RequestAccess | None = None, host: str = "127.0.0.1",
-    check_hosts: bool = True,
+    check_hosts: bool = True, svc: KnowledgeService | None = None,
 ) -> Starlette:  # fmt: skip
     """The tools over streamable HTTP: an ASGI app whose one route is /mcp.
 
@@ -316,8 +269,11 @@ def mcp_http_app(
     To serve it inside another app (`rag serve`), mount it at the root after
     the app's own routes, and run its lifespan (the session manager) inside
     the app's: `async with mcp_app.router.lifespan_context(mcp_app): ...`;
-    a mounted app's lifespan does not run by itself."""
+    a mounted app's lifespan does not run by itself. `svc` is the core
+    service the tools call (`rag serve` passes the API's: one cache); the
+    app keeps it as `app.state.knowledge`."""
     by_request = resolve or bearer_access(settings)
+    svc = svc or KnowledgeService(settings)
 
     def access_for(ctx: Context) -> Access:
         request = ctx.request_context.request
@@ -325,10 +281,13 @@ def mcp_http_app(
             raise AccessDenied("No HTTP request to take the caller from.")
         return by_request(request)
 
-    server = mcp_server(settings, access_for, relative_sources=True)
+    server = mcp_server(settings, access_for, relative_sources=True, svc=svc)
     if check_hosts:
-        return server.streamable_http_app(host=host)
-    from mcp.server.transport_security import TransportSecuritySettings
+        app = server.streamable_http_app(host=host)
+    else:
+        from mcp.server.transport_security import TransportSecuritySettings
 
-    unchecked = TransportSecuritySettings(enable_dns_rebinding_protection=False)
-    return server.streamable_http_app(host=host, transport_security=unchecked)
+        unchecked = TransportSecuritySettings(enable_dns_rebinding_protection=False)
+        app = server.streamable_http_app(host=host, transport_security=unchecked)
+    app.state.knowledge = svc
+    return app

@@ -140,7 +140,8 @@ def test_an_upload_of_too_many_files_is_refused_with_a_clear_message(app_env, kb
     next(b for b in at.button if b.label == "Ingest").click().run()
     assert not at.exception, [e.value for e in at.exception]
     assert [e.value for e in at.error] == [
-        "3 files chosen; at most 2 can be added at once: add them in smaller groups."
+        "3 files chosen; at most 2 can be added at once (RAG_MAX_UPLOAD_FILES): "
+        "add them in smaller groups."
     ]
     assert not (kb_root / "default" / "uploads").exists()
     assert not at.success
@@ -163,10 +164,10 @@ def test_open_knowledge_bases_are_kept_within_a_bound(tmp_path, built_index, mon
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent))
     import streamlit_app
 
-    streamlit_app.open_kb.clear()
+    streamlit_app.knowledge_service.clear()
     paths = []
     for n in range(streamlit_app.OPEN_KBS + 1):
-        paths.append(str(tmp_path / f"kb{n}"))
+        paths.append(str(tmp_path / "indexes" / f"kb{n}"))
         shutil.copytree(built_index, paths[-1])
     first = streamlit_app.open_kb(paths[0])
     assert streamlit_app.open_kb(paths[0]) is first
@@ -175,4 +176,4 @@ def test_open_knowledge_bases_are_kept_within_a_bound(tmp_path, built_index, mon
     last = streamlit_app.open_kb(paths[-1])
     assert streamlit_app.open_kb(paths[-1]) is last
     assert streamlit_app.open_kb(paths[0]) is not first, "the oldest one was let go"
-    streamlit_app.open_kb.clear()
+    streamlit_app.knowledge_service.clear()

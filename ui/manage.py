@@ -16,6 +16,7 @@ from pathlib import Path
 import streamlit as st
 from streamlit.runtime.uploaded_file_manager import UploadedFile
 
+from core.service import too_many_files
 from ingest import library
 from ingest.pipeline import IngestReport, Progress, ProgressFn
 from rag.access import Access, Action
@@ -157,11 +158,7 @@ def save_and_ingest(
     access: Access, kb_dir: Path, files: list[UploadedFile], settings: Settings
 ) -> None:
     if len(files) > settings.max_upload_files:
-        flash(
-            "error",
-            f"{len(files)} files chosen; at most {settings.max_upload_files} can be added "
-            "at once: add them in smaller groups.",
-        )
+        flash("error", too_many_files(len(files), settings.max_upload_files))
         return
     uploads = [library.Upload(f.name, f.getvalue()) for f in files]
     try:

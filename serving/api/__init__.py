@@ -54,7 +54,8 @@ def create_app(
         chat=chat_model or OpenAIChat(settings),
         limiter=RateLimiter(settings.api_requests_per_minute, settings.api_burst),
     )
-    mcp_app = mcp_http_app(settings, mcp.caller(svc), host=host, check_hosts=False)
+    # The tools call the routes' core service: one cache of open knowledge bases.
+    mcp_app = mcp_http_app(settings, mcp.caller(svc), host=host, check_hosts=False, svc=svc.core)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -71,6 +72,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.service = svc
+    app.state.mcp_app = mcp_app
     errors.install(app, settings)
     app.include_router(chat.router)
     app.include_router(knowledge.router)

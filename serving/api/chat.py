@@ -20,7 +20,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from rag.answering import answer, check_question, stream_answer
+from core.service import ANSWER_FACTOR, check_length
+from rag.answering import check_question
 from rag.errors import RagError
 from rag.events import Finished, Screened
 from rag.llm import Delta
@@ -77,39 +78,38 @@ def conversation(
         )  # fmt: skip
     if messages[-1].role != "user":
         raise ApiError(400, "The last message must be the user's question.", code="invalid_request")
-    # An earlier answer may be longer than a question: room for a cited answer.
-    bounds = {"user": settings.max_question_chars, "assistant": 8 * settings.max_question_chars}
-    turns: list[tuple[str, str]] = []
-    for number, message in enumerate(messages, start=1):
-        text = message.text()
-        if message.role in bounds and len(text) > bounds[message.role]:
-            raise ApiError(
-                400, f"Message {number} ({message.role}) is longer than {bounds[message.role]} "
-                "characters (RAG_MAX_QUESTION_CHARS).", code="message_too_long",
-            )  # fmt: skip
-        if message.role in bounds and text.strip():
-            turns.append((message.role, text))
+    check_length(messages[-1].text(), settings)  # as sent, as every edge counts it
     question = messages[-1].text().strip()
+    turns: list[tuple[str, str]] = []
+    for number, message in enumerate(messages[:-1], start=1):
+        if message.role not in ("user", "assistant"):
+            continue
+        text = message.text()
+        # An earlier answer may be longer than a question: room for a cited answer.
+        factor = ANSWER_FACTOR if message.role == "assistant" else 1
+        check_length(text, settings, f"earlier message {number} ({message.role})", factor)
+        if text.strip():
+            turns.append((message.role, text))
     if not question:
         raise ApiError(400, "The question is empty.", code="invalid_request")
     check_question(question, settings)
-    return question, turns[:-1]
+    return question, turns
 
 
 @router.post("/v1/chat/completions", summary="Answer from a knowledge base, with citations")
 def chat_completions(body: ChatRequest, access: Requester, request: Request) -> Any:
     svc = service(request)
-    kb = svc.open(access, body.model)
+    kb = svc.core.open(access, body.model)
     question, history = conversation(body.messages, svc.settings)
     filters = scope(body.filters, kb)
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     if body.stream:
-        events = stream_answer(question, kb, svc.chat, svc.settings, history, filters)
+        events = svc.core.stream(access, body.model, question, history, filters)
         events = remembering(events, svc, access, body.model, completion_id)  # POST /v1/feedback
         shown = SourceNames.of(kb)
         chunks = _chunks(events, completion_id, created, body.model, shown, svc.settings)
         return StreamingResponse(chunks, media_type="text/event-stream")
-    result = answer(question, kb, svc.chat, svc.settings, history, filters)
+    result = svc.core.ask(access, body.model, question, history, filters)
     remember(svc, access, body.model, completion_id, result)  # for POST /v1/feedback
     message: dict[str, object] = {
         "role": "assistant",

@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from core.service import AmbiguousDocument, NoSuchDocument, TooLong, TooManyFiles
 from rag import errors
 from rag.access import AccessDenied
 from rag.settings import Settings
@@ -41,6 +42,10 @@ def unauthorized(message: str) -> ApiError:
 # The core's errors, most specific first: (status, type, code).
 _STATUS: list[tuple[type[errors.RagError], int, str, str]] = [
     (AccessDenied, 403, "permission_error", "permission_denied"),
+    (TooLong, 400, "invalid_request_error", "message_too_long"),
+    (TooManyFiles, 400, "invalid_request_error", "too_many_files"),
+    (NoSuchDocument, 404, "invalid_request_error", "document_not_found"),
+    (AmbiguousDocument, 409, "invalid_request_error", "ambiguous_document"),
     (errors.QuestionTooLong, 400, "invalid_request_error", "context_length_exceeded"),
     (errors.BadFilter, 400, "invalid_request_error", "invalid_filter"),
     (errors.NothingMatches, 404, "invalid_request_error", "no_document_matches"),

@@ -1,12 +1,13 @@
 """The knowledge bases over HTTP: which ones a key may read (as OpenAI
 "models"), ranked passages, documents uploaded, listed and deleted, and
-the numbers. Each route asks the access policy first (through
-`Service.kb_dir`/`Service.open` and ingest/library's functions, the same the
-app calls) and changes are kept in the audit trail there."""
+the numbers. Each route translates HTTP to the core service
+(core/service.py, the one the app and MCP call), which asks the access
+policy first and keeps changes in the audit trail."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,8 @@ from fastapi import APIRouter, Request
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from ingest import library
-from ingest.ingestor import noop
-from rag.access import Access, Action
+from core.service import MAX_K, Uploaded, check_length
+from rag.access import Action
 from rag.filters import MAX_TAGS, MAX_VALUE_CHARS, Filters
 from rag.knowledge_base import KnowledgeBase
 from rag.settings import SearchMode
@@ -24,7 +24,7 @@ from rag.sources import SourceNames
 from rag.storage import DocumentRecord
 from serving.api import uploads
 from serving.api.errors import ApiError
-from serving.api.service import Requester, Service, public, service
+from serving.api.service import Requester, public, service
 
 router = APIRouter(tags=["knowledge bases"])
 
@@ -35,15 +35,13 @@ def _model(name: str) -> dict[str, object]:
 
 @router.get("/v1/models", summary="The knowledge bases this key may read")
 def list_models(access: Requester, request: Request) -> dict[str, object]:
-    names = library.readable_knowledge_bases(access, service(request).root)
+    names = service(request).core.names(access)
     return {"object": "list", "data": [_model(name) for name in names]}
 
 
 @router.get("/v1/models/{model}", summary="One knowledge base, when this key may read it")
 def get_model(model: str, access: Requester, request: Request) -> dict[str, object]:
-    svc = service(request)
-    svc.kb_dir(access, model)
-    if model not in library.list_knowledge_bases(svc.root):
+    if not service(request).core.exists(access, model):
         raise ApiError(404, f"No knowledge base named {model!r}.", code="model_not_found")
     return _model(model)
 
@@ -91,21 +89,18 @@ class SearchRequest(BaseModel):
         description="the knowledge base (`model` is accepted too)",
     )
     query: str = Field(min_length=1)
-    k: int = Field(8, ge=1, le=100)
+    k: int = Field(8, ge=1, le=MAX_K)
     mode: SearchMode = "hybrid"
     filters: SearchFilters | None = None
 
 
 @router.post("/v1/search", summary="The passages that best match a query, best first")
 def search(body: SearchRequest, access: Requester, request: Request) -> dict[str, object]:
-    svc = service(request)
-    if len(body.query) > svc.settings.max_question_chars:
-        raise ApiError(
-            400, f"The query is longer than {svc.settings.max_question_chars} characters.",
-            code="message_too_long",
-        )  # fmt: skip
-    kb = svc.open(access, body.knowledge_base)
-    hits = kb.search(body.query, k=body.k, mode=body.mode, filters=scope(body.filters, kb))
+    core = service(request).core
+    check_length(body.query, core.settings, "query")
+    kb = core.open(access, body.knowledge_base)
+    filters = scope(body.filters, kb)
+    hits = core.search(access, body.knowledge_base, body.query, body.k, body.mode, filters)
     data = [{"rank": rank, **hit.to_dict()} for rank, hit in enumerate(hits, start=1)]
     found = {"object": "list", "model": body.knowledge_base, "query": body.query, "data": data}
     return public(found, SourceNames.of(kb))  # type: ignore[no-any-return]
@@ -122,8 +117,9 @@ def _document(record: DocumentRecord) -> dict[str, object]:
 
 @router.get("/v1/knowledge-bases/{kb}/stats", summary="Documents, chunks, model, disk size")
 def stats(kb: str, access: Requester, request: Request) -> dict[str, object]:
-    base = service(request).open(access, kb)
-    figures = base.stats().to_dict()
+    core = service(request).core
+    base = core.open(access, kb)
+    figures = core.stats(access, kb).to_dict()
     figures["index"] = kb  # the name, not the server's folder
     # The kind of store (local, milvus-lite, milvus): not its file or address.
     figures["store"] = str(figures["store"]).split(":", 1)[0]
@@ -132,8 +128,9 @@ def stats(kb: str, access: Requester, request: Request) -> dict[str, object]:
 
 @router.get("/v1/knowledge-bases/{kb}/documents", summary="The documents of a knowledge base")
 def documents(kb: str, access: Requester, request: Request) -> dict[str, object]:
-    base = service(request).open(access, kb)
-    listed = {"object": "list", "data": [_document(r) for r in base.documents()]}
+    core = service(request).core
+    base = core.open(access, kb)
+    listed = {"object": "list", "data": [_document(r) for r in core.documents(access, kb)]}
     return public(listed, SourceNames.of(base))  # type: ignore[no-any-return]
 
 
@@ -153,34 +150,29 @@ async def upload(kb: str, access: Requester, request: Request) -> dict[str, Any]
         request, svc.root, settings.max_file_mb, settings.max_upload_files
     )
     try:
-        return await run_in_threadpool(_save_and_ingest, svc, access, kb, kb_dir, parts)
+        files = [(part.name, _reader(part)) for part in parts]
+        done = await run_in_threadpool(svc.core.upload, access, kb, files)
+        return _uploaded(kb, kb_dir, done)
     finally:
         for part in parts:
             part.close()
 
 
-def _save_and_ingest(
-    svc: Service, access: Access, kb: str, kb_dir: Path, parts: list[uploads.Part]
-) -> dict[str, Any]:
-    settings = svc.settings
-    if not kb_dir.exists():
-        library.create(access, svc.root, kb)
-    saved = library.SavedUploads([], [])
-    for part in parts:  # one file's bytes in memory at a time
+def _reader(part: uploads.Part) -> Callable[[], bytes | None]:
+    """The part's bytes (None: over the size limit), its file closed once read."""
+
+    def read() -> bytes | None:
         if part.file is None:
-            saved.refused.append((part.name, library.too_large(settings.max_file_mb)))
-            continue
-        one = library.save_uploads(
-            access, kb_dir, [library.Upload(part.name, part.read())], settings.max_file_mb
-        )
+            return None
+        data = part.read()
         part.close()
-        saved.paths += one.paths
-        saved.refused += one.refused
-        saved.renamed += one.renamed
-        saved.unchanged += one.unchanged
-    report = None
-    if saved.paths:
-        report = library.ingest_files(access, kb_dir, saved.paths, settings, noop)
+        return data
+
+    return read
+
+
+def _uploaded(kb: str, kb_dir: Path, done: Uploaded) -> dict[str, Any]:
+    saved, report = done.saved, done.report
     # By the name it was saved under (`renamed` maps a name taken by another file).
     failures = report.failed if report else []
     failed = [{"name": Path(f.path).name, "error": f.error} for f in failures]
@@ -201,19 +193,9 @@ def _save_and_ingest(
     summary="Remove a document (by id, path or file name); an uploaded file is deleted too",
 )
 def delete(kb: str, document: str, access: Requester, request: Request) -> dict[str, object]:
-    svc = service(request)
-    kb_dir = svc.kb_dir(access, kb, Action.WRITE)
-    base = svc.open(access, kb)
-    records, names = base.documents(), SourceNames.of(base)
-    matches = [r for r in records if document in (str(r.id), r.path, names.show(r.path))]
-    if not matches:
-        matches = [r for r in records if Path(r.path).name == document]
-    if len(matches) != 1:
-        why = "No document" if not matches else f"{len(matches)} documents"
-        raise ApiError(
-            404 if not matches else 409, f"{why} in '{kb}' match {document!r}; use its id.",
-            code="document_not_found" if not matches else "ambiguous_document",
-        )  # fmt: skip
-    report = library.delete_documents(access, kb_dir, [matches[0].path], svc.settings)
-    shown = {"deleted": _document(matches[0]), "report": report.to_dict() | {"index": kb}}
+    core = service(request).core
+    record = core.find_document(access, kb, document)
+    names = SourceNames.of(core.open(access, kb, Action.WRITE))
+    report = core.delete(access, kb, [record.path])
+    shown = {"deleted": _document(record), "report": report.to_dict() | {"index": kb}}
     return public(shown, names)  # type: ignore[no-any-return]

@@ -1,10 +1,10 @@
 """What every route shares: the settings, the app database, the access
-policy, the LLM client, the rate limiter and the open knowledge bases.
+policy, the LLM client, the rate limiter and the core service
+(core/service.py: the open knowledge bases and the rules).
 Built once by `create_app`; the routes reach it through `service(request)`."""
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,15 +12,14 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from fastapi.security import HTTPBearer
 
-from ingest import library
-from rag import telemetry
-from rag.access import Access, AccessPolicy, Action, valid_kb_name
+from core.service import KnowledgeService
+from rag.access import Access, AccessPolicy, Action
 from rag.appdb import AppDB
 from rag.knowledge_base import KnowledgeBase
 from rag.llm import ChatModel
 from rag.settings import Settings
 from rag.sources import SourceNames
-from serving.api.errors import ApiError, unauthorized
+from serving.api.errors import unauthorized
 from serving.api.security import RateLimiter, authenticate
 
 # Where the guard (guard.py) leaves the requester's Access in a request's scope.
@@ -34,11 +33,12 @@ class Service:
     chat: ChatModel
     limiter: RateLimiter
     policy: AccessPolicy = field(init=False)
-    _kbs: dict[str, KnowledgeBase] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    # The process's one KnowledgeService: the routes and the /mcp tools share it.
+    core: KnowledgeService = field(init=False)
 
     def __post_init__(self) -> None:
         self.policy = AccessPolicy(self.db)
+        self.core = KnowledgeService(self.settings, chat=self.chat)
 
     @property
     def root(self) -> Path:
@@ -52,40 +52,16 @@ class Service:
         return Access(user, self.policy)
 
     def kb_dir(self, access: Access, name: str, action: Action = Action.READ) -> Path:
-        """The folder of the knowledge base `name`, once the user may do
-        `action` there. Asked first, so a user learns nothing about a
-        knowledge base they may not use, not even whether it exists."""
-        if not valid_kb_name(name):
-            raise ApiError(404, f"No knowledge base named {name!r}.", code="model_not_found")
-        access.require(action, name)
-        return self.root / name
+        return self.core.kb_dir(access, name, action)
 
     def open(self, access: Access, name: str) -> KnowledgeBase:
-        """The knowledge base `name`, for reading; opened once and shared (it
-        follows later ingests by itself)."""
-        kb_dir = self.kb_dir(access, name)
-        if name not in library.list_knowledge_bases(self.root) or not library.has_index(
-            kb_dir, self.settings
-        ):
-            raise ApiError(
-                404, f"The knowledge base '{name}' does not exist or has no documents yet.",
-                code="model_not_found",
-            )  # fmt: skip
-        with self._lock:
-            telemetry.record_cache("knowledge_base", hit=name in self._kbs)
-            if name not in self._kbs:
-                self._kbs[name] = KnowledgeBase.open(kb_dir, settings=self.settings)
-            return self._kbs[name]
+        return self.core.open(access, name)
 
     def open_knowledge_bases(self) -> list[KnowledgeBase]:
-        with self._lock:
-            return list(self._kbs.values())
+        return self.core.open_knowledge_bases()
 
     def close(self) -> None:
-        with self._lock:
-            for kb in self._kbs.values():
-                kb.close()
-            self._kbs.clear()
+        self.core.close()
 
 
 _PATH_KEYS = ("source", "path")

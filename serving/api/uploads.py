@@ -19,6 +19,7 @@ from python_multipart.multipart import parse_options_header
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
+from core.service import too_many_files
 from serving.api.errors import ApiError
 
 if TYPE_CHECKING:  # defined for type checkers only
@@ -106,7 +107,7 @@ class _Reader:
             return  # another field: its bytes are dropped as they come
         if len(self.parts) == self.max_files:
             raise ApiError(
-                400, f"At most {self.max_files} files per upload (RAG_MAX_UPLOAD_FILES).",
+                400, too_many_files(0, self.max_files),
                 code="too_many_files",
             )  # fmt: skip
         name = options[b"filename"].decode("utf-8", "replace")

@@ -1,0 +1,1 @@
+"""The one service every entry point calls: the rules of reading and changing knowledge bases."""
