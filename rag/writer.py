@@ -135,10 +135,10 @@ class StoreWriter(Tables):
         for ordinal, chunk in enumerate(chunks):
             terms = " ".join(lexical.terms(chunk.indexed_text))
             cid = self.db.execute(
-                'INSERT INTO chunks (doc_id, ordinal, text, page, page_end, start, "end", terms, '
-                "locator) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (doc_id, ordinal, chunk.text, chunk.page, chunk.page, chunk.start, chunk.end,
-                 terms, chunk.locator),
+                'INSERT INTO chunks (doc_id, ordinal, text, page, start, "end", terms, locator) '
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (doc_id, ordinal, chunk.text, chunk.page, chunk.start, chunk.end, terms,
+                 chunk.locator),
             ).lastrowid  # fmt: skip
             ids.append(cid)
         if ids:
