@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from rag.access import LOCAL_USER, Access, AccessPolicy
+from rag.storage import DocumentEntry
 from rag.types import Chunk, Hit
 
 # The one user of a loopback app (RAG_AUTH=none), with no audit trail: for
@@ -514,11 +515,10 @@ def put_texts(
         offset += len(text) + 1
     if vectors is None:
         vectors = np.stack([text_vector(t, writer.params.dimension) for t in texts])
-    writer.put(
-        path=path, content_hash=hashlib.sha256("\n".join(texts).encode()).hexdigest(),
-        kind="text", title=title, size=offset, mtime=1.0, pages=None, chunks=chunks,
-        vectors=vectors,
-    )  # fmt: skip
+    digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()
+    entry = DocumentEntry(path=path, content_hash=digest, kind="text", title=title, size=offset,
+                          mtime=1.0)  # fmt: skip
+    writer.put(entry, chunks, vectors)
 
 
 def fill_store(store, params, corpus: dict[str, list[str]] = STORE_CORPUS) -> None:

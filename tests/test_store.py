@@ -15,7 +15,14 @@ from rag.errors import IndexBusy, IndexCorrupt, IndexIncompatible, IndexMissing,
 from rag.knowledge_base import KnowledgeBase
 from rag.layout import IndexParams
 from rag.settings import Settings
-from rag.storage import STORE_RECORD, StoreStats, open_store, record_store, recorded_store
+from rag.storage import (
+    STORE_RECORD,
+    DocumentEntry,
+    StoreStats,
+    open_store,
+    record_store,
+    recorded_store,
+)
 from rag.types import Chunk
 
 
@@ -32,8 +39,8 @@ def open_writer(root, params, **options):
 def put(writer, path: str, texts: list[str]) -> None:
     chunks = [Chunk(text=t, source=path, start=0, end=len(t)) for t in texts]
     vectors = np.eye(4, dtype=np.float32)[: len(texts)]
-    writer.put(path=path, content_hash=path + "#h", kind="text", title="", size=1, mtime=0,
-               pages=None, chunks=chunks, vectors=vectors)  # fmt: skip
+    writer.put(DocumentEntry(path=path, content_hash=path + "#h", kind="text", size=1), chunks,
+               vectors)  # fmt: skip
 
 
 def test_round_trip_keeps_documents_chunks_and_vectors(tmp_path):
@@ -158,8 +165,8 @@ def test_context_rebuilds_the_text_around_a_chunk(tmp_path):
     ]
     root = tmp_path / "idx"
     with open_writer(root, params()) as w:
-        w.put(path="/d.txt", content_hash="h", kind="text", title="", size=1, mtime=0,
-              pages=None, chunks=chunks, vectors=np.eye(4, dtype=np.float32)[:3])  # fmt: skip
+        entry = DocumentEntry(path="/d.txt", content_hash="h", kind="text", size=1)
+        w.put(entry, chunks, np.eye(4, dtype=np.float32)[:3])
     snap = KnowledgeBase.open(root).snapshot()
     middle = snap.document_chunks("/d.txt")[1]
     before, span, after = snap.context(middle)

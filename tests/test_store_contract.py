@@ -28,7 +28,7 @@ from rag.filters import Filters
 from rag.knowledge_base import MODES, KnowledgeBase
 from rag.layout import IndexParams
 from rag.settings import Settings
-from rag.storage import Published, Store, open_store
+from rag.storage import DocumentEntry, Published, Store, open_store
 from rag.types import Chunk, Document
 
 STORES = ["local", "milvus-lite"]
@@ -344,11 +344,10 @@ def put_scoped(writer, path: str, texts: list[str], kind: str, mtime: float, tag
         chunks.append(Chunk(text, path, offset, offset + len(text), ordinal=ordinal))
         offset += len(text) + 1
     vectors = np.stack([PROBE if near else text_vector(t) for t in texts])
-    writer.put(
-        path=path, content_hash=hashlib.sha256(path.encode()).hexdigest(), kind=kind,
-        title="", size=offset, mtime=mtime, pages=None, chunks=chunks, vectors=vectors,
-        tags=tuple(tags),
-    )  # fmt: skip
+    digest = hashlib.sha256(path.encode()).hexdigest()
+    entry = DocumentEntry(path=path, content_hash=digest, kind=kind, size=offset, mtime=mtime,
+                          tags=tuple(tags))  # fmt: skip
+    writer.put(entry, chunks, vectors)
 
 
 DECOYS = 40  # more than the fusion depth: the scoped passages rank far below them
