@@ -15,7 +15,7 @@ import click
 from tqdm import tqdm
 
 from ingest.discovery import UNSUPPORTED
-from ingest.pipeline import Engine, IngestReport, Progress, ingest_paths
+from ingest.pipeline import Engine, IngestOptions, IngestReport, Progress, ingest_paths
 from ingest.watch import Batch, watch_folders
 from rag.errors import RagError, RebuildRefused
 from rag.settings import Settings
@@ -201,11 +201,12 @@ def main(
 
         try:
             with engine as on:
-                report = ingest_paths(
-                    list(paths), settings, sync=sync, delete=delete, rebuild=rebuild,
-                    allow_drop=allow_drop, ocr=ocr, tags=tags or None, progress=progress,
-                    engine=on, follow_links=follow_links,
+                options = IngestOptions(
+                    sync=sync, delete=delete, rebuild=rebuild, allow_drop=allow_drop, ocr=ocr,
+                    tags=tags or None, follow_links=follow_links,
                 )  # fmt: skip
+                report = ingest_paths(list(paths), settings, options, progress=progress,
+                                      engine=on)  # fmt: skip
         except RagError as exc:
             bar.close()
             hint = ""

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from builders import STORE_CORPUS, fill_store, put_texts, text_vector, texts_of
 
-from ingest.pipeline import ingest_documents, ingest_paths
+from ingest.pipeline import IngestOptions, ingest_documents, ingest_paths
 from rag import lexical
 from rag.errors import (
     BadFilter,
@@ -435,9 +435,13 @@ def test_tags_are_stored_replaced_and_kept(store, tmp_path, kb_settings, embedde
     def tags():
         return {Path(p).name: d.tags for p, d in store.published_documents().items()}
 
-    ingest_paths([str(folder)], kb_settings, tags=["Finance", "q1"], embedder=embedder)
+    ingest_paths(
+        [str(folder)], kb_settings, IngestOptions(tags=["Finance", "q1"]), embedder=embedder
+    )
     assert tags() == {"a.md": ("finance", "q1"), "b.md": ("finance", "q1")}
-    report = ingest_paths([str(folder / "b.md")], kb_settings, tags=["hr"], embedder=embedder)
+    report = ingest_paths(
+        [str(folder / "b.md")], kb_settings, IngestOptions(tags=["hr"]), embedder=embedder
+    )
     assert (report.updated, report.unchanged, report.chunks_embedded) == (1, 0, 0)
     assert tags() == {"a.md": ("finance", "q1"), "b.md": ("hr",)}
     (folder / "a.md").write_text("# A\n\nAlpha now talks about volcanoes.\n")
@@ -451,4 +455,6 @@ def test_tags_are_stored_replaced_and_kept(store, tmp_path, kb_settings, embedde
     finally:
         kb.close()
     with pytest.raises(BadFilter, match="Bad tag"):
-        ingest_paths([str(folder)], kb_settings, tags=["no spaces"], embedder=embedder)
+        ingest_paths(
+            [str(folder)], kb_settings, IngestOptions(tags=["no spaces"]), embedder=embedder
+        )
