@@ -18,8 +18,9 @@ def kb_dir(tmp_path, corpus_dir):
     return folder
 
 
-def run(folder, index, embedder, **kw):
-    return ingest_paths([str(folder)], Settings(index=index), embedder=embedder, **kw)
+def run(folder, index, embedder, **options):
+    settings = Settings(index=index)
+    return ingest_paths([str(folder)], settings, IngestOptions(**options), embedder=embedder)
 
 
 def state(index):

@@ -148,7 +148,7 @@ def test_ingest_follows_the_files_added_changed_renamed_and_gone(kb_settings, st
         (folder / name).write_text(f"# {name}\n\n{text}\n")
 
     def ingest(paths=(folder,), **options):
-        return ingest_paths([str(p) for p in paths], kb_settings, **options)
+        return ingest_paths([str(p) for p in paths], kb_settings, IngestOptions(**options))
 
     first = ingest()
     assert (first.added, first.generation) == (3, store.published().generation)
