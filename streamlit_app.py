@@ -20,16 +20,18 @@ from ingest import library
 from rag import screening, telemetry
 from rag.access import Access, Action
 from rag.appdb import AppDB, open_app_db
+from rag.conversation import Conversation, Turn
 from rag.errors import LLMUnreachable, NothingMatches, QuestionTooLong, RagError
 from rag.events import Finished, Notice, Retrieved, Rewritten, Screened
 from rag.filters import Filters
 from rag.knowledge_base import KnowledgeBase
 from rag.llm import Delta, OpenAIChat, check_server
 from rag.settings import Settings
+from rag.sources import SourceNames
 from rag.types import Answer
-from ui import account, history, render, session_cookie, users
+from ui import account, history, render, safe_text, session_cookie, users
 from ui import feedback as answer_feedback
-from ui.conversation import Conversation, ConversationStore, Turn
+from ui.conversation import ConversationStore
 from ui.manage import manage_tab
 from ui.messages import for_user, plural
 from ui.scope import filter_controls
@@ -74,7 +76,7 @@ def llm_problem(url: str, model: str) -> str | None:
     return check_server(Settings(llm_url=url, llm_model=model))
 
 
-def show_turn(access: Access, kb: KnowledgeBase, names: render.SourceNames, turn: Turn) -> None:
+def show_turn(access: Access, kb: KnowledgeBase, names: SourceNames, turn: Turn) -> None:
     """A stored turn, drawn again as it was answered."""
     with st.chat_message("user"):
         st.text(turn.question)
@@ -86,14 +88,14 @@ def show_turn(access: Access, kb: KnowledgeBase, names: render.SourceNames, turn
         result = turn.answer
         if result is not None and result.text:
             if result.search_query:
-                st.caption(f"Searched for: {render.defuse(result.search_query)}")
-            st.markdown(render.defuse(result.text))
+                st.caption(f"Searched for: {safe_text.defuse(result.search_query)}")
+            st.markdown(safe_text.defuse(result.text))
             details(access, kb, names, result)
         elif result is not None:
             render.hits_only(access, kb, names, result.hits)
 
 
-def details(access: Access, kb: KnowledgeBase, names: render.SourceNames, result: Answer) -> None:
+def details(access: Access, kb: KnowledgeBase, names: SourceNames, result: Answer) -> None:
     """What follows an answer: notes, the cited passages, the reasoning, the stages."""
     render.notes(replace(result, notes=[for_user(n) for n in result.notes]))
     render.citations(access, kb, names, result.citations, result.text)
@@ -104,7 +106,7 @@ def details(access: Access, kb: KnowledgeBase, names: render.SourceNames, result
 def ask(
     access: Access,
     kb: KnowledgeBase,
-    names: render.SourceNames,
+    names: SourceNames,
     settings: Settings,
     question: str,
     conversation: Conversation,
@@ -145,7 +147,7 @@ def ask(
 
 
 def retrieval_only(
-    access: Access, kb: KnowledgeBase, names: render.SourceNames, settings: Settings,
+    access: Access, kb: KnowledgeBase, names: SourceNames, settings: Settings,
     question: str, why: str, filters: Filters | None = None,
 ) -> Turn:  # fmt: skip
     access.require(Action.READ, kb.root.name)
@@ -178,7 +180,7 @@ def _stream(events: Iterator[Any], status: Any) -> Answer:
     for event in events:
         if isinstance(event, Rewritten):
             status.update(label="Retrieving passages…")
-            status.caption(f"Searched for: {render.defuse(event.query)}")
+            status.caption(f"Searched for: {safe_text.defuse(event.query)}")
         elif isinstance(event, Retrieved):
             status.update(label=f"Retrieved {plural(len(event.hits), 'passage')}; screening…")
         elif isinstance(event, Screened):
@@ -192,11 +194,11 @@ def _stream(events: Iterator[Any], status: Any) -> Answer:
             thinking.caption(f"Reasoning… ({len(thought.split())} words)")
         elif isinstance(event, Delta):
             text += event.text
-            body.markdown(render.defuse(text) + " ▌")
+            body.markdown(safe_text.defuse(text) + " ▌")
         elif isinstance(event, Finished):
             result = event.answer
     thinking.empty()
-    body.markdown(render.defuse(result.text))
+    body.markdown(safe_text.defuse(result.text))
     # Timings and tokens are in the Stages expander below: shown once.
     # A refusal is not an answer: the status says which it is.
     status.update(label="Answered" if result.found else "Not found", state="complete")
@@ -210,13 +212,13 @@ def ask_tab(
         where = "add some in the **Manage** tab" if access.allows(Action.WRITE, kb_dir.name) else (
             "an editor adds them"
         )  # fmt: skip
-        st.info(f"**{render.plain(kb_dir.name)}** has no documents yet: {where}.")
+        st.info(f"**{safe_text.plain(kb_dir.name)}** has no documents yet: {where}.")
         return None
     try:
         kb = library.open_kb(access, kb_dir, open_kb)
     except RagError as exc:
         log.warning("cannot open %s: %s", kb_dir, exc)
-        st.error(render.escape(for_user(str(exc)).replace(str(kb_dir), kb_dir.name)))
+        st.error(safe_text.escape(for_user(str(exc)).replace(str(kb_dir), kb_dir.name)))
         return None
     llm_down = llm_problem(settings.llm_url, settings.llm_model)
     if llm_down:
@@ -226,7 +228,7 @@ def ask_tab(
     # The conversation sits above the box, in the order it was asked, the
     # new turn included (the box is drawn first only to read its value).
     shown = st.container()
-    names = render.SourceNames.of(kb)
+    names = SourceNames.of(kb)
     filters = filter_controls(kb, names)
     limit = settings.max_question_chars
     question = st.chat_input("Ask a question about your documents", max_chars=limit)
@@ -244,7 +246,7 @@ def ask_tab(
             answer_feedback.remember(db, access, conversation, len(conversation.turns) - 1, turn)
             answer_feedback.thumbs(db, access, conversation, len(conversation.turns) - 1, turn)
     asked = plural(len(conversation.turns), "question")
-    heading.caption(f"Conversation in **{render.plain(kb_dir.name)}** · {asked}")
+    heading.caption(f"Conversation in **{safe_text.plain(kb_dir.name)}** · {asked}")
     return conversation
 
 
@@ -259,7 +261,7 @@ def main() -> None:
     store = ConversationStore(db, user=access.user.name)
     st.title("Ask your documents")
     if side.notice:
-        st.warning(render.plain(side.notice))
+        st.warning(safe_text.plain(side.notice))
     if not access.allows(Action.READ, kb):  # none of the bases is theirs
         st.info(account.NO_KNOWLEDGE_BASE)
         return
@@ -283,10 +285,10 @@ def main() -> None:
     if "Feedback" in views:
         with views["Feedback"]:
             answer_feedback.feedback_tab(access, db, kb)
-    active.caption(f"Knowledge base **{render.plain(kb)}** · {summary_line(stats)}")
+    active.caption(f"Knowledge base **{safe_text.plain(kb)}** · {summary_line(stats)}")
     with side.summary:
         kb_summary(stats, library.last_synced(access, side.kb_dir))
-    names = render.SourceNames.of(open_kb(str(side.kb_dir))) if conversation else None
+    names = SourceNames.of(open_kb(str(side.kb_dir))) if conversation else None
     history.panel(side.conversation, store, kb, conversation, names)
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
 import threading
 import time
@@ -37,6 +36,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
+
+from stats import p50_p95  # bench/stats.py: bench/ is first on sys.path when a script here runs
 
 from rag.answering import answer
 from rag.knowledge_base import KnowledgeBase
@@ -70,13 +71,6 @@ class Level:
     reasons: list[str] = field(default_factory=list)
 
 
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 def run_level(
     kind: str, call: Callable[[int], None], concurrency: int, rounds: int, via: str = "library"
 ) -> Level:
@@ -103,8 +97,7 @@ def run_level(
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         list(pool.map(worker, range(concurrency)))
     level.wall = time.perf_counter() - started
-    level.p50 = statistics.median(latencies) if latencies else float("nan")
-    level.p95 = percentile(latencies, 0.95)
+    level.p50, level.p95 = p50_p95(latencies)
     level.max = max(latencies, default=float("nan"))
     level.per_second = level.ok / level.wall if level.wall else 0.0
     return level

@@ -32,6 +32,7 @@ from pathlib import Path
 import corpora  # bench/corpora.py: bench/ is first on sys.path when a script here runs
 import faiss
 import numpy as np
+from stats import p50_p95  # bench/stats.py
 
 from ingest.pipeline import ingest_paths
 from rag import layout
@@ -73,11 +74,6 @@ def queries() -> list[str]:
         return [json.loads(line)["text"] for line in fh]
 
 
-def percentiles(values: list[float]) -> tuple[float, float]:
-    ordered = sorted(values)
-    return statistics.median(ordered), ordered[int(0.95 * (len(ordered) - 1))]
-
-
 def profile(kb: KnowledgeBase, texts: list[str]) -> dict[str, tuple[float, float]]:
     """Warm, one query at a time: end to end, and each stage on its own."""
     for text in texts:  # warm-up pass: caches, memory maps, lazy imports
@@ -100,7 +96,7 @@ def profile(kb: KnowledgeBase, texts: list[str]) -> dict[str, tuple[float, float
         bm25.append(t4 - t3)
     ms = {name: [1000 * v for v in values] for name, values in
           {"total": total, "embed": embed, "dense": dense, "bm25": bm25}.items()}  # fmt: skip
-    return {name: percentiles(values) for name, values in ms.items()}
+    return {name: p50_p95(values) for name, values in ms.items()}
 
 
 def local_generation(kb: KnowledgeBase) -> Path:

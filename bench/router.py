@@ -20,7 +20,6 @@ import os
 import platform
 import re
 import signal
-import statistics
 import sys
 import threading
 import time
@@ -32,6 +31,9 @@ from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/, also when a test imports this
+
+from stats import p50_p95  # bench/stats.py
 
 from rag.llm import OpenAIChat, Request, complete
 from rag.settings import Settings
@@ -133,10 +135,7 @@ def run_load(
         if side:
             side.result()  # its failure (no replica killed) is the run's failure
     load.wall = time.perf_counter() - started
-    if latencies:
-        ordered = sorted(latencies)
-        load.p50 = statistics.median(ordered)
-        load.p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+    load.p50, load.p95 = p50_p95(latencies)
     return load
 
 

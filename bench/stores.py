@@ -27,12 +27,13 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
 from datetime import date
 from pathlib import Path
+
+from stats import p50_p95  # bench/stats.py: bench/ is first on sys.path when a script here runs
 
 from rag import evaluation
 from rag.copying import copy
@@ -52,8 +53,7 @@ def latency(kb: KnowledgeBase, queries: list[str]) -> tuple[float, float]:
         started = time.perf_counter()
         kb.search(text, k=10)
         times.append(1000 * (time.perf_counter() - started))
-    ordered = sorted(times)
-    return statistics.median(ordered), ordered[int(0.95 * (len(ordered) - 1))]
+    return p50_p95(times)
 
 
 def main() -> int:

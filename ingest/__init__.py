@@ -1,10 +1,10 @@
 """Ingestion: files -> chunks -> vectors -> an index generation.
 
-from ingest import ingest_paths
+from ingest import IngestOptions, ingest_paths
 from rag import Settings
-report = ingest_paths(["docs/"], Settings(index="indexes/default"))
+report = ingest_paths(["docs/"], Settings(index="indexes/default"), IngestOptions(sync=True))
 """
 
-from ingest.pipeline import IngestReport, ingest_paths
+from ingest.pipeline import IngestOptions, IngestReport, ingest_paths
 
-__all__ = ["IngestReport", "ingest_paths"]
+__all__ = ["IngestOptions", "IngestReport", "ingest_paths"]

@@ -7,6 +7,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from types import FrameType
@@ -15,7 +16,7 @@ import click
 from tqdm import tqdm
 
 from ingest.discovery import UNSUPPORTED
-from ingest.pipeline import Engine, IngestReport, Progress, ingest_paths
+from ingest.pipeline import Engine, IngestOptions, IngestReport, Progress, ingest_paths
 from ingest.watch import Batch, watch_folders
 from rag.errors import RagError, RebuildRefused
 from rag.settings import Settings
@@ -150,31 +151,12 @@ def main(
     e-mail (.eml, .msg) files (or folders of them) into a knowledge base.
     Unchanged files are skipped by content hash; broken files are reported by
     name and the rest of the batch is ingested."""
-    if ray_address is not None:  # first: a folder after a bare --ray lands here
-        from ingest.distributed import check_address
-
-        try:
-            check_address(ray_address)
-        except ValueError as exc:
-            raise click.UsageError(str(exc)) from None
-    if not paths and not delete:
-        raise click.UsageError("give at least one PATH to ingest, or --delete PATH")
-    if sync and not paths:
-        raise click.UsageError("--sync needs the folders to sync against")
-    if allow_drop and not rebuild:
-        raise click.UsageError("--allow-drop only applies to --rebuild")
-    if rebuild and delete:
-        raise click.UsageError("--rebuild takes no --delete: rebuild from the paths to keep")
-    if watch and (delete or rebuild or not paths):
-        raise click.UsageError("--watch takes the folders to watch, and no --delete or --rebuild")
-    overrides: dict[str, object] = {}
-    if index is not None:
-        overrides["index"] = index
-    if wait is not None:
-        overrides["lock_timeout"] = wait
-    if store is not None:
-        overrides["store"] = store
-    settings = Settings(**overrides)  # type: ignore[arg-type]
+    options = IngestOptions(
+        sync=sync, delete=delete, rebuild=rebuild, allow_drop=allow_drop, ocr=ocr,
+        tags=tags or None, follow_links=follow_links,
+    )  # fmt: skip
+    _check_usage(list(paths), options, watch, ray_address)
+    settings = _settings(index, wait, store)
     if watch:
         _watch(list(paths), settings, settle, ocr, as_json, follow_links)
     engine: AbstractContextManager[Engine | None] = nullcontext()
@@ -182,31 +164,65 @@ def main(
         from ingest.distributed import ray_engine
 
         engine = ray_engine(ray_address, settings)
+    report = _ingest(list(paths), settings, options, engine)
+    if sync:
+        record_sync(settings.index, time.time(), [str(Path(p).absolute()) for p in paths])
+    if as_json:
+        click.echo(json.dumps(report.to_dict()))
+    else:
+        _print_summary(report)
+    sys.exit(EXIT_FAILED_FILES if report.failed else EXIT_OK)
 
-    with tqdm(total=0, unit="file", disable=None, file=sys.stderr, dynamic_ncols=True) as bar:
-        shown = [""]  # the bar's phase
 
-        def progress(p: Progress) -> None:
-            # Two phases: files hashed, then the work to ingest in percent,
-            # which moves with the chunks embedded (files read say little
-            # while one long PDF embeds).
-            phase = "scan" if p.stage == "scan" else "ingest"
-            if shown[0] != phase:
-                shown[0] = phase
-                bar.set_description(phase, refresh=False)
-                bar.unit = "file" if phase == "scan" else "%"
-                bar.reset(total=p.total if phase == "scan" else 100)
-            bar.n = p.done if phase == "scan" else round(100 * p.fraction, 1)
-            bar.set_postfix(chunks=p.chunks, refresh=False)
-            bar.refresh()
+def _check_usage(
+    paths: list[str], options: IngestOptions, watch: bool, ray_address: str | None
+) -> None:
+    """Refuse option combinations that make no sense, before any work."""
+    if ray_address is not None:  # first: a folder after a bare --ray lands here
+        from ingest.distributed import check_address
 
         try:
+            check_address(ray_address)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+    o = options
+    if not paths and not o.delete:
+        raise click.UsageError("give at least one PATH to ingest, or --delete PATH")
+    if o.sync and not paths:
+        raise click.UsageError("--sync needs the folders to sync against")
+    if o.allow_drop and not o.rebuild:
+        raise click.UsageError("--allow-drop only applies to --rebuild")
+    if o.rebuild and o.delete:
+        raise click.UsageError("--rebuild takes no --delete: rebuild from the paths to keep")
+    if watch and (o.delete or o.rebuild or not paths):
+        raise click.UsageError("--watch takes the folders to watch, and no --delete or --rebuild")
+
+
+def _settings(index: Path | None, wait: float | None, store: str | None) -> Settings:
+    """The settings, with the options given on the command line."""
+    overrides: dict[str, object] = {}
+    if index is not None:
+        overrides["index"] = index
+    if wait is not None:
+        overrides["lock_timeout"] = wait
+    if store is not None:
+        overrides["store"] = store
+    return Settings(**overrides)  # type: ignore[arg-type]
+
+
+def _ingest(
+    paths: list[str],
+    settings: Settings,
+    options: IngestOptions,
+    engine: AbstractContextManager[Engine | None],
+) -> IngestReport:
+    """One ingest run with a progress bar on stderr; a `RagError` exits
+    with its message."""
+    with tqdm(total=0, unit="file", disable=None, file=sys.stderr, dynamic_ncols=True) as bar:
+        try:
             with engine as on:
-                report = ingest_paths(
-                    list(paths), settings, sync=sync, delete=delete, rebuild=rebuild,
-                    allow_drop=allow_drop, ocr=ocr, tags=tags or None, progress=progress,
-                    engine=on, follow_links=follow_links,
-                )  # fmt: skip
+                return ingest_paths(paths, settings, options, progress=_bar_progress(bar),
+                                    engine=on)  # fmt: skip
         except RagError as exc:
             bar.close()
             hint = ""
@@ -215,13 +231,25 @@ def main(
             click.echo(f"error: {exc}{hint}", err=True)
             sys.exit(EXIT_FATAL)
 
-    if sync:
-        record_sync(settings.index, time.time(), [str(Path(p).absolute()) for p in paths])
-    if as_json:
-        click.echo(json.dumps(report.to_dict()))
-    else:
-        _print_summary(report)
-    sys.exit(EXIT_FAILED_FILES if report.failed else EXIT_OK)
+
+def _bar_progress(bar: tqdm) -> Callable[[Progress], None]:
+    """Progress shown on `bar` in two phases: files hashed, then the work to
+    ingest in percent, which moves with the chunks embedded (files read say
+    little while one long PDF embeds)."""
+    shown = [""]  # the bar's phase
+
+    def progress(p: Progress) -> None:
+        phase = "scan" if p.stage == "scan" else "ingest"
+        if shown[0] != phase:
+            shown[0] = phase
+            bar.set_description(phase, refresh=False)
+            bar.unit = "file" if phase == "scan" else "%"
+            bar.reset(total=p.total if phase == "scan" else 100)
+        bar.n = p.done if phase == "scan" else round(100 * p.fraction, 1)
+        bar.set_postfix(chunks=p.chunks, refresh=False)
+        bar.refresh()
+
+    return progress
 
 
 def _print_summary(report: IngestReport) -> None:

@@ -23,7 +23,7 @@ from rag.embedding import (
 )
 from rag.errors import BadDocument, ModelMissing
 from rag.settings import Settings
-from rag.storage import StoreWriter
+from rag.storage import DocumentEntry, StoreWriter
 from rag.types import Chunk, Document
 
 # Embed chunks of several small documents together: sentence-transformers
@@ -213,11 +213,8 @@ class Ingestor:
             return False
         chunks = self.writer.document_chunks(path)
         vectors = self.writer.stored_vectors(chunks)
-        self.writer.put(
-            path=path, content_hash=record.content_hash, kind=record.kind, title=record.title,
-            size=record.size, mtime=record.mtime, pages=record.pages, ocr=record.ocr,
-            chunks=[replace(c, id=None) for c in chunks], vectors=vectors, tags=self.tags,
-        )  # fmt: skip
+        entry = replace(DocumentEntry.of(record), tags=self.tags)
+        self.writer.put(entry, [replace(c, id=None) for c in chunks], vectors)
         self.report.updated += 1
         return True
 
@@ -231,12 +228,9 @@ class Ingestor:
         chunks = self.writer.document_chunks(source.path)
         vectors = self.writer.stored_vectors(chunks)
         existed = self.writer.document(path) is not None
-        self.writer.put(
-            path=path, content_hash=content_hash, kind=source.kind, title=source.title,
-            size=size, mtime=mtime, pages=source.pages, ocr=source.ocr,
-            chunks=[replace(c, source=path, id=None) for c in chunks], vectors=vectors,
-            tags=self.tags_for(path),
-        )  # fmt: skip
+        entry = replace(DocumentEntry.of(source), path=path, content_hash=content_hash,
+                        size=size, mtime=mtime, tags=self.tags_for(path))  # fmt: skip
+        self.writer.put(entry, [replace(c, source=path, id=None) for c in chunks], vectors)
         self._count(existed)
         self._copied[content_hash] += 1
         self.report.chunks_copied += len(chunks)
@@ -290,13 +284,13 @@ class Ingestor:
         for p in self._pending:
             doc = p.document
             try:
-                self.writer.put(
+                entry = DocumentEntry(
                     path=doc.path, content_hash=doc.content_hash, kind=doc.kind,
                     title=p.chunks[0].title if p.chunks else doc.title,  # as clipped
                     size=p.size, mtime=p.mtime, pages=len(doc.pages) or None, ocr=p.ocr,
-                    chunks=p.chunks, vectors=vectors[row : row + len(p.chunks)],
                     tags=self.tags_for(doc.path),
                 )  # fmt: skip
+                self.writer.put(entry, p.chunks, vectors[row : row + len(p.chunks)])
                 self._count(p.existed)
             except BadDocument as exc:  # the store refused it (e.g. over a field's size)
                 self.report.failed.append(Failure(doc.path, str(exc)))

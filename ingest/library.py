@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ingest.loaders import KINDS
-from ingest.pipeline import IngestReport, ProgressFn, ingest_paths
+from ingest.pipeline import IngestOptions, IngestReport, ProgressFn, ingest_paths
 from rag import layout, telemetry
 from rag.access import KB_NAME_RULE, Access, Action, valid_kb_name
 from rag.errors import RagError, RebuildRefused
@@ -231,7 +231,9 @@ def delete_documents(
 ) -> IngestReport:
     """Remove documents; an uploaded file is deleted from disk as well."""
     access.require(Action.WRITE, kb_dir.name)
-    report = ingest_paths([], settings.model_copy(update={"index": kb_dir}), delete=paths)
+    report = ingest_paths(
+        [], settings.model_copy(update={"index": kb_dir}), IngestOptions(delete=paths)
+    )
     uploads = (kb_dir / UPLOADS).resolve()
     for path in paths:
         if Path(path).resolve().parent == uploads:
@@ -257,8 +259,8 @@ def rebuild(
         raise RebuildRefused.dropping(gone)
     sources = sorted(set(stored) - set(gone))
     report = ingest_paths(
-        sources, settings.model_copy(update={"index": kb_dir}), rebuild=True,
-        allow_drop=allow_drop, progress=progress,
+        sources, settings.model_copy(update={"index": kb_dir}),
+        IngestOptions(rebuild=True, allow_drop=allow_drop), progress=progress,
     )  # fmt: skip
     access.record("rebuild", kb_dir.name, f"dropped {_names(gone)}" if gone else "")
     telemetry.record_ingest(report)

@@ -386,9 +386,3 @@ _LOADERS: dict[str, Callable[[bytes], Loaded]] = {
     "docx": _docx,
     "csv": lambda data: tables.load_csv(decode_text(data)),
 }
-
-
-def _join_pages(texts: list[str]) -> tuple[str, tuple[PageSpan, ...]]:
-    """Pages without tables, joined (see `_joined`)."""
-    text, _, spans, _ = _joined([(t, []) for t in texts], "")
-    return text, spans

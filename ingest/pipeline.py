@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -41,11 +41,47 @@ from rag.types import Chunk, Document
 
 # The public entry: what callers import from here.
 __all__ = [
-    "Engine", "IngestReport", "Parsed", "Progress", "ProgressFn", "ingest_documents",
-    "ingest_paths",
+    "Engine", "IngestOptions", "IngestReport", "Parsed", "Progress", "ProgressFn",
+    "ingest_documents", "ingest_paths",
 ]  # fmt: skip
 
 ToParse = list[tuple[FileTask, str, bool]]  # (file, content hash, with OCR)
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    """What an ingest run does besides storing the files under its paths.
+
+    `sync`: remove the stored documents under the paths whose files are
+    gone. `delete`: remove the documents at or under these paths first.
+    `rebuild`: write a fresh generation from the paths, published only when
+    complete; it raises `RebuildRefused` (publishing nothing) when it would
+    be empty, or would drop stored documents and not `allow_drop`.
+
+    `ocr`: OCR PDF pages without a text layer (a document stored with OCR is
+    parsed with OCR again, asked or not). `tags` (validated by
+    `rag.filters.tags_of`) replace the tags of every document under the
+    paths, unchanged ones included; None keeps each document's tags.
+
+    `gone` names files (or folders) known to have vanished: the documents at
+    or under them whose files are gone are removed, after the new files are
+    stored, so that a renamed file's new path copies their chunks (a watcher
+    passes the two halves of a rename together).
+
+    A symbolic link whose resolved path is not under `roots` (by default the
+    paths) is skipped and reported, unless `follow_links`. With `sync` (and
+    for `gone`), a stored document that only such a link reaches now is
+    removed, each reported in `skipped` as removed."""
+
+    sync: bool = False
+    delete: Sequence[str] = ()
+    rebuild: bool = False
+    allow_drop: bool = False
+    ocr: bool = False
+    tags: Sequence[str] | None = None
+    gone: Sequence[str] = ()
+    roots: Sequence[str] | None = None
+    follow_links: bool = False
 
 
 @dataclass(frozen=True)
@@ -113,85 +149,67 @@ def index_params(
 def ingest_paths(
     paths: list[str],
     settings: Settings,
+    options: IngestOptions = IngestOptions(),
     *,
-    index: Path | None = None,
-    sync: bool = False,
-    delete: Iterable[str] = (),
-    rebuild: bool = False,
-    allow_drop: bool = False,
-    ocr: bool = False,
-    tags: Iterable[str] | None = None,
-    gone: Iterable[str] = (),
-    roots: list[str] | None = None,
-    follow_links: bool = False,
     embedder: Embedder | None = None,
     progress: ProgressFn = noop,
     engine: Engine | None = None,
 ) -> IngestReport:
-    """Bring the index in line with the files under `paths`, parsing and
-    embedding here or on an `engine` (Ray).
-
-    `tags` (validated by `rag.filters.tags_of`) replace the tags of every
-    document under `paths`, unchanged ones included; None keeps each
-    document's tags.
-
-    `gone` names files (or folders) known to have vanished: the documents at
-    or under them whose files are gone are removed, after the new files are
-    stored, so that a renamed file's new path copies their chunks (a watcher
-    passes the two halves of a rename together).
-
-    A symbolic link whose resolved path is not under `roots` (by default
-    `paths`) is skipped and reported, unless `follow_links`. With `sync`
-    (and for `gone`), a stored document that only such a link reaches now
-    is removed, each reported in `skipped` as removed.
-
-    A document stored with OCR is parsed with OCR again, asked or not. A
-    `rebuild` writes a fresh generation from `paths` and publishes it only
-    when complete; it raises `RebuildRefused` (publishing nothing) when it
-    would be empty, or would drop stored documents and not `allow_drop`."""
+    """Bring the index (`settings.index`) in line with the files under
+    `paths` as `options` say, parsing and embedding here or on an `engine`
+    (Ray)."""
+    o = options
     started = time.monotonic()
-    wanted_tags = None if tags is None else tags_of(tags)  # a bad tag: before anything runs
-    root = Path(index or settings.index)
+    wanted_tags = None if o.tags is None else tags_of(o.tags)  # a bad tag: before anything runs
+    root = Path(settings.index)
     report = IngestReport(index=str(root))
-    found = discover(paths, roots, follow_links)
+    found = discover(paths, None if o.roots is None else list(o.roots), o.follow_links)
     report.skipped = [Failure(p, e) for p, e in found.skipped]
     report.failed = [Failure(p, e) for p, e in found.failed]
     store = open_store(root, settings)  # an unknown or other store: before the model loads
-    if rebuild:
-        _refuse_lossy_rebuild(store, root, found, allow_drop)  # before the model loads
+    if o.rebuild:
+        _refuse_lossy_rebuild(store, root, found, o.allow_drop)  # before the model loads
     writing = _writing(
-        store, settings, report, embedder, started, progress, rebuild, allow_drop, engine
+        store, settings, report, embedder, started, progress, o.rebuild, o.allow_drop, engine
     )
     with writing as ingestor:
         ingestor.tags = wanted_tags
-        for target in delete:
+        for target in o.delete:
             _delete_under(ingestor, os.path.abspath(target))
         with timed(report, "scan"):
-            to_parse = _scan(found.files, ingestor, settings, ocr, progress)
+            to_parse = _scan(found.files, ingestor, settings, o.ocr, progress)
         total = ingestor.planned = len(to_parse)
         parsed = engine.parse(to_parse, settings) if engine else _parse(to_parse, settings)
-        for done in range(1, total + 1):
-            with timed(report, "parse"):
-                item = next(parsed)
-            if isinstance(item.result, str):
-                report.failed.append(Failure(item.task.path, item.result))
-                ingestor.settle()
-            else:
-                task = item.task
-                ingestor.add(
-                    item.result, task.size, task.mtime, ocr=item.ocr, chunks=item.chunks,
-                    token_ids=item.token_ids,
-                )  # fmt: skip
-            ingestor.tell_read(done, total, item.task.path)
-        ingestor.flush()
+        _store_parsed(ingestor, parsed, total, report)
         seen = {f.path for f in found.files} | {f.path for f in report.failed}
-        cleaned = (list(paths) if sync else []) + [os.path.abspath(g) for g in gone]
+        cleaned = (list(paths) if o.sync else []) + [os.path.abspath(g) for g in o.gone]
         if cleaned:
             _remove_vanished(ingestor, cleaned, seen, found.outside)
     if engine is not None:
         report.worker_seconds = {k: round(v, 3) for k, v in engine.worker_seconds.items()}
         report.retried = engine.retried
     return report
+
+
+def _store_parsed(
+    ingestor: Ingestor, parsed: Iterator[Parsed], total: int, report: IngestReport
+) -> None:
+    """Hand each of the `total` parsed files to the ingestor (a failure to
+    the report), then write what it still holds."""
+    for done in range(1, total + 1):
+        with timed(report, "parse"):
+            item = next(parsed)
+        if isinstance(item.result, str):
+            report.failed.append(Failure(item.task.path, item.result))
+            ingestor.settle()
+        else:
+            task = item.task
+            ingestor.add(
+                item.result, task.size, task.mtime, ocr=item.ocr, chunks=item.chunks,
+                token_ids=item.token_ids,
+            )  # fmt: skip
+        ingestor.tell_read(done, total, item.task.path)
+    ingestor.flush()
 
 
 @contextmanager

@@ -29,7 +29,7 @@ import watchfiles
 from ingest.discovery import UNSUPPORTED, discover, is_under
 from ingest.ingestor import IngestReport
 from ingest.loaders import kind_of
-from ingest.pipeline import ingest_paths
+from ingest.pipeline import IngestOptions, ingest_paths
 from rag.embedding import Embedder, load_embedder
 from rag.errors import IndexBusy
 from rag.settings import Settings
@@ -235,10 +235,9 @@ def _apply(
     """One batch through the ingest pipeline; False if the index was busy.
     The catch-up is `ingest --sync` over the watched folders (`files`)."""
     try:
-        report = ingest_paths(
-            files, settings, sync=catch_up, gone=gone, ocr=ocr, embedder=embedder,
-            roots=roots, follow_links=follow_links,
-        )  # fmt: skip
+        options = IngestOptions(sync=catch_up, gone=gone, ocr=ocr, roots=roots,
+                                follow_links=follow_links)  # fmt: skip
+        report = ingest_paths(files, settings, options, embedder=embedder)
     except IndexBusy:
         on_batch(Batch(time.time(), IngestReport(str(settings.index)), busy=True))
         return False

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -21,6 +21,10 @@ from rag.cli_users import users
 from rag.errors import RagError
 from rag.filters import Filters
 from rag.knowledge_base import MODES, KnowledgeBase
+
+if TYPE_CHECKING:
+    from rag.settings import Settings
+    from rag.types import Answer
 
 index_option = click.option(
     "--index", type=click.Path(file_okay=False, path_type=Path),
@@ -212,11 +216,7 @@ def ask(
     The model and its context length come from the server's /v1/models unless
     set ($RAG_LLM_MODEL, --model, $RAG_LLM_CONTEXT_TOKENS); the small CPU
     model gets its profile (rag/profiles.py), as in `make run`."""
-    from rag.answering import stream_answer
-    from rag.events import Finished, Retrieved, Screened
-    from rag.llm import Delta, OpenAIChat
     from rag.profiles import discover
-    from rag.screening import summary
 
     filters = filters_from(**scope)  # a bad date fails before the server is asked
     settings = discover(
@@ -225,10 +225,25 @@ def ask(
         )
     )
     kb = KnowledgeBase.open(settings.index, settings=settings)
-    chat = OpenAIChat(settings)
-    streaming = not as_json
+    result, streamed = _answer(question, kb, settings, filters, streaming=not as_json)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), ensure_ascii=False))
+        return
+    _print_answer(result, streamed, show_reasoning)
+
+
+def _answer(
+    question: str, kb: KnowledgeBase, settings: Settings, filters: Filters, streaming: bool
+) -> tuple[Answer, str]:
+    """The answer, and the text streamed to stdout on the way (with its
+    stages on stderr) when `streaming`."""
+    from rag.answering import stream_answer
+    from rag.events import Finished, Retrieved, Screened
+    from rag.llm import Delta, OpenAIChat
+    from rag.screening import summary
+
     streamed = ""
-    for event in stream_answer(question, kb, chat, settings, filters=filters):
+    for event in stream_answer(question, kb, OpenAIChat(settings), settings, filters=filters):
         if isinstance(event, Retrieved) and streaming:
             click.echo(f"[retrieved {len(event.hits)} passages in {event.seconds:.2f} s]", err=True)
         elif isinstance(event, Screened) and streaming:
@@ -239,9 +254,12 @@ def ask(
             streamed += event.text
         elif isinstance(event, Finished):
             result = event.answer
-    if as_json:
-        click.echo(json.dumps(result.to_dict(), ensure_ascii=False))
-        return
+    return result, streamed
+
+
+def _print_answer(result: Answer, streamed: str, show_reasoning: bool) -> None:
+    """After the streamed text: the answer as resolved (when it differs),
+    its notes, citations, reasoning when asked, and time and tokens."""
     if not result.found:
         click.echo(result.text)
     elif streamed.strip() != result.text.strip():

@@ -8,13 +8,16 @@ import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from rag.knowledge_base import MODES, KnowledgeBase
 from rag.settings import Settings
 from rag.storage import recorded_store, scheme
+
+if TYPE_CHECKING:
+    from rag.evaluation import Dataset
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
@@ -119,12 +122,17 @@ def evaluate(
         }  # fmt: skip
         click.echo(json.dumps(payload))
         return
+    _print_table(data, f"index {target} ({kb.store.uri})", results)
+
+
+def _print_table(data: Dataset, where: str, results: dict[str, dict[str, float]]) -> None:
+    """Each mode's metrics beside the published figures, as a table."""
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(
-        title=f"{data.name}: {len(data.queries)} queries, index {target} ({kb.store.uri})"
-    )
+    from rag import evaluation
+
+    table = Table(title=f"{data.name}: {len(data.queries)} queries, {where}")
     for column in ("system", *evaluation.METRICS):
         table.add_column(column, justify="left" if column == "system" else "right")
     for mode, metrics in results.items():

@@ -21,7 +21,7 @@ from rag.embedding import Embedder
 from rag.errors import BadDocument, IndexCorrupt
 from rag.knowledge_base import KnowledgeBase
 from rag.settings import Settings
-from rag.storage import Snapshot, Store, open_store
+from rag.storage import DocumentEntry, Snapshot, Store, open_store
 from rag.types import Hit
 
 PROBE_WORDS = 12  # words of a passage that make a probe query
@@ -52,12 +52,8 @@ def copy(snap: Snapshot, target: Store, *, replace: bool = False) -> Copied:
                     "the knowledge base changed under the copy. Nothing was copied; try again."
                 )
             try:
-                writing.put(
-                    path=doc.path, content_hash=doc.content_hash, kind=doc.kind,
-                    title=doc.title, size=doc.size, mtime=doc.mtime, pages=doc.pages,
-                    chunks=stored, vectors=snap.vectors_of([int(c.id or 0) for c in stored]),
-                    ocr=doc.ocr, tags=doc.tags,
-                )  # fmt: skip
+                vectors = snap.vectors_of([int(c.id or 0) for c in stored])
+                writing.put(DocumentEntry.of(doc), stored, vectors)
             except BadDocument as exc:
                 raise BadDocument(f"{doc.path} cannot be copied to {target.uri}: {exc}") from exc
             chunks += len(stored)

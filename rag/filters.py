@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -106,33 +106,6 @@ class Filters:
         if low is not None and high is not None and low >= high:
             raise BadFilter("--after must be earlier than --before.")
         return cls(prefix, tuple(kinds), tags_of(tags), low, high)
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, object]) -> Filters:
-        """From the API's `filters` object: `path_prefix`, `types`, `tags`,
-        `after`, `before` (lists of strings; dates as ISO strings)."""
-        unknown = sorted(set(raw) - {"path_prefix", "types", "tags", "after", "before"})
-        if unknown:
-            raise BadFilter(f"Unknown filter {unknown[0][:40]!r}.")
-
-        def strings(name: str) -> list[str]:
-            value = raw.get(name) or []
-            if isinstance(value, str):
-                value = [value]
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise BadFilter(f"The filter {name!r} is a list of strings.")
-            return value
-
-        scalars = {name: raw.get(name) for name in ("path_prefix", "after", "before")}
-        if any(v is not None and not isinstance(v, str) for v in scalars.values()):
-            raise BadFilter("path_prefix, after and before are strings.")
-        return cls.parse(
-            scalars["path_prefix"],  # type: ignore[arg-type]
-            strings("types"),
-            strings("tags"),
-            scalars["after"],  # type: ignore[arg-type]
-            scalars["before"],  # type: ignore[arg-type]
-        )
 
     def __bool__(self) -> bool:
         return bool(self.path_prefix or self.types or self.tags) or (

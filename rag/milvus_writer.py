@@ -18,6 +18,7 @@ from rag.errors import BadDocument
 from rag.layout import IndexParams
 from rag.milvus_reader import Reader, document_record
 from rag.storage import (
+    DocumentEntry,
     DocumentRecord,
     check_compatible,
     check_rebuild,
@@ -146,22 +147,15 @@ class MilvusWriter(Reader):
         self.changed = True
         return True
 
-    def put(
-        self,
-        *,
-        path: str,
-        content_hash: str,
-        kind: str,
-        title: str,
-        size: int,
-        mtime: float,
-        pages: int | None,
-        chunks: Sequence[Chunk],
-        vectors: np.ndarray,
-        ocr: bool = False,
-        tags: Sequence[str] = (),
-    ) -> None:
-        """Add a document, replacing any earlier version stored at `path`."""
+    def put(self, entry: DocumentEntry, chunks: Sequence[Chunk], vectors: np.ndarray) -> None:
+        """Add a document, replacing any earlier version stored at `entry.path`."""
+        path, title, kind, mtime, tags = (
+            entry.path,
+            entry.title,
+            entry.kind,
+            entry.mtime,
+            entry.tags,
+        )
         if len(chunks) != len(vectors):
             raise ValueError("one vector per chunk")
         terms = [" ".join(lexical.terms(chunk.indexed_text)) for chunk in chunks]
@@ -184,14 +178,15 @@ class MilvusWriter(Reader):
         for start in range(0, len(rows), 256):
             self.client.insert(self.chunks_name, rows[start : start + 256])
         record = DocumentRecord(
-            id=doc_id, path=path, content_hash=content_hash, kind=kind, title=title, size=size,
-            mtime=mtime, pages=pages, ingested_at=time.time(), chunks=len(chunks), ocr=ocr,
-            tags=tuple(tags),
+            id=doc_id, path=path, content_hash=entry.content_hash, kind=kind, title=title,
+            size=entry.size, mtime=mtime, pages=entry.pages, ingested_at=time.time(),
+            chunks=len(chunks), ocr=entry.ocr, tags=tuple(tags),
         )  # fmt: skip
         self.client.insert(self.docs_name, [{
-            **common, **scoped, "id": doc_id, "vector": ms.DUMMY, "content_hash": content_hash,
-            "size": size, "pages": -1 if pages is None else pages,
-            "ingested_at": record.ingested_at, "chunks": len(chunks), "ocr": ocr,
+            **common, **scoped, "id": doc_id, "vector": ms.DUMMY,
+            "content_hash": entry.content_hash, "size": entry.size,
+            "pages": -1 if entry.pages is None else entry.pages,
+            "ingested_at": record.ingested_at, "chunks": len(chunks), "ocr": entry.ocr,
         }])  # fmt: skip
         self._remember(record, self.number)
 

@@ -6,7 +6,7 @@ them (rag/extractive.py)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from typing import Any
 
 from rag import extractive, prompts
@@ -85,20 +85,14 @@ def read(
             max_tokens=answer_tokens,
             extra=extra,
         )
-        completion: Completion | None = None
         try:
-            for event in model.stream(request):
-                if isinstance(event, Completion):
-                    completion = event
-                else:
-                    yield event
+            completion = yield from _streamed(model, request)
         except PromptTooLong:
             if len(kept) == 1:
                 raise
             kept.pop()
             yield Notice("The prompt was too long for the model; dropped the weakest passage.")
             continue
-        assert completion is not None
         if completion.content is None and effort in _LOWER_EFFORT:
             effort = _LOWER_EFFORT[effort]
             yield Notice(
@@ -112,6 +106,18 @@ def read(
         f"Not even one passage fits the model's context window ({settings.llm_context_tokens} "
         f"tokens, RAG_LLM_CONTEXT_TOKENS, of which {answer_tokens} are kept for the answer)."
     )
+
+
+def _streamed(model: ChatModel, request: Request) -> Generator[Delta, None, Completion]:
+    """Pass the model's deltas on; return its one `Completion`."""
+    completion: Completion | None = None
+    for event in model.stream(request):
+        if isinstance(event, Completion):
+            completion = event
+        else:
+            yield event
+    assert completion is not None
+    return completion
 
 
 def _extractive_grammar(

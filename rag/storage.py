@@ -87,6 +87,28 @@ class DocumentRecord:
 
 
 @dataclass(frozen=True)
+class DocumentEntry:
+    """What `StoreWriter.put` stores about a document beside its chunks and
+    vectors (the writer adds its id, chunk count and ingestion time)."""
+
+    path: str
+    content_hash: str
+    kind: str
+    title: str = ""
+    size: int = 0
+    mtime: float = 0.0
+    pages: int | None = None
+    ocr: bool = False  # parsed with OCR, so a rebuild parses it so again
+    tags: tuple[str, ...] = ()  # the user's, as `rag.filters.tags_of` returns them
+
+    @classmethod
+    def of(cls, record: DocumentRecord) -> DocumentEntry:
+        """A stored document's entry, to store it again (copied, re-tagged)."""
+        return cls(record.path, record.content_hash, record.kind, record.title, record.size,
+                   record.mtime, record.pages, record.ocr, record.tags)  # fmt: skip
+
+
+@dataclass(frozen=True)
 class Published:
     """What the current state is: its number and the parameters it was built with."""
 
@@ -178,23 +200,8 @@ class StoreWriter(Protocol):
     rebuild: bool
     changed: bool
 
-    def put(
-        self,
-        *,
-        path: str,
-        content_hash: str,
-        kind: str,
-        title: str,
-        size: int,
-        mtime: float,
-        pages: int | None,
-        chunks: Sequence[Chunk],
-        vectors: np.ndarray,
-        ocr: bool = False,
-        tags: Sequence[str] = (),
-    ) -> None:
-        """Add a document, replacing any earlier version stored at `path`
-        (`tags` as `rag.filters.tags_of` returns them)."""
+    def put(self, entry: DocumentEntry, chunks: Sequence[Chunk], vectors: np.ndarray) -> None:
+        """Add a document, replacing any earlier version stored at `entry.path`."""
         ...
 
     def delete(self, path: str) -> bool:

@@ -47,7 +47,6 @@ CREATE TABLE IF NOT EXISTS chunks (
     ordinal INTEGER NOT NULL,
     text TEXT NOT NULL,
     page INTEGER,
-    page_end INTEGER,  -- unused (a chunk never spans pages); kept for older readers
     start INTEGER NOT NULL,
     "end" INTEGER NOT NULL,
     terms TEXT NOT NULL  -- analysed BM25 terms, space-separated (rag.lexical)

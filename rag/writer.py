@@ -20,7 +20,7 @@ import numpy as np
 from rag import layout, lexical
 from rag.errors import IndexCorrupt
 from rag.layout import IndexParams, Manifest
-from rag.storage import DocumentRecord, check_compatible, check_rebuild
+from rag.storage import DocumentEntry, DocumentRecord, check_compatible, check_rebuild
 from rag.store import Tables, create_schema, published_documents, read_vectors
 from rag.types import Chunk
 
@@ -103,42 +103,27 @@ class StoreWriter(Tables):
         self.changed = self.changed or removed
         return removed
 
-    def put(
-        self,
-        *,
-        path: str,
-        content_hash: str,
-        kind: str,
-        title: str,
-        size: int,
-        mtime: float,
-        pages: int | None,
-        chunks: Sequence[Chunk],
-        vectors: np.ndarray,
-        ocr: bool = False,
-        tags: Sequence[str] = (),
-    ) -> None:
-        """Add a document, replacing any earlier version stored at `path`.
-        `ocr`: it was parsed with OCR (so a rebuild parses it so again);
-        `tags`: the user's, for scoped search."""
+    def put(self, entry: DocumentEntry, chunks: Sequence[Chunk], vectors: np.ndarray) -> None:
+        """Add a document, replacing any earlier version stored at `entry.path`."""
         if len(chunks) != len(vectors):
             raise ValueError("one vector per chunk")
         self.changed = True
-        self.delete(path)
-        row = (path, content_hash, kind, title, size, mtime, pages, time.time(), int(ocr))
+        self.delete(entry.path)
+        e = entry
+        row = (e.path, e.content_hash, e.kind, e.title, e.size, e.mtime, e.pages, time.time())
         doc_id = self.db.execute(
             "INSERT INTO documents (path, content_hash, kind, title, size, mtime, pages, "
             "ingested_at, ocr, tags) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (*row, json.dumps(list(tags))),
+            (*row, int(e.ocr), json.dumps(list(e.tags))),
         ).lastrowid
         ids = []
         for ordinal, chunk in enumerate(chunks):
             terms = " ".join(lexical.terms(chunk.indexed_text))
             cid = self.db.execute(
-                'INSERT INTO chunks (doc_id, ordinal, text, page, page_end, start, "end", terms, '
-                "locator) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (doc_id, ordinal, chunk.text, chunk.page, chunk.page, chunk.start, chunk.end,
-                 terms, chunk.locator),
+                'INSERT INTO chunks (doc_id, ordinal, text, page, start, "end", terms, locator) '
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (doc_id, ordinal, chunk.text, chunk.page, chunk.start, chunk.end, terms,
+                 chunk.locator),
             ).lastrowid  # fmt: skip
             ids.append(cid)
         if ids:

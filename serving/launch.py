@@ -276,12 +276,18 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def split_passthrough(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Our options, and those after the first `--`, which go to the server
+    (vLLM or vllm-router) unread."""
+    args = list(argv)
+    if "--" not in args:
+        return args, []
+    split = args.index("--")
+    return args[:split], args[split + 1 :]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    extra: list[str] = []
-    if "--" in args_list:
-        split = args_list.index("--")
-        args_list, extra = args_list[:split], args_list[split + 1 :]
+    args_list, extra = split_passthrough(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(args_list)
     try:
         config = build_config(

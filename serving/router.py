@@ -34,6 +34,7 @@ from serving.launch import (
     free_port,
     run_foreground,
     serve,
+    split_passthrough,
     start,
 )
 from serving.models import NotSetUpError
@@ -156,11 +157,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    extra: list[str] = []
-    if "--" in args_list:
-        split = args_list.index("--")
-        args_list, extra = args_list[:split], args_list[split + 1 :]
+    args_list, extra = split_passthrough(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(args_list)
     try:
         config = router_config(

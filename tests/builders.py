@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from rag.access import LOCAL_USER, Access, AccessPolicy
+from rag.storage import DocumentEntry
 from rag.types import Chunk, Hit
 
 # The one user of a loopback app (RAG_AUTH=none), with no audit trail: for
@@ -46,27 +47,7 @@ def make_pdf(path: Path, pages: list[str]) -> Path:
 def make_raw_pdf(path: Path, content: bytes) -> Path:
     """A one-page PDF whose content stream is `content`, written by hand so a
     test controls exactly how the text is laid out (e.g. kerning in TJ)."""
-    objects = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
-        b"/Resources << /Font << /F1 5 0 R >> >> >>",
-        b"<< /Length %d >>\nstream\n" % len(content) + content + b"\nendstream",
-        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
-    ]
-    out = b"%PDF-1.4\n"
-    offsets = []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
-        len(objects) + 1,
-        xref,
-    )
-    path.write_bytes(out)
+    path.write_bytes(_one_page_pdf(612, 792, content))
     return path
 
 
@@ -534,11 +515,10 @@ def put_texts(
         offset += len(text) + 1
     if vectors is None:
         vectors = np.stack([text_vector(t, writer.params.dimension) for t in texts])
-    writer.put(
-        path=path, content_hash=hashlib.sha256("\n".join(texts).encode()).hexdigest(),
-        kind="text", title=title, size=offset, mtime=1.0, pages=None, chunks=chunks,
-        vectors=vectors,
-    )  # fmt: skip
+    digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()
+    entry = DocumentEntry(path=path, content_hash=digest, kind="text", title=title, size=offset,
+                          mtime=1.0)  # fmt: skip
+    writer.put(entry, chunks, vectors)
 
 
 def fill_store(store, params, corpus: dict[str, list[str]] = STORE_CORPUS) -> None:

@@ -160,7 +160,7 @@ def test_a_follow_up_is_searched_as_a_standalone_question(app_env, llm_server):
 
 
 def test_quoted_sentences_are_found_and_set_in_bold_across_line_breaks():
-    from ui.render import _embolden, quoted
+    from ui.safe_text import _embolden, quoted
 
     answer = "Files are checked first. [2] Broken files are reported by name. [1][2]"
     assert quoted(answer, 1) == ["Broken files are reported by name."]
@@ -175,7 +175,7 @@ def test_quoted_sentences_are_found_and_set_in_bold_across_line_breaks():
 def test_a_highlighted_passage_is_one_paragraph_whatever_its_blank_lines():
     # A blank line inside `:orange-background[...]` ends the directive, and
     # its brackets showed as text around a Markdown passage's headings.
-    from ui.render import highlighted
+    from ui.safe_text import highlighted
 
     span = "# How ingestion works\n\n## Loading\n  \n\nEach file type has a loader."
     shown = highlighted(span, ["Each file type has a loader."])
@@ -319,7 +319,7 @@ def test_a_rebuild_that_would_drop_documents_asks_first(app_env, kb_root, tmp_pa
     # As visitors see it: relative to the folder the documents share, which
     # depends on where the checkout and the temporary folder are.
     from rag.knowledge_base import KnowledgeBase
-    from ui.render import SourceNames
+    from rag.sources import SourceNames
 
     shown = SourceNames.of(KnowledgeBase.open(kb_root / "default")).show(str(note))
     assert shown.endswith("gone.md") and not os.path.isabs(shown), shown

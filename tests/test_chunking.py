@@ -7,13 +7,19 @@ import itertools
 import pytest
 
 from ingest.chunking import Chunker
-from ingest.loaders import _join_pages
-from rag.types import Document
+from ingest.loaders import _joined
+from rag.types import Document, PageSpan
+
+
+def join_pages(pages: list[str]) -> tuple[str, tuple[PageSpan, ...]]:
+    """Pages without tables, joined as the PDF loader joins them."""
+    text, _, spans, _ = _joined([(page, []) for page in pages], "")
+    return text, spans
 
 
 def doc(text: str, pages: list[str] | None = None) -> Document:
     if pages is not None:
-        text, spans = _join_pages(pages)
+        text, spans = join_pages(pages)
         return Document(path="/x.pdf", text=text, content_hash="h", kind="pdf", pages=spans)
     return Document(path="/x.txt", text=text, content_hash="h", kind="text")
 
@@ -64,7 +70,7 @@ def test_pdf_chunks_never_span_pages(chunker):
 
 
 def test_page_at_known_answers():
-    text, spans = _join_pages(["abc", "", "defg"])
+    text, spans = join_pages(["abc", "", "defg"])
     assert text == "abc\n\n\n\ndefg"
     assert [(s.number, s.start, s.end) for s in spans] == [(1, 0, 3), (2, 5, 5), (3, 7, 11)]
     d = Document(path="p", text=text, content_hash="h", kind="pdf", pages=spans)

@@ -25,7 +25,7 @@ from ingest.chunking import Chunker
 from ingest.cli import main as ingest_main
 from ingest.discovery import FileTask
 from ingest.loaders import kind_of, load, sha256_file
-from ingest.pipeline import ingest_paths
+from ingest.pipeline import IngestOptions, ingest_paths
 from rag.cli import main as rag_main
 from rag.errors import BadDocument
 from rag.filters import Filters
@@ -319,7 +319,7 @@ def test_citations_name_the_slide_chapter_and_attachment_page(tmp_path, embedder
 
     # The message is deleted: --sync removes every passage of it.
     (folder / "message.eml").unlink()
-    report = ingest_paths([str(folder)], settings, embedder=embedder, sync=True)
+    report = ingest_paths([str(folder)], settings, IngestOptions(sync=True), embedder=embedder)
     assert report.deleted == 1
     kb = KnowledgeBase.open(settings.index, embedder, settings)
     try:

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from ingest.pipeline import ingest_paths
+from ingest.pipeline import IngestOptions, ingest_paths
 from rag.knowledge_base import KnowledgeBase
 from rag.settings import Settings
 
@@ -18,8 +18,9 @@ def kb_dir(tmp_path, corpus_dir):
     return folder
 
 
-def run(folder, index, embedder, **kw):
-    return ingest_paths([str(folder)], Settings(index=index), embedder=embedder, **kw)
+def run(folder, index, embedder, **options):
+    settings = Settings(index=index)
+    return ingest_paths([str(folder)], settings, IngestOptions(**options), embedder=embedder)
 
 
 def state(index):
@@ -90,9 +91,8 @@ def test_without_sync_vanished_files_stay(kb_dir, tmp_path, embedder):
 def test_delete_one_document(kb_dir, tmp_path, embedder):
     index = tmp_path / "index"
     run(kb_dir, index, embedder)
-    report = ingest_paths(
-        [], Settings(index=index), embedder=embedder, delete=[str(kb_dir / "fish.docx")]
-    )
+    doomed = IngestOptions(delete=[str(kb_dir / "fish.docx")])
+    report = ingest_paths([], Settings(index=index), doomed, embedder=embedder)
     assert report.deleted == 1 and not report.failed
     assert str(kb_dir / "fish.docx") not in state(index)
     stats = KnowledgeBase.open(index).stats()

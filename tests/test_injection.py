@@ -14,7 +14,7 @@ from ingest.pipeline import ingest_paths
 from rag import prompts
 from rag.knowledge_base import KnowledgeBase
 from rag.settings import Settings
-from ui.render import defuse, escape
+from ui.safe_text import defuse, escape
 
 ROOT = Path(__file__).resolve().parent.parent
 POISON = (

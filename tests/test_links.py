@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from ingest.cli import main as ingest_main
-from ingest.pipeline import ingest_paths
+from ingest.pipeline import IngestOptions, ingest_paths
 from ingest.watch import Batch, watch_folders
 from rag.embedding import Embedder
 from rag.errors import RagError
@@ -128,7 +128,9 @@ def test_sync_removes_what_a_link_out_of_the_folder_brought_in_and_says_so(
     assert plain.deleted == 0  # without --sync nothing is removed ...
     assert OUTSIDE in skipped(plain.skipped, drop)["hr"]  # ... and the link is named
 
-    report = ingest_paths([str(drop)], Settings(index=index), sync=True, embedder=embedder)
+    report = ingest_paths(
+        [str(drop)], Settings(index=index), IngestOptions(sync=True), embedder=embedder
+    )
     reasons = skipped(report.skipped, drop)
     assert report.deleted == 1
     assert OUTSIDE in reasons["hr"]
@@ -141,8 +143,9 @@ def test_sync_removes_what_a_link_out_of_the_folder_brought_in_and_says_so(
 def test_sync_with_follow_links_keeps_them(drop, tmp_path, embedder):
     index = tmp_path / "index"
     settings = Settings(index=index)
-    ingest_paths([str(drop)], settings, follow_links=True, embedder=embedder)
-    report = ingest_paths([str(drop)], settings, sync=True, follow_links=True, embedder=embedder)
+    ingest_paths([str(drop)], settings, IngestOptions(follow_links=True), embedder=embedder)
+    both = IngestOptions(sync=True, follow_links=True)
+    report = ingest_paths([str(drop)], settings, both, embedder=embedder)
     assert (report.deleted, report.skipped) == (0, [])
     assert str(drop / "hr" / "salaries.txt") in documents(index)
 

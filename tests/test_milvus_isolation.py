@@ -19,7 +19,7 @@ import pytest
 from builders import LOCAL_ADMIN, put_texts, texts_of
 
 from ingest import library
-from ingest.pipeline import ingest_paths, noop
+from ingest.pipeline import IngestOptions, ingest_paths, noop
 from rag import lexical
 from rag import milvus_schema as ms
 from rag.errors import NothingMatches, RagError
@@ -123,7 +123,7 @@ def test_deleting_syncing_and_rebuilding_one_base_leaves_the_other(two_bases, em
     assert report.deleted == 0
     assert listed(finance, embedder) == ["merger.md"]
     (tmp_path / "docs" / "public" / "library.md").unlink()
-    synced = ingest_paths([str(tmp_path / "docs" / "public")], public, sync=True)
+    synced = ingest_paths([str(tmp_path / "docs" / "public")], public, IngestOptions(sync=True))
     assert (synced.deleted, synced.added) == (1, 0)
     library.rebuild(LOCAL_ADMIN, public.index, public, noop)
     assert listed(public, embedder) == ["ferry.md"]

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from ingest.chunking import Chunker
 from ingest.library import safe_filename
-from ingest.loaders import _LOADERS, _join_pages, _pdf, clean, decode_text, load
+from ingest.loaders import _LOADERS, _joined, _pdf, clean, decode_text, load
 from ingest.tables import load_xlsx
 from rag.errors import BadDocument
 from rag.types import Document
@@ -89,7 +89,7 @@ def test_token_counts_equal_the_models_own_tokenizer(embedder, text):
 @given(pages=st.lists(st.one_of(TEXT, WORDY), min_size=1, max_size=5))
 @example(pages=["", "only page two has text", ""])
 def test_paged_chunks_stay_on_their_page(chunker, pages):
-    text, spans = _join_pages([p.strip() for p in pages])
+    text, _, spans, _ = _joined([(p.strip(), []) for p in pages], "")
     document = Document(path="/t.pdf", text=text, content_hash="h", kind="pdf", pages=spans)
     # The page bookkeeping itself round-trips.
     assert [text[s.start : s.end] for s in spans] == [p.strip() for p in pages]

@@ -21,7 +21,7 @@ from click.testing import CliRunner
 
 from ingest import library
 from ingest.cli import main as ingest_main
-from ingest.pipeline import Progress, ingest_paths
+from ingest.pipeline import IngestOptions, Progress, ingest_paths
 from rag import errors, layout
 from rag.cli import main as rag_main
 from rag.knowledge_base import KnowledgeBase
@@ -300,7 +300,7 @@ def test_a_rebuild_reads_a_scanned_pdf_with_ocr_again(tmp_path, embedder):
     scan = image_only_pdf(folder / "scan.pdf", "The submarine cable reached Lisbon in 1870.")
     (folder / "note.md").write_text("# Cables\n\nThe first cable failed after three weeks.\n")
     index = tmp_path / "index"
-    ingest_paths([str(scan)], Settings(index=index), embedder=embedder, ocr=True)
+    ingest_paths([str(scan)], Settings(index=index), IngestOptions(ocr=True), embedder=embedder)
     ingest_paths([str(folder / "note.md")], Settings(index=index), embedder=embedder)
     stored = {d.path: d.ocr for d in KnowledgeBase.open(index).documents()}
     assert stored == {str(scan): True, str(folder / "note.md"): False}

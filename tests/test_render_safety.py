@@ -31,7 +31,7 @@ BOUND_S = 1.0  # generous: the linear code takes milliseconds, the old regex min
 
 
 def _render_answer(answer: str, queue: multiprocessing.Queue) -> None:
-    from ui.render import defuse, highlighted, quoted
+    from ui.safe_text import defuse, highlighted, quoted
 
     started = time.perf_counter()
     defuse(answer)
@@ -84,7 +84,7 @@ def test_citation_markers_are_resolved_in_linear_time(answer):
 
 
 def test_model_text_over_the_cap_is_cut_with_a_visible_note():
-    from ui.render import MAX_MODEL_CHARS, defuse
+    from ui.safe_text import MAX_MODEL_CHARS, defuse
 
     shown = defuse("All fine. " * 10_000)
     assert len(shown) < MAX_MODEL_CHARS + 100
@@ -124,7 +124,7 @@ def live_parts(markdown: str) -> tuple[list[str], str]:
 
 @pytest.mark.parametrize("payload", HOSTILE_MARKDOWN)
 def test_model_text_cannot_link_load_or_inject_html(payload):
-    from ui.render import defuse
+    from ui.safe_text import defuse
 
     live, visible = live_parts(defuse(payload))
     assert not live
@@ -133,7 +133,7 @@ def test_model_text_cannot_link_load_or_inject_html(payload):
 
 @pytest.mark.parametrize("payload", HOSTILE_MARKDOWN)
 def test_document_text_cannot_link_load_or_inject_html(payload):
-    from ui.render import escape, highlighted
+    from ui.safe_text import escape, highlighted
 
     for shown in (escape(payload), highlighted(payload, [payload])):
         live, visible = live_parts(shown)
@@ -143,7 +143,7 @@ def test_document_text_cannot_link_load_or_inject_html(payload):
 
 @pytest.mark.parametrize("payload", HOSTILE_MARKDOWN)
 def test_file_names_in_captions_and_labels_cannot_link_load_or_inject_html(payload):
-    from ui.render import plain
+    from ui.safe_text import plain
 
     name = " ".join(payload.split())  # a name or a path is one line
     live, visible = live_parts(plain(name))
@@ -152,7 +152,7 @@ def test_file_names_in_captions_and_labels_cannot_link_load_or_inject_html(paylo
 
 
 def test_answer_formatting_and_citation_markers_survive():
-    from ui.render import defuse
+    from ui.safe_text import defuse
 
     answer = (
         "**Two GPUs** [1]:\n\n1. Run `vllm serve openai/gpt-oss-20b --port 8000`.\n"
@@ -171,7 +171,7 @@ def test_answer_formatting_and_citation_markers_survive():
 
 
 def test_quotes_are_found_between_markers_in_one_pass():
-    from ui.render import quoted
+    from ui.safe_text import quoted
 
     answer = "See [note] first claim. [1] Second claim [2] [1] Third [3][1]. Tail [1"
     assert quoted(answer, 1) == ["first claim.", "Second claim", "Third"]

@@ -299,6 +299,15 @@ def test_cli_print_shows_the_command_and_exits(
     assert out.strip().endswith("--seed 1")
 
 
+def test_arguments_after_a_double_dash_pass_to_the_server_unread() -> None:
+    # One rule for `python -m serving.launch` and `python -m serving.router`.
+    split = launch.split_passthrough
+    assert split(["--print", "--", "--seed", "1"]) == (["--print"], ["--seed", "1"])
+    assert split(["--print"]) == (["--print"], [])
+    assert split(["--", "--", "x"]) == ([], ["--", "x"])  # only the first one splits
+    assert split([]) == ([], [])
+
+
 def test_cli_reports_a_missing_model_without_a_traceback(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -15,7 +15,14 @@ from rag.errors import IndexBusy, IndexCorrupt, IndexIncompatible, IndexMissing,
 from rag.knowledge_base import KnowledgeBase
 from rag.layout import IndexParams
 from rag.settings import Settings
-from rag.storage import STORE_RECORD, StoreStats, open_store, record_store, recorded_store
+from rag.storage import (
+    STORE_RECORD,
+    DocumentEntry,
+    StoreStats,
+    open_store,
+    record_store,
+    recorded_store,
+)
 from rag.types import Chunk
 
 
@@ -32,8 +39,8 @@ def open_writer(root, params, **options):
 def put(writer, path: str, texts: list[str]) -> None:
     chunks = [Chunk(text=t, source=path, start=0, end=len(t)) for t in texts]
     vectors = np.eye(4, dtype=np.float32)[: len(texts)]
-    writer.put(path=path, content_hash=path + "#h", kind="text", title="", size=1, mtime=0,
-               pages=None, chunks=chunks, vectors=vectors)  # fmt: skip
+    writer.put(DocumentEntry(path=path, content_hash=path + "#h", kind="text", size=1), chunks,
+               vectors)  # fmt: skip
 
 
 def test_round_trip_keeps_documents_chunks_and_vectors(tmp_path):
@@ -158,8 +165,8 @@ def test_context_rebuilds_the_text_around_a_chunk(tmp_path):
     ]
     root = tmp_path / "idx"
     with open_writer(root, params()) as w:
-        w.put(path="/d.txt", content_hash="h", kind="text", title="", size=1, mtime=0,
-              pages=None, chunks=chunks, vectors=np.eye(4, dtype=np.float32)[:3])  # fmt: skip
+        entry = DocumentEntry(path="/d.txt", content_hash="h", kind="text", size=1)
+        w.put(entry, chunks, np.eye(4, dtype=np.float32)[:3])
     snap = KnowledgeBase.open(root).snapshot()
     middle = snap.document_chunks("/d.txt")[1]
     before, span, after = snap.context(middle)
@@ -230,3 +237,34 @@ def test_a_generation_written_before_tags_reads_none_and_gains_the_column(tmp_pa
     create_schema(db)  # what a writer does to the copy it extends
     db.execute("UPDATE documents SET tags = '[\"finance\"]'")
     assert tables.document("a.md").tags == ("finance",)
+
+
+def test_page_end_is_not_written_and_a_generation_that_has_it_still_opens(tmp_path):
+    # `page_end` (always equal to `page`) is no longer written; a generation
+    # written with it opens, searches and is extended as it is.
+    import sqlite3
+
+    root = tmp_path / "idx"
+    with open_writer(root, params()) as w:
+        put(w, "/a.txt", ["alpha one", "alpha two"])
+    generation = root / layout.require_generation(root)
+    db = sqlite3.connect(generation / layout.DB_FILE)
+    assert "page_end" not in [r[1] for r in db.execute("PRAGMA table_info(chunks)")]
+
+    db.execute("ALTER TABLE chunks ADD COLUMN page_end INTEGER")  # as written before
+    db.execute("UPDATE chunks SET page_end = page")
+    db.commit()
+    db.close()
+    manifest = json.loads((generation / layout.MANIFEST_FILE).read_text())
+    manifest["file_sizes"][layout.DB_FILE] = (generation / layout.DB_FILE).stat().st_size
+    manifest.pop("file_sha256", None)  # older indexes carry no checksums either
+    (generation / layout.MANIFEST_FILE).write_text(json.dumps(manifest))
+
+    snap = KnowledgeBase.open(root).snapshot()
+    assert [c.text for c in snap.document_chunks("/a.txt")] == ["alpha one", "alpha two"]
+    with open_writer(root, params()) as w:
+        put(w, "/b.txt", ["beta"])
+    snap = KnowledgeBase.open(root).snapshot()
+    ranked, _lookup = snap.bm25("beta", 5)
+    assert [cid for cid, _ in ranked] == [c.id for c in snap.document_chunks("/b.txt")]
+    assert [c.text for c in snap.document_chunks("/a.txt")] == ["alpha one", "alpha two"]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from builders import STORE_CORPUS, fill_store, put_texts, text_vector, texts_of
 
-from ingest.pipeline import ingest_documents, ingest_paths
+from ingest.pipeline import IngestOptions, ingest_documents, ingest_paths
 from rag import lexical
 from rag.errors import (
     BadFilter,
@@ -28,7 +28,7 @@ from rag.filters import Filters
 from rag.knowledge_base import MODES, KnowledgeBase
 from rag.layout import IndexParams
 from rag.settings import Settings
-from rag.storage import Published, Store, open_store
+from rag.storage import DocumentEntry, Published, Store, open_store
 from rag.types import Chunk, Document
 
 STORES = ["local", "milvus-lite"]
@@ -148,7 +148,7 @@ def test_ingest_follows_the_files_added_changed_renamed_and_gone(kb_settings, st
         (folder / name).write_text(f"# {name}\n\n{text}\n")
 
     def ingest(paths=(folder,), **options):
-        return ingest_paths([str(p) for p in paths], kb_settings, **options)
+        return ingest_paths([str(p) for p in paths], kb_settings, IngestOptions(**options))
 
     first = ingest()
     assert (first.added, first.generation) == (3, store.published().generation)
@@ -344,11 +344,10 @@ def put_scoped(writer, path: str, texts: list[str], kind: str, mtime: float, tag
         chunks.append(Chunk(text, path, offset, offset + len(text), ordinal=ordinal))
         offset += len(text) + 1
     vectors = np.stack([PROBE if near else text_vector(t) for t in texts])
-    writer.put(
-        path=path, content_hash=hashlib.sha256(path.encode()).hexdigest(), kind=kind,
-        title="", size=offset, mtime=mtime, pages=None, chunks=chunks, vectors=vectors,
-        tags=tuple(tags),
-    )  # fmt: skip
+    digest = hashlib.sha256(path.encode()).hexdigest()
+    entry = DocumentEntry(path=path, content_hash=digest, kind=kind, size=offset, mtime=mtime,
+                          tags=tuple(tags))  # fmt: skip
+    writer.put(entry, chunks, vectors)
 
 
 DECOYS = 40  # more than the fusion depth: the scoped passages rank far below them
@@ -436,9 +435,13 @@ def test_tags_are_stored_replaced_and_kept(store, tmp_path, kb_settings, embedde
     def tags():
         return {Path(p).name: d.tags for p, d in store.published_documents().items()}
 
-    ingest_paths([str(folder)], kb_settings, tags=["Finance", "q1"], embedder=embedder)
+    ingest_paths(
+        [str(folder)], kb_settings, IngestOptions(tags=["Finance", "q1"]), embedder=embedder
+    )
     assert tags() == {"a.md": ("finance", "q1"), "b.md": ("finance", "q1")}
-    report = ingest_paths([str(folder / "b.md")], kb_settings, tags=["hr"], embedder=embedder)
+    report = ingest_paths(
+        [str(folder / "b.md")], kb_settings, IngestOptions(tags=["hr"]), embedder=embedder
+    )
     assert (report.updated, report.unchanged, report.chunks_embedded) == (1, 0, 0)
     assert tags() == {"a.md": ("finance", "q1"), "b.md": ("hr",)}
     (folder / "a.md").write_text("# A\n\nAlpha now talks about volcanoes.\n")
@@ -452,4 +455,6 @@ def test_tags_are_stored_replaced_and_kept(store, tmp_path, kb_settings, embedde
     finally:
         kb.close()
     with pytest.raises(BadFilter, match="Bad tag"):
-        ingest_paths([str(folder)], kb_settings, tags=["no spaces"], embedder=embedder)
+        ingest_paths(
+            [str(folder)], kb_settings, IngestOptions(tags=["no spaces"]), embedder=embedder
+        )

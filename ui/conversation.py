@@ -10,13 +10,11 @@ from datetime import UTC, datetime
 
 from rag.access import LOCAL_USER
 from rag.appdb import AppDB
-from rag.conversation import FORMAT, Conversation, ConversationInfo, Turn
+from rag.conversation import Conversation, ConversationInfo, Turn
 from rag.filters import Filters
 from rag.sources import SourceNames
 from ui.messages import for_user
 from ui.safe_text import defuse
-
-__all__ = ["FORMAT", "Conversation", "ConversationInfo", "ConversationStore", "Turn", "to_markdown"]
 
 
 class ConversationStore:

@@ -16,7 +16,7 @@ from rag.appdb.feedback import MAX_COMMENT_CHARS, FeedbackEntry
 from rag.conversation import Conversation, Turn
 from rag.errors import RagError
 from ui import render
-from ui.safe_text import defuse
+from ui.safe_text import defuse, plain
 
 SHOWN = 50  # down-voted answers on the Feedback tab, newest first
 
@@ -78,7 +78,7 @@ def feedback_tab(access: Access, db: AppDB, kb: str) -> None:
 
 def _entry(entry: FeedbackEntry) -> None:
     when = datetime.fromtimestamp(entry.voted or entry.answered, UTC).strftime("%Y-%m-%d %H:%M UTC")
-    st.caption(f"👎 by {render.plain(entry.user)}, {when}")
+    st.caption(f"👎 by {plain(entry.user)}, {when}")
     # st.text: the question and the comment are a user's, shown literally.
     st.text(f"Question: {entry.turn.question}")
     if entry.comment:

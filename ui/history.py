@@ -16,8 +16,9 @@ import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
 from rag.appdb import ConversationMissing
+from rag.conversation import Conversation
 from rag.sources import SourceNames
-from ui.conversation import Conversation, ConversationStore, to_markdown
+from ui.conversation import ConversationStore, to_markdown
 from ui.messages import plural
 from ui.safe_text import plain
 

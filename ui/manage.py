@@ -23,8 +23,9 @@ from rag.access import Access, Action
 from rag.errors import RagError, RebuildRefused
 from rag.knowledge_base import KnowledgeBase
 from rag.settings import Settings
+from rag.sources import SourceNames
 from rag.storage import StoreStats
-from ui import render
+from ui import safe_text
 from ui.messages import for_user, plural
 
 log = logging.getLogger(__name__)
@@ -72,10 +73,10 @@ def manage_tab(
         return None
     kb = library.open_kb(access, kb_dir, open_kb, Action.WRITE)
     st.subheader("Documents")
-    names = render.SourceNames.of(kb)
+    names = SourceNames.of(kb)
     delete_documents(access, kb_dir, kb, names, settings)
     rebuild_controls(access, kb_dir, names, settings)
-    names = render.SourceNames.of(kb)  # after a rebuild
+    names = SourceNames.of(kb)  # after a rebuild
     st.dataframe(
         [
             {
@@ -92,13 +93,13 @@ def manage_tab(
     summary.caption(
         f"{plural(stats.documents, 'document')} · {plural(stats.chunks, 'passage')} · "
         f"{plural(stats.vectors, 'vector')}{disk} · "
-        f"model {render.plain(stats.model)} · generation {stats.generation}"
+        f"model {safe_text.plain(stats.model)} · generation {stats.generation}"
     )
     return stats
 
 
 def delete_documents(
-    access: Access, kb_dir: Path, kb: KnowledgeBase, names: render.SourceNames,
+    access: Access, kb_dir: Path, kb: KnowledgeBase, names: SourceNames,
     settings: Settings,
 ) -> None:  # fmt: skip
     paths = {names.show(d.path): d.path for d in kb.documents()}  # shown -> real
@@ -111,15 +112,13 @@ def delete_documents(
             report = library.delete_documents(access, kb_dir, [paths[p] for p in doomed], settings)
         except RagError as exc:
             log.warning("delete failed: %s", exc)
-            st.error(render.escape(names.redact(for_user(str(exc)))))
+            st.error(safe_text.escape(names.redact(for_user(str(exc)))))
             return
         flash("success", f"Deleted {plural(report.deleted, 'document')}.")
         _done("doomed")
 
 
-def rebuild_controls(
-    access: Access, kb_dir: Path, names: render.SourceNames, settings: Settings
-) -> None:
+def rebuild_controls(access: Access, kb_dir: Path, names: SourceNames, settings: Settings) -> None:
     """The Rebuild button. A rebuild that would drop documents (files gone
     or unreadable) changes nothing; it names them and asks before dropping."""
     # The pending question outlives the rerun that the answer's click starts.
@@ -164,20 +163,20 @@ def save_and_ingest(
     try:
         saved = library.save_uploads(access, kb_dir, uploads, settings.max_file_mb)
     except RagError as exc:  # AccessDenied: the user may no longer change this base
-        flash("error", render.escape(for_user(str(exc))))
+        flash("error", safe_text.escape(for_user(str(exc))))
         return
     for name, reason in saved.refused:
-        flash("error", f"{render.plain(name)}: {reason}")
+        flash("error", f"{safe_text.plain(name)}: {reason}")
     for name, new_name in saved.renamed:
         flash(
             "info",
-            f"{render.plain(name)}: a different file has this name; "
-            f"saved as {render.plain(new_name)}.",
+            f"{safe_text.plain(name)}: a different file has this name; "
+            f"saved as {safe_text.plain(new_name)}.",
         )
     for name, old_name in saved.unchanged:
         flash(
             "info",
-            f"{render.plain(name)}: already uploaded as {render.plain(old_name)}, unchanged.",
+            f"{safe_text.plain(name)}: already uploaded as {safe_text.plain(old_name)}, unchanged.",
         )
     if saved.paths:
         run_ingest(
@@ -202,7 +201,7 @@ def run_ingest(kb_dir: Path, job: Callable[[ProgressFn], IngestReport]) -> RagEr
         # The fraction moves with the chunks embedded, not the files read,
         # so a long PDF does not sit at full while it embeds.
         doing, unit = _STAGES.get(p.stage, (p.stage, ""))
-        name = render.plain(Path(p.path).name)
+        name = safe_text.plain(Path(p.path).name)
         bar.progress(min(p.fraction, 1.0), text=f"{doing} {p.done}/{p.total} {unit} · {name}")
 
     try:
@@ -211,7 +210,7 @@ def run_ingest(kb_dir: Path, job: Callable[[ProgressFn], IngestReport]) -> RagEr
         bar.empty()
         log.warning("ingest failed: %s", exc)
         if not isinstance(exc, RebuildRefused):  # that one asks below instead
-            flash("error", render.escape(for_user(str(exc)).replace(str(kb_dir), kb_dir.name)))
+            flash("error", safe_text.escape(for_user(str(exc)).replace(str(kb_dir), kb_dir.name)))
         return exc
     bar.progress(1.0, text="Done")
     flash(
@@ -220,9 +219,9 @@ def run_ingest(kb_dir: Path, job: Callable[[ProgressFn], IngestReport]) -> RagEr
         f"{plural(report.chunks_embedded, 'passage')} embedded in {report.seconds:.1f} s.",
     )
     # In the knowledge base's own terms: no server folder in a message.
-    names = render.SourceNames(os.path.realpath(kb_dir), None)
+    names = SourceNames(os.path.realpath(kb_dir), None)
     for failure in report.failed:
         shown = names.show(failure.path)
         message = names.redact(for_user(failure.error).replace(failure.path, shown))
-        flash("error", f"{render.plain(shown)}: {render.escape(message)}")
+        flash("error", f"{safe_text.plain(shown)}: {safe_text.escape(message)}")
     return None

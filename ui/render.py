@@ -18,22 +18,10 @@ import streamlit as st
 from rag import screening
 from rag.access import Access, Action
 from rag.knowledge_base import KnowledgeBase
-from rag.sources import SourceNames, _under
+from rag.sources import SourceNames
 from rag.types import Answer, Citation, Hit, Verdict
 from ui import pages
-from ui.safe_text import MAX_MODEL_CHARS, _embolden, cut, defuse, escape, highlighted, plain, quoted
-
-__all__ = [
-    "MAX_MODEL_CHARS",
-    "SourceNames",
-    "_embolden",
-    "_under",
-    "defuse",
-    "escape",
-    "highlighted",
-    "plain",
-    "quoted",
-]
+from ui.safe_text import cut, escape, highlighted, plain, quoted
 
 
 def location(hit: Hit, names: SourceNames | None = None) -> str:

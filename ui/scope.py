@@ -10,10 +10,10 @@ import streamlit as st
 
 from rag.filters import Filters
 from rag.knowledge_base import KnowledgeBase
-from ui import render
+from rag.sources import SourceNames
 
 
-def filter_controls(kb: KnowledgeBase, names: render.SourceNames) -> Filters | None:
+def filter_controls(kb: KnowledgeBase, names: SourceNames) -> Filters | None:
     """The filters the visitor set (None: none), and a warning in the
     expander when they match no document. Folders are offered as visitors
     see them (`SourceNames`), never as the server's paths."""
