@@ -134,9 +134,11 @@ def test_a_failed_answer_stays_in_the_conversation_with_its_error(app_env):
 
 
 def test_the_conversation_survives_a_reload_and_new_conversation_starts_over(answering, kb_root):
+    asked = chat_requests(answering)
     at = app().run()
     at.chat_input[0].set_value(QUESTION).run()
     assert not at.exception, [e.value for e in at.exception]
+    assert chat_requests(answering) > asked, "the server's counter sees a question"
     reloaded = app().run()  # a new session: a reload, or the app restarted
     assert [m.name for m in reloaded.chat_message] == ["user", "assistant"]
     assert chat(reloaded)[0] == chat(at)[0] == ("user", QUESTION)
