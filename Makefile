@@ -4,6 +4,7 @@
 #   make index    build/refresh the sample knowledge base (docs/) into indexes/default
 #   make run      setup + index + LLM server + Streamlit app (Ctrl-C stops both)
 #   make test     setup (app + LLM server + models) + the whole test suite
+#   make test-fast  the tests that need no LLM server, browser or PostgreSQL
 #   make crash-test  the SIGKILL loop with 20 kills (make test runs 5)
 #   make llm      only the LLM server, in the foreground (see mk/llm.mk)
 #   make lint     ruff + mypy
@@ -27,7 +28,7 @@ include mk/llm.mk
 
 
 
-.PHONY: setup index run test crash-test lint docs clean system-setup bench-setup bench-api-load
+.PHONY: setup index run test test-fast crash-test lint docs clean system-setup bench-setup bench-api-load
 
 # torch first and pinned: this machine's pip takes the CPU build from disk,
 # while an unpinned torch would pull the multi-GB CUDA build.
@@ -47,6 +48,12 @@ run: setup llm-setup index
 
 test: setup llm-setup llm-setup-tiny system-setup
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# While you work: no vLLM, Chromium or PostgreSQL (the markers are in
+# pyproject.toml; tests/conftest.py marks a test by the servers it takes).
+FAST_MARKERS := not llm and not browser and not postgres and not slow
+test-fast: setup
+	$(BIN)/pytest -q -m "$(FAST_MARKERS)" $(PYTEST_ARGS)
 
 # The full SIGKILL loop: 20 kills (`make test` runs the same test with 5).
 crash-test: setup

@@ -15,6 +15,23 @@ from rag.embedding import Embedder, load_embedder
 from rag.profiles import small_model
 from rag.settings import Settings
 
+# A test that takes one of these fixtures needs what its marker names, marked
+# or not: `make test-fast` (-m "not llm and not browser and not postgres ...")
+# relies on it.
+_NEEDS = {
+    "llm_server": "llm",
+    "tiny_gpt_oss_server": "llm",
+    "llm_settings": "llm",
+    "pg_server": "postgres",
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for name in set(getattr(item, "fixturenames", ())) & _NEEDS.keys():
+            item.add_marker(_NEEDS[name])
+
 
 @pytest.fixture(scope="session")
 def embedder() -> Embedder:

@@ -1,29 +1,46 @@
 """The app as a new user meets it (issue 17), through AppTest on the real
 page: creating a knowledge base, uploading, asking, reloading, switching.
-The LLM is tests/misbehaving_server.py in its well-behaved mode (a real
-HTTP server with a fixed cited answer) unless a test needs a real model."""
+The LLM is the real vLLM server with the tiny scripted gpt-oss, whose
+default script answers with a fixed cited sentence (serving/scripted_logits.py);
+tests/misbehaving_server.py only for the HTTP 500 it cannot produce."""
 
 from __future__ import annotations
 
 import shutil
+import urllib.request
 from pathlib import Path
 
 import pytest
 from builders import delete_box
 from misbehaving_server import MODEL, misbehaving_server
-from test_app import app, texts
+from test_app import app, texts, use_llm
 
 QUESTION = "How do I serve gpt-oss-20b on two GPUs?"
 LARCH = b"# Larch Creek pump station\n\nThe Larch Creek pump was installed in 1987."
+# What the tiny gpt-oss says to any unscripted question (serving/scripted_logits.py).
+ANSWER = "The knowledge base answers this in the first passage [1]."
 
 
 @pytest.fixture
-def fake_llm(app_env):
-    """The app answering through the well-behaved fake server; yields it."""
-    with misbehaving_server() as server:
-        app_env.setenv("RAG_LLM_URL", server.url("ok"))
-        app_env.setenv("RAG_LLM_MODEL", MODEL)
-        yield server
+def answering(app_env, tiny_gpt_oss_server):
+    """The app answering through the real vLLM server (the session's tiny
+    scripted gpt-oss); yields the server."""
+    use_llm(app_env, tiny_gpt_oss_server, answer_style="generative", screen_k=4,
+            read_max_tokens=200)  # fmt: skip
+    return tiny_gpt_oss_server
+
+
+def chat_requests(server) -> float:
+    """How many chat completions the server has been asked for, by its own
+    Prometheus counter."""
+    root = server.base_url.removesuffix("/v1")
+    with urllib.request.urlopen(f"{root}/metrics", timeout=10) as response:
+        lines = response.read().decode().splitlines()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in lines
+        if line.startswith("http_requests_total{") and 'handler="/v1/chat/completions"' in line
+    )
 
 
 def button(at, label: str):
@@ -60,22 +77,26 @@ def test_the_first_upload_makes_the_ask_tab_usable_in_the_same_run(app_env, kb_r
 # -- 5. limits that explain themselves ---------------------------------------------------
 
 
-def test_a_blank_question_runs_nothing_and_says_why(fake_llm):
+def test_a_blank_question_runs_nothing_and_says_why(answering):
+    asked = chat_requests(answering)
     at = app().run()
     at.chat_input[0].set_value("   \n  ").run()
     assert not at.exception
-    assert not fake_llm.log.requests, "a blank question reached the model"
+    assert chat_requests(answering) == asked, "a blank question reached the model"
     assert any("Type a question" in w.value for w in at.warning)
     assert not at.chat_message
 
 
-def test_the_question_box_says_its_limit(fake_llm):
+def test_the_question_box_says_its_limit(app_env):
     at = app().run()
     assert at.chat_input[0].max_chars == 2000
     assert any("2,000 characters" in c.value for c in at.caption)
 
 
-def test_a_question_too_long_for_the_model_says_so_and_stays_in_the_conversation(fake_llm, app_env):
+def test_a_question_too_long_for_the_model_says_so_and_stays_in_the_conversation(
+    answering, app_env
+):
+    asked = chat_requests(answering)
     app_env.setenv("RAG_LLM_CONTEXT_TOKENS", "512")
     app_env.setenv("RAG_READ_MAX_TOKENS", "128")
     at = app().run()
@@ -87,7 +108,7 @@ def test_a_question_too_long_for_the_model_says_so_and_stays_in_the_conversation
         "your question is too long for this model" in e.lower() and "tokens, at most" in e
         for e in errors
     ), errors
-    assert not fake_llm.log.requests, "the pipeline ran for a question that cannot fit"
+    assert chat_requests(answering) == asked, "the pipeline ran for a question that cannot fit"
     assert all(s.state != "running" for s in at.status), "the status ended"
     assert [m.name for m in at.chat_message] == ["user", "assistant"]
     assert button(at.sidebar, "New conversation")
@@ -112,14 +133,16 @@ def test_a_failed_answer_stays_in_the_conversation_with_its_error(app_env):
 # -- 2. the conversation survives a reload and a restart ----------------------------
 
 
-def test_the_conversation_survives_a_reload_and_new_conversation_starts_over(fake_llm, kb_root):
+def test_the_conversation_survives_a_reload_and_new_conversation_starts_over(answering, kb_root):
+    asked = chat_requests(answering)
     at = app().run()
     at.chat_input[0].set_value(QUESTION).run()
     assert not at.exception, [e.value for e in at.exception]
+    assert chat_requests(answering) > asked, "the server's counter sees a question"
     reloaded = app().run()  # a new session: a reload, or the app restarted
     assert [m.name for m in reloaded.chat_message] == ["user", "assistant"]
     assert chat(reloaded)[0] == chat(at)[0] == ("user", QUESTION)
-    assert "The answer is in the first passage [1]." in texts(reloaded)
+    assert ANSWER in texts(reloaded)
     citation = next(e for e in reloaded.expander if e.label.startswith("[1] "))
     assert any(":orange-background[" in m.value for m in citation.markdown)
     assert (kb_root / ".app" / "app.sqlite").is_file()
@@ -129,7 +152,7 @@ def test_the_conversation_survives_a_reload_and_new_conversation_starts_over(fak
     assert not app().run().chat_message, "the new, empty conversation is the one kept"
 
 
-def test_a_stored_citation_opens_after_its_document_is_gone(fake_llm, kb_root):
+def test_a_stored_citation_opens_after_its_document_is_gone(answering, kb_root):
     at = app().run()
     at.chat_input[0].set_value(QUESTION).run()
     cited = next(e for e in at.expander if e.label.startswith("[1] "))
@@ -148,7 +171,7 @@ def test_a_stored_citation_opens_after_its_document_is_gone(fake_llm, kb_root):
 # -- 3. a conversation belongs to one knowledge base --------------------------------
 
 
-def test_switching_knowledge_base_switches_conversation(fake_llm, kb_root):
+def test_switching_knowledge_base_switches_conversation(answering, kb_root):
     shutil.copytree(kb_root / "default", kb_root / "larch")
     at = app().run()
     at.chat_input[0].set_value(QUESTION).run()

@@ -1,28 +1,18 @@
 """Each user's conversations in the sidebar (issue 19): listed for the
 knowledge base in use, reopened with their citations, renamed, deleted,
-exported as Markdown; and never another user's. The LLM is
-tests/misbehaving_server.py's well-behaved mode (a fixed cited answer)."""
+exported as Markdown; and never another user's. The LLM is the real vLLM
+server with the tiny scripted gpt-oss (a fixed cited answer)."""
 
 from __future__ import annotations
 
-import pytest
-from misbehaving_server import MODEL, misbehaving_server
 from test_app import app
 from test_app_access import log_in, team  # noqa: F401 - a fixture
-from test_app_flows import button, chat
+from test_app_flows import answering, button, chat  # noqa: F401 - a fixture
 
 from ui.safe_text import plain
 
 FIRST = "How do I serve gpt-oss-20b on two GPUs?"
 SECOND = "What does the screen do?"
-
-
-@pytest.fixture
-def answering(app_env):
-    with misbehaving_server() as server:
-        app_env.setenv("RAG_LLM_URL", server.url("ok"))
-        app_env.setenv("RAG_LLM_MODEL", MODEL)
-        yield server
 
 
 def listed(at) -> list[str]:
@@ -31,7 +21,7 @@ def listed(at) -> list[str]:
     return [label.rpartition(" · ")[0] for label in labels]
 
 
-def test_conversations_are_listed_reopened_renamed_and_deleted(answering):
+def test_conversations_are_listed_reopened_renamed_and_deleted(answering):  # noqa: F811
     at = app().run()
     at.chat_input[0].set_value(FIRST).run()
     button(at.sidebar, "New conversation").click().run()

@@ -26,7 +26,7 @@ from ui.conversation import to_markdown
 _databases = itertools.count()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def settings(request, tmp_path: Path) -> Settings:
     if request.param == "sqlite":
         return Settings(indexes_root=tmp_path / "indexes")

@@ -97,6 +97,25 @@ def make_run_url(tmp_path, docs_index, llm_server):
         yield url
 
 
+# True once no CSS transition or animation that ends is running (an expander
+# opening, the sidebar folding away); endless ones (a spinner) never end.
+_STILL = """() => document.getAnimations().every(
+  a => a.playState !== 'running' || a.effect?.getComputedTiming().iterations === Infinity)"""
+
+
+def still(page, timeout: float = 30_000) -> None:
+    """Wait until the page is still enough for a screenshot: the app's script
+    run has ended (Streamlit's own `data-test-script-state`) and nothing is
+    moving. A page that is not the app (a login provider's) is only waited
+    on for the latter."""
+    from playwright.sync_api import expect
+
+    app = page.locator("[data-testid='stApp']")
+    if app.count():
+        expect(app).to_have_attribute("data-test-script-state", "notRunning", timeout=timeout)
+    page.wait_for_function(_STILL, timeout=timeout)
+
+
 def ask(page, question: str) -> None:
     box = page.get_by_placeholder("Ask a question about your documents")
     box.wait_for(timeout=60_000)
@@ -116,7 +135,7 @@ def browser_page(url: str, shot: Path, what: str, capsys):
         page = browser.new_page(viewport={"width": 1400, "height": 1600})
         page.goto(url)
         yield page
-        page.wait_for_timeout(1_000)  # let the last expander finish opening
+        still(page)  # the last expander has finished opening
         page.screenshot(path=str(shot), full_page=True)
         browser.close()
     assert shot.stat().st_size > 10_000

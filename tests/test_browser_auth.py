@@ -17,7 +17,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from test_browser import ARTIFACTS, ask, browser_page, streamlit_app
+from test_browser import ARTIFACTS, ask, browser_page, still, streamlit_app
 from test_browser_flows import settled
 
 pytestmark = [pytest.mark.browser]
@@ -402,7 +402,7 @@ def test_the_local_login_form_offers_the_saved_password_not_a_new_one(tmp_path, 
 
 
 def _screenshot(page, name: str, what: str, capsys) -> None:
-    page.wait_for_timeout(1_000)  # let the page settle
+    still(page)
     path = ARTIFACTS / name
     page.screenshot(path=str(path), full_page=True)
     assert path.stat().st_size > 10_000

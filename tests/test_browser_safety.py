@@ -12,7 +12,8 @@ from types import SimpleNamespace
 import pytest
 from builders import HOSTILE_MARKDOWN
 from misbehaving_server import MODEL, misbehaving_server
-from test_browser import ARTIFACTS, ask, browser_page, streamlit_app
+from test_browser import ARTIFACTS, ask, browser_page, still, streamlit_app
+from test_browser_flows import settled
 
 from ingest.pipeline import ingest_paths
 from rag.settings import Settings
@@ -59,11 +60,12 @@ def test_hostile_markdown_links_loads_and_embeds_nothing(tmp_path, hostile_index
             # exact: the status's "Searched for: ..." may repeat the question
             expect(page.get_by_text("And the bare URLs?", exact=True)).to_be_visible()
             expect(page.get_by_text("Answered", exact=True).last).to_be_visible(timeout=180_000)
-            page.wait_for_timeout(3_000)  # the run's stale elements go
+            settled(page)  # the run's stale elements go
             main = page.locator("[data-testid='stMain']")
             # open every passage, the stages and the rewrite's status
             main.evaluate("root => root.querySelectorAll('summary').forEach(s => s.click())")
-            page.wait_for_timeout(2_000)
+            expect(main.locator("details:not([open])")).to_have_count(0)
+            still(page)
             pointers = main.evaluate(_POINTERS)
             frames = main.locator("iframe, frame, script, object, embed").evaluate_all(
                 "els => els.map(e => e.outerHTML.slice(0, 300))"

@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 from misbehaving_server import MODEL, misbehaving_server
-from test_browser import ARTIFACTS, ask, browser_page, chromium, streamlit_app
+from test_browser import ARTIFACTS, ask, browser_page, chromium, still, streamlit_app
 from test_browser_auth import NO_LLM, PASSWORD, log_in_as, log_out
 from test_browser_flows import settled
 
@@ -43,7 +43,7 @@ def browser_tabs(url: str, shot: Path, what: str, capsys):
         page = context.new_page()
         page.goto(url)
         yield page
-        page.wait_for_timeout(1_000)
+        still(page)
         page.screenshot(path=str(shot), full_page=True)
         browser.close()
     with capsys.disabled():
@@ -69,7 +69,7 @@ def local_accounts_app(tmp_path: Path, docs_index: Path, *accounts, llm=NO_LLM):
 
 def snap(page, name: str) -> None:
     """A full-page screenshot of this step."""
-    page.wait_for_timeout(800)
+    still(page)
     folders = [ARTIFACTS] + (
         [Path(os.environ["KBQA_SCREENS"])] if "KBQA_SCREENS" in os.environ else []
     )

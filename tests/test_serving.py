@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -391,9 +392,16 @@ def test_a_busy_port_is_refused_before_starting(tmp_path: Path) -> None:
 
 
 def test_stop_kills_a_group_that_ignores_sigterm(tmp_path: Path) -> None:
-    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"
-    process = launch._popen([sys.executable, "-c", code], dict(os.environ), stdout=None)
-    time.sleep(0.3)
+    code = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "print('ignoring', flush=True); time.sleep(600)"
+    )
+    read_end, write_end = os.pipe()
+    with os.fdopen(write_end, "wb") as out:
+        process = launch._popen([sys.executable, "-c", code], dict(os.environ), stdout=out)
+    with os.fdopen(read_end, "rb") as said:  # SIGTERM is ignored from here on
+        assert select.select([said], [], [], 30)[0], "the child never got to ignore SIGTERM"
+        assert said.readline() == b"ignoring\n"
     server = launch.Server(_fake_config(0), process, None)
     server.stop(grace=0.5)
     assert process.returncode == -signal.SIGKILL
