@@ -87,9 +87,9 @@ bench-api-load: setup index
 	    --index $(INDEX) --via both $(LOAD_ARGS)
 
 lint: setup
-	$(BIN)/ruff check rag ingest serving ui tests bench tools streamlit_app.py
-	$(BIN)/ruff format --check rag ingest serving ui tests bench tools streamlit_app.py
-	$(BIN)/mypy rag ingest serving ui tools
+	$(BIN)/ruff check rag ingest team core cli api serving ui tests bench tools streamlit_app.py
+	$(BIN)/ruff format --check rag ingest team core cli api serving ui tests bench tools streamlit_app.py
+	$(BIN)/mypy rag ingest team core cli api serving ui tools
 
 # The README's generated blocks (tools/readme_docs.py), from the code: `python -m`
 # puts this checkout first on sys.path. tests/test_docs_drift.py checks them.

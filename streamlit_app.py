@@ -16,19 +16,20 @@ from typing import Any
 import streamlit as st
 
 from core.service import KnowledgeService
-from ingest import library
-from rag import screening, telemetry
-from rag.access import Access, Action
-from rag.appdb import AppDB, open_app_db
-from rag.conversation import Conversation, Turn
+from rag import telemetry
+from rag.answering import screening
+from rag.answering.events import Finished, Notice, Retrieved, Rewritten, Screened
 from rag.errors import LLMUnreachable, NothingMatches, QuestionTooLong, RagError
-from rag.events import Finished, Notice, Retrieved, Rewritten, Screened
 from rag.filters import Filters
 from rag.knowledge_base import KnowledgeBase
 from rag.llm import Delta, OpenAIChat, check_server
 from rag.settings import Settings
-from rag.sources import SourceNames
 from rag.types import Answer
+from team import library
+from team.access import Access, Action
+from team.appdb import AppDB, open_app_db
+from team.conversation import Conversation, Turn
+from team.sources import SourceNames
 from ui import account, history, render, safe_text, session_cookie, users
 from ui import feedback as answer_feedback
 from ui.conversation import ConversationStore

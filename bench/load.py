@@ -39,10 +39,10 @@ from pathlib import Path
 
 from stats import p50_p95  # bench/stats.py: bench/ is first on sys.path when a script here runs
 
-from rag.answering import answer
+from rag.answering.pipeline import answer
+from rag.answering.profiles import small_model
 from rag.knowledge_base import KnowledgeBase
 from rag.llm import OpenAIChat, check_server
-from rag.profiles import small_model
 from rag.settings import Settings
 
 QUESTIONS = [
@@ -151,11 +151,11 @@ def api_calls(url: str, kb_name: str) -> Calls:
 
 @contextmanager
 def served_api(settings: Settings) -> Iterator[str]:
-    """`rag serve` (serving/api) in this process on a free loopback port,
+    """`rag serve` (api/) in this process on a free loopback port,
     without login (loopback only) and with its rate limit out of the way."""
     import uvicorn
 
-    from serving.api import create_app
+    from api import create_app
     from serving.launch import free_port
 
     settings = settings.model_copy(

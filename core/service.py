@@ -1,14 +1,14 @@
 """`KnowledgeService`: the rules every entry point shares, in one place.
 
-The app (streamlit_app.py, ui/), the HTTP API (serving/api), the MCP tools
-(serving/mcp_tools.py) and the `rag` command call it; they only translate
+The app (streamlit_app.py, ui/), the HTTP API (api/), the MCP tools
+(api/mcp_tools.py) and the `rag` command call it; they only translate
 (widgets, HTTP/JSON, tool calls, argv) and turn its `RagError`s into their
 own kind of error. Each rule has one home here or in the module it names:
 
-- who may do what: `rag.access.AccessPolicy`, asked through the caller's
+- who may do what: `team.access.AccessPolicy`, asked through the caller's
   `Access` before anything is opened or listed;
-- the knowledge-base name rule: `rag.access.valid_kb_name`;
-- which knowledge bases exist: `ingest.library.list_knowledge_bases`;
+- the knowledge-base name rule: `team.access.valid_kb_name`;
+- which knowledge bases exist: `team.library.list_knowledge_bases`;
 - the length of a question or query (`check_length`), the passages one
   search returns (`MAX_K`), the files one upload adds (`too_many_files`);
 - one cache of open knowledge bases per process (`open`), let go when the
@@ -25,19 +25,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ingest import library
 from ingest.ingestor import noop
 from ingest.pipeline import IngestReport, ProgressFn
 from rag import telemetry
-from rag.access import Access, Action, valid_kb_name
 from rag.errors import IndexMissing, QuestionTooLong, RagError
 from rag.filters import Filters
 from rag.knowledge_base import KnowledgeBase
 from rag.llm import ChatModel
 from rag.settings import Settings
-from rag.sources import SourceNames
-from rag.storage import DocumentRecord, StoreStats
+from rag.store import DocumentRecord, StoreStats
 from rag.types import Answer, Hit
+from team import library
+from team.access import Access, Action, valid_kb_name
+from team.sources import SourceNames
 
 MAX_K = 50  # passages one search returns at most, whichever edge asks
 # An earlier answer in a conversation may be longer than a question: room
@@ -242,7 +242,7 @@ class KnowledgeService:
     ) -> Answer:  # fmt: skip
         """The cited answer to `question`, through the service's chat model.
         `settings` tunes this answer (the app's sidebar); default: the service's."""
-        from rag.answering import answer
+        from rag.answering.pipeline import answer
 
         kb = self._for_question(access, name, question, history)
         chat, settings = self._chat(settings)
@@ -253,8 +253,8 @@ class KnowledgeService:
         history: Sequence[tuple[str, str]] = (), filters: Filters | None = None,
         settings: Settings | None = None,
     ) -> Iterator[Any]:  # fmt: skip
-        """The answer's events as they come (rag.events), the last `Finished`."""
-        from rag.answering import stream_answer
+        """The answer's events as they come (rag.answering.events), the last `Finished`."""
+        from rag.answering.pipeline import stream_answer
 
         kb = self._for_question(access, name, question, history)
         chat, settings = self._chat(settings)
@@ -273,8 +273,8 @@ class KnowledgeService:
         settings = settings or self.settings
         if self.chat is not None:
             return self.chat, settings
+        from rag.answering.profiles import discover
         from rag.llm import OpenAIChat
-        from rag.profiles import discover
 
         # Asked per answer, as `rag ask` does: the LLM server may start after us.
         settings = discover(settings)

@@ -11,13 +11,13 @@ import json
 import pytest
 from scripted_chat import Reply, ScriptedChat, is_screen, verdicts
 
-from rag import prompts
-from rag.answering import answer, stream_answer
-from rag.events import Finished, Notice, Retrieved, Screened
+from rag.answering import prompts
+from rag.answering.events import Finished, Notice, Retrieved, Screened
+from rag.answering.pipeline import answer, stream_answer
+from rag.answering.profiles import SMALL_MODEL_CONTEXT
+from rag.answering.screening import screen
 from rag.knowledge_base import KnowledgeBase
 from rag.llm import Delta, Request
-from rag.profiles import SMALL_MODEL_CONTEXT
-from rag.screening import screen
 from rag.settings import Settings
 
 QUESTION = "Which planet is the largest?"

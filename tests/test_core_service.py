@@ -12,11 +12,11 @@ import httpx
 import pytest
 from api_server import accounts, offline_settings, serve
 
-from rag.access import LOCAL_USER, Access, AccessDenied, AccessPolicy, Role, User, valid_kb_name
 from rag.errors import IndexMissing, LLMUnreachable, RagError
 from rag.llm import OpenAIChat
 from rag.settings import Settings
 from serving.launch import free_port
+from team.access import LOCAL_USER, Access, AccessDenied, AccessPolicy, Role, User, valid_kb_name
 
 LOCAL = Access(LOCAL_USER, AccessPolicy(None))
 
@@ -52,7 +52,7 @@ def rag_error(work) -> str:
 def test_an_over_long_question_or_query_gets_one_message_at_every_edge(offline):
     """The API's chat and search and MCP's ask and search refuse the same
     over-long text with the core's message (they had four messages)."""
-    from serving.mcp_tools import KnowledgeTools
+    from api.mcp_tools import KnowledgeTools
 
     long = "why " * 60  # 240 characters, over 200
     keys = accounts(offline)
@@ -110,7 +110,7 @@ def test_good_names(name):
 
 @pytest.mark.parametrize("name", ["", ".", "..", ".hidden", "a/b", "../x", "a\n", "A" * 65, "-a"])
 def test_bad_names_are_refused_before_any_path_is_built(offline, name):
-    from ingest import library
+    from team import library
 
     assert not valid_kb_name(name)
     with pytest.raises(IndexMissing, match="There is no knowledge base named"):
@@ -169,7 +169,7 @@ def test_the_cache_keeps_at_most_max_open(offline, docs_index):
 
 def test_rag_serve_keeps_one_cache_for_the_api_and_mcp(offline):
     """The API's routes and its /mcp tools share the process's one service."""
-    from serving.api import create_app
+    from api import create_app
 
     app = create_app(offline)
     core = app.state.service.core
@@ -181,7 +181,7 @@ def test_rag_serve_keeps_one_cache_for_the_api_and_mcp(offline):
 
 
 def test_mcp_ask_goes_through_the_injected_chat_model(offline):
-    from serving.mcp_tools import KnowledgeTools
+    from api.mcp_tools import KnowledgeTools
 
     injected_url = f"http://127.0.0.1:{free_port()}/v1"
     chat = OpenAIChat(offline.model_copy(update={"llm_url": injected_url}))
@@ -196,7 +196,7 @@ def test_mcp_ask_goes_through_the_injected_chat_model(offline):
 
 def test_upload_search_delete_rebuild_and_stats(offline):
     from core.service import NoSuchDocument
-    from ingest.library import too_large
+    from team.library import too_large
 
     svc = service(offline)
     eve = editor_of("notes")

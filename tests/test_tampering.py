@@ -27,9 +27,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from cli.rag_main import main as rag_main
 from ingest.pipeline import ingest_paths
 from rag import layout
-from rag.cli import main as rag_main
 from rag.errors import IndexCorrupt, IndexIncompatible, ModelMissing, RagError
 from rag.knowledge_base import KnowledgeBase
 from rag.settings import Settings
@@ -304,12 +304,6 @@ def plant(index: Path, name: str, data: bytes) -> None:
     ))  # fmt: skip
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=sqlite3.DatabaseError,
-    reason="rag/writer.py lets sqlite3.DatabaseError through when the previous "
-    "generation's chunks.sqlite is not a database (found by the test above)",
-)
 def test_adding_to_an_index_whose_chunks_file_is_not_a_database_is_a_clear_error(
     index_copy, tmp_path, embedder
 ):

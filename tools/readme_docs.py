@@ -28,13 +28,13 @@ WIDTH = 100
 
 # One function per command: the only lines to change when the CLI moves.
 def rag_command() -> click.Command:
-    from rag.cli import main
+    from cli.rag_main import main
 
     return main
 
 
 def ingest_command() -> click.Command:
-    from ingest.cli import main
+    from cli.ingest_main import main
 
     return main
 

@@ -1,5 +1,5 @@
 """The Manage tab: uploads, deletions, rebuilds, and the base's numbers.
-Each action goes through ingest/library.py with the session's `Access`,
+Each action goes through team/library.py with the session's `Access`,
 which refuses it there for a user who may not change the base.
 
 What an action reports is kept for the next run as a "flash" message: after
@@ -17,14 +17,14 @@ import streamlit as st
 from streamlit.runtime.uploaded_file_manager import UploadedFile
 
 from core.service import too_many_files
-from ingest import library
 from ingest.pipeline import IngestReport, Progress, ProgressFn
-from rag.access import Access, Action
 from rag.errors import RagError, RebuildRefused
 from rag.knowledge_base import KnowledgeBase
 from rag.settings import Settings
-from rag.sources import SourceNames
-from rag.storage import StoreStats
+from rag.store import StoreStats
+from team import library
+from team.access import Access, Action
+from team.sources import SourceNames
 from ui import safe_text
 from ui.messages import for_user, plural
 

@@ -10,7 +10,7 @@ import streamlit as st
 
 from rag.filters import Filters
 from rag.knowledge_base import KnowledgeBase
-from rag.sources import SourceNames
+from team.sources import SourceNames
 
 
 def filter_controls(kb: KnowledgeBase, names: SourceNames) -> Filters | None:
