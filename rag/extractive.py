@@ -50,10 +50,9 @@ MIN_WORDS = 5
 # gives the figures. Closeness in meaning alone (all-MiniLM-L6-v2's cosine)
 # misses the sentence that answers a short question in other words ("How are
 # broken files reported?"), and rows are not sentences at all.
-OVERLAP_WEIGHT = 0.8  # times the share of the question's words the quote holds
-# For a quote of retrieval's first passage when both sides agree on it: the
-# tune half gained nothing from it (0.00 of 0.00-0.30 tried), so it is off.
-FIRST_WEIGHT = 0.0
+OVERLAP_WEIGHT = 2.0  # times the share of the question's content words the quote holds
+# For a quote of retrieval's first passage when both sides agree on it.
+FIRST_WEIGHT = 0.3
 AGREE_RANK = 3  # ... that is, when dense and BM25 each rank that passage at most this
 
 
