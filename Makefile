@@ -79,9 +79,9 @@ bench-api-load: setup index
 	    --index $(INDEX) --via both $(LOAD_ARGS)
 
 lint: setup
-	$(BIN)/ruff check rag ingest serving ui tests bench streamlit_app.py
-	$(BIN)/ruff format --check rag ingest serving ui tests bench streamlit_app.py
-	$(BIN)/mypy rag ingest serving ui
+	$(BIN)/ruff check rag ingest team cli api serving ui tests bench streamlit_app.py
+	$(BIN)/ruff format --check rag ingest team cli api serving ui tests bench streamlit_app.py
+	$(BIN)/mypy rag ingest team cli api serving ui
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-artifacts

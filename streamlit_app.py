@@ -13,18 +13,19 @@ from pathlib import Path
 
 import streamlit as st
 
-from ingest import library
-from rag import screening, telemetry
-from rag.access import Access, Action
-from rag.answering import stream_answer
-from rag.appdb import AppDB, open_app_db
+from rag import telemetry
+from rag.answering import screening
+from rag.answering.events import Finished, Notice, Retrieved, Rewritten, Screened
+from rag.answering.pipeline import stream_answer
 from rag.errors import LLMUnreachable, NothingMatches, QuestionTooLong, RagError
-from rag.events import Finished, Notice, Retrieved, Rewritten, Screened
 from rag.filters import Filters
 from rag.knowledge_base import KnowledgeBase
 from rag.llm import Delta, OpenAIChat, check_server
 from rag.settings import Settings
 from rag.types import Answer
+from team import library
+from team.access import Access, Action
+from team.appdb import AppDB, open_app_db
 from ui import account, history, render, session_cookie, users
 from ui import feedback as answer_feedback
 from ui.conversation import Conversation, ConversationStore, Turn

@@ -28,10 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from rag import extractive, followup
+from rag.answering import extractive, followup
+from rag.answering.profiles import small_model
+from rag.answering.reading import fit_to_budget, lost_in_the_middle, read_token_limit
 from rag.knowledge_base import KnowledgeBase
-from rag.profiles import small_model
-from rag.reading import fit_to_budget, lost_in_the_middle, read_token_limit
 from rag.settings import Settings
 
 QA = Path(__file__).resolve().parent / "qa"
@@ -187,7 +187,7 @@ class Outcome:
 
 
 def in_process(kb_index: Path, settings: Settings) -> Callable[[Question], Outcome]:
-    from rag.answering import answer
+    from rag.answering.pipeline import answer
     from rag.llm import OpenAIChat
 
     kb, chat = KnowledgeBase.open(kb_index, settings=settings), OpenAIChat(settings)
@@ -248,7 +248,7 @@ def table(results: dict[str, list[Outcome]]) -> str:
 
 
 def run(args: argparse.Namespace) -> None:
-    from rag.profiles import discover
+    from rag.answering.profiles import discover
 
     kb_index = index(args.work)
     settings = discover(Settings(llm_url=args.url, followup=args.followup))

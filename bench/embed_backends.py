@@ -38,7 +38,7 @@ BATCH = 32
 def quality(backend: str, dataset: Path, index: Path) -> dict[str, float]:
     """nDCG@10 per mode, from `rag eval` run with this backend."""
     env = {**os.environ, "RAG_EMBED_BACKEND": backend}
-    command = [sys.executable, "-c", "from rag.cli import main; main()", "eval",
+    command = [sys.executable, "-c", "from cli.rag_main import main; main()", "eval",
                str(dataset), "--index", str(index), "--json"]  # fmt: skip
     out = subprocess.run(command, env=env, check=True, capture_output=True, text=True).stdout
     return ndcg(json.loads(out.strip().splitlines()[-1]))

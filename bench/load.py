@@ -38,10 +38,10 @@ from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
 
-from rag.answering import answer
+from rag.answering.pipeline import answer
+from rag.answering.profiles import small_model
 from rag.knowledge_base import KnowledgeBase
 from rag.llm import OpenAIChat, check_server
-from rag.profiles import small_model
 from rag.settings import Settings
 
 QUESTIONS = [
@@ -158,11 +158,11 @@ def api_calls(url: str, kb_name: str) -> Calls:
 
 @contextmanager
 def served_api(settings: Settings) -> Iterator[str]:
-    """`rag serve` (serving/api) in this process on a free loopback port,
+    """`rag serve` (api/) in this process on a free loopback port,
     without login (loopback only) and with its rate limit out of the way."""
     import uvicorn
 
-    from serving.api import create_app
+    from api import create_app
     from serving.launch import free_port
 
     settings = settings.model_copy(

@@ -1,6 +1,6 @@
 """When is "not in the knowledge base" the right answer? The signals the
 extractive answer could decide by, without the LLM: per SciFact query, the
-similarity of the closest candidate sentence (what rag/extractive.py
+similarity of the closest candidate sentence (what rag/answering/extractive.py
 compares with RAG_EXTRACT_MIN_SUPPORT) and the dense cosine of the best
 passage in the index, for the query asked of the full index (positive)
 and of a copy without its judged documents (negative).
@@ -27,11 +27,12 @@ from pathlib import Path
 import numpy as np
 
 from ingest.pipeline import ingest_documents
-from rag import evaluation, extractive
-from rag.answering import fit_to_budget, lost_in_the_middle, read_token_limit
+from rag import evaluation
+from rag.answering import extractive
+from rag.answering.pipeline import fit_to_budget, lost_in_the_middle, read_token_limit
+from rag.answering.profiles import small_model
+from rag.answering.screening import keep
 from rag.knowledge_base import KnowledgeBase
-from rag.profiles import small_model
-from rag.screening import keep
 from rag.settings import Settings
 from rag.types import Verdict
 

@@ -23,12 +23,12 @@ import sys
 import time
 from datetime import date
 
-from rag.events import Read
+from rag.answering.events import Read
+from rag.answering.profiles import small_model
+from rag.answering.reading import read
+from rag.answering.screening import keep, screen
 from rag.knowledge_base import KnowledgeBase
 from rag.llm import OpenAIChat, check_server
-from rag.profiles import small_model
-from rag.reading import read
-from rag.screening import keep, screen
 
 QUESTIONS = [
     "How are broken files reported during ingestion?",

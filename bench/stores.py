@@ -4,7 +4,7 @@ latency and search quality over the same chunks and the same vectors.
 The chunks come from an existing local index (`--index`, e.g. the one
 `rag eval` builds for SciFact, or bench/query.py's large index): each
 document is copied, with its stored vectors, into a fresh local store and a
-fresh Milvus Lite store through the `Store` seam (`rag.copying.copy`, as
+fresh Milvus Lite store through the `Store` seam (`rag.store.copying.copy`, as
 `rag copy` does), so
 embedding cost is left out and only the stores differ. Then every query of
 the dataset is searched on both, in every mode: nDCG@10 from the product's
@@ -35,10 +35,10 @@ from datetime import date
 from pathlib import Path
 
 from rag import evaluation
-from rag.copying import copy
 from rag.knowledge_base import KnowledgeBase
 from rag.settings import Settings
-from rag.storage import open_store
+from rag.store import open_store
+from rag.store.copying import copy
 
 MODES = ("hybrid", "dense", "bm25")
 

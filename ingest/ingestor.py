@@ -23,7 +23,7 @@ from rag.embedding import (
 )
 from rag.errors import BadDocument, ModelMissing
 from rag.settings import Settings
-from rag.storage import StoreWriter
+from rag.store import StoreWriter
 from rag.types import Chunk, Document
 
 # Embed chunks of several small documents together: sentence-transformers

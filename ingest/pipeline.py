@@ -36,7 +36,7 @@ from rag.errors import RebuildRefused
 from rag.filters import tags_of
 from rag.layout import IndexParams
 from rag.settings import Settings
-from rag.storage import Store, open_store, replaced_documents
+from rag.store import Store, open_store, replaced_documents
 from rag.types import Chunk, Document
 
 # The public entry: what callers import from here.

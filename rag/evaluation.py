@@ -214,7 +214,7 @@ def run_stages(
     """Answer each (query id, negative, text, knowledge base) through the
     product's own path and score each stage. A failed answer is a row with
     its error (and counts as not answered); an unreachable server stops."""
-    from rag.answering import answer
+    from rag.answering.pipeline import answer
 
     rows = []
     for qid, negative, text, kb in asks:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from rag.errors import BadFilter, NothingMatches
 
 if TYPE_CHECKING:
-    from rag.storage import DocumentRecord
+    from rag.store import DocumentRecord
 
 MAX_TAGS = 32  # per document, and per filter
 MAX_VALUE_CHARS = 1024  # a path prefix; a tag or a type is far shorter

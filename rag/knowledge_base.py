@@ -3,7 +3,7 @@
 A long-lived `KnowledgeBase` (the app keeps one per index) notices when an
 ingest publishes a new state and switches to it between searches, so every
 search sees one consistent state, old or new. Storage is reached only
-through the `rag.storage` seam: the same code searches every store.
+through the `rag.store` seam: the same code searches every store.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from rag import fusion
 from rag.embedding import Embedder, load_embedder
 from rag.filters import Filters
 from rag.settings import SEARCH_MODES, Settings
-from rag.storage import DocumentRecord, Snapshot, StoreStats, open_store
+from rag.store import DocumentRecord, Snapshot, StoreStats, open_store
 from rag.types import Hit
 
 if TYPE_CHECKING:

@@ -28,7 +28,7 @@ class Settings(BaseSettings):
     # Where a new knowledge base keeps its chunks and vectors: "local" (files
     # in the index folder), Milvus Lite in a file or a Milvus cluster. An
     # existing one uses the store its folder records; naming another here is
-    # an error (see rag/storage.py open_store).
+    # an error (see rag/store/__init__.py open_store).
     store: str = Field(
         "local",
         description="store of new knowledge bases: local (the default), "
@@ -82,7 +82,7 @@ class Settings(BaseSettings):
     )
 
     # Who may use the app (ui/auth.py). none: no login, a single local user,
-    # served on a loopback address only (rag/exposure.py).
+    # served on a loopback address only (team/exposure.py).
     auth: AuthMode = Field("none", description="none | oidc (st.login) | local (app accounts)")
     auth_groups_claim: str = Field("groups", description="the OIDC claim listing the groups")
     insecure_no_auth: bool = Field(
@@ -101,7 +101,7 @@ class Settings(BaseSettings):
         0, ge=0, le=65535, description="serve the app's metrics at 127.0.0.1:PORT/metrics; 0: off"
     )
 
-    # The HTTP API (rag serve, serving/api). Each key (or the local user) gets
+    # The HTTP API (rag serve, api/). Each key (or the local user) gets
     # a bucket of `api_burst` requests, refilled at `api_requests_per_minute`.
     api_requests_per_minute: float = Field(
         60.0, gt=0, description="requests one API key may make per minute, on average"
@@ -113,7 +113,7 @@ class Settings(BaseSettings):
     api_max_messages: int = Field(64, ge=1, description="most messages in one chat request")
     # The Host names `rag serve` answers to besides the address it listens on
     # (a reverse proxy's name): any other Host is refused, so a DNS-rebound
-    # web page cannot reach it (serving/api/guard.py). Comma-separated.
+    # web page cannot reach it (api/guard.py). Comma-separated.
     api_allowed_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="host names rag serve answers to besides its address, comma-separated "
@@ -141,7 +141,7 @@ class Settings(BaseSettings):
     login_backoff_max: float = Field(900.0, gt=0, description="the longest refusal, in seconds")
     # An OIDC login's groups claim (JSON in the environment):
     # RAG_AUTH_GROUP_ROLES='{"kb-admins": "admin", "kb-editors": "editor"}',
-    # RAG_AUTH_GROUP_GRANTS='{"finance-team": ["finance"]}'. See rag/access.py.
+    # RAG_AUTH_GROUP_GRANTS='{"finance-team": ["finance"]}'. See team/access.py.
     auth_group_roles: dict[str, Literal["admin", "editor", "reader"]] = Field(default_factory=dict)
     auth_group_grants: dict[str, list[str]] = Field(default_factory=dict)
     auth_default_role: Literal["", "editor", "reader"] = Field(
@@ -179,7 +179,7 @@ class Settings(BaseSettings):
     followup: Literal["rewrite", "join"] = Field(
         "rewrite",
         description="how a follow-up is searched: rewritten by the model into a standalone "
-        "question, or joined to the previous question's words by rule (rag/followup.py)",
+        "question, or joined to the previous question's words by rule (rag/answering/followup.py)",
     )
     screen_group: int = Field(1, ge=1, description="passages judged per screen request")
     keep_max: int = Field(6, ge=1, description="passages kept for the deep read")
@@ -188,7 +188,8 @@ class Settings(BaseSettings):
         ge=0.0,
         le=1.0,
         description="weight of the screen's verdict against the retrieval score in what is "
-        "kept (1: the verdict alone decides; 0: retrieval alone); see rag/screening.py keep",
+        "kept (1: the verdict alone decides; 0: retrieval alone); "
+        "see rag/answering/screening.py keep",
     )
     keep_min: float = Field(
         0.5, ge=0.0, le=1.0, description="the combined score a passage needs to be kept"
@@ -198,12 +199,12 @@ class Settings(BaseSettings):
     answer_style: Literal["generative", "extractive"] = Field(
         "generative",
         description="extractive: the answer only quotes sentences of the kept passages, "
-        "each cited (for small models that do not cite; see rag/extractive.py)",
+        "each cited (for small models that do not cite; see rag/answering/extractive.py)",
     )
     extract_sentences: int = Field(
         4, ge=1, le=20, description="sentences an extractive answer may quote"
     )
-    # The support a quote needs (rag/extractive.py `Candidate.support`: the
+    # The support a quote needs (rag/answering/extractive.py `Candidate.support`: the
     # embedding model's cosine, plus the share of the question's words it
     # holds, plus a bonus when retrieval's first passage holds it and dense
     # and BM25 agree on that passage). Below it, nothing is quoted and the

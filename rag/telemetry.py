@@ -2,9 +2,9 @@
 one registry per process, holding every metric object, recorded into from
 the few places that see the events once for all edges.
 
-    answering (rag/answering.py)    questions, each stage's seconds, tokens, refusals
-    ingest/library.py               ingest reports of uploads and rebuilds
-    serving/api/health.py           HTTP requests by route and status, rate-limited
+    answering (rag/answering/pipeline.py)    questions, each stage's seconds, tokens, refusals
+    team/library.py               ingest reports of uploads and rebuilds
+    api/health.py           HTTP requests by route and status, rate-limited
     open knowledge bases            cache hits and misses
 
 `rag serve` shows the registry at GET /metrics; the Streamlit app on its own

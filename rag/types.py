@@ -162,7 +162,7 @@ class Hit:
 class Verdict:
     """Stage 1's judgement of one passage. `valid` is False when the model's
     reply could not be parsed; retrieval alone then decides whether its
-    passage is kept (rag/screening.py `keep`)."""
+    passage is kept (rag/answering/screening.py `keep`)."""
 
     hit: Hit
     relevant: bool

@@ -28,16 +28,16 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from rag import profiles
+from rag.answering import profiles
 from rag.errors import RagError
-from rag.exposure import accounts_refusal, is_loopback, login_mode, refusal
 from rag.llm import display_url
 from rag.settings import Settings
 from serving import config as serve_config
 from serving import launch
+from team.exposure import accounts_refusal, is_loopback, login_mode, refusal
 
 # The small CPU model's settings, as environment variables for the app;
-# defined once in rag/profiles.py (`rag ask` applies the same profile).
+# defined once in rag/answering/profiles.py (`rag ask` applies the same profile).
 CPU_PROFILE = profiles.as_env(profiles.SMALL_MODEL_PROFILE)
 GPU_PROFILE = {"RAG_LLM_CONTEXT_TOKENS": str(serve_config.GPU_MAX_MODEL_LEN)}
 

@@ -15,11 +15,11 @@ import httpx
 import openai
 import uvicorn
 
-from rag.access import Role
-from rag.appdb import open_app_db
+from api import create_app
 from rag.settings import Settings
-from serving.api import create_app
 from serving.launch import free_port
+from team.access import Role
+from team.appdb import open_app_db
 
 QUESTION = "How are broken files reported during ingestion?"
 PASSWORD = "correct horse battery"

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from rag.access import LOCAL_USER, Access, AccessPolicy
 from rag.types import Chunk, Hit
+from team.access import LOCAL_USER, Access, AccessPolicy
 
 # The one user of a loopback app (RAG_AUTH=none), with no audit trail: for
-# tests of what an action in ingest/library.py does rather than who may do it.
+# tests of what an action in team/library.py does rather than who may do it.
 LOCAL_ADMIN = Access(LOCAL_USER, AccessPolicy(None))
 
 
@@ -507,7 +507,7 @@ class Clock:
         self.now += seconds
 
 
-# -- documents put straight into a store writer (rag.storage.StoreWriter) ---------------
+# -- documents put straight into a store writer (rag.store.StoreWriter) ---------------
 
 STORE_CORPUS = {
     "fruit.md": ["Apple pie with cinnamon and baked apples.", "Banana bread needs ripe bananas."],

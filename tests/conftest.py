@@ -11,8 +11,8 @@ import pytest
 from builders import write_corpus, write_field_notes
 
 from ingest.pipeline import ingest_paths
+from rag.answering.profiles import small_model
 from rag.embedding import Embedder, load_embedder
-from rag.profiles import small_model
 from rag.settings import Settings
 
 
@@ -87,7 +87,7 @@ def _serve(device: str):
 
 @pytest.fixture(scope="session")
 def llm_settings(llm_server) -> Settings:
-    """The small CPU model's profile (rag/profiles.py), but generative: the
+    """The small CPU model's profile (rag/answering/profiles.py), but generative: the
     tests that want the profile's extractive answers ask for them. Fewer
     passages and answer tokens keep the session short."""
     return small_model(

@@ -1,4 +1,4 @@
-"""The access policy (rag/access.py): each role calling each action
+"""The access policy (team/access.py): each role calling each action
 directly, as the app, the `rag` command and the HTTP API do before they
 open anything; the groups claim of an OIDC login mapped to a user."""
 
@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from rag.access import (
+from rag.errors import RagError
+from rag.settings import Settings
+from team.access import (
     LOCAL_USER,
     AccessDenied,
     AccessPolicy,
@@ -16,9 +18,7 @@ from rag.access import (
     User,
     identity_user,
 )
-from rag.appdb import AppDB, open_app_db
-from rag.errors import RagError
-from rag.settings import Settings
+from team.appdb import AppDB, open_app_db
 
 KBS = ["default", "larch", "finance"]
 ADMIN = User("ada", Role.ADMIN)

@@ -15,12 +15,12 @@ from pydantic import SecretStr
 from streamlit.testing.v1 import AppTest
 from test_app import APP, use_llm
 
+from cli.rag_main import main as rag_main
 from ingest.pipeline import ingest_paths
-from rag.answering import answer
-from rag.cli import main as rag_main
+from rag.answering.pipeline import answer
+from rag.answering.profiles import small_model
 from rag.knowledge_base import KnowledgeBase
 from rag.llm import OpenAIChat
-from rag.profiles import small_model
 from rag.settings import Settings
 
 pytestmark = pytest.mark.llm

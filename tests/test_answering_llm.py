@@ -12,15 +12,15 @@ import re
 import pytest
 from click.testing import CliRunner
 
+from cli.rag_main import main as rag_main
 from ingest.pipeline import ingest_paths
-from rag import prompts
-from rag.answering import answer, stream_answer
-from rag.cli import main as rag_main
+from rag.answering import prompts
+from rag.answering.events import Finished, Retrieved, Screened
+from rag.answering.pipeline import answer, stream_answer
+from rag.answering.screening import screen
 from rag.errors import LLMUnreachable
-from rag.events import Finished, Retrieved, Screened
 from rag.knowledge_base import KnowledgeBase
 from rag.llm import Delta, OpenAIChat
-from rag.screening import screen
 from rag.settings import Settings
 
 pytestmark = pytest.mark.llm
@@ -213,8 +213,8 @@ def test_the_temperature_setting_reaches_the_server(llm_settings):
 
 
 def test_only_a_follow_up_is_rewritten_and_a_lost_rewrite_is_not_searched(kb, chat, llm_settings):
-    from rag.events import Rewritten
-    from rag.followup import joined, plausible_rewrite
+    from rag.answering.events import Rewritten
+    from rag.answering.followup import joined, plausible_rewrite
 
     llm_settings = llm_settings.model_copy(update={"followup": "rewrite"})
     history = [("user", QUESTION), ("assistant", "Jupiter is the largest planet [1].")]

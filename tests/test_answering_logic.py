@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 from builders import make_hit as hit
 
-from rag import prompts
-from rag.citations import resolve_citations
-from rag.reading import fit_to_budget, lost_in_the_middle
-from rag.screening import keep
+from rag.answering import prompts
+from rag.answering.citations import resolve_citations
+from rag.answering.reading import fit_to_budget, lost_in_the_middle
+from rag.answering.screening import keep
 from rag.settings import Settings
 from rag.types import Chunk, Hit, Verdict
 
@@ -130,8 +130,8 @@ def test_citations_are_renumbered_in_order_of_first_use():
 
 
 def test_a_question_longer_than_the_model_can_take_is_refused_with_its_size():
+    from rag.answering.reading import check_question, question_limit
     from rag.errors import QuestionTooLong
-    from rag.reading import check_question, question_limit
     from rag.settings import Settings
 
     small = Settings(llm_context_tokens=2048, read_max_tokens=200)
@@ -165,7 +165,7 @@ def test_the_budget_counts_the_conversation_too():
 
 
 def test_with_the_screen_off_no_line_says_the_screen_kept_anything():
-    from rag.screening import SCREEN_OFF, summary
+    from rag.answering.screening import SCREEN_OFF, summary
     from rag.types import Verdict
 
     hits = [hit(i) for i in range(1, 7)]

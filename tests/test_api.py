@@ -1,4 +1,4 @@
-"""`rag serve` (serving/api) through real clients: the `openai` Python
+"""`rag serve` (api/) through real clients: the `openai` Python
 client, LangChain's ChatOpenAI and httpx, against uvicorn on a free port,
 over the sample knowledge base, the real app database and the real vLLM
 CPU server (SmolLM2, quoting extractively so that it cites)."""
@@ -18,13 +18,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from rag.access import Role
-from rag.appdb import open_app_db
-from rag.appdb.schema import SCHEMA_VERSION
-from rag.citations import resolve_citations
-from rag.cli import main as rag_main
+from api.chat import CitationStream
+from cli.rag_main import main as rag_main
+from rag.answering.citations import resolve_citations
 from rag.settings import Settings
-from serving.api.chat import CitationStream
+from team.access import Role
+from team.appdb import open_app_db
+from team.appdb.schema import SCHEMA_VERSION
 
 
 @pytest.fixture(scope="module")

@@ -31,10 +31,10 @@ from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
-from rag.access import Role
-from rag.appdb import open_app_db
 from rag.settings import Settings
 from serving import launch
+from team.access import Role
+from team.appdb import open_app_db
 
 ROOT = Path(__file__).resolve().parent.parent
 REBOUND = "rebind.attacker.example"
@@ -45,7 +45,7 @@ INITIALIZE = {
     "params": {"protocolVersion": "2025-06-18", "capabilities": {},
                "clientInfo": {"name": "t", "version": "1"}},
 }  # fmt: skip
-RAG = [sys.executable, "-c", "from rag.cli import main; main()"]  # this checkout's `rag`
+RAG = [sys.executable, "-c", "from cli.rag_main import main; main()"]  # this checkout's `rag`
 MCP_ACCEPT = {"Accept": "application/json, text/event-stream"}
 
 

@@ -11,7 +11,7 @@ import pytest
 from builders import delete_box, make_pdf
 from streamlit.testing.v1 import AppTest
 
-from rag.profiles import SMALL_MODEL_PROFILE, as_env
+from rag.answering.profiles import SMALL_MODEL_PROFILE, as_env
 
 APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
 
@@ -145,7 +145,7 @@ def test_a_follow_up_is_searched_as_a_standalone_question(app_env, llm_server):
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
     # The small model's profile joins the follow-up to the question it
-    # follows (rag/followup.py), a stage with its own time.
+    # follows (rag/answering/followup.py), a stage with its own time.
     searched = [c.value for c in at.caption if c.value.startswith("Searched for: ")]
     joined = "And what about scanned PDFs? broken files reported ingestion"
     assert searched == [f"Searched for: {joined}"]

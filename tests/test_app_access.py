@@ -16,9 +16,9 @@ from builders import delete_box
 from streamlit.testing.v1 import AppTest
 from test_app import app, texts
 
-from rag.appdb import AppDB, open_app_db
-from rag.conversation import Turn
 from rag.settings import Settings
+from team.appdb import AppDB, open_app_db
+from team.conversation import Turn
 
 PASSWORD = "correct horse battery"
 QUESTION = "How are broken files reported during ingestion?"
@@ -72,7 +72,7 @@ def tab(at: AppTest, label: str):
 def access_of(db: AppDB, name: str):
     """What a session of `name` holds: the user as the database has them
     now, and the one policy."""
-    from rag.access import Access, AccessPolicy
+    from team.access import Access, AccessPolicy
 
     user = db.accounts.user(name)
     assert user is not None
@@ -160,9 +160,9 @@ def test_a_revoked_grant_takes_effect_at_the_next_run(team):
 
 
 def test_the_manage_actions_called_as_a_reader_are_refused_and_change_nothing(team, kb_root):
-    from ingest import library
-    from rag.access import AccessDenied, Action
     from rag.knowledge_base import KnowledgeBase
+    from team import library
+    from team.access import AccessDenied, Action
 
     rita = access_of(team, "rita")
     kb_dir = kb_root / "default"
@@ -192,8 +192,8 @@ def test_the_manage_actions_called_as_a_reader_are_refused_and_change_nothing(te
 
 
 def test_an_editor_uploads_into_a_granted_base_but_not_another(team, kb_root):
-    from ingest import library
-    from rag.access import AccessDenied
+    from team import library
+    from team.access import AccessDenied
 
     at = signed_in("eddie")
     assert picker(at).options == ["default"]
@@ -244,7 +244,7 @@ def test_an_admin_manages_every_base_and_reads_the_audit(team, kb_root):
 
 
 def test_readers_and_editors_have_no_audit_view(team):
-    from rag.access import AccessDenied
+    from team.access import AccessDenied
     from ui import account
 
     for name in ("rita", "eddie"):
@@ -320,7 +320,7 @@ def test_an_admin_changes_a_role_and_disables_an_account_but_not_their_own(team)
 
 @pytest.mark.parametrize("name", ["rita", "eddie"])
 def test_the_users_functions_called_as_a_non_admin_are_refused_and_change_nothing(team, name):
-    from rag.access import AccessDenied
+    from team.access import AccessDenied
     from ui import users
 
     before = team.accounts.accounts()

@@ -102,8 +102,8 @@ def test_the_stages_section_is_a_table_not_raw_json():
 
 
 def test_rag_search_help_lists_every_type():
+    from cli.rag_main import main
     from ingest.loaders import KINDS
-    from rag.cli import main
 
     result = CliRunner().invoke(main, ["search", "--help"], terminal_width=200)
     assert result.exit_code == 0, result.output

@@ -14,13 +14,13 @@ import pytest
 import sqlalchemy
 from builders import Clock
 
-from rag.access import LoginRefused, Role, User
-from rag.appdb import AppDB, AppDBIncompatible, open_app_db
-from rag.appdb.schema import SCHEMA_VERSION
-from rag.conversation import Conversation, Turn
 from rag.errors import RagError
 from rag.settings import Settings
 from rag.types import Answer, Chunk, Citation, Hit
+from team.access import LoginRefused, Role, User
+from team.appdb import AppDB, AppDBIncompatible, open_app_db
+from team.appdb.schema import SCHEMA_VERSION
+from team.conversation import Conversation, Turn
 from ui.conversation import to_markdown
 
 _databases = itertools.count()
@@ -395,7 +395,7 @@ def test_password_hashes_wait_for_a_free_slot(db):
     import threading
     import time
 
-    from rag.appdb import accounts
+    from team.appdb import accounts
 
     db.accounts.add_user("ann", Role.READER, PASSWORD, by="cli")
     held = [accounts.HASH_SLOTS.acquire(timeout=1) for _ in range(accounts.MAX_HASHES)]
@@ -414,7 +414,7 @@ def test_password_hashes_wait_for_a_free_slot(db):
 
 
 def test_audit_names_and_targets_are_cleaned_and_cut_to_a_bound(db):
-    from rag.appdb.audit import MAX_DETAIL, MAX_NAME, MAX_TARGET
+    from team.appdb.audit import MAX_DETAIL, MAX_NAME, MAX_TARGET
 
     long_name = "x" * 5000 + "\n\x1b[31mforged entry"
     db.audit.record(long_name, "login-failed", "t\r\n" * 3000, "d\x00" * 9000)
@@ -463,13 +463,13 @@ ISSUER = "https://idp.example.org"
 
 
 def oidc(sub: str, email: str = "", verified: bool = False, groups: tuple[str, ...] = ()):
-    from rag.appdb import OidcLogin
+    from team.appdb import OidcLogin
 
     return OidcLogin(ISSUER, sub, email=email, email_verified=verified, groups=groups)
 
 
 def mapping():
-    from rag.access import GroupMapping
+    from team.access import GroupMapping
 
     return GroupMapping(
         roles={"kb-readers": Role.READER, "kb-admins": Role.ADMIN},
@@ -478,7 +478,7 @@ def mapping():
 
 
 def test_a_providers_name_or_unverified_email_never_borrows_an_account(db):
-    from rag.access import GroupMapping
+    from team.access import GroupMapping
 
     db.accounts.add_user("admin", Role.ADMIN, PASSWORD, by="cli")
     db.accounts.add_user("ada@example.org", Role.EDITOR, None, ["default"], by="cli")
@@ -492,7 +492,7 @@ def test_a_providers_name_or_unverified_email_never_borrows_an_account(db):
 
 
 def test_a_verified_email_binds_an_existing_account_once(db):
-    from rag.access import GroupMapping
+    from team.access import GroupMapping
 
     db.accounts.add_user("ada@example.org", Role.EDITOR, None, ["default"], by="cli")
     ada = oidc("ada-1", email="ada@example.org", verified=True)

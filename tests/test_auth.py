@@ -73,8 +73,8 @@ def test_serving_run_takes_another_host_when_a_login_is_configured(docs_index: P
 
 
 def test_the_refusal_rule() -> None:
-    from rag.exposure import is_loopback, refusal
     from rag.settings import Settings
+    from team.exposure import is_loopback, refusal
 
     for host in ["127.0.0.1", "127.0.0.2", "::1", "localhost", "unix:///run/kbqa.sock"]:
         assert is_loopback(host), host
@@ -156,8 +156,8 @@ def test_without_login_the_app_refuses_an_app_database_with_accounts(
     # `streamlit run streamlit_app.py` by hand, RAG_AUTH unset, while the
     # team's accounts are in the app database (issue 31): no one may become
     # the admin by reaching the page.
-    from rag.appdb import open_app_db
     from rag.settings import Settings
+    from team.appdb import open_app_db
 
     app_env.setenv("RAG_APP_DB", str(tmp_path / "app.sqlite"))
     open_app_db(Settings()).accounts.add_user("ann", "admin", "a long passphrase", [], by="test")
@@ -288,8 +288,8 @@ def test_oidc_user_in_no_mapped_group_and_without_an_account_is_told_to_ask_an_a
 def test_oidc_user_without_a_mapped_group_gets_the_account_an_admin_made(
     oidc_env: pytest.MonkeyPatch, kb_root: Path
 ) -> None:
-    from rag.appdb import open_app_db
     from rag.settings import Settings
+    from team.appdb import open_app_db
 
     shutil.copytree(kb_root / "default", kb_root / "secret")
     db = open_app_db(Settings(indexes_root=kb_root))
@@ -316,8 +316,8 @@ def test_oidc_claims_carry_the_issuer_subject_and_whether_the_email_is_verified(
 def test_oidc_an_unverified_email_does_not_get_the_account_made_for_it(
     oidc_env: pytest.MonkeyPatch, kb_root: Path
 ) -> None:
-    from rag.appdb import open_app_db
     from rag.settings import Settings
+    from team.appdb import open_app_db
 
     db = open_app_db(Settings(indexes_root=kb_root))
     db.accounts.add_user("ada@example.org", "admin", None, by="test")
@@ -340,8 +340,8 @@ def test_oidc_a_token_without_a_subject_is_refused(oidc_env: pytest.MonkeyPatch)
 
 
 def _logins(kb_root: Path) -> list[tuple[str, str, str, str]]:
-    from rag.appdb import open_app_db
     from rag.settings import Settings
+    from team.appdb import open_app_db
 
     entries = open_app_db(Settings(indexes_root=kb_root)).audit.entries()
     return [(e.user, e.action, e.target, e.detail) for e in entries if e.action == "login"]

@@ -1,5 +1,5 @@
-"""Backups, restores and copies between stores (rag/backup.py, rag/archive.py,
-rag/copying.py, `rag backup` / `rag restore` / `rag copy`), on the real
+"""Backups, restores and copies between stores (team/backup.py, team/archive.py,
+rag/store/copying.py, `rag backup` / `rag restore` / `rag copy`), on the real
 local store, Milvus Lite, the real embedding model and the real ingest."""
 
 from __future__ import annotations
@@ -16,18 +16,19 @@ import pytest
 from builders import KNOWN_ANSWERS, UNANSWERED, write_field_notes, write_notes
 from click.testing import CliRunner
 
+from cli.rag_main import main
 from ingest.pipeline import ingest_paths
-from rag import archive, layout
-from rag.access import Role
-from rag.backup import backup_app_db, backup_index, restore
-from rag.cli import main
-from rag.copying import difference, verify
+from rag import layout
 from rag.errors import BadArchive, RagError
 from rag.knowledge_base import MODES, KnowledgeBase
 from rag.settings import Settings
-from rag.storage import open_store, recorded_store
+from rag.store import open_store, recorded_store
+from rag.store.copying import difference, verify
 from rag.synced import last_sync, record_sync
 from rag.types import Chunk, Hit
+from team import archive
+from team.access import Role
+from team.backup import backup_app_db, backup_index, restore
 
 HELD = [question for question, _, _ in KNOWN_ANSWERS] + UNANSWERED
 
@@ -359,7 +360,7 @@ def test_difference_names_what_differs_and_lets_ties_swap():
 
 
 def test_the_app_database_backs_up_while_open(tmp_path, monkeypatch):
-    from rag.appdb import open_app_db
+    from team.appdb import open_app_db
 
     monkeypatch.setenv("RAG_INDEXES_ROOT", str(tmp_path / "indexes"))
     db = open_app_db(Settings())

@@ -120,8 +120,8 @@ def test_oidc_login_shows_the_user_and_logout_returns_to_the_login_page(
 
 def _audit(root: Path):
     """The audit trail of the app database the app keeps under `root`."""
-    from rag.appdb import open_app_db
     from rag.settings import Settings
+    from team.appdb import open_app_db
 
     return open_app_db(Settings(indexes_root=root)).audit.entries()
 
@@ -133,8 +133,8 @@ def local_accounts_app(tmp_path: Path, docs_index: Path, *accounts: tuple[str, s
     """An app with RAG_AUTH=local over a fresh app database holding
     `accounts` (name, role, knowledge bases; each with PASSWORD): the app
     (a context manager giving its URL) and the database."""
-    from rag.appdb import open_app_db
     from rag.settings import Settings
+    from team.appdb import open_app_db
 
     app_db = str(tmp_path / "app.sqlite")
     db = open_app_db(Settings(app_db=app_db))
@@ -294,8 +294,8 @@ def oidc_team(tmp_path_factory, docs_index, provider):
     Yields the app's URL and the database."""
     import shutil
 
-    from rag.appdb import open_app_db
     from rag.settings import Settings
+    from team.appdb import open_app_db
 
     tmp_path = tmp_path_factory.mktemp("oidc-team")
     app_db = str(tmp_path / "app.sqlite")

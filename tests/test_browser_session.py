@@ -53,8 +53,8 @@ def browser_tabs(url: str, shot: Path, what: str, capsys):
 def local_accounts_app(tmp_path: Path, docs_index: Path, *accounts, llm=NO_LLM):
     """An app with RAG_AUTH=local answering with `llm`, over a fresh app
     database holding `accounts` (name, role, knowledge bases)."""
-    from rag.appdb import open_app_db
     from rag.settings import Settings
+    from team.appdb import open_app_db
 
     app_db = str(tmp_path / "app.sqlite")
     db = open_app_db(Settings(app_db=app_db))

@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 import pytest
 from click.testing import CliRunner
 
-from ingest.cli import main as ingest_main
-from rag.cli import main as rag_main
+from cli.ingest_main import main as ingest_main
+from cli.rag_main import main as rag_main
 
 
 @pytest.fixture
@@ -123,7 +123,7 @@ def test_rag_bad_mode_is_a_usage_error(runner, built_index):
 
 
 def test_ingest_search_and_stats_with_milvus_lite(runner, corpus_dir, tmp_path):
-    from rag import milvus_schema
+    from rag.store.milvus import schema as milvus_schema
 
     index, uri = tmp_path / "m", f"milvus-lite://{tmp_path}/m.db"
     try:

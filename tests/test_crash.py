@@ -32,9 +32,9 @@ import pytest
 from builders import code_word, ingest_process, reap, write_notes
 from click.testing import CliRunner
 
+from cli.rag_main import main as rag_main
 from ingest.pipeline import ingest_paths
 from rag import layout
-from rag.cli import main as rag_main
 from rag.errors import IndexMissing
 from rag.knowledge_base import KnowledgeBase
 from rag.settings import Settings

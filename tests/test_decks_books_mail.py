@@ -20,13 +20,13 @@ from builders import make_docx, make_pdf
 from click.testing import CliRunner
 from office_files import make_eml, make_epub, make_msg, make_pptx, make_smime_eml
 
+from cli.ingest_main import main as ingest_main
+from cli.rag_main import main as rag_main
 from ingest import workers
 from ingest.chunking import Chunker
-from ingest.cli import main as ingest_main
 from ingest.discovery import FileTask
 from ingest.loaders import kind_of, load, sha256_file
 from ingest.pipeline import ingest_paths
-from rag.cli import main as rag_main
 from rag.errors import BadDocument
 from rag.filters import Filters
 from rag.knowledge_base import KnowledgeBase

@@ -8,7 +8,7 @@ import pytest
 from builders import write_beir
 from click.testing import CliRunner
 
-from rag.cli import main as rag_main
+from cli.rag_main import main as rag_main
 from rag.evaluation import parse_published, score
 
 DOCS = {
@@ -69,7 +69,7 @@ def test_rag_eval_json_and_reuse(dataset, tmp_path):
 
 
 def test_rag_eval_builds_its_index_in_the_store_asked(dataset, tmp_path):
-    from rag import milvus_schema
+    from rag.store.milvus import schema as milvus_schema
 
     uri = f"milvus-lite://{tmp_path}/eval.db"
     results = {}

@@ -9,12 +9,12 @@ import re
 
 from builders import make_hit
 
-from rag.appdb import open_app_db
-from rag.conversation import Turn
 from rag.filters import Filters
 from rag.settings import Settings
-from rag.sources import SourceNames
 from rag.types import Answer, Citation
+from team.appdb import open_app_db
+from team.conversation import Turn
+from team.sources import SourceNames
 from ui.conversation import to_markdown
 
 ANSWER = "On the token limit: raise RAG_LLM_CONTEXT_TOKENS (see `a_b[0]`) [1]."
@@ -59,6 +59,6 @@ def test_a_hostile_answer_exports_with_no_link_image_or_html():
 
 
 def to_markdown_export(turn: Turn) -> str:
-    from rag.conversation import Conversation
+    from team.conversation import Conversation
 
     return to_markdown(Conversation(id=1, kb="default", started=0.0, turns=[turn]))

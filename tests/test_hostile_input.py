@@ -28,10 +28,10 @@ from builders import (
     zip_bomb_docx,
 )
 
-from ingest.library import UPLOADS, Upload, save_uploads
 from ingest.pipeline import ingest_paths
 from rag.knowledge_base import KnowledgeBase
 from rag.settings import Settings
+from team.library import UPLOADS, Upload, save_uploads
 
 INGEST = str(Path(sys.executable).parent / "ingest")
 RAG = str(Path(sys.executable).parent / "rag")

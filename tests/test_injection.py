@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ingest.pipeline import ingest_paths
-from rag import prompts
+from rag.answering import prompts
 from rag.knowledge_base import KnowledgeBase
 from rag.settings import Settings
 from ui.render import defuse, escape

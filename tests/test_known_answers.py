@@ -1,5 +1,5 @@
 """Known answers on the real CPU server: SmolLM2 with the small-model
-profile (rag/profiles.py), as `make run` and `rag ask` use it. The answer
+profile (rag/answering/profiles.py), as `make run` and `rag ask` use it. The answer
 quotes the sentence that answers the question and cites its document, even
 where the small model's screen judges badly; and `rag ask` answers right
 after `make llm`, with no setting but the server's address."""
@@ -14,11 +14,11 @@ import pytest
 from builders import KNOWN_ANSWERS, UNANSWERED
 from click.testing import CliRunner
 
-from rag.answering import answer
-from rag.cli import main as rag_main
+from cli.rag_main import main as rag_main
+from rag.answering.pipeline import answer
+from rag.answering.profiles import SMALL_MODEL, SMALL_MODEL_PROFILE, discover, small_model
 from rag.knowledge_base import KnowledgeBase
 from rag.llm import OpenAIChat
-from rag.profiles import SMALL_MODEL, SMALL_MODEL_PROFILE, discover, small_model
 from rag.settings import Settings
 
 pytestmark = pytest.mark.llm

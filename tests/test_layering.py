@@ -3,7 +3,7 @@
 the edges (the `rag` command, the app and its `ui/` helpers) use both.
 Nothing under rag/, ingest/ or serving/ imports the app (`ui/`, Streamlit).
 
-Storage is reached through the seam (`rag.storage`): only the store
+Storage is reached through the seam (`rag.store`): only the store
 implementations import their own modules."""
 
 from __future__ import annotations
@@ -12,15 +12,15 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-EDGES = {"rag/cli.py", "rag/cli_eval.py"}
+EDGES = {"cli/rag_main.py", "cli/evaluate.py"}
 # The store implementations and their private modules.
-LOCAL_STORE = {"rag.local_store", "rag.store", "rag.writer"}
+LOCAL_STORE = {"rag.store.local.store", "rag.store.local.generations", "rag.store.local.writer"}
 MILVUS_STORE = {
-    "rag.milvus_store",
-    "rag.milvus_schema",
-    "rag.milvus_reader",
-    "rag.milvus_writer",
-    "rag.milvus_lite_files",
+    "rag.store.milvus.store",
+    "rag.store.milvus.schema",
+    "rag.store.milvus.reader",
+    "rag.store.milvus.writer",
+    "rag.store.milvus.lite_files",
 }
 STORE_MODULES = LOCAL_STORE | MILVUS_STORE
 STORE_FILES = {f"{name.replace('.', '/')}.py" for name in STORE_MODULES}
@@ -38,7 +38,7 @@ def imported(path: Path) -> set[str]:
 
 def modules(path: Path) -> set[str]:
     """Every module `path` imports, by full name (`from rag import store`
-    counts as `rag.store`)."""
+    counts as `rag.store.local.generations`)."""
     names = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
@@ -57,11 +57,11 @@ def test_the_rag_library_never_imports_ingest():
 
 
 def test_nothing_below_the_app_imports_it():
-    """The library, ingestion and the HTTP API (serving/api included) stand
-    without the web app: what the app and the API share (ingest/library.py)
+    """The library, ingestion and the HTTP API (api/ included) stand
+    without the web app: what the app and the API share (team/library.py)
     lives below both."""
     below = [*ROOT.glob("rag/**/*.py"), *ROOT.glob("ingest/**/*.py"), *ROOT.glob("serving/**/*.py")]
-    assert len(below) > 40 and ROOT / "serving/api/service.py" in below
+    assert len(below) > 40 and ROOT / "api/service.py" in below
     offenders = [
         str(p.relative_to(ROOT))
         for p in below
@@ -83,11 +83,11 @@ def test_only_the_store_implementations_import_them():
         for p in callers
         if STORE_MODULES & modules(p)
     }
-    assert not offenders, f"import rag.storage instead: {offenders}"
+    assert not offenders, f"import rag.store instead: {offenders}"
 
 
 def test_one_store_never_reaches_into_another():
-    """What both stores share lives in the seam (rag.storage, rag.lexical)."""
+    """What both stores share lives in the seam (rag.store, rag.lexical)."""
     offenders = {
         name: sorted(others & modules(ROOT / f"{name.replace('.', '/')}.py"))
         for own, others in ((LOCAL_STORE, MILVUS_STORE), (MILVUS_STORE, LOCAL_STORE))

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from ingest.cli import main as ingest_main
+from cli.ingest_main import main as ingest_main
 from ingest.pipeline import ingest_paths
 from ingest.watch import Batch, watch_folders
 from rag.embedding import Embedder

@@ -16,8 +16,8 @@ import pytest
 from click.testing import CliRunner
 from misbehaving_server import ANSWER, MODEL, misbehaving_server
 
-from rag.answering import answer
-from rag.cli import main as rag_main
+from cli.rag_main import main as rag_main
+from rag.answering.pipeline import answer
 from rag.errors import LLMError, LLMTimeout, LLMUnreachable, PromptTooLong
 from rag.knowledge_base import KnowledgeBase
 from rag.llm import Completion, Delta, OpenAIChat, Request, complete

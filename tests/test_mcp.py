@@ -1,4 +1,4 @@
-"""The MCP server (serving/mcp_tools.py), through the `mcp` SDK's own
+"""The MCP server (api/mcp_tools.py), through the `mcp` SDK's own
 client: `rag mcp` launched over stdio, and the streamable-HTTP app served by
 uvicorn. Every tool call goes through the access policy, as in the app."""
 
@@ -23,11 +23,11 @@ from mcp import ClientSession, MCPError, StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
-from rag.access import Access, AccessDenied, AccessPolicy, Role, User
-from rag.appdb import open_app_db
+from api.mcp_tools import mcp_http_app
 from rag.settings import Settings
 from serving.launch import free_port
-from serving.mcp_tools import mcp_http_app
+from team.access import Access, AccessDenied, AccessPolicy, Role, User
+from team.appdb import open_app_db
 
 RAG = str(Path(sys.executable).parent / "rag")
 QUESTION = "How are broken files reported?"
@@ -146,7 +146,7 @@ def test_a_knowledge_base_the_user_may_not_read_is_a_tool_error(two_kbs, tmp_pat
 def test_rag_mcp_with_accounts_needs_a_known_user(kb_root, tmp_path):
     from click.testing import CliRunner
 
-    from rag.cli import main
+    from cli.rag_main import main
 
     env = {"RAG_AUTH": "local", "RAG_APP_DB": str(tmp_path / "app.sqlite")}
     nobody = CliRunner(env=env).invoke(main, ["mcp", "--index-root", str(kb_root)])

@@ -18,17 +18,17 @@ from pathlib import Path
 import pytest
 from builders import LOCAL_ADMIN, put_texts, texts_of
 
-from ingest import library
 from ingest.pipeline import ingest_paths, noop
 from rag import lexical
-from rag import milvus_schema as ms
 from rag.errors import NothingMatches, RagError
 from rag.filters import Filters
 from rag.knowledge_base import MODES, KnowledgeBase
 from rag.layout import IndexParams
-from rag.milvus_store import MilvusStore, open_milvus
 from rag.settings import Settings
-from rag.storage import STORE_RECORD, open_store
+from rag.store import STORE_RECORD, open_store
+from rag.store.milvus import schema as ms
+from rag.store.milvus.store import MilvusStore, open_milvus
+from team import library
 
 PARAMS = IndexParams("test-model", 8, 200, 32, lexical.ANALYZER_ID)
 PUBLIC = {
@@ -189,13 +189,13 @@ def test_deleting_a_base_drops_its_collections_and_no_other(two_bases, embedder)
 
 
 def editor_of(name: str):
-    from rag.access import Access, AccessPolicy, Role, User
+    from team.access import Access, AccessPolicy, Role, User
 
     return Access(User("eddie", Role.EDITOR, frozenset({name})), AccessPolicy(None))
 
 
 def test_each_base_records_its_own_identity_and_a_rename_keeps_it(two_bases):
-    from rag.storage import valid_identity
+    from rag.store import valid_identity
 
     public = two_bases[0]
     ids = [json.loads((s.index / STORE_RECORD).read_text())["id"] for s in two_bases]

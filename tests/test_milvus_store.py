@@ -1,4 +1,4 @@
-"""The Milvus store (rag/milvus_store.py) on the real Milvus Lite, where it
+"""The Milvus store (rag/store/milvus/store.py) on the real Milvus Lite, where it
 differs from the local store: its URIs and token, BM25 scores, one process
 per Milvus Lite file, and a writer killed mid-write. What every store does
 is in test_store_contract.py. Each test its own .db folder under tmp_path."""
@@ -21,15 +21,15 @@ import pytest
 from builders import STORE_CORPUS, fill_store, put_texts, text_vector, texts_of
 
 from rag import lexical
-from rag import milvus_schema as ms
 from rag.errors import IndexBusy, IndexIncompatible, RagError
 from rag.filters import Filters
 from rag.knowledge_base import KnowledgeBase
 from rag.layout import IndexParams
-from rag.milvus_store import MilvusStore, open_milvus
 from rag.settings import Settings
-from rag.storage import open_store as open_any_store
-from rag.storage import recorded_store
+from rag.store import open_store as open_any_store
+from rag.store import recorded_store
+from rag.store.milvus import schema as ms
+from rag.store.milvus.store import MilvusStore, open_milvus
 
 PARAMS = IndexParams("test-model", 8, 200, 32, lexical.ANALYZER_ID)
 CORPUS = STORE_CORPUS

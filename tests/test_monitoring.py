@@ -184,7 +184,7 @@ def spans():
 
 
 def test_a_question_is_one_trace_with_a_span_per_stage(spans, docs_index):
-    from rag.answering import answer
+    from rag.answering.pipeline import answer
     from rag.knowledge_base import KnowledgeBase
     from rag.llm import OpenAIChat
 
@@ -207,7 +207,7 @@ def test_a_question_is_one_trace_with_a_span_per_stage(spans, docs_index):
 
 @pytest.mark.llm
 def test_the_llm_calls_are_children_of_their_stage(spans, docs_index, llm_settings):
-    from rag.answering import answer
+    from rag.answering.pipeline import answer
     from rag.knowledge_base import KnowledgeBase
     from rag.llm import OpenAIChat
 
@@ -244,7 +244,7 @@ class _Collector(http.server.BaseHTTPRequestHandler):
 def _ask_offline(docs_index: Path, env: dict[str, str]) -> str:
     script = (
         "import sys\n"
-        "from rag.answering import answer\n"
+        "from rag.answering.pipeline import answer\n"
         "from rag.knowledge_base import KnowledgeBase\n"
         "from rag.llm import OpenAIChat\n"
         "from rag.settings import Settings\n"
@@ -334,7 +334,7 @@ def test_a_follow_up_joined_by_rule_is_counted_as_its_own_stage(tmp_path, docs_i
     """RAG_FOLLOWUP=join (the small model's profile) times the joining as the
     stage "follow-up"; every stage name has its metric label."""
     from rag import telemetry
-    from rag.answering import answer
+    from rag.answering.pipeline import answer
     from rag.knowledge_base import KnowledgeBase
     from rag.llm import OpenAIChat
 

@@ -21,7 +21,7 @@ from builders import make_hit
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rag import citations, prompts
+from rag.answering import citations, prompts
 
 QUESTION = "What does the safety report say?"
 # Any opening or closing passage tag, as a model might read one.

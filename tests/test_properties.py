@@ -14,11 +14,11 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from ingest.chunking import Chunker
-from ingest.library import safe_filename
 from ingest.loaders import _LOADERS, _join_pages, _pdf, clean, decode_text, load
 from ingest.tables import load_xlsx
 from rag.errors import BadDocument
 from rag.types import Document
+from team.library import safe_filename
 
 # Text that stresses splitters and tokenizers: separators, odd whitespace,
 # accents (combining marks), CJK, emoji, control characters.

@@ -16,11 +16,11 @@ import pytest
 import ray
 from click.testing import CliRunner
 
-from ingest.cli import main
+from cli.ingest_main import main
 from ingest.distributed import check_address, ray_engine, start_local
 from ingest.pipeline import IngestReport, Progress, ingest_paths
 from rag.settings import Settings
-from rag.storage import open_store
+from rag.store import open_store
 from rag.types import Chunk
 
 WORDS = [

@@ -19,13 +19,13 @@ import pytest
 from builders import LOCAL_ADMIN, code_word, image_only_pdf, ingest_process, reap, write_notes
 from click.testing import CliRunner
 
-from ingest import library
-from ingest.cli import main as ingest_main
+from cli.ingest_main import main as ingest_main
+from cli.rag_main import main as rag_main
 from ingest.pipeline import Progress, ingest_paths
 from rag import errors, layout
-from rag.cli import main as rag_main
 from rag.knowledge_base import KnowledgeBase
 from rag.settings import Settings
+from team import library
 
 pytestmark = pytest.mark.timeout(900)
 

@@ -66,7 +66,7 @@ def test_an_adversarial_answer_renders_in_linear_time(answer):
 
 
 def _resolve(answer: str, queue: multiprocessing.Queue) -> None:
-    from rag.citations import resolve_citations
+    from rag.answering.citations import resolve_citations
 
     started = time.perf_counter()
     resolve_citations(answer, [])
@@ -180,7 +180,7 @@ def test_quotes_are_found_between_markers_in_one_pass():
 
 
 def _sentences(text: str, queue: multiprocessing.Queue) -> None:
-    from rag.extractive import sentences
+    from rag.answering.extractive import sentences
 
     started = time.perf_counter()
     sentences(text)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from rag.cli import main as rag_main
+from cli.rag_main import main as rag_main
 from serving import launch, router
 
 REPO = Path(__file__).resolve().parent.parent

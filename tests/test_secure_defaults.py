@@ -160,7 +160,7 @@ def test_deleting_while_an_ingest_writes_is_a_message_not_a_traceback(
 
 
 def test_knowledge_base_names_are_matched_whole() -> None:
-    from ingest.library import valid_name
+    from team.library import valid_name
 
     assert valid_name("contracts-2025")
     for bad in ["kb\n", "kb\nother", "../kb", "kb/x", "", ".", "(none yet)", "a" * 65]:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from rag import profiles
+from rag.answering import profiles
 from rag.settings import Settings
 from serving import config as serve_config
 from serving import launch, models
@@ -135,7 +135,7 @@ def test_cpu_command_serves_what_the_small_model_profile_expects() -> None:
     config = cpu_config(venv=VENV, model_dir=Path("/cache/m"), port=9000, environ={})
     flags = _flags(config.argv)
     assert flags["--model"] == "/cache/m"
-    # The app's small-model profile (rag/profiles.py) is fitted to this server.
+    # The app's small-model profile (rag/answering/profiles.py) is fitted to this server.
     assert flags["--served-model-name"] == profiles.SMALL_MODEL
     assert int(flags["--max-model-len"] or 0) == profiles.SMALL_MODEL_CONTEXT
     assert flags["--dtype"] == "float32"  # in bf16 SmolLM2 loops on vLLM

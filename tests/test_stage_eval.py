@@ -10,9 +10,9 @@ import pytest
 from builders import write_beir
 from click.testing import CliRunner
 
-from rag.cli import main as rag_main
+from cli.rag_main import main as rag_main
+from rag.answering.profiles import SMALL_MODEL_PROFILE
 from rag.evaluation import Dataset, StageRow, half, summarize, without_judged
-from rag.profiles import SMALL_MODEL_PROFILE
 
 DOCS = {
     "d1": ("Volcanoes", "Mount Vesuvius erupted in 79 AD and buried Pompeii in volcanic ash."),

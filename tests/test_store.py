@@ -15,7 +15,7 @@ from rag.errors import IndexBusy, IndexCorrupt, IndexIncompatible, IndexMissing,
 from rag.knowledge_base import KnowledgeBase
 from rag.layout import IndexParams
 from rag.settings import Settings
-from rag.storage import STORE_RECORD, StoreStats, open_store, record_store, recorded_store
+from rag.store import STORE_RECORD, StoreStats, open_store, record_store, recorded_store
 from rag.types import Chunk
 
 
@@ -215,7 +215,7 @@ def test_the_store_record_keeps_no_credentials(tmp_path):
 def test_a_generation_written_before_tags_reads_none_and_gains_the_column(tmp_path):
     import sqlite3
 
-    from rag.store import SCHEMA, Tables, create_schema
+    from rag.store.local.generations import SCHEMA, Tables, create_schema
 
     db = sqlite3.connect(tmp_path / "older.sqlite")
     db.executescript(SCHEMA)  # the documents table as written before the `tags` column

@@ -1,4 +1,4 @@
-"""The store contract (rag/storage.py), one suite run against every store:
+"""The store contract (rag/store/__init__.py), one suite run against every store:
 the local store and Milvus Lite, both real. Each test gets its own
 knowledge base under tmp_path, opened through `open_store` as every caller
 opens it. What only one store does is tested beside it (test_store.py,
@@ -28,7 +28,7 @@ from rag.filters import Filters
 from rag.knowledge_base import MODES, KnowledgeBase
 from rag.layout import IndexParams
 from rag.settings import Settings
-from rag.storage import Published, Store, open_store
+from rag.store import Published, Store, open_store
 from rag.types import Chunk, Document
 
 STORES = ["local", "milvus-lite"]

@@ -1,9 +1,9 @@
-"""Which rows of a table passage answer a question (rag/table_rows.py): the
+"""Which rows of a table passage answer a question (rag/answering/table_rows.py): the
 rows the question names, and none when no row is the one it asks about."""
 
 from __future__ import annotations
 
-from rag.table_rows import Table, matching_rows, tables
+from rag.answering.table_rows import Table, matching_rows, tables
 
 BUDGET = (
     "Sheet: Budget 2025\n| Quarter | Category | Budget | Spent |\n"

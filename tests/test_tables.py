@@ -279,8 +279,8 @@ def test_one_cell_question_finds_its_sheet_and_rows_first(tmp_path, embedder, st
 def test_rag_search_shows_the_sheet_and_rows(tmp_path, embedder):
     from click.testing import CliRunner
 
-    from ingest.cli import main as ingest_main
-    from rag.cli import main as rag_main
+    from cli.ingest_main import main as ingest_main
+    from cli.rag_main import main as rag_main
 
     budget_workbook(tmp_path / "budget.xlsx")
     index = str(tmp_path / "index")

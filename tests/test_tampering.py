@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from cli.rag_main import main as rag_main
 from ingest.pipeline import ingest_paths
 from rag import layout
-from rag.cli import main as rag_main
 from rag.errors import IndexCorrupt, IndexIncompatible, ModelMissing
 from rag.knowledge_base import KnowledgeBase
 from rag.settings import Settings

@@ -9,7 +9,7 @@ from pathlib import Path
 from builders import LOCAL_ADMIN
 from test_app import app
 
-from ingest.library import UPLOADS, Upload, save_uploads
+from team.library import UPLOADS, Upload, save_uploads
 
 
 def folder_contents(kb_dir: Path) -> dict[str, bytes]:

@@ -8,11 +8,11 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from rag.access import Role
-from rag.appdb import open_app_db
-from rag.cli import main
-from rag.conversation import Turn
+from cli.rag_main import main
 from rag.settings import Settings
+from team.access import Role
+from team.appdb import open_app_db
+from team.conversation import Turn
 
 PASSWORD = "correct horse battery"
 

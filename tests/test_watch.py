@@ -22,7 +22,7 @@ from builders import reap
 from click.testing import CliRunner
 from streamlit.testing.v1 import AppTest
 
-from ingest.cli import main as ingest_main
+from cli.ingest_main import main as ingest_main
 from ingest.watch import Batch, watch_folders
 from rag.embedding import Embedder
 from rag.errors import RagError

@@ -2,10 +2,10 @@
 
 `sign_in` runs once at the top of each run of the page: the login edge
 (ui/auth.py) says who signed in, this module says which user of the access
-policy (rag/access.py) they are, fresh from the app database each run, and
+policy (team/access.py) they are, fresh from the app database each run, and
 hands back the `Access` that every function below it is given. An OIDC
 login is the account bound to the provider's issuer and subject
-(rag/appdb/identities.py), never one named like its display name; it goes
+(team/appdb/identities.py), never one named like its display name; it goes
 into the audit trail once. The admins' Audit view reads the trail through
 the same check.
 """
@@ -16,9 +16,9 @@ from datetime import UTC, datetime
 
 import streamlit as st
 
-from rag.access import LOCAL_USER, Access, AccessPolicy, Action, GroupMapping, LoginRefused, User
-from rag.appdb import AppDB, AuditEntry, OidcLogin
 from rag.settings import Settings
+from team.access import LOCAL_USER, Access, AccessPolicy, Action, GroupMapping, LoginRefused, User
+from team.appdb import AppDB, AuditEntry, OidcLogin
 from ui import auth
 from ui.safe_text import cell, plain
 
@@ -58,7 +58,7 @@ def record_login(identity: auth.Identity, key: str, db: AppDB) -> None:
     Streamlit's cookie keeps the user signed in over every run and every
     reload of the page: a login is one ID token (its issue time), else, when
     the provider sends none, one browser session. (RAG_AUTH=local's logins
-    are audited by rag.appdb.)"""
+    are audited by team.appdb.)"""
     login = (key, identity.issued)
     if st.session_state.get(_AUDITED_LOGIN) == login:
         return

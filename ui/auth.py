@@ -7,12 +7,12 @@ for a visitor who is not signed in.
 
 RAG_AUTH picks the mode:
 - none: no login, one local user; served on a loopback address only
-  (rag/exposure.py), as `streamlit run` by hand may be told otherwise.
+  (team/exposure.py), as `streamlit run` by hand may be told otherwise.
 - oidc: Streamlit's own st.login / st.user / st.logout with an OpenID
   Connect provider, configured as Streamlit documents it: an [auth] section
   in .streamlit/secrets.toml. Groups come from the RAG_AUTH_GROUPS_CLAIM
   claim of the provider's ID token.
-- local: accounts kept by the app (rag.appdb's `Accounts`): a name and
+- local: accounts kept by the app (team.appdb's `Accounts`): a name and
   password form; the session's token is all this browser keeps (in the
   session and in an HttpOnly cookie, ui/session_cookie.py, so a reload or a
   new tab stays signed in), and it is looked up at every run, so a Log out,
@@ -31,14 +31,14 @@ from typing import TYPE_CHECKING, NoReturn
 
 import streamlit as st
 
-from rag.access import LoginRefused
-from rag.exposure import accounts_refusal, refusal
 from rag.settings import Settings
+from team.access import LoginRefused
+from team.exposure import accounts_refusal, refusal
 from ui import session_cookie
 from ui.safe_text import plain
 
 if TYPE_CHECKING:
-    from rag.appdb.accounts import Accounts
+    from team.appdb.accounts import Accounts
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class Identity:
     # An OIDC login's ID token issue time ("iat"; "" if none): one per login
     # at the provider, the same over every run and reload of the page.
     issued: str = ""
-    # Who the provider says this is (rag.appdb.identities binds the account
+    # Who the provider says this is (team.appdb.identities binds the account
     # to them): the ID token's "iss" and "sub", and its "email_verified".
     issuer: str = ""
     subject: str = ""

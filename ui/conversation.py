@@ -8,11 +8,11 @@ import os
 import re
 from datetime import UTC, datetime
 
-from rag.access import LOCAL_USER
-from rag.appdb import AppDB
-from rag.conversation import FORMAT, Conversation, ConversationInfo, Turn
 from rag.filters import Filters
-from rag.sources import SourceNames
+from team.access import LOCAL_USER
+from team.appdb import AppDB
+from team.conversation import FORMAT, Conversation, ConversationInfo, Turn
+from team.sources import SourceNames
 from ui.messages import for_user
 from ui.safe_text import defuse
 

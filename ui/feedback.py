@@ -1,5 +1,5 @@
 """Thumbs up or down under each answer in the app, and the admins'
-Feedback tab: the down-voted answers with their stages (rag/appdb/feedback.py
+Feedback tab: the down-voted answers with their stages (team/appdb/feedback.py
 keeps them). An app answer's id is its conversation, its place in it and a
 digest of its text, so a vote can only name a turn of the user's own."""
 
@@ -10,11 +10,11 @@ from datetime import UTC, datetime
 
 import streamlit as st
 
-from rag.access import Access, Action
-from rag.appdb import AppDB
-from rag.appdb.feedback import MAX_COMMENT_CHARS, FeedbackEntry
-from rag.conversation import Conversation, Turn
 from rag.errors import RagError
+from team.access import Access, Action
+from team.appdb import AppDB
+from team.appdb.feedback import MAX_COMMENT_CHARS, FeedbackEntry
+from team.conversation import Conversation, Turn
 from ui import render
 from ui.safe_text import defuse
 

@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
-from rag.appdb import ConversationMissing
-from rag.sources import SourceNames
+from team.appdb import ConversationMissing
+from team.sources import SourceNames
 from ui.conversation import Conversation, ConversationStore, to_markdown
 from ui.messages import plural
 from ui.safe_text import plain

@@ -1,5 +1,5 @@
 """The Manage tab: uploads, deletions, rebuilds, and the base's numbers.
-Each action goes through ingest/library.py with the session's `Access`,
+Each action goes through team/library.py with the session's `Access`,
 which refuses it there for a user who may not change the base.
 
 What an action reports is kept for the next run as a "flash" message: after
@@ -16,13 +16,13 @@ from pathlib import Path
 import streamlit as st
 from streamlit.runtime.uploaded_file_manager import UploadedFile
 
-from ingest import library
 from ingest.pipeline import IngestReport, Progress, ProgressFn
-from rag.access import Access, Action
 from rag.errors import RagError, RebuildRefused
 from rag.knowledge_base import KnowledgeBase
 from rag.settings import Settings
-from rag.storage import StoreStats
+from rag.store import StoreStats
+from team import library
+from team.access import Access, Action
 from ui import render
 from ui.messages import for_user, plural
 

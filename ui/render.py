@@ -15,11 +15,11 @@ from pathlib import Path
 
 import streamlit as st
 
-from rag import screening
-from rag.access import Access, Action
+from rag.answering import screening
 from rag.knowledge_base import KnowledgeBase
-from rag.sources import SourceNames, _under
 from rag.types import Answer, Citation, Hit, Verdict
+from team.access import Access, Action
+from team.sources import SourceNames, _under
 from ui import pages
 from ui.safe_text import MAX_MODEL_CHARS, _embolden, cut, defuse, escape, highlighted, plain, quoted
 

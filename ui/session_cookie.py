@@ -1,6 +1,6 @@
 """RAG_AUTH=local's login kept over reloads and tabs (issue 31): an HttpOnly,
 SameSite=Strict cookie holding the session's token, nothing else (the app
-database keeps only its hash, in the session's row; rag.appdb.accounts).
+database keeps only its hash, in the session's row; team.appdb.accounts).
 
 Streamlit talks to the page over a websocket, which cannot set a cookie,
 so the app serves a small HTTP route beside Streamlit's own (an `st.App`

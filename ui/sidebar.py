@@ -11,11 +11,11 @@ from pathlib import Path
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
-from ingest import library
-from rag.access import Access, Action
 from rag.errors import RagError
 from rag.settings import Settings
-from rag.storage import StoreStats
+from rag.store import StoreStats
+from team import library
+from team.access import Access, Action
 from ui.messages import ago, plural
 
 EFFORTS = ["low", "medium", "high"]

@@ -5,7 +5,7 @@ or enables an account, or removes it with its conversations.
 
 Each function asks the session's `Access` for Action.ADMIN itself, not only
 the page that offers the tab: a session that forges a widget event still
-ends here. rag.appdb keeps every change in the audit trail, with the
+ends here. team.appdb keeps every change in the audit trail, with the
 admin's name."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import streamlit as st
 
-from ingest import library
-from rag.access import Access, Action, Role
-from rag.appdb import Account, AppDB
 from rag.errors import RagError
+from team import library
+from team.access import Access, Action, Role
+from team.appdb import Account, AppDB
 from ui.safe_text import cell, plain
 
 _DONE = "users-done"  # what the last change did, shown after the page ran again

@@ -1,0 +1,217 @@
+"""Extractive answers: the deep read may only quote whole sentences of the
+kept passages, each followed by the number of the passage it came from.
+
+Why: a small model on a CPU (SmolLM2-135M in `make run` without a GPU)
+ignores the instruction to cite and mixes passages into new, wrong claims.
+Constrained to quoting, every sentence of its answer is in a source and
+every citation points at the passage the sentence is in, by construction.
+gpt-oss-20b writes real answers and keeps the default, generative style.
+
+The candidates are the sentences closest in meaning to the question (the
+retrieval embedder scores them); the answer opens with the closest and the
+model chooses which of the others to add, in order of closeness. When no
+sentence is close enough, the answer is that the knowledge base does not
+contain it: the model is not asked.
+The grammar is sent as vLLM's `structured_outputs` (xgrammar EBNF).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from rag.answering import followup, table_rows
+from rag.embedding import Embedder
+from rag.lexical import terms
+from rag.types import Hit
+
+# A block: a paragraph, or one Markdown list item or heading.
+_BLOCK = re.compile(r"\n\s*\n|\n(?=\s*(?:[-*+#]|\d+[.)])\s)")
+_MARKER = re.compile(r"^\s*(?:[-*+]|#+|\d+[.)])\s+")
+# A sentence ends at . ! or ? and a space, except after an abbreviation.
+# (Not only before a capital: technical text starts sentences with
+# lower-case names such as "gpt-oss" or "ingest".)
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_ABBREVIATION = re.compile(r"(?:\b(?:e\.g|i\.e|etc|vs|cf|approx|Fig|No|Dr|Mr|Ms|St)|\b[A-Za-z])\.$")
+_ENDS_LIKE_SENTENCE = re.compile(r"[.!?:]['\")`]?$")
+# A short line with no closing punctuation, followed by a capitalised line,
+# is a heading in text taken from a PDF (whose paragraphs keep their line
+# breaks): it starts a block of its own instead of running into a sentence.
+_HEADING_LINE = re.compile(r"^[^\n.!?:;,]{1,60}$")
+MIN_WORDS = 5
+
+
+# What a quote's support adds up (see `Candidate.support`), chosen with
+# bench/answering.py on the tune half of its question set; docs/answering.md
+# gives the figures. Closeness in meaning alone (all-MiniLM-L6-v2's cosine)
+# misses the sentence that answers a short question in other words ("How are
+# broken files reported?"), and rows are not sentences at all.
+OVERLAP_WEIGHT = 2.0  # times the share of the question's content words the quote holds
+# For a quote of retrieval's first passage when both sides agree on it.
+FIRST_WEIGHT = 0.3
+AGREE_RANK = 3  # ... that is, when dense and BM25 each rank that passage at most this
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A quote offered to the model: a sentence, or a table's caption,
+    header and matching rows; `n` is its passage's number in the prompt."""
+
+    n: int
+    sentence: str
+    similarity: float  # cosine to the question (of the closest row, for a table)
+    overlap: float = 0.0  # share of the question's content words in the quote
+    first: bool = False  # from retrieval's first passage, on which dense and BM25 agree
+
+    @property
+    def support(self) -> float:
+        """The evidence that this quote answers the question."""
+        return (
+            self.similarity + OVERLAP_WEIGHT * self.overlap + (FIRST_WEIGHT if self.first else 0.0)
+        )
+
+
+def sentences(text: str) -> list[str]:
+    """The whole sentences of a passage, whitespace-normalised; headings,
+    fragments and list items without closing punctuation are left out."""
+    found = []
+    for block in _BLOCK.split(_split_headings(text)):
+        flat = _MARKER.sub("", " ".join(block.split()))
+        for sentence in _join_abbreviations(_SENTENCE_END.split(flat)):
+            if len(sentence.split()) >= MIN_WORDS and _ENDS_LIKE_SENTENCE.search(sentence):
+                found.append(sentence)
+    return found
+
+
+def _join_abbreviations(pieces: list[str]) -> list[str]:
+    joined: list[str] = []
+    for piece in pieces:
+        # The last 8 characters hold the longest abbreviation and the one
+        # before it (for \b): searching the whole grown sentence was quadratic.
+        if joined and _ABBREVIATION.search(joined[-1][-8:]):
+            joined[-1] += " " + piece
+        else:
+            joined.append(piece)
+    return joined
+
+
+def _split_headings(text: str) -> str:
+    lines = text.split("\n")
+    out = []
+    for i, line in enumerate(lines):
+        nxt = lines[i + 1].strip() if i + 1 < len(lines) else ""
+        if _HEADING_LINE.match(line.strip()) and nxt[:1].isupper():
+            out.append(line + "\n")  # an empty line after it closes the block
+        else:
+            out.append(line)
+    return "\n".join(out)
+
+
+def candidates(
+    question: str,
+    ordered: Sequence[Hit],
+    embedder: Embedder,
+    limit: int,
+    min_support: float,
+    said: Sequence[str] = (),
+    own: str | None = None,
+) -> list[Candidate]:
+    """Up to `limit` quotes of the passages (numbered 1.. in `ordered`, the
+    first being retrieval's strongest) best supported as answers to the
+    question, best first; none below `min_support`. A passage offers its
+    sentences and, for each table in it, the header with the rows the
+    question names. What the conversation already `said` (earlier answers)
+    is not offered again as a sentence: a follow-up asks for something new.
+
+    `own`: for a follow-up searched as `question` joined to the conversation
+    (rag/answering/followup.py), the follow-up as asked. A quote's support is the
+    better of its support for either: the joined words found the passages,
+    but the answer holds what the follow-up itself asks for ("What is her
+    extension?"), rarely the earlier question's words too."""
+    own = own or question
+    before = " ".join(" ".join(text.split()) for text in said)
+    quotes: dict[str, tuple[int, list[str]]] = {}  # quote -> passage, texts to embed
+    for n, hit in enumerate(ordered, start=1):
+        for sentence in sentences(table_rows.prose(hit.text)):
+            if sentence not in before:
+                quotes.setdefault(sentence, (n, [sentence]))  # overlapping chunks repeat them
+        for table in table_rows.tables(hit.text):
+            rows = table_rows.matching_rows(own, table, context=question)
+            if rows:
+                quote = table.quote([table.rows[i] for i in rows])
+                quotes.setdefault(quote, (n, [table.as_text(table.rows[i]) for i in rows]))
+    if not quotes:
+        return []
+    texts = [t for _, group in quotes.values() for t in group]
+    vectors = np.asarray(embedder.embed_batch(texts, kind="document"), dtype=np.float32)
+    asks = list(dict.fromkeys([question, own]))
+    queries = np.asarray(embedder.embed_batch(asks, kind="query"), dtype=np.float32)
+    scores = iter((vectors @ queries.T).tolist())
+    agree = bool(ordered) and _agreed(ordered[0])
+    found = []
+    for quote, (n, group) in quotes.items():
+        closeness = [next(scores) for _ in group]  # per text: one score per query
+        quote = _best_rows(quote, [max(c) for c in closeness]) if len(group) > 1 else quote
+        best = max(
+            (Candidate(n, quote, max(c[i] for c in closeness), _share(ask, quote), agree and n == 1)
+             for i, ask in enumerate(asks)),
+            key=lambda c: c.support,
+        )  # fmt: skip
+        found.append(best)
+    found.sort(key=lambda c: -c.support)  # stable: passage order breaks ties
+    return [c for c in found[:limit] if c.support >= min_support]
+
+
+def _share(question: str, quote: str) -> float:
+    """The share of the question's content words that the quote holds
+    ("what", "her" say nothing of what is asked)."""
+    asked = followup.content_terms(question)
+    return len(asked & set(terms(quote))) / len(asked) if asked else 0.0
+
+
+def _agreed(hit: Hit) -> bool:
+    """Whether dense search and BM25 both rank `hit` near the top."""
+    ranks = (hit.dense_rank, hit.bm25_rank)
+    return all(r is not None and r <= AGREE_RANK for r in ranks)
+
+
+def _best_rows(quote: str, closeness: list[float]) -> str:
+    """A table quote cut to its MAX_ROWS rows closest to the question."""
+    lines = quote.split("\n")
+    rows = lines[len(lines) - len(closeness) :]
+    best = sorted(range(len(rows)), key=lambda i: -closeness[i])[: table_rows.MAX_ROWS]
+    return "\n".join(lines[: len(lines) - len(rows)] + [rows[i] for i in sorted(best)])
+
+
+def grammar(chosen: Sequence[Candidate]) -> str:
+    """EBNF for: the closest candidate, then any of the others, each at most
+    once and in the given order, each followed by its citation.
+
+    The closest sentence always opens the answer: left free to skip it,
+    SmolLM2 often quoted a weaker sentence alone (on the sample knowledge
+    base, "Another ingest is writing to the index..." to a question on
+    how broken files are reported)."""
+    if not chosen:
+        raise ValueError("an extractive answer needs at least one candidate sentence")
+    quotes = [f'{_literal(c.sentence)} " [{c.n}]"' for c in chosen]
+    rules = [f'root ::= {quotes[0]} (" " from1)?' if len(quotes) > 1 else f"root ::= {quotes[0]}"]
+    for i in range(1, len(quotes)):
+        if i == len(quotes) - 1:
+            rules.append(f"from{i} ::= {quotes[i]}")
+        else:
+            rules.append(f'from{i} ::= {quotes[i]} (" " from{i + 1})? | from{i + 1}')
+    return "\n".join(rules)
+
+
+def request_extra(chosen: Sequence[Candidate]) -> dict[str, Any]:
+    """The request body fields that constrain the answer to `chosen`."""
+    return {"structured_outputs": {"grammar": grammar(chosen)}}
+
+
+def _literal(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
