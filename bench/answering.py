@@ -97,7 +97,7 @@ def offered(kb: KnowledgeBase, q: Question, settings: Settings, how: str) -> Off
     budget = settings.llm_context_tokens - read_token_limit(settings) - 64
     ordered = lost_in_the_middle(fit_to_budget(query, hits, budget, q.history))
     said = [text for role, text in q.history if role == "assistant"]
-    quotes = extractive.candidates(query, ordered, kb.embedder, 100, -10.0, said)
+    quotes = extractive.candidates(query, ordered, kb.embedder, 100, -10.0, said, q.question)
     return Offered(q, quotes, [Path(h.source).name for h in ordered])
 
 
@@ -131,8 +131,8 @@ def calibrate(args: argparse.Namespace) -> None:
     kb = KnowledgeBase.open(index(args.work), settings=settings)
     halves = {h: [offered(kb, q, settings, "join") for q in questions(h)]
               for h in ("tune", "report")}  # fmt: skip
-    grid = [(a, b, t) for a in np.arange(0, 0.81, 0.1) for b in np.arange(0, 0.31, 0.05)
-            for t in np.arange(0.3, 1.2, 0.01)]  # fmt: skip
+    grid = [(a, b, t) for a in np.arange(0, 2.01, 0.1) for b in np.arange(0, 0.31, 0.05)
+            for t in np.arange(0.3, 2.5, 0.01)]  # fmt: skip
 
     def objective(abt: tuple[float, float, float]) -> tuple[float, float]:
         right, refused = scored(halves["tune"], *abt)
@@ -143,12 +143,26 @@ def calibrate(args: argparse.Namespace) -> None:
           f"threshold {t:.2f}\n")  # fmt: skip
     print("| rule | half | answerable: first quote right | unanswerable refused |")
     print("| --- | --- | ---: | ---: |")
+    now = (extractive.OVERLAP_WEIGHT, extractive.FIRST_WEIGHT, settings.extract_min_support)
     rules = {"closeness alone at 0.47 (before)": (0.0, 0.0, 0.47),
+             f"support >= {now[2]:.2f} (in use)": now,
              f"support >= {t:.2f} (chosen)": (a, b, t)}  # fmt: skip
     for name, abt in rules.items():
         for half, items in halves.items():
             right, refused = scored(items, *abt)
             print(f"| {name} | {half} | {right:.0%} | {refused:.0%} |")
+    if args.show:
+        for half, items in halves.items():
+            for o in items:
+                quote = first_quote(o, a, b, t)
+                best = max(o.quotes, key=lambda c: c.similarity + a * c.overlap, default=None)
+                ok = (quote is None) if not o.question.answerable else (
+                    quote is not None and holds(quote.sentence, o.question.expect)
+                    and o.sources[quote.n - 1] == o.question.file)  # fmt: skip
+                shown = best.sentence if best else ""
+                score = best.similarity + a * best.overlap if best else 0.0
+                print(f"{'ok ' if ok else 'MISS'} {half} {o.question.id} {o.question.question!r} "
+                      f"{score:.2f} {shown[:140]!r}", file=sys.stderr)  # fmt: skip
 
 
 # -- the real run: the answers of the small model, in process and through rag serve ------
@@ -267,7 +281,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/kbqa-bench-answering"),
                         help="where the corpus and its index are built (once)")  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("calibrate", help="choose the evidence rule on the tune half (no LLM)")
+    cal = sub.add_parser("calibrate", help="choose the evidence rule on the tune half (no LLM)")
+    cal.add_argument("--show", action="store_true", help="print each question's first quote")
     ask = sub.add_parser("run", help="ask the questions of the small model")
     ask.add_argument("--url", required=True, help="the LLM server, e.g. http://127.0.0.1:8000/v1")
     ask.add_argument("--api", help="a `rag serve` serving the bench's index as `qa`")

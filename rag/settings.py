@@ -274,9 +274,9 @@ class Settings(BaseSettings):
     # answer is "not in the knowledge base". Chosen with bench/answering.py
     # on the tune half of its question set (docs/answering.md).
     extract_min_support: float = Field(
-        0.84,
+        2.07,
         ge=-1.0,
-        le=3.0,
+        le=4.0,
         description="evidence a quote needs (closeness to the question, shared words, "
         "retrieval's agreement); when no quote reaches it, the answer is 'not in the "
         "knowledge base' (chosen with bench/answering.py calibrate; docs/answering.md)",

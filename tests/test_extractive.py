@@ -135,12 +135,30 @@ def test_a_table_passage_is_quoted_by_its_header_and_the_matching_row(embedder):
     assert "\\n| Q3 | Travel" in grammar(chosen[:1]) and "\n|" not in grammar(chosen[:1])
 
 
-def test_a_table_row_already_said_is_not_quoted_again(embedder):
+def test_a_follow_up_is_quoted_from_the_rows_it_names_itself(embedder):
     table = Hit(chunk=Chunk(text=BUDGET, source="/kb/b.xlsx", start=0, end=1, id=1), score=1.0)
     said = ["| Q1 | Travel | $12,000 | 11,500.50 | [1]"]
-    chosen = candidates("And in Q2? Q1 travel budget", [table], embedder, 4, -1.0, said)
+    joined = "And in Q2? Q1 travel budget"
+    chosen = candidates(joined, [table], embedder, 4, -1.0, said, own="And in Q2?")
     assert "| Q2 | Travel | $9,000" in chosen[0].sentence
     assert "| Q1 |" not in chosen[0].sentence
+
+
+LAB = (
+    "Section 2: chemicals. Flammable solvents are stored in the ventilated cabinet marked F. "
+    "A spill of more than one litre is reported to the safety officer, Dr Imani Okafor, "
+    "at extension 4417."
+)
+
+
+def test_a_follow_up_quote_is_weighed_by_the_follow_ups_own_words_too(embedder):
+    # Joined to "Who is the safety officer?", the follow-up's words are a
+    # minority of the query: the sentence that answers it fell under the floor.
+    page = Hit(chunk=Chunk(text=LAB, source="/kb/lab.pdf", start=0, end=1, id=1), score=1.0)
+    floor = small_model().extract_min_support
+    joined = "What is her extension? safety officer"
+    chosen = candidates(joined, [page], embedder, 4, floor, own="What is her extension?")
+    assert chosen and "extension 4417" in chosen[0].sentence
 
 
 def test_the_readme_example_is_answered_from_how_ingestion_works(docs_index, embedder):

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # No passage sentence is this close to any question: the extractive read
 # quotes nothing and asks no LLM, so a whole question runs offline.
 # A support no quote reaches: every question is refused without asking an LLM.
-OFFLINE_ANSWERS = {"answer_style": "extractive", "screen": False, "extract_min_support": 3.0}
+OFFLINE_ANSWERS = {"answer_style": "extractive", "screen": False, "extract_min_support": 4.0}
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

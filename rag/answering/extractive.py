@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from rag.answering import table_rows
+from rag.answering import followup, table_rows
 from rag.embedding import Embedder
 from rag.lexical import terms
 from rag.types import Hit
@@ -50,10 +50,9 @@ MIN_WORDS = 5
 # gives the figures. Closeness in meaning alone (all-MiniLM-L6-v2's cosine)
 # misses the sentence that answers a short question in other words ("How are
 # broken files reported?"), and rows are not sentences at all.
-OVERLAP_WEIGHT = 0.8  # times the share of the question's words the quote holds
-# For a quote of retrieval's first passage when both sides agree on it: the
-# tune half gained nothing from it (0.00 of 0.00-0.30 tried), so it is off.
-FIRST_WEIGHT = 0.0
+OVERLAP_WEIGHT = 2.0  # times the share of the question's content words the quote holds
+# For a quote of retrieval's first passage when both sides agree on it.
+FIRST_WEIGHT = 0.3
 AGREE_RANK = 3  # ... that is, when dense and BM25 each rank that passage at most this
 
 
@@ -65,7 +64,7 @@ class Candidate:
     n: int
     sentence: str
     similarity: float  # cosine to the question (of the closest row, for a table)
-    overlap: float = 0.0  # share of the question's words in the quote
+    overlap: float = 0.0  # share of the question's content words in the quote
     first: bool = False  # from retrieval's first passage, on which dense and BM25 agree
 
     @property
@@ -119,14 +118,21 @@ def candidates(
     limit: int,
     min_support: float,
     said: Sequence[str] = (),
+    own: str | None = None,
 ) -> list[Candidate]:
     """Up to `limit` quotes of the passages (numbered 1.. in `ordered`, the
     first being retrieval's strongest) best supported as answers to the
     question, best first; none below `min_support`. A passage offers its
-    sentences and, for each table in it, the header with the matching rows.
-    What the conversation already `said` (earlier answers) is not offered
-    again: a follow-up asks for something new."""
-    asked = set(terms(question))
+    sentences and, for each table in it, the header with the rows the
+    question names. What the conversation already `said` (earlier answers)
+    is not offered again as a sentence: a follow-up asks for something new.
+
+    `own`: for a follow-up searched as `question` joined to the conversation
+    (rag/answering/followup.py), the follow-up as asked. A quote's support is the
+    better of its support for either: the joined words found the passages,
+    but the answer holds what the follow-up itself asks for ("What is her
+    extension?"), rarely the earlier question's words too."""
+    own = own or question
     before = " ".join(" ".join(text.split()) for text in said)
     quotes: dict[str, tuple[int, list[str]]] = {}  # quote -> passage, texts to embed
     for n, hit in enumerate(ordered, start=1):
@@ -134,7 +140,7 @@ def candidates(
             if sentence not in before:
                 quotes.setdefault(sentence, (n, [sentence]))  # overlapping chunks repeat them
         for table in table_rows.tables(hit.text):
-            rows = table_rows.matching_rows(question, table, before)
+            rows = table_rows.matching_rows(own, table, context=question)
             if rows:
                 quote = table.quote([table.rows[i] for i in rows])
                 quotes.setdefault(quote, (n, [table.as_text(table.rows[i]) for i in rows]))
@@ -142,17 +148,29 @@ def candidates(
         return []
     texts = [t for _, group in quotes.values() for t in group]
     vectors = np.asarray(embedder.embed_batch(texts, kind="document"), dtype=np.float32)
-    query = np.asarray(embedder.embed_batch([question], kind="query")[0], dtype=np.float32)
-    scores = iter((vectors @ query).tolist())
+    asks = list(dict.fromkeys([question, own]))
+    queries = np.asarray(embedder.embed_batch(asks, kind="query"), dtype=np.float32)
+    scores = iter((vectors @ queries.T).tolist())
     agree = bool(ordered) and _agreed(ordered[0])
     found = []
     for quote, (n, group) in quotes.items():
-        closeness = [next(scores) for _ in group]
-        quote = _best_rows(quote, closeness) if len(group) > 1 else quote
-        share = len(asked & set(terms(quote))) / len(asked) if asked else 0.0
-        found.append(Candidate(n, quote, max(closeness), share, agree and n == 1))
+        closeness = [next(scores) for _ in group]  # per text: one score per query
+        quote = _best_rows(quote, [max(c) for c in closeness]) if len(group) > 1 else quote
+        best = max(
+            (Candidate(n, quote, max(c[i] for c in closeness), _share(ask, quote), agree and n == 1)
+             for i, ask in enumerate(asks)),
+            key=lambda c: c.support,
+        )  # fmt: skip
+        found.append(best)
     found.sort(key=lambda c: -c.support)  # stable: passage order breaks ties
     return [c for c in found[:limit] if c.support >= min_support]
+
+
+def _share(question: str, quote: str) -> float:
+    """The share of the question's content words that the quote holds
+    ("what", "her" say nothing of what is asked)."""
+    asked = followup.content_terms(question)
+    return len(asked & set(terms(quote))) / len(asked) if asked else 0.0
 
 
 def _agreed(hit: Hit) -> bool:

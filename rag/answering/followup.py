@@ -73,6 +73,14 @@ def plausible_rewrite(question: str, rewrite: str, history: Sequence[tuple[str, 
     return len(written & known) * 3 >= len(written) * 2
 
 
+def content_terms(text: str) -> set[str]:
+    """The BM25 terms of `text`'s words that carry a subject: question words,
+    words that point back and function words left out ("What is her
+    extension?" -> {"extens"})."""
+    skip = _FUNCTION | _QUESTION_WORDS | _REFERRING
+    return {t for word in _WORD.findall(text) if word.lower() not in skip for t in terms(word)}
+
+
 def joined(question: str, history: Sequence[tuple[str, str]]) -> str:
     """`question` followed by the content words of the previous question that
     it lacks ("And for XLSX?" after "How are tables in PDF files indexed?"

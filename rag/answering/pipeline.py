@@ -86,7 +86,7 @@ def _stages(
     done: Read | None = None
     with _timed(result, "read", watch):
         embedder = kb.embedder if settings.answer_style == "extractive" else None
-        for event in read(query, result.kept, model, settings, embedder, history):
+        for event in read(query, result.kept, model, settings, embedder, history, question):
             if isinstance(event, Read):
                 done = event
                 continue

@@ -57,13 +57,15 @@ def read(
     settings: Settings,
     embedder: Embedder | None = None,
     conversation: Sequence[tuple[str, str]] = (),
+    asked: str | None = None,
 ) -> Iterator[Delta | Notice | Read]:
     """Stream the deep read of `question` (standalone) over the kept
     passages; end with a `Read` event: the completion and the passages (in
     prompt order) that its citation numbers refer to. In the extractive
     style (which needs the `embedder`) the completion is None when no
     sentence is close enough to the question to quote. `conversation` holds
-    the earlier (role, text) turns, for answering in context.
+    the earlier (role, text) turns, for answering in context; `asked` the
+    follow-up as the user wrote it, when `question` is it joined to them.
 
     Handled on the way: a prompt the server finds too long loses its weakest
     passage and is sent again; reasoning that uses up every token (content
@@ -75,7 +77,7 @@ def read(
     effort: Effort = settings.read_effort
     while kept:
         ordered = lost_in_the_middle(kept)
-        extra = _extractive_grammar(question, ordered, settings, embedder, conversation)
+        extra = _extractive_grammar(question, ordered, settings, embedder, conversation, asked)
         if extra is None:  # extractive, and nothing close enough to quote
             yield Read(None, ordered)
             return
@@ -126,6 +128,7 @@ def _extractive_grammar(
     settings: Settings,
     embedder: Embedder | None,
     conversation: Sequence[tuple[str, str]] = (),
+    asked: str | None = None,
 ) -> dict[str, Any] | None:
     """The request's extra fields: in the extractive style, the grammar that
     lets the model only quote the closest sentences (None: none is close
@@ -136,7 +139,7 @@ def _extractive_grammar(
         raise ValueError("an extractive answer needs the embedder")
     said = [text for role, text in conversation if role == "assistant"]
     limit, floor = settings.extract_sentences, settings.extract_min_support
-    chosen = extractive.candidates(question, ordered, embedder, limit, floor, said)
+    chosen = extractive.candidates(question, ordered, embedder, limit, floor, said, asked)
     return extractive.request_extra(chosen) if chosen else None
 
 

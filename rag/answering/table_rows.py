@@ -3,9 +3,10 @@
 Tables reach the store as pipe rows, one row a line, after a caption
 ("Sheet: Budget 2025") and a header row (ingest/tables.py). A row is not a
 sentence, so the extractive answer quotes a table by its header and the
-row(s) that match the question: those sharing the most of the question's
-words (a row label such as "Q3", a cell value such as "Engineering"), the
-closest in meaning breaking ties. Column names ("budget") are in the header,
+row(s) that match the question: those holding every row label or cell value
+it names ("Q3", "Engineering", "INV-1044") and sharing the most of its
+words, the closest in meaning breaking ties; no row when none is the one
+asked about. Column names ("budget") are in the header,
 which every quote carries.
 """
 
@@ -66,12 +67,24 @@ def tables(text: str) -> list[Table]:
     return found
 
 
-def matching_rows(question: str, table: Table, said: str = "") -> list[int]:
-    """Indices of the rows sharing the most question words (at least one),
-    in table order, leaving out rows already `said`; none when no row
-    shares a word."""
-    asked = words(question)
-    shared = [0 if row in said else len(asked & words(row)) for row in table.rows]
+def matching_rows(question: str, table: Table, context: str = "") -> list[int]:
+    """Indices of the rows the question names, in table order: each must hold
+    every word of the question that names a row (an identifier with a digit,
+    such as "INV-1050" or "Q2", or a word found in some row of this table),
+    and of those, the rows sharing the most question words are kept. None
+    when no row is the one asked about ("the Q2 training budget" where Q2 is
+    a Travel row): a near row is the wrong answer. Words of the caption and
+    header name columns, not rows. A follow-up that names no row ("What is
+    its status?") takes the rows its `context` (the question joined to the
+    conversation) names, even rows already said: it asks more about them."""
+    head = words(f"{table.caption} {table.header}")
+    asked = words(question) - head
+    rows = [words(row) for row in table.rows]
+    vocabulary = set().union(*rows)
+    if not asked & vocabulary:
+        return matching_rows(context, table) if context else []
+    keys = {w for w in asked if w in vocabulary or any(ch.isdigit() for ch in w)}
+    shared = [len(asked & row) if keys <= row else 0 for row in rows]
     best = max(shared, default=0)
     if best == 0:
         return []
