@@ -185,7 +185,7 @@ class KnowledgeService:
 
     def cached(self, name: str) -> KnowledgeBase:
         """The open knowledge base `name`, from the cache. No access check:
-        for callers that asked already (`open`, the app's `library.open_kb`)."""
+        for callers that asked already (`open`)."""
         kb_dir = self.root / name
         try:
             st = os.stat(kb_dir)
