@@ -1,9 +1,10 @@
 """The web app: ask questions, watch the stages, check the sources, manage
-knowledge bases. A thin view over `rag` (drawing helpers in `ui/`).
+knowledge bases. A thin view over the core service, `core/service.py`
+(drawing helpers in `ui/`), which the HTTP API and MCP call too.
 
 Each run signs the visitor in (ui/account.py) and passes the resulting
 `Access` down: the picker lists only the bases the user may read, and every
-function that opens, shows or changes one asks it first."""
+service call that opens, shows or changes one asks it first."""
 
 from __future__ import annotations
 
@@ -25,7 +26,6 @@ from rag.knowledge_base import KnowledgeBase
 from rag.llm import Delta, OpenAIChat, check_server
 from rag.settings import Settings
 from rag.types import Answer
-from team import library
 from team.access import Access, Action
 from team.appdb import AppDB, open_app_db
 from team.conversation import Conversation, Turn
@@ -33,10 +33,10 @@ from team.sources import SourceNames
 from ui import account, history, render, safe_text, session_cookie, users
 from ui import feedback as answer_feedback
 from ui.conversation import ConversationStore
-from ui.manage import manage_tab
+from ui.manage import manage_tab, open_kb
 from ui.messages import for_user, plural
 from ui.scope import filter_controls
-from ui.sidebar import kb_summary, sidebar, summary_line
+from ui.sidebar import kb_stats, kb_summary, sidebar, summary_line
 
 log = logging.getLogger("kbqa.app")
 
@@ -52,17 +52,6 @@ def knowledge_service(root: str) -> KnowledgeService:
     each with its embedding model loaded on opening) and its chat model."""
     settings = Settings().model_copy(update={"indexes_root": Path(root)})
     return KnowledgeService(settings, chat=OpenAIChat(settings), max_open=OPEN_KBS, warm=True)
-
-
-def open_kb(path: str) -> KnowledgeBase:
-    """The open knowledge base at `path`, from the core service's cache (for
-    `library.open_kb` and the Manage tab, which ask the policy first)."""
-    folder = Path(path)
-    svc = knowledge_service(str(folder.parent))
-    if svc.is_open(folder.name):
-        return svc.cached(folder.name)
-    with st.spinner("Opening the knowledge base…"):
-        return svc.cached(folder.name)
 
 
 @st.cache_resource(show_spinner=False)
@@ -151,10 +140,12 @@ def retrieval_only(
     access: Access, kb: KnowledgeBase, names: SourceNames, settings: Settings,
     question: str, why: str, filters: Filters | None = None,
 ) -> Turn:  # fmt: skip
-    access.require(Action.READ, kb.root.name)
-    try:
-        hits = kb.search(question, k=settings.screen_k, filters=filters)
-    except NothingMatches as exc:
+    svc = knowledge_service(str(kb.root.parent))
+    try:  # through the service: its limits (the question's length) hold here too
+        hits = svc.search(
+            access, kb.root.name, question, k=settings.screen_k, filters=filters, what="question"
+        )
+    except (QuestionTooLong, NothingMatches) as exc:
         error = names.redact(str(exc))
         st.error(error)
         return Turn(question, error=error)
@@ -207,16 +198,17 @@ def _stream(events: Iterator[Any], status: Any) -> Answer:
 
 
 def ask_tab(
-    kb_dir: Path, settings: Settings, store: ConversationStore, access: Access, db: AppDB
-) -> Conversation | None:
-    if not library.has_index(kb_dir, settings):
+    svc: KnowledgeService, kb_dir: Path, settings: Settings, store: ConversationStore,
+    access: Access, db: AppDB,
+) -> Conversation | None:  # fmt: skip
+    if not svc.has_index(access, kb_dir.name):
         where = "add some in the **Manage** tab" if access.allows(Action.WRITE, kb_dir.name) else (
             "an editor adds them"
         )  # fmt: skip
         st.info(f"**{safe_text.plain(kb_dir.name)}** has no documents yet: {where}.")
         return None
     try:
-        kb = library.open_kb(access, kb_dir, open_kb)
+        kb = open_kb(svc, access, kb_dir.name)
     except RagError as exc:
         log.warning("cannot open %s: %s", kb_dir, exc)
         st.error(safe_text.escape(for_user(str(exc)).replace(str(kb_dir), kb_dir.name)))
@@ -257,7 +249,8 @@ def main() -> None:
     telemetry.serve_metrics(base.app_metrics_port)  # once per process; off unless set
     db = app_db(base.app_db.get_secret_value(), str(base.indexes_root))
     access = account.sign_in(base, db)  # a login page, and nothing else, until signed in
-    side = sidebar(base, access)
+    svc = knowledge_service(str(base.indexes_root))
+    side = sidebar(svc, base, access)
     kb = side.kb_dir.name
     store = ConversationStore(db, user=access.user.name)
     st.title("Ask your documents")
@@ -272,14 +265,14 @@ def main() -> None:
     views = dict(zip(labels, st.tabs(labels), strict=True))
     if "Manage" in views:
         with views["Manage"]:  # first: its actions change what the Ask tab shows
-            stats = manage_tab(side.kb_dir, side.settings, open_kb, access)
+            stats = manage_tab(svc, access, kb)
     else:
-        stats = library.stats(access, side.kb_dir, side.settings, open_kb)
+        stats = kb_stats(svc, access, kb)
     with views["Ask"]:
-        conversation = ask_tab(side.kb_dir, side.settings, store, access, db)
+        conversation = ask_tab(svc, side.kb_dir, side.settings, store, access, db)
     if "Users" in views:
         with views["Users"]:
-            users.users_tab(access, db, base.indexes_root)
+            users.users_tab(access, db, svc.names(access))
     if "Audit" in views:
         with views["Audit"]:
             account.audit_tab(access, db)
@@ -288,8 +281,8 @@ def main() -> None:
             answer_feedback.feedback_tab(access, db, kb)
     active.caption(f"Knowledge base **{safe_text.plain(kb)}** · {summary_line(stats)}")
     with side.summary:
-        kb_summary(stats, library.last_synced(access, side.kb_dir))
-    names = SourceNames.of(open_kb(str(side.kb_dir))) if conversation else None
+        kb_summary(stats, svc.last_synced(access, kb))
+    names = SourceNames.of(open_kb(svc, access, kb)) if conversation else None
     history.panel(side.conversation, store, kb, conversation, names)
 
 

@@ -155,6 +155,16 @@ class KnowledgeService:
         self.kb_dir(access, name)
         return name in library.list_knowledge_bases(self.root)
 
+    def has_index(self, access: Access, name: str) -> bool:
+        """Whether anything was published in `name` yet (a base created in
+        the app has none until its first upload)."""
+        return library.has_index(self.kb_dir(access, name), self.settings)
+
+    @property
+    def default_name(self) -> str:
+        """The knowledge base the first upload creates when there is none."""
+        return library.default_name(self.settings)
+
     # -- opening, with the one cache ------------------------------------------------------
 
     def open(self, access: Access, name: str, action: Action = Action.READ) -> KnowledgeBase:
@@ -175,7 +185,7 @@ class KnowledgeService:
 
     def cached(self, name: str) -> KnowledgeBase:
         """The open knowledge base `name`, from the cache. No access check:
-        for callers that asked already (`open`, the app's `library.open_kb`)."""
+        for callers that asked already (`open`)."""
         kb_dir = self.root / name
         try:
             st = os.stat(kb_dir)
@@ -227,11 +237,12 @@ class KnowledgeService:
 
     def search(
         self, access: Access, name: str, query: str, k: int = 8, mode: str = "hybrid",
-        filters: Filters | None = None,
+        filters: Filters | None = None, what: str = "query",
     ) -> list[Hit]:  # fmt: skip
         """The passages of `name` that best match `query`, best first
-        (`MAX_K` at most)."""
-        check_length(query, self.settings, "query")
+        (`MAX_K` at most). `what` names the text in the length message (the
+        app searches with a question when answers are off)."""
+        check_length(query, self.settings, what)
         kb = self.open(access, name)
         return kb.search(query, k=min(k, MAX_K), mode=mode, filters=filters)
 
@@ -286,7 +297,18 @@ class KnowledgeService:
     def documents(self, access: Access, name: str) -> list[DocumentRecord]:
         return self.open(access, name).documents()
 
+    def last_synced(self, access: Access, name: str) -> float | None:
+        """When `ingest --watch` or `--sync` last brought the base in line
+        with its folders (seconds since the epoch); None if never."""
+        return library.last_synced(access, self.kb_dir(access, name))
+
     # -- changing -----------------------------------------------------------------------
+
+    def create(self, access: Access, name: str) -> Path:
+        """A new, empty knowledge base `name` (ValueError naming the rule
+        when the name is not allowed); its index is written by the first
+        upload."""
+        return library.create(access, self.root, name)
 
     def upload(
         self, access: Access, name: str, files: Sequence[Incoming], progress: ProgressFn = noop

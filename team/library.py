@@ -1,6 +1,6 @@
-"""Knowledge-base management, shared by the app (ui/) and the HTTP API
-(api/): list, open, create, upload, delete, rebuild, and delete a
-whole knowledge base. Plain functions
+"""Knowledge-base management under the core service (core/service.py),
+which the app, the HTTP API and MCP call: list, create, upload, delete,
+rebuild, and delete a whole knowledge base. Plain functions
 over `ingest` and `rag`; no Streamlit here.
 
 Each function that lists, opens or changes a knowledge base takes the
@@ -16,22 +16,18 @@ import secrets
 import shutil
 import threading
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ingest.loaders import KINDS
 from ingest.pipeline import IngestOptions, IngestReport, ProgressFn, ingest_paths
 from rag import layout, telemetry
 from rag.errors import RagError, RebuildRefused
 from rag.settings import Settings
-from rag.store import STORE_RECORD, StoreStats, open_store
+from rag.store import STORE_RECORD, open_store
 from rag.synced import last_sync
 from team.access import KB_NAME_RULE, Access, Action, valid_kb_name
-
-if TYPE_CHECKING:
-    from rag.knowledge_base import KnowledgeBase
 
 UPLOADS = "uploads"
 _UNSAFE = re.compile(r"[^\w.\- ]+")
@@ -55,30 +51,6 @@ def readable_knowledge_bases(access: Access, root: Path) -> list[str]:
     """The knowledge bases under `root` that the user may read (what every
     edge lists, through core.service.KnowledgeService.names)."""
     return access.readable(list_knowledge_bases(root))
-
-
-def open_kb(
-    access: Access, kb_dir: Path, opener: Callable[[str], KnowledgeBase],
-    action: Action = Action.READ,
-) -> KnowledgeBase:  # fmt: skip
-    """The knowledge base, opened by `opener` (the app's cache) once the user
-    may do `action` in it: reading it, or managing it."""
-    access.require(action, kb_dir.name)
-    return opener(str(kb_dir))
-
-
-def stats(
-    access: Access, kb_dir: Path, settings: Settings, opener: Callable[[str], KnowledgeBase]
-) -> StoreStats | None:
-    """The base's numbers (None while it has no index yet, or it cannot be
-    opened: the Ask tab says why)."""
-    access.require(Action.READ, kb_dir.name)
-    if not has_index(kb_dir, settings):
-        return None
-    try:
-        return open_kb(access, kb_dir, opener).stats()
-    except RagError:
-        return None
 
 
 def last_synced(access: Access, kb_dir: Path) -> float | None:

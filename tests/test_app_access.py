@@ -160,23 +160,29 @@ def test_a_revoked_grant_takes_effect_at_the_next_run(team):
 
 
 def test_the_manage_actions_called_as_a_reader_are_refused_and_change_nothing(team, kb_root):
-    from rag.knowledge_base import KnowledgeBase
+    from core.service import KnowledgeService
     from team import library
     from team.access import AccessDenied, Action
 
     rita = access_of(team, "rita")
     kb_dir = kb_root / "default"
     settings = Settings(index=kb_dir)
+    svc = KnowledgeService(Settings())  # what the app's tabs call
     before = state_of(kb_dir)
     document = before[1][0]
     attempts = {
-        "create": lambda: library.create(rita, kb_root, "mine"),
-        "upload": lambda: library.save_uploads(rita, kb_dir, [library.Upload("n.md", NOTE)], 1),
+        "create": lambda: svc.create(rita, "mine"),
+        "upload": lambda: svc.upload(rita, "default", [("n.md", lambda: NOTE)]),
+        "delete": lambda: svc.delete(rita, "default", [document]),
+        "rebuild": lambda: svc.rebuild(rita, "default"),
+        "open to manage": lambda: svc.open(rita, "default", Action.WRITE),
+        "open another": lambda: svc.open(rita, "secret"),
+        # and below the service, where each is asked again
+        "library create": lambda: library.create(rita, kb_root, "mine"),
+        "save": lambda: library.save_uploads(rita, kb_dir, [library.Upload("n.md", NOTE)], 1),
         "ingest": lambda: library.ingest_files(rita, kb_dir, [document], settings, print),
-        "delete": lambda: library.delete_documents(rita, kb_dir, [document], settings),
-        "rebuild": lambda: library.rebuild(rita, kb_dir, settings, print),
-        "open to manage": lambda: library.open_kb(rita, kb_dir, KnowledgeBase.open, Action.WRITE),
-        "open another": lambda: library.open_kb(rita, kb_root / "secret", KnowledgeBase.open),
+        "library delete": lambda: library.delete_documents(rita, kb_dir, [document], settings),
+        "library rebuild": lambda: library.rebuild(rita, kb_dir, settings, print),
     }
     for what, attempt in attempts.items():
         with pytest.raises(AccessDenied):

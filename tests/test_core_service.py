@@ -217,3 +217,32 @@ def test_upload_search_delete_rebuild_and_stats(offline):
     assert [Path(d.path).name for d in svc.documents(eve, "notes")] == ["pine.md"]
     report = svc.rebuild(eve, "notes")
     assert not report.failed and svc.stats(eve, "notes").documents == 1
+
+
+# -- what the app's Manage tab and sidebar ask for ----------------------------------------------
+
+
+def test_create_applies_the_name_rule_and_the_policy_and_has_index_tells_an_empty_base(offline):
+    from team.access import KB_NAME_RULE
+
+    svc = service(offline)
+    with pytest.raises(ValueError, match="Use letters, digits") as caught:
+        svc.create(LOCAL, "../x")
+    assert str(caught.value) == KB_NAME_RULE
+    with pytest.raises(AccessDenied):
+        svc.create(editor_of("notes"), "contracts")
+    assert svc.create(editor_of("notes"), "notes") == offline.indexes_root / "notes"
+    assert svc.names(LOCAL) == ["default", "notes", "secret"]
+    assert not svc.has_index(LOCAL, "notes") and svc.has_index(LOCAL, "default")
+    with pytest.raises(AccessDenied):
+        svc.has_index(reader_of("default"), "secret")
+    assert svc.last_synced(LOCAL, "default") is None
+    with pytest.raises(AccessDenied):
+        svc.last_synced(reader_of("default"), "secret")
+    assert svc.default_name == offline.index.name
+
+
+def test_a_search_names_the_text_it_refuses(offline):
+    long = "why " * 60  # over the fixture's 200 characters
+    said = rag_error(lambda: service(offline).search(LOCAL, "default", long, what="question"))
+    assert said.startswith("The question is too long (240 characters, at most 200")

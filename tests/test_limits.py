@@ -163,17 +163,20 @@ def test_a_question_is_cut_at_the_question_limit(app_env):
 def test_open_knowledge_bases_are_kept_within_a_bound(tmp_path, built_index, monkeypatch):
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent))
     import streamlit_app
+    from team.access import LOCAL_USER, Access, AccessPolicy
 
     streamlit_app.knowledge_service.clear()
+    svc = streamlit_app.knowledge_service(str(tmp_path / "indexes"))
+    local = Access(LOCAL_USER, AccessPolicy(None))
     paths = []
     for n in range(streamlit_app.OPEN_KBS + 1):
-        paths.append(str(tmp_path / "indexes" / f"kb{n}"))
-        shutil.copytree(built_index, paths[-1])
-    first = streamlit_app.open_kb(paths[0])
-    assert streamlit_app.open_kb(paths[0]) is first
+        paths.append(f"kb{n}")
+        shutil.copytree(built_index, tmp_path / "indexes" / paths[-1])
+    first = svc.open(local, paths[0])
+    assert svc.open(local, paths[0]) is first
     for path in paths[1:]:
-        streamlit_app.open_kb(path)
-    last = streamlit_app.open_kb(paths[-1])
-    assert streamlit_app.open_kb(paths[-1]) is last
-    assert streamlit_app.open_kb(paths[0]) is not first, "the oldest one was let go"
+        svc.open(local, path)
+    last = svc.open(local, paths[-1])
+    assert svc.open(local, paths[-1]) is last
+    assert svc.open(local, paths[0]) is not first, "the oldest one was let go"
     streamlit_app.knowledge_service.clear()

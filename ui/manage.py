@@ -1,6 +1,8 @@
 """The Manage tab: uploads, deletions, rebuilds, and the base's numbers.
-Each action goes through team/library.py with the session's `Access`,
-which refuses it there for a user who may not change the base.
+Each action is a call to the core service (core/service.py) with the
+session's `Access`, as the HTTP API's and MCP's are: the service holds the
+rules (the policy, the name rule, the limits) and refuses there; this tab
+turns widgets into calls and the service's errors into messages.
 
 What an action reports is kept for the next run as a "flash" message: after
 an ingest or a delete the page runs again, so every part of it (the Ask tab,
@@ -16,20 +18,29 @@ from pathlib import Path
 import streamlit as st
 from streamlit.runtime.uploaded_file_manager import UploadedFile
 
-from core.service import too_many_files
+from core.service import KnowledgeService, TooManyFiles, Uploaded
+from ingest.loaders import KINDS
 from ingest.pipeline import IngestReport, Progress, ProgressFn
 from rag.errors import RagError, RebuildRefused
 from rag.knowledge_base import KnowledgeBase
-from rag.settings import Settings
 from rag.store import StoreStats
-from team import library
 from team.access import Access, Action
 from team.sources import SourceNames
 from ui import safe_text
 from ui.messages import for_user, plural
 
 log = logging.getLogger(__name__)
-OpenKb = Callable[[str], KnowledgeBase]
+
+
+def open_kb(
+    svc: KnowledgeService, access: Access, name: str, action: Action = Action.READ
+) -> KnowledgeBase:
+    """The knowledge base `name` from the service's cache, once the user may
+    do `action` there; a spinner while a base not yet open loads."""
+    if svc.is_open(name):
+        return svc.open(access, name, action)
+    with st.spinner("Opening the knowledge base…"):
+        return svc.open(access, name, action)
 
 
 def flash(kind: str, text: str) -> None:
@@ -52,30 +63,28 @@ def _done(widget: str) -> None:
     st.rerun()
 
 
-def manage_tab(
-    kb_dir: Path, settings: Settings, open_kb: OpenKb, access: Access
-) -> StoreStats | None:
+def manage_tab(svc: KnowledgeService, access: Access, name: str) -> StoreStats | None:
     """Returns the index's stats once the actions are done (None while it
     has no index yet)."""
-    access.require(Action.WRITE, kb_dir.name)
+    kb_dir = svc.kb_dir(access, name, Action.WRITE)
     show_flashes()
     summary = st.container()  # filled last, so never stale
     st.subheader("Add documents")
     files = st.file_uploader(
         # The types are listed once, by the uploader itself, from the loaders' list.
         "Documents to add", accept_multiple_files=True,
-        type=[k.lstrip(".") for k in library.KINDS], key=_fresh("uploads", kb_dir),
+        type=[k.lstrip(".") for k in KINDS], key=_fresh("uploads", kb_dir),
     )  # fmt: skip
     if files and st.button("Ingest", type="primary"):
-        save_and_ingest(access, kb_dir, files, settings)
+        save_and_ingest(svc, access, kb_dir, files)
         _done("uploads")
-    if not library.has_index(kb_dir, settings):
+    if not svc.has_index(access, name):
         return None
-    kb = library.open_kb(access, kb_dir, open_kb, Action.WRITE)
+    kb = open_kb(svc, access, name, Action.WRITE)
     st.subheader("Documents")
     names = SourceNames.of(kb)
-    delete_documents(access, kb_dir, kb, names, settings)
-    rebuild_controls(access, kb_dir, names, settings)
+    delete_documents(svc, access, kb_dir, names)
+    rebuild_controls(svc, access, kb_dir, names)
     names = SourceNames.of(kb)  # after a rebuild
     st.dataframe(
         [
@@ -83,11 +92,11 @@ def manage_tab(
                 "document": names.show(d.path), "kind": d.kind,
                 "pages": str(d.pages) if d.pages else "", "passages": d.chunks,
             }
-            for d in kb.documents()
+            for d in svc.documents(access, name)
         ],
         hide_index=True,
     )  # fmt: skip
-    stats = kb.stats()
+    stats = svc.stats(access, name)
     # One line, not four big numbers: on a phone those filled the screen.
     disk = "" if stats.disk_bytes is None else f" · {stats.disk_bytes / 1e6:.1f} MB on disk"
     summary.caption(
@@ -99,17 +108,17 @@ def manage_tab(
 
 
 def delete_documents(
-    access: Access, kb_dir: Path, kb: KnowledgeBase, names: SourceNames,
-    settings: Settings,
-) -> None:  # fmt: skip
-    paths = {names.show(d.path): d.path for d in kb.documents()}  # shown -> real
+    svc: KnowledgeService, access: Access, kb_dir: Path, names: SourceNames
+) -> None:
+    documents = svc.documents(access, kb_dir.name)
+    paths = {names.show(d.path): d.path for d in documents}  # shown -> real
     doomed = st.multiselect("Delete documents", list(paths), key=_fresh("doomed", kb_dir))
     if not doomed:
         return
     sure = st.checkbox(f"Yes, delete {len(doomed)} document(s): this cannot be undone")
     if st.button("Delete selected", disabled=not sure) and sure:
         try:
-            report = library.delete_documents(access, kb_dir, [paths[p] for p in doomed], settings)
+            report = svc.delete(access, kb_dir.name, [paths[p] for p in doomed])
         except RagError as exc:
             log.warning("delete failed: %s", exc)
             st.error(safe_text.escape(names.redact(for_user(str(exc)))))
@@ -118,15 +127,15 @@ def delete_documents(
         _done("doomed")
 
 
-def rebuild_controls(access: Access, kb_dir: Path, names: SourceNames, settings: Settings) -> None:
+def rebuild_controls(
+    svc: KnowledgeService, access: Access, kb_dir: Path, names: SourceNames
+) -> None:
     """The Rebuild button. A rebuild that would drop documents (files gone
     or unreadable) changes nothing; it names them and asks before dropping."""
     # The pending question outlives the rerun that the answer's click starts.
     asking = f"rebuild-would-drop:{kb_dir}"
     if st.button("Rebuild this knowledge base"):
-        refused = run_ingest(
-            kb_dir, lambda progress: library.rebuild(access, kb_dir, settings, progress)
-        )
+        refused = run_ingest(kb_dir, lambda progress: svc.rebuild(access, kb_dir.name, progress))
         st.session_state[asking] = refused.dropped if isinstance(refused, RebuildRefused) else []
         if not st.session_state[asking]:
             st.rerun()
@@ -148,23 +157,29 @@ def rebuild_controls(access: Access, kb_dir: Path, names: SourceNames, settings:
         st.session_state[asking] = []
         run_ingest(
             kb_dir,
-            lambda progress: library.rebuild(access, kb_dir, settings, progress, allow_drop=True),
+            lambda progress: svc.rebuild(access, kb_dir.name, progress, allow_drop=True),
         )
         st.rerun()
 
 
 def save_and_ingest(
-    access: Access, kb_dir: Path, files: list[UploadedFile], settings: Settings
+    svc: KnowledgeService, access: Access, kb_dir: Path, files: list[UploadedFile]
 ) -> None:
-    if len(files) > settings.max_upload_files:
-        flash("error", too_many_files(len(files), settings.max_upload_files))
-        return
-    uploads = [library.Upload(f.name, f.getvalue()) for f in files]
-    try:
-        saved = library.save_uploads(access, kb_dir, uploads, settings.max_file_mb)
-    except RagError as exc:  # AccessDenied: the user may no longer change this base
-        flash("error", safe_text.escape(for_user(str(exc))))
-        return
+    """The service's upload: it counts the files (one message for too
+    many), saves them (each read when its turn comes) and ingests them."""
+    incoming = [(f.name, f.getvalue) for f in files]
+
+    def job(progress: ProgressFn) -> IngestReport | None:
+        uploaded = svc.upload(access, kb_dir.name, incoming, progress)
+        flash_saved(uploaded)  # before the ingest's summary, as it happened
+        return uploaded.report
+
+    run_ingest(kb_dir, job)
+
+
+def flash_saved(uploaded: Uploaded) -> None:
+    """What happened to each file that was not simply added."""
+    saved = uploaded.saved
     for name, reason in saved.refused:
         flash("error", f"{safe_text.plain(name)}: {reason}")
     for name, new_name in saved.renamed:
@@ -178,11 +193,6 @@ def save_and_ingest(
             "info",
             f"{safe_text.plain(name)}: already uploaded as {safe_text.plain(old_name)}, unchanged.",
         )
-    if saved.paths:
-        run_ingest(
-            kb_dir,
-            lambda progress: library.ingest_files(access, kb_dir, saved.paths, settings, progress),
-        )
 
 
 _STAGES = {
@@ -192,9 +202,10 @@ _STAGES = {
 }
 
 
-def run_ingest(kb_dir: Path, job: Callable[[ProgressFn], IngestReport]) -> RagError | None:
-    """Run an ingest with a progress bar; keep its summary for the next run,
-    or the error it raised (also returned)."""
+def run_ingest(kb_dir: Path, job: Callable[[ProgressFn], IngestReport | None]) -> RagError | None:
+    """Run an ingest with a progress bar; keep its summary for the next run
+    (none when there was nothing to ingest), or the error it raised (also
+    returned)."""
     bar = st.progress(0.0, text="Starting…")
 
     def progress(p: Progress) -> None:
@@ -209,9 +220,14 @@ def run_ingest(kb_dir: Path, job: Callable[[ProgressFn], IngestReport]) -> RagEr
     except RagError as exc:
         bar.empty()
         log.warning("ingest failed: %s", exc)
-        if not isinstance(exc, RebuildRefused):  # that one asks below instead
+        if isinstance(exc, TooManyFiles):  # a limit: the service's words, as the API's
+            flash("error", str(exc))
+        elif not isinstance(exc, RebuildRefused):  # that one asks below instead
             flash("error", safe_text.escape(for_user(str(exc)).replace(str(kb_dir), kb_dir.name)))
         return exc
+    if report is None:
+        bar.empty()
+        return None
     bar.progress(1.0, text="Done")
     flash(
         "success",

@@ -1,5 +1,5 @@
-"""The sidebar: which knowledge base (and creating one), and per-question
-tuning. Slots are left for what is only known once the page's actions are
+"""The sidebar: which knowledge base (and creating one, through the core
+service), and per-question tuning. Slots are left for what is only known once the page's actions are
 done (the base's summary, the "New conversation" button)."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from pathlib import Path
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
+from core.service import KnowledgeService
 from rag.errors import RagError
 from rag.settings import Settings
 from rag.store import StoreStats
-from team import library
 from team.access import Access, Action
 from ui.messages import ago, plural
 
@@ -70,7 +70,7 @@ def for_user(user: str) -> None:
     st.session_state.pop(_CHOSEN, None)
 
 
-def _create(root: Path, access: Access) -> None:
+def _create(svc: KnowledgeService, access: Access) -> None:
     """What the Create button asked for, done before the picker is drawn, so
     the new base is selected in the picker of this very run. Not in the
     button's callback: that would act with the previous run's access."""
@@ -78,7 +78,7 @@ def _create(root: Path, access: Access) -> None:
         return
     name = st.session_state.get("new_kb", "").strip()
     try:
-        library.create(access, root, name)
+        svc.create(access, name)
     except (ValueError, OSError, RagError) as exc:
         st.session_state["create_error"] = str(exc)
         return
@@ -88,10 +88,10 @@ def _create(root: Path, access: Access) -> None:
     st.session_state["created_kb"] = name
 
 
-def chosen_kb(base: Settings, access: Access) -> tuple[str | None, str]:
+def chosen_kb(svc: KnowledgeService, base: Settings, access: Access) -> tuple[str | None, str]:
     """The base this session shows, among those the user may read, and a
     notice when the address asked for one they may not."""
-    names = library.readable_knowledge_bases(access, base.indexes_root)
+    names = svc.names(access)
     chosen = st.session_state.get(_CHOSEN)
     notice = ""
     if chosen not in names:
@@ -107,12 +107,12 @@ def chosen_kb(base: Settings, access: Access) -> tuple[str | None, str]:
     return chosen, notice
 
 
-def pick_knowledge_base(base: Settings, access: Access) -> tuple[Path, str]:
+def pick_knowledge_base(svc: KnowledgeService, base: Settings, access: Access) -> tuple[Path, str]:
     st.header("Knowledge base")
     for_user(access.user.name)
-    _create(base.indexes_root, access)
-    choice, notice = chosen_kb(base, access)
-    names = library.readable_knowledge_bases(access, base.indexes_root)
+    _create(svc, access)
+    choice, notice = chosen_kb(svc, base, access)
+    names = svc.names(access)
     key = f"{_PICKER}-{st.session_state.get(_PICKS, 0)}"
     st.selectbox(
         "Knowledge base", names, index=names.index(choice) if choice in names else None,
@@ -122,7 +122,7 @@ def pick_knowledge_base(base: Settings, access: Access) -> tuple[Path, str]:
     created = st.session_state.pop("created_kb", None)
     if created:
         st.success(f"Created knowledge base “{created}”.")
-    if access.role_allows(Action.WRITE):  # library.create asks about the name
+    if access.role_allows(Action.WRITE):  # svc.create asks about the name
         st.session_state.setdefault("new_kb_open", not names)
         with st.expander("New knowledge base", key="new_kb_open", on_change="rerun"):
             st.text_input("Name", key="new_kb", placeholder="e.g. contracts")
@@ -131,12 +131,12 @@ def pick_knowledge_base(base: Settings, access: Access) -> tuple[Path, str]:
             if problem:
                 st.error(problem)
     # With no knowledge base yet, the first upload creates the default one.
-    return base.indexes_root / (choice or library.default_name(base)), notice
+    return svc.root / (choice or svc.default_name), notice
 
 
-def sidebar(base: Settings, access: Access) -> Sidebar:
+def sidebar(svc: KnowledgeService, base: Settings, access: Access) -> Sidebar:
     with st.sidebar:
-        kb_dir, notice = pick_knowledge_base(base, access)
+        kb_dir, notice = pick_knowledge_base(svc, base, access)
         summary = st.container()
         conversation = st.container()
         st.header("Answering")
@@ -169,6 +169,15 @@ def synced_line(synced_at: float | None, now: float) -> str:
     if synced_at is None:
         return ""
     return "Last synced " + ago(max(now - synced_at, 0.0))
+
+
+def kb_stats(svc: KnowledgeService, access: Access, name: str) -> StoreStats | None:
+    """The base's numbers from the service (None while it has no index yet,
+    or it cannot be opened: the Ask tab says why)."""
+    try:
+        return svc.stats(access, name) if svc.has_index(access, name) else None
+    except RagError:
+        return None
 
 
 def kb_summary(stats: StoreStats | None, synced_at: float | None = None) -> None:

@@ -11,12 +11,10 @@ admin's name."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import streamlit as st
 
 from rag.errors import RagError
-from team import library
 from team.access import Access, Action, Role
 from team.appdb import Account, AppDB
 from ui.safe_text import cell, plain
@@ -102,8 +100,9 @@ def _login_of(account: Account) -> str:
     return "password" if account.has_password else "none yet"
 
 
-def users_tab(access: Access, db: AppDB, root: Path) -> None:
-    """The accounts in a table, one account's controls, then a new account."""
+def users_tab(access: Access, db: AppDB, kbs: list[str]) -> None:
+    """The accounts in a table, one account's controls, then a new account.
+    `kbs`: the knowledge bases to grant (the core service lists them)."""
     listed = accounts(access, db)
     done = st.session_state.pop(_DONE, None)
     if done:
@@ -113,11 +112,11 @@ def users_tab(access: Access, db: AppDB, root: Path) -> None:
     else:
         # A table shows its cells as text: names are never Markdown.
         st.dataframe(rows(listed), hide_index=True)
-        _change_account(access, db, root, listed)
-    _add_account(access, db, root)
+        _change_account(access, db, kbs, listed)
+    _add_account(access, db, kbs)
 
 
-def _change_account(access: Access, db: AppDB, root: Path, listed: list[Account]) -> None:
+def _change_account(access: Access, db: AppDB, kbs: list[str], listed: list[Account]) -> None:
     st.subheader("Change an account")
     name = st.selectbox("Account", [a.user.name for a in listed], key="users-account")
     account = next(a for a in listed if a.user.name == name)
@@ -140,7 +139,6 @@ def _change_account(access: Access, db: AppDB, root: Path, listed: list[Account]
             _act(lambda: set_password(access, db, name, password),
                  f"New password set for {who}; their sessions are ended.")  # fmt: skip
     with right:
-        kbs = library.list_knowledge_bases(root)
         kb = st.selectbox("Knowledge base to grant or revoke", kbs, key="users-kb")
         grant_col, revoke_col = st.columns(2)
         if grant_col.button("Grant", disabled=not kb) and kb:
@@ -154,19 +152,19 @@ def _change_account(access: Access, db: AppDB, root: Path, listed: list[Account]
             _act(lambda: remove_user(access, db, name), f"Removed {who} and their conversations.")
 
 
-def _add_account(access: Access, db: AppDB, root: Path) -> None:
+def _add_account(access: Access, db: AppDB, kbs: list[str]) -> None:
     st.subheader("Add an account")
     with st.form("users-add", clear_on_submit=True):
         name = st.text_input("Name", help="A login name, or the e-mail of an OIDC user.")
         role = st.selectbox("Role of the new account", [r.value for r in Role], index=2)
-        kbs = st.multiselect("Knowledge bases", library.list_knowledge_bases(root))
+        chosen = st.multiselect("Knowledge bases", kbs)
         password = st.text_input(
             "Password", type="password", autocomplete="new-password",
             help="Empty: no local login (an OIDC user's account).",
         )  # fmt: skip
         added = st.form_submit_button("Add account")
     if added:
-        _act(lambda: add_user(access, db, name, role, password, kbs), f"Added {plain(name)}.")
+        _act(lambda: add_user(access, db, name, role, password, chosen), f"Added {plain(name)}.")
 
 
 def _act(change: Callable[[], object], done: str) -> None:
