@@ -6,7 +6,7 @@ them (rag/answering/extractive.py)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import Any
 
 from rag.answering import extractive, prompts
@@ -58,6 +58,7 @@ def read(
     embedder: Embedder | None = None,
     conversation: Sequence[tuple[str, str]] = (),
     asked: str | None = None,
+    known: Callable[[str], bool] | None = None,
 ) -> Iterator[Delta | Notice | Read]:
     """Stream the deep read of `question` (standalone) over the kept
     passages; end with a `Read` event: the completion and the passages (in
@@ -65,7 +66,8 @@ def read(
     style (which needs the `embedder`) the completion is None when no
     sentence is close enough to the question to quote. `conversation` holds
     the earlier (role, text) turns, for answering in context; `asked` the
-    follow-up as the user wrote it, when `question` is it joined to them.
+    follow-up as the user wrote it, when `question` is it joined to them;
+    `known` whether the knowledge base holds a word (extractive style).
 
     Handled on the way: a prompt the server finds too long loses its weakest
     passage and is sent again; reasoning that uses up every token (content
@@ -77,7 +79,9 @@ def read(
     effort: Effort = settings.read_effort
     while kept:
         ordered = lost_in_the_middle(kept)
-        extra = _extractive_grammar(question, ordered, settings, embedder, conversation, asked)
+        extra = _extractive_grammar(
+            question, ordered, settings, embedder, conversation, asked, known
+        )
         if extra is None:  # extractive, and nothing close enough to quote
             yield Read(None, ordered)
             return
@@ -129,6 +133,7 @@ def _extractive_grammar(
     embedder: Embedder | None,
     conversation: Sequence[tuple[str, str]] = (),
     asked: str | None = None,
+    known: Callable[[str], bool] | None = None,
 ) -> dict[str, Any] | None:
     """The request's extra fields: in the extractive style, the grammar that
     lets the model only quote the closest sentences (None: none is close
@@ -139,7 +144,7 @@ def _extractive_grammar(
         raise ValueError("an extractive answer needs the embedder")
     said = [text for role, text in conversation if role == "assistant"]
     limit, floor = settings.extract_sentences, settings.extract_min_support
-    chosen = extractive.candidates(question, ordered, embedder, limit, floor, said, asked)
+    chosen = extractive.candidates(question, ordered, embedder, limit, floor, said, asked, known)
     return extractive.request_extra(chosen) if chosen else None
 
 
