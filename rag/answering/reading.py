@@ -63,16 +63,14 @@ def read(
     """Stream the deep read of `question` (standalone) over the kept
     passages; end with a `Read` event: the completion and the passages (in
     prompt order) that its citation numbers refer to. In the extractive
-    style (which needs the `embedder`) the completion is None when no
-    sentence is close enough to the question to quote. `conversation` holds
-    the earlier (role, text) turns, for answering in context; `asked` the
-    follow-up as the user wrote it, when `question` is it joined to them;
-    `known` whether the knowledge base holds a word (extractive style).
+    style (which needs the `embedder`, and `known`: whether the base holds a
+    word) the completion is None when no quote has the support to answer.
+    `conversation` holds the earlier (role, text) turns; `asked` the follow-up
+    as the user wrote it, when `question` is it joined to them.
 
     Handled on the way: a prompt the server finds too long loses its weakest
     passage and is sent again; reasoning that uses up every token (content
-    null) is retried at the next lower effort.
-    """
+    null) is retried at the next lower effort."""
     answer_tokens = read_token_limit(settings)
     budget = settings.llm_context_tokens - answer_tokens - 64
     kept = fit_to_budget(question, strongest_first, budget, conversation)
