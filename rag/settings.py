@@ -279,7 +279,8 @@ class Settings(BaseSettings):
         ge=-1.0,
         le=4.0,
         description="evidence a quote needs (closeness to the question, shared words, "
-        "retrieval's agreement, words the base lacks); when no quote reaches it, the answer is 'not in the "
-        "knowledge base' (chosen with bench/answering.py calibrate; docs/answering.md)",
+        "retrieval's agreement, words the base lacks); when no quote reaches it, the "
+        "answer is 'not in the knowledge base' (chosen with bench/answering.py calibrate; "
+        "docs/answering.md)",
     )
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="sampling temperature")
