@@ -24,11 +24,13 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from rag.answering import extractive, followup
+from rag.answering.pipeline import knows
 from rag.answering.profiles import small_model
 from rag.answering.reading import fit_to_budget, lost_in_the_middle, read_token_limit
 from rag.knowledge_base import KnowledgeBase
@@ -97,33 +99,74 @@ def offered(kb: KnowledgeBase, q: Question, settings: Settings, how: str) -> Off
     budget = settings.llm_context_tokens - read_token_limit(settings) - 64
     ordered = lost_in_the_middle(fit_to_budget(query, hits, budget, q.history))
     said = [text for role, text in q.history if role == "assistant"]
-    quotes = extractive.candidates(query, ordered, kb.embedder, 100, -10.0, said, q.question)
+    known = partial(knows, kb)
+    quotes = extractive.candidates(query, ordered, kb.embedder, 100, -10.0, said, q.question, known)
     return Offered(q, quotes, [Path(h.source).name for h in ordered])
 
 
-def first_quote(o: Offered, a: float, b: float, t: float) -> extractive.Candidate | None:
-    def support(c: extractive.Candidate) -> float:
-        return c.similarity + a * c.overlap + (b if c.first else 0.0)
-
-    best = max(o.quotes, key=support, default=None)
-    return best if best is not None and support(best) >= t else None
+# The overlap weight, first-passage bonus, missing-word and unknown-word
+# weights (extractive.py), then the threshold.
+Weights = tuple[float, float, float, float]
+Rule = tuple[float, float, float, float, float]
 
 
-def scored(items: list[Offered], a: float, b: float, t: float) -> tuple[float, float]:
+def support(c: extractive.Candidate, w: Weights) -> float:
+    a, b, m, u = w
+    return c.similarity + a * c.overlap + (b if c.first else 0.0) - m * c.missing - u * c.unknown
+
+
+def top(o: Offered, w: Weights) -> extractive.Candidate | None:
+    return max(o.quotes, key=lambda c: support(c, w), default=None)
+
+
+def first_quote(o: Offered, rule: Rule) -> extractive.Candidate | None:
+    best = top(o, rule[:4])
+    return best if best is not None and support(best, rule[:4]) >= rule[4] else None
+
+
+def right(o: Offered, quote: extractive.Candidate | None) -> bool:
+    """Whether `quote` (None: refused) is the right first quote for `o`."""
+    if not o.question.answerable:
+        return quote is None
+    return (
+        quote is not None
+        and holds(quote.sentence, o.question.expect)
+        and o.sources[quote.n - 1] == o.question.file
+    )
+
+
+def scored(items: list[Offered], rule: Rule) -> tuple[float, float]:
     """(answerable whose first quote is right and from the file, unanswerable refused)."""
-    right = refused = 0
-    for o in items:
-        quote = first_quote(o, a, b, t)
-        if o.question.answerable:
-            right += (
-                quote is not None
-                and holds(quote.sentence, o.question.expect)
-                and (o.sources[quote.n - 1] == o.question.file)
-            )
-        else:
-            refused += quote is None
-    pos = sum(o.question.answerable for o in items)
-    return right / pos, refused / max(1, len(items) - pos)
+    ok = [right(o, first_quote(o, rule)) for o in items]
+    pos = [o.question.answerable for o in items]
+    hits = sum(k for k, p in zip(ok, pos, strict=True) if p)
+    refused = sum(k for k, p in zip(ok, pos, strict=True) if not p)
+    return hits / sum(pos), refused / max(1, len(items) - sum(pos))
+
+
+def best_rule(items: list[Offered], thresholds: np.ndarray) -> Rule:
+    """The rule maximising (share right + share refused) on `items`; ties go to
+    the smaller missing- and unknown-word weights, then the higher threshold.
+    Thresholds are swept at once: per weights, each question's best quote is
+    fixed."""
+    pos = np.array([o.question.answerable for o in items])
+    best: tuple[float, float, float, Rule] = (-1.0, 0.0, 0.0, (0.0, 0.0, 0.0, 0.0, 0.0))
+    grid = [(round(a, 1), round(b, 2), round(m, 1), round(u, 2))
+            for a in np.arange(0, 2.01, 0.2) for b in np.arange(0, 0.31, 0.1)
+            for m in np.arange(0, 1.01, 0.2) for u in np.arange(0, 1.51, 0.25)]  # fmt: skip
+    for w in grid:
+        chosen = [top(o, w) for o in items]
+        value = np.array([support(c, w) if c else -np.inf for c in chosen])
+        good = np.array([right(o, c) for o, c in zip(items, chosen, strict=True)])
+        answered = value[:, None] >= thresholds[None, :]
+        hits = ((answered & good[:, None]) & pos[:, None]).sum(0) / pos.sum()
+        refused = (~answered & ~pos[:, None]).sum(0) / max(1, (~pos).sum())
+        total = hits + refused
+        i = int(np.flatnonzero(total == total.max())[-1])
+        key = (float(total[i]), -(w[2] + w[3]), float(thresholds[i]))
+        if key > best[:3]:
+            best = (*key, (*w, float(thresholds[i])))
+    return best[3]
 
 
 def calibrate(args: argparse.Namespace) -> None:
@@ -131,36 +174,28 @@ def calibrate(args: argparse.Namespace) -> None:
     kb = KnowledgeBase.open(index(args.work), settings=settings)
     halves = {h: [offered(kb, q, settings, "join") for q in questions(h)]
               for h in ("tune", "report")}  # fmt: skip
-    grid = [(a, b, t) for a in np.arange(0, 2.01, 0.1) for b in np.arange(0, 0.31, 0.05)
-            for t in np.arange(0.3, 2.5, 0.01)]  # fmt: skip
-
-    def objective(abt: tuple[float, float, float]) -> tuple[float, float]:
-        right, refused = scored(halves["tune"], *abt)
-        return right + refused, abt[2]  # ties: the higher threshold
-
-    a, b, t = max(grid, key=objective)
+    a, b, m, u, t = best_rule(halves["tune"], np.round(np.arange(0.3, 3.0, 0.01), 2))
     print(f"chosen on tune: overlap weight {a:.1f}, first-passage bonus {b:.2f}, "
+          f"missing-word weight {m:.1f}, unknown-word weight {u:.2f}, "
           f"threshold {t:.2f}\n")  # fmt: skip
     print("| rule | half | answerable: first quote right | unanswerable refused |")
     print("| --- | --- | ---: | ---: |")
-    now = (extractive.OVERLAP_WEIGHT, extractive.FIRST_WEIGHT, settings.extract_min_support)
-    rules = {"closeness alone at 0.47 (before)": (0.0, 0.0, 0.47),
-             f"support >= {now[2]:.2f} (in use)": now,
-             f"support >= {t:.2f} (chosen)": (a, b, t)}  # fmt: skip
-    for name, abt in rules.items():
+    now = (extractive.OVERLAP_WEIGHT, extractive.FIRST_WEIGHT, extractive.MISSING_WEIGHT,
+           extractive.UNKNOWN_WEIGHT, settings.extract_min_support)  # fmt: skip
+    rules: dict[str, Rule] = {"closeness alone at 0.47 (before)": (0.0, 0.0, 0.0, 0.0, 0.47),
+                              f"support >= {now[4]:.2f} (in use)": now,
+                              f"support >= {t:.2f} (chosen)": (a, b, m, u, t)}  # fmt: skip
+    for name, rule in rules.items():
         for half, items in halves.items():
-            right, refused = scored(items, *abt)
-            print(f"| {name} | {half} | {right:.0%} | {refused:.0%} |")
+            hits, refused = scored(items, rule)
+            print(f"| {name} | {half} | {hits:.0%} | {refused:.0%} |")
     if args.show:
         for half, items in halves.items():
             for o in items:
-                quote = first_quote(o, a, b, t)
-                best = max(o.quotes, key=lambda c: c.similarity + a * c.overlap, default=None)
-                ok = (quote is None) if not o.question.answerable else (
-                    quote is not None and holds(quote.sentence, o.question.expect)
-                    and o.sources[quote.n - 1] == o.question.file)  # fmt: skip
+                best = top(o, (a, b, m, u))
                 shown = best.sentence if best else ""
-                score = best.similarity + a * best.overlap if best else 0.0
+                score = support(best, (a, b, m, u)) if best else 0.0
+                ok = right(o, first_quote(o, (a, b, m, u, t)))
                 print(f"{'ok ' if ok else 'MISS'} {half} {o.question.id} {o.question.question!r} "
                       f"{score:.2f} {shown[:140]!r}", file=sys.stderr)  # fmt: skip
 

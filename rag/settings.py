@@ -270,15 +270,17 @@ class Settings(BaseSettings):
     # The support a quote needs (rag/answering/extractive.py `Candidate.support`: the
     # embedding model's cosine, plus the share of the question's words it
     # holds, plus a bonus when retrieval's first passage holds it and dense
-    # and BM25 agree on that passage). Below it, nothing is quoted and the
+    # and BM25 agree on that passage, less a weight per word of the question
+    # the knowledge base lacks). Below it, nothing is quoted and the
     # answer is "not in the knowledge base". Chosen with bench/answering.py
     # on the tune half of its question set (docs/answering.md).
     extract_min_support: float = Field(
-        2.07,
+        1.94,
         ge=-1.0,
         le=4.0,
         description="evidence a quote needs (closeness to the question, shared words, "
-        "retrieval's agreement); when no quote reaches it, the answer is 'not in the "
-        "knowledge base' (chosen with bench/answering.py calibrate; docs/answering.md)",
+        "retrieval's agreement, words the base lacks); when no quote reaches it, the "
+        "answer is 'not in the knowledge base' (chosen with bench/answering.py calibrate; "
+        "docs/answering.md)",
     )
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="sampling temperature")

@@ -5,11 +5,13 @@ grammar that holds the model to them."""
 from __future__ import annotations
 
 import re
+from functools import partial
 
 import pytest
 from builders import KNOWN_ANSWERS, UNANSWERED
 
 from rag.answering.extractive import Candidate, candidates, grammar, sentences
+from rag.answering.pipeline import knows
 from rag.answering.profiles import small_model
 from rag.knowledge_base import KnowledgeBase
 from rag.types import Chunk, Hit
@@ -78,7 +80,8 @@ def offered(question: str, kb: KnowledgeBase) -> list[str]:
     settings = small_model()
     hits = kb.search(question, k=settings.screen_k)[: settings.keep_max]
     limit, floor = settings.extract_sentences, settings.extract_min_support
-    return [c.sentence for c in candidates(question, hits, kb.embedder, limit, floor)]
+    known = partial(knows, kb)
+    return [c.sentence for c in candidates(question, hits, kb.embedder, limit, floor, known=known)]
 
 
 @pytest.mark.parametrize("question", UNANSWERED)
@@ -167,3 +170,36 @@ def test_the_readme_example_is_answered_from_how_ingestion_works(docs_index, emb
     # meaning (the 0.47 floor refused it).
     quotes = offered("How are broken files reported?", KnowledgeBase.open(docs_index, embedder))
     assert quotes and "is reported by name" in quotes[0]
+
+
+FLEET = (
+    "Tyres. The tyre pressure for the Model K van is 4.5 bar on the front axle and 5.0 bar "
+    "on the rear axle. Fuel cards are issued by the fleet desk."
+)
+
+
+@pytest.mark.parametrize(
+    ("question", "text"),
+    [
+        # a model the passages do not name: a near sentence is the wrong answer
+        ("What is the tyre pressure for the Model T van?", FLEET),
+        # a budget line the passages lack, for a quarter they have
+        ("What was the Q3 catering budget?", BUDGET),
+    ],
+)
+def test_a_question_naming_what_no_passage_holds_gets_no_quote(question, text, embedder):
+    page = Hit(chunk=Chunk(text=text, source="/kb/a.pdf", start=0, end=1, id=1), score=1.0,
+               dense_rank=1, bm25_rank=1)  # fmt: skip
+    floor = small_model().extract_min_support
+    base = {"tyre", "pressure", "model", "van", "budget", "travel"}  # the base's words
+    known = lambda word: word.lower() in base  # noqa: E731
+    assert candidates(question, [page], embedder, 4, floor, known=known) == []
+    # named as the passage names it, it is answered
+    named = question.replace("Model T", "Model K").replace("catering", "travel")
+    assert candidates(named, [page], embedder, 4, floor, known=known)
+
+
+def test_the_base_knows_the_words_its_passages_hold(docs_index, embedder):
+    kb = KnowledgeBase.open(docs_index, embedder)
+    assert knows(kb, "ingest") and knows(kb, "Ingesting")  # as BM25 analyses it
+    assert not knows(kb, "Carmen")

@@ -18,7 +18,7 @@ The grammar is sent as vLLM's `structured_outputs` (xgrammar EBNF).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,10 +50,25 @@ MIN_WORDS = 5
 # gives the figures. Closeness in meaning alone (all-MiniLM-L6-v2's cosine)
 # misses the sentence that answers a short question in other words ("How are
 # broken files reported?"), and rows are not sentences at all.
-OVERLAP_WEIGHT = 2.0  # times the share of the question's content words the quote holds
+OVERLAP_WEIGHT = 1.8  # times the share of the question's content words the quote holds
 # For a quote of retrieval's first passage when both sides agree on it.
 FIRST_WEIGHT = 0.3
 AGREE_RANK = 3  # ... that is, when dense and BM25 each rank that passage at most this
+# Taken off per word of the question that no passage read holds. A near miss
+# ("the Model T van" where the base has the Model K, "sick leave" beside paid
+# leave) shares every other word with the sentence that would be quoted, but
+# asks for a thing the knowledge base does not name at all; an answerable
+# question in other words ("How big is a plot?") uses words the base holds
+# elsewhere. So a word nowhere in the base weighs more than one merely not in
+# the passages read.
+MISSING_WEIGHT = 0.0  # per word the passages lack but the base holds
+UNKNOWN_WEIGHT = 1.0  # per word the base lacks (or identifier the passages lack)
+# Words that name one thing among similar ones: a single capital letter
+# ("Model T"; not "I" or "A") or a word with a digit ("Q3", "1050"). The BM25
+# terms leave single letters and digits out.
+_IDENTIFIER = re.compile(r"\b(?:(?![AI]\b)[A-Z]|\w*\d\w*)\b")
+_TOKEN = re.compile(r"\w+")
+_MEASURES = frozenset({"time", "times"})
 
 
 @dataclass(frozen=True)
@@ -66,12 +81,18 @@ class Candidate:
     similarity: float  # cosine to the question (of the closest row, for a table)
     overlap: float = 0.0  # share of the question's content words in the quote
     first: bool = False  # from retrieval's first passage, on which dense and BM25 agree
+    missing: int = 0  # words of the question the passages lack, but the base holds
+    unknown: int = 0  # words of the question the base lacks, identifiers the passages lack
 
     @property
     def support(self) -> float:
         """The evidence that this quote answers the question."""
         return (
-            self.similarity + OVERLAP_WEIGHT * self.overlap + (FIRST_WEIGHT if self.first else 0.0)
+            self.similarity
+            + OVERLAP_WEIGHT * self.overlap
+            + (FIRST_WEIGHT if self.first else 0.0)
+            - MISSING_WEIGHT * self.missing
+            - UNKNOWN_WEIGHT * self.unknown
         )
 
 
@@ -119,6 +140,7 @@ def candidates(
     min_support: float,
     said: Sequence[str] = (),
     own: str | None = None,
+    known: Callable[[str], bool] | None = None,
 ) -> list[Candidate]:
     """Up to `limit` quotes of the passages (numbered 1.. in `ordered`, the
     first being retrieval's strongest) best supported as answers to the
@@ -131,7 +153,10 @@ def candidates(
     (rag/answering/followup.py), the follow-up as asked. A quote's support is the
     better of its support for either: the joined words found the passages,
     but the answer holds what the follow-up itself asks for ("What is her
-    extension?"), rarely the earlier question's words too."""
+    extension?"), rarely the earlier question's words too.
+
+    `known`: whether the knowledge base holds a word anywhere (None: not
+    known, every word the passages lack counts as `missing`)."""
     own = own or question
     before = " ".join(" ".join(text.split()) for text in said)
     quotes: dict[str, tuple[int, list[str]]] = {}  # quote -> passage, texts to embed
@@ -152,13 +177,15 @@ def candidates(
     queries = np.asarray(embedder.embed_batch(asks, kind="query"), dtype=np.float32)
     scores = iter((vectors @ queries.T).tolist())
     agree = bool(ordered) and _agreed(ordered[0])
+    held = " ".join(hit.text for hit in ordered)
+    missing = [missing_words(ask, held, known) for ask in asks]
     found = []
     for quote, (n, group) in quotes.items():
         closeness = [next(scores) for _ in group]  # per text: one score per query
         quote = _best_rows(quote, [max(c) for c in closeness]) if len(group) > 1 else quote
         best = max(
-            (Candidate(n, quote, max(c[i] for c in closeness), _share(ask, quote), agree and n == 1)
-             for i, ask in enumerate(asks)),
+            (Candidate(n, quote, max(c[i] for c in closeness), _share(ask, quote), agree and n == 1,
+                       *map(len, missing[i])) for i, ask in enumerate(asks)),
             key=lambda c: c.support,
         )  # fmt: skip
         found.append(best)
@@ -171,6 +198,25 @@ def _share(question: str, quote: str) -> float:
     ("what", "her" say nothing of what is asked)."""
     asked = followup.content_terms(question)
     return len(asked & set(terms(quote))) / len(asked) if asked else 0.0
+
+
+def missing_words(
+    question: str, text: str, known: Callable[[str], bool] | None = None
+) -> tuple[set[str], set[str]]:
+    """The question's content words (as BM25 terms) that `text`, the passages
+    read, does not hold: (those the base holds elsewhere, those it does not
+    hold at all per `known`, with the identifiers such as "T" or "Q3" that
+    `text` lacks)."""
+    held, tokens = set(terms(text)), set(_TOKEN.findall(text.lower()))
+    lacked: set[str] = set()
+    unknown = {w.lower() for w in _IDENTIFIER.findall(question)} - tokens
+    words = _TOKEN.findall(question)
+    for before, word in zip(["", *words], words, strict=False):
+        if before.lower() == "how" or word.lower() in _MEASURES:
+            continue  # "How often", "How big", "how many times": the answer names a measure
+        for term in followup.content_terms(word) - held:
+            (lacked if known is None or known(word) else unknown).add(term)
+    return lacked - unknown, unknown
 
 
 def _agreed(hit: Hit) -> bool:

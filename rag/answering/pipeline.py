@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Generator, Iterator, Sequence
+from functools import partial
 
 from rag import tracing
 from rag.answering import citations, followup, prompts
@@ -86,7 +87,8 @@ def _stages(
     done: Read | None = None
     with _timed(result, "read", watch):
         embedder = kb.embedder if settings.answer_style == "extractive" else None
-        for event in read(query, result.kept, model, settings, embedder, history, question):
+        known = partial(knows, kb)
+        for event in read(query, result.kept, model, settings, embedder, history, question, known):
             if isinstance(event, Read):
                 done = event
                 continue
@@ -95,6 +97,11 @@ def _stages(
             yield event
     assert done is not None, "read always ends with a Read event"
     yield Finished(_cite(result, done, settings))
+
+
+def knows(kb: KnowledgeBase, word: str) -> bool:
+    """Whether any passage of `kb` holds `word` (as BM25 analyses it)."""
+    return bool(kb.search(word, k=1, mode="bm25"))
 
 
 def answer(

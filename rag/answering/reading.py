@@ -6,7 +6,7 @@ them (rag/answering/extractive.py)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import Any
 
 from rag.answering import extractive, prompts
@@ -58,26 +58,28 @@ def read(
     embedder: Embedder | None = None,
     conversation: Sequence[tuple[str, str]] = (),
     asked: str | None = None,
+    known: Callable[[str], bool] | None = None,
 ) -> Iterator[Delta | Notice | Read]:
     """Stream the deep read of `question` (standalone) over the kept
     passages; end with a `Read` event: the completion and the passages (in
     prompt order) that its citation numbers refer to. In the extractive
-    style (which needs the `embedder`) the completion is None when no
-    sentence is close enough to the question to quote. `conversation` holds
-    the earlier (role, text) turns, for answering in context; `asked` the
-    follow-up as the user wrote it, when `question` is it joined to them.
+    style (which needs the `embedder`, and `known`: whether the base holds a
+    word) the completion is None when no quote has the support to answer.
+    `conversation` holds the earlier (role, text) turns; `asked` the follow-up
+    as the user wrote it, when `question` is it joined to them.
 
     Handled on the way: a prompt the server finds too long loses its weakest
     passage and is sent again; reasoning that uses up every token (content
-    null) is retried at the next lower effort.
-    """
+    null) is retried at the next lower effort."""
     answer_tokens = read_token_limit(settings)
     budget = settings.llm_context_tokens - answer_tokens - 64
     kept = fit_to_budget(question, strongest_first, budget, conversation)
     effort: Effort = settings.read_effort
     while kept:
         ordered = lost_in_the_middle(kept)
-        extra = _extractive_grammar(question, ordered, settings, embedder, conversation, asked)
+        extra = _extractive_grammar(
+            question, ordered, settings, embedder, conversation, asked, known
+        )
         if extra is None:  # extractive, and nothing close enough to quote
             yield Read(None, ordered)
             return
@@ -129,6 +131,7 @@ def _extractive_grammar(
     embedder: Embedder | None,
     conversation: Sequence[tuple[str, str]] = (),
     asked: str | None = None,
+    known: Callable[[str], bool] | None = None,
 ) -> dict[str, Any] | None:
     """The request's extra fields: in the extractive style, the grammar that
     lets the model only quote the closest sentences (None: none is close
@@ -139,7 +142,7 @@ def _extractive_grammar(
         raise ValueError("an extractive answer needs the embedder")
     said = [text for role, text in conversation if role == "assistant"]
     limit, floor = settings.extract_sentences, settings.extract_min_support
-    chosen = extractive.candidates(question, ordered, embedder, limit, floor, said, asked)
+    chosen = extractive.candidates(question, ordered, embedder, limit, floor, said, asked, known)
     return extractive.request_extra(chosen) if chosen else None
 
 
