@@ -154,8 +154,9 @@ class Access:
 
 def local_access() -> Access:
     """The local operator who owns the files: LOCAL_USER under a policy
-    without an audit trail. The caller of the `rag` commands and of `rag
-    mcp` without accounts; whoever runs them can read the folders anyway."""
+    without an audit trail. The caller of `rag search/ask/stats`, of `rag
+    mcp` without --user and of the loopback API with RAG_AUTH=none; whoever
+    runs them can read the folders anyway."""
     return Access(LOCAL_USER, AccessPolicy(None))
 
 
