@@ -28,7 +28,7 @@ from pydantic import Field
 from core.service import MAX_K, KnowledgeService
 from rag.errors import RagError
 from rag.settings import SearchMode, Settings
-from team.access import LOCAL_USER, Access, AccessDenied, AccessPolicy, User
+from team.access import Access, AccessDenied, AccessPolicy, User, local_access
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -205,7 +205,7 @@ def stdio_access(settings: Settings, user: str | None) -> AccessFor:
     if user is None:
         if settings.auth != "none":
             raise RagError(f"RAG_AUTH is {settings.auth}: name the account with --user NAME.")
-        local = Access(LOCAL_USER, AccessPolicy(None))
+        local = local_access()
         return lambda ctx: local
     from team.appdb import open_app_db
 
@@ -236,7 +236,7 @@ def bearer_access(settings: Settings) -> RequestAccess:
     server binds loopback then), else the account of the request's
     `Authorization: Bearer KEY` (`user_for_key`)."""
     if settings.auth == "none":
-        local = Access(LOCAL_USER, AccessPolicy(None))
+        local = local_access()
         return lambda request: local
     from team.appdb import open_app_db
 

@@ -1,6 +1,11 @@
 """`rag eval`: retrieval and answering measured on a BEIR-format dataset,
 through the product's own pipeline (rag/evaluation.py). An edge like
-cli/rag_main.py: it ingests the corpus, so it may import `ingest`."""
+cli/rag_main.py: it ingests the corpus, so it may import `ingest`.
+
+Unlike `rag search`, `stats` and `ask`, it opens its index with the
+retrieval library (`KnowledgeBase.open`), not through the core service:
+it measures the library, as bench/ does, and Recall@100 needs searches
+deeper than the service's MAX_K."""
 
 from __future__ import annotations
 

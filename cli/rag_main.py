@@ -1,11 +1,17 @@
-"""`rag`: search, inspect, ask and evaluate a knowledge base from the shell."""
+"""`rag`: search, inspect, ask and evaluate a knowledge base from the shell.
+
+`search`, `stats` and `ask` go through the core service (core/service.py),
+as the app, the HTTP API and MCP do: the name rule, the access policy (the
+local operator), the length check, MAX_K and the answering path are its.
+They only translate argv into its calls and its errors into one line."""
 
 from __future__ import annotations
 
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,11 +24,14 @@ from cli.feedback import feedback
 from cli.mcp_stdio import mcp
 from cli.serve import keys, serve
 from cli.users import users
-from rag.errors import RagError
+from core.service import MAX_K, KnowledgeService
+from rag.errors import IndexMissing, RagError
 from rag.filters import Filters
-from rag.knowledge_base import MODES, KnowledgeBase
+from rag.knowledge_base import MODES
+from team.access import KB_NAME_RULE, local_access, valid_kb_name
 
 if TYPE_CHECKING:
+    from rag.llm import ChatModel
     from rag.settings import Settings
     from rag.types import Answer
 
@@ -72,6 +81,35 @@ def filters_from(
     return Filters.parse(path_prefix, types, tags, after, before)
 
 
+def kb_settings(index: Path | None, **overrides: Any) -> Settings:
+    """The settings of a command on the index folder --index (default
+    $RAG_INDEX): the folder holding it is the service's indexes root, and
+    its name the knowledge base's, under the one name rule."""
+    folder = Path(os.path.abspath(settings_with(index=index).index))
+    if not valid_kb_name(folder.name):
+        raise click.BadParameter(
+            f"{folder}: the folder name {folder.name!r} cannot name a knowledge base. "
+            + KB_NAME_RULE,
+            param_hint="'--index'" if index is not None else "$RAG_INDEX",
+        )
+    return settings_with(index=folder, indexes_root=folder.parent.resolve(), **overrides)
+
+
+@contextmanager
+def knowledge_service(
+    settings: Settings, chat: ChatModel | None = None
+) -> Iterator[KnowledgeService]:
+    """The core service for one command (closed after it); a missing base
+    gets the service's message and where the command looked."""
+    service = KnowledgeService(settings, chat=chat)
+    try:
+        yield service
+    except IndexMissing as exc:
+        raise IndexMissing(f"{exc} (looked in {settings.index})") from None
+    finally:
+        service.close()
+
+
 class _Group(click.Group):
     """Turns the errors a user can cause into one line and exit code 1."""
 
@@ -104,7 +142,10 @@ main.add_command(feedback)
 @main.command()
 @click.argument("query")
 @index_option
-@click.option("-k", "k", type=click.IntRange(1, 1000), default=8, show_default=True)
+@click.option(
+    "-k", "k", type=click.IntRange(1, MAX_K), default=8, show_default=True,
+    help="Passages to print (the limit of the API and MCP too).",
+)  # fmt: skip
 @click.option("--mode", type=click.Choice(MODES), default="hybrid", show_default=True)
 @filter_options
 @json_option
@@ -112,9 +153,9 @@ def search(query: str, index: Path | None, k: int, mode: str, as_json: bool, **s
     """Print the passages that best match QUERY (of the documents the
     filters match, when given)."""
     filters = filters_from(**scope)
-    settings = settings_with(index=index)
-    kb = KnowledgeBase.open(settings.index, settings=settings)
-    hits = kb.search(query, k=k, mode=mode, filters=filters)
+    settings = kb_settings(index)
+    with knowledge_service(settings) as service:
+        hits = service.search(local_access(), settings.index.name, query, k, mode, filters)
     if as_json:
         click.echo(json.dumps([h.to_dict() for h in hits], ensure_ascii=False))
         return
@@ -151,8 +192,9 @@ def short_path(path: str) -> str:
 @json_option
 def stats(index: Path | None, as_json: bool) -> None:
     """Store, documents, chunks, vectors, model and disk size of an index."""
-    settings = settings_with(index=index)
-    figures = KnowledgeBase.open(settings.index, settings=settings).stats()
+    settings = kb_settings(index)
+    with knowledge_service(settings) as service:
+        figures = service.stats(local_access(), settings.index.name)
     info = figures.to_dict()
     if as_json:
         click.echo(json.dumps(info))
@@ -217,33 +259,30 @@ def ask(
     set ($RAG_LLM_MODEL, --model, $RAG_LLM_CONTEXT_TOKENS); the small CPU
     model gets its profile (rag/answering/profiles.py), as in `make run`."""
     from rag.answering.profiles import discover
+    from rag.llm import OpenAIChat
 
     filters = filters_from(**scope)  # a bad date fails before the server is asked
     settings = discover(
-        settings_with(
-            index=index, screen_k=k, keep_max=keep, screen=screen, llm_url=url, llm_model=model
-        )
+        kb_settings(index, screen_k=k, keep_max=keep, screen=screen, llm_url=url, llm_model=model)
     )
-    kb = KnowledgeBase.open(settings.index, settings=settings)
-    result, streamed = _answer(question, kb, settings, filters, streaming=not as_json)
+    with knowledge_service(settings, OpenAIChat(settings)) as service:
+        events = service.stream(local_access(), settings.index.name, question, filters=filters)
+        result, streamed = _answer(events, streaming=not as_json)
     if as_json:
         click.echo(json.dumps(result.to_dict(), ensure_ascii=False))
         return
     _print_answer(result, streamed, show_reasoning)
 
 
-def _answer(
-    question: str, kb: KnowledgeBase, settings: Settings, filters: Filters, streaming: bool
-) -> tuple[Answer, str]:
-    """The answer, and the text streamed to stdout on the way (with its
-    stages on stderr) when `streaming`."""
+def _answer(events: Iterator[Any], streaming: bool) -> tuple[Answer, str]:
+    """The answer of the service's `events`, and the text streamed to stdout
+    on the way (with its stages on stderr) when `streaming`."""
     from rag.answering.events import Finished, Retrieved, Screened
-    from rag.answering.pipeline import stream_answer
     from rag.answering.screening import summary
-    from rag.llm import Delta, OpenAIChat
+    from rag.llm import Delta
 
     streamed = ""
-    for event in stream_answer(question, kb, OpenAIChat(settings), settings, filters=filters):
+    for event in events:
         if isinstance(event, Retrieved) and streaming:
             click.echo(f"[retrieved {len(event.hits)} passages in {event.seconds:.2f} s]", err=True)
         elif isinstance(event, Screened) and streaming:

@@ -152,6 +152,14 @@ class Access:
             self.policy.db.audit.record(self.user.name, action, kb, detail)
 
 
+def local_access() -> Access:
+    """The local operator who owns the files: LOCAL_USER under a policy
+    without an audit trail. The caller of `rag search/ask/stats`, of `rag
+    mcp` without --user and of the loopback API with RAG_AUTH=none; whoever
+    runs them can read the folders anyway."""
+    return Access(LOCAL_USER, AccessPolicy(None))
+
+
 def _why(user: User, action: Action, kb: str | None) -> str:
     if action is Action.ADMIN:
         return "Only an admin can manage users and grants or read the audit trail."

@@ -112,9 +112,13 @@ def test_rag_stats(runner, built_index):
 
 
 def test_rag_on_missing_index_is_one_clear_line(runner, tmp_path):
-    result = runner.invoke(rag_main, ["search", "x", "--index", str(tmp_path / "none")])
+    where = tmp_path / "none"
+    result = runner.invoke(rag_main, ["search", "x", "--index", str(where)])
     assert result.exit_code == 1
-    assert result.stderr.startswith("error: No index at")
+    assert result.stderr == (
+        "error: The knowledge base 'none' does not exist or has no documents yet. "
+        f"(looked in {where})\n"
+    )
     assert "Traceback" not in result.output
 
 

@@ -49,10 +49,14 @@ def rag_error(work) -> str:
 # -- limits: one message, the same words at every edge ----------------------------------------
 
 
-def test_an_over_long_question_or_query_gets_one_message_at_every_edge(offline):
-    """The API's chat and search and MCP's ask and search refuse the same
-    over-long text with the core's message (they had four messages)."""
+def test_an_over_long_question_or_query_gets_one_message_at_every_edge(offline, monkeypatch):
+    """The API's chat and search, MCP's ask and search and `rag ask` and
+    `rag search` refuse the same over-long text with the core's message
+    (they had four messages, and the command none)."""
+    from click.testing import CliRunner
+
     from api.mcp_tools import KnowledgeTools
+    from cli.rag_main import main as rag_main
 
     long = "why " * 60  # 240 characters, over 200
     keys = accounts(offline)
@@ -65,9 +69,18 @@ def test_an_over_long_question_or_query_gets_one_message_at_every_edge(offline):
     tools = KnowledgeTools(offline)
     mcp_ask = rag_error(lambda: tools.ask(LOCAL, "default", long))
     mcp_search = rag_error(lambda: tools.search(LOCAL, "default", long, 3, "bm25"))
+    for key in ("max_question_chars", "llm_url", "llm_retries"):
+        monkeypatch.setenv(f"RAG_{key.upper()}", str(getattr(offline, key)))
+    index = str(offline.indexes_root / "default")
+    cli_ask, cli_search = (
+        CliRunner().invoke(rag_main, [command, long, "--index", index]).stderr
+        for command in ("ask", "search")
+    )
     expected = "too long (240 characters, at most 200: RAG_MAX_QUESTION_CHARS); please shorten it."
     assert api_ask == mcp_ask == f"The question is {expected}"
     assert api_search == mcp_search == f"The query is {expected}"
+    assert cli_ask == f"error: The question is {expected}\n"
+    assert cli_search == f"error: The query is {expected}\n"
 
 
 def test_the_question_limit_has_one_home(offline):

@@ -128,7 +128,8 @@ def check_after_kill(index: Path, before: dict, reference: dict, seed: str, embe
         with pytest.raises(IndexMissing):
             KnowledgeBase.open(index)
         result = CliRunner().invoke(rag_main, ["stats", "--index", str(index)])
-        assert result.exit_code == 1 and result.stderr.startswith("error: No index at")
+        assert result.exit_code == 1 and "does not exist or has no documents" in result.stderr
+        assert f"(looked in {index.absolute()})" in result.stderr
         return {}
     stats = CliRunner().invoke(rag_main, ["stats", "--index", str(index), "--json"])
     assert stats.exit_code == 0, stats.output
