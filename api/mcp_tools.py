@@ -177,7 +177,8 @@ def mcp_server(
         knowledge_base: str,
         query: str,
         ctx: Context,
-        k: Annotated[int, Field(ge=1, le=MAX_K, description="passages to return")] = 8,
+        # No ge/le: the core refuses a k out of range, in its words.
+        k: Annotated[int, Field(description=f"passages to return, 1 to {MAX_K}")] = 8,
         mode: SearchMode = "hybrid",
     ) -> Passages:
         """The passages of a knowledge base that best match `query`, best
