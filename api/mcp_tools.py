@@ -177,7 +177,6 @@ def mcp_server(
         knowledge_base: str,
         query: str,
         ctx: Context,
-        # No ge/le: the core refuses a k out of range, in its words.
         k: Annotated[int, Field(description=f"passages to return, 1 to {MAX_K}")] = 8,
         mode: SearchMode = "hybrid",
     ) -> Passages:
