@@ -15,7 +15,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from core.service import AmbiguousDocument, NoSuchDocument, TooLong, TooManyFiles
+from core.service import (
+    AmbiguousDocument,
+    BadPassageCount,
+    NoSuchDocument,
+    TooLong,
+    TooManyFiles,
+)
 from rag import errors
 from rag.settings import Settings
 from team.access import AccessDenied
@@ -44,6 +50,7 @@ _STATUS: list[tuple[type[errors.RagError], int, str, str]] = [
     (AccessDenied, 403, "permission_error", "permission_denied"),
     (TooLong, 400, "invalid_request_error", "message_too_long"),
     (TooManyFiles, 400, "invalid_request_error", "too_many_files"),
+    (BadPassageCount, 400, "invalid_request_error", "invalid_k"),
     (NoSuchDocument, 404, "invalid_request_error", "document_not_found"),
     (AmbiguousDocument, 409, "invalid_request_error", "ambiguous_document"),
     (errors.QuestionTooLong, 400, "invalid_request_error", "context_length_exceeded"),

@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from api import uploads
 from api.errors import ApiError
 from api.service import Requester, public, service
-from core.service import MAX_K, Uploaded, check_length
+from core.service import MAX_K, Uploaded, check_k, check_length
 from rag.filters import MAX_TAGS, MAX_VALUE_CHARS, Filters
 from rag.knowledge_base import KnowledgeBase
 from rag.settings import SearchMode
@@ -89,7 +89,8 @@ class SearchRequest(BaseModel):
         description="the knowledge base (`model` is accepted too)",
     )
     query: str = Field(min_length=1)
-    k: int = Field(8, ge=1, le=MAX_K)
+    # No ge/le: the core's check_k refuses with the words of every edge.
+    k: int = Field(8, description=f"passages to return, 1 to {MAX_K}")
     mode: SearchMode = "hybrid"
     filters: SearchFilters | None = None
 
@@ -98,6 +99,7 @@ class SearchRequest(BaseModel):
 def search(body: SearchRequest, access: Requester, request: Request) -> dict[str, object]:
     core = service(request).core
     check_length(body.query, core.settings, "query")
+    check_k(body.k)  # before the base is opened, as the core's search does
     kb = core.open(access, body.knowledge_base)
     filters = scope(body.filters, kb)
     hits = core.search(access, body.knowledge_base, body.query, body.k, body.mode, filters)

@@ -177,7 +177,7 @@ def mcp_server(
         knowledge_base: str,
         query: str,
         ctx: Context,
-        k: Annotated[int, Field(ge=1, le=MAX_K, description="passages to return")] = 8,
+        k: Annotated[int, Field(description=f"passages to return, 1 to {MAX_K}")] = 8,
         mode: SearchMode = "hybrid",
     ) -> Passages:
         """The passages of a knowledge base that best match `query`, best

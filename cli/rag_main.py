@@ -143,8 +143,8 @@ main.add_command(feedback)
 @click.argument("query")
 @index_option
 @click.option(
-    "-k", "k", type=click.IntRange(1, MAX_K), default=8, show_default=True,
-    help="Passages to print (the limit of the API and MCP too).",
+    "-k", "k", type=int, default=8, show_default=True,
+    help=f"Passages to print, 1 to {MAX_K} (the limit of the API and MCP too).",
 )  # fmt: skip
 @click.option("--mode", type=click.Choice(MODES), default="hybrid", show_default=True)
 @filter_options

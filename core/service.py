@@ -10,7 +10,8 @@ own kind of error. Each rule has one home here or in the module it names:
 - the knowledge-base name rule: `team.access.valid_kb_name`;
 - which knowledge bases exist: `team.library.list_knowledge_bases`;
 - the length of a question or query (`check_length`), the passages one
-  search returns (`MAX_K`), the files one upload adds (`too_many_files`);
+  search returns (`check_k`: 1 to `MAX_K`), the files one upload adds
+  (`too_many_files`);
 - one cache of open knowledge bases per process (`open`), let go when the
   folder is replaced or a new generation changes the embedding model.
 """
@@ -53,6 +54,10 @@ class TooManyFiles(RagError):
     """More files in one upload than RAG_MAX_UPLOAD_FILES."""
 
 
+class BadPassageCount(RagError):
+    """A search asked for fewer than 1 or more than MAX_K passages."""
+
+
 class NoSuchDocument(RagError):
     """No document of the knowledge base matches the name given."""
 
@@ -88,6 +93,20 @@ def too_many_files(count: int, limit: int) -> str:
 def check_file_count(count: int, settings: Settings) -> None:
     if count > settings.max_upload_files:
         raise TooManyFiles(too_many_files(count, settings.max_upload_files))
+
+
+def passage_count_message(k: int, limit: int) -> str:
+    """The one message for a k outside 1..`limit`, at every edge (each calls it k)."""
+    if k < 1:
+        return f"k={k}: a search returns at least 1 passage; ask for more."
+    return f"k={k}: a search returns at most {limit} passages; ask for fewer."
+
+
+def check_k(k: int) -> None:
+    """Raise `BadPassageCount` unless 1 <= k <= MAX_K, before any work: the
+    edges leave the bounds to this check so that all say the same."""
+    if not 1 <= k <= MAX_K:
+        raise BadPassageCount(passage_count_message(k, MAX_K))
 
 
 def no_such_kb(name: str) -> IndexMissing:
@@ -240,11 +259,12 @@ class KnowledgeService:
         filters: Filters | None = None, what: str = "query",
     ) -> list[Hit]:  # fmt: skip
         """The passages of `name` that best match `query`, best first
-        (`MAX_K` at most). `what` names the text in the length message (the
-        app searches with a question when answers are off)."""
+        (`k`, 1 to `MAX_K`). `what` names the text in the length message
+        (the app searches with a question when answers are off)."""
         check_length(query, self.settings, what)
+        check_k(k)
         kb = self.open(access, name)
-        return kb.search(query, k=min(k, MAX_K), mode=mode, filters=filters)
+        return kb.search(query, k=k, mode=mode, filters=filters)
 
     def ask(
         self, access: Access, name: str, question: str,

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli.rag_main import main as rag_main
-from core.service import MAX_K, KnowledgeService, too_long_message
+from core.service import MAX_K, KnowledgeService, passage_count_message, too_long_message
 from rag import telemetry
 from rag.settings import Settings
 from serving.launch import free_port
@@ -43,11 +43,11 @@ def test_an_over_long_query_or_question_gets_the_core_message(runner, built_inde
         assert result.stdout == ""
 
 
-def test_search_k_is_capped_by_max_k_with_a_message_that_says_it(runner, built_index):
+def test_search_k_is_capped_by_max_k_with_the_core_message(runner, built_index):
     args = ["search", "planet", "--index", str(built_index), "--json", "-k"]
     over = runner.invoke(rag_main, [*args, str(MAX_K + 1)])
-    assert over.exit_code == 2, over.output
-    assert f"'-k': {MAX_K + 1} is not in the range 1<=x<={MAX_K}" in over.stderr
+    assert over.exit_code == 1, over.output
+    assert over.stderr == f"error: {passage_count_message(MAX_K + 1, MAX_K)}\n"
     at_most = runner.invoke(rag_main, [*args, str(MAX_K)])
     assert at_most.exit_code == 0, at_most.output
     assert 0 < len(json.loads(at_most.stdout)) <= MAX_K

@@ -8,6 +8,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 from api_server import accounts, offline_settings, serve
@@ -83,6 +84,51 @@ def test_an_over_long_question_or_query_gets_one_message_at_every_edge(offline, 
     assert cli_search == f"error: The query is {expected}\n"
 
 
+def test_a_k_out_of_range_gets_one_message_at_every_edge(offline):
+    """`rag search -k`, the API's search and MCP's search tool refuse a k
+    over MAX_K (or under 1) with the core's words (they had click's and
+    pydantic's: "51 is not in the range 1<=x<=50", "Input should be less
+    than or equal to 50")."""
+    from click.testing import CliRunner
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.shared._httpx_utils import create_mcp_http_client
+
+    from cli.rag_main import main as rag_main
+    from core.service import MAX_K
+
+    async def over_mcp(url: str, key: str, k: int) -> str:
+        client = create_mcp_http_client(headers={"Authorization": f"Bearer {key}"})
+        async with (
+            client,
+            streamable_http_client(url + "/mcp", http_client=client) as (read, write),
+            ClientSession(read, write) as session,
+        ):
+            await session.initialize()
+            arguments = {"knowledge_base": "default", "query": "ingestion", "k": k}
+            result = await session.call_tool("search_knowledge_base", arguments)
+        assert result.is_error, result.structured_content
+        return " ".join(block.text for block in result.content)
+
+    keys = accounts(offline)
+    index = str(offline.indexes_root / "default")
+    messages = {
+        MAX_K + 1: f"k={MAX_K + 1}: a search returns at most {MAX_K} passages; ask for fewer.",
+        0: "k=0: a search returns at least 1 passage; ask for more.",
+    }
+    with serve(offline) as url:
+        http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {keys['ada']}"})
+        search = {"model": "default", "query": "ingestion"}
+        api = {k: http.post("/v1/search", json={**search, "k": k}) for k in messages}
+        mcp = {k: anyio.run(over_mcp, url, keys["ada"], k) for k in messages}
+    for k, expected in messages.items():
+        cli = CliRunner().invoke(rag_main, ["search", "ingestion", "--index", index, "-k", str(k)])
+        assert (api[k].status_code, api[k].json()["error"]["message"]) == (400, expected)
+        # The SDK frames every tool's error; the text inside is the core's.
+        assert mcp[k] == f"Error executing tool search_knowledge_base: {expected}"
+        assert (cli.exit_code, cli.stderr) == (1, f"error: {expected}\n")
+
+
 def test_the_question_limit_has_one_home(offline):
     from core.service import TooLong, check_length
 
@@ -106,11 +152,15 @@ def test_too_many_files_is_refused_before_anything_is_written(offline):
     assert not (offline.indexes_root / "fresh").exists()
 
 
-def test_a_search_returns_at_most_max_k_passages(offline):
-    from core.service import MAX_K
+def test_a_search_returns_1_to_max_k_passages_and_refuses_other_ks(offline):
+    from core.service import MAX_K, BadPassageCount
 
-    hits = service(offline).search(LOCAL, "default", "ingestion", k=MAX_K + 40, mode="bm25")
+    svc = service(offline)
+    hits = svc.search(LOCAL, "default", "ingestion", k=MAX_K, mode="bm25")
     assert 0 < len(hits) <= MAX_K
+    for k in (MAX_K + 1, 0, -3):
+        with pytest.raises(BadPassageCount, match=rf"^k={k}: a search returns"):
+            svc.search(LOCAL, "default", "ingestion", k=k, mode="bm25")
 
 
 # -- the name rule, listing and access ---------------------------------------------------------
