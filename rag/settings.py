@@ -275,7 +275,7 @@ class Settings(BaseSettings):
     # answer is "not in the knowledge base". Chosen with bench/answering.py
     # on the tune half of its question set (docs/answering.md).
     extract_min_support: float = Field(
-        1.94,
+        0.72,
         ge=-1.0,
         le=4.0,
         description="evidence a quote needs (closeness to the question, shared words, "
