@@ -209,10 +209,10 @@ def test_the_base_knows_the_words_its_passages_hold(docs_index, embedder):
     ("question", "text"),
     [
         # "retained" is nowhere in the base, but "kept" is its near neighbour
-        ("How long are receipts retained?", "Receipts are kept for seven years, as the tax office requires."),
-        ("When is the yearly flower show?", "The annual flower show takes place on the first Saturday of September."),
+        ("How long are receipts retained?", "Receipts are kept for seven years, as tax law says."),
+        ("When is the yearly flower show?", "The annual flower show is on the first Saturday."),
     ],
-)  # fmt: skip
+)
 def test_a_word_the_base_lacks_but_the_quote_says_otherwise_does_not_count_against_it(
     question, text, embedder
 ):

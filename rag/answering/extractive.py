@@ -170,17 +170,7 @@ def candidates(
     `known`: whether the knowledge base holds a word anywhere (None: not
     known, every word the passages lack counts as `missing`)."""
     own = own or question
-    before = " ".join(" ".join(text.split()) for text in said)
-    quotes: dict[str, tuple[int, list[str]]] = {}  # quote -> passage, texts to embed
-    for n, hit in enumerate(ordered, start=1):
-        for sentence in sentences(table_rows.prose(hit.text)):
-            if sentence not in before:
-                quotes.setdefault(sentence, (n, [sentence]))  # overlapping chunks repeat them
-        for table in table_rows.tables(hit.text):
-            rows = table_rows.matching_rows(own, table, context=question)
-            if rows:
-                quote = table.quote([table.rows[i] for i in rows])
-                quotes.setdefault(quote, (n, [table.as_text(table.rows[i]) for i in rows]))
+    quotes = _quotes(question, own, ordered, said)
     if not quotes:
         return []
     texts = [t for _, group in quotes.values() for t in group]
@@ -207,6 +197,24 @@ def candidates(
         found.append(best)
     found.sort(key=lambda c: -c.support)  # stable: passage order breaks ties
     return [c for c in found[:limit] if c.support >= min_support]
+
+
+def _quotes(
+    question: str, own: str, ordered: Sequence[Hit], said: Sequence[str]
+) -> dict[str, tuple[int, list[str]]]:
+    """Each quote the passages offer -> its passage's number, the texts to embed."""
+    before = " ".join(" ".join(text.split()) for text in said)
+    quotes: dict[str, tuple[int, list[str]]] = {}
+    for n, hit in enumerate(ordered, start=1):
+        for sentence in sentences(table_rows.prose(hit.text)):
+            if sentence not in before:
+                quotes.setdefault(sentence, (n, [sentence]))  # overlapping chunks repeat them
+        for table in table_rows.tables(hit.text):
+            rows = table_rows.matching_rows(own, table, context=question)
+            if rows:
+                quote = table.quote([table.rows[i] for i in rows])
+                quotes.setdefault(quote, (n, [table.as_text(table.rows[i]) for i in rows]))
+    return quotes
 
 
 def _identifiers(question: str) -> set[str]:
