@@ -105,14 +105,16 @@ def offered(kb: KnowledgeBase, q: Question, settings: Settings, how: str) -> Off
 
 
 # The overlap weight, first-passage bonus, missing-word and unknown-word
-# weights (extractive.py), then the threshold.
-Weights = tuple[float, float, float, float]
-Rule = tuple[float, float, float, float, float]
+# weights, the closeness at which a quote's word stands for an unknown one
+# (extractive.py; above 1: never), then the threshold.
+Weights = tuple[float, float, float, float, float]
+Rule = tuple[float, float, float, float, float, float]
 
 
 def support(c: extractive.Candidate, w: Weights) -> float:
-    a, b, m, u = w
-    return c.similarity + a * c.overlap + (b if c.first else 0.0) - m * c.missing - u * c.unknown
+    a, b, m, u, near = w
+    lacking = c.unknown - sum(x >= near for x in c.near)
+    return c.similarity + a * c.overlap + (b if c.first else 0.0) - m * c.missing - u * lacking
 
 
 def top(o: Offered, w: Weights) -> extractive.Candidate | None:
@@ -120,8 +122,8 @@ def top(o: Offered, w: Weights) -> extractive.Candidate | None:
 
 
 def first_quote(o: Offered, rule: Rule) -> extractive.Candidate | None:
-    best = top(o, rule[:4])
-    return best if best is not None and support(best, rule[:4]) >= rule[4] else None
+    best = top(o, rule[:5])
+    return best if best is not None and support(best, rule[:5]) >= rule[5] else None
 
 
 def right(o: Offered, quote: extractive.Candidate | None) -> bool:
@@ -144,29 +146,59 @@ def scored(items: list[Offered], rule: Rule) -> tuple[float, float]:
     return hits / sum(pos), refused / max(1, len(items) - sum(pos))
 
 
+NEARS = (-1.0, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 2.0)
+
+
+@dataclass
+class Features:
+    """An item's quotes as arrays: what `support` weighs, and whether each
+    would be the right first quote."""
+
+    base: np.ndarray  # per quote: similarity, overlap, first, missing
+    lacking: dict[float, np.ndarray]  # per NEARS value: the unknown words left lacking
+    good: np.ndarray
+
+
+def features(o: Offered) -> Features:
+    q = o.quotes
+    base = np.array([(c.similarity, c.overlap, float(c.first), c.missing) for c in q]).reshape(
+        -1, 4
+    )
+    lacking = {n: np.array([c.unknown - sum(x >= n for x in c.near) for c in q]) for n in NEARS}
+    return Features(base, lacking, np.array([right(o, c) for c in q], dtype=bool))
+
+
 def best_rule(items: list[Offered], thresholds: np.ndarray) -> Rule:
     """The rule maximising (share right + share refused) on `items`; ties go to
-    the smaller missing- and unknown-word weights, then the higher threshold.
+    the smaller missing- and unknown-word weights, the higher closeness for a
+    word to stand for another, then the higher threshold.
     Thresholds are swept at once: per weights, each question's best quote is
     fixed."""
     pos = np.array([o.question.answerable for o in items])
-    best: tuple[float, float, float, Rule] = (-1.0, 0.0, 0.0, (0.0, 0.0, 0.0, 0.0, 0.0))
-    grid = [(round(a, 1), round(b, 2), round(m, 1), round(u, 2))
+    refused_ok = np.array([not o.question.answerable for o in items])  # refusing is right
+    feats = [features(o) for o in items]
+    best: tuple[float, float, float, float, Rule] = (-1.0, 0.0, 0.0, 0.0, (0.0,) * 6)
+    grid = [(round(a, 1), round(b, 2), round(m, 1), round(u, 2), near)
             for a in np.arange(0, 2.01, 0.2) for b in np.arange(0, 0.31, 0.1)
-            for m in np.arange(0, 1.01, 0.2) for u in np.arange(0, 1.51, 0.25)]  # fmt: skip
+            for m in np.arange(0, 1.01, 0.2) for u in np.arange(0, 1.51, 0.25)
+            for near in NEARS]  # fmt: skip
     for w in grid:
-        chosen = [top(o, w) for o in items]
-        value = np.array([support(c, w) if c else -np.inf for c in chosen])
-        good = np.array([right(o, c) for o, c in zip(items, chosen, strict=True)])
+        weights = np.array([1.0, w[0], w[1], -w[2]])
+        value, good = np.full(len(items), -np.inf), refused_ok.copy()
+        for k, f in enumerate(feats):
+            if len(f.good):
+                s = f.base @ weights - w[3] * f.lacking[w[4]]
+                j = int(np.argmax(s))  # the first of equals, as max() takes
+                value[k], good[k] = s[j], f.good[j]
         answered = value[:, None] >= thresholds[None, :]
         hits = ((answered & good[:, None]) & pos[:, None]).sum(0) / pos.sum()
         refused = (~answered & ~pos[:, None]).sum(0) / max(1, (~pos).sum())
         total = hits + refused
         i = int(np.flatnonzero(total == total.max())[-1])
-        key = (float(total[i]), -(w[2] + w[3]), float(thresholds[i]))
-        if key > best[:3]:
+        key = (float(total[i]), -(w[2] + w[3]), w[4], float(thresholds[i]))
+        if key > best[:4]:
             best = (*key, (*w, float(thresholds[i])))
-    return best[3]
+    return best[4]
 
 
 def calibrate(args: argparse.Namespace) -> None:
@@ -174,17 +206,19 @@ def calibrate(args: argparse.Namespace) -> None:
     kb = KnowledgeBase.open(index(args.work), settings=settings)
     halves = {h: [offered(kb, q, settings, "join") for q in questions(h)]
               for h in ("tune", "report")}  # fmt: skip
-    a, b, m, u, t = best_rule(halves["tune"], np.round(np.arange(0.3, 3.0, 0.01), 2))
+    a, b, m, u, near, t = best_rule(halves["tune"], np.round(np.arange(0.3, 3.0, 0.01), 2))
     print(f"chosen on tune: overlap weight {a:.1f}, first-passage bonus {b:.2f}, "
           f"missing-word weight {m:.1f}, unknown-word weight {u:.2f}, "
-          f"threshold {t:.2f}\n")  # fmt: skip
+          f"near word {near:.2f}, threshold {t:.2f}\n")  # fmt: skip
     print("| rule | half | answerable: first quote right | unanswerable refused |")
     print("| --- | --- | ---: | ---: |")
-    now = (extractive.OVERLAP_WEIGHT, extractive.FIRST_WEIGHT, extractive.MISSING_WEIGHT,
-           extractive.UNKNOWN_WEIGHT, settings.extract_min_support)  # fmt: skip
-    rules: dict[str, Rule] = {"closeness alone at 0.47 (before)": (0.0, 0.0, 0.0, 0.0, 0.47),
-                              f"support >= {now[4]:.2f} (in use)": now,
-                              f"support >= {t:.2f} (chosen)": (a, b, m, u, t)}  # fmt: skip
+    e = extractive
+    now = (e.OVERLAP_WEIGHT, e.FIRST_WEIGHT, e.MISSING_WEIGHT, e.UNKNOWN_WEIGHT, e.NEAR_WORD,
+           settings.extract_min_support)  # fmt: skip
+    rules: dict[str, Rule] = {"closeness alone at 0.47 (before)": (0.0,) * 4 + (2.0, 0.47),
+                              "support >= 1.94, no near word (before)": (1.8, 0.3, 0, 1, 2, 1.94),
+                              f"support >= {now[5]:.2f} (in use)": now,
+                              f"support >= {t:.2f} (chosen)": (a, b, m, u, near, t)}  # fmt: skip
     for name, rule in rules.items():
         for half, items in halves.items():
             hits, refused = scored(items, rule)
@@ -192,10 +226,10 @@ def calibrate(args: argparse.Namespace) -> None:
     if args.show:
         for half, items in halves.items():
             for o in items:
-                best = top(o, (a, b, m, u))
+                best = top(o, (a, b, m, u, near))
                 shown = best.sentence if best else ""
-                score = support(best, (a, b, m, u)) if best else 0.0
-                ok = right(o, first_quote(o, (a, b, m, u, t)))
+                score = support(best, (a, b, m, u, near)) if best else 0.0
+                ok = right(o, first_quote(o, (a, b, m, u, near, t)))
                 print(f"{'ok ' if ok else 'MISS'} {half} {o.question.id} {o.question.question!r} "
                       f"{score:.2f} {shown[:140]!r}", file=sys.stderr)  # fmt: skip
 

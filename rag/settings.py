@@ -271,11 +271,12 @@ class Settings(BaseSettings):
     # embedding model's cosine, plus the share of the question's words it
     # holds, plus a bonus when retrieval's first passage holds it and dense
     # and BM25 agree on that passage, less a weight per word of the question
-    # the knowledge base lacks). Below it, nothing is quoted and the
-    # answer is "not in the knowledge base". Chosen with bench/answering.py
-    # on the tune half of its question set (docs/answering.md).
+    # the knowledge base lacks that the quote holds no word near). Below it,
+    # nothing is quoted and the answer is "not in the knowledge base".
+    # Chosen with bench/answering.py on the tune half of its question set
+    # (docs/answering.md).
     extract_min_support: float = Field(
-        1.94,
+        0.72,
         ge=-1.0,
         le=4.0,
         description="evidence a quote needs (closeness to the question, shared words, "

@@ -203,3 +203,23 @@ def test_the_base_knows_the_words_its_passages_hold(docs_index, embedder):
     kb = KnowledgeBase.open(docs_index, embedder)
     assert knows(kb, "ingest") and knows(kb, "Ingesting")  # as BM25 analyses it
     assert not knows(kb, "Carmen")
+
+
+@pytest.mark.parametrize(
+    ("question", "text"),
+    [
+        # "retained" is nowhere in the base, but "kept" is its near neighbour
+        ("How long are receipts retained?", "Receipts are kept for seven years, as tax law says."),
+        ("When is the yearly flower show?", "The annual flower show is on the first Saturday."),
+    ],
+)
+def test_a_word_the_base_lacks_but_the_quote_says_otherwise_does_not_count_against_it(
+    question, text, embedder
+):
+    page = Hit(chunk=Chunk(text=text, source="/kb/a.md", start=0, end=1, id=1), score=1.0,
+               dense_rank=1, bm25_rank=1)  # fmt: skip
+    floor = small_model().extract_min_support
+    base = set(re.findall(r"\w+", text.lower()))  # the base's words: the passage's only
+    known = lambda word: word.lower() in base  # noqa: E731
+    offered = candidates(question, [page], embedder, 4, floor, known=known)
+    assert offered and offered[0].sentence == text

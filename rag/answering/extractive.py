@@ -50,9 +50,9 @@ MIN_WORDS = 5
 # gives the figures. Closeness in meaning alone (all-MiniLM-L6-v2's cosine)
 # misses the sentence that answers a short question in other words ("How are
 # broken files reported?"), and rows are not sentences at all.
-OVERLAP_WEIGHT = 1.8  # times the share of the question's content words the quote holds
+OVERLAP_WEIGHT = 0.6  # times the share of the question's content words the quote holds
 # For a quote of retrieval's first passage when both sides agree on it.
-FIRST_WEIGHT = 0.3
+FIRST_WEIGHT = 0.0
 AGREE_RANK = 3  # ... that is, when dense and BM25 each rank that passage at most this
 # Taken off per word of the question that no passage read holds. A near miss
 # ("the Model T van" where the base has the Model K, "sick leave" beside paid
@@ -62,7 +62,13 @@ AGREE_RANK = 3  # ... that is, when dense and BM25 each rank that passage at mos
 # elsewhere. So a word nowhere in the base weighs more than one merely not in
 # the passages read.
 MISSING_WEIGHT = 0.0  # per word the passages lack but the base holds
-UNKNOWN_WEIGHT = 1.0  # per word the base lacks (or identifier the passages lack)
+UNKNOWN_WEIGHT = 0.75  # per word the base lacks (or identifier the passages lack)
+# A word the base lacks is a question in other words, not a near miss, when
+# the quote holds a word this close to it in meaning (all-MiniLM-L6-v2's
+# cosine of the two words alone): "retained" beside "kept", "yearly" beside
+# "annual"; "sick" has nothing near it beside "paid leave". Identifiers
+# always count.
+NEAR_WORD = 0.55
 # Words that name one thing among similar ones: a single capital letter
 # ("Model T"; not "I" or "A") or a word with a digit ("Q3", "1050"). The BM25
 # terms leave single letters and digits out.
@@ -83,6 +89,12 @@ class Candidate:
     first: bool = False  # from retrieval's first passage, on which dense and BM25 agree
     missing: int = 0  # words of the question the passages lack, but the base holds
     unknown: int = 0  # words of the question the base lacks, identifiers the passages lack
+    near: tuple[float, ...] = ()  # per plain word of `unknown`: its nearest word of the quote
+
+    @property
+    def lacking(self) -> int:
+        """`unknown`, less the words the quote says in other words."""
+        return self.unknown - sum(c >= NEAR_WORD for c in self.near)
 
     @property
     def support(self) -> float:
@@ -92,7 +104,7 @@ class Candidate:
             + OVERLAP_WEIGHT * self.overlap
             + (FIRST_WEIGHT if self.first else 0.0)
             - MISSING_WEIGHT * self.missing
-            - UNKNOWN_WEIGHT * self.unknown
+            - UNKNOWN_WEIGHT * self.lacking
         )
 
 
@@ -158,17 +170,7 @@ def candidates(
     `known`: whether the knowledge base holds a word anywhere (None: not
     known, every word the passages lack counts as `missing`)."""
     own = own or question
-    before = " ".join(" ".join(text.split()) for text in said)
-    quotes: dict[str, tuple[int, list[str]]] = {}  # quote -> passage, texts to embed
-    for n, hit in enumerate(ordered, start=1):
-        for sentence in sentences(table_rows.prose(hit.text)):
-            if sentence not in before:
-                quotes.setdefault(sentence, (n, [sentence]))  # overlapping chunks repeat them
-        for table in table_rows.tables(hit.text):
-            rows = table_rows.matching_rows(own, table, context=question)
-            if rows:
-                quote = table.quote([table.rows[i] for i in rows])
-                quotes.setdefault(quote, (n, [table.as_text(table.rows[i]) for i in rows]))
+    quotes = _quotes(question, own, ordered, said)
     if not quotes:
         return []
     texts = [t for _, group in quotes.values() for t in group]
@@ -179,18 +181,67 @@ def candidates(
     agree = bool(ordered) and _agreed(ordered[0])
     held = " ".join(hit.text for hit in ordered)
     missing = [missing_words(ask, held, known) for ask in asks]
+    plain = [sorted(m[1] - _identifiers(ask)) for m, ask in zip(missing, asks, strict=True)]
+    nearest = _nearest(embedder, {w for p in plain for w in p}, list(quotes))
     found = []
     for quote, (n, group) in quotes.items():
         closeness = [next(scores) for _ in group]  # per text: one score per query
+        near = nearest[quote]
         quote = _best_rows(quote, [max(c) for c in closeness]) if len(group) > 1 else quote
         best = max(
             (Candidate(n, quote, max(c[i] for c in closeness), _share(ask, quote), agree and n == 1,
-                       *map(len, missing[i])) for i, ask in enumerate(asks)),
+                       len(missing[i][0]), len(missing[i][1]), tuple(near[w] for w in plain[i]))
+             for i, ask in enumerate(asks)),
             key=lambda c: c.support,
         )  # fmt: skip
         found.append(best)
     found.sort(key=lambda c: -c.support)  # stable: passage order breaks ties
     return [c for c in found[:limit] if c.support >= min_support]
+
+
+def _quotes(
+    question: str, own: str, ordered: Sequence[Hit], said: Sequence[str]
+) -> dict[str, tuple[int, list[str]]]:
+    """Each quote the passages offer -> its passage's number, the texts to embed."""
+    before = " ".join(" ".join(text.split()) for text in said)
+    quotes: dict[str, tuple[int, list[str]]] = {}
+    for n, hit in enumerate(ordered, start=1):
+        for sentence in sentences(table_rows.prose(hit.text)):
+            if sentence not in before:
+                quotes.setdefault(sentence, (n, [sentence]))  # overlapping chunks repeat them
+        for table in table_rows.tables(hit.text):
+            rows = table_rows.matching_rows(own, table, context=question)
+            if rows:
+                quote = table.quote([table.rows[i] for i in rows])
+                quotes.setdefault(quote, (n, [table.as_text(table.rows[i]) for i in rows]))
+    return quotes
+
+
+def _identifiers(question: str) -> set[str]:
+    return {w.lower() for w in _IDENTIFIER.findall(question)}
+
+
+def _nearest(
+    embedder: Embedder, lacking: set[str], quotes: list[str]
+) -> dict[str, dict[str, float]]:
+    """Per quote, each of the `lacking` words' closeness in meaning to the
+    quote's nearest content word (-1 when it has none)."""
+    if not lacking:
+        return {quote: {} for quote in quotes}
+    asked = sorted(lacking)
+    spoken = {
+        q: {w for w in set(_TOKEN.findall(q.lower())) if followup.content_terms(w)} for q in quotes
+    }
+    words = sorted(set().union(*spoken.values()))
+    vectors = np.asarray(embedder.embed_batch(asked + words, kind="document"), dtype=np.float32)
+    close = vectors[len(asked) :] @ vectors[: len(asked)].T  # a row per quote word
+    at = {w: i for i, w in enumerate(words)}
+    nearest = {}
+    for quote, said in spoken.items():
+        rows = [at[w] for w in said]
+        best = close[rows].max(axis=0) if rows else np.full(len(asked), -1.0)
+        nearest[quote] = dict(zip(asked, best.tolist(), strict=True))
+    return nearest
 
 
 def _share(question: str, quote: str) -> float:
@@ -205,17 +256,20 @@ def missing_words(
 ) -> tuple[set[str], set[str]]:
     """The question's content words (as BM25 terms) that `text`, the passages
     read, does not hold: (those the base holds elsewhere, those it does not
-    hold at all per `known`, with the identifiers such as "T" or "Q3" that
-    `text` lacks)."""
+    hold at all per `known`, as asked rather than as terms, with the
+    identifiers such as "T" or "Q3" that `text` lacks)."""
     held, tokens = set(terms(text)), set(_TOKEN.findall(text.lower()))
     lacked: set[str] = set()
-    unknown = {w.lower() for w in _IDENTIFIER.findall(question)} - tokens
+    unknown = _identifiers(question) - tokens
     words = _TOKEN.findall(question)
     for before, word in zip(["", *words], words, strict=False):
         if before.lower() == "how" or word.lower() in _MEASURES:
             continue  # "How often", "How big", "how many times": the answer names a measure
         for term in followup.content_terms(word) - held:
-            (lacked if known is None or known(word) else unknown).add(term)
+            if known is None or known(word):
+                lacked.add(term)
+            else:
+                unknown.add(word.lower())  # as asked: its meaning is weighed (`_nearest`)
     return lacked - unknown, unknown
 
 
