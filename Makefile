@@ -50,10 +50,14 @@ test: setup llm-setup llm-setup-tiny system-setup
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # While you work: no vLLM, Chromium or PostgreSQL (the markers are in
-# pyproject.toml; tests/conftest.py marks a test by the servers it takes).
+# pyproject.toml; tests/conftest.py marks a test by the servers it takes),
+# spread over the cores by pytest-xdist (TEST_WORKERS=0 runs them in one
+# process). `make test` runs every test, in one process: the real servers
+# are started once per session, not once per worker.
 FAST_MARKERS := not llm and not browser and not postgres and not slow
+TEST_WORKERS ?= auto
 test-fast: setup
-	$(BIN)/pytest -q -m "$(FAST_MARKERS)" $(PYTEST_ARGS)
+	$(BIN)/pytest -q -m "$(FAST_MARKERS)" -n $(TEST_WORKERS) --maxprocesses 4 --dist worksteal $(PYTEST_ARGS)
 
 # The full SIGKILL loop: 20 kills (`make test` runs the same test with 5).
 crash-test: setup
