@@ -50,10 +50,16 @@ test: setup llm-setup llm-setup-tiny system-setup
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # While you work: no vLLM, Chromium or PostgreSQL (the markers are in
-# pyproject.toml; tests/conftest.py marks a test by the servers it takes).
+# pyproject.toml; tests/conftest.py marks a test by the servers it takes),
+# in one process. TEST_WORKERS=2 (or auto) spreads them over the cores with
+# pytest-xdist: not the default yet, because under xdist one worker's parser
+# pools were seen to break (BrokenProcessPool, every ingest of that worker
+# failing) on a loaded machine. `make test` runs every test, in one process:
+# the real servers are started once per session, not once per worker.
 FAST_MARKERS := not llm and not browser and not postgres and not slow
+TEST_WORKERS ?= 0
 test-fast: setup
-	$(BIN)/pytest -q -m "$(FAST_MARKERS)" $(PYTEST_ARGS)
+	$(BIN)/pytest -q -m "$(FAST_MARKERS)" -n $(TEST_WORKERS) --maxprocesses 4 --dist worksteal $(PYTEST_ARGS)
 
 # The full SIGKILL loop: 20 kills (`make test` runs the same test with 5).
 crash-test: setup

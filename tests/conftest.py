@@ -4,6 +4,7 @@ work on their own copy)."""
 
 from __future__ import annotations
 
+import multiprocessing
 import shutil
 from pathlib import Path
 
@@ -24,6 +25,28 @@ _NEEDS = {
     "llm_settings": "llm",
     "pg_server": "postgres",
 }
+
+
+# Every ingest starts its parser workers from the forkserver (ingest/workers.py),
+# and the suite ingests hundreds of times: the forkserver imports the parsing
+# code once, so each worker starts with it instead of importing it again.
+# Modules that are missing are skipped by multiprocessing.
+FORKSERVER_PRELOAD = [
+    "__main__",  # multiprocessing's default
+    "ingest.workers",
+    "ingest.tables",
+    "ingest.sections",
+    "ingest.mail",
+    "tokenizers",
+    "lxml.html",
+    "pypdfium2",
+    "pdfplumber",
+    "pdfminer.high_level",
+]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    multiprocessing.set_forkserver_preload(FORKSERVER_PRELOAD)
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
