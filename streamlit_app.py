@@ -26,7 +26,7 @@ from rag.knowledge_base import KnowledgeBase
 from rag.llm import Delta, OpenAIChat, check_server
 from rag.settings import Settings
 from rag.types import Answer
-from team.access import Access, Action
+from team.access import Access, AccessDenied, Action
 from team.appdb import AppDB, open_app_db
 from team.conversation import Conversation, Turn
 from team.sources import SourceNames
@@ -103,8 +103,8 @@ def ask(
     llm_down: str | None,
     filters: Filters | None = None,
 ) -> Turn:
-    """Answer `question` on the page; every outcome is a turn to keep."""
-    access.require(Action.READ, kb.root.name)
+    """Answer `question` on the page; every outcome is a turn to keep. The
+    service asks the policy (svc.stream, svc.search), not this page."""
     with st.chat_message("user"):
         st.text(question)
     with st.chat_message("assistant"):
@@ -117,6 +117,8 @@ def ask(
         try:
             events = svc.stream(access, kb.root.name, question, history, filters, settings)
             result = stream_into_page(events)
+        except AccessDenied as exc:
+            return refused(question, exc)
         except (QuestionTooLong, NothingMatches) as exc:
             error = names.redact(str(exc))
             st.error(error)
@@ -145,6 +147,8 @@ def retrieval_only(
         hits = svc.search(
             access, kb.root.name, question, k=settings.screen_k, filters=filters, what="question"
         )
+    except AccessDenied as exc:
+        return refused(question, exc)
     except (QuestionTooLong, NothingMatches) as exc:
         error = names.redact(str(exc))
         st.error(error)
@@ -152,6 +156,13 @@ def retrieval_only(
     st.warning(why)
     render.hits_only(access, kb, names, hits)
     return Turn(question, answer=Answer(question=question, text="", hits=hits), warning=why)
+
+
+def refused(question: str, exc: AccessDenied) -> Turn:
+    """The service's refusal, shown as the Ask tab shows a base it may not open."""
+    error = safe_text.escape(for_user(str(exc)))
+    st.error(error)
+    return Turn(question, error=error)
 
 
 def stream_into_page(events: Iterator[Any]) -> Answer:

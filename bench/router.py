@@ -157,9 +157,9 @@ def kill_when_busy(server: launch.Server, timeout: float = 120.0) -> Callable[[]
     return kill
 
 
-def client(url: str, model: str) -> OpenAIChat:
+def client(url: str, model: str, retries: int = 1) -> OpenAIChat:
     # Our client's one retry is what saves an answer cut off mid-stream.
-    return OpenAIChat(Settings(llm_url=url, llm_model=model, llm_timeout=120, llm_retries=1))
+    return OpenAIChat(Settings(llm_url=url, llm_model=model, llm_timeout=120, llm_retries=retries))
 
 
 def main(argv: list[str] | None = None) -> int:

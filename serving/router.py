@@ -47,10 +47,19 @@ ROUTER_METRICS_PORT = 29000
 # load imbalance passes its thresholds.
 POLICIES = ("round_robin", "power_of_two", "cache_aware", "random", "consistent_hash")
 DEFAULT_POLICY = "round_robin"
-# How often the router probes each replica's /health (its default is 60 s):
-# a dead replica leaves the rotation within a few of these.
-HEALTH_INTERVAL_S = 5
-RETRIES = 3
+# How often the router probes each replica's /health (its default is 60 s),
+# and after how many failed probes in a row a replica leaves the rotation: a
+# dead one is out within about 2 s (a refused connection fails at once).
+HEALTH_INTERVAL_S = 1
+HEALTH_FAILURES = 2
+# Until then round robin keeps offering the dead replica, to a request's
+# retries too, and requests arriving together share its turns: with 3 tries,
+# 8 requests at once lost one (8 -> 4 -> 2 -> 1 sent to the dead replica).
+# 8 tries, backing off 0.1, 0.2, 0.4, 0.8 then 1 s, span about 4.5 s, past
+# the health check's 2 s; halving at each try, they would also carry a burst
+# of 256 without it.
+ATTEMPTS = 8
+BACKOFF_MS = (100, 1000)  # first, longest
 
 __all__ = ["DEFAULT_POLICY", "POLICIES", "ROUTER_PORT", "free_port", "main", "router_binary",
            "router_config", "serve", "start"]  # fmt: skip
@@ -112,10 +121,20 @@ def router_config(
         "--prometheus-host", "127.0.0.1",
         "--prometheus-port", str(metrics_port),
         "--health-check-interval-secs", str(HEALTH_INTERVAL_S),
+        "--health-failure-threshold", str(HEALTH_FAILURES),
         # At start it waits for every replica's /health; poll often, not every 30 s.
         "--worker-startup-check-interval", "1",
-        # A request the router could not deliver (a replica gone) goes to another.
-        "--retry-max-retries", str(RETRIES),
+        # A request the router could not deliver (a replica gone, or a 5xx)
+        # goes to the next replica; the count includes the first try.
+        "--retry-max-retries", str(ATTEMPTS),
+        "--retry-initial-backoff-ms", str(BACKOFF_MS[0]),
+        "--retry-max-backoff-ms", str(BACKOFF_MS[1]),
+        "--retry-backoff-multiplier", "2",
+        # The health check takes a dead replica out. The circuit breaker (10
+        # failed requests in a row on a replica -> out for 60 s) counts a 500
+        # a live replica gives one request too; with 8 tries a few such
+        # requests would take every replica out: "No available workers".
+        "--disable-circuit-breaker",
         *extra_args,
     ]  # fmt: skip
     config = ServeConfig(tuple(argv), {}, host, port, served_model_name, " ".join(urls))

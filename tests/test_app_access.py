@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from builders import delete_box
 from streamlit.testing.v1 import AppTest
-from test_app import app, texts
+from test_app import APP, app, texts
 
 from rag.settings import Settings
 from team.appdb import AppDB, open_app_db
@@ -157,6 +157,56 @@ def test_a_revoked_grant_takes_effect_at_the_next_run(team):
     assert picker(at).options == []
     assert not at.chat_input and not at.tabs
     assert any("ask an admin" in i.value for i in at.info), [i.value for i in at.info]
+
+
+def _ask_page(app_file: str, kb_name: str, question: str, llm_down: str | None) -> None:
+    """The Ask tab's `ask` called as rita on `kb_name`: what replaying a
+    question for a base she may not read amounts to."""
+    import importlib.util
+
+    import streamlit as st
+
+    from rag.knowledge_base import KnowledgeBase
+    from rag.settings import Settings
+    from team.access import Access, AccessPolicy
+    from team.appdb import open_app_db
+    from team.conversation import Conversation
+    from team.sources import SourceNames
+
+    # Loaded under another name: as `streamlit_app` it would build its ASGI app.
+    spec = importlib.util.spec_from_file_location("kbqa_page", app_file)
+    assert spec and spec.loader
+    page = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(page)
+    settings = Settings()
+    db = open_app_db(settings)
+    rita = Access(db.accounts.user("rita"), AccessPolicy(db))
+    kb = KnowledgeBase.open(settings.indexes_root / kb_name)
+    conversation = Conversation(0, kb_name, 0.0)
+    turn = page.ask(rita, kb, SourceNames.of(kb), settings, question, conversation, llm_down)
+    st.session_state["turn_error"] = turn.error
+
+
+def test_a_question_to_a_base_the_reader_may_not_read_is_refused_by_the_service(team):
+    """The core service is the one home of the read check: the page does not
+    ask the policy again before it, and shows the service's refusal as the
+    Ask tab shows a base it may not open."""
+    from ui import safe_text
+
+    refusal = safe_text.escape(
+        "You have no access to the knowledge base 'secret'. An admin can grant it."
+    )
+    # Answering (svc.stream), and passages only while the LLM is down (svc.search).
+    for llm_down in (None, "The LLM server is not reachable."):
+        at = AppTest.from_function(
+            _ask_page, args=(APP, "secret", QUESTION, llm_down), default_timeout=240
+        ).run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert [e.value for e in at.error] == [refusal], llm_down
+        assert at.session_state["turn_error"] == refusal
+        assert not at.expander, "no passages of the base are shown"
+    denied = [e for e in team.audit.entries() if e.user == "rita" and e.action == "denied"]
+    assert [(e.target, e.detail) for e in denied] == [("secret", "read")] * 2
 
 
 def test_the_manage_actions_called_as_a_reader_are_refused_and_change_nothing(team, kb_root):

@@ -100,8 +100,19 @@ def test_a_replica_killed_mid_load_loses_no_answer(front, llm_server, second_rep
     before = bench.finished(llm_server.base_url)
     chat = bench.client(front.base_url, llm_server.served_model_name)
     kill = bench.kill_when_busy(second_replica)
-    load = bench.run_load(chat, requests=12, concurrency=4, max_tokens=48, during=kill)
+    # Requests that reach the router just as replica 2 dies, all at once and
+    # without our client's retry: the router alone must deliver each one, though
+    # its round robin keeps offering the dead replica until it is taken out.
+    bare = bench.client(front.base_url, llm_server.served_model_name, retries=0)
+    burst: list[bench.Load] = []
+
+    def kill_then_burst() -> None:
+        kill()
+        burst.append(bench.run_load(bare, requests=8, concurrency=8, max_tokens=8))
+
+    load = bench.run_load(chat, requests=12, concurrency=4, max_tokens=48, during=kill_then_burst)
     assert second_replica.process.wait(timeout=30) is not None  # it really died
+    assert (burst[0].ok, burst[0].failed) == (8, 0), burst[0].reasons
     assert (load.ok, load.failed) == (12, 0), load.reasons
     # What replica 2 could not finish, replica 1 did.
     assert bench.finished(llm_server.base_url) - before >= 6
