@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 
@@ -143,6 +144,7 @@ class Ingestor:
         self.settings = settings
         self.report = report
         self._embedder = embedder
+        self._loading: Future[Embedder] | None = None  # `start_loading`
         self._chunker: Chunker | None = None
         self._pending: list[_Pending] = []
         self._in_flight: dict[str, str] = {}  # content hash -> path, until flushed
@@ -166,14 +168,29 @@ class Ingestor:
         """The planned work done, with `partial` documents' worth embedded."""
         return min((self._settled + partial) / self.planned, 1.0) if self.planned else 0.0
 
+    def start_loading(self) -> None:
+        """Start loading the model in a background thread, once, when this
+        process will embed: it loads while files are scanned and parsed,
+        and `embedder` joins it when the first chunks are to be embedded."""
+        if self._embedder is not None or self._loading is not None:
+            return
+        if self._embed_slices != self._embed_here:  # embedded elsewhere (Ray)
+            return
+        s = self.settings
+        loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedder-load")
+        self._loading = loader.submit(
+            load_embedder, s.embedding_model, s.embed_precision, s.embed_device
+        )
+        loader.shutdown(wait=False)
+
     @property
     def embedder(self) -> Embedder:
         if self._embedder is None:
-            self._embedder = load_embedder(
-                self.settings.embedding_model,
-                self.settings.embed_precision,
-                self.settings.embed_device,
-            )
+            if self._loading is None:
+                s = self.settings
+                self._embedder = load_embedder(s.embedding_model, s.embed_precision, s.embed_device)
+            else:  # its error (a model missing) is raised here
+                self._embedder = self._loading.result()
         return self._embedder
 
     @property
@@ -260,6 +277,10 @@ class Ingestor:
         # rest of the document is stored.
         self.report.failed += [Failure(document.path, note) for note in document.notes]
         self._buffered += len(chunks)
+        # Below the smaller buffer, where the model runs does not matter
+        # yet: it goes on loading while more files are parsed.
+        if self._buffer is None and self._buffered < EMBED_BUFFER:
+            return
         if self._buffered >= self.buffer_size:
             self.flush()
 
@@ -327,8 +348,8 @@ class Ingestor:
     def _pending_ids(self) -> list[np.ndarray] | None:
         """The buffered chunks' token ids when every one came tokenized and
         this process embeds them with a model that takes ids; else None."""
-        if self._embed_slices != self._embed_here:
-            return None
+        if self._embed_slices != self._embed_here or not self._buffered:
+            return None  # nothing to embed: no model is loaded to tell
         if not hasattr(self.embedder, "embed_token_ids"):
             return None
         if any(p.token_ids is None and p.chunks for p in self._pending):

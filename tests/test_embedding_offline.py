@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 PROBE = r"""
 import json, os
 before = dict(os.environ)
@@ -38,7 +40,8 @@ def test_a_missing_model_is_named_and_the_environment_is_left_alone():
     assert result["changed"] == []
 
 
-def test_models_loaded_at_once_in_several_threads_each_keep_one_dtype():
+@pytest.mark.parametrize("which", ["SentenceTransformerEmbedder", "TransformersEmbedder"])
+def test_models_loaded_at_once_in_several_threads_each_keep_one_dtype(which):
     # The app's sessions run in threads of one process: two sessions opening
     # knowledge bases at once load two models at once. Loading in bfloat16
     # must not switch torch's process-wide default dtype under the other
@@ -48,12 +51,13 @@ def test_models_loaded_at_once_in_several_threads_each_keep_one_dtype():
 
     import torch
 
-    from rag.embedding import SentenceTransformerEmbedder
+    from rag import embedding, embedding_hf
 
-    loaded: list[SentenceTransformerEmbedder] = []
+    make = getattr(embedding, which, None) or getattr(embedding_hf, which)
+    loaded: list[embedding.TorchEmbedder] = []
 
     def load() -> None:
-        loaded.append(SentenceTransformerEmbedder("all-MiniLM-L6-v2", "bfloat16"))
+        loaded.append(make("all-MiniLM-L6-v2", "bfloat16"))
 
     for _ in range(2):
         threads = [threading.Thread(target=load) for _ in range(4)]
