@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import multiprocessing
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,27 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         for name in set(getattr(item, "fixturenames", ())) & _NEEDS.keys():
             item.add_marker(_NEEDS[name])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cheap_password_hashes() -> Iterator[object]:
+    """argon2id at its lowest cost for the session, instead of the
+    product's 64 MiB, three-pass hash (seconds each on a loaded 2-core
+    machine, and the suite creates and logs in hundreds of accounts). The
+    same library and code path: hashes stay `$argon2id$`, verify and
+    needs-rehash as before. Yields the product's hasher, whose parameters
+    test_appdb.py checks."""
+    from argon2 import PasswordHasher
+
+    from team.appdb import accounts
+
+    product = accounts._hasher
+    patch = pytest.MonkeyPatch()
+    patch.setattr(accounts, "_hasher", PasswordHasher(time_cost=1, memory_cost=8, parallelism=1))
+    accounts._dummy_hash.cache_clear()
+    yield product
+    patch.undo()
+    accounts._dummy_hash.cache_clear()
 
 
 @pytest.fixture(scope="session")

@@ -51,6 +51,19 @@ def offline(tmp_path, docs_index) -> Settings:
     return offline_settings(tmp_path, docs_index)
 
 
+@pytest.fixture(scope="module")
+def offline_server(tmp_path_factory, docs_index) -> Iterator[Server]:
+    """One server without an LLM for the tests that only send requests and
+    change nothing (an upload, a removal or other settings get their own):
+    its accounts and start are paid once. A burst that no test reaches, as
+    they share its keys."""
+    tmp = tmp_path_factory.mktemp("offline")
+    settings = offline_settings(tmp, docs_index).model_copy(update={"api_burst": 1000})
+    keys = accounts(settings)
+    with serve(settings) as url:
+        yield Server(url, settings, keys)
+
+
 def markers(text: str) -> set[int]:
     return {int(n) for n in re.findall(r"\[(\d+)\]", text)}
 
@@ -154,58 +167,54 @@ def test_concurrent_chat_requests_all_get_a_cited_or_not_found_answer(api):
     assert any(c.model_extra["found"] for c in completions)
 
 
-def test_a_bad_key_is_refused_with_401_in_openais_shape(offline):
-    keys = accounts(offline)
-    with serve(offline) as url:
-        for key in ("kbqa-000000000000-not-a-key", "EMPTY", keys["rex"][:-1]):
-            client = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0)
-            with pytest.raises(openai.AuthenticationError) as refused:
-                client.models.list()
-            assert refused.value.body["type"] == "authentication_error"
-            assert refused.value.body["message"]
-        reply = httpx.get(url + "/v1/models")
-        assert reply.status_code == 401 and set(reply.json()["error"]) == {
-            "message", "type", "code",
-        }  # fmt: skip
+def test_a_bad_key_is_refused_with_401_in_openais_shape(offline_server):
+    keys, url = offline_server.keys, offline_server.url
+    for key in ("kbqa-000000000000-not-a-key", "EMPTY", keys["rex"][:-1]):
+        client = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0)
+        with pytest.raises(openai.AuthenticationError) as refused:
+            client.models.list()
+        assert refused.value.body["type"] == "authentication_error"
+        assert refused.value.body["message"]
+    reply = httpx.get(url + "/v1/models")
+    assert reply.status_code == 401 and set(reply.json()["error"]) == {
+        "message", "type", "code",
+    }  # fmt: skip
 
 
-def test_a_knowledge_base_not_granted_is_refused_with_403(offline):
-    keys = accounts(offline)
-    with serve(offline) as url:
-        rex = openai.OpenAI(base_url=url + "/v1", api_key=keys["rex"], max_retries=0)
-        with pytest.raises(openai.PermissionDeniedError, match="no access"):
-            rex.chat.completions.create(
-                model="secret", messages=[{"role": "user", "content": QUESTION}]
-            )
-        headers = {"Authorization": f"Bearer {keys['rex']}"}
-        found = httpx.post(url + "/v1/search", json={"model": "secret", "query": "x"},
-                           headers=headers)  # fmt: skip
-        assert found.status_code == 403 and found.json()["error"]["code"] == "permission_denied"
-        gone = httpx.post(url + "/v1/search", json={"model": "nope", "query": "x"},
-                          headers=headers)  # fmt: skip
-        assert gone.status_code == 403, "a reader learns nothing of bases not granted"
+def test_a_knowledge_base_not_granted_is_refused_with_403(offline_server):
+    keys, url = offline_server.keys, offline_server.url
+    rex = openai.OpenAI(base_url=url + "/v1", api_key=keys["rex"], max_retries=0)
+    with pytest.raises(openai.PermissionDeniedError, match="no access"):
+        rex.chat.completions.create(
+            model="secret", messages=[{"role": "user", "content": QUESTION}]
+        )
+    headers = {"Authorization": f"Bearer {keys['rex']}"}
+    found = httpx.post(url + "/v1/search", json={"model": "secret", "query": "x"},
+                       headers=headers)  # fmt: skip
+    assert found.status_code == 403 and found.json()["error"]["code"] == "permission_denied"
+    gone = httpx.post(url + "/v1/search", json={"model": "nope", "query": "x"},
+                      headers=headers)  # fmt: skip
+    assert gone.status_code == 403, "a reader learns nothing of bases not granted"
 
 
-def test_models_lists_only_the_knowledge_bases_the_key_may_read(offline):
-    keys = accounts(offline)
-    with serve(offline) as url:
-        listed = {
-            user: [m.id for m in openai.OpenAI(base_url=url + "/v1", api_key=keys[user],
-                                               max_retries=0).models.list()]
-            for user in ("ada", "rex")
-        }  # fmt: skip
+def test_models_lists_only_the_knowledge_bases_the_key_may_read(offline_server):
+    keys, url = offline_server.keys, offline_server.url
+    listed = {
+        user: [m.id for m in openai.OpenAI(base_url=url + "/v1", api_key=keys[user],
+                                           max_retries=0).models.list()]
+        for user in ("ada", "rex")
+    }  # fmt: skip
     assert listed == {"ada": ["default", "secret"], "rex": ["default"]}
 
 
 # -- search, documents, stats -----------------------------------------------------------
 
 
-def test_search_returns_ranked_passages(offline):
-    keys = accounts(offline)
-    with serve(offline) as url:
-        headers = {"Authorization": f"Bearer {keys['rex']}"}
-        body = {"knowledge_base": "default", "query": "broken files", "k": 3, "mode": "bm25"}
-        reply = httpx.post(url + "/v1/search", json=body, headers=headers)
+def test_search_returns_ranked_passages(offline_server):
+    keys, url = offline_server.keys, offline_server.url
+    headers = {"Authorization": f"Bearer {keys['rex']}"}
+    body = {"knowledge_base": "default", "query": "broken files", "k": 3, "mode": "bm25"}
+    reply = httpx.post(url + "/v1/search", json=body, headers=headers)
     assert reply.status_code == 200, reply.text
     data = reply.json()["data"]
     assert [d["rank"] for d in data] == [1, 2, 3]
@@ -214,39 +223,38 @@ def test_search_returns_ranked_passages(offline):
     assert not any(d["source"].startswith("/") for d in data)
 
 
-def test_search_filters_scope_the_passages_and_say_when_nothing_matches(offline):
-    keys = accounts(offline)
-    with serve(offline) as url:
-        rex = httpx.Client(
-            base_url=url, headers={"Authorization": f"Bearer {keys['rex']}"}, timeout=120
-        )
+def test_search_filters_scope_the_passages_and_say_when_nothing_matches(offline_server):
+    keys, url = offline_server.keys, offline_server.url
+    rex = httpx.Client(
+        base_url=url, headers={"Authorization": f"Bearer {keys['rex']}"}, timeout=120
+    )
 
-        def search(filters, k=3):
-            body = {"model": "default", "query": "broken files", "k": k, "mode": "dense"}
-            return rex.post("/v1/search", json=body | {"filters": filters})
+    def search(filters, k=3):
+        body = {"model": "default", "query": "broken files", "k": k, "mode": "dense"}
+        return rex.post("/v1/search", json=body | {"filters": filters})
 
-        pdf = search({"types": ["pdf"]})
-        assert pdf.status_code == 200, pdf.text
-        assert [d["source"] for d in pdf.json()["data"]] == ["operations-handbook.pdf"] * 3
-        scoped = search({"path_prefix": "how-", "after": "2000-01-01"}, k=2).json()["data"]
-        assert [d["source"] for d in scoped] == ["how-ingestion-works.md"] * 2
-        nothing = search({"tags": ["travel"]})
-        assert nothing.status_code == 404
-        error = nothing.json()["error"]
-        assert error["code"] == "no_document_matches" and "tagged travel" in error["message"]
-        none_under = search({"path_prefix": "nowhere/"}).json()["error"]["message"]
-        assert "under nowhere/" in none_under and "/docs/" not in none_under  # no server path
-        for bad in ({"after": "last tuesday"}, {"path_prefix": "/etc"}, {"tags": ["a b"]}):
-            reply = search(bad)
-            assert reply.status_code == 400 and reply.json()["error"]["code"] == "invalid_filter"
-        assert search({"colour": "red"}).status_code in (400, 422)
-        # The chat completion takes the same object in its extra body, checked before the LLM.
-        client = openai.OpenAI(base_url=url + "/v1", api_key=keys["rex"], max_retries=0)
-        with pytest.raises(openai.NotFoundError, match="tagged travel"):
-            client.chat.completions.create(
-                model="default", messages=[{"role": "user", "content": QUESTION}],
-                extra_body={"filters": {"tags": ["travel"]}},
-            )  # fmt: skip
+    pdf = search({"types": ["pdf"]})
+    assert pdf.status_code == 200, pdf.text
+    assert [d["source"] for d in pdf.json()["data"]] == ["operations-handbook.pdf"] * 3
+    scoped = search({"path_prefix": "how-", "after": "2000-01-01"}, k=2).json()["data"]
+    assert [d["source"] for d in scoped] == ["how-ingestion-works.md"] * 2
+    nothing = search({"tags": ["travel"]})
+    assert nothing.status_code == 404
+    error = nothing.json()["error"]
+    assert error["code"] == "no_document_matches" and "tagged travel" in error["message"]
+    none_under = search({"path_prefix": "nowhere/"}).json()["error"]["message"]
+    assert "under nowhere/" in none_under and "/docs/" not in none_under  # no server path
+    for bad in ({"after": "last tuesday"}, {"path_prefix": "/etc"}, {"tags": ["a b"]}):
+        reply = search(bad)
+        assert reply.status_code == 400 and reply.json()["error"]["code"] == "invalid_filter"
+    assert search({"colour": "red"}).status_code in (400, 422)
+    # The chat completion takes the same object in its extra body, checked before the LLM.
+    client = openai.OpenAI(base_url=url + "/v1", api_key=keys["rex"], max_retries=0)
+    with pytest.raises(openai.NotFoundError, match="tagged travel"):
+        client.chat.completions.create(
+            model="default", messages=[{"role": "user", "content": QUESTION}],
+            extra_body={"filters": {"tags": ["travel"]}},
+        )  # fmt: skip
 
 
 def test_upload_see_in_stats_search_and_delete(offline):
@@ -287,19 +295,18 @@ def test_upload_see_in_stats_search_and_delete(offline):
 # -- bounds and the rate limit ----------------------------------------------------------
 
 
-def test_oversized_requests_are_refused_before_any_work(offline):
-    keys = accounts(offline)
-    with serve(offline) as url:
-        headers = {"Authorization": f"Bearer {keys['rex']}"}
-        huge = {"model": "default", "messages": [{"role": "user", "content": "x" * 300_000}]}
-        reply = httpx.post(url + "/v1/chat/completions", json=huge, headers=headers)
-        assert reply.status_code == 413, reply.text
-        long = {"model": "default", "messages": [{"role": "user", "content": "x" * 5000}]}
-        reply = httpx.post(url + "/v1/chat/completions", json=long, headers=headers)
-        assert reply.status_code == 400 and reply.json()["error"]["code"] == "message_too_long"
-        many = {"model": "default", "messages": [{"role": "user", "content": "hi"}] * 65}
-        reply = httpx.post(url + "/v1/chat/completions", json=many, headers=headers)
-        assert reply.status_code == 400 and reply.json()["error"]["code"] == "too_many_messages"
+def test_oversized_requests_are_refused_before_any_work(offline_server):
+    keys, url = offline_server.keys, offline_server.url
+    headers = {"Authorization": f"Bearer {keys['rex']}"}
+    huge = {"model": "default", "messages": [{"role": "user", "content": "x" * 300_000}]}
+    reply = httpx.post(url + "/v1/chat/completions", json=huge, headers=headers)
+    assert reply.status_code == 413, reply.text
+    long = {"model": "default", "messages": [{"role": "user", "content": "x" * 5000}]}
+    reply = httpx.post(url + "/v1/chat/completions", json=long, headers=headers)
+    assert reply.status_code == 400 and reply.json()["error"]["code"] == "message_too_long"
+    many = {"model": "default", "messages": [{"role": "user", "content": "hi"}] * 65}
+    reply = httpx.post(url + "/v1/chat/completions", json=many, headers=headers)
+    assert reply.status_code == 400 and reply.json()["error"]["code"] == "too_many_messages"
 
 
 def test_a_key_over_its_rate_is_refused_with_429(offline):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy
+from argon2 import Type
 from builders import Clock
 
 from rag.errors import RagError
@@ -75,7 +76,11 @@ def test_the_schema_is_versioned_and_a_newer_one_is_refused(db, settings, clock)
 # -- accounts and logins -------------------------------------------------------------------
 
 
-def test_a_right_password_logs_in_and_the_hash_is_argon2(db):
+def test_a_right_password_logs_in_and_the_hash_is_argon2(db, cheap_password_hashes):
+    # The session hashes cheaply (conftest.py); the product's own cost is argon2id's
+    # RFC 9106 low-memory choice: 64 MiB, three passes.
+    product = cheap_password_hashes
+    assert (product.type, product.memory_cost, product.time_cost) == (Type.ID, 65536, 3)
     db.accounts.add_user("ann", Role.EDITOR, PASSWORD, kbs=["default"], by="cli")
     user = db.accounts.verify_login("ann", PASSWORD)
     assert user == User("ann", Role.EDITOR, frozenset({"default"}))

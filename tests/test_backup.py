@@ -52,17 +52,20 @@ def searches(index: Path, embedder) -> dict[tuple[str, str], list[Hit]]:
         getattr(kb.store, "close", lambda: None)()
 
 
-def results(index: Path, embedder) -> dict:
-    """`searches` as plain values: chunk ids and exact scores included."""
+def plain(found: dict[tuple[str, str], list[Hit]]) -> dict:
+    """Searches as plain values: chunk ids and exact scores included."""
     return {
-        key: [(h.chunk_id, h.source, h.text, h.score) for h in hits]
-        for key, hits in searches(index, embedder).items()
+        key: [(h.chunk_id, h.source, h.text, h.score) for h in hits] for key, hits in found.items()
     }
 
 
-def assert_same_searches(copy: Path, original: Path, embedder) -> None:
-    """The same passages and scores (another store numbers chunks its own way)."""
-    mine, theirs = searches(copy, embedder), searches(original, embedder)
+def results(index: Path, embedder) -> dict:
+    return plain(searches(index, embedder))
+
+
+def assert_same_searches(copy: Path, theirs: dict[tuple[str, str], list[Hit]], embedder) -> None:
+    """The same passages and scores as `theirs` (another store numbers chunks its own way)."""
+    mine = searches(copy, embedder)
     assert {key: difference(theirs[key], hits) for key, hits in mine.items()} == {
         key: "" for key in mine
     }
@@ -82,6 +85,13 @@ def held_corpus(tmp_path_factory: pytest.TempPathFactory, embedder) -> Path:
     return index
 
 
+@pytest.fixture(scope="module")
+def held_searches(held_corpus: Path, embedder) -> dict[tuple[str, str], list[Hit]]:
+    """The held corpus's searches, done once: each test's `notes` is a copy of
+    it, which the tests compare against and do not change."""
+    return searches(held_corpus, embedder)
+
+
 @pytest.fixture
 def notes(held_corpus: Path, tmp_path: Path) -> Path:
     """A private copy of the held corpus's index (local store)."""
@@ -93,7 +103,7 @@ def notes(held_corpus: Path, tmp_path: Path) -> Path:
 # -- backup and restore ------------------------------------------------------------------
 
 
-def test_a_restored_base_answers_the_same_searches(notes, tmp_path, embedder):
+def test_a_restored_base_answers_the_same_searches(notes, held_searches, tmp_path, embedder):
     record_sync(notes, 1_800_000_000.0, ["/srv/docs"])
     out = tmp_path / "backups" / "notes.tar.zst"
     made = run("backup", "--index", notes, out)
@@ -104,7 +114,7 @@ def test_a_restored_base_answers_the_same_searches(notes, tmp_path, embedder):
     restored = tmp_path / "elsewhere" / "kb"
     back = run("restore", out, "--index", restored)
     assert back.exit_code == 0, back.output
-    assert results(restored, embedder) == results(notes, embedder)
+    assert results(restored, embedder) == plain(held_searches)
     assert (
         KnowledgeBase.open(restored, embedder).documents()
         == KnowledgeBase.open(notes, embedder).documents()
@@ -113,7 +123,9 @@ def test_a_restored_base_answers_the_same_searches(notes, tmp_path, embedder):
     assert layout.current_generation(restored) == layout.current_generation(notes)
 
 
-def test_restore_refuses_to_overwrite_a_base_unless_forced(notes, tmp_path, embedder):
+def test_restore_refuses_to_overwrite_a_base_unless_forced(
+    notes, held_searches, tmp_path, embedder
+):
     out = tmp_path / "notes.tar.gz"
     assert run("backup", "--index", notes, out).exit_code == 0
     again = run("backup", "--index", notes, out)
@@ -131,7 +143,7 @@ def test_restore_refuses_to_overwrite_a_base_unless_forced(notes, tmp_path, embe
     forced = run("restore", out, "--index", other, "--force")
     assert forced.exit_code == 0, forced.output
     assert "generation 2" in forced.output, "after the base it replaced, so readers switch"
-    assert results(other, embedder) == results(notes, embedder)
+    assert results(other, embedder) == plain(held_searches)
 
 
 def test_backup_during_a_running_ingest_restores_to_a_whole_generation(tmp_path, embedder):
@@ -187,7 +199,9 @@ def texts(snap, path: str) -> list[str]:
     return [c.text for c in snap.document_chunks(path)]
 
 
-def test_a_milvus_base_backs_up_and_restores_into_a_local_store(notes, tmp_path, embedder):
+def test_a_milvus_base_backs_up_and_restores_into_a_local_store(
+    notes, held_searches, tmp_path, embedder
+):
     in_milvus = tmp_path / "in-milvus"
     copied = run("copy", "--index", notes, "--to-store", milvus(tmp_path), "--to", in_milvus)
     assert copied.exit_code == 0, copied.output
@@ -199,17 +213,19 @@ def test_a_milvus_base_backs_up_and_restores_into_a_local_store(notes, tmp_path,
     local = tmp_path / "local-again"
     assert run("restore", out, "--index", local).exit_code == 0
     assert recorded_store(local) == "local"
-    assert_same_searches(local, notes, embedder)
+    assert_same_searches(local, held_searches, embedder)
 
 
-def test_restore_into_milvus_lite_answers_the_same_searches(notes, tmp_path, embedder):
+def test_restore_into_milvus_lite_answers_the_same_searches(
+    notes, held_searches, tmp_path, embedder
+):
     out = tmp_path / "notes.tar.zst"
     assert run("backup", "--index", notes, out).exit_code == 0
     target = tmp_path / "restored"
     back = run("restore", out, "--index", target, "--to-store", milvus(tmp_path))
     assert back.exit_code == 0, back.output
     assert recorded_store(target) == milvus(tmp_path)
-    assert_same_searches(target, notes, embedder)
+    assert_same_searches(target, held_searches, embedder)
 
 
 # -- a hostile or damaged archive ---------------------------------------------------------
@@ -302,7 +318,9 @@ def test_an_archive_of_another_format_or_damaged_is_refused(notes, tmp_path):
 # -- copies between stores -----------------------------------------------------------------
 
 
-def test_a_copy_local_to_milvus_lite_and_back_gives_the_same_top_10(notes, tmp_path, embedder):
+def test_a_copy_local_to_milvus_lite_and_back_gives_the_same_top_10(
+    notes, held_searches, tmp_path, embedder
+):
     in_milvus, back = tmp_path / "in-milvus", tmp_path / "back"
     probes = [arg for q in HELD for arg in ("--probe", q)]
     there = run(
@@ -314,7 +332,7 @@ def test_a_copy_local_to_milvus_lite_and_back_gives_the_same_top_10(notes, tmp_p
     home = run("copy", "--index", in_milvus, "--to-store", "local", "--to", back)
     assert home.exit_code == 0, home.output
     assert "probe searches give the same top 10" in home.output, home.output
-    assert_same_searches(back, notes, embedder)
+    assert_same_searches(back, held_searches, embedder)
     assert [p.difference for p in verify(notes, back, Settings(), HELD, embedder=embedder)] == [
         ""
     ] * len(HELD)
