@@ -148,8 +148,8 @@ def parse_files(
     text over `max_text_chars` is refused in the worker, so it is never
     sent back to this process. A PDF of more than `pages_per_range` pages
     (0: none) is parsed in ranges of that many pages, in several workers at
-    once, and fails whole if one of its ranges fails; `timeout` holds for
-    each range."""
+    once (with two workers or more), and fails whole if one of its ranges
+    fails; `timeout` holds for each range."""
     limits = _Limits(timeout, memory_mb, ocr, max_text_chars, split, pages_per_range)
     batch = _Batch(workers, limits)
     try:
@@ -201,6 +201,7 @@ class _Batch:
         self.limits = limits
         self.pool = _pool(workers, limits.memory_mb)
         self.probe: ProcessPool | None = None  # counts pages, beside the busy pool
+        self.workers = workers
         self.window = workers * 4
         self.files: deque[_File] = deque()
         self.in_flight = 0
@@ -228,8 +229,14 @@ class _Batch:
 
     def plan(self, task: FileTask) -> list[range | None]:
         per_range = self.limits.pages_per_range
-        # A smaller file has too few pages to be worth a round trip to count them.
-        if not per_range or task.kind != "pdf" or task.size < per_range * _MIN_PAGE_BYTES:
+        # One worker gains nothing from ranges; a smaller file has too few
+        # pages to be worth a round trip to count them.
+        if (
+            self.workers < 2
+            or not per_range
+            or task.kind != "pdf"
+            or task.size < per_range * _MIN_PAGE_BYTES
+        ):
             return [None]
         if self.probe is None:
             self.probe = _pool(1, self.limits.memory_mb)
