@@ -14,11 +14,15 @@ import re
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ingest import tables
 from ingest.tables import Blocks, Loaded, check_length, clean
 from rag.errors import BadDocument
 from rag.types import Document, PageSpan, TableSpan
+
+if TYPE_CHECKING:
+    import pypdfium2 as pdfium
 
 KINDS = {
     ".pdf": "pdf",
@@ -291,21 +295,39 @@ def looks_glued(text: str) -> bool:
 
 
 def _pdf(data: bytes, ocr: bool = False, max_chars: int | None = None) -> Loaded:
+    title, texts = pdf_pages(data, ocr, max_chars)
+    check_text_layer(texts, ocr)
+    return _joined(texts, title)
+
+
+PageTexts = list[tuple[str, list[TableSpan]]]
+
+
+def open_pdf(data: bytes) -> pdfium.PdfDocument:
     import pypdfium2 as pdfium
 
     try:
-        pdf = pdfium.PdfDocument(data)
+        return pdfium.PdfDocument(data)
     except pdfium.PdfiumError as exc:
         message = str(exc)
         if "password" in message.lower():
             raise BadDocument("encrypted PDF (password required)") from None
         raise BadDocument(f"not a valid PDF, corrupt or truncated ({message})") from None
+
+
+def pdf_pages(
+    data: bytes, ocr: bool = False, max_chars: int | None = None, pages: range | None = None
+) -> tuple[str, PageTexts]:
+    """The PDF's title and the text and tables of each of its `pages` (all
+    by default), tables numbered from 1 within them. A long PDF's ranges of
+    pages are read in several processes (`ingest.pdf_ranges`)."""
+    pdf = open_pdf(data)
     finder = tables.PdfTables(data)
     try:
         title = (pdf.get_metadata_dict().get("Title") or "").strip()
-        texts: list[tuple[str, list[TableSpan]]] = []
+        texts: PageTexts = []
         chars = 0
-        for index in range(len(pdf)):
+        for index in pages if pages is not None else range(len(pdf)):
             page = pdf[index]
             textpage = page.get_textpage()
             with_tables = finder.page(index, page, textpage)
@@ -322,20 +344,30 @@ def _pdf(data: bytes, ocr: bool = False, max_chars: int | None = None) -> Loaded
     finally:
         finder.close()
         pdf.close()
+    return title, texts
+
+
+def pdf_range(data: bytes, pages: range, ocr: bool, max_chars: int | None) -> Loaded:
+    """Some of a PDF's pages as if they were all of it, but numbered as in
+    the file and without the check for a text layer (made on the whole)."""
+    title, texts = pdf_pages(data, ocr, max_chars, pages)
+    return _joined(texts, title, pages.start + 1)
+
+
+def check_text_layer(texts: PageTexts, ocr: bool) -> None:
     if not any(text for text, _ in texts):
         hint = "" if ocr else " (run ingest with --ocr)"
         raise BadDocument(f"no text layer in {len(texts)} page(s): a scanned PDF needs OCR{hint}")
-    return _joined(texts, title)
 
 
-def _joined(texts: list[tuple[str, list[TableSpan]]], title: str) -> Loaded:
+def _joined(texts: PageTexts, title: str, first: int = 1) -> Loaded:
     """Concatenate pages with a separator, remembering where each page and
-    each table lies."""
+    each table lies; the first page is numbered `first`."""
     spans: list[PageSpan] = []
     found: list[TableSpan] = []
     parts: list[str] = []
     offset = 0
-    for number, (text, page_tables) in enumerate(texts, start=1):
+    for number, (text, page_tables) in enumerate(texts, start=first):
         if parts:
             parts.append(PAGE_SEPARATOR)
             offset += len(PAGE_SEPARATOR)

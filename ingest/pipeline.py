@@ -347,18 +347,28 @@ def _parse(to_parse: ToParse, settings: Settings) -> Iterator[Parsed]:
             continue
         parsed = workers.parse_files(
             batch,
-            workers=min(len(batch), settings.parse_workers or workers.default_workers()),
+            workers=_parser_count(batch, settings),
             ocr=with_ocr,
             timeout=settings.parse_timeout,
             memory_mb=settings.parse_memory_mb,
             max_text_chars=settings.max_text_chars,
             split=split,
+            pages_per_range=settings.pdf_pages_per_range,
         )
         for task, result in parsed:
             if isinstance(result, str):
                 yield Parsed(task, result, with_ocr)
             else:
                 yield Parsed(task, result.document, with_ocr, result.chunks, result.token_ids)
+
+
+def _parser_count(batch: list[tuple[FileTask, str]], settings: Settings) -> int:
+    """As many parser processes as asked for (one per core by default), no
+    more than there are files, unless a PDF may be parsed in ranges."""
+    wanted = settings.parse_workers or workers.default_workers()
+    if settings.pdf_pages_per_range and any(task.kind == "pdf" for task, _ in batch):
+        return wanted
+    return min(len(batch), wanted)
 
 
 def _precheck(task: FileTask, limit: int, limit_mb: float) -> str:

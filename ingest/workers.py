@@ -14,13 +14,14 @@ import resource
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 from pebble import ProcessExpired, ProcessPool
 
-from ingest import loaders
+from ingest import loaders, pdf_ranges
 from ingest.chunking import Chunker
 from ingest.discovery import FileTask
 from rag.embedding import load_token_counter
@@ -29,6 +30,9 @@ from rag.types import Chunk, Document
 
 # Exit code of a worker that hit its memory cap.
 _OUT_OF_MEMORY = 86
+# A PDF is only counted for splitting if it has at least this many bytes for
+# each page of a range: text pages rarely take less.
+_MIN_PAGE_BYTES = 1024
 
 
 def _limit_memory(megabytes: int) -> None:
@@ -83,7 +87,27 @@ def chunker_for(split: Split) -> Chunker:
 def _load_and_split(
     path: str, kind: str, content_hash: str, ocr: bool, max_chars: int | None, split: Split | None
 ) -> Parsed:
-    document = _load(path, kind, content_hash, ocr, max_chars)
+    return _split(_load(path, kind, content_hash, ocr, max_chars), split)
+
+
+def _load_range_and_split(
+    path: str,
+    content_hash: str,
+    pages: range,
+    ocr: bool,
+    max_chars: int | None,
+    split: Split | None,
+) -> Parsed:
+    """Some pages of a long PDF, parsed and split as `_load_and_split` does
+    a whole file (`ingest.pdf_ranges` puts the ranges together)."""
+    try:
+        document = pdf_ranges.load_range(path, content_hash, pages, ocr, max_chars)
+    except MemoryError:
+        os._exit(_OUT_OF_MEMORY)
+    return _split(document, split)
+
+
+def _split(document: Document, split: Split | None) -> Parsed:
     if split is None:
         return Parsed(document)
     try:
@@ -117,52 +141,189 @@ def parse_files(
     ocr: bool = False,
     max_text_chars: int | None = None,
     split: Split | None = None,
+    pages_per_range: int = 0,
 ) -> Iterator[tuple[FileTask, Parsed | str]]:
     """Yield (task, Parsed) or (task, reason it failed) for each (task,
     content hash), in order, split in the worker when `split` is given. A
     text over `max_text_chars` is refused in the worker, so it is never
-    sent back to this process."""
-    queue = iter(tasks)
-    pending: deque[tuple[FileTask, object]] = deque()
+    sent back to this process. A PDF of more than `pages_per_range` pages
+    (0: none) is parsed in ranges of that many pages, in several workers at
+    once (with two workers or more), and fails whole if one of its ranges
+    fails; `timeout` holds for each range."""
+    limits = _Limits(timeout, memory_mb, ocr, max_text_chars, split, pages_per_range)
+    batch = _Batch(workers, limits)
+    try:
+        yield from batch.run(iter(tasks))
+    finally:
+        batch.close()
+
+
+@dataclass(frozen=True)
+class _Limits:
+    timeout: float
+    memory_mb: int
+    ocr: bool
+    max_text_chars: int | None
+    split: Split | None
+    pages_per_range: int
+
+
+@dataclass
+class _File:
+    """A file being parsed: what is left to hand to the pool (None: the
+    whole file; else ranges of a PDF's pages), what the pool is working on,
+    and what came back, in page order."""
+
+    task: FileTask
+    digest: str
+    todo: deque[range | None]
+    running: deque[tuple[range | None, Any]] = field(default_factory=deque)
+    parts: list[Parsed] = field(default_factory=list)
+
+
+def _pool(workers: int, memory_mb: int) -> ProcessPool:
     # forkserver: workers start from a small clean process, not a fork of one
     # that has torch and its threads loaded.
-    pool = ProcessPool(
+    return ProcessPool(
         max_workers=workers,
         context=multiprocessing.get_context("forkserver"),
         initializer=_limit_memory,
         initargs=(memory_mb,),
     )
 
-    def fill() -> None:
-        for task, digest in queue:
-            future = pool.schedule(
-                _load_and_split,
-                args=(task.path, task.kind, digest, ocr, max_text_chars, split),
-                timeout=timeout,
-            )
-            pending.append((task, future))
-            if len(pending) >= workers * 4:
-                break
 
+class _Batch:
+    """Files handed to the pool in order, no more tasks (whole files or
+    ranges of pages) in flight or held than `workers * 4`, a file's ranges
+    before any later file's: the file at the head can always go on."""
+
+    def __init__(self, workers: int, limits: _Limits) -> None:
+        self.limits = limits
+        self.pool = _pool(workers, limits.memory_mb)
+        self.probe: ProcessPool | None = None  # counts pages, beside the busy pool
+        self.workers = workers
+        self.window = workers * 4
+        self.files: deque[_File] = deque()
+        self.in_flight = 0
+
+    def run(self, queue: Iterator[tuple[FileTask, str]]) -> Iterator[tuple[FileTask, Parsed | str]]:
+        self.fill(queue)
+        while self.files:
+            file = self.files[0]
+            result = self.collect(file, queue)
+            self.files.popleft()
+            yield file.task, result
+            self.fill(queue)
+
+    def fill(self, queue: Iterator[tuple[FileTask, str]]) -> None:
+        for file in self.files:
+            self.schedule(file)
+            if file.todo:
+                return
+        for task, digest in queue:
+            file = _File(task, digest, deque(self.plan(task)))
+            self.files.append(file)
+            self.schedule(file)
+            if self.in_flight >= self.window:
+                return
+
+    def plan(self, task: FileTask) -> list[range | None]:
+        per_range = self.limits.pages_per_range
+        # One worker gains nothing from ranges; a smaller file has too few
+        # pages to be worth a round trip to count them.
+        if (
+            self.workers < 2
+            or not per_range
+            or task.kind != "pdf"
+            or task.size < per_range * _MIN_PAGE_BYTES
+        ):
+            return [None]
+        if self.probe is None:
+            self.probe = _pool(1, self.limits.memory_mb)
+        future = self.probe.schedule(
+            pdf_ranges.page_count, args=(task.path,), timeout=min(self.limits.timeout, 60)
+        )
+        try:
+            pages = future.result()
+        except Exception:  # parsed whole, which reports why it cannot be read
+            return [None]
+        return [None] if pages <= per_range else list(pdf_ranges.plan(pages, per_range))
+
+    def schedule(self, file: _File) -> None:
+        limits = self.limits
+        while file.todo and self.in_flight < self.window:
+            pages = file.todo.popleft()
+            task, digest, ocr, most = file.task, file.digest, limits.ocr, limits.max_text_chars
+            future = (
+                self.pool.schedule(
+                    _load_and_split,
+                    args=(task.path, task.kind, digest, ocr, most, limits.split),
+                    timeout=limits.timeout,
+                )
+                if pages is None
+                else self.pool.schedule(
+                    _load_range_and_split,
+                    args=(task.path, digest, pages, ocr, most, limits.split),
+                    timeout=limits.timeout,
+                )
+            )
+            file.running.append((pages, future))
+            self.in_flight += 1
+
+    def collect(self, file: _File, queue: Iterator[tuple[FileTask, str]]) -> Parsed | str:
+        """The file's result once all its tasks are back; the first that
+        failed fails it, and the rest of its tasks are cancelled."""
+        while file.running or file.todo:
+            if not file.running:
+                self.fill(queue)
+            pages, future = file.running.popleft()
+            self.in_flight -= 1
+            outcome = _outcome(future, pages, self.limits)
+            if isinstance(outcome, str):
+                for _, other in file.running:
+                    other.cancel()
+                self.in_flight -= len(file.running)
+                file.running.clear()
+                file.todo.clear()
+                return outcome
+            file.parts.append(outcome)
+            self.fill(queue)
+        return self.assembled(file)
+
+    def assembled(self, file: _File) -> Parsed | str:
+        parts = file.parts
+        if len(parts) == 1:  # parsed whole
+            return parts[0]
+        documents = [p.document for p in parts]
+        try:
+            document = pdf_ranges.merged(documents, self.limits.ocr, self.limits.max_text_chars)
+        except BadDocument as exc:
+            return str(exc)
+        if parts[0].chunks is None:
+            return Parsed(document)
+        chunks = pdf_ranges.merged_chunks(documents, [p.chunks or [] for p in parts])
+        return Parsed(document, chunks, [t for p in parts for t in p.token_ids or []])
+
+    def close(self) -> None:
+        for pool in (self.pool, self.probe):
+            if pool is not None:
+                pool.stop()
+                pool.join()
+
+
+def _outcome(future: Any, pages: range | None, limits: _Limits) -> Parsed | str:
+    """What a task gave back, or why it failed (naming the pages of a range)."""
+    at = f" (pages {pages.start + 1}-{pages.stop})" if pages is not None else ""
     try:
-        fill()
-        while pending:
-            task, future = pending.popleft()
-            try:
-                result: Parsed | str = future.result()  # type: ignore[attr-defined]
-            except BadDocument as exc:
-                result = str(exc)
-            except FutureTimeout:
-                result = f"parsing took longer than {timeout:.0f} s; the file was skipped"
-            except ProcessExpired as exc:
-                if exc.exitcode == _OUT_OF_MEMORY:
-                    result = f"parsing needed more than {memory_mb} MB of memory"
-                else:
-                    result = f"the parser crashed on this file (exit code {exc.exitcode})"
-            except Exception as exc:  # a library bug on a strange file: report, go on
-                result = f"unexpected parser error ({exc.__class__.__name__}: {exc})"
-            yield task, result
-            fill()
-    finally:
-        pool.stop()
-        pool.join()
+        result: Parsed = future.result()
+    except BadDocument as exc:
+        return str(exc)
+    except FutureTimeout:
+        return f"parsing took longer than {limits.timeout:.0f} s{at}; the file was skipped"
+    except ProcessExpired as exc:
+        if exc.exitcode == _OUT_OF_MEMORY:
+            return f"parsing needed more than {limits.memory_mb} MB of memory{at}"
+        return f"the parser crashed on this file (exit code {exc.exitcode}){at}"
+    except Exception as exc:  # a library bug on a strange file: report, go on
+        return f"unexpected parser error ({exc.__class__.__name__}: {exc}){at}"
+    return result

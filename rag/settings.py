@@ -84,7 +84,17 @@ class Settings(BaseSettings):
     parse_workers: int = Field(
         0, ge=0, description="parser processes (they split and tokenize too); 0: one per core"
     )
-    parse_timeout: float = Field(300.0, gt=0, description="seconds one file may take to parse")
+    parse_timeout: float = Field(
+        300.0,
+        gt=0,
+        description="seconds one file (or one range of a long PDF's pages) may take to parse",
+    )
+    pdf_pages_per_range: int = Field(
+        50,
+        ge=0,
+        description="a PDF with more pages is parsed in ranges of this many pages, in several "
+        "parser processes at once; 0: each file in one process",
+    )
     # An address-space cap: pdfium alone reserves over 512 MB, so lower caps
     # would fail every PDF.
     parse_memory_mb: int = Field(4096, ge=1024, description="memory cap of a parser process")
