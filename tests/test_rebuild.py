@@ -8,10 +8,18 @@ SIGKILL (run with -s to see it).
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import pty
+import re
 import shutil
 import signal
+import struct
 import subprocess
+import sys
+import termios
+import threading
 import time
 from pathlib import Path
 
@@ -85,112 +93,167 @@ def rebuild_process(folder: Path, index: Path) -> subprocess.Popen:
     return ingest_process([str(folder), "--index", str(index), "--rebuild"], ENV)
 
 
+# tqdm draws `ingest`'s progress bar only on a terminal: "scan: 40%|...|
+# 16/40 [..., chunks=0]" while it hashes the files (the lock held, its staging
+# folder made), then "ingest: 35%|...| [..., chunks=224]" as files are read and
+# chunks embedded.
+BAR = re.compile(r"(scan|ingest):\s*(\d+)%.*?chunks=(\d+)")
+
+
+class Rebuild:
+    """`ingest --rebuild --json` with its stderr on a pseudo-terminal, its
+    progress read as it is drawn: the ready signals a kill waits for."""
+
+    def __init__(self, folder: Path, index: Path) -> None:
+        self.index = index
+        self.started = time.time() - 0.2  # coarse file-system timestamps
+        self.drawn: list[tuple[str, int, int]] = []  # (phase, percent, chunks)
+        self._seen = threading.Condition()
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 400, 0, 0))
+        self.process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "ingest"), str(folder), "--index", str(index),
+             "--rebuild", "--json"],
+            env={**os.environ, **ENV}, stdout=subprocess.DEVNULL, stderr=slave,
+            start_new_session=True,
+        )  # fmt: skip
+        os.close(slave)
+        self._master = master
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        tail = ""
+        while True:
+            try:
+                data = os.read(self._master, 4096).decode(errors="replace")
+            except OSError:  # the terminal's last writer is gone
+                data = ""
+            if not data:
+                break
+            *drawn, tail = re.split(r"[\r\n]", tail + data)
+            with self._seen:
+                for line in drawn:
+                    if m := BAR.search(line):
+                        self.drawn.append((m[1], int(m[2]), int(m[3])))
+                self._seen.notify_all()
+        os.close(self._master)
+        with self._seen:
+            self._seen.notify_all()
+
+    def wait_drawn(self, wanted, timeout: float = 300) -> tuple[str, int, int] | None:
+        """The first progress `wanted` accepts, or None once the run ended without it."""
+        deadline = time.monotonic() + timeout
+        with self._seen:
+            while True:
+                found = next((d for d in self.drawn if wanted(d)), None)
+                if found or self.process.poll() is not None:
+                    return found
+                assert time.monotonic() < deadline, f"not drawn in {timeout} s: {self.drawn}"
+                self._seen.wait(0.05)
+
+    def wait_files(self, wanted, timeout: float = 300) -> bool:
+        """Until `wanted(index)` holds (polled), or False once the run ended."""
+        deadline = time.monotonic() + timeout
+        while not wanted(self.index):
+            if self.process.poll() is not None:
+                return False
+            assert time.monotonic() < deadline, f"not within {timeout} s"
+            time.sleep(0.01)
+        return True
+
+
+def publishing(index: Path, current: str | None) -> bool:
+    """The new generation is being written out (its lexical index or vectors
+    are in its staging folder), or is published already (not `current`)."""
+    return layout.current_generation(index) != current or any(
+        p.name.startswith(".staging-")
+        and ((p / layout.BM25_DIR).exists() or (p / layout.VECTORS_FILE).exists())
+        for p in index.iterdir()
+    )
+
+
 @pytest.fixture(scope="module")
-def completed(notes, tmp_path_factory) -> tuple[dict, dict, float]:
-    """An uninterrupted `ingest --rebuild`: the view before and after, and
-    how long it took (the kill test spreads its kills over that time)."""
+def completed(notes, tmp_path_factory) -> tuple[dict, dict]:
+    """An uninterrupted `ingest --rebuild`: the view before and after."""
     folder, built = notes
     index = copy_of(built, tmp_path_factory.mktemp("completed") / "index")
     before = view(index)
-    started = time.monotonic()
     process = rebuild_process(folder, index)
     try:
         _, err = process.communicate(timeout=600)
     finally:
         reap(process)
-    seconds = time.monotonic() - started
     assert process.returncode == 0, err.decode()
-    return before, view(index), seconds
+    return before, view(index)
 
 
 def test_a_completed_rebuild_publishes_one_generation_with_every_document(completed, embedder):
-    before, after, _ = completed
+    before, after = completed
     assert after["paths"] == before["paths"]
     assert after["generation"] == before["generation"] + 1, "a rebuild publishes once, at the end"
 
 
+# Where each kill lands: what the run must have shown (or the index hold)
+# when it is killed.
+KILLS = {
+    "starting up (imports, model load)": None,
+    "scanning (lock held, staging made)": lambda d: d[0] == "scan",
+    "embedding": lambda d: d[0] == "ingest" and d[2] > 0 and d[1] < 100,
+    "writing the new generation out": "files",  # the staging folder tells
+}
+
+
 def test_a_killed_rebuild_leaves_the_previous_generation_current_and_whole(
-    notes, completed, embedder, tmp_path
+    notes, embedder, tmp_path
 ):
     folder, built = notes
-    seconds = completed[2]
     index = copy_of(built, tmp_path / "index")
     before = view(index)
     lines = [f"before: generation {before['generation']}, {before['documents']} documents"]
-    kills = kills_while_writing = 0
-    for fraction in (0.35, 0.55, 0.75, 0.92):
-        delay = fraction * seconds
-        started = time.time() - 0.2  # coarse file-system timestamps
-        process = rebuild_process(folder, index)
+    landed = []
+    for stage, signal_ in KILLS.items():
+        run = Rebuild(folder, index)
         try:
-            process.wait(timeout=delay)
-        except subprocess.TimeoutExpired:
-            during = view(index)  # what a search opened now would read
-            was_writing = writing(index, started)
-            process.send_signal(signal.SIGKILL)
-            process.wait()
-            kills += 1
-            kills_while_writing += was_writing
-            after = view(index)
-            # Killed while it shut down after publishing: the new generation
-            # is complete, and that is what readers see from then on.
-            published = after["generation"] != before["generation"]
-            stage = "writing the new generation" if was_writing else "starting up"
-            lines.append(
-                f"killed after {delay:.1f} s of {seconds:.1f} s "
-                + ("(after publishing)" if published else f"({stage})")
-                + f": during generation {during['generation']}, {during['documents']} documents;"
-                f" after generation {after['generation']}, {after['documents']} documents"
-            )
-            report = "\n".join(lines)
-            if published:
-                assert after["generation"] == before["generation"] + 1, report
-                assert after["paths"] == before["paths"], report
-                assert during in (before, after), report
-                before = after
+            if signal_ is None:  # killed at once: it draws nothing before its model loads
+                ready = True
+            elif signal_ == "files":
+                current = layout.current_generation(index)
+                ready = run.wait_files(lambda i, c=current: publishing(i, c))
             else:
-                assert during == before, report
-                assert after == before, report
-            searches_work(index, embedder, [0, NOTES // 2, NOTES - 1])
-        else:  # this machine was faster than the measured run: a completed rebuild
-            assert process.returncode == 0, process.stderr.read().decode()
-            after = view(index)
-            lines.append(
-                f"completed within {delay:.1f} s: generation {after['generation']}, "
-                f"{after['documents']} documents"
-            )
-            assert after["paths"] == before["paths"], "\n".join(lines)
-            before = after
+                ready = run.wait_drawn(signal_) is not None
+            assert ready and run.process.poll() is None, f"{stage}: {run.drawn}"
+            during = view(index)  # what a search opened now would read
+            was_writing, drawn = writing(index, run.started), len(run.drawn)
+            run.process.send_signal(signal.SIGKILL)
+            run.process.wait()
         finally:
-            reap(process)
-    # Timed kills can all miss the writing phase on a fast machine: one more
-    # kill lands once the new generation's staging folder exists.
-    started = time.time() - 0.2
-    process = rebuild_process(folder, index)
-    try:
-        while process.poll() is None and not writing(index, started):
-            time.sleep(0.05)
-        if process.poll() is None:
-            time.sleep(0.2)
-            during = view(index)
-            process.send_signal(signal.SIGKILL)
-            process.wait()
-            kills += 1
-            kills_while_writing += 1
-            after = view(index)
-            lines.append(
-                "killed once it was writing the new generation: during generation "
-                f"{during['generation']}, {during['documents']} documents; after generation "
-                f"{after['generation']}, {after['documents']} documents"
-            )
-            published = after["generation"] != before["generation"]
-            assert during in (before, after) if published else during == before, "\n".join(lines)
-            assert after["paths"] == before["paths"], "\n".join(lines)
-            searches_work(index, embedder, [0, NOTES // 2, NOTES - 1])
-    finally:
-        reap(process)
+            reap(run.process)
+        after = view(index)
+        # Killed while it shut down after publishing: the new generation
+        # is complete, and that is what readers see from then on.
+        published = after["generation"] != before["generation"]
+        landed.append(was_writing or published if drawn or was_writing else "not yet")
+        lines.append(
+            f"killed {stage}" + (" (after publishing)" if published else "")
+            + f", {drawn} progress lines drawn: during generation {during['generation']},"
+            f" {during['documents']} documents; after generation {after['generation']},"
+            f" {after['documents']} documents"
+        )  # fmt: skip
+        report = "\n".join(lines)
+        if published:
+            assert stage == "writing the new generation out", report
+            assert after["generation"] == before["generation"] + 1, report
+            assert after["paths"] == before["paths"], report
+            assert during in (before, after), report
+            before = after
+        else:
+            assert during == before, report
+            assert after == before, report
+        searches_work(index, embedder, [0, NOTES // 2, NOTES - 1])
     print("\n[rebuild kills]\n  " + "\n  ".join(lines))
-    assert kills >= 2 and kills_while_writing >= 1, "\n".join(lines)
+    # The first kill landed before the run took the lock, the others once it
+    # was writing its new generation (or had just published it).
+    assert landed == ["not yet", True, True, True], "\n".join(lines)
 
 
 def test_an_app_rebuild_stopped_at_a_progress_call_keeps_the_previous_generation(notes, tmp_path):
