@@ -332,3 +332,7 @@ def _watch(
         sys.exit(EXIT_INTERRUPTED)
     click.echo("stopped", err=True)
     sys.exit(EXIT_OK)
+
+
+if __name__ == "__main__":  # python -m cli.ingest_main, as the entry point
+    main()

@@ -318,3 +318,7 @@ def _print_answer(result: Answer, streamed: str, show_reasoning: bool) -> None:
     timing = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in result.timings.items())
     tokens = sum(u.prompt_tokens + u.completion_tokens for u in result.usage.values())
     click.echo(f"\n({timing}; {tokens} tokens)", err=True)
+
+
+if __name__ == "__main__":  # python -m cli.rag_main, as the entry point
+    main()
