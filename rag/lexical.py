@@ -85,6 +85,12 @@ class LexicalIndex:
         if len(self.ids):
             self._index = bm25s.BM25.load(str(folder), mmap=True, allow_pickle=False)
 
+    def has_term(self, term: str) -> bool:
+        """Whether some chunk holds the analysed `term` (one of `terms()`):
+        the index's vocabulary is that of this generation's chunks."""
+        vocabulary = self._index.vocab_dict if self._index is not None else None
+        return bool(term) and bool(vocabulary) and term in vocabulary
+
     def scores(self, query: str) -> np.ndarray:
         """The BM25 score of every chunk (aligned with `self.ids`)."""
         words = terms(query)

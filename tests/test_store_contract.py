@@ -114,6 +114,20 @@ def test_delete_removes_a_document_and_its_chunks(store):
     assert len(near) == 4 and not near & {c.id for c in snap.document_chunks("pets.md")}
 
 
+def test_a_snapshot_knows_the_terms_its_passages_hold(store):
+    # The answering's "does the base hold this word at all", a lookup in the
+    # BM25 side's vocabulary rather than a whole search per word.
+    fill(store)
+    snap = store.snapshot()
+    assert all(snap.has_term(t) for t in lexical.terms("cat windowsill galaxies bananas"))
+    assert not snap.has_term("zebra") and not snap.has_term("")
+    with store.writer(PARAMS) as w:
+        w.delete("pets.md")
+    snap = store.snapshot()
+    assert not any(snap.has_term(t) for t in lexical.terms("cat windowsill"))
+    assert snap.has_term(lexical.terms("galaxies")[0])
+
+
 def test_a_snapshot_gives_back_the_vectors_as_written(kb_settings):
     # Searched at float16 (the local store's default), read back as written.
     settings = kb_settings.model_copy(update={"dense_precision": "float16"})
