@@ -88,8 +88,9 @@ class LexicalIndex:
     def has_term(self, term: str) -> bool:
         """Whether some chunk holds the analysed `term` (one of `terms()`):
         the index's vocabulary is that of this generation's chunks."""
-        vocabulary = self._index.vocab_dict if self._index is not None else None
-        return bool(term) and bool(vocabulary) and term in vocabulary
+        if self._index is None or not term:
+            return False
+        return term in (self._index.vocab_dict or {})
 
     def scores(self, query: str) -> np.ndarray:
         """The BM25 score of every chunk (aligned with `self.ids`)."""

@@ -327,6 +327,24 @@ def test_search_in_every_mode_finds_the_known_document(kb_settings, store, embed
         assert hits[0][0] == QUERIES[query], (query, mode, hits)
 
 
+def test_each_hit_carries_its_cosine_to_the_query(kb_settings, store, embedder):
+    # Retrieval's evidence for the answering (rag/answering/extractive.py).
+    ingest_documents(note_documents(), kb_settings, embedder=embedder)
+    kb = KnowledgeBase.open(kb_settings.index, embedder=embedder, settings=kb_settings)
+    try:
+        query = "which volcano buried Pompeii"
+        vector = embedder.embed_batch([query], kind="query")[0]
+        for mode in ("hybrid", "dense"):
+            hits = kb.search(query, k=4, mode=mode)
+            exact = kb.snapshot().dense_scores(vector, [h.chunk_id for h in hits])
+            assert [h.dense_score for h in hits] == pytest.approx(
+                [exact[h.chunk_id] for h in hits], abs=2e-3
+            ), mode  # the local store searches a float16 copy
+        assert all(h.dense_score is None for h in kb.search(query, k=4, mode="bm25"))
+    finally:
+        kb.close()
+
+
 def test_both_stores_rank_alike(tmp_path, embedder):
     results = {}
     for kind in STORES:
