@@ -104,17 +104,20 @@ def offered(kb: KnowledgeBase, q: Question, settings: Settings, how: str) -> Off
     return Offered(q, quotes, [Path(h.source).name for h in ordered])
 
 
-# The overlap weight, first-passage bonus, missing-word and unknown-word
-# weights, the closeness at which a quote's word stands for an unknown one
-# (extractive.py; above 1: never), then the threshold.
-Weights = tuple[float, float, float, float, float]
-Rule = tuple[float, float, float, float, float, float]
+# The overlap weight, the weights of retrieval's evidence (the passage's
+# cosine to the question, both sides ranking it near the top, its lead over
+# the other passages read), the unknown-word weight, the closeness at which a
+# quote's word stands for an unknown one (extractive.py; above 1: never),
+# then the threshold.
+Weights = tuple[float, float, float, float, float, float]
+Rule = tuple[float, float, float, float, float, float, float]
 
 
 def support(c: extractive.Candidate, w: Weights) -> float:
-    a, b, m, u, near = w
+    a, d, g, lead, u, near = w
     lacking = c.unknown - sum(x >= near for x in c.near)
-    return c.similarity + a * c.overlap + (b if c.first else 0.0) - m * c.missing - u * lacking
+    e = c.evidence
+    return c.similarity + a * c.overlap + d * e.dense + g * e.agree + lead * e.lead - u * lacking
 
 
 def top(o: Offered, w: Weights) -> extractive.Candidate | None:
@@ -122,8 +125,8 @@ def top(o: Offered, w: Weights) -> extractive.Candidate | None:
 
 
 def first_quote(o: Offered, rule: Rule) -> extractive.Candidate | None:
-    best = top(o, rule[:5])
-    return best if best is not None and support(best, rule[:5]) >= rule[5] else None
+    best = top(o, rule[:6])
+    return best if best is not None and support(best, rule[:6]) >= rule[6] else None
 
 
 def right(o: Offered, quote: extractive.Candidate | None) -> bool:
@@ -151,51 +154,58 @@ NEARS = (-1.0, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 2.0)
 
 @dataclass
 class Features:
-    """An item's quotes as arrays: what `support` weighs, and whether each
-    would be the right first quote."""
+    """Every item's quotes stacked as arrays: what `support` weighs, and
+    whether each would be the right first quote; `starts` is where each item
+    with quotes begins, `has` which items have any."""
 
-    base: np.ndarray  # per quote: similarity, overlap, first, missing
+    base: np.ndarray  # per quote: similarity, overlap, dense, agree, lead
     lacking: dict[float, np.ndarray]  # per NEARS value: the unknown words left lacking
     good: np.ndarray
+    starts: np.ndarray
+    has: np.ndarray
 
 
-def features(o: Offered) -> Features:
-    q = o.quotes
-    base = np.array([(c.similarity, c.overlap, float(c.first), c.missing) for c in q]).reshape(
-        -1, 4
-    )
-    lacking = {n: np.array([c.unknown - sum(x >= n for x in c.near) for c in q]) for n in NEARS}
-    return Features(base, lacking, np.array([right(o, c) for c in q], dtype=bool))
+def features(items: list[Offered]) -> Features:
+    q = [(o, c) for o in items for c in o.quotes]
+    base = np.array([(c.similarity, c.overlap, c.evidence.dense, float(c.evidence.agree),
+                      c.evidence.lead) for _, c in q]).reshape(-1, 5)  # fmt: skip
+    lacking = {n: np.array([c.unknown - sum(x >= n for x in c.near) for _, c in q]) for n in NEARS}
+    sizes = np.array([len(o.quotes) for o in items])
+    starts = (np.cumsum(sizes) - sizes)[sizes > 0]
+    good = np.array([right(o, c) for o, c in q], dtype=bool)
+    return Features(base, lacking, good, starts, sizes > 0)
 
 
 def best_rule(items: list[Offered], thresholds: np.ndarray) -> Rule:
     """The rule maximising (share right + share refused) on `items`; ties go to
-    the smaller missing- and unknown-word weights, the higher closeness for a
+    the smaller evidence and unknown-word weights, the higher closeness for a
     word to stand for another, then the higher threshold.
     Thresholds are swept at once: per weights, each question's best quote is
     fixed."""
     pos = np.array([o.question.answerable for o in items])
-    refused_ok = np.array([not o.question.answerable for o in items])  # refusing is right
-    feats = [features(o) for o in items]
-    best: tuple[float, float, float, float, Rule] = (-1.0, 0.0, 0.0, 0.0, (0.0,) * 6)
-    grid = [(round(a, 1), round(b, 2), round(m, 1), round(u, 2), near)
-            for a in np.arange(0, 2.01, 0.2) for b in np.arange(0, 0.31, 0.1)
-            for m in np.arange(0, 1.01, 0.2) for u in np.arange(0, 1.51, 0.25)
-            for near in NEARS]  # fmt: skip
+    f = features(items)
+    at = np.arange(len(f.good))
+    sizes = np.diff(np.append(f.starts, len(f.good)))
+    best: tuple[float, float, float, float, Rule] = (-1.0, 0.0, 0.0, 0.0, (0.0,) * 7)
+    grid = [(round(a, 1), round(d, 2), round(g, 1), round(lead, 2), round(u, 2), near)
+            for a in np.arange(0, 2.01, 0.2) for d in np.arange(0, 1.51, 0.25)
+            for g in np.arange(0, 0.31, 0.1) for lead in np.arange(0, 1.01, 0.25)
+            for u in np.arange(0, 1.51, 0.25) for near in NEARS]  # fmt: skip
     for w in grid:
-        weights = np.array([1.0, w[0], w[1], -w[2]])
-        value, good = np.full(len(items), -np.inf), refused_ok.copy()
-        for k, f in enumerate(feats):
-            if len(f.good):
-                s = f.base @ weights - w[3] * f.lacking[w[4]]
-                j = int(np.argmax(s))  # the first of equals, as max() takes
-                value[k], good[k] = s[j], f.good[j]
+        s = f.base @ np.array([1.0, *w[:4]]) - w[4] * f.lacking[w[5]]
+        value, good = np.full(len(items), -np.inf), ~pos  # no quote: refused
+        if len(s):
+            top_s = np.maximum.reduceat(s, f.starts)
+            # the first of equals, as max() takes
+            j = np.minimum.reduceat(np.where(s == np.repeat(top_s, sizes), at, len(s)), f.starts)
+            value[f.has], good = top_s, good.copy()
+            good[f.has] = f.good[j]
         answered = value[:, None] >= thresholds[None, :]
         hits = ((answered & good[:, None]) & pos[:, None]).sum(0) / pos.sum()
         refused = (~answered & ~pos[:, None]).sum(0) / max(1, (~pos).sum())
         total = hits + refused
         i = int(np.flatnonzero(total == total.max())[-1])
-        key = (float(total[i]), -(w[2] + w[3]), w[4], float(thresholds[i]))
+        key = (float(total[i]), -(w[1] + w[2] + w[3] + w[4]), w[5], float(thresholds[i]))
         if key > best[:4]:
             best = (*key, (*w, float(thresholds[i])))
     return best[4]
@@ -206,32 +216,42 @@ def calibrate(args: argparse.Namespace) -> None:
     kb = KnowledgeBase.open(index(args.work), settings=settings)
     halves = {h: [offered(kb, q, settings, "join") for q in questions(h)]
               for h in ("tune", "report")}  # fmt: skip
-    a, b, m, u, near, t = best_rule(halves["tune"], np.round(np.arange(0.3, 3.0, 0.01), 2))
-    print(f"chosen on tune: overlap weight {a:.1f}, first-passage bonus {b:.2f}, "
-          f"missing-word weight {m:.1f}, unknown-word weight {u:.2f}, "
+    chosen = best_rule(halves["tune"], np.round(np.arange(0.3, 3.0, 0.01), 2))
+    a, d, g, lead, u, near, t = chosen
+    print(f"chosen on tune: overlap weight {a:.1f}, passage cosine weight {d:.2f}, "
+          f"agreement bonus {g:.1f}, lead weight {lead:.2f}, unknown-word weight {u:.2f}, "
           f"near word {near:.2f}, threshold {t:.2f}\n")  # fmt: skip
     print("| rule | half | answerable: first quote right | unanswerable refused |")
     print("| --- | --- | ---: | ---: |")
     e = extractive
-    now = (e.OVERLAP_WEIGHT, e.FIRST_WEIGHT, e.MISSING_WEIGHT, e.UNKNOWN_WEIGHT, e.NEAR_WORD,
-           settings.extract_min_support)  # fmt: skip
-    rules: dict[str, Rule] = {"closeness alone at 0.47 (before)": (0.0,) * 4 + (2.0, 0.47),
-                              "support >= 1.94, no near word (before)": (1.8, 0.3, 0, 1, 2, 1.94),
-                              f"support >= {now[5]:.2f} (in use)": now,
-                              f"support >= {t:.2f} (chosen)": (a, b, m, u, near, t)}  # fmt: skip
+    now = (e.OVERLAP_WEIGHT, e.DENSE_WEIGHT, e.AGREE_WEIGHT, e.LEAD_WEIGHT, e.UNKNOWN_WEIGHT,
+           e.NEAR_WORD, settings.extract_min_support)  # fmt: skip
+    rules: dict[str, Rule] = {
+        "closeness alone at 0.47 (before)": (0.0,) * 5 + (2.0, 0.47),
+        "support >= 0.72, no retrieval evidence (before)": (0.6, 0, 0, 0, 0.75, 0.55, 0.72),
+        f"support >= {now[6]:.2f} (in use)": now,
+        f"support >= {t:.2f} (chosen)": chosen,
+    }
     for name, rule in rules.items():
         for half, items in halves.items():
             hits, refused = scored(items, rule)
             print(f"| {name} | {half} | {hits:.0%} | {refused:.0%} |")
     if args.show:
-        for half, items in halves.items():
-            for o in items:
-                best = top(o, (a, b, m, u, near))
-                shown = best.sentence if best else ""
-                score = support(best, (a, b, m, u, near)) if best else 0.0
-                ok = right(o, first_quote(o, (a, b, m, u, near, t)))
-                print(f"{'ok ' if ok else 'MISS'} {half} {o.question.id} {o.question.question!r} "
-                      f"{score:.2f} {shown[:140]!r}", file=sys.stderr)  # fmt: skip
+        show(halves, chosen)
+
+
+def show(halves: dict[str, list[Offered]], rule: Rule) -> None:
+    """Each question's first quote under `rule`, with its support and evidence."""
+    for half, items in halves.items():
+        for o in items:
+            best = top(o, rule[:6])
+            shown = best.sentence if best else ""
+            score = support(best, rule[:6]) if best else 0.0
+            e, sim = (best.evidence, best.similarity) if best else (extractive.Evidence(), 0.0)
+            ok = right(o, first_quote(o, rule))
+            print(f"{'ok ' if ok else 'MISS'} {half} {o.question.id} {o.question.question!r} "
+                  f"{score:.2f} (sim {sim:.2f} dense {e.dense:.2f} agree {e.agree:d} "
+                  f"lead {e.lead:.2f}) {shown[:120]!r}", file=sys.stderr)  # fmt: skip
 
 
 # -- the real run: the answers of the small model, in process and through rag serve ------

@@ -104,10 +104,10 @@ class KnowledgeBase:
             matching = any(filters.matches(d) for d in snap.documents())
             if not matching:
                 raise filters.nothing_matches()
+        candidates = dict(dense)  # cosine per chunk, for each hit
         if mode == "hybrid":
             # Every candidate gets both exact scores, so a passage found by
             # one side alone is still weighed by the other.
-            candidates = dict(dense)
             assert vector is not None
             lexical_only = [i for i, _ in bm25 if i not in candidates]
             candidates.update(snap.dense_scores(vector, lexical_only))
@@ -121,7 +121,7 @@ class KnowledgeBase:
         bm25_rank = {cid: r for r, (cid, _) in enumerate(bm25, start=1)}
         chunks = snap.chunks(cid for cid, _ in ranked)
         return [
-            Hit(chunks[cid], score, dense_rank.get(cid), bm25_rank.get(cid))
+            Hit(chunks[cid], score, dense_rank.get(cid), bm25_rank.get(cid), candidates.get(cid))
             for cid, score in ranked
             if cid in chunks
         ]

@@ -85,6 +85,13 @@ class LexicalIndex:
         if len(self.ids):
             self._index = bm25s.BM25.load(str(folder), mmap=True, allow_pickle=False)
 
+    def has_term(self, term: str) -> bool:
+        """Whether some chunk holds the analysed `term` (one of `terms()`):
+        the index's vocabulary is that of this generation's chunks."""
+        if self._index is None or not term:
+            return False
+        return term in (self._index.vocab_dict or {})
+
     def scores(self, query: str) -> np.ndarray:
         """The BM25 score of every chunk (aligned with `self.ids`)."""
         words = terms(query)

@@ -119,12 +119,14 @@ class Chunk:
 
 @dataclass(frozen=True)
 class Hit:
-    """A chunk returned by a search, with its fused score and per-side ranks."""
+    """A chunk returned by a search, with its fused score, per-side ranks and
+    its cosine to the query (None where the search was BM25 alone)."""
 
     chunk: Chunk
     score: float
     dense_rank: int | None = None
     bm25_rank: int | None = None
+    dense_score: float | None = None
 
     @property
     def text(self) -> str:

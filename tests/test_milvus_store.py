@@ -118,6 +118,7 @@ def test_milvus_own_bm25_ranks_a_known_corpus(tmp_path):
         assert {i for i, _ in top} == {by_text[t] for t in CORPUS["space.md"]}
         assert lookup[by_text[CORPUS["pets.md"][0]]] == 0.0
         assert snap.bm25("zebra", 5) == ([], {})
+        assert snap.has_term(lexical.terms("galaxies")[0]) and not snap.has_term("zebra")
     finally:
         store.close()
 

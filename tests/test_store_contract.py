@@ -114,6 +114,20 @@ def test_delete_removes_a_document_and_its_chunks(store):
     assert len(near) == 4 and not near & {c.id for c in snap.document_chunks("pets.md")}
 
 
+def test_a_snapshot_knows_the_terms_its_passages_hold(store):
+    # The answering's "does the base hold this word at all", a lookup in the
+    # BM25 side's vocabulary rather than a whole search per word.
+    fill(store)
+    snap = store.snapshot()
+    assert all(snap.has_term(t) for t in lexical.terms("cat windowsill galaxies bananas"))
+    assert not snap.has_term("zebra") and not snap.has_term("")
+    with store.writer(PARAMS) as w:
+        w.delete("pets.md")
+    snap = store.snapshot()
+    assert not any(snap.has_term(t) for t in lexical.terms("cat windowsill"))
+    assert snap.has_term(lexical.terms("galaxies")[0])
+
+
 def test_a_snapshot_gives_back_the_vectors_as_written(kb_settings):
     # Searched at float16 (the local store's default), read back as written.
     settings = kb_settings.model_copy(update={"dense_precision": "float16"})
@@ -311,6 +325,24 @@ def test_search_in_every_mode_finds_the_known_document(kb_settings, store, embed
     results = searched(kb_settings, embedder)
     for (query, mode), hits in results.items():
         assert hits[0][0] == QUERIES[query], (query, mode, hits)
+
+
+def test_each_hit_carries_its_cosine_to_the_query(kb_settings, store, embedder):
+    # Retrieval's evidence for the answering (rag/answering/extractive.py).
+    ingest_documents(note_documents(), kb_settings, embedder=embedder)
+    kb = KnowledgeBase.open(kb_settings.index, embedder=embedder, settings=kb_settings)
+    try:
+        query = "which volcano buried Pompeii"
+        vector = embedder.embed_batch([query], kind="query")[0]
+        for mode in ("hybrid", "dense"):
+            hits = kb.search(query, k=4, mode=mode)
+            exact = kb.snapshot().dense_scores(vector, [h.chunk_id for h in hits])
+            assert [h.dense_score for h in hits] == pytest.approx(
+                [exact[h.chunk_id] for h in hits], abs=2e-3
+            ), mode  # the local store searches a float16 copy
+        assert all(h.dense_score is None for h in kb.search(query, k=4, mode="bm25"))
+    finally:
+        kb.close()
 
 
 def test_both_stores_rank_alike(tmp_path, embedder):

@@ -51,18 +51,19 @@ MIN_WORDS = 5
 # misses the sentence that answers a short question in other words ("How are
 # broken files reported?"), and rows are not sentences at all.
 OVERLAP_WEIGHT = 0.6  # times the share of the question's content words the quote holds
-# For a quote of retrieval's first passage when both sides agree on it.
-FIRST_WEIGHT = 0.0
-AGREE_RANK = 3  # ... that is, when dense and BM25 each rank that passage at most this
-# Taken off per word of the question that no passage read holds. A near miss
-# ("the Model T van" where the base has the Model K, "sick leave" beside paid
-# leave) shares every other word with the sentence that would be quoted, but
-# asks for a thing the knowledge base does not name at all; an answerable
-# question in other words ("How big is a plot?") uses words the base holds
-# elsewhere. So a word nowhere in the base weighs more than one merely not in
-# the passages read.
-MISSING_WEIGHT = 0.0  # per word the passages lack but the base holds
-UNKNOWN_WEIGHT = 0.75  # per word the base lacks (or identifier the passages lack)
+# Retrieval's evidence for the quote's passage (`Evidence`): a passage that
+# both sides rank near the top, close in meaning to the question and ahead
+# of the others read, is answered from more readily.
+DENSE_WEIGHT = 0.0  # times the passage's cosine to the question searched
+AGREE_WEIGHT = 0.0  # when dense search and BM25 each rank it at most AGREE_RANK
+AGREE_RANK = 3
+LEAD_WEIGHT = 0.0  # times its fused score less the best other passage's read
+# Taken off per word of the question the knowledge base does not hold at all
+# (and per identifier the passages lack). A near miss ("the Model T van"
+# where the base has the Model K, "sick leave" beside paid leave) shares
+# every other word with the sentence that would be quoted, but asks for a
+# thing the knowledge base does not name.
+UNKNOWN_WEIGHT = 0.75
 # A word the base lacks is a question in other words, not a near miss, when
 # the quote holds a word this close to it in meaning (all-MiniLM-L6-v2's
 # cosine of the two words alone): "retained" beside "kept", "yearly" beside
@@ -78,6 +79,19 @@ _MEASURES = frozenset({"time", "times"})
 
 
 @dataclass(frozen=True)
+class Evidence:
+    """What retrieval says of a quote's passage."""
+
+    dense: float = 0.0  # the passage's cosine to the question searched
+    agree: bool = False  # dense search and BM25 each rank it at most AGREE_RANK
+    lead: float = 0.0  # its fused score less the best other passage's read (0: alone)
+
+    @property
+    def support(self) -> float:
+        return DENSE_WEIGHT * self.dense + AGREE_WEIGHT * self.agree + LEAD_WEIGHT * self.lead
+
+
+@dataclass(frozen=True)
 class Candidate:
     """A quote offered to the model: a sentence, or a table's caption,
     header and matching rows; `n` is its passage's number in the prompt."""
@@ -86,10 +100,9 @@ class Candidate:
     sentence: str
     similarity: float  # cosine to the question (of the closest row, for a table)
     overlap: float = 0.0  # share of the question's content words in the quote
-    first: bool = False  # from retrieval's first passage, on which dense and BM25 agree
-    missing: int = 0  # words of the question the passages lack, but the base holds
     unknown: int = 0  # words of the question the base lacks, identifiers the passages lack
     near: tuple[float, ...] = ()  # per plain word of `unknown`: its nearest word of the quote
+    evidence: Evidence = Evidence()
 
     @property
     def lacking(self) -> int:
@@ -102,8 +115,7 @@ class Candidate:
         return (
             self.similarity
             + OVERLAP_WEIGHT * self.overlap
-            + (FIRST_WEIGHT if self.first else 0.0)
-            - MISSING_WEIGHT * self.missing
+            + self.evidence.support
             - UNKNOWN_WEIGHT * self.lacking
         )
 
@@ -168,7 +180,9 @@ def candidates(
     extension?"), rarely the earlier question's words too.
 
     `known`: whether the knowledge base holds a word anywhere (None: not
-    known, every word the passages lack counts as `missing`)."""
+    known; only identifiers the passages lack count against a quote).
+    Retrieval's evidence for each passage (`Evidence`) comes from its hit:
+    ranks, fused score and cosine to the question."""
     own = own or question
     quotes = _quotes(question, own, ordered, said)
     if not quotes:
@@ -178,10 +192,10 @@ def candidates(
     asks = list(dict.fromkeys([question, own]))
     queries = np.asarray(embedder.embed_batch(asks, kind="query"), dtype=np.float32)
     scores = iter((vectors @ queries.T).tolist())
-    agree = bool(ordered) and _agreed(ordered[0])
+    evidence = _evidence(ordered)
     held = " ".join(hit.text for hit in ordered)
-    missing = [missing_words(ask, held, known) for ask in asks]
-    plain = [sorted(m[1] - _identifiers(ask)) for m, ask in zip(missing, asks, strict=True)]
+    unknown = [unknown_words(ask, held, known) for ask in asks]
+    plain = [sorted(u - _identifiers(ask)) for u, ask in zip(unknown, asks, strict=True)]
     nearest = _nearest(embedder, {w for p in plain for w in p}, list(quotes))
     found = []
     for quote, (n, group) in quotes.items():
@@ -189,14 +203,24 @@ def candidates(
         near = nearest[quote]
         quote = _best_rows(quote, [max(c) for c in closeness]) if len(group) > 1 else quote
         best = max(
-            (Candidate(n, quote, max(c[i] for c in closeness), _share(ask, quote), agree and n == 1,
-                       len(missing[i][0]), len(missing[i][1]), tuple(near[w] for w in plain[i]))
+            (Candidate(n, quote, max(c[i] for c in closeness), _share(ask, quote),
+                       len(unknown[i]), tuple(near[w] for w in plain[i]), evidence[n - 1])
              for i, ask in enumerate(asks)),
             key=lambda c: c.support,
         )  # fmt: skip
         found.append(best)
     found.sort(key=lambda c: -c.support)  # stable: passage order breaks ties
     return [c for c in found[:limit] if c.support >= min_support]
+
+
+def _evidence(ordered: Sequence[Hit]) -> list[Evidence]:
+    """Retrieval's evidence for each passage read, in `ordered`'s order."""
+    found = []
+    for i, hit in enumerate(ordered):
+        others = [h.score for j, h in enumerate(ordered) if j != i]
+        lead = hit.score - max(others) if others else 0.0
+        found.append(Evidence(hit.dense_score or 0.0, _agreed(hit), lead))
+    return found
 
 
 def _quotes(
@@ -251,26 +275,20 @@ def _share(question: str, quote: str) -> float:
     return len(asked & set(terms(quote))) / len(asked) if asked else 0.0
 
 
-def missing_words(
-    question: str, text: str, known: Callable[[str], bool] | None = None
-) -> tuple[set[str], set[str]]:
-    """The question's content words (as BM25 terms) that `text`, the passages
-    read, does not hold: (those the base holds elsewhere, those it does not
-    hold at all per `known`, as asked rather than as terms, with the
-    identifiers such as "T" or "Q3" that `text` lacks)."""
+def unknown_words(question: str, text: str, known: Callable[[str], bool] | None = None) -> set[str]:
+    """The question's content words that neither `text` (the passages read)
+    nor, per `known`, the rest of the base holds, as asked rather than as
+    BM25 terms, with the identifiers such as "T" or "Q3" that `text` lacks.
+    (`known` None: the base is taken to hold every word.)"""
     held, tokens = set(terms(text)), set(_TOKEN.findall(text.lower()))
-    lacked: set[str] = set()
     unknown = _identifiers(question) - tokens
     words = _TOKEN.findall(question)
     for before, word in zip(["", *words], words, strict=False):
         if before.lower() == "how" or word.lower() in _MEASURES:
             continue  # "How often", "How big", "how many times": the answer names a measure
-        for term in followup.content_terms(word) - held:
-            if known is None or known(word):
-                lacked.add(term)
-            else:
-                unknown.add(word.lower())  # as asked: its meaning is weighed (`_nearest`)
-    return lacked - unknown, unknown
+        if known is not None and followup.content_terms(word) - held and not known(word):
+            unknown.add(word.lower())  # as asked: its meaning is weighed (`_nearest`)
+    return unknown
 
 
 def _agreed(hit: Hit) -> bool:

@@ -26,6 +26,7 @@ from rag.answering.screening import SCREEN_OFF, keep, screen
 from rag.errors import LLMError
 from rag.filters import Filters
 from rag.knowledge_base import KnowledgeBase
+from rag.lexical import terms
 from rag.llm import ChatModel, Completion, Delta, require_content
 from rag.settings import Settings
 from rag.types import Answer, Usage, Verdict
@@ -100,8 +101,10 @@ def _stages(
 
 
 def knows(kb: KnowledgeBase, word: str) -> bool:
-    """Whether any passage of `kb` holds `word` (as BM25 analyses it)."""
-    return bool(kb.search(word, k=1, mode="bm25"))
+    """Whether any passage of `kb` holds `word` (as BM25 analyses it): a
+    lookup in the store's BM25 vocabulary, not a search per word."""
+    snapshot = kb.snapshot()
+    return any(snapshot.has_term(term) for term in terms(word))
 
 
 def answer(

@@ -163,6 +163,11 @@ class Snapshot(Protocol):
         those and of the chunks in `also` (0 where no query term matched)."""
         ...
 
+    def has_term(self, term: str) -> bool:
+        """Whether some chunk holds the analysed BM25 `term` (one of
+        `rag.lexical.terms`): a vocabulary lookup, not a search."""
+        ...
+
     def chunks(self, ids: Iterable[int]) -> dict[int, Chunk]: ...
 
     def vectors_of(self, ids: Sequence[int]) -> np.ndarray:

@@ -381,6 +381,9 @@ class Snapshot(Tables):
                 f"{self.root / self.name / layout.BM25_DIR} is damaged ({exc})."
             ) from exc
 
+    def has_term(self, term: str) -> bool:
+        return self.lexical.has_term(term)
+
     def close(self) -> None:
         self.allowed.cache_clear()
         self._exact = None

@@ -219,6 +219,15 @@ class MilvusSnapshot(Reader):
             lookup.setdefault(cid, 0.0)
         return ranked, lookup
 
+    def has_term(self, term: str) -> bool:
+        """In bm25s's vocabulary (Lite), else whether Milvus's full-text
+        search of the term alone finds a chunk (its posting list, one lookup)."""
+        if not term:
+            return False
+        if self.store.bm25_engine == "ours":
+            return self._lexical_index().has_term(term)
+        return any(d != 0 for _, d in self._search(term, "sparse", 1))
+
     def _lexical_index(self) -> lexical.LexicalIndex:
         """bm25s over this generation's stored terms, built on first use."""
         if self._lexical is None:
