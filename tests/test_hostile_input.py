@@ -14,8 +14,10 @@ import re
 import shutil
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
+import click
 import pypdf
 import pytest
 from builders import (
@@ -27,14 +29,30 @@ from builders import (
     slow_pdf,
     zip_bomb_docx,
 )
+from click.testing import CliRunner
 
+from cli.ingest_main import main as ingest_main
+from cli.rag_main import main as rag_main
 from ingest.pipeline import ingest_paths
 from rag.knowledge_base import KnowledgeBase
 from rag.settings import Settings
 from team.library import UPLOADS, Upload, save_uploads
 
 INGEST = str(Path(sys.executable).parent / "ingest")
-RAG = str(Path(sys.executable).parent / "rag")
+
+
+def cli(
+    main: click.Command, args: list[str], env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """A command run in this process, the way a process would report it: an
+    exception that escapes it lands in stderr as a traceback. Where the
+    process itself is not the subject, this spares loading the model again."""
+    result = CliRunner().invoke(main, args, env=env)
+    stderr = result.stderr
+    if result.exc_info and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(*result.exc_info))
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, stderr)
+
 
 # Good files, each with a fact only it contains: (name, query, content).
 GOOD = {
@@ -135,11 +153,8 @@ def hostile(tmp_path_factory, embedder):
     ingest_paths([str(old)], Settings(index=index), embedder=embedder)
     before = state(index)
     batch = write_batch(base / "batch")
-    env = {**os.environ, "RAG_MAX_FILE_MB": "1"}
-    run = subprocess.run(
-        [INGEST, str(batch), "--index", str(index), "--json"],
-        capture_output=True, text=True, env=env, timeout=600,
-    )  # fmt: skip
+    env = {"RAG_MAX_FILE_MB": "1"}
+    run = cli(ingest_main, [str(batch), "--index", str(index), "--json"], env)
     return {"index": index, "batch": batch, "old": old, "before": before, "run": run, "env": env}
 
 
@@ -175,28 +190,19 @@ def test_the_existing_documents_survive_unchanged(hostile, embedder):
 
 
 def test_stats_agree_and_search_prints_non_ascii_names(hostile):
-    stats = json.loads(
-        subprocess.run(
-            [RAG, "stats", "--index", str(hostile["index"]), "--json"],
-            capture_output=True, text=True, check=True,
-        ).stdout
-    )  # fmt: skip
+    stats = json.loads(cli(rag_main, ["stats", "--index", str(hostile["index"]), "--json"]).stdout)
     assert stats["documents"] == len(QUERIES) + 1
     assert stats["chunks"] == stats["vectors"] > 0
-    result = subprocess.run(
-        [RAG, "search", "bamboo whisk chasen", "--index", str(hostile["index"]), "-k", "1"],
-        capture_output=True, text=True,
-    )  # fmt: skip
+    result = cli(rag_main, ["search", "bamboo whisk chasen", "--index", str(hostile["index"]),
+                            "-k", "1"])  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "日本語 ノート.html" in result.stdout
 
 
 def test_a_rerun_changes_nothing_and_reports_the_same_failures(hostile):
     generation = KnowledgeBase.open(hostile["index"]).stats().generation
-    again = subprocess.run(
-        [INGEST, str(hostile["batch"]), "--index", str(hostile["index"])],
-        capture_output=True, text=True, env=hostile["env"], timeout=600,
-    )  # fmt: skip
+    again = cli(ingest_main, [str(hostile["batch"]), "--index", str(hostile["index"])],
+                hostile["env"])  # fmt: skip
     assert again.returncode == 1, again.stderr
     assert "Traceback" not in again.stderr
     # The human-readable summary prints odd names and every reason.
@@ -236,6 +242,9 @@ def test_parsers_that_hang_crash_or_blow_their_memory_cap_fail_only_their_file(t
 # -- OCR ---------------------------------------------------------------------------------
 
 
+# The two tests that change tesseract's environment run `ingest` as a process
+# of its own: the parser workers inherit the environment of the process that
+# started their forkserver, which in this one was started long before.
 def ocr_ingest(scan: Path, index: Path, path: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [INGEST, str(scan), "--index", str(index), "--ocr", "--json"],
@@ -261,11 +270,10 @@ def test_ocr_reads_a_scanned_pdf(tmp_path, embedder):
     assert shutil.which("tesseract"), "tesseract is missing: run `make system-setup`"
     scan = image_only_pdf(tmp_path / "scan.pdf", "The submarine cable reached Lisbon in 1870.")
     index = tmp_path / "index"
-    without = subprocess.run(
-        [INGEST, str(scan), "--index", str(index), "--json"], capture_output=True, text=True
-    )
+    # In this process: the environment is this one, tesseract on the PATH.
+    without = cli(ingest_main, [str(scan), "--index", str(index), "--json"])
     assert "needs OCR (run ingest with --ocr)" in without.stdout
-    result = ocr_ingest(scan, index, os.environ["PATH"])
+    result = cli(ingest_main, [str(scan), "--index", str(index), "--ocr", "--json"])
     assert result.returncode == 0, result.stdout + result.stderr
     hits = KnowledgeBase.open(index, embedder).search("submarine cable Lisbon", k=1)
     assert "Lisbon" in hits[0].text and hits[0].page == 1

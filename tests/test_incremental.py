@@ -11,11 +11,32 @@ from rag.knowledge_base import KnowledgeBase
 from rag.settings import Settings
 
 
+@pytest.fixture(scope="module")
+def first(tmp_path_factory, corpus_dir, embedder):
+    """The corpus in a folder of its own, ingested once for the module:
+    (folder, index, report). Each test changes a copy of that index."""
+    base = tmp_path_factory.mktemp("incremental")
+    folder, index = base / "docs", base / "index"
+    shutil.copytree(corpus_dir, folder)
+    return folder, index, run(folder, index, embedder)
+
+
 @pytest.fixture
-def kb_dir(tmp_path, corpus_dir):
-    folder = tmp_path / "docs"
+def kb_dir(first, corpus_dir):
+    """The folder the module's index was built from, as it was then (the
+    index records absolute paths, so each test finds it at the same place)."""
+    folder = first[0]
+    shutil.rmtree(folder)
     shutil.copytree(corpus_dir, folder)
     return folder
+
+
+@pytest.fixture
+def index(first, tmp_path):
+    """A private copy of the module's index of `kb_dir`."""
+    target = tmp_path / "index"
+    shutil.copytree(first[1], target)
+    return target
 
 
 def run(folder, index, embedder, **options):
@@ -32,18 +53,15 @@ def state(index):
     }
 
 
-def test_rerun_embeds_nothing(kb_dir, tmp_path, embedder):
-    index = tmp_path / "index"
-    first = run(kb_dir, index, embedder)
-    assert first.added == 5 and first.chunks_embedded > 0
+def test_rerun_embeds_nothing(first, kb_dir, index, embedder):
+    report = first[2]
+    assert report.added == 5 and report.chunks_embedded > 0
     again = run(kb_dir, index, embedder)
     assert (again.added, again.updated, again.unchanged, again.chunks_embedded) == (0, 0, 5, 0)
     assert again.generation is None  # nothing published
 
 
-def test_changed_file_replaces_its_chunks(kb_dir, tmp_path, embedder):
-    index = tmp_path / "index"
-    run(kb_dir, index, embedder)
+def test_changed_file_replaces_its_chunks(kb_dir, index, embedder):
     (kb_dir / "tea.txt").write_text("Oolong tea is partially oxidised.", encoding="utf-8")
     report = run(kb_dir, index, embedder)
     assert (report.updated, report.unchanged) == (1, 4)
@@ -55,9 +73,7 @@ def test_changed_file_replaces_its_chunks(kb_dir, tmp_path, embedder):
     assert stats.chunks == stats.vectors
 
 
-def test_renamed_file_is_copied_not_embedded(kb_dir, tmp_path, embedder):
-    index = tmp_path / "index"
-    run(kb_dir, index, embedder)
+def test_renamed_file_is_copied_not_embedded(kb_dir, index, embedder):
     (kb_dir / "tea.txt").rename(kb_dir / "tea-notes.txt")
     report = run(kb_dir, index, embedder, sync=True)
     assert (report.added, report.deleted, report.chunks_embedded) == (1, 1, 0)
@@ -66,8 +82,7 @@ def test_renamed_file_is_copied_not_embedded(kb_dir, tmp_path, embedder):
     assert hits[0].source == str(kb_dir / "tea-notes.txt")
 
 
-def test_sync_removes_vanished_files_only_under_given_folders(kb_dir, tmp_path, embedder):
-    index = tmp_path / "index"
+def test_sync_removes_vanished_files_only_under_given_folders(kb_dir, index, tmp_path, embedder):
     other = tmp_path / "other"
     other.mkdir()
     (other / "keep.txt").write_text("Unrelated note about bicycles.", encoding="utf-8")
@@ -80,17 +95,13 @@ def test_sync_removes_vanished_files_only_under_given_folders(kb_dir, tmp_path, 
     assert str(other / "keep.txt") in paths
 
 
-def test_without_sync_vanished_files_stay(kb_dir, tmp_path, embedder):
-    index = tmp_path / "index"
-    run(kb_dir, index, embedder)
+def test_without_sync_vanished_files_stay(kb_dir, index, embedder):
     (kb_dir / "birds.html").unlink()
     assert run(kb_dir, index, embedder).deleted == 0
     assert str(kb_dir / "birds.html") in state(index)
 
 
-def test_delete_one_document(kb_dir, tmp_path, embedder):
-    index = tmp_path / "index"
-    run(kb_dir, index, embedder)
+def test_delete_one_document(kb_dir, index, embedder):
     doomed = IngestOptions(delete=[str(kb_dir / "fish.docx")])
     report = ingest_paths([], Settings(index=index), doomed, embedder=embedder)
     assert report.deleted == 1 and not report.failed
@@ -99,9 +110,7 @@ def test_delete_one_document(kb_dir, tmp_path, embedder):
     assert stats.chunks == stats.vectors
 
 
-def test_a_broken_update_keeps_the_old_version(kb_dir, tmp_path, embedder):
-    index = tmp_path / "index"
-    run(kb_dir, index, embedder)
+def test_a_broken_update_keeps_the_old_version(kb_dir, index, embedder):
     before = state(index)[str(kb_dir / "astronomy.pdf")]
     (kb_dir / "astronomy.pdf").write_bytes(b"%PDF-1.4 truncated garbage")
     report = run(kb_dir, index, embedder)
@@ -109,9 +118,8 @@ def test_a_broken_update_keeps_the_old_version(kb_dir, tmp_path, embedder):
     assert state(index)[str(kb_dir / "astronomy.pdf")] == before
 
 
-def test_same_final_state_whatever_the_order(kb_dir, tmp_path, embedder):
-    one, two = tmp_path / "one", tmp_path / "two"
-    run(kb_dir, one, embedder)
+def test_same_final_state_whatever_the_order(kb_dir, index, tmp_path, embedder):
+    one, two = index, tmp_path / "two"  # one: the whole folder at once
     for name in ("tea.txt", "fish.docx"):
         ingest_paths([str(kb_dir / name)], Settings(index=two), embedder=embedder)
     run(kb_dir, two, embedder)
