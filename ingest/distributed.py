@@ -1,7 +1,8 @@
 """Ingestion fanned out on Ray (`ingest ... --ray [ADDRESS]`): files are
 parsed and split in Ray tasks, chunks embedded in Ray actors (one per GPU
-where the cluster has GPUs, else a few on CPUs), and everything is written
-by this process through the Store seam, as without Ray.
+where the cluster has GPUs, else one per node on its CPUs) fed the parse
+tasks' token ids in the batches one process would embed, and everything is
+written by this process through the Store seam, as without Ray.
 
 The pipeline's own code runs in both places: a task calls
 `workers.parse_files` (so each file is still parsed, split and tokenized in
