@@ -1,7 +1,8 @@
 """Ingestion fanned out on Ray (`ingest ... --ray [ADDRESS]`): files are
 parsed and split in Ray tasks, chunks embedded in Ray actors (one per GPU
-where the cluster has GPUs, else a few on CPUs), and everything is written
-by this process through the Store seam, as without Ray.
+where the cluster has GPUs, else one per node on its CPUs) fed the parse
+tasks' token ids in the batches one process would embed, and everything is
+written by this process through the Store seam, as without Ray.
 
 The pipeline's own code runs in both places: a task calls
 `workers.parse_files` (so each file is still parsed, split and tokenized in
@@ -21,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from ray.exceptions import ActorUnavailableError, RayActorError, RayError
 
 from ingest import workers
 from ingest.discovery import FileTask
-from ingest.ingestor import EMBED_BUFFER
+from ingest.ingestor import Batching, batching_of
 from ingest.pipeline import Parsed, ToParse
 from rag.embedding import Precision, load_embedder
 from rag.errors import RagError
@@ -111,21 +112,30 @@ def _parse_and_split(
 
 
 class _Embedder:
-    """An embedding actor: the model loaded as the main process loads it."""
+    """An embedding actor: the model loaded once, as the main process loads
+    it; passages come as the parser's token ids where the model takes them."""
 
     def __init__(self, model: str, precision: Precision, device: str, threads: int) -> None:
         if device == "cpu":
             import torch
 
-            torch.set_num_threads(threads)  # leave cores to the parse tasks
+            torch.set_num_threads(threads)  # its share of the node's cores
         self._embedder = load_embedder(model, precision, device)
 
     def ping(self) -> bool:
         return True
 
+    def batching(self) -> Batching:
+        return batching_of(self._embedder)
+
     def embed(self, texts: list[str]) -> tuple[np.ndarray, float]:
         started = time.perf_counter()
         vectors = self._embedder.embed_batch(texts)
+        return vectors, time.perf_counter() - started
+
+    def embed_ids(self, ids: list[np.ndarray]) -> tuple[np.ndarray, float]:
+        started = time.perf_counter()
+        vectors = self._embedder.embed_token_ids(ids)  # type: ignore[attr-defined]
         return vectors, time.perf_counter() - started
 
 
@@ -225,12 +235,15 @@ class RayEngine:
     def __init__(self, address: str, settings: Settings) -> None:
         self.address = address
         self.settings = settings
-        self.buffer = EMBED_BUFFER * 4  # enough slices to keep several actors busy
         self.worker_seconds: dict[str, float] = {"parse": 0.0, "chunk": 0.0, "embed": 0.0}
+        # Passages sent to the actors: as the parser's token ids, or as text
+        # (a model without `embed_token_ids`, or chunks split without ids).
+        self.passages: dict[str, int] = {"token_ids": 0, "texts": 0}
         self.retried = 0
         self.connected = False  # by this engine, which then disconnects
         self._ready = False
         self._actors: list[Any] = []
+        self._batching: Batching | None = None
 
     def _start(self) -> None:
         if not self._ready:
@@ -243,6 +256,9 @@ class RayEngine:
         if not to_parse:
             return
         self._start()
+        # The actors first: each loads its model while the files are parsed,
+        # and takes its CPU before the parse tasks take them all.
+        self._embedders()
         job = ray.put(_Job.of(settings))
         task = ray.remote(num_cpus=1, max_retries=1)(_parse_and_split)
         limit = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
@@ -268,33 +284,58 @@ class RayEngine:
                     yield Parsed(file, result.document, ocr, chunks, result.token_ids)
 
     def _embedders(self) -> list[Any]:
+        """One actor per GPU; on CPUs, one per node with that node's cores
+        (torch spreads one batch over them, as in one process)."""
         if not self._actors:
             self._start()
             resources = ray.cluster_resources()
             gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
-            count = gpus or max(1, cpus // 8)
+            nodes = sum(1 for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU"))
+            count = gpus or max(1, nodes)
             device, precision = (
                 ("cuda", "float16") if gpus else ("cpu", self.settings.embed_precision)
             )
-            actor = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0, max_restarts=EMBED_ATTEMPTS)
+            actor = ray.remote(
+                num_cpus=1, num_gpus=1 if gpus else 0, max_restarts=EMBED_ATTEMPTS,
+                scheduling_strategy="SPREAD",
+            )  # fmt: skip
             self._actors = [
                 actor(_Embedder)
                 .options(name=f"kbqa-embed-{os.getpid()}-{n}")
-                .remote(
-                    self.settings.embedding_model, precision, device, max(1, cpus // count // 2)
-                )
+                .remote(self.settings.embedding_model, precision, device, max(1, cpus // count))
                 for n in range(count)
             ]
         return self._actors
 
+    def batching(self) -> Batching:
+        """As one process cuts flushes for the actors' model and device, a
+        flush holding one buffer's worth per actor (waits for a model)."""
+        if self._batching is None:
+            actors = self._embedders()
+            found: Batching = ray.get(actors[0].batching.remote())
+            self._batching = replace(found, buffer=found.buffer * len(actors))
+        return self._batching
+
     def embed_slices(self, slices: list[list[str]]) -> Iterator[tuple[int, np.ndarray]]:
+        """Slices of texts spread over the actors (`_spread`)."""
+        self.passages["texts"] += sum(len(s) for s in slices)
+        return self._spread("embed", slices)
+
+    def embed_id_slices(self, slices: list[list[np.ndarray]]) -> Iterator[tuple[int, np.ndarray]]:
+        """Slices of token ids spread over the actors: never tokenized again."""
+        self.passages["token_ids"] += sum(len(s) for s in slices)
+        return self._spread("embed_ids", slices)
+
+    def _spread(self, method: str, slices: list[Any]) -> Iterator[tuple[int, np.ndarray]]:
         """Slices spread over the actors; one whose actor died is sent again
         (Ray restarts the actor), so every slice comes back once."""
         actors = self._embedders()
-        texts = [ray.put(s) for s in slices]
-        pending = {
-            actors[n % len(actors)].embed.remote(texts[n]): (n, 0) for n in range(len(slices))
-        }
+        sent = [ray.put(s) for s in slices]
+
+        def call(actor: Any, number: int) -> Any:
+            return getattr(actor, method).remote(sent[number])
+
+        pending = {call(actors[n % len(actors)], n): (n, 0) for n in range(len(slices))}
         while pending:
             [ref], _ = ray.wait(list(pending), num_returns=1)
             number, attempt = pending.pop(ref)
@@ -309,7 +350,7 @@ class RayEngine:
                 self.retried += 1
                 actor = actors[(number + attempt + 1) % len(actors)]
                 _wait_until_up(actor)
-                pending[actor.embed.remote(texts[number])] = (number, attempt + 1)
+                pending[call(actor, number)] = (number, attempt + 1)
                 continue
             self.worker_seconds["embed"] += seconds
             yield number, vectors

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
+from typing import Protocol
 
 import numpy as np
 
@@ -92,9 +93,37 @@ class Progress:
 
 ProgressFn = Callable[[Progress], None]
 
-# Embeds slices of texts, yielding (slice number, vectors) once each, in any
-# order: the model in this process by default, Ray actors with --ray.
+# Embeds slices (of texts, or of token ids), yielding (slice number,
+# vectors) once each, in any order.
 EmbedSlices = Callable[[list[list[str]]], Iterator[tuple[int, np.ndarray]]]
+EmbedIdSlices = Callable[[list[list[np.ndarray]]], Iterator[tuple[int, np.ndarray]]]
+
+
+@dataclass(frozen=True)
+class Batching:
+    """How a flush is cut for a model that runs elsewhere: as this process
+    would cut it for the same model on the same device."""
+
+    buffer: int  # chunks to gather before a flush
+    batch_tokens: int  # padded tokens a slice of token ids
+    rows: int | None  # passages a slice at most (None: any)
+    takes_ids: bool  # the model embeds token ids (`embed_token_ids`)
+
+
+class RemoteEmbedding(Protocol):
+    """Embedding done elsewhere (`ingest.distributed.RayEngine`'s actors)."""
+
+    def batching(self) -> Batching:
+        """Asked at the first flush (the model may load meanwhile)."""
+        ...
+
+    def embed_slices(self, slices: list[list[str]]) -> Iterator[tuple[int, np.ndarray]]:
+        """An `EmbedSlices`: each slice's vectors once, in any order."""
+        ...
+
+    def embed_id_slices(self, slices: list[list[np.ndarray]]) -> Iterator[tuple[int, np.ndarray]]:
+        """The same for slices of token ids (`TokenCounter.encode`)."""
+        ...
 
 
 @contextmanager
@@ -123,6 +152,20 @@ class _Pending:
     token_ids: list[np.ndarray] | None = None  # tokenized where it was split
 
 
+def batching_of(embedder: Embedder) -> Batching:
+    """How this process cuts flushes for `embedder` (and a remote engine
+    for its own copy of the model)."""
+    on_gpu = str(getattr(embedder, "device", "cpu")).startswith("cuda")
+    return Batching(
+        buffer=GPU_EMBED_BUFFER if on_gpu else EMBED_BUFFER,
+        batch_tokens=getattr(embedder, "batch_tokens", CPU_BATCH_TOKENS),
+        # On a CPU, also at most EMBED_SLICE passages a batch, so the
+        # progress bar moves as often during a long document as before.
+        rows=None if on_gpu else EMBED_SLICE,
+        takes_ids=hasattr(embedder, "embed_token_ids"),
+    )
+
+
 class Ingestor:
     """Owns one index write: chunk, embed in buffered batches, store,
     checkpoint (except in a rebuild). Driven by `ingest_paths` (files) and
@@ -135,8 +178,7 @@ class Ingestor:
         report: IngestReport,
         embedder: Embedder | None = None,
         progress: ProgressFn = noop,
-        embed_slices: EmbedSlices | None = None,
-        buffer: int | None = None,
+        remote: RemoteEmbedding | None = None,
     ) -> None:
         self.writer = writer
         # The tags every document written gets; None keeps each one's own.
@@ -151,8 +193,8 @@ class Ingestor:
         self._copies: list[tuple[str, str, int, float]] = []
         self._copied: Counter[str] = Counter()  # content hashes copied to a new path
         self._progress = progress
-        self._embed_slices = embed_slices or self._embed_here
-        self._buffer = buffer  # None: by where the model runs (`buffer_size`)
+        self._remote = remote
+        self._batching: Batching | None = None  # where the model runs: `batching`
         self._buffered = 0  # chunks in `_pending`
         self._last_publish = time.monotonic()
         self.planned = 0  # documents this run means to parse: the bar's shares
@@ -174,7 +216,7 @@ class Ingestor:
         and `embedder` joins it when the first chunks are to be embedded."""
         if self._embedder is not None or self._loading is not None:
             return
-        if self._embed_slices != self._embed_here:  # embedded elsewhere (Ray)
+        if self._remote is not None:  # embedded elsewhere (Ray)
             return
         s = self.settings
         loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedder-load")
@@ -279,7 +321,7 @@ class Ingestor:
         self._buffered += len(chunks)
         # Below the smaller buffer, where the model runs does not matter
         # yet: it goes on loading while more files are parsed.
-        if self._buffer is None and self._buffered < EMBED_BUFFER:
+        if self._batching is None and self._buffered < EMBED_BUFFER:
             return
         if self._buffered >= self.buffer_size:
             self.flush()
@@ -287,10 +329,14 @@ class Ingestor:
     @property
     def buffer_size(self) -> int:
         """Chunks to gather before a flush embeds and stores them."""
-        if self._buffer is None:
-            on_gpu = str(getattr(self.embedder, "device", "cpu")).startswith("cuda")
-            self._buffer = GPU_EMBED_BUFFER if on_gpu else EMBED_BUFFER
-        return self._buffer
+        return self.batching().buffer
+
+    def batching(self) -> Batching:
+        """How flushes are cut: for the remote model, else for this process's."""
+        if self._batching is None:
+            remote = self._remote
+            self._batching = remote.batching() if remote else batching_of(self.embedder)
+        return self._batching
 
     def flush(self) -> None:
         """Embed and store everything buffered, then maybe publish a checkpoint."""
@@ -334,10 +380,10 @@ class Ingestor:
             self._last_publish = time.monotonic()
 
     def _tokenize(self, chunks: list[Chunk]) -> list[np.ndarray] | None:
-        """Token ids of chunks split here, in one batch call, when this
-        process embeds ids (so both ways in, files and in-memory documents,
-        embed the same way)."""
-        if self._embed_slices != self._embed_here or not hasattr(self.embedder, "embed_token_ids"):
+        """Token ids of chunks split here, in one batch call, when the model
+        embeds ids (so both ways in, files and in-memory documents, embed
+        the same way)."""
+        if not self.batching().takes_ids:
             return None
         try:
             counter = load_token_counter(self.settings.embedding_model)
@@ -347,10 +393,10 @@ class Ingestor:
 
     def _pending_ids(self) -> list[np.ndarray] | None:
         """The buffered chunks' token ids when every one came tokenized and
-        this process embeds them with a model that takes ids; else None."""
-        if self._embed_slices != self._embed_here or not self._buffered:
+        the model takes ids (here or remote); else None."""
+        if not self._buffered:
             return None  # nothing to embed: no model is loaded to tell
-        if not hasattr(self.embedder, "embed_token_ids"):
+        if not self.batching().takes_ids:
             return None
         if any(p.token_ids is None and p.chunks for p in self._pending):
             return None
@@ -361,16 +407,8 @@ class Ingestor:
         batch of padded tokens when pre-tokenized, else EMBED_SLICE texts."""
         if ids is not None:
             order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-            budget = getattr(self.embedder, "batch_tokens", CPU_BATCH_TOKENS)
-            # On a CPU, also at most EMBED_SLICE passages a batch, so the
-            # progress bar moves as often during a long document as before.
-            rows = (
-                None
-                if str(getattr(self.embedder, "device", "cpu")).startswith("cuda")
-                else EMBED_SLICE
-            )
-            lengths = [len(ids[i]) for i in order]
-            batches = token_batches(lengths, budget, rows)
+            b = self.batching()
+            batches = token_batches([len(ids[i]) for i in order], b.batch_tokens, b.rows)
             return [[order[r] for r in batch] for batch in batches]
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         return [order[start : start + EMBED_SLICE] for start in range(0, len(order), EMBED_SLICE)]
@@ -385,10 +423,13 @@ class Ingestor:
         owner = [k for k, p in enumerate(self._pending) for _ in p.chunks]
         embedded = [0] * len(self._pending)
         slices = self._slices(texts, ids)
+        remote = self._remote
         if ids is not None:
-            batches = self._embed_ids([[ids[i] for i in rows] for rows in slices])
+            embed_ids = remote.embed_id_slices if remote else self._embed_ids
+            batches = embed_ids([[ids[i] for i in rows] for rows in slices])
         else:
-            batches = self._embed_slices([[texts[i] for i in rows] for rows in slices])
+            embed = remote.embed_slices if remote else self._embed_here
+            batches = embed([[texts[i] for i in rows] for rows in slices])
         vectors: np.ndarray | None = None
         returned: set[int] = set()
         for number, part in batches:

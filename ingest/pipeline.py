@@ -26,6 +26,7 @@ from ingest.ingestor import (
     IngestReport,
     Progress,
     ProgressFn,
+    RemoteEmbedding,
     noop,
     timed,
 )
@@ -96,20 +97,15 @@ class Parsed:
     token_ids: list[np.ndarray] | None = None  # of the chunks, for `embed_token_ids`
 
 
-class Engine(Protocol):
+class Engine(RemoteEmbedding, Protocol):
     """Where parsing and embedding run when not in this process and its
     parser workers (`ingest.distributed.RayEngine`). The writing stays here."""
 
-    buffer: int  # chunks to gather before a flush hands them to `embed_slices`
     worker_seconds: dict[str, float]
     retried: int
 
     def parse(self, to_parse: ToParse, settings: Settings) -> Iterator[Parsed]:
         """One `Parsed` per file, in the order given."""
-        ...
-
-    def embed_slices(self, slices: list[list[str]]) -> Iterator[tuple[int, np.ndarray]]:
-        """An `EmbedSlices`: each slice's vectors once, in any order."""
         ...
 
 
@@ -240,9 +236,7 @@ def _writing(
         params, rebuild=rebuild, allow_drop=allow_drop, lock_timeout=settings.lock_timeout
     ) as writer:
         yield Ingestor(
-            writer, settings, report, embedder or loaded, progress,
-            embed_slices=engine.embed_slices if engine else None,
-            buffer=engine.buffer if engine else None,
+            writer, settings, report, embedder or loaded, progress, remote=engine
         )  # fmt: skip
         publishing = writer.changed
         publish_started = time.perf_counter()

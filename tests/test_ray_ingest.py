@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from cli.ingest_main import main
 from ingest.distributed import check_address, ray_engine, start_local
 from ingest.pipeline import IngestReport, Progress, ingest_paths
+from rag.embedding import load_embedder, load_token_counter
 from rag.settings import Settings
 from rag.store import open_store
 from rag.types import Chunk
@@ -70,17 +71,26 @@ def _contents(index: Path) -> dict[str, list[tuple[int | None, str, np.ndarray]]
     return out
 
 
-def _ingest_on_ray(corpus: Path, index: Path, progress=None) -> IngestReport:
+def _ingest_on_ray(
+    corpus: Path, index: Path, progress=None, passages: dict[str, int] | None = None
+) -> IngestReport:
+    """An ingest on Ray; `passages` gets what the actors were sent."""
     settings = Settings(index=index)
     with ray_engine("auto", settings) as engine:
-        return ingest_paths(
+        report = ingest_paths(
             [str(corpus)], settings, engine=engine, progress=progress or (lambda _: None)
         )
+        if passages is not None:
+            passages.update(engine.passages)
+        return report
 
 
 def test_same_index_with_and_without_ray(local_ray, corpus: Path, tmp_path: Path) -> None:
     here = ingest_paths([str(corpus)], Settings(index=tmp_path / "here"))
-    on_ray = _ingest_on_ray(corpus, tmp_path / "ray")
+    sent: dict[str, int] = {}
+    on_ray = _ingest_on_ray(corpus, tmp_path / "ray", passages=sent)
+    # The actors embed the parsers' token ids: no passage is tokenized again.
+    assert sent == {"token_ids": on_ray.chunks_embedded, "texts": 0}
     assert on_ray.added == here.added == 12
     assert on_ray.chunks_embedded == here.chunks_embedded > 100
     assert on_ray.worker_seconds["embed"] > 0 and on_ray.worker_seconds["parse"] > 0
@@ -95,6 +105,26 @@ def test_same_index_with_and_without_ray(local_ray, corpus: Path, tmp_path: Path
     again = _ingest_on_ray(corpus, tmp_path / "ray")  # incremental: nothing to parse
     assert (again.unchanged, again.added, again.chunks_embedded) == (12, 0, 0)
     assert again.worker_seconds == {"parse": 0.0, "chunk": 0.0, "embed": 0.0}
+
+
+def test_actors_get_the_slices_one_process_would_embed(local_ray, tmp_path: Path) -> None:
+    """Flushes cut as this process cuts them for the same model and device
+    (full token-budget batches), and the actor's vectors of token ids those
+    of the model here."""
+    from ingest.ingestor import batching_of
+
+    settings = Settings(index=tmp_path / "i")
+    here = load_embedder(settings.embedding_model, settings.embed_precision, "cpu")
+    passages = [" ".join(random.Random(n).choices(WORDS, k=20 + 7 * n)) for n in range(40)]
+    ids = load_token_counter(settings.embedding_model).encode(passages)
+    with ray_engine("auto", settings) as engine:
+        assert engine.batching() == batching_of(here)  # one actor on a box without GPU
+        slices = [ids[:25], ids[25:]]
+        back = dict(engine.embed_id_slices(slices))
+    assert sorted(back) == [0, 1]
+    vectors = np.concatenate([back[0], back[1]])
+    expected = here.embed_token_ids(ids)  # type: ignore[attr-defined]
+    assert np.all(np.sum(vectors * expected, axis=1) > 1 - 1e-3)
 
 
 def test_killed_embedding_actor_is_retried(local_ray, corpus: Path, tmp_path: Path) -> None:
