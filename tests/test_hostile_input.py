@@ -227,7 +227,11 @@ def test_parsers_that_hang_crash_or_blow_their_memory_cap_fail_only_their_file(t
     slow_pdf(folder / "c-slow.pdf", pages=1500)  # would parse for ~20 s
     (folder / "d-good.md").write_text("After the bad ones: the good note about kestrels.")
     make_pdf(folder / "e-good.pdf", ["A good PDF page about ferns and mosses."])
-    settings = Settings(index=tmp_path / "index", parse_timeout=4, parse_memory_mb=1024)
+    # Whole files (no page ranges): the slow PDF is one parse that overruns,
+    # as a hanging parser does; a range that overruns is tests/test_pdf_ranges.py's.
+    settings = Settings(
+        index=tmp_path / "index", parse_timeout=4, parse_memory_mb=1024, pdf_pages_per_range=0
+    )
     report = ingest_paths([str(folder)], settings, embedder=embedder)
     failed = {Path(f.path).name: f.error for f in report.failed}
     assert set(failed) == {"a-bomb.pdf", "b-bomb.docx", "c-slow.pdf"}
