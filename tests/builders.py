@@ -302,16 +302,22 @@ def decompression_bomb_pdf(path: Path, megabytes: int) -> Path:
     return path
 
 
-def slow_pdf(path: Path, pages: int) -> Path:
-    """Many pages sharing one content stream of kerned words with no space
-    characters: each page looks glued, so the loader re-reads every one
-    with pdfminer (~10 ms a page): a small file that parses for a long time."""
+def glued_words_stream() -> bytes:
+    """A page's content stream of kerned words with no space characters: it
+    looks glued, so the loader re-reads the page with pdfminer, slowly."""
     words = ("The quick brown fox jumps over the lazy dog while seven wizards box " * 6).split()
     lines = []
     for start in range(0, len(words), 12):
         pieces = b"-120".join(b"(%s)" % w.encode() for w in words[start : start + 12])
         lines.append(b"[" + pieces + b"] TJ 0 -14 Td")
-    content = b"BT /F1 10 Tf 40 750 Td " + b" ".join(lines) + b" ET"
+    return b"BT /F1 10 Tf 40 750 Td " + b" ".join(lines) + b" ET"
+
+
+def slow_pdf(path: Path, pages: int) -> Path:
+    """Many pages sharing one content stream of kerned words with no space
+    characters: each page looks glued, so the loader re-reads every one
+    with pdfminer (~10 ms a page): a small file that parses for a long time."""
+    content = glued_words_stream()
     kids = b" ".join(b"%d 0 R" % (5 + i) for i in range(pages))
     page = (
         b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 3 0 R "
@@ -539,3 +545,15 @@ def delete_box(at):
     """The Manage tab's "Delete documents" picker (the Ask tab's filters
     are pickers too)."""
     return next(m for m in at.multiselect if m.label == "Delete documents")
+
+
+# Texts that stress an embedder: padding, a word, past the 256-token window,
+# non-ASCII; what two embedding paths must agree on.
+EMBED_TEXTS = [
+    "What is the capital of France?",
+    "  Aspirin lowers the risk of a first heart attack in adults over fifty.  ",
+    "short",
+    "The mitochondria is the powerhouse of the cell. " * 60,  # past the 256-token window
+    "Vitamin D deficiency is associated with an increased risk of respiratory infections.",
+    "Ünïcödé, 数字 and punctuation: (a) [b] {c} — fine?",
+]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from builders import EMBED_TEXTS
 
 from rag.embedding import (
     SentenceTransformerEmbedder,
@@ -22,15 +23,7 @@ from rag.embedding import (
 from rag.embedding_hf import Plan, TransformersEmbedder, plan_of
 
 MODEL = "all-MiniLM-L6-v2"
-TEXTS = [
-    "What is the capital of France?",
-    "  Aspirin lowers the risk of a first heart attack in adults over fifty.  ",
-    "short",
-    "The mitochondria is the powerhouse of the cell. " * 60,  # past the 256-token window
-    "Vitamin D deficiency is associated with an increased risk of respiratory infections.",
-    "Ünïcödé, 数字 and punctuation: (a) [b] {c} — fine?",
-    "",
-]
+TEXTS = [*EMBED_TEXTS, ""]
 
 
 def _bundled() -> Path:

@@ -8,20 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from builders import EMBED_TEXTS
 
 from rag.embedding import Embedder, load_embedder, resolve_backend
 from rag.embedding_onnx import OnnxEmbedder
 from rag.errors import ModelMissing
 
 MODEL = "all-MiniLM-L6-v2"
-TEXTS = [
-    "What is the capital of France?",
-    "  Aspirin lowers the risk of a first heart attack in adults over fifty.  ",
-    "short",
-    "The mitochondria is the powerhouse of the cell. " * 60,  # past the 256-token window
-    "Vitamin D deficiency is associated with an increased risk of respiratory infections.",
-    "Ünïcödé, 数字 and punctuation: (a) [b] {c} — fine?",
-]
+TEXTS = EMBED_TEXTS
 # int8 weights (dynamic quantization of the matrix products, per channel)
 # move vectors: on these texts the lowest cosine to float32 measured 0.98.
 INT8_MIN_COSINE = 0.97

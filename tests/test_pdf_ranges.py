@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from builders import _pdf_bytes, make_pdf
+from builders import _pdf_bytes, glued_words_stream, make_pdf
 
 from ingest import workers
 from ingest.discovery import FileTask
@@ -161,12 +161,7 @@ def slow_pages_pdf(path: Path, pages: int) -> Path:
     """Pages of kerned words with no space characters, each its own stream
     (as `builders.slow_pdf`, whose pages share one): each looks glued, so
     the loader re-reads it with pdfminer, slowly."""
-    words = ("The quick brown fox jumps over the lazy dog while seven wizards box " * 6).split()
-    lines = []
-    for start in range(0, len(words), 12):
-        pieces = b"-120".join(b"(%s)" % w.encode() for w in words[start : start + 12])
-        lines.append(b"[" + pieces + b"] TJ 0 -14 Td")
-    content = b"BT /F1 10 Tf 40 750 Td " + b" ".join(lines) + b" ET"
+    content = glued_words_stream()
     # Incompressible padding: a file this long may well have this many pages.
     pad = [b"\n%" + os.urandom(400).hex().encode() + b"\n" for _ in range(pages)]
     return pages_pdf(path, [content + pad[n] for n in range(pages)])
