@@ -58,10 +58,13 @@ STEPS = (
 
 
 def measure(which: str, model: str, device: str) -> dict[str, object]:
+    # This checkout first, then whatever path the caller set (the device
+    # machine's carried packages live on PYTHONPATH).
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     done = subprocess.run(
         [sys.executable, "-c", PROBE, which, model, device],
         capture_output=True, text=True, cwd=ROOT, timeout=600,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": path},
     )  # fmt: skip
     if done.returncode != 0:
         raise SystemExit(f"the {which} probe failed:\n{done.stderr[-3000:]}")
