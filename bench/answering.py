@@ -104,20 +104,19 @@ def offered(kb: KnowledgeBase, q: Question, settings: Settings, how: str) -> Off
     return Offered(q, quotes, [Path(h.source).name for h in ordered])
 
 
-# The overlap weight, the weights of retrieval's evidence (the passage's
-# cosine to the question, both sides ranking it near the top, its lead over
-# the other passages read), the unknown-word weight, the closeness at which a
-# quote's word stands for an unknown one (extractive.py; above 1: never),
-# then the threshold.
-Weights = tuple[float, float, float, float, float, float]
-Rule = tuple[float, float, float, float, float, float, float]
+# The overlap weight, the weight of a word the base lacks that qualifies a
+# thing the quote names (and of an identifier the passages lack), that of
+# another word the base lacks, the closeness at which a quote's word stands
+# for an unknown one (extractive.py; above 1: never), the weight of a kind
+# of thing asked for that the quote lacks (asked_kind.py), then the threshold.
+Weights = tuple[float, float, float, float, float]
+Rule = tuple[float, float, float, float, float, float]
 
 
 def support(c: extractive.Candidate, w: Weights) -> float:
-    a, d, g, lead, u, near = w
-    lacking = c.unknown - sum(x >= near for x in c.near)
-    e = c.evidence
-    return c.similarity + a * c.overlap + d * e.dense + g * e.agree + lead * e.lead - u * lacking
+    a, u, other, near, kind = w
+    qualifying, plain = c.lacking(near)
+    return c.similarity + a * c.overlap - u * qualifying - other * plain - kind * c.missing_kind
 
 
 def top(o: Offered, w: Weights) -> extractive.Candidate | None:
@@ -125,8 +124,8 @@ def top(o: Offered, w: Weights) -> extractive.Candidate | None:
 
 
 def first_quote(o: Offered, rule: Rule) -> extractive.Candidate | None:
-    best = top(o, rule[:6])
-    return best if best is not None and support(best, rule[:6]) >= rule[6] else None
+    best = top(o, rule[:5])
+    return best if best is not None and support(best, rule[:5]) >= rule[5] else None
 
 
 def right(o: Offered, quote: extractive.Candidate | None) -> bool:
@@ -158,8 +157,8 @@ class Features:
     whether each would be the right first quote; `starts` is where each item
     with quotes begins, `has` which items have any."""
 
-    base: np.ndarray  # per quote: similarity, overlap, dense, agree, lead
-    lacking: dict[float, np.ndarray]  # per NEARS value: the unknown words left lacking
+    base: np.ndarray  # per quote: similarity, overlap, kind of thing asked missing
+    lacking: dict[float, np.ndarray]  # per NEARS value: (qualifying, other) words lacking
     good: np.ndarray
     starts: np.ndarray
     has: np.ndarray
@@ -167,9 +166,8 @@ class Features:
 
 def features(items: list[Offered]) -> Features:
     q = [(o, c) for o in items for c in o.quotes]
-    base = np.array([(c.similarity, c.overlap, c.evidence.dense, float(c.evidence.agree),
-                      c.evidence.lead) for _, c in q]).reshape(-1, 5)  # fmt: skip
-    lacking = {n: np.array([c.unknown - sum(x >= n for x in c.near) for _, c in q]) for n in NEARS}
+    base = np.array([(c.similarity, c.overlap, float(c.missing_kind)) for _, c in q]).reshape(-1, 3)
+    lacking = {n: np.array([c.lacking(n) for _, c in q]).reshape(-1, 2) for n in NEARS}
     sizes = np.array([len(o.quotes) for o in items])
     starts = (np.cumsum(sizes) - sizes)[sizes > 0]
     good = np.array([right(o, c) for o, c in q], dtype=bool)
@@ -178,21 +176,21 @@ def features(items: list[Offered]) -> Features:
 
 def best_rule(items: list[Offered], thresholds: np.ndarray) -> Rule:
     """The rule maximising (share right + share refused) on `items`; ties go to
-    the smaller evidence and unknown-word weights, the higher closeness for a
-    word to stand for another, then the higher threshold.
+    the smaller word and kind weights, the higher closeness for a word to
+    stand for another, then the higher threshold.
     Thresholds are swept at once: per weights, each question's best quote is
     fixed."""
     pos = np.array([o.question.answerable for o in items])
     f = features(items)
     at = np.arange(len(f.good))
     sizes = np.diff(np.append(f.starts, len(f.good)))
-    best: tuple[float, float, float, float, Rule] = (-1.0, 0.0, 0.0, 0.0, (0.0,) * 7)
-    grid = [(round(a, 1), round(d, 2), round(g, 1), round(lead, 2), round(u, 2), near)
-            for a in np.arange(0, 2.01, 0.2) for d in np.arange(0, 1.51, 0.25)
-            for g in np.arange(0, 0.31, 0.1) for lead in np.arange(0, 1.01, 0.25)
-            for u in np.arange(0, 1.51, 0.25) for near in NEARS]  # fmt: skip
+    best: tuple[float, float, float, float, Rule] = (-1.0, 0.0, 0.0, 0.0, (0.0,) * 6)
+    grid = [(round(a, 1), round(u, 2), round(o, 2), near, round(k, 2))
+            for a in np.arange(0, 2.01, 0.2) for u in np.arange(0, 1.51, 0.25)
+            for o in np.arange(0, 1.51, 0.25) for near in NEARS
+            for k in np.arange(0, 1.51, 0.25)]  # fmt: skip
     for w in grid:
-        s = f.base @ np.array([1.0, *w[:4]]) - w[4] * f.lacking[w[5]]
+        s = f.base @ np.array([1.0, w[0], -w[4]]) - f.lacking[w[3]] @ np.array([w[1], w[2]])
         value, good = np.full(len(items), -np.inf), ~pos  # no quote: refused
         if len(s):
             top_s = np.maximum.reduceat(s, f.starts)
@@ -205,7 +203,7 @@ def best_rule(items: list[Offered], thresholds: np.ndarray) -> Rule:
         refused = (~answered & ~pos[:, None]).sum(0) / max(1, (~pos).sum())
         total = hits + refused
         i = int(np.flatnonzero(total == total.max())[-1])
-        key = (float(total[i]), -(w[1] + w[2] + w[3] + w[4]), w[5], float(thresholds[i]))
+        key = (float(total[i]), -(w[1] + w[2] + w[4]), w[3], float(thresholds[i]))
         if key > best[:4]:
             best = (*key, (*w, float(thresholds[i])))
     return best[4]
@@ -217,19 +215,26 @@ def calibrate(args: argparse.Namespace) -> None:
     halves = {h: [offered(kb, q, settings, "join") for q in questions(h)]
               for h in ("tune", "report")}  # fmt: skip
     chosen = best_rule(halves["tune"], np.round(np.arange(0.3, 3.0, 0.01), 2))
-    a, d, g, lead, u, near, t = chosen
-    print(f"chosen on tune: overlap weight {a:.1f}, passage cosine weight {d:.2f}, "
-          f"agreement bonus {g:.1f}, lead weight {lead:.2f}, unknown-word weight {u:.2f}, "
-          f"near word {near:.2f}, threshold {t:.2f}\n")  # fmt: skip
+    a, u, other, near, kind, t = chosen
+    print(f"chosen on tune: overlap weight {a:.1f}, unknown-word weight {u:.2f} (qualifying "
+          f"a named thing) / {other:.2f} (other), near word {near:.2f}, missing-kind weight "
+          f"{kind:.2f}, threshold {t:.2f}\n")  # fmt: skip
     print("| rule | half | answerable: first quote right | unanswerable refused |")
     print("| --- | --- | ---: | ---: |")
     e = extractive
-    now = (e.OVERLAP_WEIGHT, e.DENSE_WEIGHT, e.AGREE_WEIGHT, e.LEAD_WEIGHT, e.UNKNOWN_WEIGHT,
-           e.NEAR_WORD, settings.extract_min_support)  # fmt: skip
+    now = (e.OVERLAP_WEIGHT, e.UNKNOWN_WEIGHT, e.OTHER_WORD_WEIGHT, e.NEAR_WORD, e.KIND_WEIGHT,
+           settings.extract_min_support)  # fmt: skip
     rules: dict[str, Rule] = {
-        "closeness alone at 0.47 (before)": (0.0,) * 5 + (2.0, 0.47),
-        "support >= 0.72, no retrieval evidence (before)": (0.6, 0, 0, 0, 0.75, 0.55, 0.72),
-        f"support >= {now[6]:.2f} (in use)": now,
+        "closeness alone at 0.47 (before)": (0.0, 0.0, 0.0, 2.0, 0.0, 0.47),
+        "support >= 0.72, every unknown word alike, no kind (before)": (
+            0.6,
+            0.75,
+            0.75,
+            0.55,
+            0.0,
+            0.72,
+        ),
+        f"support >= {now[5]:.2f} (in use)": now,
         f"support >= {t:.2f} (chosen)": chosen,
     }
     for name, rule in rules.items():
@@ -244,14 +249,16 @@ def show(halves: dict[str, list[Offered]], rule: Rule) -> None:
     """Each question's first quote under `rule`, with its support and evidence."""
     for half, items in halves.items():
         for o in items:
-            best = top(o, rule[:6])
+            best = top(o, rule[:5])
             shown = best.sentence if best else ""
-            score = support(best, rule[:6]) if best else 0.0
-            e, sim = (best.evidence, best.similarity) if best else (extractive.Evidence(), 0.0)
+            score = support(best, rule[:5]) if best else 0.0
+            sim = best.similarity if best else 0.0
+            lacking = best.lacking(rule[3]) if best else (0, 0)
+            kind = best.missing_kind if best else False
             ok = right(o, first_quote(o, rule))
             print(f"{'ok ' if ok else 'MISS'} {half} {o.question.id} {o.question.question!r} "
-                  f"{score:.2f} (sim {sim:.2f} dense {e.dense:.2f} agree {e.agree:d} "
-                  f"lead {e.lead:.2f}) {shown[:120]!r}", file=sys.stderr)  # fmt: skip
+                  f"{score:.2f} (sim {sim:.2f} lacking {lacking} kind missing {kind:d}) "
+                  f"{shown[:120]!r}", file=sys.stderr)  # fmt: skip
 
 
 # -- the real run: the answers of the small model, in process and through rag serve ------

@@ -279,18 +279,18 @@ class Settings(BaseSettings):
     )
     # The support a quote needs (rag/answering/extractive.py `Candidate.support`: the
     # embedding model's cosine, plus the share of the question's words it
-    # holds, plus a bonus when retrieval's first passage holds it and dense
-    # and BM25 agree on that passage, less a weight per word of the question
-    # the knowledge base lacks that the quote holds no word near). Below it,
-    # nothing is quoted and the answer is "not in the knowledge base".
-    # Chosen with bench/answering.py on the tune half of its question set
-    # (docs/answering.md).
+    # holds, less a weight per word of the question the knowledge base lacks
+    # that the quote holds no word near, and when the question asks for a
+    # kind of thing, such as an amount or a time, that the quote lacks).
+    # Below it, nothing is quoted and the answer is "not in the knowledge
+    # base". Chosen with bench/answering.py on the tune half of its question
+    # set (docs/answering.md).
     extract_min_support: float = Field(
-        0.72,
+        0.70,
         ge=-1.0,
         le=4.0,
         description="evidence a quote needs (closeness to the question, shared words, "
-        "retrieval's agreement, words the base lacks); when no quote reaches it, the "
+        "words the base lacks, the kind of thing asked); when no quote reaches it, the "
         "answer is 'not in the knowledge base' (chosen with bench/answering.py calibrate; "
         "docs/answering.md)",
     )

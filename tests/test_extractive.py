@@ -10,7 +10,7 @@ from functools import partial
 import pytest
 from builders import KNOWN_ANSWERS, UNANSWERED
 
-from rag.answering.extractive import Candidate, Evidence, candidates, grammar, sentences
+from rag.answering.extractive import Candidate, candidates, grammar, sentences
 from rag.answering.pipeline import knows
 from rag.answering.profiles import small_model
 from rag.knowledge_base import KnowledgeBase
@@ -223,16 +223,3 @@ def test_a_word_the_base_lacks_but_the_quote_says_otherwise_does_not_count_again
     known = lambda word: word.lower() in base  # noqa: E731
     offered = candidates(question, [page], embedder, 4, floor, known=known)
     assert offered and offered[0].sentence == text
-
-
-def test_each_quote_carries_retrieval_evidence_for_its_passage(embedder):
-    # Ranked first by both sides, ahead of the other passage read by 0.5;
-    # the other found by dense search alone, far down.
-    first = Hit(chunk=Chunk(text=FLEET, source="/kb/fleet.pdf", start=0, end=1, id=1),
-                score=0.9, dense_rank=1, bm25_rank=2, dense_score=0.61)  # fmt: skip
-    other = Hit(chunk=Chunk(text=LAB, source="/kb/lab.pdf", start=0, end=1, id=2),
-                score=0.4, dense_rank=9, dense_score=0.3)  # fmt: skip
-    chosen = candidates("What is the tyre pressure?", [first, other], embedder, 20, -10.0)
-    evidence = {c.n: c.evidence for c in chosen}
-    assert evidence[1] == Evidence(0.61, True, pytest.approx(0.5))
-    assert evidence[2] == Evidence(0.3, False, pytest.approx(-0.5))

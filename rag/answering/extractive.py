@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from rag.answering import followup, table_rows
+from rag.answering import asked_kind, followup, table_rows
 from rag.embedding import Embedder
 from rag.lexical import terms
 from rag.types import Hit
@@ -51,44 +51,33 @@ MIN_WORDS = 5
 # misses the sentence that answers a short question in other words ("How are
 # broken files reported?"), and rows are not sentences at all.
 OVERLAP_WEIGHT = 0.6  # times the share of the question's content words the quote holds
-# Retrieval's evidence for the quote's passage (`Evidence`): a passage that
-# both sides rank near the top, close in meaning to the question and ahead
-# of the others read, is answered from more readily.
-DENSE_WEIGHT = 0.0  # times the passage's cosine to the question searched
-AGREE_WEIGHT = 0.0  # when dense search and BM25 each rank it at most AGREE_RANK
-AGREE_RANK = 3
-LEAD_WEIGHT = 0.0  # times its fused score less the best other passage's read
 # Taken off per word of the question the knowledge base does not hold at all
-# (and per identifier the passages lack). A near miss ("the Model T van"
-# where the base has the Model K, "sick leave" beside paid leave) shares
-# every other word with the sentence that would be quoted, but asks for a
-# thing the knowledge base does not name.
+# (and per identifier the passages lack) that qualifies a thing the quote
+# names: the word after it in the question is one the quote holds. A near
+# miss ("the Model T van" where the base has the Model K, "sick leave" beside
+# paid leave) shares every other word with the sentence that would be
+# quoted, but asks for a kind of that thing the knowledge base does not name.
 UNKNOWN_WEIGHT = 0.75
+# Taken off per other word the base lacks (a verb, a noun standing alone:
+# "allowance" in "the yearly allowance of paid leave"): a question in other
+# words than the text more often than a near miss.
+OTHER_WORD_WEIGHT = 0.25
 # A word the base lacks is a question in other words, not a near miss, when
 # the quote holds a word this close to it in meaning (all-MiniLM-L6-v2's
 # cosine of the two words alone): "retained" beside "kept", "yearly" beside
 # "annual"; "sick" has nothing near it beside "paid leave". Identifiers
 # always count.
-NEAR_WORD = 0.55
+NEAR_WORD = 0.5
+# Taken off when the question asks for a kind of thing (an amount, a number,
+# a frequency, a time, a person: rag/answering/asked_kind.py) that the
+# quote holds none of.
+KIND_WEIGHT = 0.25
 # Words that name one thing among similar ones: a single capital letter
 # ("Model T"; not "I" or "A") or a word with a digit ("Q3", "1050"). The BM25
 # terms leave single letters and digits out.
 _IDENTIFIER = re.compile(r"\b(?:(?![AI]\b)[A-Z]|\w*\d\w*)\b")
 _TOKEN = re.compile(r"\w+")
 _MEASURES = frozenset({"time", "times"})
-
-
-@dataclass(frozen=True)
-class Evidence:
-    """What retrieval says of a quote's passage."""
-
-    dense: float = 0.0  # the passage's cosine to the question searched
-    agree: bool = False  # dense search and BM25 each rank it at most AGREE_RANK
-    lead: float = 0.0  # its fused score less the best other passage's read (0: alone)
-
-    @property
-    def support(self) -> float:
-        return DENSE_WEIGHT * self.dense + AGREE_WEIGHT * self.agree + LEAD_WEIGHT * self.lead
 
 
 @dataclass(frozen=True)
@@ -102,21 +91,27 @@ class Candidate:
     overlap: float = 0.0  # share of the question's content words in the quote
     unknown: int = 0  # words of the question the base lacks, identifiers the passages lack
     near: tuple[float, ...] = ()  # per plain word of `unknown`: its nearest word of the quote
-    evidence: Evidence = Evidence()
+    qualifies: tuple[bool, ...] = ()  # per plain word: it qualifies a word the quote holds
+    missing_kind: bool = False  # the question asks for a kind of thing the quote lacks
 
-    @property
-    def lacking(self) -> int:
-        """`unknown`, less the words the quote says in other words."""
-        return self.unknown - sum(c >= NEAR_WORD for c in self.near)
+    def lacking(self, near: float = NEAR_WORD) -> tuple[int, int]:
+        """The words of `unknown` the quote does not say in other words (no
+        word of it at least `near` close): (identifiers and words qualifying
+        a thing the quote names, other words)."""
+        plain = [q for c, q in zip(self.near, self.qualifies, strict=True) if c < near]
+        identifiers = self.unknown - len(self.near)
+        return identifiers + sum(plain), len(plain) - sum(plain)
 
     @property
     def support(self) -> float:
         """The evidence that this quote answers the question."""
+        qualifying, other = self.lacking()
         return (
             self.similarity
             + OVERLAP_WEIGHT * self.overlap
-            + self.evidence.support
-            - UNKNOWN_WEIGHT * self.lacking
+            - UNKNOWN_WEIGHT * qualifying
+            - OTHER_WORD_WEIGHT * other
+            - KIND_WEIGHT * self.missing_kind
         )
 
 
@@ -180,9 +175,7 @@ def candidates(
     extension?"), rarely the earlier question's words too.
 
     `known`: whether the knowledge base holds a word anywhere (None: not
-    known; only identifiers the passages lack count against a quote).
-    Retrieval's evidence for each passage (`Evidence`) comes from its hit:
-    ranks, fused score and cosine to the question."""
+    known; only identifiers the passages lack count against a quote)."""
     own = own or question
     quotes = _quotes(question, own, ordered, said)
     if not quotes:
@@ -192,7 +185,6 @@ def candidates(
     asks = list(dict.fromkeys([question, own]))
     queries = np.asarray(embedder.embed_batch(asks, kind="query"), dtype=np.float32)
     scores = iter((vectors @ queries.T).tolist())
-    evidence = _evidence(ordered)
     held = " ".join(hit.text for hit in ordered)
     unknown = [unknown_words(ask, held, known) for ask in asks]
     plain = [sorted(u - _identifiers(ask)) for u, ask in zip(unknown, asks, strict=True)]
@@ -204,7 +196,9 @@ def candidates(
         quote = _best_rows(quote, [max(c) for c in closeness]) if len(group) > 1 else quote
         best = max(
             (Candidate(n, quote, max(c[i] for c in closeness), _share(ask, quote),
-                       len(unknown[i]), tuple(near[w] for w in plain[i]), evidence[n - 1])
+                       len(unknown[i]), tuple(near[w] for w in plain[i]),
+                       tuple(_qualifies(ask, w, quote) for w in plain[i]),
+                       asked_kind.lacks(ask, quote))
              for i, ask in enumerate(asks)),
             key=lambda c: c.support,
         )  # fmt: skip
@@ -213,14 +207,14 @@ def candidates(
     return [c for c in found[:limit] if c.support >= min_support]
 
 
-def _evidence(ordered: Sequence[Hit]) -> list[Evidence]:
-    """Retrieval's evidence for each passage read, in `ordered`'s order."""
-    found = []
-    for i, hit in enumerate(ordered):
-        others = [h.score for j, h in enumerate(ordered) if j != i]
-        lead = hit.score - max(others) if others else 0.0
-        found.append(Evidence(hit.dense_score or 0.0, _agreed(hit), lead))
-    return found
+def _qualifies(question: str, word: str, quote: str) -> bool:
+    """Whether `word` of the question qualifies a thing the quote names: the
+    word after it is one the quote holds ("parental" in "parental leave"
+    beside "paid leave"), rather than a verb or a noun of its own."""
+    words = [w.lower() for w in _TOKEN.findall(question)]
+    after = [words[i + 1] for i, w in enumerate(words[:-1]) if w == word]
+    held = set(terms(quote))
+    return any(followup.content_terms(w) & held for w in after)
 
 
 def _quotes(
@@ -289,12 +283,6 @@ def unknown_words(question: str, text: str, known: Callable[[str], bool] | None 
         if known is not None and followup.content_terms(word) - held and not known(word):
             unknown.add(word.lower())  # as asked: its meaning is weighed (`_nearest`)
     return unknown
-
-
-def _agreed(hit: Hit) -> bool:
-    """Whether dense search and BM25 both rank `hit` near the top."""
-    ranks = (hit.dense_rank, hit.bm25_rank)
-    return all(r is not None and r <= AGREE_RANK for r in ranks)
 
 
 def _best_rows(quote: str, closeness: list[float]) -> str:

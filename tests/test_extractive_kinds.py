@@ -1,0 +1,97 @@
+"""What a question asks for and the words it says otherwise: the kind of
+thing asked (rag/answering/asked_kind.py) and the words the base lacks, as
+the extractive read weighs them (real embedding model)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from rag.answering.asked_kind import asked, lacks
+from rag.answering.extractive import candidates
+from rag.answering.profiles import small_model
+from rag.types import Chunk, Hit
+
+GARDEN = (
+    "Membership costs 25 pounds a year. The club rents out forty allotment plots by the "
+    "river. A plot is ten metres by five metres."
+)
+FLEET = (
+    "Vans are washed every second Friday at the contractor's site on Quarry Road. "
+    "The tyre pressure for the Model K van is 4.5 bar on the front axle."
+)
+LEAVE = "Full-time staff have twenty-eight days of paid leave a year."
+ONBOARDING = "Building passes are collected from reception on the ground floor with a photo ID."
+
+
+@pytest.mark.parametrize(
+    ("question", "kind"),
+    [
+        ("How much does a plot cost to rent?", "amount"),
+        ("What is the fee for students?", "amount"),
+        ("How many vans does the fleet have?", "number"),
+        ("How often are the vans washed?", "frequency"),
+        ("When is the office open?", "time"),
+        ("How soon must a collision be reported?", "time"),
+        ("Who leads the Sales team?", "person"),
+        ("Where are passes collected?", None),
+        ("What does Orbit 4.2 add?", None),
+    ],
+)
+def test_the_kind_of_thing_a_question_asks_for(question, kind):
+    assert asked(question) == kind
+
+
+@pytest.mark.parametrize(
+    ("question", "quote", "lacking"),
+    [
+        ("How much does a plot cost to rent?", "The club rents out forty plots.", True),
+        ("How much does membership cost?", "Membership costs 25 pounds a year.", False),
+        ("How often are the tyres replaced?", "The tyre pressure is 4.5 bar.", True),
+        ("How often are vans washed?", "Vans are washed every second Friday.", False),
+        ("When was the van bought?", "The tyre pressure for the Model K van is 4.5 bar.", True),
+        ("When is the show?", "The show takes place on the first Saturday of September.", False),
+        ("Who judges the show?", "The show takes place on the first Saturday of September.", True),
+        ("Who runs the training?", "| Week 3 | Product training | Product team |", False),
+        ("Who is the safety officer?", "Spills are reported to Dr Imani Okafor.", False),
+    ],
+)
+def test_a_quote_holds_the_kind_of_thing_asked_for_or_not(question, quote, lacking):
+    assert lacks(question, quote) is lacking
+
+
+def offered(question: str, text: str, embedder, base: str | None = None) -> list[str]:
+    """The quotes offered from `text` alone, at the small-model profile's
+    threshold, where the knowledge base holds the words of `base` (default:
+    the passage's) and no others."""
+    page = Hit(chunk=Chunk(text=text, source="/kb/a.pdf", start=0, end=1, id=1), score=1.0,
+               dense_rank=1, bm25_rank=1)  # fmt: skip
+    words = set(re.findall(r"\w+", (base or text).lower()))
+    known = lambda word: word.lower() in words  # noqa: E731
+    floor = small_model().extract_min_support
+    return [c.sentence for c in candidates(question, [page], embedder, 4, floor, known=known)]
+
+
+def test_a_near_miss_whose_sentence_lacks_the_kind_of_thing_asked_is_refused(embedder):
+    # the sentence on renting plots shares the question's words but names no price
+    question = "How much does a plot at the garden club cost to rent?"
+    assert offered(question, GARDEN, embedder, base=GARDEN + " garden") == []
+    # asked what it holds, it is answered
+    assert offered("How many allotment plots does the club rent out?", GARDEN, embedder) == [
+        "The club rents out forty allotment plots by the river."
+    ]
+
+
+def test_a_word_the_base_lacks_standing_alone_is_a_question_in_other_words(embedder):
+    # "allowance" is nowhere in the base and near no word of the sentence,
+    # but it names no other kind of leave: the sentence answers it
+    question = "What is the yearly allowance of paid leave for full-time staff?"
+    assert offered(question, LEAVE, embedder) == [LEAVE]
+
+
+@pytest.mark.parametrize("kind", ["parental", "sick"])
+def test_a_word_the_base_lacks_qualifying_what_the_sentence_names_is_a_near_miss(kind, embedder):
+    # "parental leave" beside "paid leave": a kind of leave the base does not name
+    question = f"How many days of {kind} leave do full-time staff get?"
+    assert offered(question, LEAVE, embedder) == []
