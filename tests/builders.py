@@ -281,10 +281,7 @@ def _pdf_bytes(objects: list[bytes]) -> bytes:
 def decompression_bomb_pdf(path: Path, megabytes: int) -> Path:
     """A one-page PDF whose ~1/1000-size content stream inflates to
     `megabytes` MB: a small file that makes a parser allocate a lot."""
-    import zlib
-
-    raw = b"BT /F1 10 Tf 40 750 Td (bomb) Tj ET\n" + b" " * (megabytes * 1024 * 1024)
-    stream = zlib.compress(raw, 9)
+    stream = repeated_zlib(b"BT /F1 10 Tf 40 750 Td (bomb) Tj ET\n", b" " * (1 << 20), megabytes)
     path.write_bytes(
         _pdf_bytes(
             [
@@ -300,6 +297,24 @@ def decompression_bomb_pdf(path: Path, megabytes: int) -> Path:
         )
     )
     return path
+
+
+def repeated_zlib(head: bytes, block: bytes, times: int) -> bytes:
+    """zlib.compress(head + block * times, 9) in effect, a valid zlib stream
+    of that data, without making or deflating the whole: after a full flush
+    the compressor starts afresh, so `block` deflates to the same bytes
+    every time (a gigabyte took the test process tens of seconds)."""
+    import zlib
+
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    start = deflate.compress(head) + deflate.flush(zlib.Z_FULL_FLUSH)
+    once = deflate.compress(block) + deflate.flush(zlib.Z_FULL_FLUSH)
+    assert deflate.compress(block) + deflate.flush(zlib.Z_FULL_FLUSH) == once
+    end = deflate.flush(zlib.Z_FINISH)
+    checksum = zlib.adler32(head)
+    for _ in range(times):
+        checksum = zlib.adler32(block, checksum)
+    return b"\x78\xda" + start + once * times + end + checksum.to_bytes(4, "big")
 
 
 def glued_words_stream() -> bytes:

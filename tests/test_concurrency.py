@@ -18,7 +18,9 @@ import time
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner, Result
 
+from cli.ingest_main import main as ingest_main
 from ingest.pipeline import ingest_paths
 from rag import layout
 from rag.knowledge_base import KnowledgeBase
@@ -46,7 +48,8 @@ SEED = {
     "seed-c.md": "The museum keeps a map of every glacier in the range.",
 }
 # Runs in its own process: one `ingest_paths` per file, each publishing a
-# generation, with a pause between them so that readers interleave.
+# generation, with a pause between them so that readers interleave. It
+# loads its model while the test replays the ingests, and starts on "go".
 WRITER = """
 import sys, time
 from ingest.pipeline import ingest_paths
@@ -55,6 +58,7 @@ from rag.settings import Settings
 embedder = load_embedder("all-MiniLM-L6-v2")
 index, files = sys.argv[1], sys.argv[2:]
 print("ready", flush=True)
+sys.stdin.readline()  # go
 for path in files:
     ingest_paths([path], Settings(index=index), embedder=embedder)
     time.sleep(0.3)
@@ -83,6 +87,20 @@ def folders(tmp_path):
 
 def test_searches_during_publishes_see_one_consistent_generation(tmp_path, folders, embedder):
     seed, files = folders
+    index = tmp_path / "index"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(index), *files],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        _searches_during_publishes(tmp_path, seed, files, writer, embedder)
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+            writer.communicate()
+
+
+def _searches_during_publishes(tmp_path, seed, files, writer, embedder) -> None:
     # What each generation must answer: the same sequence of ingests, replayed.
     replay = tmp_path / "replay"
     ingest_paths([str(seed)], Settings(index=replay), embedder=embedder)
@@ -95,11 +113,10 @@ def test_searches_during_publishes_see_one_consistent_generation(tmp_path, folde
     index = tmp_path / "index"
     ingest_paths([str(seed)], Settings(index=index), embedder=embedder)
     shared = KnowledgeBase.open(index, embedder)  # one long-lived instance, as in the app
-    writer = subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(index), *files],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
     assert writer.stdout is not None and writer.stdout.readline().strip() == "ready"
+    assert writer.stdin is not None
+    writer.stdin.write("go\n")
+    writer.stdin.flush()
     seen: dict[str, list[int]] = {}
     errors: list[str] = []
     stats_checked = [0]
@@ -183,6 +200,12 @@ def start(batch: Path, index: Path, *extra: str) -> subprocess.Popen:
     )  # fmt: skip
 
 
+def ingest_here(batch: Path, index: Path, *extra: str) -> Result:
+    """The second ingest, in this process: the lock it meets is the other
+    process's all the same, and it starts without a model load."""
+    return CliRunner().invoke(ingest_main, [str(batch), "--index", str(index), "--json", *extra])
+
+
 def wait_for_writer(index: Path, process: subprocess.Popen) -> None:
     """Until `process` holds the lock: its staging generation exists."""
     deadline = time.monotonic() + 120
@@ -207,11 +230,10 @@ def test_a_second_ingest_fails_at_once_with_a_clear_message(tmp_path, seeded):
     first = start(make_batch(tmp_path / "a", "alpha"), seeded)
     wait_for_writer(seeded, first)
     generation = layout.current_generation(seeded)
-    second = start(make_batch(tmp_path / "b", "beta"), seeded)
-    out, err = second.communicate(timeout=300)
+    second = ingest_here(make_batch(tmp_path / "b", "beta"), seeded)
     assert first.poll() is None, "the first ingest must still hold the lock"
-    assert second.returncode == 3, out + err
-    assert err.strip() == (
+    assert second.exit_code == 3, second.output
+    assert second.stderr.strip() == (
         f"error: Another ingest is writing to {seeded}; try again when it finishes "
         "(or pass a longer --wait)."
     )
@@ -227,13 +249,12 @@ def test_a_second_ingest_fails_at_once_with_a_clear_message(tmp_path, seeded):
 def test_a_second_ingest_with_wait_runs_after_the_first(tmp_path, seeded):
     first = start(make_batch(tmp_path / "a", "alpha"), seeded)
     wait_for_writer(seeded, first)
-    second = start(make_batch(tmp_path / "b", "beta"), seeded, "--wait", "300")
+    second = ingest_here(make_batch(tmp_path / "b", "beta"), seeded, "--wait", "300")
     out, err = first.communicate(timeout=600)
     assert first.returncode == 0, err
     first_generation = json.loads(out)["generation"]
-    out, err = second.communicate(timeout=600)
-    assert second.returncode == 0, err
-    summary = json.loads(out)
+    assert second.exit_code == 0, second.output
+    summary = json.loads(second.stdout)
     assert summary["added"] == 20 and summary["generation"] > first_generation
     assert documents(seeded) == (
         set(SEED)

@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from builders import _pdf_bytes, glued_words_stream, make_pdf
+from builders import _pdf_bytes, glued_words_stream, make_pdf, repeated_zlib
 
 from ingest import workers
 from ingest.discovery import FileTask
@@ -126,11 +126,15 @@ def pages_pdf(path: Path, contents: list[bytes]) -> Path:
     """One page for each content stream (deflated), in Helvetica."""
     import zlib
 
+    return deflated_pages_pdf(path, [zlib.compress(raw, 9) for raw in contents])
+
+
+def deflated_pages_pdf(path: Path, streams: list[bytes]) -> Path:
+    """One page for each zlib-deflated content stream, in Helvetica."""
     objects = [b"<< /Type /Catalog /Pages 2 0 R >>", b""]
     objects.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")  # object 3
     kids = []
-    for raw in contents:
-        stream = zlib.compress(raw, 9)
+    for stream in streams:
         objects.append(
             b"<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(stream)
             + stream
@@ -149,12 +153,16 @@ def pages_pdf(path: Path, contents: list[bytes]) -> Path:
 def bomb_page_pdf(path: Path, pages: int, bomb: int, megabytes: int) -> Path:
     """Pages of plain text, page `bomb` (1-based) a content stream that
     inflates to `megabytes` MB: its parser runs out of memory."""
-    contents = [
-        b"BT /F1 10 Tf 40 750 Td (Page %d about kestrels and ferns.) Tj ET\n" % page
-        + (b" " * (megabytes * 1024 * 1024) if page == bomb else b"")
+    import zlib
+
+    text = b"BT /F1 10 Tf 40 750 Td (Page %d about kestrels and ferns.) Tj ET\n"
+    streams = [
+        repeated_zlib(text % page, b" " * (1 << 20), megabytes)
+        if page == bomb
+        else zlib.compress(text % page, 9)
         for page in range(1, pages + 1)
     ]
-    return pages_pdf(path, contents)
+    return deflated_pages_pdf(path, streams)
 
 
 def slow_pages_pdf(path: Path, pages: int) -> Path:
