@@ -17,8 +17,9 @@ import ray
 from click.testing import CliRunner
 
 from cli.ingest_main import main
-from ingest.distributed import check_address, ray_engine, start_local
+from ingest.distributed import check_address, ray_engine
 from ingest.pipeline import IngestReport, Progress, ingest_paths
+from ingest.ray_cluster import start_local
 from rag.embedding import load_embedder, load_token_counter
 from rag.settings import Settings
 from rag.store import open_store
@@ -181,7 +182,7 @@ def test_ray_address_checked(tmp_path: Path) -> None:
 # own (where Ray keeps its token) and a permissive umask, as a user's shell has.
 _LOCAL_RAY = """
 import json, os, subprocess, ray
-from ingest.distributed import start_local
+from ingest.ray_cluster import start_local
 os.umask(0o022)
 start_local(cpus=1)
 ours, kids = {os.getpid()}, {}
