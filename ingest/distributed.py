@@ -36,12 +36,14 @@ from rag.errors import RagError
 from rag.settings import Settings
 from rag.types import Chunk
 
-# Files per parse task: at least enough to pay for the task's parser
-# process (a forkserver pool, seconds to start), at most what keeps every
-# CPU busy with two tasks each; never more than the cap, so a slow file
-# holds back little.
-FILES_PER_TASK = 32
-MAX_FILES_PER_TASK = 512
+# Parse tasks per CPU of the cluster, so that the CPUs finish together
+# (files differ in size), within bounds: enough files for Ray's own cost of
+# a task to stay small, few enough that a slow file holds back little. The
+# parser process is kept from task to task (`_parser_pool`): a task no
+# longer has to pay for starting it.
+TASKS_PER_CPU = 4
+FILES_PER_TASK = 8
+MAX_FILES_PER_TASK = 256
 BYTES_PER_TASK = 64 * 2**20
 # Times one embedding slice is sent again after its actor died.
 EMBED_ATTEMPTS = 3
@@ -73,19 +75,31 @@ class _Job:
 
 Split = tuple[workers.Parsed | str, list[Chunk] | None]
 
+# The parser process of this Ray worker process, kept from one parse task to
+# the next with the tokenizer it loaded: starting them took seconds a task.
+# It ends with the Ray worker process (its end of the pool's pipes closes).
+_parsers: dict[int, Any] = {}
+
+
+def _parser_pool(memory_mb: int) -> Any:
+    pool = _parsers.get(memory_mb)
+    if pool is None or not pool.active:  # a pool that broke is started again
+        pool = _parsers[memory_mb] = workers.parser_pool(1, memory_mb)
+    return pool
+
 
 def _parse_and_split(
     job: _Job, batch: list[tuple[FileTask, str]], ocr: bool
 ) -> tuple[list[Split], float, float]:
     """A parse task: each file parsed and split (or why it failed) in the
-    task's parser pool, and the seconds the task waited for it (parsing and
-    splitting happen together in the pool: all counted as parsing)."""
+    Ray worker's parser process, and the seconds the task waited for it
+    (parsing and splitting happen together there: all counted as parsing)."""
     split = workers.Split(job.model, job.chunk_tokens, job.chunk_overlap)
     out: list[Split] = []
     started = time.perf_counter()
     parsed = workers.parse_files(
         batch, ocr=ocr, timeout=job.timeout, memory_mb=job.memory_mb,
-        max_text_chars=job.max_text_chars, split=split,
+        max_text_chars=job.max_text_chars, split=split, pool=_parser_pool(job.memory_mb),
     )  # fmt: skip
     for _, result in parsed:
         out.append((result, None if isinstance(result, str) else result.chunks))
@@ -171,8 +185,10 @@ class RayEngine:
         self._embedders()
         job = ray.put(_Job.of(settings))
         task = ray.remote(num_cpus=1, max_retries=1)(_parse_and_split)
-        limit = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
-        per_task = min(max(FILES_PER_TASK, -(-len(to_parse) // limit)), MAX_FILES_PER_TASK)
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        limit = 2 * cpus
+        per_task = -(-len(to_parse) // (TASKS_PER_CPU * cpus))
+        per_task = min(max(FILES_PER_TASK, per_task), MAX_FILES_PER_TASK)
         batches = deque(_batches(to_parse, per_task))
         in_flight: deque[tuple[list[tuple[FileTask, str]], bool, Any]] = deque()
         while batches or in_flight:
