@@ -228,8 +228,15 @@ def test_the_local_instance_listens_on_loopback_only_with_a_private_token(tmp_pa
 
 def _kept_parsers() -> set[int]:
     """Parser processes of this process's pools (forked by its forkserver)."""
-    kids = psutil.Process().children(recursive=True)
-    return {p.pid for p in kids if "multiprocessing.forkserver" in " ".join(p.parent().cmdline())}
+    found = set()
+    for p in psutil.Process().children(recursive=True):
+        try:
+            parent = " ".join(p.parent().cmdline())
+            if p.status() != psutil.STATUS_ZOMBIE and "multiprocessing.forkserver" in parent:
+                found.add(p.pid)
+        except (psutil.NoSuchProcess, AttributeError):  # gone meanwhile
+            continue
+    return found
 
 
 def test_parse_tasks_keep_their_parser_process(corpus: Path, tmp_path: Path) -> None:
@@ -240,11 +247,12 @@ def test_parse_tasks_keep_their_parser_process(corpus: Path, tmp_path: Path) -> 
 
     job = distributed._Job.of(Settings(index=tmp_path / "i"))
     files = [(f, sha256_file(f.path)) for f in discover([str(corpus)], None, False).files]
+    before = _kept_parsers()  # other tests' pools, on their way out
     try:
         first, _, _ = distributed._parse_and_split(job, files[:6], False)
-        kept = _kept_parsers()
+        kept = _kept_parsers() - before
         second, _, _ = distributed._parse_and_split(job, files[6:], False)
-        assert len(kept) == 1 and _kept_parsers() == kept  # still there, the same one
+        assert len(kept) == 1 and _kept_parsers() - before == kept  # still there, the same one
     finally:
         kept_pools = getattr(distributed, "_parsers", {})
         for pool in kept_pools.values():
