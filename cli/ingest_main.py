@@ -125,9 +125,10 @@ EXIT_INTERRUPTED = 130  # --watch stopped by a second signal
     default=None,
     metavar="[ADDRESS]",
     help="Parse and embed on Ray: tasks parse, actors embed (one per GPU, or one per node on "
-    "CPUs); this process writes the index. No ADDRESS or auto: join the local Ray instance "
-    "or start one; ray://HOST:10001 or HOST:6379: a cluster whose workers see the same "
-    "paths. Put it after the paths.",
+    "CPUs); this process writes the index. No ADDRESS or auto: the cluster RAY_ADDRESS names, "
+    "else the local Ray instance if it answers within seconds, else a private one started for "
+    "the run; ray://HOST:10001 or HOST:6379: a cluster whose workers see the same paths. An "
+    "address that does not answer is an error. Put it after the paths.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def main(

@@ -14,58 +14,41 @@ have this package installed and see the files at the same paths.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import re
-import secrets
 import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import ray
-from ray._private import ray_constants  # see start_local
 from ray.exceptions import ActorUnavailableError, RayActorError, RayError
 
 from ingest import workers
 from ingest.discovery import FileTask
 from ingest.ingestor import Batching, batching_of
 from ingest.pipeline import Parsed, ToParse
+from ingest.ray_cluster import check_address, connect
 from rag.embedding import Precision, load_embedder
 from rag.errors import RagError
 from rag.settings import Settings
 from rag.types import Chunk
 
-# A local instance started here stays small: this process, its parser
-# workers and the model need the memory more than Ray's object store.
-OBJECT_STORE_BYTES = 256 * 2**20
-# Files per parse task: at least enough to pay for the task's parser
-# process (a forkserver pool, seconds to start), at most what keeps every
-# CPU busy with two tasks each; never more than the cap, so a slow file
-# holds back little.
-FILES_PER_TASK = 32
-MAX_FILES_PER_TASK = 512
+# Parse tasks per CPU of the cluster, so that the CPUs finish together
+# (files differ in size), within bounds: enough files for Ray's own cost of
+# a task to stay small, few enough that a slow file holds back little. The
+# parser process is kept from task to task (`_parser_pool`): a task no
+# longer has to pay for starting it.
+TASKS_PER_CPU = 4
+FILES_PER_TASK = 8
+MAX_FILES_PER_TASK = 256
 BYTES_PER_TASK = 64 * 2**20
 # Times one embedding slice is sent again after its actor died.
 EMBED_ATTEMPTS = 3
 # How long a restarted embedding actor may take to load its model.
 ACTOR_START_SECONDS = 300
-_ADDRESS = re.compile(r"^(auto|ray://\S+|[\w.\-]+:\d+)$")
-
-
-def check_address(address: str) -> str:
-    """`auto`, `ray://host:port` or `host:port`; anything else is refused
-    (a folder after a bare `--ray` would be taken for its address)."""
-    if not _ADDRESS.match(address):
-        raise ValueError(
-            f"--ray takes a cluster address (auto, ray://HOST:10001 or HOST:6379), not "
-            f"{address!r}; put --ray after the paths, or write --ray auto"
-        )
-    return address
 
 
 @dataclass(frozen=True)
@@ -92,19 +75,31 @@ class _Job:
 
 Split = tuple[workers.Parsed | str, list[Chunk] | None]
 
+# The parser process of this Ray worker process, kept from one parse task to
+# the next with the tokenizer it loaded: starting them took seconds a task.
+# It ends with the Ray worker process (its end of the pool's pipes closes).
+_parsers: dict[int, Any] = {}
+
+
+def _parser_pool(memory_mb: int) -> Any:
+    pool = _parsers.get(memory_mb)
+    if pool is None or not pool.active:  # a pool that broke is started again
+        pool = _parsers[memory_mb] = workers.parser_pool(1, memory_mb)
+    return pool
+
 
 def _parse_and_split(
     job: _Job, batch: list[tuple[FileTask, str]], ocr: bool
 ) -> tuple[list[Split], float, float]:
     """A parse task: each file parsed and split (or why it failed) in the
-    task's parser pool, and the seconds the task waited for it (parsing and
-    splitting happen together in the pool: all counted as parsing)."""
+    Ray worker's parser process, and the seconds the task waited for it
+    (parsing and splitting happen together there: all counted as parsing)."""
     split = workers.Split(job.model, job.chunk_tokens, job.chunk_overlap)
     out: list[Split] = []
     started = time.perf_counter()
     parsed = workers.parse_files(
         batch, ocr=ocr, timeout=job.timeout, memory_mb=job.memory_mb,
-        max_text_chars=job.max_text_chars, split=split,
+        max_text_chars=job.max_text_chars, split=split, pool=_parser_pool(job.memory_mb),
     )  # fmt: skip
     for _, result in parsed:
         out.append((result, None if isinstance(result, str) else result.chunks))
@@ -157,77 +152,6 @@ def _wait_until_up(actor: Any) -> None:
             raise RagError(f"a Ray embedding actor died for good ({exc})") from None
 
 
-def start_local(cpus: int | None = None) -> None:
-    """Start a small local Ray instance that listens on the loopback address
-    only and asks for its token: no dashboard, no usage statistics, a small
-    object store. Whoever reaches a Ray port can run code as this user."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # read by ray.init
-    _private_token()
-    # Ray's servers listen on every interface unless the node's address is
-    # 127.0.0.1, and Ray turns 127.0.0.1 into the machine's outward address
-    # unless "clusters" are off (a constant its services module reads at
-    # each call): off here, for this local instance only.
-    clusters = ray_constants.ENABLE_RAY_CLUSTER
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
-        ray.init(
-            num_cpus=cpus or len(os.sched_getaffinity(0)),
-            object_store_memory=OBJECT_STORE_BYTES,
-            include_dashboard=False,
-            log_to_driver=False,
-            _node_ip_address="127.0.0.1",
-        )
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = clusters
-
-
-def _private_token() -> None:
-    """Make sure the token a new local instance will use is readable by this
-    user alone. Ray turns token authentication on for a new local instance
-    (unless RAY_AUTH_MODE says otherwise) and writes a missing token file
-    with the umask's mode, readable by every local user as a rule."""
-    if os.environ.get("RAY_AUTH_MODE", "token").lower() != "token":
-        return
-    if os.environ.get("RAY_AUTH_TOKEN"):
-        return
-    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if path.exists():
-        if path.stat().st_mode & 0o077 and path.stat().st_uid == os.getuid():
-            path.chmod(0o600)
-        return
-    # Written aside at 0600, then claimed with a hard link, which fails rather
-    # than replace a token another process wrote meanwhile.
-    aside = path.with_name(f".{path.name}.{os.getpid()}.part")
-    fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(secrets.token_hex(32))  # as Ray's own generator: 256 bits
-        with contextlib.suppress(FileExistsError):
-            os.link(aside, path)
-    finally:
-        aside.unlink(missing_ok=True)
-
-
-def _connect(address: str) -> bool:
-    """Join the cluster at `address` (auto: a running local one, else start
-    one); True if this call connected (and should disconnect)."""
-    if ray.is_initialized():
-        return False
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if address == "auto":
-        try:
-            ray.init(address="auto", log_to_driver=False)
-        except ConnectionError:
-            start_local()
-    else:
-        try:
-            ray.init(address=address, log_to_driver=False)
-        except (ConnectionError, RayError) as exc:
-            raise RagError(f"Cannot reach the Ray cluster at {address}: {exc}") from exc
-    return True
-
-
 class RayEngine:
     """An `ingest.pipeline.Engine` on Ray. Connects on first use, so an
     ingest with nothing to parse never starts Ray."""
@@ -247,7 +171,7 @@ class RayEngine:
 
     def _start(self) -> None:
         if not self._ready:
-            self.connected = _connect(self.address)
+            self.connected = connect(self.address)
             self._ready = True
 
     def parse(self, to_parse: ToParse, settings: Settings) -> Iterator[Parsed]:
@@ -261,8 +185,10 @@ class RayEngine:
         self._embedders()
         job = ray.put(_Job.of(settings))
         task = ray.remote(num_cpus=1, max_retries=1)(_parse_and_split)
-        limit = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
-        per_task = min(max(FILES_PER_TASK, -(-len(to_parse) // limit)), MAX_FILES_PER_TASK)
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        limit = 2 * cpus
+        per_task = -(-len(to_parse) // (TASKS_PER_CPU * cpus))
+        per_task = min(max(FILES_PER_TASK, per_task), MAX_FILES_PER_TASK)
         batches = deque(_batches(to_parse, per_task))
         in_flight: deque[tuple[list[tuple[FileTask, str]], bool, Any]] = deque()
         while batches or in_flight:

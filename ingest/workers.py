@@ -142,6 +142,7 @@ def parse_files(
     max_text_chars: int | None = None,
     split: Split | None = None,
     pages_per_range: int = 0,
+    pool: ProcessPool | None = None,
 ) -> Iterator[tuple[FileTask, Parsed | str]]:
     """Yield (task, Parsed) or (task, reason it failed) for each (task,
     content hash), in order, split in the worker when `split` is given. A
@@ -149,9 +150,12 @@ def parse_files(
     sent back to this process. A PDF of more than `pages_per_range` pages
     (0: none) is parsed in ranges of that many pages, in several workers at
     once (with two workers or more), and fails whole if one of its ranges
-    fails; `timeout` holds for each range."""
+    fails; `timeout` holds for each range. `pool` (of `parser_pool`, with
+    `workers` processes and `memory_mb`): the caller's, kept from one call
+    to the next and left running (its workers keep the tokenizer loaded);
+    by default one is started for this call."""
     limits = _Limits(timeout, memory_mb, ocr, max_text_chars, split, pages_per_range)
-    batch = _Batch(workers, limits)
+    batch = _Batch(workers, limits, pool)
     try:
         yield from batch.run(iter(tasks))
     finally:
@@ -181,7 +185,7 @@ class _File:
     parts: list[Parsed] = field(default_factory=list)
 
 
-def _pool(workers: int, memory_mb: int) -> ProcessPool:
+def parser_pool(workers: int, memory_mb: int) -> ProcessPool:
     # forkserver: workers start from a small clean process, not a fork of one
     # that has torch and its threads loaded.
     return ProcessPool(
@@ -197,9 +201,10 @@ class _Batch:
     ranges of pages) in flight or held than `workers * 4`, a file's ranges
     before any later file's: the file at the head can always go on."""
 
-    def __init__(self, workers: int, limits: _Limits) -> None:
+    def __init__(self, workers: int, limits: _Limits, pool: ProcessPool | None = None) -> None:
         self.limits = limits
-        self.pool = _pool(workers, limits.memory_mb)
+        self.own = pool is None  # stopped at the end, else the caller's
+        self.pool = pool if pool is not None else parser_pool(workers, limits.memory_mb)
         self.probe: ProcessPool | None = None  # counts pages, beside the busy pool
         self.workers = workers
         self.window = workers * 4
@@ -239,7 +244,7 @@ class _Batch:
         ):
             return [None]
         if self.probe is None:
-            self.probe = _pool(1, self.limits.memory_mb)
+            self.probe = parser_pool(1, self.limits.memory_mb)
         future = self.probe.schedule(
             pdf_ranges.page_count, args=(task.path,), timeout=min(self.limits.timeout, 60)
         )
@@ -305,7 +310,11 @@ class _Batch:
         return Parsed(document, chunks, [t for p in parts for t in p.token_ids or []])
 
     def close(self) -> None:
-        for pool in (self.pool, self.probe):
+        if not self.own:  # the caller's pool goes on: what this call left in it stops
+            for file in self.files:
+                for _, future in file.running:
+                    future.cancel()
+        for pool in (self.pool if self.own else None, self.probe):
             if pool is not None:
                 pool.stop()
                 pool.join()

@@ -12,13 +12,17 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import ray
 from click.testing import CliRunner
 
 from cli.ingest_main import main
-from ingest.distributed import check_address, ray_engine, start_local
+from ingest.discovery import discover
+from ingest.distributed import check_address, ray_engine
+from ingest.loaders import sha256_file
 from ingest.pipeline import IngestReport, Progress, ingest_paths
+from ingest.ray_cluster import start_local
 from rag.embedding import load_embedder, load_token_counter
 from rag.settings import Settings
 from rag.store import open_store
@@ -181,7 +185,7 @@ def test_ray_address_checked(tmp_path: Path) -> None:
 # own (where Ray keeps its token) and a permissive umask, as a user's shell has.
 _LOCAL_RAY = """
 import json, os, subprocess, ray
-from ingest.distributed import start_local
+from ingest.ray_cluster import start_local
 os.umask(0o022)
 start_local(cpus=1)
 ours, kids = {os.getpid()}, {}
@@ -220,3 +224,38 @@ def test_the_local_instance_listens_on_loopback_only_with_a_private_token(tmp_pa
         host = local.rsplit(":", 1)[0].strip("[]")
         assert host in ("127.0.0.1", "::ffff:127.0.0.1", "::1"), line
     assert seen["token_mode"] == "0o600"
+
+
+def _kept_parsers() -> set[int]:
+    """Parser processes of this process's pools (forked by its forkserver)."""
+    found = set()
+    for p in psutil.Process().children(recursive=True):
+        try:
+            parent = " ".join(p.parent().cmdline())
+            if p.status() != psutil.STATUS_ZOMBIE and "multiprocessing.forkserver" in parent:
+                found.add(p.pid)
+        except (psutil.NoSuchProcess, AttributeError):  # gone meanwhile
+            continue
+    return found
+
+
+def test_parse_tasks_keep_their_parser_process(corpus: Path, tmp_path: Path) -> None:
+    """A Ray worker parses task after task in the one parser process it
+    started, the tokenizer loaded there once; starting them cost seconds a
+    task. (The task's function, called here as a Ray worker calls it.)"""
+    from ingest import distributed
+
+    job = distributed._Job.of(Settings(index=tmp_path / "i"))
+    files = [(f, sha256_file(f.path)) for f in discover([str(corpus)], None, False).files]
+    before = _kept_parsers()  # other tests' pools, on their way out
+    try:
+        first, _, _ = distributed._parse_and_split(job, files[:6], False)
+        kept = _kept_parsers() - before
+        second, _, _ = distributed._parse_and_split(job, files[6:], False)
+        assert len(kept) == 1 and _kept_parsers() - before == kept  # still there, the same one
+    finally:
+        kept_pools = getattr(distributed, "_parsers", {})
+        for pool in kept_pools.values():
+            pool.stop()
+        kept_pools.clear()
+    assert [type(r).__name__ for r, _ in first + second] == ["Parsed"] * 12
