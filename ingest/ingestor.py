@@ -9,35 +9,20 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
+from ingest.batching import EMBED_BUFFER, Batching, batching_of, slices_of
 from ingest.chunking import Chunker
-from rag.embedding import (
-    CPU_BATCH_TOKENS,
-    Embedder,
-    load_embedder,
-    load_token_counter,
-    token_batches,
-)
+from ingest.embed_process import EmbeddingProcess, warm_up
+from rag.embedding import Embedder, Precision, load_embedder, load_token_counter
 from rag.errors import BadDocument, ModelMissing
 from rag.settings import Settings
 from rag.store import DocumentEntry, StoreWriter
 from rag.types import Chunk, Document
-
-# Embed chunks of several small documents together: sentence-transformers
-# sorts a call's texts by length, so bigger calls waste less padding.
-EMBED_BUFFER = 256
-# ... and hand them to the model a slice at a time (the model's own batch
-# size), longest first, so the progress bar moves while a long document
-# embeds and no slice is padded more than one big call would be.
-EMBED_SLICE = 32
-# On a GPU a flush holds enough chunks for several full batches of
-# GPU_BATCH_TOKENS, so the model is fed large batches of like lengths.
-GPU_EMBED_BUFFER = 8192
 
 
 @dataclass
@@ -64,7 +49,8 @@ class IngestReport:
     seconds: float = 0.0
     generation: int | None = None
     # Where the time went, as this process waited for it (scan, parse, chunk,
-    # embed, write: each second counted once). Work done elsewhere (Ray
+    # model: loading it, once a file is parsed; embed, write: each second
+    # counted once). Work done elsewhere (Ray
     # tasks and actors) is summed over them in `worker_seconds`.
     phases: dict[str, float] = field(default_factory=dict)
     worker_seconds: dict[str, float] = field(default_factory=dict)
@@ -97,17 +83,6 @@ ProgressFn = Callable[[Progress], None]
 # vectors) once each, in any order.
 EmbedSlices = Callable[[list[list[str]]], Iterator[tuple[int, np.ndarray]]]
 EmbedIdSlices = Callable[[list[list[np.ndarray]]], Iterator[tuple[int, np.ndarray]]]
-
-
-@dataclass(frozen=True)
-class Batching:
-    """How a flush is cut for a model that runs elsewhere: as this process
-    would cut it for the same model on the same device."""
-
-    buffer: int  # chunks to gather before a flush
-    batch_tokens: int  # padded tokens a slice of token ids
-    rows: int | None  # passages a slice at most (None: any)
-    takes_ids: bool  # the model embeds token ids (`embed_token_ids`)
 
 
 class RemoteEmbedding(Protocol):
@@ -150,20 +125,6 @@ class _Pending:
     existed: bool
     ocr: bool
     token_ids: list[np.ndarray] | None = None  # tokenized where it was split
-
-
-def batching_of(embedder: Embedder) -> Batching:
-    """How this process cuts flushes for `embedder` (and a remote engine
-    for its own copy of the model)."""
-    on_gpu = str(getattr(embedder, "device", "cpu")).startswith("cuda")
-    return Batching(
-        buffer=GPU_EMBED_BUFFER if on_gpu else EMBED_BUFFER,
-        batch_tokens=getattr(embedder, "batch_tokens", CPU_BATCH_TOKENS),
-        # On a CPU, also at most EMBED_SLICE passages a batch, so the
-        # progress bar moves as often during a long document as before.
-        rows=None if on_gpu else EMBED_SLICE,
-        takes_ids=hasattr(embedder, "embed_token_ids"),
-    )
 
 
 class Ingestor:
@@ -216,34 +177,42 @@ class Ingestor:
         and `embedder` joins it when the first chunks are to be embedded."""
         if self._embedder is not None or self._loading is not None:
             return
-        if self._remote is not None:  # embedded elsewhere (Ray)
+        if isinstance(self._remote, EmbeddingProcess):  # it loads in its own process
+            self._remote.start()
+        if self._remote is not None:  # embedded elsewhere (Ray: its actors start with parsing)
             return
         s = self.settings
         loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedder-load")
-        self._loading = loader.submit(
-            load_embedder, s.embedding_model, s.embed_precision, s.embed_device
-        )
+        self._loading = loader.submit(_warm, s.embedding_model, s.embed_precision, s.embed_device)
         loader.shutdown(wait=False)
 
     @property
     def embedder(self) -> Embedder:
+        """This process's model, loaded (or waited for: the "model" phase)."""
         if self._embedder is None:
-            if self._loading is None:
-                s = self.settings
-                self._embedder = load_embedder(s.embedding_model, s.embed_precision, s.embed_device)
-            else:  # its error (a model missing) is raised here
-                self._embedder = self._loading.result()
+            with timed(self.report, "model"):
+                if self._loading is None:
+                    s = self.settings
+                    self._embedder = _warm(s.embedding_model, s.embed_precision, s.embed_device)
+                else:  # its error (a model missing) is raised here
+                    self._embedder = self._loading.result()
         return self._embedder
 
     @property
     def chunker(self) -> Chunker:
+        """Splits documents that come unsplit; counts with the model's
+        tokenizer alone where the model runs elsewhere."""
         if self._chunker is None:
-            e = self.embedder
+            counter: Any = None
+            if self._remote is not None:
+                with suppress(ModelMissing):  # no fast tokenizer: the model's own counts
+                    counter = load_token_counter(self.settings.embedding_model)
+            counter = counter or self.embedder
             self._chunker = Chunker(
-                e.count_tokens,
+                counter.count_tokens,
                 self.settings.chunk_tokens,
                 self.settings.chunk_overlap,
-                e.max_tokens,
+                counter.max_tokens,
             )
         return self._chunker
 
@@ -307,8 +276,10 @@ class Ingestor:
         embedding, split here unless its `chunks` come with it (split where
         it was parsed, by the same chunker, with their `token_ids`)."""
         if chunks is None:
+            chunker = self.chunker
+            self.batching()  # the wait for a model is its own phase
             with timed(self.report, "chunk"):
-                chunks = self.chunker.split(document)
+                chunks = chunker.split(document)
                 token_ids = self._tokenize(chunks)
         existed = self.writer.document(document.path) is not None
         self._pending.append(_Pending(document, chunks, size, mtime, existed, ocr, token_ids))
@@ -332,14 +303,20 @@ class Ingestor:
         return self.batching().buffer
 
     def batching(self) -> Batching:
-        """How flushes are cut: for the remote model, else for this process's."""
+        """How flushes are cut: for the remote model, else for this process's
+        (the first call waits for the model: timed as "model")."""
         if self._batching is None:
-            remote = self._remote
-            self._batching = remote.batching() if remote else batching_of(self.embedder)
+            if self._remote is not None:
+                with timed(self.report, "model"):
+                    self._batching = self._remote.batching()
+            else:
+                self._batching = batching_of(self.embedder)
         return self._batching
 
     def flush(self) -> None:
         """Embed and store everything buffered, then maybe publish a checkpoint."""
+        if self._buffered:
+            self.batching()  # the wait for the model, before "embed" is timed
         texts = [c.indexed_text for p in self._pending for c in p.chunks]
         with timed(self.report, "embed"):
             vectors = self._embed(texts, self._pending_ids())
@@ -402,17 +379,6 @@ class Ingestor:
             return None
         return [ids for p in self._pending for ids in (p.token_ids or [])]
 
-    def _slices(self, texts: list[str], ids: list[np.ndarray] | None) -> list[list[int]]:
-        """Rows of the buffer, longest first, in slices: of the model's
-        batch of padded tokens when pre-tokenized, else EMBED_SLICE texts."""
-        if ids is not None:
-            order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-            b = self.batching()
-            batches = token_batches([len(ids[i]) for i in order], b.batch_tokens, b.rows)
-            return [[order[r] for r in batch] for batch in batches]
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        return [order[start : start + EMBED_SLICE] for start in range(0, len(order), EMBED_SLICE)]
-
     def _embed(self, texts: list[str], ids: list[np.ndarray] | None = None) -> np.ndarray:
         """The buffered documents' vectors, in order, embedded a slice at a
         time (longest first); progress after each slice but the last
@@ -422,7 +388,7 @@ class Ingestor:
             return np.zeros((0, 0), np.float32)
         owner = [k for k, p in enumerate(self._pending) for _ in p.chunks]
         embedded = [0] * len(self._pending)
-        slices = self._slices(texts, ids)
+        slices = slices_of(texts, ids, self.batching())
         remote = self._remote
         if ids is not None:
             embed_ids = remote.embed_id_slices if remote else self._embed_ids
@@ -485,3 +451,10 @@ class Ingestor:
             self.report.updated += 1
         else:
             self.report.added += 1
+
+
+def _warm(model: str, precision: Precision, device: str) -> Embedder:
+    """The model loaded and warmed up (`warm_up`), as the child process does."""
+    embedder = load_embedder(model, precision, device)
+    warm_up(embedder)
+    return embedder
