@@ -83,6 +83,7 @@ ProgressFn = Callable[[Progress], None]
 # vectors) once each, in any order.
 EmbedSlices = Callable[[list[list[str]]], Iterator[tuple[int, np.ndarray]]]
 EmbedIdSlices = Callable[[list[list[np.ndarray]]], Iterator[tuple[int, np.ndarray]]]
+Slices = Iterator[tuple[int, np.ndarray]]
 
 
 class RemoteEmbedding(Protocol):
@@ -150,6 +151,8 @@ class Ingestor:
         self._loading: Future[Embedder] | None = None  # `start_loading`
         self._chunker: Chunker | None = None
         self._pending: list[_Pending] = []
+        # A flush embedded, stored while the next one embeds (`_flush`).
+        self._held: tuple[list[_Pending], np.ndarray] | None = None
         self._in_flight: dict[str, str] = {}  # content hash -> path, until flushed
         self._copies: list[tuple[str, str, int, float]] = []
         self._copied: Counter[str] = Counter()  # content hashes copied to a new path
@@ -248,7 +251,9 @@ class Ingestor:
 
     def copy(self, path: str, content_hash: str, size: int, mtime: float) -> None:
         """Store `path` as a copy of already-ingested identical content."""
-        if content_hash in self._in_flight:
+        # Stored after the content it copies, and after a flush held back,
+        # as it would be were that flush stored already (`_flush`).
+        if content_hash in self._in_flight or self._held is not None:
             self._copies.append((path, content_hash, size, mtime))
             return
         source = self.writer.document_with_hash(content_hash)
@@ -295,7 +300,7 @@ class Ingestor:
         if self._batching is None and self._buffered < EMBED_BUFFER:
             return
         if self._buffered >= self.buffer_size:
-            self.flush()
+            self._flush(hold=True)
 
     @property
     def buffer_size(self) -> int:
@@ -314,18 +319,36 @@ class Ingestor:
         return self._batching
 
     def flush(self) -> None:
-        """Embed and store everything buffered, then maybe publish a checkpoint."""
+        """Embed and store everything buffered (and a flush held back), then
+        maybe publish a checkpoint."""
+        self._flush(hold=False)
+
+    def _flush(self, hold: bool) -> None:
+        """Embed the buffered documents, storing the flush held back (if any)
+        while they embed; then store them, or with `hold` (and a model in a
+        child process, which embeds as soon as it is sent) hold them back to
+        store while the next flush embeds. Documents are stored in order."""
         if self._buffered:
             self.batching()  # the wait for the model, before "embed" is timed
-        texts = [c.indexed_text for p in self._pending for c in p.chunks]
+        pending, self._pending, self._buffered = self._pending, [], 0
+        texts = [c.indexed_text for p in pending for c in p.chunks]
         with timed(self.report, "embed"):
-            vectors = self._embed(texts, self._pending_ids())
-        with timed(self.report, "write"):
-            self._store(vectors)
+            slices, batches = self._send(pending, texts)
+        held, self._held = self._held, None
+        if held is not None:
+            with timed(self.report, "write"):
+                self._store(*held)
+        with timed(self.report, "embed"):
+            vectors = self._collect(pending, texts, slices, batches)
+        if hold and isinstance(self._remote, EmbeddingProcess):
+            self._held = (pending, vectors)
+        else:
+            with timed(self.report, "write"):
+                self._store(pending, vectors)
 
-    def _store(self, vectors: np.ndarray) -> None:
+    def _store(self, pending: list[_Pending], vectors: np.ndarray) -> None:
         row = 0
-        for p in self._pending:
+        for p in pending:
             doc = p.document
             try:
                 entry = DocumentEntry(
@@ -341,14 +364,14 @@ class Ingestor:
             row += len(p.chunks)
             self.settle()
         self.report.chunks_embedded += row
-        if self._pending:
-            last = self._pending[-1].document.path
-            self._tell(self.report.chunks_embedded, last)
-        self._pending.clear()
-        self._buffered = 0
-        self._in_flight.clear()
-        copies, self._copies = self._copies, []
-        for path, digest, size, mtime in copies:
+        if pending:
+            self._tell(self.report.chunks_embedded, pending[-1].document.path)
+        for p in pending:
+            self._in_flight.pop(p.document.content_hash, None)
+        # Copies of content now stored; those of a flush still embedding wait.
+        ready = [c for c in self._copies if c[1] not in self._in_flight]
+        self._copies = [c for c in self._copies if c[1] in self._in_flight]
+        for path, digest, size, mtime in ready:
             self.copy(path, digest, size, mtime)
         if time.monotonic() - self._last_publish > self.settings.checkpoint_seconds:
             number = self.writer.checkpoint()  # None in a rebuild: it publishes once, at the end
@@ -368,34 +391,43 @@ class Ingestor:
             return None
         return counter.encode([c.indexed_text for c in chunks])
 
-    def _pending_ids(self) -> list[np.ndarray] | None:
-        """The buffered chunks' token ids when every one came tokenized and
-        the model takes ids (here or remote); else None."""
-        if not self._buffered:
+    def _pending_ids(self, pending: list[_Pending]) -> list[np.ndarray] | None:
+        """The chunks' token ids when every one came tokenized and the model
+        takes ids (here or remote); else None."""
+        if not any(p.chunks for p in pending):
             return None  # nothing to embed: no model is loaded to tell
         if not self.batching().takes_ids:
             return None
-        if any(p.token_ids is None and p.chunks for p in self._pending):
+        if any(p.token_ids is None and p.chunks for p in pending):
             return None
-        return [ids for p in self._pending for ids in (p.token_ids or [])]
+        return [ids for p in pending for ids in (p.token_ids or [])]
 
-    def _embed(self, texts: list[str], ids: list[np.ndarray] | None = None) -> np.ndarray:
-        """The buffered documents' vectors, in order, embedded a slice at a
-        time (longest first); progress after each slice but the last
-        (`flush` reports that one once the documents are stored). Each slice
-        must come back exactly once, whoever embeds it."""
+    def _send(self, pending: list[_Pending], texts: list[str]) -> tuple[list[list[int]], Slices]:
+        """The rows of `texts` in slices (longest first), handed to whoever
+        embeds them: a child process starts at once, this process and Ray
+        as the slices are asked for (`_collect`)."""
         if not texts:
-            return np.zeros((0, 0), np.float32)
-        owner = [k for k, p in enumerate(self._pending) for _ in p.chunks]
-        embedded = [0] * len(self._pending)
+            return [], iter(())
+        ids = self._pending_ids(pending)
         slices = slices_of(texts, ids, self.batching())
         remote = self._remote
         if ids is not None:
             embed_ids = remote.embed_id_slices if remote else self._embed_ids
-            batches = embed_ids([[ids[i] for i in rows] for rows in slices])
-        else:
-            embed = remote.embed_slices if remote else self._embed_here
-            batches = embed([[texts[i] for i in rows] for rows in slices])
+            return slices, embed_ids([[ids[i] for i in rows] for rows in slices])
+        embed = remote.embed_slices if remote else self._embed_here
+        return slices, embed([[texts[i] for i in rows] for rows in slices])
+
+    def _collect(
+        self, pending: list[_Pending], texts: list[str], slices: list[list[int]], batches: Slices
+    ) -> np.ndarray:
+        """The documents' vectors, in order, as each slice comes back;
+        progress after each slice but the last (`_store` reports that one
+        once the documents are stored). Each slice must come back exactly
+        once, whoever embeds it."""
+        if not texts:
+            return np.zeros((0, 0), np.float32)
+        owner = [k for k, p in enumerate(pending) for _ in p.chunks]
+        embedded = [0] * len(pending)
         vectors: np.ndarray | None = None
         returned: set[int] = set()
         for number, part in batches:
@@ -409,10 +441,10 @@ class Ingestor:
             for i in rows:
                 embedded[owner[i]] += 1
             if len(returned) < len(slices):
-                shares = zip(embedded, self._pending, strict=True)
+                shares = zip(embedded, pending, strict=True)
                 partial = sum(n / len(p.chunks) for n, p in shares if n)
                 done = self.report.chunks_embedded + sum(embedded)
-                self._tell(done, self._pending[owner[rows[-1]]].document.path, partial)
+                self._tell(done, pending[owner[rows[-1]]].document.path, partial)
         if vectors is None or len(returned) != len(slices):
             raise RuntimeError(f"{len(slices) - len(returned)} embedding slices never came back")
         return vectors

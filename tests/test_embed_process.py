@@ -6,6 +6,7 @@ child outlives the ingest. Forced on here (this machine has no GPU)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -14,16 +15,18 @@ import shutil
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import psutil
 import pytest
 
-from ingest.pipeline import Progress, ingest_paths
+from ingest.pipeline import Progress, ingest_documents, ingest_paths
 from rag.errors import ModelMissing, RagError
 from rag.settings import Settings
 from rag.store import open_store
+from rag.types import Document
 
 ROOT = Path(__file__).resolve().parent.parent
 WORDS = (
@@ -35,16 +38,23 @@ WORDS = (
 SMALL = {"chunk_tokens": 32, "chunk_overlap": 0, "parse_workers": 1}
 
 
-def write_notes(folder: Path, count: int, seed: int = 7) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
+def note_texts(count: int, seed: int = 7) -> list[str]:
     rng = random.Random(seed)
     words = WORDS.split()
+    texts = []
     for n in range(count):
         sentences = [
             " ".join(rng.choice(words) for _ in range(rng.randint(6, 14))).capitalize() + "."
             for _ in range(rng.randint(3, 9))
         ]
-        (folder / f"note{n:03d}.txt").write_text(f"Note {n}. " + " ".join(sentences) + "\n")
+        texts.append(f"Note {n}. " + " ".join(sentences) + "\n")
+    return texts
+
+
+def write_notes(folder: Path, count: int, seed: int = 7) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for n, text in enumerate(note_texts(count, seed)):
+        (folder / f"note{n:03d}.txt").write_text(text)
     return folder
 
 
@@ -178,3 +188,31 @@ def _link(source: str, target: str) -> None:
         os.link(source, target)
     except OSError:
         shutil.copy2(source, target)
+
+
+def test_writes_beside_the_embedding_store_what_the_serial_path_stores(tmp_path: Path) -> None:
+    """The process engine stores flush k while flush k+1 embeds; the index is
+    the serial path's: the same ids, ordinals, texts and vectors, the same
+    copies of content seen twice, and a checkpoint after every flush."""
+    documents = [
+        Document(f"mem/{n:03d}.txt", text, hashlib.sha256(text.encode()).hexdigest(), "txt")
+        for n, text in enumerate(note_texts(400))
+    ]
+    # The same content again under other paths, while its first copy is in flight.
+    documents += [replace(d, path=d.path.replace("mem/", "again/")) for d in documents[::40]]
+    reports = {}
+    for mode in ("off", "on"):
+        settings = Settings(
+            index=tmp_path / mode, embed_process=mode, checkpoint_seconds=1e-6, **SMALL
+        )  # fmt: skip
+        reports[mode] = ingest_documents(documents, settings, total=len(documents))
+    serial, overlapped = reports["off"], reports["on"]
+    assert overlapped.chunks_embedded == serial.chunks_embedded >= 3 * 256  # four flushes or more
+    assert overlapped.chunks_copied == serial.chunks_copied > 0
+    assert (overlapped.added, overlapped.generation) == (serial.added, serial.generation)
+    assert serial.generation is not None and serial.generation >= 4  # checkpoints
+    rows_serial, vectors_serial = stored(tmp_path / "off")
+    rows_overlapped, vectors_overlapped = stored(tmp_path / "on")
+    assert rows_overlapped == rows_serial
+    assert np.allclose(vectors_overlapped, vectors_serial, atol=1e-5)
+    assert engine_children() == []
