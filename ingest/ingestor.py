@@ -1,7 +1,7 @@
 """The `Ingestor`, which owns one index write (chunk, embed in buffered
-batches, store, checkpoint), and the records an ingest reports: the
-`IngestReport` and the `Progress` events. `ingest.pipeline` drives it and
-is the public entry."""
+batches, store, checkpoint), and the seam of embedding done elsewhere
+(`RemoteEmbedding`). The records it fills are in `ingest.records`;
+`ingest.pipeline` drives it and is the public entry."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass, field, replace
+from contextlib import suppress
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -18,66 +18,12 @@ import numpy as np
 from ingest.batching import EMBED_BUFFER, Batching, batching_of, slices_of
 from ingest.chunking import Chunker
 from ingest.embed_process import EmbeddingProcess, warm_up
+from ingest.records import Failure, IngestReport, Progress, ProgressFn, noop, timed
 from rag.embedding import Embedder, Precision, load_embedder, load_token_counter
 from rag.errors import BadDocument, ModelMissing
 from rag.settings import Settings
 from rag.store import DocumentEntry, StoreWriter
 from rag.types import Chunk, Document
-
-
-@dataclass
-class Failure:
-    path: str
-    error: str
-
-
-@dataclass
-class IngestReport:
-    index: str
-    added: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    deleted: int = 0
-    # Of the added and deleted, documents that moved: their content was
-    # copied to a new path and the old path removed in the same run.
-    renamed: int = 0
-    failed: list[Failure] = field(default_factory=list)
-    skipped: list[Failure] = field(default_factory=list)
-    chunks_embedded: int = 0
-    chunks_copied: int = 0
-    pages: int = 0
-    seconds: float = 0.0
-    generation: int | None = None
-    # Where the time went, as this process waited for it (scan, parse, chunk,
-    # model: loading it, once a file is parsed; embed, write: each second
-    # counted once). Work done elsewhere (Ray
-    # tasks and actors) is summed over them in `worker_seconds`.
-    phases: dict[str, float] = field(default_factory=dict)
-    worker_seconds: dict[str, float] = field(default_factory=dict)
-    retried: int = 0  # embedding batches sent again after their worker was lost
-
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class Progress:
-    """One step of an ingest. `done`/`total` count files in "scan" (hashed)
-    and "ingest" (parsed), and chunks in "embed" (embedded in this run / found
-    so far). `fraction` is for a bar: in "scan" the files hashed; in "ingest"
-    and "embed" each file to parse is an equal share, filled as its chunks are
-    embedded and settled once stored (or failed), so the bar is full only
-    when the last chunk is stored."""
-
-    stage: str
-    done: int
-    total: int
-    path: str = ""
-    chunks: int = 0  # embedded so far in this run
-    fraction: float = 0.0
-
-
-ProgressFn = Callable[[Progress], None]
 
 # Embeds slices (of texts, or of token ids), yielding (slice number,
 # vectors) once each, in any order.
@@ -100,21 +46,6 @@ class RemoteEmbedding(Protocol):
     def embed_id_slices(self, slices: list[list[np.ndarray]]) -> Iterator[tuple[int, np.ndarray]]:
         """The same for slices of token ids (`TokenCounter.encode`)."""
         ...
-
-
-@contextmanager
-def timed(report: IngestReport, phase: str) -> Iterator[None]:
-    """Add the time the block takes to `report.phases[phase]`."""
-    started = time.perf_counter()
-    try:
-        yield
-    finally:
-        spent = time.perf_counter() - started
-        report.phases[phase] = report.phases.get(phase, 0.0) + spent
-
-
-def noop(_: Progress) -> None:
-    pass
 
 
 @dataclass
