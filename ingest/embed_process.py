@@ -21,6 +21,7 @@ import multiprocessing
 import os
 import queue
 import signal
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from multiprocessing.connection import Connection
@@ -41,10 +42,12 @@ STOP_SECONDS = 10.0
 def wanted(settings: Settings) -> bool:
     """Whether the ingest embeds in a child process: as `embed_process`
     says, and by default (auto) where the model embeds on a GPU, decided
-    without importing torch."""
+    without importing torch, and where this process has not imported torch
+    already (the app, which embeds queries: its models stay loaded in it
+    from one upload to the next, where a child would load them each time)."""
     if settings.embed_process != "auto":
         return settings.embed_process == "on"
-    if settings.embed_device == "cpu":
+    if settings.embed_device == "cpu" or "torch" in sys.modules:
         return False
     return settings.embed_device == "cuda" or gpu_visible()
 

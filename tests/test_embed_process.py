@@ -22,6 +22,7 @@ import numpy as np
 import psutil
 import pytest
 
+from ingest.embed_process import wanted
 from ingest.pipeline import Progress, ingest_documents, ingest_paths
 from rag.errors import ModelMissing, RagError
 from rag.settings import Settings
@@ -216,3 +217,25 @@ def test_writes_beside_the_embedding_store_what_the_serial_path_stores(tmp_path:
     assert rows_overlapped == rows_serial
     assert np.allclose(vectors_overlapped, vectors_serial, atol=1e-5)
     assert engine_children() == []
+
+
+WANTED = """
+import sys
+from ingest.embed_process import wanted
+from rag.settings import Settings
+print("RESULT", [wanted(Settings(embed_device=d)) for d in ("cuda", "cpu")])
+import torch
+print("RESULT", [wanted(Settings(embed_device=d)) for d in ("cuda", "cpu")])
+"""
+
+
+def test_auto_runs_the_model_apart_where_it_embeds_on_a_gpu_and_torch_is_not_loaded() -> None:
+    assert wanted(Settings(embed_process="on", embed_device="cpu"))
+    assert not wanted(Settings(embed_process="off", embed_device="cuda"))
+    out = subprocess.run(
+        [sys.executable, "-c", WANTED], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = [x for x in out.stdout.splitlines() if x.startswith("RESULT")]
+    # cuda asked: apart, unless this process holds torch already (the app's).
+    assert results == ["RESULT [True, False]", "RESULT [False, False]"]
