@@ -8,6 +8,15 @@ utilisation, sampled every 100 ms, integrated over the run and divided by
 the embed phase's seconds). `--parse-workers 2,8,16` adds a one-process run
 per number of parser processes.
 
+The phase columns, each second of the `ingest` process counted once:
+scan (hashing the files, checking them against the index), parse (waiting
+for the parser processes' next file), chunk (splitting in this process:
+only documents that come unsplit), model (waiting for the embedding model
+to be loaded and warmed up, wherever it loads: a thread, a child process
+or Ray's actors), embed (waiting for the embedded vectors of each flush),
+write (storing them, and publishing). "embed stage" is chunks over the
+embed column's seconds (over the actors' summed seconds with Ray).
+
 CORPUS is a folder of files, or a BEIR folder (with corpus.jsonl, e.g.
 ../shared/data/scifact), turned into one text file per document as
 bench/corpora.py does for SciFact. Each run is a fresh process with a fresh
@@ -36,7 +45,7 @@ from typing import Any
 import corpora  # bench/corpora.py: bench/ is first on sys.path when a script here runs
 import embed_throughput
 
-PHASES = ("scan", "parse", "chunk", "embed", "write")
+PHASES = ("scan", "parse", "chunk", "model", "embed", "write")
 
 
 def files_of(corpus: Path, limit: int | None, into: Path) -> Path:

@@ -1,7 +1,7 @@
 """The `Ingestor`, which owns one index write (chunk, embed in buffered
-batches, store, checkpoint), and the records an ingest reports: the
-`IngestReport` and the `Progress` events. `ingest.pipeline` drives it and
-is the public entry."""
+batches, store, checkpoint), and the seam of embedding done elsewhere
+(`RemoteEmbedding`). The records it fills are in `ingest.records`;
+`ingest.pipeline` drives it and is the public entry."""
 
 from __future__ import annotations
 
@@ -9,105 +9,27 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
-from typing import Protocol
+from contextlib import suppress
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 import numpy as np
 
+from ingest.batching import EMBED_BUFFER, Batching, batching_of, slices_of
 from ingest.chunking import Chunker
-from rag.embedding import (
-    CPU_BATCH_TOKENS,
-    Embedder,
-    load_embedder,
-    load_token_counter,
-    token_batches,
-)
+from ingest.embed_process import EmbeddingProcess, warm_up
+from ingest.records import Failure, IngestReport, Progress, ProgressFn, noop, timed
+from rag.embedding import Embedder, Precision, load_embedder, load_token_counter
 from rag.errors import BadDocument, ModelMissing
 from rag.settings import Settings
 from rag.store import DocumentEntry, StoreWriter
 from rag.types import Chunk, Document
 
-# Embed chunks of several small documents together: sentence-transformers
-# sorts a call's texts by length, so bigger calls waste less padding.
-EMBED_BUFFER = 256
-# ... and hand them to the model a slice at a time (the model's own batch
-# size), longest first, so the progress bar moves while a long document
-# embeds and no slice is padded more than one big call would be.
-EMBED_SLICE = 32
-# On a GPU a flush holds enough chunks for several full batches of
-# GPU_BATCH_TOKENS, so the model is fed large batches of like lengths.
-GPU_EMBED_BUFFER = 8192
-
-
-@dataclass
-class Failure:
-    path: str
-    error: str
-
-
-@dataclass
-class IngestReport:
-    index: str
-    added: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    deleted: int = 0
-    # Of the added and deleted, documents that moved: their content was
-    # copied to a new path and the old path removed in the same run.
-    renamed: int = 0
-    failed: list[Failure] = field(default_factory=list)
-    skipped: list[Failure] = field(default_factory=list)
-    chunks_embedded: int = 0
-    chunks_copied: int = 0
-    pages: int = 0
-    seconds: float = 0.0
-    generation: int | None = None
-    # Where the time went, as this process waited for it (scan, parse, chunk,
-    # embed, write: each second counted once). Work done elsewhere (Ray
-    # tasks and actors) is summed over them in `worker_seconds`.
-    phases: dict[str, float] = field(default_factory=dict)
-    worker_seconds: dict[str, float] = field(default_factory=dict)
-    retried: int = 0  # embedding batches sent again after their worker was lost
-
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class Progress:
-    """One step of an ingest. `done`/`total` count files in "scan" (hashed)
-    and "ingest" (parsed), and chunks in "embed" (embedded in this run / found
-    so far). `fraction` is for a bar: in "scan" the files hashed; in "ingest"
-    and "embed" each file to parse is an equal share, filled as its chunks are
-    embedded and settled once stored (or failed), so the bar is full only
-    when the last chunk is stored."""
-
-    stage: str
-    done: int
-    total: int
-    path: str = ""
-    chunks: int = 0  # embedded so far in this run
-    fraction: float = 0.0
-
-
-ProgressFn = Callable[[Progress], None]
-
 # Embeds slices (of texts, or of token ids), yielding (slice number,
 # vectors) once each, in any order.
 EmbedSlices = Callable[[list[list[str]]], Iterator[tuple[int, np.ndarray]]]
 EmbedIdSlices = Callable[[list[list[np.ndarray]]], Iterator[tuple[int, np.ndarray]]]
-
-
-@dataclass(frozen=True)
-class Batching:
-    """How a flush is cut for a model that runs elsewhere: as this process
-    would cut it for the same model on the same device."""
-
-    buffer: int  # chunks to gather before a flush
-    batch_tokens: int  # padded tokens a slice of token ids
-    rows: int | None  # passages a slice at most (None: any)
-    takes_ids: bool  # the model embeds token ids (`embed_token_ids`)
+Slices = Iterator[tuple[int, np.ndarray]]
 
 
 class RemoteEmbedding(Protocol):
@@ -126,21 +48,6 @@ class RemoteEmbedding(Protocol):
         ...
 
 
-@contextmanager
-def timed(report: IngestReport, phase: str) -> Iterator[None]:
-    """Add the time the block takes to `report.phases[phase]`."""
-    started = time.perf_counter()
-    try:
-        yield
-    finally:
-        spent = time.perf_counter() - started
-        report.phases[phase] = report.phases.get(phase, 0.0) + spent
-
-
-def noop(_: Progress) -> None:
-    pass
-
-
 @dataclass
 class _Pending:
     document: Document
@@ -150,20 +57,6 @@ class _Pending:
     existed: bool
     ocr: bool
     token_ids: list[np.ndarray] | None = None  # tokenized where it was split
-
-
-def batching_of(embedder: Embedder) -> Batching:
-    """How this process cuts flushes for `embedder` (and a remote engine
-    for its own copy of the model)."""
-    on_gpu = str(getattr(embedder, "device", "cpu")).startswith("cuda")
-    return Batching(
-        buffer=GPU_EMBED_BUFFER if on_gpu else EMBED_BUFFER,
-        batch_tokens=getattr(embedder, "batch_tokens", CPU_BATCH_TOKENS),
-        # On a CPU, also at most EMBED_SLICE passages a batch, so the
-        # progress bar moves as often during a long document as before.
-        rows=None if on_gpu else EMBED_SLICE,
-        takes_ids=hasattr(embedder, "embed_token_ids"),
-    )
 
 
 class Ingestor:
@@ -189,6 +82,8 @@ class Ingestor:
         self._loading: Future[Embedder] | None = None  # `start_loading`
         self._chunker: Chunker | None = None
         self._pending: list[_Pending] = []
+        # A flush embedded, stored while the next one embeds (`_flush`).
+        self._held: tuple[list[_Pending], np.ndarray] | None = None
         self._in_flight: dict[str, str] = {}  # content hash -> path, until flushed
         self._copies: list[tuple[str, str, int, float]] = []
         self._copied: Counter[str] = Counter()  # content hashes copied to a new path
@@ -216,34 +111,42 @@ class Ingestor:
         and `embedder` joins it when the first chunks are to be embedded."""
         if self._embedder is not None or self._loading is not None:
             return
-        if self._remote is not None:  # embedded elsewhere (Ray)
+        if isinstance(self._remote, EmbeddingProcess):  # it loads in its own process
+            self._remote.start()
+        if self._remote is not None:  # embedded elsewhere (Ray: its actors start with parsing)
             return
         s = self.settings
         loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedder-load")
-        self._loading = loader.submit(
-            load_embedder, s.embedding_model, s.embed_precision, s.embed_device
-        )
+        self._loading = loader.submit(_warm, s.embedding_model, s.embed_precision, s.embed_device)
         loader.shutdown(wait=False)
 
     @property
     def embedder(self) -> Embedder:
+        """This process's model, loaded (or waited for: the "model" phase)."""
         if self._embedder is None:
-            if self._loading is None:
-                s = self.settings
-                self._embedder = load_embedder(s.embedding_model, s.embed_precision, s.embed_device)
-            else:  # its error (a model missing) is raised here
-                self._embedder = self._loading.result()
+            with timed(self.report, "model"):
+                if self._loading is None:
+                    s = self.settings
+                    self._embedder = _warm(s.embedding_model, s.embed_precision, s.embed_device)
+                else:  # its error (a model missing) is raised here
+                    self._embedder = self._loading.result()
         return self._embedder
 
     @property
     def chunker(self) -> Chunker:
+        """Splits documents that come unsplit; counts with the model's
+        tokenizer alone where the model runs elsewhere."""
         if self._chunker is None:
-            e = self.embedder
+            counter: Any = None
+            if self._remote is not None:
+                with suppress(ModelMissing):  # no fast tokenizer: the model's own counts
+                    counter = load_token_counter(self.settings.embedding_model)
+            counter = counter or self.embedder
             self._chunker = Chunker(
-                e.count_tokens,
+                counter.count_tokens,
                 self.settings.chunk_tokens,
                 self.settings.chunk_overlap,
-                e.max_tokens,
+                counter.max_tokens,
             )
         return self._chunker
 
@@ -279,7 +182,9 @@ class Ingestor:
 
     def copy(self, path: str, content_hash: str, size: int, mtime: float) -> None:
         """Store `path` as a copy of already-ingested identical content."""
-        if content_hash in self._in_flight:
+        # Stored after the content it copies, and after a flush held back,
+        # as it would be were that flush stored already (`_flush`).
+        if content_hash in self._in_flight or self._held is not None:
             self._copies.append((path, content_hash, size, mtime))
             return
         source = self.writer.document_with_hash(content_hash)
@@ -307,8 +212,10 @@ class Ingestor:
         embedding, split here unless its `chunks` come with it (split where
         it was parsed, by the same chunker, with their `token_ids`)."""
         if chunks is None:
+            chunker = self.chunker
+            self.batching()  # the wait for a model is its own phase
             with timed(self.report, "chunk"):
-                chunks = self.chunker.split(document)
+                chunks = chunker.split(document)
                 token_ids = self._tokenize(chunks)
         existed = self.writer.document(document.path) is not None
         self._pending.append(_Pending(document, chunks, size, mtime, existed, ocr, token_ids))
@@ -324,7 +231,7 @@ class Ingestor:
         if self._batching is None and self._buffered < EMBED_BUFFER:
             return
         if self._buffered >= self.buffer_size:
-            self.flush()
+            self._flush(hold=True)
 
     @property
     def buffer_size(self) -> int:
@@ -332,23 +239,47 @@ class Ingestor:
         return self.batching().buffer
 
     def batching(self) -> Batching:
-        """How flushes are cut: for the remote model, else for this process's."""
+        """How flushes are cut: for the remote model, else for this process's
+        (the first call waits for the model: timed as "model")."""
         if self._batching is None:
-            remote = self._remote
-            self._batching = remote.batching() if remote else batching_of(self.embedder)
+            if self._remote is not None:
+                with timed(self.report, "model"):
+                    self._batching = self._remote.batching()
+            else:
+                self._batching = batching_of(self.embedder)
         return self._batching
 
     def flush(self) -> None:
-        """Embed and store everything buffered, then maybe publish a checkpoint."""
-        texts = [c.indexed_text for p in self._pending for c in p.chunks]
-        with timed(self.report, "embed"):
-            vectors = self._embed(texts, self._pending_ids())
-        with timed(self.report, "write"):
-            self._store(vectors)
+        """Embed and store everything buffered (and a flush held back), then
+        maybe publish a checkpoint."""
+        self._flush(hold=False)
 
-    def _store(self, vectors: np.ndarray) -> None:
+    def _flush(self, hold: bool) -> None:
+        """Embed the buffered documents, storing the flush held back (if any)
+        while they embed; then store them, or with `hold` (and a model in a
+        child process, which embeds as soon as it is sent) hold them back to
+        store while the next flush embeds. Documents are stored in order."""
+        if self._buffered:
+            self.batching()  # the wait for the model, before "embed" is timed
+        pending, self._pending, self._buffered = self._pending, [], 0
+        texts = [c.indexed_text for p in pending for c in p.chunks]
+        with timed(self.report, "embed"):
+            slices, batches = self._send(pending, texts)
+        held, self._held = self._held, None
+        if held is not None:
+            with timed(self.report, "write"):
+                self._store(*held)
+        with timed(self.report, "embed"):
+            vectors = self._collect(pending, texts, slices, batches)
+        if hold and isinstance(self._remote, EmbeddingProcess):
+            self._held = (pending, vectors)
+        else:
+            with timed(self.report, "write"):
+                self._store(pending, vectors)
+
+    def _store(self, pending: list[_Pending], vectors: np.ndarray) -> None:
         row = 0
-        for p in self._pending:
+        for p in pending:
             doc = p.document
             try:
                 entry = DocumentEntry(
@@ -364,14 +295,14 @@ class Ingestor:
             row += len(p.chunks)
             self.settle()
         self.report.chunks_embedded += row
-        if self._pending:
-            last = self._pending[-1].document.path
-            self._tell(self.report.chunks_embedded, last)
-        self._pending.clear()
-        self._buffered = 0
-        self._in_flight.clear()
-        copies, self._copies = self._copies, []
-        for path, digest, size, mtime in copies:
+        if pending:
+            self._tell(self.report.chunks_embedded, pending[-1].document.path)
+        for p in pending:
+            self._in_flight.pop(p.document.content_hash, None)
+        # Copies of content now stored; those of a flush still embedding wait.
+        ready = [c for c in self._copies if c[1] not in self._in_flight]
+        self._copies = [c for c in self._copies if c[1] in self._in_flight]
+        for path, digest, size, mtime in ready:
             self.copy(path, digest, size, mtime)
         if time.monotonic() - self._last_publish > self.settings.checkpoint_seconds:
             number = self.writer.checkpoint()  # None in a rebuild: it publishes once, at the end
@@ -391,45 +322,43 @@ class Ingestor:
             return None
         return counter.encode([c.indexed_text for c in chunks])
 
-    def _pending_ids(self) -> list[np.ndarray] | None:
-        """The buffered chunks' token ids when every one came tokenized and
-        the model takes ids (here or remote); else None."""
-        if not self._buffered:
+    def _pending_ids(self, pending: list[_Pending]) -> list[np.ndarray] | None:
+        """The chunks' token ids when every one came tokenized and the model
+        takes ids (here or remote); else None."""
+        if not any(p.chunks for p in pending):
             return None  # nothing to embed: no model is loaded to tell
         if not self.batching().takes_ids:
             return None
-        if any(p.token_ids is None and p.chunks for p in self._pending):
+        if any(p.token_ids is None and p.chunks for p in pending):
             return None
-        return [ids for p in self._pending for ids in (p.token_ids or [])]
+        return [ids for p in pending for ids in (p.token_ids or [])]
 
-    def _slices(self, texts: list[str], ids: list[np.ndarray] | None) -> list[list[int]]:
-        """Rows of the buffer, longest first, in slices: of the model's
-        batch of padded tokens when pre-tokenized, else EMBED_SLICE texts."""
-        if ids is not None:
-            order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-            b = self.batching()
-            batches = token_batches([len(ids[i]) for i in order], b.batch_tokens, b.rows)
-            return [[order[r] for r in batch] for batch in batches]
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        return [order[start : start + EMBED_SLICE] for start in range(0, len(order), EMBED_SLICE)]
-
-    def _embed(self, texts: list[str], ids: list[np.ndarray] | None = None) -> np.ndarray:
-        """The buffered documents' vectors, in order, embedded a slice at a
-        time (longest first); progress after each slice but the last
-        (`flush` reports that one once the documents are stored). Each slice
-        must come back exactly once, whoever embeds it."""
+    def _send(self, pending: list[_Pending], texts: list[str]) -> tuple[list[list[int]], Slices]:
+        """The rows of `texts` in slices (longest first), handed to whoever
+        embeds them: a child process starts at once, this process and Ray
+        as the slices are asked for (`_collect`)."""
         if not texts:
-            return np.zeros((0, 0), np.float32)
-        owner = [k for k, p in enumerate(self._pending) for _ in p.chunks]
-        embedded = [0] * len(self._pending)
-        slices = self._slices(texts, ids)
+            return [], iter(())
+        ids = self._pending_ids(pending)
+        slices = slices_of(texts, ids, self.batching())
         remote = self._remote
         if ids is not None:
             embed_ids = remote.embed_id_slices if remote else self._embed_ids
-            batches = embed_ids([[ids[i] for i in rows] for rows in slices])
-        else:
-            embed = remote.embed_slices if remote else self._embed_here
-            batches = embed([[texts[i] for i in rows] for rows in slices])
+            return slices, embed_ids([[ids[i] for i in rows] for rows in slices])
+        embed = remote.embed_slices if remote else self._embed_here
+        return slices, embed([[texts[i] for i in rows] for rows in slices])
+
+    def _collect(
+        self, pending: list[_Pending], texts: list[str], slices: list[list[int]], batches: Slices
+    ) -> np.ndarray:
+        """The documents' vectors, in order, as each slice comes back;
+        progress after each slice but the last (`_store` reports that one
+        once the documents are stored). Each slice must come back exactly
+        once, whoever embeds it."""
+        if not texts:
+            return np.zeros((0, 0), np.float32)
+        owner = [k for k, p in enumerate(pending) for _ in p.chunks]
+        embedded = [0] * len(pending)
         vectors: np.ndarray | None = None
         returned: set[int] = set()
         for number, part in batches:
@@ -443,10 +372,10 @@ class Ingestor:
             for i in rows:
                 embedded[owner[i]] += 1
             if len(returned) < len(slices):
-                shares = zip(embedded, self._pending, strict=True)
+                shares = zip(embedded, pending, strict=True)
                 partial = sum(n / len(p.chunks) for n, p in shares if n)
                 done = self.report.chunks_embedded + sum(embedded)
-                self._tell(done, self._pending[owner[rows[-1]]].document.path, partial)
+                self._tell(done, pending[owner[rows[-1]]].document.path, partial)
         if vectors is None or len(returned) != len(slices):
             raise RuntimeError(f"{len(slices) - len(returned)} embedding slices never came back")
         return vectors
@@ -485,3 +414,10 @@ class Ingestor:
             self.report.updated += 1
         else:
             self.report.added += 1
+
+
+def _warm(model: str, precision: Precision, device: str) -> Embedder:
+    """The model loaded and warmed up (`warm_up`), as the child process does."""
+    embedder = load_embedder(model, precision, device)
+    warm_up(embedder)
+    return embedder

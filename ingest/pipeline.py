@@ -18,7 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ingest import workers
+from ingest import embed_process, workers
 from ingest.discovery import OUTSIDE, FileTask, Found, discover, is_under
 from ingest.ingestor import (
     Failure,
@@ -232,12 +232,14 @@ def _writing(
     lock held around one `Ingestor`, and once the writer has published (or
     found nothing to publish), the generation and the time in the report."""
     params, loaded = index_params(settings, store, rebuild)
-    with store.writer(
-        params, rebuild=rebuild, allow_drop=allow_drop, lock_timeout=settings.lock_timeout
-    ) as writer:
-        yield Ingestor(
-            writer, settings, report, embedder or loaded, progress, remote=engine
-        )  # fmt: skip
+    embedder = embedder or loaded
+    with (
+        store.writer(
+            params, rebuild=rebuild, allow_drop=allow_drop, lock_timeout=settings.lock_timeout
+        ) as writer,
+        _remote(settings, engine, embedder) as remote,
+    ):
+        yield Ingestor(writer, settings, report, embedder, progress, remote=remote)
         publishing = writer.changed
         publish_started = time.perf_counter()
     published = store.published() if publishing else None
@@ -246,6 +248,25 @@ def _writing(
     report.phases["write"] = report.phases.get("write", 0.0) + time.perf_counter() - publish_started
     report.phases = {phase: round(spent, 3) for phase, spent in report.phases.items()}
     report.seconds = round(time.monotonic() - started, 3)
+
+
+@contextmanager
+def _remote(
+    settings: Settings, engine: Engine | None, embedder: Embedder | None
+) -> Iterator[RemoteEmbedding | None]:
+    """Where the model runs when not in this process: the `engine` (Ray),
+    else a child process (`embed_process.wanted`) unless a model is already
+    loaded here. The child is stopped when the ingest ends, however it ends."""
+    if engine is not None or embedder is not None or not embed_process.wanted(settings):
+        yield engine
+        return
+    child = embed_process.EmbeddingProcess(settings)
+    failed = True
+    try:
+        yield child
+        failed = False
+    finally:
+        child.close(failed)
 
 
 def _remove_vanished(

@@ -6,6 +6,7 @@ fails by name before anything is written."""
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,9 @@ from rag.store import open_store
 # How long the recorded load waits for parsing to show: only the old order
 # (the model loaded first, parsing after it) ever waits this long.
 PATIENCE = 30.0
+# How long the model goes on loading once every file is parsed, in the
+# test of the "model" phase.
+LOAD_DELAY = 4.0
 
 
 class Recorder:
@@ -110,3 +114,24 @@ def test_a_missing_model_fails_by_name_before_anything_is_written(tmp_path: Path
         ingest_paths([str(folder)], settings, progress=lambda e: seen.append(e.stage))
     assert seen == []  # not a file scanned
     assert open_store(tmp_path / "index", settings).published() is None
+
+
+def test_the_wait_for_the_model_is_timed_apart_from_the_embedding(
+    tmp_path: Path, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = _files(tmp_path / "docs")
+    settings = Settings(index=tmp_path / "index", parse_workers=1)
+
+    def slow_load(*args: object, **kwargs: object) -> object:
+        loaded = recorder.load(*args, **kwargs)
+        deadline = time.monotonic() + PATIENCE
+        while recorder.events.count("ingest") < 6 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(LOAD_DELAY)  # a model still loading when every file is parsed
+        return loaded
+
+    monkeypatch.setattr(ingest.ingestor, "load_embedder", slow_load)
+    report = ingest_paths([str(folder)], settings, progress=recorder.progress)
+    assert report.added == 6
+    assert report.phases["model"] >= LOAD_DELAY * 0.9, report.phases
+    assert report.phases["embed"] < LOAD_DELAY, report.phases  # the embedding alone
