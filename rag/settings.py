@@ -65,12 +65,14 @@ class Settings(BaseSettings):
         description="where ingestion embeds; auto: the GPU when torch sees one (searches embed "
         "queries on the CPU)",
     )
+    # Off by default: on the one GPU run so far the child's scan was fast but
+    # the whole ingest was not faster than the background thread (BENCHMARKS.md).
     embed_process: Literal["auto", "on", "off"] = Field(
-        "auto",
+        "off",
         description="embed in a child process of the ingest, which then never imports torch and "
         "scans and parses at full speed while the model loads; auto: on where ingestion embeds on "
         "a GPU (a device file is there, or RAG_EMBED_DEVICE=cuda), unless the process holds torch "
-        "already (the app)",
+        "already (the app); off: the model loads in a thread of the ingest",
     )
     chunk_tokens: int = Field(200, ge=16, description="passage size in model tokens")
     chunk_overlap: int = Field(32, ge=0, description="model tokens shared by neighbouring passages")

@@ -223,9 +223,9 @@ WANTED = """
 import sys
 from ingest.embed_process import wanted
 from rag.settings import Settings
-print("RESULT", [wanted(Settings(embed_device=d)) for d in ("cuda", "cpu")])
+print("RESULT", [wanted(Settings(embed_process="auto", embed_device=d)) for d in ("cuda", "cpu")])
 import torch
-print("RESULT", [wanted(Settings(embed_device=d)) for d in ("cuda", "cpu")])
+print("RESULT", [wanted(Settings(embed_process="auto", embed_device=d)) for d in ("cuda", "cpu")])
 """
 
 
