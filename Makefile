@@ -52,11 +52,11 @@ test: setup llm-setup llm-setup-tiny system-setup
 # While you work: no vLLM, Chromium or PostgreSQL (the markers are in
 # pyproject.toml; tests/conftest.py marks a test by the servers it takes),
 # in one process. TEST_WORKERS=2 (or auto) spreads them over the cores with
-# pytest-xdist: not the default, because on a 2-core box it was no faster
-# (each worker loads the model and builds the session's indexes again, and
-# most waits are on CPU-bound child processes), test_watch's restart test
-# failed under -n 2 and -n 4, and one worker's parser pools were seen to
-# break (BrokenProcessPool) on a loaded machine. `make test` runs every test, in one process:
+# pytest-xdist: on a quiet 2-core box -n 2 was faster (about 11 minutes
+# against 17 in one process), but not the default: on a loaded machine it
+# was no faster (each worker loads the model and builds the session's
+# indexes again), test_watch's restart test failed under -n 2 and -n 4, and
+# one worker's parser pools were seen to break (BrokenProcessPool). `make test` runs every test, in one process:
 # the real servers are started once per session, not once per worker.
 FAST_MARKERS := not llm and not browser and not postgres and not slow
 TEST_WORKERS ?= 0
