@@ -280,8 +280,14 @@ def _pdf_bytes(objects: list[bytes]) -> bytes:
 
 def decompression_bomb_pdf(path: Path, megabytes: int) -> Path:
     """A one-page PDF whose ~1/1000-size content stream inflates to
-    `megabytes` MB: a small file that makes a parser allocate a lot."""
-    stream = repeated_zlib(b"BT /F1 10 Tf 40 750 Td (bomb) Tj ET\n", b" " * (1 << 20), megabytes)
+    `megabytes` MB: a small file that makes a parser allocate a lot.
+    Deflated in one piece: the same data from `repeated_zlib` (a full flush
+    every megabyte) took pdfium longer than test_hostile_input's 4 s parse
+    timeout to blow the memory cap, so the bomb read as a slow file there."""
+    import zlib
+
+    raw = b"BT /F1 10 Tf 40 750 Td (bomb) Tj ET\n" + b" " * (megabytes * 1024 * 1024)
+    stream = zlib.compress(raw, 9)
     path.write_bytes(
         _pdf_bytes(
             [

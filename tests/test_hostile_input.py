@@ -229,15 +229,17 @@ def test_parsers_that_hang_crash_or_blow_their_memory_cap_fail_only_their_file(t
     make_pdf(folder / "e-good.pdf", ["A good PDF page about ferns and mosses."])
     # Whole files (no page ranges): the slow PDF is one parse that overruns,
     # as a hanging parser does; a range that overruns is tests/test_pdf_ranges.py's.
+    # 8 s, not less: the bomb must blow the memory cap before the timeout, and
+    # on a loaded machine inflating it took pdfium more than 4 s.
     settings = Settings(
-        index=tmp_path / "index", parse_timeout=4, parse_memory_mb=1024, pdf_pages_per_range=0
+        index=tmp_path / "index", parse_timeout=8, parse_memory_mb=1024, pdf_pages_per_range=0
     )
     report = ingest_paths([str(folder)], settings, embedder=embedder)
     failed = {Path(f.path).name: f.error for f in report.failed}
     assert set(failed) == {"a-bomb.pdf", "b-bomb.docx", "c-slow.pdf"}
     assert failed["a-bomb.pdf"].startswith("the parser crashed on this file (exit code")
     assert failed["b-bomb.docx"] == "parsing needed more than 1024 MB of memory"
-    assert failed["c-slow.pdf"] == "parsing took longer than 4 s; the file was skipped"
+    assert failed["c-slow.pdf"] == "parsing took longer than 8 s; the file was skipped"
     # Each dead worker was replaced: the files after them parse normally.
     assert report.added == 2
     assert sorted(Path(p).name for p in state(tmp_path / "index")) == ["d-good.md", "e-good.pdf"]
