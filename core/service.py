@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ingest.ingestor import noop
 from ingest.pipeline import IngestReport, ProgressFn
+from ingest.records import noop
 from rag import telemetry
 from rag.errors import IndexMissing, QuestionTooLong, RagError
 from rag.filters import Filters

@@ -27,8 +27,8 @@ import ray
 from ray.exceptions import ActorUnavailableError, RayActorError, RayError
 
 from ingest import workers
+from ingest.batching import Batching, batching_of
 from ingest.discovery import FileTask
-from ingest.ingestor import Batching, batching_of
 from ingest.pipeline import Parsed, ToParse
 from ingest.ray_cluster import check_address, connect
 from rag.embedding import Precision, load_embedder

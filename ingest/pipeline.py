@@ -20,17 +20,9 @@ import numpy as np
 
 from ingest import embed_process, workers
 from ingest.discovery import OUTSIDE, FileTask, Found, discover, is_under
-from ingest.ingestor import (
-    Failure,
-    Ingestor,
-    IngestReport,
-    Progress,
-    ProgressFn,
-    RemoteEmbedding,
-    noop,
-    timed,
-)
+from ingest.ingestor import Ingestor, RemoteEmbedding
 from ingest.loaders import sha256_file
+from ingest.records import Failure, IngestReport, Progress, ProgressFn, noop, timed
 from rag import lexical
 from rag.embedding import Embedder, canonical_model_id, embedding_dimension, load_embedder
 from rag.errors import RebuildRefused

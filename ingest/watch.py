@@ -27,9 +27,9 @@ from pathlib import Path
 import watchfiles
 
 from ingest.discovery import UNSUPPORTED, discover, is_under
-from ingest.ingestor import IngestReport
 from ingest.loaders import kind_of
 from ingest.pipeline import IngestOptions, ingest_paths
+from ingest.records import IngestReport
 from rag.embedding import Embedder, load_embedder
 from rag.errors import IndexBusy
 from rag.settings import Settings

@@ -115,7 +115,7 @@ def test_actors_get_the_slices_one_process_would_embed(local_ray, tmp_path: Path
     """Flushes cut as this process cuts them for the same model and device
     (full token-budget batches), and the actor's vectors of token ids those
     of the model here."""
-    from ingest.ingestor import batching_of
+    from ingest.batching import batching_of
 
     settings = Settings(index=tmp_path / "i")
     here = load_embedder(settings.embedding_model, settings.embed_precision, "cpu")
