@@ -169,6 +169,13 @@ class RayEngine:
         self._actors: list[Any] = []
         self._batching: Batching | None = None
 
+    # Its actors embed a slice when the ingest asks for it (`RemoteEmbedding`).
+    embeds_ahead = False
+
+    def prepare(self) -> None:
+        """Nothing at the first file to parse: the actors start with the
+        parse tasks (`parse`), before them (`RemoteEmbedding`)."""
+
     def _start(self) -> None:
         if not self._ready:
             self.connected = connect(self.address)

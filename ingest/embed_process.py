@@ -149,6 +149,12 @@ class EmbeddingProcess:
         requests_in.close()  # the child's ends: a child that dies then reads as EOF here
         results_out.close()
 
+    embeds_ahead = True  # the child embeds what is sent while this process writes
+
+    def prepare(self) -> None:
+        """Start the child at the first file to parse (`RemoteEmbedding`)."""
+        self.start()
+
     def batching(self) -> Batching:
         """How the child's model wants its flushes cut: waits until it is
         loaded and warmed up."""

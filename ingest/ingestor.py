@@ -17,7 +17,7 @@ import numpy as np
 
 from ingest.batching import EMBED_BUFFER, Batching, batching_of, slices_of
 from ingest.chunking import Chunker
-from ingest.embed_process import EmbeddingProcess, warm_up
+from ingest.embed_process import warm_up
 from ingest.records import Failure, IngestReport, Progress, ProgressFn, noop, timed
 from rag.embedding import Embedder, Precision, load_embedder, load_token_counter
 from rag.errors import BadDocument, ModelMissing
@@ -33,7 +33,17 @@ Slices = Iterator[tuple[int, np.ndarray]]
 
 
 class RemoteEmbedding(Protocol):
-    """Embedding done elsewhere (`ingest.distributed.RayEngine`'s actors)."""
+    """Embedding done elsewhere (`ingest.distributed.RayEngine`'s actors,
+    `ingest.embed_process.EmbeddingProcess`)."""
+
+    # Embeds slices as soon as they are sent, so a flush may be stored while
+    # the next one embeds (`Ingestor._flush`).
+    embeds_ahead: bool
+
+    def prepare(self) -> None:
+        """The ingest found its first file to parse: start loading the model
+        if it loads apart from the parsing."""
+        ...
 
     def batching(self) -> Batching:
         """Asked at the first flush (the model may load meanwhile)."""
@@ -111,9 +121,8 @@ class Ingestor:
         and `embedder` joins it when the first chunks are to be embedded."""
         if self._embedder is not None or self._loading is not None:
             return
-        if isinstance(self._remote, EmbeddingProcess):  # it loads in its own process
-            self._remote.start()
-        if self._remote is not None:  # embedded elsewhere (Ray: its actors start with parsing)
+        if self._remote is not None:  # embedded elsewhere: it loads its own model
+            self._remote.prepare()
             return
         s = self.settings
         loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedder-load")
@@ -271,7 +280,7 @@ class Ingestor:
                 self._store(*held)
         with timed(self.report, "embed"):
             vectors = self._collect(pending, texts, slices, batches)
-        if hold and isinstance(self._remote, EmbeddingProcess):
+        if hold and self._remote is not None and self._remote.embeds_ahead:
             self._held = (pending, vectors)
         else:
             with timed(self.report, "write"):
