@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 OBJECT_STORE_BYTES = 256 * 2**20
 # How long an instance has to answer: a live one answers in milliseconds.
 ANSWER_SECONDS = 10.0
+# Starts of a private local instance tried before its failure is the error.
+START_ATTEMPTS = 2
 _ADDRESS = re.compile(r"^(auto|ray://\S+|[\w.\-]+:\d+)$")
 
 
@@ -152,16 +154,32 @@ def start_local(cpus: int | None = None) -> None:
     clusters = ray_constants.ENABLE_RAY_CLUSTER
     ray_constants.ENABLE_RAY_CLUSTER = False
     try:
-        ray.init(
-            address="local",
-            num_cpus=cpus or len(os.sched_getaffinity(0)),
-            object_store_memory=OBJECT_STORE_BYTES,
-            include_dashboard=False,
-            log_to_driver=False,
-            _node_ip_address="127.0.0.1",
-        )
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                _init_local(cpus)
+                return
+            except Exception as exc:  # Ray raises a bare Exception for this
+                if "timed out during startup" not in str(exc) or attempt == START_ATTEMPTS:
+                    raise
+                # Ray waits a fixed 30 s for its raylet to register; a busy
+                # machine can take longer. The half-started processes share
+                # this process's fate and end with it.
+                log.warning("ingest --ray: the local Ray instance did not start (%s); trying "
+                            "once more", exc)  # fmt: skip
+                ray.shutdown()
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = clusters
+
+
+def _init_local(cpus: int | None) -> None:
+    ray.init(
+        address="local",
+        num_cpus=cpus or len(os.sched_getaffinity(0)),
+        object_store_memory=OBJECT_STORE_BYTES,
+        include_dashboard=False,
+        log_to_driver=False,
+        _node_ip_address="127.0.0.1",
+    )
 
 
 def _private_token() -> None:
