@@ -201,3 +201,12 @@ def delete(kb: str, document: str, access: Requester, request: Request) -> dict[
     report = core.delete(access, kb, [record.path])
     shown = {"deleted": _document(record), "report": report.to_dict() | {"index": kb}}
     return public(shown, names)  # type: ignore[no-any-return]
+
+
+@router.delete(
+    "/v1/knowledge-bases/{kb}",
+    summary="Remove a knowledge base whole: documents, index, uploads, grants (an admin's key)",
+)
+def delete_knowledge_base(kb: str, access: Requester, request: Request) -> dict[str, object]:
+    service(request).core.delete_knowledge_base(access, kb)
+    return {"deleted": kb}

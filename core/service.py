@@ -380,6 +380,20 @@ class KnowledgeService:
         kb_dir = self.kb_dir(access, name, Action.WRITE)
         return library.delete_documents(access, kb_dir, paths, self.settings)
 
+    def delete_knowledge_base(self, access: Access, name: str) -> None:
+        """Remove `name` whole: documents, index, uploads, grants. An admin's
+        action. The open copy leaves the cache and is closed (its files
+        and connections let go before its folder goes); a search still
+        running on it fails."""
+        kb_dir = self.kb_dir(access, name, Action.ADMIN)
+        if name not in library.list_knowledge_bases(self.root):
+            raise no_such_kb(name)
+        with self._lock:
+            entry = self._open.pop(name, None)
+        if entry is not None:
+            entry.kb.close()
+        library.delete_knowledge_base(access, kb_dir, self.settings)
+
     def rebuild(
         self, access: Access, name: str, progress: ProgressFn = noop, allow_drop: bool = False
     ) -> IngestReport:

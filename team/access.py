@@ -88,16 +88,23 @@ class _Audit(Protocol):
     def record(self, user: str, action: str, target: str = "", detail: str = "") -> None: ...
 
 
-class _HasAudit(Protocol):
+class _Grants(Protocol):
+    def forget_kb(self, kb: str, *, by: str) -> list[str]: ...
+
+
+class _TeamDB(Protocol):
     @property
     def audit(self) -> _Audit: ...
+
+    @property
+    def accounts(self) -> _Grants: ...
 
 
 class AccessPolicy:
     """The one choke point. `db` (team.appdb.AppDB) keeps the denials in its
     audit trail; without one the policy still decides."""
 
-    def __init__(self, db: _HasAudit | None) -> None:
+    def __init__(self, db: _TeamDB | None) -> None:
         self.db = db
 
     def allows(self, user: User, action: Action, kb: str | None = None) -> bool:

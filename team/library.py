@@ -241,7 +241,7 @@ def rebuild(
 
 def delete_knowledge_base(access: Access, kb_dir: Path, settings: Settings) -> None:
     """Remove the knowledge base: its rows in its store (a Milvus drops its
-    collections), then its folder. An admin's action. Its folder is first
+    collections), then its folder, then every grant to it. An admin's action. Its folder is first
     renamed out of sight, so nothing opens it by name meanwhile; it comes
     back if its store refuses (an ingest is writing: `IndexBusy`)."""
     access.require(Action.ADMIN, kb_dir.name)
@@ -254,6 +254,8 @@ def delete_knowledge_base(access: Access, kb_dir: Path, settings: Settings) -> N
         raise
     shutil.rmtree(hidden)
     access.record("delete knowledge base", kb_dir.name)
+    if access.policy.db is not None:
+        access.policy.db.accounts.forget_kb(kb_dir.name, by=access.user.name)
 
 
 def has_index(kb_dir: Path, settings: Settings) -> bool:

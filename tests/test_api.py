@@ -292,6 +292,35 @@ def test_upload_see_in_stats_search_and_delete(offline):
         assert all("zorblat" not in d["text"] for d in hit.json()["data"])
 
 
+def test_only_an_admin_key_deletes_a_knowledge_base_and_its_grants_go_with_it(offline):
+    keys = accounts(offline)
+    db = open_app_db(offline)
+    db.accounts.grant("rex", "secret", by="test")
+    with serve(offline) as url:
+        ada, eve, rex = (
+            httpx.Client(base_url=url, headers={"Authorization": f"Bearer {keys[n]}"}, timeout=60)
+            for n in ("ada", "eve", "rex")
+        )
+        assert rex.post("/v1/search", json={"model": "secret", "query": "ingest"}).is_success
+        eve.get("/v1/knowledge-bases/default/stats").raise_for_status()  # she may write there
+        assert eve.delete("/v1/knowledge-bases/default").status_code == 403
+        assert rex.delete("/v1/knowledge-bases/secret").status_code == 403
+        deleted = ada.delete("/v1/knowledge-bases/secret")
+        assert deleted.status_code == 200, deleted.text
+        assert [m["id"] for m in ada.get("/v1/models").json()["data"]] == ["default"]
+        assert ada.delete("/v1/knowledge-bases/secret").status_code == 404
+        assert rex.post("/v1/search", json={"model": "secret", "query": "ingest"}).status_code in (
+            403, 404,
+        )  # fmt: skip
+    assert not (offline.indexes_root / "secret").exists()
+    assert (offline.indexes_root / "default").is_dir()
+    rex_now = db.accounts.user("rex")
+    assert rex_now is not None and rex_now.grants == frozenset({"default"})
+    done = [(e.user, e.action, e.target) for e in db.audit.entries()]
+    assert ("ada", "delete knowledge base", "secret") in done
+    assert ("ada", "revoke", "rex") in done
+
+
 # -- bounds and the rate limit ----------------------------------------------------------
 
 

@@ -299,6 +299,38 @@ def test_an_admin_manages_every_base_and_reads_the_audit(team, kb_root):
     assert "login" in set(audit["action"])
 
 
+def test_an_admin_deletes_a_knowledge_base_once_its_name_is_typed_and_its_grants_end(team, kb_root):
+    from core.service import KnowledgeService
+    from team.access import AccessDenied
+
+    team.accounts.grant("rita", "secret", by="test")
+    assert not [x for x in signed_in("eddie").expander if x.label == "Delete this knowledge base"]
+    with pytest.raises(AccessDenied):  # an editor with a grant, below the UI
+        KnowledgeService(Settings()).delete_knowledge_base(access_of(team, "eddie"), "default")
+    at = signed_in("ada")
+    picker(at).set_value("secret").run()
+    go = next(b for b in at.button if b.label == "Delete knowledge base")
+    assert go.disabled, "not before the name is typed"
+
+    def confirm():
+        return next(t for t in at.text_input if t.label == "Type “secret” to confirm")
+
+    confirm().set_value("default").run()  # another base's name does not do
+    assert next(b for b in at.button if b.label == "Delete knowledge base").disabled
+    assert (kb_root / "secret").is_dir()
+    confirm().set_value("secret").run()
+    next(b for b in at.button if b.label == "Delete knowledge base").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("Deleted knowledge base “secret”" in s.value for s in at.success)
+    assert picker(at).options == ["default"] and picker(at).value == "default"
+    assert at.query_params.get("kb") == "default"
+    assert not (kb_root / "secret").exists() and (kb_root / "default").is_dir()
+    rita = team.accounts.user("rita")
+    assert rita is not None and rita.grants == frozenset({"default"})
+    done = [(e.user, e.action, e.target) for e in team.audit.entries()]
+    assert ("ada", "delete knowledge base", "secret") in done and ("ada", "revoke", "rita") in done
+
+
 def test_readers_and_editors_have_no_audit_view(team):
     from team.access import AccessDenied
     from ui import account

@@ -188,6 +188,24 @@ def test_deleting_a_base_drops_its_collections_and_no_other(two_bases, embedder)
     assert everything_found(finance, embedder) == set(FINANCE)
 
 
+def test_the_service_deletes_a_base_it_holds_open_and_the_name_starts_afresh(
+    two_bases, embedder, tmp_path
+):
+    from core.service import KnowledgeService
+
+    public, finance = two_bases
+    svc = KnowledgeService(public)
+    assert svc.search(LOCAL_ADMIN, "public", "ferry", k=2)  # now open, in its cache
+    assert svc.is_open("public")
+    svc.delete_knowledge_base(LOCAL_ADMIN, "public")
+    assert not svc.is_open("public") and not public.index.exists()
+    folder = write_notes(tmp_path / "docs" / "again", {"new.md": "# New\n\nA new base."})
+    report = ingest_paths([str(folder)], public, embedder=embedder)  # the same name, same file
+    assert report.added == 1 and not report.failed, report
+    assert listed(public, embedder) == ["new.md"]
+    assert listed(finance, embedder) == sorted(FINANCE)
+
+
 def editor_of(name: str):
     from team.access import Access, AccessPolicy, Role, User
 

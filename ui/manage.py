@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
 from streamlit.runtime.uploaded_file_manager import UploadedFile
 
 from core.service import KnowledgeService, TooManyFiles, Uploaded
@@ -28,6 +29,7 @@ from team.access import Access, Action
 from team.sources import SourceNames
 from ui import safe_text
 from ui.messages import for_user, plural
+from ui.sidebar import forget_chosen
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +80,17 @@ def manage_tab(svc: KnowledgeService, access: Access, name: str) -> StoreStats |
     if files and st.button("Ingest", type="primary"):
         save_and_ingest(svc, access, kb_dir, files)
         _done("uploads")
-    if not svc.has_index(access, name):
-        return None
+    stats = _documents(svc, access, name, summary) if svc.has_index(access, name) else None
+    if access.role_allows(Action.ADMIN):
+        delete_knowledge_base(svc, access, kb_dir)
+    return stats
+
+
+def _documents(
+    svc: KnowledgeService, access: Access, name: str, summary: DeltaGenerator
+) -> StoreStats:
+    """The documents with their actions, and the base's numbers in `summary`."""
+    kb_dir = svc.kb_dir(access, name, Action.WRITE)
     kb = open_kb(svc, access, name, Action.WRITE)
     st.subheader("Documents")
     names = SourceNames.of(kb)
@@ -125,6 +136,29 @@ def delete_documents(
             return
         flash("success", f"Deleted {plural(report.deleted, 'document')}.")
         _done("doomed")
+
+
+def delete_knowledge_base(svc: KnowledgeService, access: Access, kb_dir: Path) -> None:
+    """An admin's: the whole base, once its name is typed again."""
+    name = kb_dir.name
+    with st.expander("Delete this knowledge base"):
+        st.warning(
+            f"This removes “{name}” whole: its documents, its index, the files uploaded "
+            "to it and every grant to it. It cannot be undone."
+        )
+        typed = st.text_input(f"Type “{name}” to confirm", key=_fresh("drop-kb", kb_dir))
+        clicked = st.button("Delete knowledge base", disabled=typed != name, key="drop-kb-go")
+        if not (clicked and typed == name):
+            return
+        try:
+            svc.delete_knowledge_base(access, name)
+        except RagError as exc:
+            log.warning("deleting knowledge base %s failed: %s", name, exc)
+            st.error(safe_text.escape(for_user(str(exc)).replace(str(kb_dir), name)))
+            return
+    flash("success", f"Deleted knowledge base “{name}”.")
+    forget_chosen()
+    _done("drop-kb")
 
 
 def rebuild_controls(

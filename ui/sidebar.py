@@ -50,6 +50,13 @@ def _choose(name: str | None) -> None:
     st.session_state[_PICKS] = st.session_state.get(_PICKS, 0) + 1
 
 
+def forget_chosen() -> None:
+    """The base shown is gone (deleted): the next run shows the default or
+    the first one left, and the address no longer names it."""
+    _choose(None)
+    st.query_params.pop("kb", None)
+
+
 def _picked(key: str) -> None:
     st.session_state[_CHOSEN] = st.session_state.get(key)
 

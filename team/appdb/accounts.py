@@ -194,6 +194,20 @@ class Accounts:
                 conn.execute(revoked_grants.insert().values(username=name, kb=kb))
         self.audit.record(by, "revoke", name, f"kb={kb}")
 
+    def forget_kb(self, kb: str, *, by: str) -> list[str]:
+        """Ends every grant of `kb` (and every kept revoke), for a knowledge
+        base being deleted: a new base of the same name starts with none.
+        The users who held a grant, each revoke in the audit trail."""
+        _check_kb(kb)
+        with self.engine.begin() as conn:
+            held = select(grants.c.username).where(grants.c.kb == kb).order_by(grants.c.username)
+            holders = [row.username for row in conn.execute(held)]
+            conn.execute(grants.delete().where(grants.c.kb == kb))
+            conn.execute(revoked_grants.delete().where(revoked_grants.c.kb == kb))
+        for name in holders:
+            self.audit.record(by, "revoke", name, f"kb={kb} (deleted)")
+        return holders
+
     def user(self, name: str) -> User | None:
         """The enabled account `name` with its grants as they are now."""
         with self.engine.connect() as conn:
