@@ -110,6 +110,31 @@ def remove(name: str) -> None:
     click.echo(f"Removed {name} and {talks} conversation{'' if talks == 1 else 's'}.")
 
 
+@users.command()
+@click.argument("name")
+def disable(name: str) -> None:
+    """Keep NAME out (logins, sessions, API keys) without removing anything."""
+    _db().accounts.set_disabled(name, True, by=_by())
+    click.echo(f"Disabled {name}; their sessions are ended and their keys refused.")
+
+
+@users.command()
+@click.argument("name")
+def enable(name: str) -> None:
+    """Let a disabled NAME in again, with their grants and keys as they were."""
+    _db().accounts.set_disabled(name, False, by=_by())
+    click.echo(f"Enabled {name}.")
+
+
+@users.command()
+@click.argument("name")
+@click.argument("role", type=click.Choice([r.value for r in Role]))
+def role(name: str, role: str) -> None:
+    """Give NAME the role ROLE (their grants stay)."""
+    _db().accounts.set_role(name, role, by=_by())
+    click.echo(f"{name} is now {role}.")
+
+
 @users.command(name="list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def list_users(as_json: bool) -> None:

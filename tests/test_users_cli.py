@@ -143,3 +143,28 @@ def test_remove_says_the_conversations_go_too(root):
     assert result.exit_code == 0, result.output
     assert "conversation" in result.stdout
     assert db.conversations.list("ann", "default") == []
+
+
+def test_disable_keeps_a_user_out_until_enabled_and_role_changes_it(root):
+    rag("add", "ann", "--role", "reader", "--kb", "default", "--password-stdin", stdin=PASSWORD)
+    db = open_app_db(Settings(indexes_root=root))
+    token = db.accounts.create_session(db.accounts.verify_login("ann", PASSWORD))
+    _, key = db.keys.create("ann", by="test")
+    disabled = rag("disable", "ann")
+    assert disabled.exit_code == 0, disabled.output
+    assert db.accounts.session_user(token) is None, "whoever was logged in is out"
+    assert db.keys.user(key) is None, "and their keys are refused"
+    assert db.accounts.user("ann") is None, "no run of the app or the API acts as ann"
+    assert listed()[0]["disabled"] is True and listed()[0]["kbs"] == ["default"]
+    assert rag("enable", "ann").exit_code == 0
+    assert db.accounts.verify_login("ann", PASSWORD).name == "ann"
+    assert db.keys.user(key) is not None
+    assert rag("role", "ann", "editor").exit_code == 0
+    assert listed()[0] | {"created": 0} == {
+        "name": "ann", "role": "editor", "kbs": ["default"], "disabled": False, "created": 0,
+    }  # fmt: skip
+    actions = [(e.action, e.target) for e in db.audit.entries()]
+    for done in [("disable", "ann"), ("enable", "ann"), ("role", "ann")]:
+        assert done in actions, actions
+    assert rag("disable", "zed").exit_code == 1
+    assert rag("role", "ann", "owner").exit_code == 2  # not a role: a usage error
