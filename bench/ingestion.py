@@ -19,6 +19,13 @@ sizes (PSS: a page shared by several processes counts once in total).
 
     .venv/bin/python bench/ingestion.py            # the table (~30 min on 2 cores)
     .venv/bin/python bench/ingestion.py --parts pdf --skip-tutorial
+    .venv/bin/python bench/ingestion.py --memory     # our peak memory, 1x against 4x
+
+`--memory` ingests the first quarter of SciFact's abstracts (1x) and then
+all of them (4x: every file a different abstract, so nothing is skipped as
+a copy), each into a new index, and prints the peak memory of each run and
+its ratio to the 1x run's: memory bound by the pipeline's queues stays
+flat while the corpus grows.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -118,14 +126,39 @@ def measure(pipeline: str, folder: Path) -> dict[str, Any]:
     return result
 
 
+def memory_table() -> None:
+    """Our peak memory on 1x and 4x corpora (SciFact's first quarter, all of it)."""
+    whole = corpora.scifact_texts()
+    files = sorted(whole.iterdir())
+    print("| corpus | files | chunks | seconds | peak memory, all processes (MB) | against 1x |")
+    print("|---|---|---|---|---|---|")
+    first = None
+    for scale, count in (("1x", len(files) // 4), ("4x", len(files) // 4 * 4)):
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp) / scale
+            folder.mkdir()
+            for path in files[:count]:
+                shutil.copyfile(path, folder / path.name)
+            r = measure("ours", folder)
+        first = first or r["peak_mb"]
+        print(f"| SciFact {scale} | {r['files']} | {r['chunks']} | {r['seconds']:.1f} | "
+              f"{r['peak_mb']:.0f} | {r['peak_mb'] / first:.2f} |")  # fmt: skip
+        sys.stdout.flush()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--parts", default="pdf,scifact", help="pdf, scifact or both")
     parser.add_argument("--skip-tutorial", action="store_true")
+    parser.add_argument("--memory", action="store_true", help="peak memory, 1x against 4x")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child[0], Path(args.child[1]), Path(args.child[2]))
+        return 0
+    if args.memory:
+        print(f"Ingestion memory — {platform.node()}, {os.cpu_count()} cores, {date.today()}\n")
+        memory_table()
         return 0
 
     folders = {"pdf": corpora.r_manuals, "scifact": corpora.scifact_texts}
