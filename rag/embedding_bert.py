@@ -173,6 +173,40 @@ def bert_problem(folder: Path) -> str:
     return problem or _weights_problem(folder, BertConfig.of(config))
 
 
+# The three kinds of layer, with weights left uninitialised for the
+# checkpoint to fill: torch's own (nn.Linear, ...) draw random weights first,
+# and building them on the meta device instead imports torch._dynamo; either
+# costs more than the rest of the load.
+class _Linear(nn.Module):
+    def __init__(self, inputs: int, outputs: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(outputs, inputs), requires_grad=False)
+        self.bias = nn.Parameter(torch.empty(outputs), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return functional.linear(x, self.weight, self.bias)
+
+
+class _LayerNorm(nn.Module):
+    def __init__(self, size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(size), requires_grad=False)
+        self.bias = nn.Parameter(torch.empty(size), requires_grad=False)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return functional.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+
+
+class _Embedding(nn.Module):
+    def __init__(self, rows: int, size: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(rows, size), requires_grad=False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return functional.embedding(ids, self.weight)
+
+
 class _Layer(nn.Module):
     """One encoder layer: self-attention, then the feed-forward, each added
     to its input and layer-normalised after (BERT's post-LayerNorm)."""
@@ -183,15 +217,13 @@ class _Layer(nn.Module):
         self.heads = sizes.num_attention_heads
         # Submodules named as transformers names them, so the checkpoint's
         # state dict loads as it is.
-        projections = {name: nn.Linear(h, h) for name in ("query", "key", "value")}
+        projections = {name: _Linear(h, h) for name in ("query", "key", "value")}
         self.attention = nn.ModuleDict({
             "self": nn.ModuleDict(projections),
-            "output": nn.ModuleDict({"dense": nn.Linear(h, h), "LayerNorm": nn.LayerNorm(h, eps)}),
+            "output": nn.ModuleDict({"dense": _Linear(h, h), "LayerNorm": _LayerNorm(h, eps)}),
         })  # fmt: skip
-        self.intermediate = nn.ModuleDict({"dense": nn.Linear(h, inner)})
-        self.output = nn.ModuleDict(
-            {"dense": nn.Linear(inner, h), "LayerNorm": nn.LayerNorm(h, eps)}
-        )
+        self.intermediate = nn.ModuleDict({"dense": _Linear(h, inner)})
+        self.output = nn.ModuleDict({"dense": _Linear(inner, h), "LayerNorm": _LayerNorm(h, eps)})
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         rows, width, hidden = x.shape
@@ -215,10 +247,10 @@ class BertEncoder(nn.Module):
         super().__init__()
         h = sizes.hidden_size
         self.embeddings = nn.ModuleDict({
-            "word_embeddings": nn.Embedding(sizes.vocab_size, h),
-            "position_embeddings": nn.Embedding(sizes.max_position_embeddings, h),
-            "token_type_embeddings": nn.Embedding(sizes.type_vocab_size, h),
-            "LayerNorm": nn.LayerNorm(h, sizes.layer_norm_eps),
+            "word_embeddings": _Embedding(sizes.vocab_size, h),
+            "position_embeddings": _Embedding(sizes.max_position_embeddings, h),
+            "token_type_embeddings": _Embedding(sizes.type_vocab_size, h),
+            "LayerNorm": _LayerNorm(h, sizes.layer_norm_eps),
         })  # fmt: skip
         layers = nn.ModuleList(_Layer(sizes) for _ in range(sizes.num_hidden_layers))
         self.encoder = nn.ModuleDict({"layer": layers})
@@ -246,15 +278,14 @@ class BertEncoder(nn.Module):
 
 
 def load_encoder(folder: Path, sizes: BertConfig) -> BertEncoder:
-    """The encoder with the folder's model.safetensors, in float32: built
-    without memory of its own (the meta device), then given the loaded
-    tensors; `load_state_dict` checks every name and shape."""
+    """The encoder with the folder's model.safetensors, in float32: the
+    loaded tensors take the place of the empty ones (`assign`), and
+    `load_state_dict` checks every name and shape."""
     from safetensors.torch import load_file
 
     stored = load_file(str(folder / "model.safetensors"))
     state = {k: stored[n].to(torch.float32) for k, n in checkpoint_names(list(stored)).items()}
-    with torch.device("meta"):
-        model = BertEncoder(sizes)
+    model = BertEncoder(sizes)
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval()
 
