@@ -15,8 +15,9 @@ from rag.errors import ModelMissing
 
 Kind = Literal["document", "query"]
 Precision = Literal["auto", "float32", "bfloat16", "float16"]
-# What embeds on the CPU: torch (transformers, or sentence-transformers for
-# the models only it reproduces: `load_embedder`), or ONNX Runtime in
+# What embeds on the CPU: torch (plain PyTorch for BERT folders,
+# transformers for other architectures, or sentence-transformers for the
+# models only it reproduces: `load_embedder`), or ONNX Runtime in
 # float32 or int8 (rag/embedding_onnx.py). A GPU always embeds with torch.
 Backend = Literal["torch", "onnx", "onnx-int8"]
 BACKENDS: tuple[str, ...] = ("torch", "onnx", "onnx-int8")

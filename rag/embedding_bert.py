@@ -272,7 +272,8 @@ class BertEncoder(nn.Module):
         x = embed["LayerNorm"](x)
         # Every query attends to its row's real tokens only (True: attend).
         keep = attention_mask.bool()[:, None, None, :]
-        for layer in self.encoder["layer"]:  # type: ignore[union-attr]
+        layers: Any = self.encoder["layer"]
+        for layer in layers:
             x = layer(x, keep)
         return x
 

@@ -2,7 +2,9 @@
 (AutoModel) and the pooling its sentence-transformers files declare, for the
 folders whose every module we reproduce (`plan_of`). sentence-transformers
 is never imported here: importing it costs seconds at every start, for
-machinery (prompts, modalities, training) these models do not use."""
+machinery (prompts, modalities, training) these models do not use.
+`load_embedder` runs the BERT folders `rag.embedding_bert` reproduces on
+plain PyTorch instead, without transformers' own seconds of import."""
 
 from __future__ import annotations
 
