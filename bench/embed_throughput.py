@@ -72,7 +72,9 @@ def raw_forward(
 
     from rag.embedding import SentenceTransformerEmbedder
 
-    model = embedder._model  # transformers' model (rag.embedding_hf)
+    # transformers' model (rag.embedding_hf), or the plain encoder
+    # (rag.embedding_bert), which returns the token vectors themselves.
+    model = embedder._model
     if isinstance(embedder, SentenceTransformerEmbedder):
         first = model[0]  # sentence-transformers' Transformer module
         model = getattr(first, "auto_model", None) or first.model
@@ -91,7 +93,8 @@ def raw_forward(
     def run() -> None:
         with torch.inference_mode():
             for input_ids, mask in batches:
-                hidden = model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+                out = model(input_ids=input_ids, attention_mask=mask)
+                hidden = getattr(out, "last_hidden_state", out)
                 weights = mask.unsqueeze(-1).to(hidden.dtype)
                 (hidden * weights).sum(1) / weights.sum(1)
 

@@ -1,8 +1,9 @@
 """Ingestion's start-up: the seconds to import the embedding libraries, load
 the model and embed a first batch, for the embedder `load_embedder` picks
-(`rag.embedding_hf.TransformersEmbedder` on transformers alone for the
-default model) and for `SentenceTransformerEmbedder`. Each measure is a
-fresh Python process (imports are cached within one), repeated; the table
+(`rag.embedding_bert.BertEmbedder` on plain PyTorch for the default model),
+for `rag.embedding_hf.TransformersEmbedder` (transformers, the route of
+other architectures) and for `SentenceTransformerEmbedder`. Each measure is
+a fresh Python process (imports are cached within one), repeated; the table
 gives the median of each step.
 
     .venv/bin/python bench/startup.py
@@ -34,17 +35,21 @@ def step(name, fn):
     return out
 which, model, device = sys.argv[1:4]
 step("import torch", lambda: __import__("torch"))
-step("import transformers", lambda: __import__("transformers"))
-if which == "sentence-transformers":
-    step("import sentence_transformers", lambda: __import__("sentence_transformers"))
-    from rag.embedding import SentenceTransformerEmbedder as make
-else:
+if which == "load_embedder":
     from rag.embedding import load_embedder as make
+else:
+    step("import transformers", lambda: __import__("transformers"))
+    if which == "sentence-transformers":
+        step("import sentence_transformers", lambda: __import__("sentence_transformers"))
+        from rag.embedding import SentenceTransformerEmbedder as make
+    else:
+        from rag.embedding_hf import TransformersEmbedder as make
 embedder = step("load the model", lambda: make(model, "auto", device))
 texts = ["A first passage to embed, of a few words."] * 64
 step("first embed (64 passages)", lambda: embedder.embed_batch(texts))
 marks["embedder"] = type(embedder).__name__
-marks["sentence_transformers imported"] = "sentence_transformers" in sys.modules
+marks["imported"] = sorted({m.split(".")[0] for m in sys.modules}
+                          & {"transformers", "sentence_transformers"})
 print(json.dumps(marks))
 """
 
@@ -84,7 +89,7 @@ def main() -> int:
           f"{args.model} on {args.device}, median of {args.repeats} fresh processes\n")  # fmt: skip
     print("| embedder | " + " | ".join(STEPS) + " | import + load |")
     print("|---" * (len(STEPS) + 2) + "|")
-    for which in ("load_embedder", "sentence-transformers"):
+    for which in ("load_embedder", "transformers", "sentence-transformers"):
         runs = [measure(which, args.model, args.device) for _ in range(args.repeats)]
         cells = []
         for name in STEPS:
@@ -95,8 +100,8 @@ def main() -> int:
             for r in runs
         )
         label = f"{which} ({runs[0]['embedder']})"
-        if which == "load_embedder" and runs[0]["sentence_transformers imported"]:
-            label += ", sentence_transformers imported"
+        if which == "load_embedder" and runs[0]["imported"]:
+            label += f", {' and '.join(runs[0]['imported'])} imported"  # type: ignore[arg-type]
         print(f"| {label} | " + " | ".join(cells) + f" | {total:.2f} |")
     return 0
 

@@ -15,8 +15,9 @@ from rag.errors import ModelMissing
 
 Kind = Literal["document", "query"]
 Precision = Literal["auto", "float32", "bfloat16", "float16"]
-# What embeds on the CPU: torch (transformers, or sentence-transformers for
-# the models only it reproduces: `load_embedder`), or ONNX Runtime in
+# What embeds on the CPU: torch (plain PyTorch for BERT folders,
+# transformers for other architectures, or sentence-transformers for the
+# models only it reproduces: `load_embedder`), or ONNX Runtime in
 # float32 or int8 (rag/embedding_onnx.py). A GPU always embeds with torch.
 Backend = Literal["torch", "onnx", "onnx-int8"]
 BACKENDS: tuple[str, ...] = ("torch", "onnx", "onnx-int8")
@@ -96,6 +97,8 @@ class TorchEmbedder:
     precision: str
     batch_tokens: int  # padded tokens a batch of `embed_token_ids`
     _tokenizer: Any
+    _pad_id: int  # the id padding rows (masked: any id gives the same vectors)
+    _token_types: bool  # whether the model takes token_type_ids
 
     def _place(self, precision: Precision, device: str) -> None:
         self.device = resolve_device(device)
@@ -105,6 +108,8 @@ class TorchEmbedder:
 
     def _use_tokenizer(self, tokenizer: Any, max_length: int) -> None:
         self._tokenizer = tokenizer
+        self._pad_id = tokenizer.pad_token_id or 0
+        self._token_types = "token_type_ids" in tokenizer.model_input_names
         self.max_tokens = max_length - len(tokenizer("")["input_ids"])
         # The chunker counts tokens tens of thousands of times a document;
         # the Rust tokenizer behind a "fast" one gives the same counts for
@@ -153,8 +158,7 @@ class TorchEmbedder:
         import torch
 
         width = max(len(r) for r in rows)
-        pad = self._tokenizer.pad_token_id or 0
-        input_ids = np.full((len(rows), width), pad, dtype=np.int64)
+        input_ids = np.full((len(rows), width), self._pad_id, dtype=np.int64)
         mask = np.zeros((len(rows), width), dtype=np.int64)
         for n, row in enumerate(rows):
             input_ids[n, : len(row)] = row
@@ -163,7 +167,7 @@ class TorchEmbedder:
             "input_ids": torch.from_numpy(input_ids),
             "attention_mask": torch.from_numpy(mask),
         }
-        if "token_type_ids" in self._tokenizer.model_input_names:
+        if self._token_types:
             features["token_type_ids"] = torch.zeros_like(features["input_ids"])
         if pin:  # page-locked host memory: the copy to the GPU runs asynchronously
             return {
@@ -252,10 +256,15 @@ class TokenCounter:
     torch, no weights, so a parser process can split documents and tokenize
     passages once for `embed_token_ids`. Counts as the `Embedder` does."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(
+        self, name: str, folder: Path | None = None, max_length: int | None = None
+    ) -> None:
+        """`folder`: where model `name` lies (default: the bundled package or
+        the folder `name`); `max_length`: the model's window (default:
+        sentence_bert_config.json's, else 512)."""
         from tokenizers import Tokenizer
 
-        folder = Path(_model_location(name))
+        folder = folder or Path(_model_location(name))
         found = folder / "tokenizer.json"
         if not found.is_file():
             raise ModelMissing(f"No tokenizer.json in {folder}: the model has no fast tokenizer.")
@@ -264,7 +273,7 @@ class TokenCounter:
         self._counter.no_padding()
         config = folder / "sentence_bert_config.json"
         settings = json.loads(config.read_text()) if config.is_file() else {}
-        self.max_length = int(settings.get("max_seq_length") or 512)
+        self.max_length = max_length or int(settings.get("max_seq_length") or 512)
         specials = len(self._counter.encode("").ids)
         self.max_tokens = self.max_length - specials
         # A second copy for passages: truncated as sentence-transformers
@@ -275,6 +284,9 @@ class TokenCounter:
 
     def count_tokens(self, text: str) -> int:
         return len(self._counter.encode(text, add_special_tokens=False).ids)
+
+    def token_id(self, token: str) -> int | None:
+        return self._counter.token_to_id(token)  # type: ignore[no-any-return]
 
     def encode(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Token ids of passages as the model reads them, in one batch call;
@@ -339,7 +351,9 @@ def load_embedder(
     transformers alone, without sentence-transformers' seconds of import;
     any other on sentence-transformers. Queries stay on the CPU by default: one query embeds
     in milliseconds there, and the GPU of an answering box belongs to vLLM.
-    `backend` (`resolve_backend`) picks what embeds on the CPU."""
+    A BERT folder that `rag.embedding_bert` reproduces (the default model
+    is one) runs on plain PyTorch, without transformers' seconds of import
+    either. `backend` (`resolve_backend`) picks what embeds on the CPU."""
     chosen = resolve_backend(backend)
     if chosen != "torch" and resolve_device(device) != "cpu":
         chosen = "torch"
@@ -372,6 +386,12 @@ def _load(name: str, precision: Precision, device: str, backend: Backend) -> Emb
             # reproduces (a Dense layer, a query prompt, ...), or a model
             # not on disk, which sentence-transformers names in its error.
             return SentenceTransformerEmbedder(name, precision, device)
+        from rag.embedding_bert import BertEmbedder, bert_problem
+
+        if not bert_problem(plan.folder):
+            return BertEmbedder(name, precision, device, plan)
+        # Another architecture, or a BERT folder the plain encoder does not
+        # reproduce exactly: transformers reads it as it always did.
         return TransformersEmbedder(name, precision, device, plan)
     from rag.embedding_onnx import OnnxEmbedder
 

@@ -2,7 +2,9 @@
 (AutoModel) and the pooling its sentence-transformers files declare, for the
 folders whose every module we reproduce (`plan_of`). sentence-transformers
 is never imported here: importing it costs seconds at every start, for
-machinery (prompts, modalities, training) these models do not use."""
+machinery (prompts, modalities, training) these models do not use.
+`load_embedder` runs the BERT folders `rag.embedding_bert` reproduces on
+plain PyTorch instead, without transformers' own seconds of import."""
 
 from __future__ import annotations
 
@@ -125,6 +127,18 @@ def plan_of(folder: Path) -> Plan | str:
     return Plan(folder, modes[0], int(length) if length else None, dimension)  # type: ignore[arg-type]
 
 
+def pool(hidden: Any, attention_mask: Any, pooling: Pooling) -> Any:
+    """One vector per row of token vectors `hidden` (torch tensors), as
+    sentence-transformers' Pooling module gives it."""
+    import torch
+
+    if pooling == "cls":  # the first token: inputs are padded on the right
+        return hidden[:, 0]
+    mask = attention_mask.unsqueeze(-1).to(torch.float32)
+    summed = (hidden.to(torch.float32) * mask).sum(dim=1)
+    return summed / mask.sum(dim=1).clamp_min(1e-9)
+
+
 def model_folder(name: str) -> Path | None:
     """The folder holding model `name` (a folder, the bundled package, or a
     snapshot in the local Hugging Face cache), or None when none is on disk
@@ -185,14 +199,8 @@ class TransformersEmbedder(TorchEmbedder):
         self._use_tokenizer(tokenizer, self.max_length)
 
     def _pooled(self, features: dict[str, Any]) -> Any:
-        import torch
-
         hidden = self._model(**features).last_hidden_state
-        if self.pooling == "cls":  # the first token: inputs are padded on the right
-            return hidden[:, 0]
-        mask = features["attention_mask"].unsqueeze(-1).to(torch.float32)
-        summed = (hidden.to(torch.float32) * mask).sum(dim=1)
-        return summed / mask.sum(dim=1).clamp_min(1e-9)
+        return pool(hidden, features["attention_mask"], self.pooling)
 
     def embed_batch(self, texts: Sequence[str], kind: Kind = "document") -> np.ndarray:
         """Texts tokenized by the model's tokenizer as sentence-transformers

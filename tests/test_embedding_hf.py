@@ -6,8 +6,6 @@ a folder with modules it does not reproduce goes to sentence-transformers."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -73,23 +71,8 @@ def test_it_counts_and_measures_as_the_reference(reference, plain) -> None:
     assert plain.tokenizer("a b", add_special_tokens=False)["input_ids"] == [1037, 1038]
 
 
-PROBE = r"""
-import json, sys
-from rag.embedding import load_embedder
-embedder = load_embedder("all-MiniLM-L6-v2", "float32", "cpu")
-embedder.embed_batch(["warm up"], kind="query")
-loaded = sorted(m for m in sys.modules if m.split(".")[0] == "sentence_transformers")
-print(json.dumps({"kind": type(embedder).__name__, "loaded": loaded}))
-"""
-
-
-def test_loading_the_default_model_never_imports_sentence_transformers() -> None:
-    probe = subprocess.run(
-        [sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=300
-    )
-    assert probe.returncode == 0, probe.stderr[-2000:]
-    result = json.loads(probe.stdout.strip().splitlines()[-1])
-    assert result == {"kind": "TransformersEmbedder", "loaded": []}
+# That loading the default model imports neither sentence-transformers nor
+# transformers: tests/test_embedding_bert.py (it runs on rag.embedding_bert).
 
 
 def _copy_model(source: Path, target: Path) -> Path:
@@ -119,10 +102,12 @@ def test_cls_pooling_matches_sentence_transformers(tmp_path) -> None:
     config = json.loads(pooling.read_text())
     config.update(pooling_mode_cls_token=True, pooling_mode_mean_tokens=False)
     pooling.write_text(json.dumps(config))
-    chosen = load_embedder(str(folder), "float32", "cpu")
-    assert isinstance(chosen, TransformersEmbedder) and chosen.pooling == "cls"
+    chosen = load_embedder(str(folder), "float32", "cpu")  # a BERT: rag.embedding_bert's
+    on_transformers = TransformersEmbedder(str(folder), "float32", "cpu")
     expected = SentenceTransformerEmbedder(str(folder), "float32", "cpu").embed_batch(TEXTS)
-    assert _least_cosine(chosen.embed_batch(TEXTS), expected) > 1 - 1e-3
+    for embedder in (chosen, on_transformers):
+        assert embedder.pooling == "cls"
+        assert _least_cosine(embedder.embed_batch(TEXTS), expected) > 1 - 1e-3
 
 
 def test_a_folder_with_a_dense_layer_goes_to_sentence_transformers(tmp_path) -> None:

@@ -40,7 +40,9 @@ def test_a_missing_model_is_named_and_the_environment_is_left_alone():
     assert result["changed"] == []
 
 
-@pytest.mark.parametrize("which", ["SentenceTransformerEmbedder", "TransformersEmbedder"])
+@pytest.mark.parametrize(
+    "which", ["SentenceTransformerEmbedder", "TransformersEmbedder", "BertEmbedder"]
+)
 def test_models_loaded_at_once_in_several_threads_each_keep_one_dtype(which):
     # The app's sessions run in threads of one process: two sessions opening
     # knowledge bases at once load two models at once. Loading in bfloat16
@@ -51,9 +53,11 @@ def test_models_loaded_at_once_in_several_threads_each_keep_one_dtype(which):
 
     import torch
 
-    from rag import embedding, embedding_hf
+    from rag import embedding, embedding_bert, embedding_hf
 
-    make = getattr(embedding, which, None) or getattr(embedding_hf, which)
+    make = next(
+        getattr(m, which) for m in (embedding, embedding_hf, embedding_bert) if hasattr(m, which)
+    )
     loaded: list[embedding.TorchEmbedder] = []
 
     def load() -> None:
