@@ -68,9 +68,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference(
-    corpus: Path, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[IngestReport, Path]:
+def reference(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[IngestReport, Path]:
     """The corpus ingested in this process, without Ray: what an ingest on
     Ray must match (tests only read it)."""
     index = tmp_path_factory.mktemp("reference") / "here"
