@@ -55,8 +55,8 @@ test: setup llm-setup llm-setup-tiny system-setup
 # pytest-xdist: on a quiet 2-core box -n 2 was faster (about 11 minutes
 # against 17 in one process), but not the default: on a loaded machine it
 # was no faster (each worker loads the model and builds the session's
-# indexes again), test_watch's restart test failed under -n 2 and -n 4, and
-# one worker's parser pools were seen to break (BrokenProcessPool). `make test` runs every test, in one process:
+# indexes again), and one worker's parser pools were seen to break
+# (BrokenProcessPool). `make test` runs every test, in one process:
 # the real servers are started once per session, not once per worker.
 FAST_MARKERS := not llm and not browser and not postgres and not slow
 TEST_WORKERS ?= 0

@@ -90,21 +90,45 @@ def two_kbs(kb_root: Path) -> Path:
     return kb_root
 
 
-def test_stdio_lists_the_three_tools_and_the_knowledge_bases(two_kbs):
-    async def work(session: ClientSession) -> Any:
-        tools = await session.list_tools()
-        listed = await session.call_tool("list_knowledge_bases", {})
-        return tools, listed
+LONG_QUESTION = "why " * 60  # 240 characters
 
-    tools, listed = over_stdio(two_kbs, work)
+
+@pytest.fixture(scope="module")
+def stdio_replies(tmp_path_factory: pytest.TempPathFactory, docs_index: Path) -> dict[str, Any]:
+    """What one `rag mcp` over stdio answered to the calls of the tests that
+    only read (each server loads the embedding model: seconds a start): the
+    sample knowledge base as `default` and as `private`, an LLM server that
+    is not there and questions of at most 200 characters."""
+    root = tmp_path_factory.mktemp("mcp-stdio")
+    for name in ("default", "private"):
+        shutil.copytree(docs_index, root / name)
+
+    async def work(session: ClientSession) -> dict[str, Any]:
+        return {
+            "tools": await session.list_tools(),
+            "listed": await session.call_tool("list_knowledge_bases", {}),
+            "found": await search(k=3)(session),
+            "too_many": await search(k=10_000)(session),
+            "missing": await search(kb="nowhere")(session),
+            "escaping": await search(kb="../default")(session),
+            "unreachable": await ask(QUESTION)(session),
+            "too_long": await ask(LONG_QUESTION)(session),
+        }
+
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    return over_stdio(root, work, RAG_LLM_URL=dead, RAG_MAX_QUESTION_CHARS="200")
+
+
+def test_stdio_lists_the_three_tools_and_the_knowledge_bases(stdio_replies):
+    tools, listed = stdio_replies["tools"], stdio_replies["listed"]
     assert {tool.name for tool in tools.tools} == TOOLS
     schema = next(t for t in tools.tools if t.name == "search_knowledge_base").input_schema
     assert set(schema["required"]) == {"knowledge_base", "query"}
     assert payload(listed) == {"result": ["default", "private"]}
 
 
-def test_stdio_search_ranks_the_ingestion_page_first(kb_root):
-    found = payload(over_stdio(kb_root, search(k=3)))
+def test_stdio_search_ranks_the_ingestion_page_first(stdio_replies):
+    found = payload(stdio_replies["found"])
     passages = found["passages"]
     assert len(passages) == 3 and [p["n"] for p in passages] == [1, 2, 3]
     assert Path(passages[0]["source"]).name == "how-ingestion-works.md"
@@ -112,15 +136,8 @@ def test_stdio_search_ranks_the_ingestion_page_first(kb_root):
     assert passages[0]["text"] and "page" in passages[0]
 
 
-def test_stdio_search_bounds_k_and_names_a_missing_knowledge_base(kb_root):
-    async def work(session: ClientSession) -> Any:
-        return [
-            await search(k=10_000)(session),
-            await search(kb="nowhere")(session),
-            await search(kb="../default")(session),
-        ]
-
-    too_many, missing, escaping = over_stdio(kb_root, work)
+def test_stdio_search_bounds_k_and_names_a_missing_knowledge_base(stdio_replies):
+    too_many, missing, escaping = (stdio_replies[k] for k in ("too_many", "missing", "escaping"))
     assert "k" in error_text(too_many)
     assert "nowhere" in error_text(missing)
     assert "../default" in error_text(escaping) and not escaping.structured_content
@@ -176,18 +193,14 @@ def _markers(text: str) -> list[str]:
     return re.findall(r"\[(\d+)\]", text)
 
 
-def test_ask_with_the_llm_unreachable_is_a_clear_tool_error(kb_root):
-    dead = f"http://127.0.0.1:{free_port()}/v1"
-    result = over_stdio(kb_root, ask(QUESTION), RAG_LLM_URL=dead)
-    assert "LLM server" in error_text(result)
+def test_ask_with_the_llm_unreachable_is_a_clear_tool_error(stdio_replies):
+    assert len(QUESTION) <= 200  # within the server's limit: refused by the LLM alone
+    assert "LLM server" in error_text(stdio_replies["unreachable"])
 
 
-def test_ask_refuses_a_question_over_the_length_limit(kb_root):
-    dead = f"http://127.0.0.1:{free_port()}/v1"
-    long = "why " * 60  # 240 characters
-    text = error_text(
-        over_stdio(kb_root, ask(long), RAG_LLM_URL=dead, RAG_MAX_QUESTION_CHARS="200")
-    )
+def test_ask_refuses_a_question_over_the_length_limit(stdio_replies):
+    assert len(LONG_QUESTION) > 200
+    text = error_text(stdio_replies["too_long"])
     assert "too long" in text and "LLM" not in text
 
 

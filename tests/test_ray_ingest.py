@@ -49,20 +49,35 @@ def local_ray():
     ray.shutdown()
 
 
+def _settings(index: Path) -> Settings:
+    """Short passages: as many chunks and slices as with the default size
+    (slices on a CPU hold at most 32 passages), a fraction of the tokens to
+    embed, each in the process, in the actors and in an actor restarted."""
+    return Settings(index=index, chunk_tokens=48, chunk_overlap=8)
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Enough text for several embedding slices (over 100 chunks)."""
     folder = tmp_path_factory.mktemp("corpus")
     rng = random.Random(20)
     for n in range(12):
-        paragraphs = [" ".join(rng.choices(WORDS, k=120)) + "." for _ in range(12)]
+        paragraphs = [" ".join(rng.choices(WORDS, k=60)) + "." for _ in range(5)]
         (folder / f"paper{n:02}.txt").write_text(f"Paper {n}\n\n" + "\n\n".join(paragraphs))
     return folder
 
 
+@pytest.fixture(scope="module")
+def reference(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[IngestReport, Path]:
+    """The corpus ingested in this process, without Ray: what an ingest on
+    Ray must match (tests only read it)."""
+    index = tmp_path_factory.mktemp("reference") / "here"
+    return ingest_paths([str(corpus)], _settings(index)), index
+
+
 def _contents(index: Path) -> dict[str, list[tuple[int | None, str, np.ndarray]]]:
     """Each document's chunks: (id, text, vector)."""
-    store = open_store(index, Settings(index=index))
+    store = open_store(index, _settings(index))
     published = store.published()
     assert published is not None
     snapshot = store.snapshot()
@@ -79,7 +94,7 @@ def _ingest_on_ray(
     corpus: Path, index: Path, progress=None, passages: dict[str, int] | None = None
 ) -> IngestReport:
     """An ingest on Ray; `passages` gets what the actors were sent."""
-    settings = Settings(index=index)
+    settings = _settings(index)
     with ray_engine("auto", settings) as engine:
         report = ingest_paths(
             [str(corpus)], settings, engine=engine, progress=progress or (lambda _: None)
@@ -89,8 +104,10 @@ def _ingest_on_ray(
         return report
 
 
-def test_same_index_with_and_without_ray(local_ray, corpus: Path, tmp_path: Path) -> None:
-    here = ingest_paths([str(corpus)], Settings(index=tmp_path / "here"))
+def test_same_index_with_and_without_ray(
+    local_ray, corpus: Path, reference: tuple[IngestReport, Path], tmp_path: Path
+) -> None:
+    here, here_index = reference
     sent: dict[str, int] = {}
     on_ray = _ingest_on_ray(corpus, tmp_path / "ray", passages=sent)
     # The actors embed the parsers' token ids: no passage is tokenized again.
@@ -99,7 +116,7 @@ def test_same_index_with_and_without_ray(local_ray, corpus: Path, tmp_path: Path
     assert on_ray.chunks_embedded == here.chunks_embedded > 100
     assert on_ray.worker_seconds["embed"] > 0 and on_ray.worker_seconds["parse"] > 0
     assert {"parse", "embed", "write"} <= set(on_ray.phases)
-    a, b = _contents(tmp_path / "here"), _contents(tmp_path / "ray")
+    a, b = _contents(here_index), _contents(tmp_path / "ray")
     assert a.keys() == b.keys()
     for path in a:
         assert [(i, t) for i, t, _ in a[path]] == [(i, t) for i, t, _ in b[path]]
@@ -131,7 +148,9 @@ def test_actors_get_the_slices_one_process_would_embed(local_ray, tmp_path: Path
     assert np.all(np.sum(vectors * expected, axis=1) > 1 - 1e-3)
 
 
-def test_killed_embedding_actor_is_retried(local_ray, corpus: Path, tmp_path: Path) -> None:
+def test_killed_embedding_actor_is_retried(
+    local_ray, corpus: Path, reference: tuple[IngestReport, Path], tmp_path: Path
+) -> None:
     killed: list[str] = []
 
     def kill_once(p: Progress) -> None:
@@ -144,11 +163,11 @@ def test_killed_embedding_actor_is_retried(local_ray, corpus: Path, tmp_path: Pa
 
     report = _ingest_on_ray(corpus, tmp_path / "ray", progress=kill_once)
     assert killed and report.retried >= 1
-    reference = ingest_paths([str(corpus)], Settings(index=tmp_path / "here"))
-    assert report.chunks_embedded == reference.chunks_embedded
-    a, b = _contents(tmp_path / "here"), _contents(tmp_path / "ray")
+    here, here_index = reference
+    assert report.chunks_embedded == here.chunks_embedded
+    a, b = _contents(here_index), _contents(tmp_path / "ray")
     ids = [i for rows in b.values() for i, _, _ in rows]
-    assert len(ids) == len(set(ids)) == reference.chunks_embedded  # none lost, none twice
+    assert len(ids) == len(set(ids)) == here.chunks_embedded  # none lost, none twice
     for path in a:
         assert [t for _, t, _ in a[path]] == [t for _, t, _ in b[path]]
         for (_, _, u), (_, _, v) in zip(a[path], b[path], strict=True):

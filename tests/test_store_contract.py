@@ -7,7 +7,7 @@ test_milvus_store.py)."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -321,8 +321,30 @@ def searched(settings: Settings, embedder) -> dict[tuple[str, str], list[tuple[s
         kb.close()
 
 
-def test_search_in_every_mode_finds_the_known_document(kb_settings, store, embedder):
-    results = searched(kb_settings, embedder)
+@pytest.fixture(scope="module")
+def notes_searched(
+    tmp_path_factory: pytest.TempPathFactory, embedder
+) -> Callable[[str], dict[tuple[str, str], list[tuple[str, float]]]]:
+    """`searched` in a knowledge base of each store, done once a module:
+    the test of each store and the comparison of the two read the same hits."""
+    done: dict[str, dict[tuple[str, str], list[tuple[str, float]]]] = {}
+
+    def of(kind: str) -> dict[tuple[str, str], list[tuple[str, float]]]:
+        if kind not in done:
+            settings = store_settings(kind, tmp_path_factory.mktemp(kind))
+            store = open_store(settings.index, settings)
+            try:
+                done[kind] = searched(settings, embedder)
+            finally:
+                close(store)
+        return done[kind]
+
+    return of
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_search_in_every_mode_finds_the_known_document(kind, notes_searched):
+    results = notes_searched(kind)
     for (query, mode), hits in results.items():
         assert hits[0][0] == QUERIES[query], (query, mode, hits)
 
@@ -345,16 +367,8 @@ def test_each_hit_carries_its_cosine_to_the_query(kb_settings, store, embedder):
         kb.close()
 
 
-def test_both_stores_rank_alike(tmp_path, embedder):
-    results = {}
-    for kind in STORES:
-        settings = store_settings(kind, tmp_path / kind)
-        store = open_store(settings.index, settings)
-        try:
-            results[kind] = searched(settings, embedder)
-        finally:
-            close(store)
-    local, milvus = results["local"], results["milvus-lite"]
+def test_both_stores_rank_alike(notes_searched):
+    local, milvus = notes_searched("local"), notes_searched("milvus-lite")
     for key, hits in local.items():
         assert [s for s, _ in milvus[key]] == [s for s, _ in hits], key
         # BM25 is the same sums of the same terms; vectors are float32 in both.
@@ -385,10 +399,15 @@ def put_scoped(writer, path: str, texts: list[str], kind: str, mtime: float, tag
 DECOYS = 40  # more than the fusion depth: the scoped passages rank far below them
 
 
-@pytest.fixture
-def scoped(store: Store) -> Store:
+@pytest.fixture(scope="module", params=STORES)
+def scoped(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Store, Settings]]:
     """40 news notes on the probe that say "ledger" three times; below them,
-    a PDF report (3 passages), a DOCX budget (2) and an old note (2) that say it once."""
+    a PDF report (3 passages), a DOCX budget (2) and an old note (2) that say it once.
+    One knowledge base a store for the module: the tests that take it only read."""
+    settings = store_settings(request.param, tmp_path_factory.mktemp("scoped"))
+    store = open_store(settings.index, settings)
     with store.writer(PARAMS) as w:
         for n in range(DECOYS):
             text = f"Ledger ledger ledger news item {n}."
@@ -401,7 +420,8 @@ def scoped(store: Store) -> Store:
                    "docx", JAN_2025 + 150 * DAY, ["finance"])  # fmt: skip
         put_scoped(w, "/kb/misc_1/old.md", ["An old ledger.", "Older ledger notes."], "markdown",
                    JAN_2025 - 800 * DAY)  # fmt: skip
-    return store
+    yield store, settings
+    close(store)
 
 
 def sources(snap, ranked) -> set[str]:
@@ -424,7 +444,7 @@ def sources(snap, ranked) -> set[str]:
     ],
 )
 def test_filters_apply_before_the_top_k(scoped, filters, expected, passages):
-    snap = scoped.snapshot()
+    snap = scoped[0].snapshot()
     for k in (passages, 2):
         want = min(k, passages)  # k come back whenever k matching passages exist
         dense = snap.dense(PROBE, k, filters)
@@ -440,8 +460,9 @@ def test_filters_apply_before_the_top_k(scoped, filters, expected, passages):
     assert sources(snap, unfiltered) <= {f"/kb/news/n{n:02d}.md" for n in range(DECOYS)}
 
 
-def test_a_filter_that_matches_nothing_says_so(scoped, kb_settings):
-    snap = scoped.snapshot()
+def test_a_filter_that_matches_nothing_says_so(scoped):
+    store, kb_settings = scoped
+    snap = store.snapshot()
     nothing = Filters.parse(tags=["travel"])
     assert snap.dense(PROBE, 5, nothing) == [] and snap.bm25("ledger", 5, filters=nothing)[0] == []
     kb = KnowledgeBase.open(kb_settings.index, settings=kb_settings)

@@ -237,11 +237,16 @@ def test_a_broken_file_is_reported_by_name_and_watching_goes_on(watched):
 
 
 def test_a_restart_catches_up_on_what_changed_while_stopped(watched):
+    # Its own file to delete: under pytest-xdist the module's other tests
+    # may run on another worker, with a watched folder of their own.
     folder, index, watcher = watched
+    doomed = folder / "herons.md"
+    doomed.write_text("Herons stand still in the shallows.", encoding="utf-8")
+    until(lambda: str(doomed) in documents(index), "the file to delete ingested")
     first = last_sync(index)
     watcher.stop()
     (folder / "seed.md").write_text("The lighthouse keeper oils the lamp.", encoding="utf-8")
-    (folder / "otters.md").unlink()
+    doomed.unlink()
     (folder / "sub").mkdir()
     (folder / "sub" / "moths.md").write_text("Moths navigate by the moon.", encoding="utf-8")
     batch = watched.start().wait_batch(lambda b: b["catch_up"])
