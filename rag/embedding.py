@@ -346,16 +346,17 @@ def load_embedder(
     name: str, precision: Precision = "auto", device: str = "cpu", backend: str | None = None
 ) -> Embedder:
     """The factory. `device` is torch's ("cuda" for a GPU), or "auto"
-    (`resolve_device`). On torch, a model folder whose modules
-    `rag.embedding_hf` reproduces (the default model's do) runs on
-    transformers alone, without sentence-transformers' seconds of import;
-    any other on sentence-transformers. Queries stay on the CPU by default: one query embeds
-    in milliseconds there, and the GPU of an answering box belongs to vLLM.
-    A BERT folder that `rag.embedding_bert` reproduces (the default model
-    is one) runs on plain PyTorch, without transformers' seconds of import
-    either. `backend` (`resolve_backend`) picks what embeds on the CPU."""
+    (`resolve_device`). On torch, a BERT folder that `rag.embedding_bert`
+    reproduces (the default model is one) runs on plain PyTorch; another
+    folder whose modules `rag.embedding_hf` reproduces on transformers; any
+    other on sentence-transformers (each library's import costs seconds at
+    every start). Queries stay on the CPU by default: one query embeds in
+    milliseconds there, and the GPU of an answering box belongs to vLLM.
+    `backend` (`resolve_backend`) picks what embeds on the CPU."""
     chosen = resolve_backend(backend)
-    if chosen != "torch" and resolve_device(device) != "cpu":
+    # Resolved before the cache: "auto" and the device it means are one model.
+    device = resolve_device(device)
+    if chosen != "torch" and device != "cpu":
         chosen = "torch"
     return _load(name, precision, device, chosen)
 

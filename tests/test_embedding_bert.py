@@ -178,3 +178,13 @@ def test_tensors_missing_or_left_over_are_named_and_keep_the_transformers_route(
     with pytest.raises(ModelMissing, match=r"odd.*plain BERT encoder"):
         BertEmbedder(str(folder), "float32", "cpu")
     assert type(load_embedder(str(folder), "float32", "cpu")) is TransformersEmbedder
+
+
+def test_auto_and_the_device_it_means_are_one_loaded_model() -> None:
+    # Settings() asks for "auto"; a caller that resolved it already asks for
+    # "cpu": one process, one copy of the model (it was loaded twice).
+    from rag.embedding import resolve_device
+
+    assert load_embedder(MODEL, device="auto") is load_embedder(
+        MODEL, device=resolve_device("auto")
+    )
