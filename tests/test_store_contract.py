@@ -350,7 +350,7 @@ def test_search_in_every_mode_finds_the_known_document(kind, notes_searched):
 
 
 def test_each_hit_carries_its_cosine_to_the_query(kb_settings, store, embedder):
-    # Retrieval's evidence for the answering (rag/answering/extractive.py).
+    # The cosine a hit carries (Hit.dense_score), for the library's callers.
     ingest_documents(note_documents(), kb_settings, embedder=embedder)
     kb = KnowledgeBase.open(kb_settings.index, embedder=embedder, settings=kb_settings)
     try:
