@@ -12,6 +12,7 @@ from rag.answering import asked_kind
 from rag.answering.asked_kind import asked, lacks
 from rag.answering.extractive import candidates
 from rag.answering.profiles import small_model
+from rag.answering.siblings import kinds
 from rag.types import Chunk, Hit
 
 GARDEN = (
@@ -174,3 +175,9 @@ def test_a_person_named_in_another_role_does_not_answer_who(embedder):
 def test_how_do_i_is_answered_with_the_operation_asked_not_a_neighbour(embedder):
     assert LAB not in offered("How do I clean up a spill?", SPILL, embedder)[:1]
     assert offered("How do I report a spill?", SPILL, embedder)[0] == LAB
+
+
+def test_the_kinds_of_a_thing_a_text_names_stand_right_before_it():
+    assert kinds("30 diesel vans and 16 electric vans.")["van"] == {"diesel", "electric"}
+    # a list is not a kind ("Accounts, laptop and pass"), nor a number
+    assert "laptop" not in kinds("Accounts, laptop and pass") and "van" not in kinds("46 vans")

@@ -68,7 +68,7 @@ OTHER_WORD_WEIGHT = 0.25
 # cosine of the two words alone): "retained" beside "kept", "yearly" beside
 # "annual"; "sick" has nothing near it beside "paid leave". Identifiers
 # always count.
-NEAR_WORD = 0.5
+NEAR_WORD = 0.55
 # The same for a word the base lacks that does not qualify a thing the quote
 # names (a verb: "inspected" beside "checked").
 OTHER_NEAR = 0.5
@@ -212,7 +212,7 @@ def candidates(
     relations = {r for r in map(asked_kind.relation, asks) if r}
     nearest = _nearest(embedder, {w for p in plain for w in p} | relations, list(quotes))
     siblings = Siblings(embedder, kinds(held), list(quotes), dict(zip(asks, unknown, strict=True)),
-                        SIBLING_NEAR, NEAR_WORD)  # fmt: skip
+                        SIBLING_NEAR, OTHER_NEAR)  # fmt: skip
     found = []
     for quote, (n, group) in quotes.items():
         closeness = [next(scores) for _ in group]  # per text: one score per query
