@@ -8,9 +8,11 @@ import re
 
 import pytest
 
+from rag.answering import asked_kind
 from rag.answering.asked_kind import asked, lacks
 from rag.answering.extractive import candidates
 from rag.answering.profiles import small_model
+from rag.answering.siblings import kinds
 from rag.types import Chunk, Hit
 
 GARDEN = (
@@ -95,3 +97,87 @@ def test_a_word_the_base_lacks_qualifying_what_the_sentence_names_is_a_near_miss
     # "parental leave" beside "paid leave": a kind of leave the base does not name
     question = f"How many days of {kind} leave do full-time staff get?"
     assert offered(question, LEAVE, embedder) == []
+
+
+# -- another kind of the thing named, a person in another role, another operation
+
+VANS = (
+    "The fleet has 46 vans: 30 diesel vans and 16 electric vans. "
+    "The service interval for the electric vans is 30,000 kilometres or two years."
+)
+LEAVE_KINDS = LEAVE + " Unused leave of up to five days may be carried over into the next year."
+LAB = "A spill of more than one litre is reported to the safety officer, Dr Imani Okafor."
+SHOW = "The prize for the heaviest marrow is a silver cup donated by the mayor."
+SPILL = LAB + " The lab floor is cleaned every evening by the night staff."
+
+
+@pytest.mark.parametrize(
+    ("question", "text", "base"),
+    [
+        # "petrol" is nowhere in the base, but close in meaning to "diesel":
+        # a sibling of the kinds of van the text names, not a word for one
+        ("How many petrol vans does the fleet have?", VANS, None),
+        # "diesel" is in the base, the sentence on the service interval
+        # speaks of the electric vans
+        ("What is the service interval for the diesel vans?", VANS, None),
+        ("How many days of unpaid leave do full-time staff get?", LEAVE_KINDS, None),
+    ],
+)  # fmt: skip
+def test_another_kind_of_the_thing_the_text_names_is_a_near_miss(question, text, base, embedder):
+    # the sentence on another kind is not offered (the one naming the fleet's
+    # diesel vans but no service interval is another matter)
+    offers = offered(question, text, embedder, base=base)
+    assert not [q for q in offers if "service interval" in q or "paid leave" in q]
+
+
+@pytest.mark.parametrize(
+    ("question", "text", "expected"),
+    [
+        ("How many diesel vans does the fleet have?", VANS, "30 diesel vans"),
+        ("Where are combustible solvents kept?",
+         "Flammable solvents are stored in the ventilated cabinet marked F.", "cabinet"),
+        ("When is the yearly flower show?",
+         "The annual flower show takes place on the first Saturday of September.", "September"),
+    ],
+)  # fmt: skip
+def test_the_kind_asked_for_or_a_word_for_it_is_answered(question, text, expected, embedder):
+    assert expected in offered(question, text, embedder)[0]
+
+
+@pytest.mark.parametrize(
+    ("question", "relation"),
+    [
+        ("Who won the silver cup?", "won"),
+        ("Who leads the Sales team?", "leads"),
+        ("Who should a large spill be reported to?", "reported"),
+        ("Who is the safety officer?", "officer"),
+        ("Who is that?", None),
+        ("How do I remove a document from the index?", "remove"),
+        ("How can we renew a fuel card?", "renew"),
+        ("How to export a report?", "export"),
+        ("How long is the probation period?", None),
+        ("Where are passes collected?", None),
+    ],
+)
+def test_the_relation_or_operation_a_question_asks_about(question, relation):
+    assert asked_kind.relation(question) == relation
+
+
+def test_a_person_named_in_another_role_does_not_answer_who(embedder):
+    base = SHOW + " Orbit won an award."  # "won" is a word of the base
+    assert offered("Who won the silver cup?", SHOW, embedder, base=base) == []
+    assert offered("Who trained the safety officer?", LAB, embedder, base=LAB + " trained") == []
+    # asked for the role they stand in, they answer it
+    assert offered("Who donated the silver cup?", SHOW, embedder) == [SHOW]
+    assert offered("Who is the safety officer?", LAB, embedder)[0] == LAB
+
+
+def test_how_do_i_is_answered_with_the_operation_asked_not_a_neighbour(embedder):
+    assert LAB not in offered("How do I clean up a spill?", SPILL, embedder)[:1]
+    assert offered("How do I report a spill?", SPILL, embedder)[0] == LAB
+
+
+def test_the_kinds_of_a_thing_a_text_names_stand_right_before_it():
+    assert kinds("30 diesel vans and 16 electric vans.")["van"] == {"diesel", "electric"}
+    # a list is not a kind ("Accounts, laptop and pass"), nor a number
+    assert "laptop" not in kinds("Accounts, laptop and pass") and "van" not in kinds("46 vans")

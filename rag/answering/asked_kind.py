@@ -6,11 +6,20 @@ does not answer it, however close its words ("How much does a plot cost to
 rent?" beside "The club rents out forty allotment plots"). A cheap check
 by rule, in English, for the extractive read (rag/answering/extractive.py);
 a question of another shape ("what", "where", "which") asks for no kind.
+
+A "who" question also names the relation the person stands in ("Who won
+the cup?"), and "how do I ..." the operation asked about ("How do I remove
+a document?"): `relation` finds that word, which the quote must hold (the
+extractive read checks it), so that a sentence naming a person in another
+role ("a cup donated by the mayor") or another operation on the same thing
+does not answer it.
 """
 
 from __future__ import annotations
 
 import re
+
+from rag.answering import followup
 
 _NUMBER_WORDS = (
     r"one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|\w+teen|twenty|thirty"
@@ -69,3 +78,36 @@ def lacks(question: str, quote: str) -> bool:
     """Whether `question` asks for a kind of thing that `quote` holds none of."""
     kind = asked(question)
     return kind is not None and not _HOLDS[kind].search(quote)
+
+
+# "Who won", "Whom do ... meet", "How do I remove", "How to export".
+_WHO = re.compile(r"^\W*(?:who|whom|whose)\s+(\w+)", re.I)
+_HOW_DO = re.compile(
+    r"^\W*how\s+(?:(?:do|can|could|should|would|must|may)\s+(?:i|we|you|one)|to)\s+(\w+)", re.I
+)
+_AUXILIARIES = frozenset(
+    "is are was were be been do does did will would can could should shall may might must has "  # noqa: SIM905
+    "have had".split()
+)
+_WORD = re.compile(r"\w+")
+
+
+def relation(question: str) -> str | None:
+    """The word naming the relation a "who" question asks about (the verb
+    after "who"; after an auxiliary, the question's last content word: "Who
+    should a spill be reported to?" -> "reported", "Who is the safety
+    officer?" -> "officer"), or the operation of "how do I ..." (its verb),
+    lower-cased; None for other questions and for words that only point
+    back ("Who is that?")."""
+    how = _HOW_DO.search(question)
+    if how:
+        return how.group(1).lower()
+    who = _WHO.search(question)
+    if not who:
+        return None
+    word = who.group(1).lower()
+    if word not in _AUXILIARIES:
+        return word if followup.content_terms(word) else None
+    rest = [w.lower() for w in _WORD.findall(question[who.end(1) :])]
+    content = [w for w in rest if followup.content_terms(w) and not w.isdigit()]
+    return content[-1] if content else None

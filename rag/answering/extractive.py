@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from rag.answering import asked_kind, followup, table_rows
+from rag.answering.siblings import Siblings, kinds
 from rag.embedding import Embedder
 from rag.lexical import terms
 from rag.types import Hit
@@ -67,11 +68,27 @@ OTHER_WORD_WEIGHT = 0.25
 # cosine of the two words alone): "retained" beside "kept", "yearly" beside
 # "annual"; "sick" has nothing near it beside "paid leave". Identifiers
 # always count.
-NEAR_WORD = 0.5
+NEAR_WORD = 0.55
+# The same for a word the base lacks that does not qualify a thing the quote
+# names (a verb: "inspected" beside "checked").
+OTHER_NEAR = 0.5
 # Taken off when the question asks for a kind of thing (an amount, a number,
 # a frequency, a time, a person: rag/answering/asked_kind.py) that the
 # quote holds none of.
 KIND_WEIGHT = 0.25
+# A word qualifying a thing the quote names with another word ("petrol vans"
+# beside "electric vans", "unpaid leave" beside "paid leave") asks for
+# another kind of it, costing as much as an identifier the passages lack,
+# where the passages name several kinds of that thing or the asked one
+# elsewhere (a sibling, however close in meaning: "petrol" is 0.72 from
+# "diesel"), unless the two words are this close: the same kind said
+# otherwise ("yearly" beside "annual", 0.82).
+SIBLING_NEAR = 0.8
+# The relation a "who" question asks about ("won") and the operation of a
+# "how do I" one ("remove"), rag/answering/asked_kind.py, must be in the
+# quote, or a word this close to it ("owns" beside "owner", 0.80; not "won"
+# beside "prize", 0.68): else the quote lacks the kind of thing asked.
+RELATION_NEAR = 0.75
 # Words that name one thing among similar ones: a single capital letter
 # ("Model T"; not "I" or "A") or a word with a digit ("Q3", "1050"). The BM25
 # terms leave single letters and digits out.
@@ -93,19 +110,23 @@ class Candidate:
     near: tuple[float, ...] = ()  # per plain word of `unknown`: its nearest word of the quote
     qualifies: tuple[bool, ...] = ()  # per plain word: it qualifies a word the quote holds
     missing_kind: bool = False  # the question asks for a kind of thing the quote lacks
+    siblings: int = 0  # words the base holds asking for another kind of a thing the quote names
 
-    def lacking(self, near: float = NEAR_WORD) -> tuple[int, int]:
+    def lacking(self, near: float = NEAR_WORD, other: float | None = None) -> tuple[int, int]:
         """The words of `unknown` the quote does not say in other words (no
-        word of it at least `near` close): (identifiers and words qualifying
-        a thing the quote names, other words)."""
-        plain = [q for c, q in zip(self.near, self.qualifies, strict=True) if c < near]
-        identifiers = self.unknown - len(self.near)
+        word of it at least `near` close; `other`, default `near`, for a
+        word not qualifying a thing the quote names), with `siblings`:
+        (identifiers and words qualifying a thing the quote names, other words)."""
+        other = near if other is None else other
+        plain = [q for c, q in zip(self.near, self.qualifies, strict=True)
+                 if c < (near if q else other)]  # fmt: skip
+        identifiers = self.unknown - len(self.near) + self.siblings
         return identifiers + sum(plain), len(plain) - sum(plain)
 
     @property
     def support(self) -> float:
         """The evidence that this quote answers the question."""
-        qualifying, other = self.lacking()
+        qualifying, other = self.lacking(NEAR_WORD, OTHER_NEAR)
         return (
             self.similarity
             + OVERLAP_WEIGHT * self.overlap
@@ -188,23 +209,59 @@ def candidates(
     held = " ".join(hit.text for hit in ordered)
     unknown = [unknown_words(ask, held, known) for ask in asks]
     plain = [sorted(u - _identifiers(ask)) for u, ask in zip(unknown, asks, strict=True)]
-    nearest = _nearest(embedder, {w for p in plain for w in p}, list(quotes))
+    relations = {r for r in map(asked_kind.relation, asks) if r}
+    nearest = _nearest(embedder, {w for p in plain for w in p} | relations, list(quotes))
+    siblings = Siblings(embedder, kinds(held), list(quotes), dict(zip(asks, unknown, strict=True)),
+                        SIBLING_NEAR, OTHER_NEAR)  # fmt: skip
     found = []
     for quote, (n, group) in quotes.items():
         closeness = [next(scores) for _ in group]  # per text: one score per query
         near = nearest[quote]
         quote = _best_rows(quote, [max(c) for c in closeness]) if len(group) > 1 else quote
         best = max(
-            (Candidate(n, quote, max(c[i] for c in closeness), _share(ask, quote),
-                       len(unknown[i]), tuple(near[w] for w in plain[i]),
-                       tuple(_qualifies(ask, w, quote) for w in plain[i]),
-                       asked_kind.lacks(ask, quote))
+            (_candidate(n, quote, max(c[i] for c in closeness), ask, len(unknown[i]), plain[i],
+                        near, siblings.of(ask, quote))
              for i, ask in enumerate(asks)),
             key=lambda c: c.support,
         )  # fmt: skip
         found.append(best)
     found.sort(key=lambda c: -c.support)  # stable: passage order breaks ties
     return [c for c in found[:limit] if c.support >= min_support]
+
+
+def _candidate(
+    n: int,
+    quote: str,
+    similarity: float,
+    ask: str,
+    unknown: int,
+    plain: list[str],
+    near: dict[str, float],
+    siblings: set[str],
+) -> Candidate:
+    """The quote as evidence for `ask`: a plain word of `plain` asking for
+    another kind of a thing the quote names is a near miss however close
+    in meaning; the others are weighed by their closeness `near`."""
+    relation = asked_kind.relation(ask)
+    unrelated = (
+        relation is not None
+        and not _is_table(quote)
+        and not set(terms(relation)) & set(terms(quote))
+        and near.get(relation, -1.0) < RELATION_NEAR
+    )
+    return Candidate(
+        n, quote, similarity, _share(ask, quote), unknown,
+        tuple(-1.0 if w in siblings else near[w] for w in plain),
+        tuple(w in siblings or _qualifies(ask, w, quote) for w in plain),
+        asked_kind.lacks(ask, quote) or unrelated,
+        len(siblings - set(plain)),
+    )  # fmt: skip
+
+
+def _is_table(quote: str) -> bool:
+    """Whether the quote is a table's header and rows, whose columns name
+    what each row is (the rows were chosen by rule, table_rows.py)."""
+    return "\n|" in quote or quote.startswith("|")
 
 
 def _qualifies(question: str, word: str, quote: str) -> bool:
