@@ -117,7 +117,7 @@ def test_ask_streams_a_cited_answer_with_stages(app_env, llm_server):
     # CPU profile, whose answers quote the passages (extractive).
     use_llm(app_env, llm_server)
     at = app().run()
-    assert not at.warning
+    assert not at.warning, [w.value for w in at.warning]
     at.chat_input[0].set_value("How are broken files reported during ingestion?").run()
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]

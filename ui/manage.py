@@ -141,12 +141,15 @@ def delete_documents(
 def delete_knowledge_base(svc: KnowledgeService, access: Access, kb_dir: Path) -> None:
     """An admin's: the whole base, once its name is typed again."""
     name = kb_dir.name
+    shown = safe_text.plain(name)
     with st.expander("Delete this knowledge base"):
-        st.warning(
-            f"This removes “{name}” whole: its documents, its index, the files uploaded "
+        # A caption, not st.warning: the expander is drawn, folded, on every
+        # run of an admin's Manage tab, and a warning there would read as one.
+        st.caption(
+            f"This removes “{shown}” whole: its documents, its index, the files uploaded "
             "to it and every grant to it. It cannot be undone."
         )
-        typed = st.text_input(f"Type “{name}” to confirm", key=_fresh("drop-kb", kb_dir))
+        typed = st.text_input(f"Type “{shown}” to confirm", key=_fresh("drop-kb", kb_dir))
         clicked = st.button("Delete knowledge base", disabled=typed != name, key="drop-kb-go")
         if not (clicked and typed == name):
             return
@@ -156,7 +159,7 @@ def delete_knowledge_base(svc: KnowledgeService, access: Access, kb_dir: Path) -
             log.warning("deleting knowledge base %s failed: %s", name, exc)
             st.error(safe_text.escape(for_user(str(exc)).replace(str(kb_dir), name)))
             return
-    flash("success", f"Deleted knowledge base “{name}”.")
+    flash("success", f"Deleted knowledge base “{safe_text.plain(name)}”.")
     forget_chosen()
     _done("drop-kb")
 
