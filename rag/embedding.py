@@ -387,13 +387,14 @@ def _load(name: str, precision: Precision, device: str, backend: Backend) -> Emb
             # reproduces (a Dense layer, a query prompt, ...), or a model
             # not on disk, which sentence-transformers names in its error.
             return SentenceTransformerEmbedder(name, precision, device)
-        from rag.embedding_bert import BertEmbedder, bert_problem
+        from rag.embedding_bert import BertEmbedder, NotPlainBert
 
-        if not bert_problem(plan.folder):
+        try:  # the folder is checked once, there, before any weight is read
             return BertEmbedder(name, precision, device, plan)
-        # Another architecture, or a BERT folder the plain encoder does not
-        # reproduce exactly: transformers reads it as it always did.
-        return TransformersEmbedder(name, precision, device, plan)
+        except NotPlainBert:
+            # Another architecture, or a BERT folder the plain encoder does
+            # not reproduce exactly: transformers reads it as it always did.
+            return TransformersEmbedder(name, precision, device, plan)
     from rag.embedding_onnx import OnnxEmbedder
 
     return OnnxEmbedder(name, quantized=backend == "onnx-int8")

@@ -35,6 +35,11 @@ from rag.errors import ModelMissing
 _UNUSED = ("pooler.", "embeddings.position_ids")
 
 
+class NotPlainBert(ModelMissing):
+    """A folder the plain encoder does not reproduce (`bert_problem`):
+    `load_embedder` reads it with transformers instead."""
+
+
 @dataclass(frozen=True)
 class BertConfig:
     """The sizes config.json gives a BERT encoder."""
@@ -309,7 +314,7 @@ class BertEmbedder(TorchEmbedder):
         found = plan or _plan(name)
         problem = found if isinstance(found, str) else bert_problem(found.folder)
         if isinstance(found, str) or problem:
-            raise ModelMissing(
+            raise NotPlainBert(
                 f"Embedding model {name!r} cannot run on the plain BERT encoder: {problem}."
             )
         config = _json(found.folder / "config.json")

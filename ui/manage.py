@@ -80,17 +80,17 @@ def manage_tab(svc: KnowledgeService, access: Access, name: str) -> StoreStats |
     if files and st.button("Ingest", type="primary"):
         save_and_ingest(svc, access, kb_dir, files)
         _done("uploads")
-    stats = _documents(svc, access, name, summary) if svc.has_index(access, name) else None
+    stats = _documents(svc, access, kb_dir, summary) if svc.has_index(access, name) else None
     if access.role_allows(Action.ADMIN):
         delete_knowledge_base(svc, access, kb_dir)
     return stats
 
 
 def _documents(
-    svc: KnowledgeService, access: Access, name: str, summary: DeltaGenerator
+    svc: KnowledgeService, access: Access, kb_dir: Path, summary: DeltaGenerator
 ) -> StoreStats:
     """The documents with their actions, and the base's numbers in `summary`."""
-    kb_dir = svc.kb_dir(access, name, Action.WRITE)
+    name = kb_dir.name
     kb = open_kb(svc, access, name, Action.WRITE)
     st.subheader("Documents")
     names = SourceNames.of(kb)
