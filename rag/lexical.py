@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
@@ -53,6 +54,13 @@ K1, B = 1.2, 0.75
 ANALYZER_ID = "word2+lower+stop-en33+snowball-en;bm25-lucene-k1.2-b0.75"
 IDS_FILE = "chunk_ids.npy"
 
+# numpy reads a .npy header with ast.literal_eval, and CPython 3.11 counts
+# the AST constructor's depth in state every thread shares: two threads
+# opening generations at once can fail with "SystemError: AST constructor
+# recursion depth mismatch" (python/cpython#106905). Opening is rare and
+# short; searching, which is what runs concurrently, takes no lock.
+_OPENING = threading.Lock()
+
 
 @lru_cache(maxsize=1)
 def _stemmer() -> Stemmer.Stemmer:
@@ -80,10 +88,11 @@ class LexicalIndex:
     """A generation's BM25 index, read-only."""
 
     def __init__(self, folder: Path) -> None:
-        self.ids = np.load(folder / IDS_FILE, allow_pickle=False)
         self._index = None
-        if len(self.ids):
-            self._index = bm25s.BM25.load(str(folder), mmap=True, allow_pickle=False)
+        with _OPENING:
+            self.ids = np.load(folder / IDS_FILE, allow_pickle=False)
+            if len(self.ids):
+                self._index = bm25s.BM25.load(str(folder), mmap=True, allow_pickle=False)
 
     def has_term(self, term: str) -> bool:
         """Whether some chunk holds the analysed `term` (one of `terms()`):
