@@ -34,7 +34,7 @@ import os
 import re
 import secrets
 import urllib.parse
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from rag import layout
-from rag.errors import IndexCorrupt, IndexIncompatible, RebuildRefused, StoreUnknown
+from rag.errors import IndexCorrupt, IndexIncompatible, StoreUnknown
 from rag.layout import IndexParams
 from rag.settings import Settings
 from rag.types import Chunk
@@ -393,57 +393,3 @@ def replaced_documents(store: Store) -> dict[str, DocumentRecord]:
         return store.published_documents()
     except IndexCorrupt:
         return {}
-
-
-# -- what every store's writer and reader share -------------------------------------------
-
-
-def check_compatible(root: Path, found: IndexParams, wanted: IndexParams) -> None:
-    """Refuse to extend a knowledge base built with other parameters (another
-    embedding model, chunking or analyser) than `wanted`."""
-    if found == wanted:
-        return
-    diffs = [
-        f"{name}: index has {getattr(found, name)!r}, requested {getattr(wanted, name)!r}"
-        for name in found.__dataclass_fields__
-        if getattr(found, name) != getattr(wanted, name)
-    ]
-    raise IndexIncompatible(
-        f"The index at {root} was built with other settings ({'; '.join(diffs)}). "
-        f"Rebuild it with: ingest PATH... --index {root} --rebuild "
-        "(or keep its settings, or use another --index)."
-    )
-
-
-def check_rebuild(
-    root: Path, kept: Iterable[str], previous: Mapping[str, DocumentRecord], allow_drop: bool
-) -> None:
-    """Refuse to publish a rebuild that holds no document, or that lacks
-    documents of the state it replaces (`previous`) unless `allow_drop`."""
-    kept = set(kept)
-    if not kept:
-        raise RebuildRefused(
-            f"The rebuild of {root} ingested no document, and an empty index is "
-            "never published. The index is unchanged."
-        )
-    dropped = [path for path in sorted(previous) if path not in kept]
-    if dropped and not allow_drop:
-        raise RebuildRefused.dropping(dropped)
-
-
-def assemble(pieces: list[tuple[int, str]], start: int, end: int) -> str:
-    """The document text in [start, end) from overlapping (offset, text)
-    pieces (a chunk and its neighbours); a gap between pieces (stripped
-    whitespace) becomes one space."""
-    out: list[str] = []
-    position = start
-    for offset, text in sorted(pieces):
-        piece_end = offset + len(text)
-        if piece_end <= position or offset >= end:
-            continue
-        if offset > position:
-            out.append(" ")
-            position = offset
-        out.append(text[position - offset : min(end, piece_end) - offset])
-        position = min(end, piece_end)
-    return "".join(out).strip()

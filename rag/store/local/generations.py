@@ -24,7 +24,8 @@ from rag import layout, lexical
 from rag.errors import IndexCorrupt, IndexMissing
 from rag.filters import Filters
 from rag.layout import IndexParams
-from rag.store import DocumentRecord, StoreStats, assemble
+from rag.store import DocumentRecord, StoreStats
+from rag.store.shared import assemble
 from rag.types import Chunk
 
 SCHEMA = """

@@ -20,8 +20,9 @@ import numpy as np
 from rag import layout, lexical
 from rag.errors import IndexCorrupt
 from rag.layout import IndexParams, Manifest
-from rag.store import DocumentEntry, DocumentRecord, check_compatible, check_rebuild
+from rag.store import DocumentEntry, DocumentRecord
 from rag.store.local.generations import Tables, create_schema, published_documents, read_vectors
+from rag.store.shared import check_compatible, check_rebuild
 from rag.types import Chunk
 
 

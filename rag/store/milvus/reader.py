@@ -18,8 +18,9 @@ from rag import lexical
 from rag.errors import IndexCorrupt
 from rag.filters import Filters
 from rag.layout import IndexParams
-from rag.store import DocumentRecord, StoreStats, assemble
+from rag.store import DocumentRecord, StoreStats
 from rag.store.milvus import schema as ms
+from rag.store.shared import assemble
 from rag.types import Chunk
 
 if TYPE_CHECKING:

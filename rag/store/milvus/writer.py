@@ -15,15 +15,10 @@ import numpy as np
 from rag import lexical
 from rag.errors import BadDocument
 from rag.layout import IndexParams
-from rag.store import (
-    DocumentEntry,
-    DocumentRecord,
-    check_compatible,
-    check_rebuild,
-    replaced_documents,
-)
+from rag.store import DocumentEntry, DocumentRecord, replaced_documents
 from rag.store.milvus import schema as ms
 from rag.store.milvus.reader import Reader, document_record
+from rag.store.shared import check_compatible, check_rebuild
 from rag.types import Chunk
 
 if TYPE_CHECKING:
