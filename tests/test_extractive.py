@@ -164,6 +164,24 @@ def test_a_follow_up_quote_is_weighed_by_the_follow_ups_own_words_too(embedder):
     assert chosen and "extension 4417" in chosen[0].sentence
 
 
+EQUIPMENT = """Every new employee receives a laptop and a headset on the first day.
+A broken laptop is swapped at the IT desk on the second floor within one working day.
+"""
+
+
+def test_a_follow_up_on_what_the_previous_answer_named_is_answered(embedder):
+    # "it" is the laptop of the previous answer, not a word of the previous
+    # question: joined to that question alone, the sentence that answers
+    # the follow-up fell under the floor (0.57 on the answering bench).
+    page = Hit(chunk=Chunk(text=EQUIPMENT, source="/kb/h.md", start=0, end=1, id=1), score=1.0)
+    floor = small_model().extract_min_support
+    joined = "And if it stops working? new employee receive first day"
+    said = ["Every new employee receives a laptop and a headset on the first day. [1]"]
+    own = "And if it stops working?"
+    chosen = candidates(joined, [page], embedder, 4, floor, said, own)
+    assert chosen and "IT desk" in chosen[0].sentence
+
+
 def test_the_readme_example_is_answered_from_how_ingestion_works(docs_index, embedder):
     # `rag ask "How are broken files reported?"`: retrieval ranks the right
     # passage first and BM25 agrees, but its sentence is only 0.44 close in

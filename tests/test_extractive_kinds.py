@@ -177,6 +177,20 @@ def test_how_do_i_is_answered_with_the_operation_asked_not_a_neighbour(embedder)
     assert offered("How do I report a spill?", SPILL, embedder)[0] == LAB
 
 
+FUEL = "Fuel cards are issued by the fleet desk and carry a monthly limit of 900 euros."
+WAITING = "The waiting list for a plot is currently about eighteen months long."
+
+
+def test_a_sentence_naming_the_thing_in_another_relation_is_refused(embedder):
+    # Each shares every other word with the question, and the first names a
+    # person: a missing relation weighed as a missing kind (0.25) let them
+    # through (0.98 and 0.79 on the answering bench).
+    assert offered("Who sets the monthly limit of the fuel cards?", FUEL, embedder) == []
+    assert offered("How do I remove a plot from the waiting list?", WAITING, embedder) == []
+    # the relation the sentence names is answered
+    assert offered("Who issues the fuel cards?", FUEL, embedder) == [FUEL]
+
+
 def test_the_kinds_of_a_thing_a_text_names_stand_right_before_it():
     assert kinds("30 diesel vans and 16 electric vans.")["van"] == {"diesel", "electric"}
     # a list is not a kind ("Accounts, laptop and pass"), nor a number

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from rag.answering.followup import joined, needs_context, plausible_rewrite
+from rag.answering.followup import joined, needs_context, plausible_rewrite, referred
 
 HISTORY = [
     ("user", "How are broken files reported during ingestion?"),
@@ -72,3 +72,14 @@ def test_a_follow_up_is_joined_to_the_words_of_the_question_it_follows():
     longer = [*history, ("user", "And how do I remove one?"), ("assistant", "...")]
     assert set(joined("Why?", longer).split()) >= {"Why?", "remove", "add", "documents"}
     assert joined("Why?", []) == "Why?"
+
+
+def test_a_follow_up_is_also_asked_with_each_thing_the_previous_answer_named():
+    joined_question = "And if it stops working? new employee receive first day"
+    answer = "Every new employee receives a laptop and a headset on the first day. [1]"
+    assert referred("And if it stops working?", joined_question, answer) == [
+        "And if it stops working? laptop",
+        "And if it stops working? headset",
+    ]
+    # a follow-up with no word of its own would ask for the answer's word alone
+    assert referred("Where?", "Where? garden club meet", "The club meets in the hall.") == []

@@ -87,8 +87,13 @@ SIBLING_NEAR = 0.8
 # The relation a "who" question asks about ("won") and the operation of a
 # "how do I" one ("remove"), rag/answering/asked_kind.py, must be in the
 # quote, or a word this close to it ("owns" beside "owner", 0.80; not "won"
-# beside "prize", 0.68): else the quote lacks the kind of thing asked.
+# beside "prize", 0.68).
 RELATION_NEAR = 0.75
+# Taken off when the quote lacks that relation: it names the same thing in
+# another relation ("Fuel cards are issued by the fleet desk" for "Who sets
+# the limit of the fuel cards?"), and shares every other word with the
+# question, so it costs more than a kind of thing missing.
+RELATION_WEIGHT = 0.75
 # Words that name one thing among similar ones: a single capital letter
 # ("Model T"; not "I" or "A") or a word with a digit ("Q3", "1050"). The BM25
 # terms leave single letters and digits out.
@@ -110,6 +115,7 @@ class Candidate:
     near: tuple[float, ...] = ()  # per plain word of `unknown`: its nearest word of the quote
     qualifies: tuple[bool, ...] = ()  # per plain word: it qualifies a word the quote holds
     missing_kind: bool = False  # the question asks for a kind of thing the quote lacks
+    missing_relation: bool = False  # the quote lacks the relation "who"/"how do I" asks about
     siblings: int = 0  # words the base holds asking for another kind of a thing the quote names
 
     def lacking(self, near: float = NEAR_WORD, other: float | None = None) -> tuple[int, int]:
@@ -133,6 +139,7 @@ class Candidate:
             - UNKNOWN_WEIGHT * qualifying
             - OTHER_WORD_WEIGHT * other
             - KIND_WEIGHT * self.missing_kind
+            - RELATION_WEIGHT * self.missing_relation
         )
 
 
@@ -193,7 +200,9 @@ def candidates(
     (rag/answering/followup.py), the follow-up as asked. A quote's support is the
     better of its support for either: the joined words found the passages,
     but the answer holds what the follow-up itself asks for ("What is her
-    extension?"), rarely the earlier question's words too.
+    extension?"), rarely the earlier question's words too. It is weighed for
+    the follow-up joined to each thing the last of `said` named, too
+    (`followup.referred`): "it" may point there.
 
     `known`: whether the knowledge base holds a word anywhere (None: not
     known; only identifiers the passages lack count against a quote)."""
@@ -203,7 +212,8 @@ def candidates(
         return []
     texts = [t for _, group in quotes.values() for t in group]
     vectors = np.asarray(embedder.embed_batch(texts, kind="document"), dtype=np.float32)
-    asks = list(dict.fromkeys([question, own]))
+    referents = followup.referred(own, question, said[-1]) if said and own != question else []
+    asks = list(dict.fromkeys([question, own, *referents]))
     queries = np.asarray(embedder.embed_batch(asks, kind="query"), dtype=np.float32)
     scores = iter((vectors @ queries.T).tolist())
     held = " ".join(hit.text for hit in ordered)
@@ -253,7 +263,8 @@ def _candidate(
         n, quote, similarity, _share(ask, quote), unknown,
         tuple(-1.0 if w in siblings else near[w] for w in plain),
         tuple(w in siblings or _qualifies(ask, w, quote) for w in plain),
-        asked_kind.lacks(ask, quote) or unrelated,
+        asked_kind.lacks(ask, quote),
+        unrelated,
         len(siblings - set(plain)),
     )  # fmt: skip
 

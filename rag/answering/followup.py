@@ -37,6 +37,7 @@ _FUNCTION = frozenset(
     "being been be am get got go goes going make made use used way ways thing things".split()
 )
 _WORD = re.compile(r"[\w'’]+")
+_CITATION = re.compile(r"\[\d+\]")
 SHORT = 3  # words: "Why?", "Since when?" need the conversation
 MAX_REWRITE_CHARS = 400
 
@@ -101,3 +102,23 @@ def joined(question: str, history: Sequence[tuple[str, str]]) -> str:
                 have.add(stem[0])
                 words.append(word)
     return f"{question} {' '.join(words)}" if words else question
+
+
+def referred(question: str, joined_question: str, answer: str) -> list[str]:
+    """`question` followed by each content word of the `answer` it follows
+    that `joined_question` (it, joined to the questions before) lacks, one
+    at a time: the things that answer named ("And if it stops working?"
+    after "Every new employee receives a laptop and a headset" becomes "And
+    if it stops working? laptop" and "... headset"), which "it" may point at
+    rather than the earlier question's subject."""
+    if not content_terms(question):
+        return []  # "Where?": the answer's one word would be all it asks
+    have = set(terms(joined_question))
+    skip = _FUNCTION | _QUESTION_WORDS | _REFERRING
+    asks: list[str] = []
+    for word in _WORD.findall(_CITATION.sub(" ", answer)):
+        stem = [] if word.lower() in skip else terms(word)
+        if stem and stem[0] not in have:
+            have.add(stem[0])
+            asks.append(f"{question} {word}")
+    return asks
