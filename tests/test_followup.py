@@ -83,3 +83,12 @@ def test_a_follow_up_is_also_asked_with_each_thing_the_previous_answer_named():
     ]
     # a follow-up with no word of its own would ask for the answer's word alone
     assert referred("Where?", "Where? garden club meet", "The club meets in the hall.") == []
+
+
+def test_a_long_answer_adds_a_bounded_number_of_asks():
+    from rag.answering.followup import MAX_REFERENTS
+
+    answer = " ".join(f"component{n:03d}" for n in range(200))
+    asks = referred("And if it stops working?", "And if it stops working?", answer)
+    assert len(asks) == MAX_REFERENTS
+    assert asks[0] == "And if it stops working? component000"

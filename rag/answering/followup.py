@@ -39,6 +39,9 @@ _FUNCTION = frozenset(
 _WORD = re.compile(r"[\w'’]+")
 _CITATION = re.compile(r"\[\d+\]")
 SHORT = 3  # words: "Why?", "Since when?" need the conversation
+# Things of the previous answer a follow-up is also weighed with (each one
+# more query to embed): a long answer's first ones.
+MAX_REFERENTS = 12
 MAX_REWRITE_CHARS = 400
 
 
@@ -121,4 +124,6 @@ def referred(question: str, joined_question: str, answer: str) -> list[str]:
         if stem and stem[0] not in have:
             have.add(stem[0])
             asks.append(f"{question} {word}")
+            if len(asks) == MAX_REFERENTS:
+                break
     return asks
