@@ -330,7 +330,7 @@ def _create(client: MilvusClient, name: str, schema: Any, bm25: bool) -> None:
     # Created, indexed and loaded in steps: given the indexes, pymilvus
     # sleeps 0.5 s before it first asks whether each is built, and the
     # indexes of a new, empty collection are built at once (a new base
-    # creates five: seconds of sleep). Loaded once they are, as before.
+    # creates four: 2 s of sleep). Loaded once they are, as before.
     client.create_collection(name, schema=schema, consistency_level="Strong")
     client.create_index(name, index, sync=False)
     for field in ("vector", "sparse") if bm25 else ("vector",):
