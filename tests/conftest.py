@@ -5,6 +5,7 @@ work on their own copy)."""
 from __future__ import annotations
 
 import multiprocessing
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,6 +49,21 @@ FORKSERVER_PRELOAD = [
 
 def pytest_configure(config: pytest.Config) -> None:
     multiprocessing.set_forkserver_preload(FORKSERVER_PRELOAD)
+    _share_the_cores()
+
+
+def _share_the_cores() -> None:
+    """Under pytest-xdist, each worker's torch (and the ingests, embedding
+    processes and CLIs it starts, which inherit the variable) gets its share
+    of the cores, not all of them: OpenMP threads that outnumber the cores
+    spin against each other, and on a 2-core box two workers embedding with
+    2 threads each were slower than with 1 each. Runs before any test module
+    imports torch; one process (-n 0) keeps torch's default, and a value the
+    caller set is kept."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker

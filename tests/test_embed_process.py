@@ -87,14 +87,14 @@ def stored(index: Path) -> tuple[list[tuple[int, str, int, str]], np.ndarray]:
 
 
 def test_the_process_engine_stores_what_the_model_here_stores(tmp_path: Path) -> None:
-    folder = write_notes(tmp_path / "docs", 120)
+    folder = write_notes(tmp_path / "docs", 100)  # 329 passages: two flushes
     here = ingest_paths(
         [str(folder)], Settings(index=tmp_path / "here", embed_process="off", **SMALL)
     )
     there = ingest_paths(
         [str(folder)], Settings(index=tmp_path / "there", embed_process="on", **SMALL)
     )
-    assert here.added == there.added == 120 and not there.failed
+    assert here.added == there.added == 100 and not there.failed
     assert there.chunks_embedded == here.chunks_embedded > 256  # more than one flush
     rows_here, vectors_here = stored(tmp_path / "here")
     rows_there, vectors_there = stored(tmp_path / "there")
@@ -197,7 +197,7 @@ def test_writes_beside_the_embedding_store_what_the_serial_path_stores(tmp_path:
     copies of content seen twice, and a checkpoint after every flush."""
     documents = [
         Document(f"mem/{n:03d}.txt", text, hashlib.sha256(text.encode()).hexdigest(), "txt")
-        for n, text in enumerate(note_texts(400))
+        for n, text in enumerate(note_texts(260))  # 866 passages: four flushes of 256 or more
     ]
     # The same content again under other paths, while its first copy is in flight.
     documents += [replace(d, path=d.path.replace("mem/", "again/")) for d in documents[::40]]

@@ -182,7 +182,7 @@ class Watcher:
                 return found
             assert self.thread.is_alive(), self.error
             assert time.monotonic() < deadline, f"no batch {what} in {self.batches}"
-            time.sleep(0.2)
+            time.sleep(0.05)
 
     def stop(self) -> None:
         self.stop_event.set()

@@ -65,7 +65,7 @@ def make_run(docs_index: Path, *args: str, **settings: str):
         while not listening_addresses(port):
             assert runner.poll() is None, runner.stdout.read() if runner.stdout else ""
             assert time.monotonic() < deadline, "the app did not start"
-            time.sleep(0.5)
+            time.sleep(0.05)
         yield port, runner
     finally:
         with contextlib.suppress(ProcessLookupError):

@@ -431,7 +431,7 @@ def test_make_run_stops_the_app_with_it(how: str, docs_index: Path, tmp_path: Pa
         deadline = time.monotonic() + 60
         while not _answers(health):
             assert time.monotonic() < deadline, "the app did not start"
-            time.sleep(0.5)
+            time.sleep(0.05)
         runner.send_signal(signal.SIGINT if ignore_sigint else signal.SIGTERM)
         assert runner.wait(timeout=30) == 130
         assert not _answers(health), "the app outlived make run"

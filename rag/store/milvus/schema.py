@@ -22,6 +22,7 @@ import hashlib
 import ipaddress
 import json
 import re
+import time
 import urllib.parse
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -326,4 +327,23 @@ def _create(client: MilvusClient, name: str, schema: Any, bm25: bool) -> None:
     if bm25:
         index.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25",
                         params={"bm25_k1": lexical.K1, "bm25_b": lexical.B})  # fmt: skip
-    client.create_collection(name, schema=schema, index_params=index, consistency_level="Strong")
+    # Created, indexed and loaded in steps: given the indexes, pymilvus
+    # sleeps 0.5 s before it first asks whether each is built, and the
+    # indexes of a new, empty collection are built at once (a new base
+    # creates four: 2 s of sleep). Loaded once they are, as before.
+    client.create_collection(name, schema=schema, consistency_level="Strong")
+    client.create_index(name, index, sync=False)
+    for field in ("vector", "sparse") if bm25 else ("vector",):
+        _wait_built(client, name, field)
+    client.load_collection(name)
+
+
+def _wait_built(client: MilvusClient, name: str, field: str) -> None:
+    """Until the index of `field` (named after it) is built; a server that
+    reports no state is taken at its word that the index exists."""
+    pause = 0.01
+    while (state := client.describe_index(name, field).get("state")) not in ("Finished", None):
+        if state == "Failed":
+            raise MilvusException(message=f"building the index of {name}.{field} failed")
+        time.sleep(pause)
+        pause = min(2 * pause, 0.5)
