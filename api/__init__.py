@@ -32,7 +32,7 @@ from api.guard import Guard, Hosts
 from api.mcp_tools import mcp_http_app
 from api.security import RateLimiter
 from api.service import Service
-from rag.llm import ChatModel, OpenAIChat
+from rag.llm import ChatModel
 from rag.settings import Settings
 from team.appdb import AppDB, open_app_db
 
@@ -51,7 +51,10 @@ def create_app(
     svc = Service(
         settings=settings,
         db=db or open_app_db(settings),
-        chat=chat_model or OpenAIChat(settings),
+        # None: the core service asks the LLM server per answer what it serves
+        # (the model, its context, the small model's profile), as `rag ask` does:
+        # a server started after us, or replaced by another model, is met as it is.
+        chat=chat_model,
         limiter=RateLimiter(settings.api_requests_per_minute, settings.api_burst),
     )
     # The tools call the routes' core service: one cache of open knowledge bases.

@@ -30,7 +30,7 @@ ACCESS = "kbqa.access"
 class Service:
     settings: Settings
     db: AppDB
-    chat: ChatModel
+    chat: ChatModel | None
     limiter: RateLimiter
     policy: AccessPolicy = field(init=False)
     # The process's one KnowledgeService: the routes and the /mcp tools share it.

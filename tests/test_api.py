@@ -89,6 +89,32 @@ def test_a_chat_completion_carries_the_cited_answer_and_its_passages(api):
 
 
 @pytest.mark.llm
+def test_a_server_started_before_the_llm_server_answers_with_the_model_it_serves(
+    tmp_path, docs_index, llm_server
+):
+    """`rag serve` learns the model, its context and the small model's
+    profile from the LLM server when it starts; one started first (or told
+    nothing) asks again per answer, as `rag ask` does, instead of asking
+    SmolLM2 for gpt-oss's 4,096 answer tokens in its 2,048-token context."""
+    settings = offline_settings(tmp_path, docs_index).model_copy(
+        update={"llm_url": llm_server.base_url, "api_burst": 1000}
+    )
+    assert "llm_model" not in settings.model_fields_set  # as the server saw it at start
+    keys = accounts(settings)
+    with serve(settings) as url:
+        completion = (
+            Server(url, settings, keys)
+            .client("rex")
+            .chat.completions.create(
+                model="default", messages=[{"role": "user", "content": QUESTION}]
+            )
+        )
+    message = completion.choices[0].message
+    assert completion.model_extra["found"] is True, message
+    assert message.model_extra["citations"] and markers(message.content)
+
+
+@pytest.mark.llm
 def test_a_streamed_answer_ends_with_its_citations(api):
     stream = api.client("rex").chat.completions.create(
         model="default", messages=[{"role": "user", "content": QUESTION}], stream=True
