@@ -321,6 +321,10 @@ def _add_tags(schema: Any) -> None:
                      max_capacity=MAX_TAGS, max_length=64)  # fmt: skip
 
 
+# A new collection's indexes are empty: built at once on a live server.
+INDEX_BUILD_SECONDS = 120
+
+
 def _create(client: MilvusClient, name: str, schema: Any, bm25: bool) -> None:
     index = client.prepare_index_params()
     index.add_index("vector", index_type="FLAT", metric_type="IP")
@@ -341,9 +345,12 @@ def _create(client: MilvusClient, name: str, schema: Any, bm25: bool) -> None:
 def _wait_built(client: MilvusClient, name: str, field: str) -> None:
     """Until the index of `field` (named after it) is built; a server that
     reports no state is taken at its word that the index exists."""
-    pause = 0.01
+    pause, deadline = 0.01, time.monotonic() + INDEX_BUILD_SECONDS
     while (state := client.describe_index(name, field).get("state")) not in ("Finished", None):
-        if state == "Failed":
-            raise MilvusException(message=f"building the index of {name}.{field} failed")
+        if state == "Failed" or time.monotonic() > deadline:
+            raise MilvusException(
+                message=f"building the index of {name}.{field} "
+                + ("failed" if state == "Failed" else f"took over {INDEX_BUILD_SECONDS} s")
+            )
         time.sleep(pause)
         pause = min(2 * pause, 0.5)
