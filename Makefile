@@ -51,15 +51,13 @@ test: setup llm-setup llm-setup-tiny system-setup
 
 # While you work: no vLLM, Chromium or PostgreSQL (the markers are in
 # pyproject.toml; tests/conftest.py marks a test by the servers it takes),
-# in one process. TEST_WORKERS=2 (or auto) spreads them over the cores with
-# pytest-xdist: on a quiet 2-core box -n 2 was faster (about 11 minutes
-# against 17 in one process), but not the default: on a loaded machine it
-# was no faster (each worker loads the model and builds the session's
-# indexes again), and one worker's parser pools were seen to break
-# (BrokenProcessPool). `make test` runs every test, in one process:
-# the real servers are started once per session, not once per worker.
+# spread over the cores with pytest-xdist (one worker per core, at most 4;
+# each worker's torch gets its share of the cores, tests/conftest.py):
+# on 2 cores, faster than one process (TEST_WORKERS=0). `make test` runs
+# every test, in one process: the real servers are started once per
+# session, not once per worker.
 FAST_MARKERS := not llm and not browser and not postgres and not slow
-TEST_WORKERS ?= 0
+TEST_WORKERS ?= auto
 test-fast: setup
 	$(BIN)/pytest -q -m "$(FAST_MARKERS)" -n $(TEST_WORKERS) --maxprocesses 4 --dist worksteal $(PYTEST_ARGS)
 
