@@ -11,7 +11,8 @@ only if it still looks like a question about the same thing.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import islice
 
 from rag.lexical import terms
 
@@ -36,6 +37,7 @@ _FUNCTION = frozenset(
     "many some any all each every both few most such only just than so as if because while "
     "being been be am get got go goes going make made use used way ways thing things".split()
 )
+_SKIP = _FUNCTION | _QUESTION_WORDS | _REFERRING  # words that carry no subject
 _WORD = re.compile(r"[\w'’]+")
 _CITATION = re.compile(r"\[\d+\]")
 SHORT = 3  # words: "Why?", "Since when?" need the conversation
@@ -81,8 +83,18 @@ def content_terms(text: str) -> set[str]:
     """The BM25 terms of `text`'s words that carry a subject: question words,
     words that point back and function words left out ("What is her
     extension?" -> {"extens"})."""
-    skip = _FUNCTION | _QUESTION_WORDS | _REFERRING
-    return {t for word in _WORD.findall(text) if word.lower() not in skip for t in terms(word)}
+    return {t for word in _WORD.findall(text) if word.lower() not in _SKIP for t in terms(word)}
+
+
+def _new_words(texts: Iterable[str], have: set[str]) -> Iterator[str]:
+    """The content words of `texts` whose term is not in `have`, each term's
+    first word once (`have` grows as they come)."""
+    for text in texts:
+        for word in _WORD.findall(text):
+            stem = [] if word.lower() in _SKIP else terms(word)
+            if stem and stem[0] not in have:
+                have.add(stem[0])
+                yield word
 
 
 def joined(question: str, history: Sequence[tuple[str, str]]) -> str:
@@ -95,15 +107,7 @@ def joined(question: str, history: Sequence[tuple[str, str]]) -> str:
     earlier = asked[-1:]
     if asked and needs_context(asked[-1]):
         earlier = asked[-2:]
-    have = set(terms(question))
-    words: list[str] = []
-    skip = _FUNCTION | _QUESTION_WORDS | _REFERRING
-    for text in earlier:
-        for word in _WORD.findall(text):
-            stem = [] if word.lower() in skip else terms(word)
-            if stem and stem[0] not in have:
-                have.add(stem[0])
-                words.append(word)
+    words = list(_new_words(earlier, set(terms(question))))
     return f"{question} {' '.join(words)}" if words else question
 
 
@@ -116,14 +120,5 @@ def referred(question: str, joined_question: str, answer: str) -> list[str]:
     rather than the earlier question's subject."""
     if not content_terms(question):
         return []  # "Where?": the answer's one word would be all it asks
-    have = set(terms(joined_question))
-    skip = _FUNCTION | _QUESTION_WORDS | _REFERRING
-    asks: list[str] = []
-    for word in _WORD.findall(_CITATION.sub(" ", answer)):
-        stem = [] if word.lower() in skip else terms(word)
-        if stem and stem[0] not in have:
-            have.add(stem[0])
-            asks.append(f"{question} {word}")
-            if len(asks) == MAX_REFERENTS:
-                break
-    return asks
+    named = _new_words([_CITATION.sub(" ", answer)], set(terms(joined_question)))
+    return [f"{question} {word}" for word in islice(named, MAX_REFERENTS)]

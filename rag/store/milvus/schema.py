@@ -337,8 +337,8 @@ def _create(client: MilvusClient, name: str, schema: Any, bm25: bool) -> None:
     # creates four: 2 s of sleep). Loaded once they are, as before.
     client.create_collection(name, schema=schema, consistency_level="Strong")
     client.create_index(name, index, sync=False)
-    for field in ("vector", "sparse") if bm25 else ("vector",):
-        _wait_built(client, name, field)
+    for param in index:  # each named after its field
+        _wait_built(client, name, param.field_name)
     client.load_collection(name)
 
 
